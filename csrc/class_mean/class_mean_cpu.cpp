@@ -1,0 +1,201 @@
+// mona::class_mean — CPU kernels.
+//
+// Parallel strategy: pixels are cut into tiles of kTile pixels inside one image; at::parallel_for
+// hands tiles to threads. Within a tile the loop is channel-outer, pixel-inner, so an NCHW map is
+// read along contiguous rows and a channels-last map touches kTile rows of D that stay in cache.
+// Forward: each thread accumulates into its own [C, D] partial sums (fp32, fp64 for double),
+// reduced once at the end — no atomics, deterministic for a fixed thread count.
+// Backward: every output element is written by exactly one thread.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/zeros.h>
+#include <torch/library.h>
+
+#include <vector>
+
+#include "class_mean/class_mean_math.h"
+#include "common/tensor_utils.h"
+
+namespace mona {
+namespace {
+
+constexpr int64_t kTile = 64;
+
+at::ScalarType acc_dtype(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
+
+// Tiles never straddle two images, so a tile is (b, p0, p1) with one base pointer.
+struct Tile {
+  int64_t b, p0, p1;
+};
+inline Tile tile_at(int64_t t, int64_t tiles_per_image, int64_t P) {
+  const int64_t b = t / tiles_per_image;
+  const int64_t p0 = (t - b * tiles_per_image) * kTile;
+  return {b, p0, std::min(P, p0 + kTile)};
+}
+
+template <typename scalar_t, typename index_t>
+void class_mean_forward_kernel(const PixelView<const scalar_t>& f, const index_t* labels,
+                               const at::opmath_type<scalar_t>* weight, int64_t C, int64_t ignore_index,
+                               at::opmath_type<scalar_t>* counts, scalar_t* means) {
+  using acc_t = at::opmath_type<scalar_t>;
+  namespace cm = class_mean_math;
+  const int64_t N = f.num_pixels(), D = f.D, P = f.P;
+  // Pass 1 (serial, N labels): validate labels and total the weights per class.
+  for (int64_t n = 0; n < N; ++n) {
+    const index_t lab = labels[n];
+    TORCH_CHECK_VALUE(!cm::is_bad(lab, C, ignore_index), "class_mean: labels contain ", static_cast<int64_t>(lab),
+                      " (at flat index ", n, "), which is neither in [0, num_classes=", C,
+                      ") nor ignore_index=", ignore_index);
+    if (cm::is_valid(lab, C)) counts[lab] += weight ? weight[n] : acc_t(1);
+  }
+  // Pass 2 (parallel over tiles): per-thread partial sums.
+  const int64_t tiles_per_image = (P + kTile - 1) / kTile;
+  const int64_t num_tiles = f.B * tiles_per_image;
+  const int nthreads = at::get_num_threads();
+  std::vector<acc_t> partial(static_cast<size_t>(nthreads) * C * D, acc_t(0));
+  at::parallel_for(0, num_tiles, 1, [&](int64_t begin, int64_t end) {
+    acc_t* sums = partial.data() + static_cast<size_t>(at::get_thread_num()) * C * D;
+    for (int64_t t = begin; t < end; ++t) {
+      const Tile tile = tile_at(t, tiles_per_image, P);
+      const scalar_t* base = f.data + tile.b * f.stride_b;
+      const int64_t n0 = tile.b * P;
+      for (int64_t d = 0; d < D; ++d) {
+        const scalar_t* row = base + d * f.stride_d;
+        for (int64_t p = tile.p0; p < tile.p1; ++p) {
+          const index_t lab = labels[n0 + p];
+          if (!cm::is_valid(lab, C)) continue;
+          const acc_t w = weight ? weight[n0 + p] : acc_t(1);
+          sums[lab * D + d] += w * static_cast<acc_t>(row[p * f.stride_p]);
+        }
+      }
+    }
+  });
+  at::parallel_for(0, C * D, 1024, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      acc_t s = 0;
+      for (int th = 0; th < nthreads; ++th) s += partial[static_cast<size_t>(th) * C * D + i];
+      means[i] = static_cast<scalar_t>(cm::finalize(s, counts[i / D]));
+    }
+  });
+}
+
+template <typename scalar_t, typename index_t>
+void class_mean_backward_kernel(const PixelView<const scalar_t>& f, const PixelView<scalar_t>& gf,
+                                const index_t* labels, const at::opmath_type<scalar_t>* weight, int64_t C,
+                                const at::opmath_type<scalar_t>* grad_means, const at::opmath_type<scalar_t>* grad_counts,
+                                const at::opmath_type<scalar_t>* means, const at::opmath_type<scalar_t>* counts,
+                                at::opmath_type<scalar_t>* grad_weight) {
+  using acc_t = at::opmath_type<scalar_t>;
+  namespace cm = class_mean_math;
+  const int64_t D = f.D, P = f.P;
+  const int64_t tiles_per_image = (P + kTile - 1) / kTile;
+  at::parallel_for(0, f.B * tiles_per_image, 1, [&](int64_t begin, int64_t end) {
+    acc_t gw[kTile];
+    for (int64_t t = begin; t < end; ++t) {
+      const Tile tile = tile_at(t, tiles_per_image, P);
+      const int64_t n0 = tile.b * P;
+      for (int64_t i = 0; i < kTile; ++i) gw[i] = acc_t(0);
+      for (int64_t d = 0; d < D; ++d) {
+        const scalar_t* frow = f.data + tile.b * f.stride_b + d * f.stride_d;
+        scalar_t* grow = gf.data + tile.b * gf.stride_b + d * gf.stride_d;
+        for (int64_t p = tile.p0; p < tile.p1; ++p) {
+          const index_t lab = labels[n0 + p];
+          acc_t g = 0;
+          if (cm::is_valid(lab, C)) {
+            const acc_t w = weight ? weight[n0 + p] : acc_t(1);
+            const acc_t gm = grad_means[lab * D + d];
+            const acc_t inv = cm::inverse_count(counts[lab]);
+            g = cm::grad_feature(w, gm, inv);
+            if (grad_weight) {
+              gw[p - tile.p0] += cm::grad_weight_term(gm, static_cast<acc_t>(frow[p * f.stride_p]),
+                                                      means[lab * D + d], inv);
+            }
+          }
+          grow[p * gf.stride_p] = static_cast<scalar_t>(g);
+        }
+      }
+      if (grad_weight) {
+        for (int64_t p = tile.p0; p < tile.p1; ++p) {
+          const index_t lab = labels[n0 + p];
+          grad_weight[n0 + p] = cm::is_valid(lab, C) ? gw[p - tile.p0] + grad_counts[lab] : acc_t(0);
+        }
+      }
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor> class_mean_cpu(const at::Tensor& features, const at::Tensor& labels,
+                                                  const std::optional<at::Tensor>& weight, int64_t num_classes,
+                                                  int64_t ignore_index) {
+  check_features_labels("class_mean", features, labels, weight, num_classes);
+  TORCH_CHECK_VALUE(features.device().is_cpu(), "class_mean (CPU kernel): features must be on the CPU");
+  const at::Tensor f = view_features(features);
+  const at::Tensor lab = labels.contiguous();
+  const auto acc = acc_dtype(features.scalar_type());
+  const at::Tensor w = weight.has_value() ? weight->to(acc).contiguous() : at::Tensor();
+  const int64_t D = features.size(1);
+  at::Tensor counts = at::zeros({num_classes}, features.options().dtype(acc));
+  at::Tensor means = at::zeros({num_classes, D}, features.options());
+  if (lab.numel() == 0 || D == 0) {
+    // Still validate nothing (no labels) and return zeros: every class is absent.
+    return {means, counts};
+  }
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, features.scalar_type(), "class_mean_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    AT_DISPATCH_INDEX_TYPES(lab.scalar_type(), "class_mean_cpu_labels", [&] {
+      class_mean_forward_kernel<scalar_t, index_t>(
+          make_pixel_view<const scalar_t>(f), lab.data_ptr<index_t>(), w.defined() ? w.data_ptr<acc_t>() : nullptr,
+          num_classes, ignore_index, counts.data_ptr<acc_t>(), means.data_ptr<scalar_t>());
+    });
+  });
+  return {means, counts};
+}
+
+std::tuple<at::Tensor, at::Tensor> class_mean_backward_cpu(
+    const at::Tensor& grad_means, const at::Tensor& grad_counts, const at::Tensor& features,
+    const at::Tensor& labels, const std::optional<at::Tensor>& weight, const at::Tensor& means,
+    const at::Tensor& counts, int64_t ignore_index, bool weight_requires_grad) {
+  const int64_t C = means.size(0);
+  check_features_labels("class_mean_backward", features, labels, weight, C);
+  TORCH_CHECK_VALUE(!weight_requires_grad || weight.has_value(),
+                    "class_mean_backward: weight_requires_grad=True needs a weight");
+  const at::Tensor f = view_features(features);
+  const at::Tensor lab = labels.contiguous();
+  const auto acc = acc_dtype(features.scalar_type());
+  const at::Tensor w = weight.has_value() ? weight->to(acc).contiguous() : at::Tensor();
+  const at::Tensor gm = grad_means.to(acc).contiguous();
+  const at::Tensor gc = grad_counts.to(acc).contiguous();
+  const at::Tensor mu = means.to(acc).contiguous();
+  const at::Tensor cnt = counts.to(acc).contiguous();
+  at::Tensor grad_features = at::empty_like(f);
+  at::Tensor grad_weight = weight_requires_grad ? at::empty({lab.numel()}, features.options().dtype(acc))
+                                                : at::empty({0}, features.options().dtype(acc));
+  if (lab.numel() > 0 && features.size(1) > 0) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, features.scalar_type(), "class_mean_backward_cpu", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      AT_DISPATCH_INDEX_TYPES(lab.scalar_type(), "class_mean_backward_cpu_labels", [&] {
+        class_mean_backward_kernel<scalar_t, index_t>(
+            make_pixel_view<const scalar_t>(f), make_pixel_view<scalar_t>(grad_features), lab.data_ptr<index_t>(),
+            w.defined() ? w.data_ptr<acc_t>() : nullptr, C, gm.data_ptr<acc_t>(), gc.data_ptr<acc_t>(),
+            mu.data_ptr<acc_t>(), cnt.data_ptr<acc_t>(), weight_requires_grad ? grad_weight.data_ptr<acc_t>() : nullptr);
+      });
+    });
+  } else if (weight_requires_grad) {
+    grad_weight.zero_();
+  }
+  if (weight_requires_grad) grad_weight = grad_weight.view(labels.sizes()).to(weight->scalar_type());
+  return {grad_features, grad_weight};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(mona, CPU, m) {
+  m.impl("class_mean", &class_mean_cpu);
+  m.impl("class_mean_backward", &class_mean_backward_cpu);
+}
+
+}  // namespace mona

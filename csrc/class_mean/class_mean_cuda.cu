@@ -1,0 +1,261 @@
+// mona::class_mean — CUDA kernels.
+//
+// Parallel strategy (forward): every thread owns one channel d and walks a short sequence of
+// pixels of one image, keeping a running (class, sum) pair; it flushes the sum with one atomicAdd
+// into the global fp32/fp64 [C, D] accumulator only when the class changes (labels are spatially
+// coherent, so runs are long) and at the end. The thread <-> (d, pixel) mapping follows the
+// layout so that a warp's 32 loads are one coalesced 128-byte transaction:
+//   NCHW (pixels fastest): a warp = 32 consecutive pixels of one channel;
+//   channels-last / [N, D] (channels fastest): a warp = 32 consecutive channels of one pixel.
+// Counts use the same run-length trick on labels. A finalize kernel divides sums by counts.
+// Backward: element-wise in the storage order of the gradient (coalesced writes); the optional
+// weight gradient is one thread per pixel reducing over D.
+// Labels outside [0, C) other than ignore_index trip a device-side assert (no host sync).
+// Summation order depends on atomics: results are not bitwise deterministic on CUDA.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/zeros.h>
+#include <torch/library.h>
+
+#include "class_mean/class_mean_math.h"
+#include "common/cuda_utils.cuh"
+#include "common/tensor_utils.h"
+
+namespace mona {
+namespace {
+
+namespace cm = class_mean_math;
+constexpr int kSeq = 16;  // pixels walked by one thread (per channel) in the forward
+
+template <typename index_t, typename acc_t>
+__global__ void class_counts_kernel(const index_t* __restrict__ labels, const acc_t* __restrict__ weight, int64_t N,
+                                    int64_t C, int64_t ignore_index, acc_t* __restrict__ counts) {
+  // Each thread: kSeq consecutive labels, run-length accumulated.
+  for (int64_t start = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) * kSeq; start < N;
+       start += static_cast<int64_t>(gridDim.x) * blockDim.x * kSeq) {
+    const int64_t stop = start + kSeq < N ? start + kSeq : N;
+    int64_t run_class = -1;
+    acc_t run = 0;
+    for (int64_t n = start; n < stop; ++n) {
+      const index_t lab = labels[n];
+      CUDA_KERNEL_ASSERT(!cm::is_bad(lab, C, ignore_index) && "class_mean: label outside [0, num_classes) and not ignore_index");
+      if (!cm::is_valid(lab, C)) continue;
+      if (lab != run_class) {
+        if (run_class >= 0) gpuAtomicAdd(&counts[run_class], run);
+        run_class = lab;
+        run = 0;
+      }
+      run += weight ? weight[n] : acc_t(1);
+    }
+    if (run_class >= 0) gpuAtomicAdd(&counts[run_class], run);
+  }
+}
+
+template <typename scalar_t, typename index_t, bool kChannelsFastest>
+__global__ void class_sums_kernel(PixelView<const scalar_t> f, const index_t* __restrict__ labels,
+                                  const at::opmath_type<scalar_t>* __restrict__ weight, int64_t C,
+                                  at::opmath_type<scalar_t>* __restrict__ sums) {
+  using acc_t = at::opmath_type<scalar_t>;
+  // Work unit: (image b, pixel chunk, channel d). Chunk = kSeq * pixels_per_block_row pixels.
+  const int64_t lanes = kChannelsFastest ? blockDim.x : 1;           // channels per block
+  const int64_t pix_lanes = kChannelsFastest ? blockDim.y : blockDim.x;  // parallel pixel sequences
+  const int64_t chunk = pix_lanes * kSeq;
+  const int64_t chunks_per_image = (f.P + chunk - 1) / chunk;
+  const int64_t d_groups = kChannelsFastest ? (f.D + lanes - 1) / lanes : f.D;
+  for (int64_t dg = blockIdx.y; dg < d_groups; dg += gridDim.y) {
+    const int64_t d = kChannelsFastest ? dg * lanes + threadIdx.x : dg;
+    if (d >= f.D) continue;
+    for (int64_t unit = blockIdx.x; unit < f.B * chunks_per_image; unit += gridDim.x) {
+      const int64_t b = unit / chunks_per_image;
+      const int64_t p0 = (unit - b * chunks_per_image) * chunk;
+      const scalar_t* row = f.data + b * f.stride_b + d * f.stride_d;
+      const index_t* lab_row = labels + b * f.P;
+      const acc_t* w_row = weight ? weight + b * f.P : nullptr;
+      int64_t run_class = -1;
+      acc_t run = 0;
+      for (int k = 0; k < kSeq; ++k) {
+        // NCHW: a warp's lanes are consecutive pixels. Channels-last: a warp walks consecutive pixels.
+        const int64_t p = kChannelsFastest ? p0 + threadIdx.y * kSeq + k : p0 + k * pix_lanes + threadIdx.x;
+        if (p >= f.P) break;
+        const index_t lab = lab_row[p];
+        if (!cm::is_valid(lab, C)) continue;
+        if (lab != run_class) {
+          if (run_class >= 0) gpuAtomicAdd(&sums[run_class * f.D + d], run);
+          run_class = lab;
+          run = 0;
+        }
+        const acc_t w = w_row ? w_row[p] : acc_t(1);
+        run += w * static_cast<acc_t>(row[p * f.stride_p]);
+      }
+      if (run_class >= 0) gpuAtomicAdd(&sums[run_class * f.D + d], run);
+    }
+  }
+}
+
+template <typename scalar_t>
+__global__ void class_mean_finalize_kernel(const at::opmath_type<scalar_t>* __restrict__ sums,
+                                           const at::opmath_type<scalar_t>* __restrict__ counts, int64_t C,
+                                           int64_t D, scalar_t* __restrict__ means) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < C * D;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    means[i] = static_cast<scalar_t>(cm::finalize(sums[i], counts[i / D]));
+  }
+}
+
+template <typename scalar_t, typename index_t, bool kChannelsFastest>
+__global__ void class_mean_grad_features_kernel(PixelView<scalar_t> gf, const index_t* __restrict__ labels,
+                                                const at::opmath_type<scalar_t>* __restrict__ weight, int64_t C,
+                                                const at::opmath_type<scalar_t>* __restrict__ grad_means,
+                                                const at::opmath_type<scalar_t>* __restrict__ counts) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t total = gf.B * gf.D * gf.P;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    int64_t n, d;  // decompose i in the gradient's storage order
+    if (kChannelsFastest) {
+      d = i % gf.D;
+      n = i / gf.D;
+    } else {
+      const int64_t p = i % gf.P, bd = i / gf.P;
+      d = bd % gf.D;
+      n = (bd / gf.D) * gf.P + p;
+    }
+    const index_t lab = labels[n];
+    acc_t g = 0;
+    if (cm::is_valid(lab, C)) {
+      g = cm::grad_feature(weight ? weight[n] : acc_t(1), grad_means[lab * gf.D + d], cm::inverse_count(counts[lab]));
+    }
+    gf.at(n, d) = static_cast<scalar_t>(g);
+  }
+}
+
+template <typename scalar_t, typename index_t>
+__global__ void class_mean_grad_weight_kernel(PixelView<const scalar_t> f, const index_t* __restrict__ labels, int64_t C,
+                                              const at::opmath_type<scalar_t>* __restrict__ grad_means,
+                                              const at::opmath_type<scalar_t>* __restrict__ grad_counts,
+                                              const at::opmath_type<scalar_t>* __restrict__ means,
+                                              const at::opmath_type<scalar_t>* __restrict__ counts,
+                                              at::opmath_type<scalar_t>* __restrict__ grad_weight) {
+  using acc_t = at::opmath_type<scalar_t>;
+  for (int64_t n = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; n < f.num_pixels();
+       n += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const index_t lab = labels[n];
+    acc_t g = 0;
+    if (cm::is_valid(lab, C)) {
+      const acc_t inv = cm::inverse_count(counts[lab]);
+      for (int64_t d = 0; d < f.D; ++d) {
+        g += cm::grad_weight_term(grad_means[lab * f.D + d], static_cast<acc_t>(f.at(n, d)), means[lab * f.D + d], inv);
+      }
+      g += grad_counts[lab];
+    }
+    grad_weight[n] = g;
+  }
+}
+
+at::ScalarType acc_dtype(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
+
+std::tuple<at::Tensor, at::Tensor> class_mean_cuda(const at::Tensor& features, const at::Tensor& labels,
+                                                   const std::optional<at::Tensor>& weight, int64_t num_classes,
+                                                   int64_t ignore_index) {
+  check_features_labels("class_mean", features, labels, weight, num_classes);
+  TORCH_CHECK_VALUE(features.is_cuda(), "class_mean (CUDA kernel): features must be on a CUDA device");
+  const c10::cuda::CUDAGuard guard(features.device());
+  const at::Tensor f = view_features(features);
+  const at::Tensor lab = labels.contiguous();
+  const auto acc = acc_dtype(features.scalar_type());
+  const at::Tensor w = weight.has_value() ? weight->to(acc).contiguous() : at::Tensor();
+  const int64_t D = features.size(1), N = lab.numel();
+  at::Tensor counts = at::zeros({num_classes}, features.options().dtype(acc));
+  at::Tensor means = at::zeros({num_classes, D}, features.options());
+  if (N == 0 || D == 0) return {means, counts};
+  at::Tensor sums = at::zeros({num_classes, D}, features.options().dtype(acc));
+  const auto stream = cuda::stream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, features.scalar_type(), "class_mean_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    AT_DISPATCH_INDEX_TYPES(lab.scalar_type(), "class_mean_cuda_labels", [&] {
+      const acc_t* wp = w.defined() ? w.data_ptr<acc_t>() : nullptr;
+      class_counts_kernel<index_t, acc_t><<<cuda::blocks_for((N + kSeq - 1) / kSeq), cuda::kThreads, 0, stream>>>(
+          lab.data_ptr<index_t>(), wp, N, num_classes, ignore_index, counts.data_ptr<acc_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      const auto view = make_pixel_view<const scalar_t>(f);
+      if (view.channels_fastest()) {
+        const dim3 block(32, cuda::kThreads / 32);
+        const int64_t chunks = view.B * ((view.P + block.y * kSeq - 1) / (block.y * kSeq));
+        const dim3 grid(std::min<int64_t>(chunks, 65535), std::min<int64_t>((D + 31) / 32, 65535));
+        class_sums_kernel<scalar_t, index_t, true><<<grid, block, 0, stream>>>(view, lab.data_ptr<index_t>(), wp,
+                                                                               num_classes, sums.data_ptr<acc_t>());
+      } else {
+        const int64_t chunks = view.B * ((view.P + cuda::kThreads * kSeq - 1) / (cuda::kThreads * kSeq));
+        const dim3 grid(std::min<int64_t>(chunks, 65535), std::min<int64_t>(D, 65535));
+        class_sums_kernel<scalar_t, index_t, false><<<grid, cuda::kThreads, 0, stream>>>(
+            view, lab.data_ptr<index_t>(), wp, num_classes, sums.data_ptr<acc_t>());
+      }
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      class_mean_finalize_kernel<scalar_t><<<cuda::blocks_for(num_classes * D), cuda::kThreads, 0, stream>>>(
+          sums.data_ptr<acc_t>(), counts.data_ptr<acc_t>(), num_classes, D, means.data_ptr<scalar_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  });
+  return {means, counts};
+}
+
+std::tuple<at::Tensor, at::Tensor> class_mean_backward_cuda(
+    const at::Tensor& grad_means, const at::Tensor& grad_counts, const at::Tensor& features,
+    const at::Tensor& labels, const std::optional<at::Tensor>& weight, const at::Tensor& means,
+    const at::Tensor& counts, int64_t ignore_index, bool weight_requires_grad) {
+  const int64_t C = means.size(0);
+  check_features_labels("class_mean_backward", features, labels, weight, C);
+  TORCH_CHECK_VALUE(!weight_requires_grad || weight.has_value(),
+                    "class_mean_backward: weight_requires_grad=True needs a weight");
+  const c10::cuda::CUDAGuard guard(features.device());
+  const at::Tensor f = view_features(features);
+  const at::Tensor lab = labels.contiguous();
+  const auto acc = acc_dtype(features.scalar_type());
+  const at::Tensor w = weight.has_value() ? weight->to(acc).contiguous() : at::Tensor();
+  const at::Tensor gm = grad_means.to(acc).contiguous();
+  const at::Tensor gc = grad_counts.to(acc).contiguous();
+  const at::Tensor mu = means.to(acc).contiguous();
+  const at::Tensor cnt = counts.to(acc).contiguous();
+  at::Tensor grad_features = at::empty_like(f);
+  at::Tensor grad_weight = at::zeros({weight_requires_grad ? lab.numel() : 0}, features.options().dtype(acc));
+  const int64_t N = lab.numel(), D = features.size(1);
+  if (N > 0 && D > 0) {
+    const auto stream = cuda::stream();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, features.scalar_type(), "class_mean_backward_cuda", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      AT_DISPATCH_INDEX_TYPES(lab.scalar_type(), "class_mean_backward_cuda_labels", [&] {
+        const acc_t* wp = w.defined() ? w.data_ptr<acc_t>() : nullptr;
+        const auto gview = make_pixel_view<scalar_t>(grad_features);
+        const unsigned int blocks = cuda::blocks_for(N * D);
+        if (gview.channels_fastest()) {
+          class_mean_grad_features_kernel<scalar_t, index_t, true><<<blocks, cuda::kThreads, 0, stream>>>(
+              gview, lab.data_ptr<index_t>(), wp, C, gm.data_ptr<acc_t>(), cnt.data_ptr<acc_t>());
+        } else {
+          class_mean_grad_features_kernel<scalar_t, index_t, false><<<blocks, cuda::kThreads, 0, stream>>>(
+              gview, lab.data_ptr<index_t>(), wp, C, gm.data_ptr<acc_t>(), cnt.data_ptr<acc_t>());
+        }
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        if (weight_requires_grad) {
+          class_mean_grad_weight_kernel<scalar_t, index_t><<<cuda::blocks_for(N), cuda::kThreads, 0, stream>>>(
+              make_pixel_view<const scalar_t>(f), lab.data_ptr<index_t>(), C, gm.data_ptr<acc_t>(), gc.data_ptr<acc_t>(),
+              mu.data_ptr<acc_t>(), cnt.data_ptr<acc_t>(), grad_weight.data_ptr<acc_t>());
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+        }
+      });
+    });
+  }
+  if (weight_requires_grad) grad_weight = grad_weight.view(labels.sizes()).to(weight->scalar_type());
+  return {grad_features, grad_weight};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(mona, CUDA, m) {
+  m.impl("class_mean", &class_mean_cuda);
+  m.impl("class_mean_backward", &class_mean_backward_cuda);
+}
+
+}  // namespace mona

@@ -1,0 +1,58 @@
+// Host-side helpers shared by every op: argument checks with messages that name the argument,
+// and the PixelView construction from a `[B, D, H, W]` or `[N, D]` tensor.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+
+#include <string>
+
+#include "common/pixel_view.h"
+
+namespace mona {
+
+// "features [B, D, H, W] or [N, D]" -> PixelView. Tensors whose H and W cannot be merged into one
+// stride (rare: e.g. a crop of a map) must be made contiguous by the caller (see view_features).
+template <typename T>
+PixelView<T> make_pixel_view(const at::Tensor& t) {
+  PixelView<T> v;
+  v.data = static_cast<T*>(t.data_ptr());
+  if (t.dim() == 2) {
+    v.B = 1;
+    v.P = t.size(0);
+    v.D = t.size(1);
+    v.stride_b = 0;
+    v.stride_p = t.stride(0);
+    v.stride_d = t.stride(1);
+  } else {
+    v.B = t.size(0);
+    v.D = t.size(1);
+    v.P = t.size(2) * t.size(3);
+    v.stride_b = t.stride(0);
+    v.stride_d = t.stride(1);
+    v.stride_p = t.size(3) == 1 ? t.stride(2) : t.stride(3);
+  }
+  return v;
+}
+
+// H and W of a `[B, D, H, W]` map merge into one pixel index with a single stride unless the
+// map is a non-contiguous crop; only then is a copy made (in the tensor's own memory format).
+inline bool pixels_mergeable(const at::Tensor& t) {
+  return t.dim() != 4 || t.size(2) <= 1 || t.size(3) <= 1 || t.stride(2) == t.size(3) * t.stride(3);
+}
+inline at::Tensor view_features(const at::Tensor& t) {
+  return pixels_mergeable(t) ? t : t.contiguous(t.suggest_memory_format());
+}
+
+inline std::string shape_str(const at::Tensor& t) {
+  std::string s = "[";
+  for (int64_t i = 0; i < t.dim(); ++i) s += (i ? ", " : "") + std::to_string(t.size(i));
+  return s + "]";
+}
+
+// Checks shared by ops that take (features [B,D,H,W] | [N,D], labels [B,H,W] | [N], weight?).
+// Returns nothing; throws c10::Error (ValueError/TypeError in Python) naming the argument.
+void check_features_labels(const char* op, const at::Tensor& features, const at::Tensor& labels,
+                           const std::optional<at::Tensor>& weight, int64_t num_classes);
+
+}  // namespace mona

@@ -1,0 +1,86 @@
+"""``torch.ops.mona.class_mean``: per-class mean of pixel features (prototypes).
+
+Kernels: ``csrc/class_mean/`` (schema, CPU, CUDA). Reference: ``mona_ext.reference.class_mean``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ._common import acc_dtype
+
+
+def class_mean(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    weight: torch.Tensor | None = None,
+    ignore_index: int = -1,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-class (weighted) mean of features over valid pixels, in one pass.
+
+    Args:
+        features: ``[B, D, H, W]`` (any strides; channels-last is read in place) or ``[N, D]``;
+            float32/float64/float16/bfloat16.
+        labels: ``[B, H, W]`` or ``[N]``, int64/int32, values in ``[0, num_classes)`` or ``ignore_index``.
+        num_classes: C, the number of classes (output sizes never depend on the data).
+        weight: optional ``labels``-shaped float tensor: a 0/1 mask or soft per-pixel confidence.
+        ignore_index: label value that marks pixels to skip.
+
+    Returns:
+        ``(means [C, D], counts [C])``: means in the features' dtype (zeros for an absent class),
+        counts = sum of weights per class (float32; float64 for float64 features).
+        Differentiable w.r.t. ``features`` and ``weight``.
+    """
+    return torch.ops.mona.class_mean(features, labels, weight, num_classes, ignore_index)
+
+
+@torch.library.register_fake("mona::class_mean")
+def _class_mean_fake(features, labels, weight, num_classes, ignore_index):
+    torch._check(num_classes > 0, lambda: f"class_mean: num_classes must be positive, got {num_classes}")
+    torch._check(features.dim() in (2, 4), lambda: "class_mean: features must be [B, D, H, W] or [N, D]")
+    D = features.shape[1]
+    means = features.new_empty((num_classes, D))
+    counts = features.new_empty((num_classes,), dtype=acc_dtype(features.dtype))
+    return means, counts
+
+
+@torch.library.register_fake("mona::class_mean_backward")
+def _class_mean_backward_fake(grad_means, grad_counts, features, labels, weight, means, counts, ignore_index,
+                              weight_requires_grad):
+    grad_features = torch.empty_like(features)
+    if weight_requires_grad:
+        grad_weight = torch.empty_like(weight)
+    else:
+        grad_weight = features.new_empty((0,), dtype=acc_dtype(features.dtype))
+    return grad_features, grad_weight
+
+
+def _setup_context(ctx, inputs, output):
+    features, labels, weight, num_classes, ignore_index = inputs
+    means, counts = output
+    ctx.weight_requires_grad = weight is not None and ctx.needs_input_grad[2]
+    ctx.ignore_index = ignore_index
+    ctx.save_for_backward(features, labels, weight, means, counts)
+
+
+def _backward(ctx, grad_means, grad_counts):
+    features, labels, weight, means, counts = ctx.saved_tensors
+    if grad_means is None:
+        grad_means = torch.zeros_like(means)
+    if grad_counts is None:
+        grad_counts = torch.zeros_like(counts)
+    grad_features, grad_weight = torch.ops.mona.class_mean_backward(
+        grad_means, grad_counts, features, labels, weight, means, counts, ctx.ignore_index,
+        ctx.weight_requires_grad,
+    )
+    return (
+        grad_features if ctx.needs_input_grad[0] else None,
+        None,
+        grad_weight if ctx.weight_requires_grad else None,
+        None,
+        None,
+    )
+
+
+torch.library.register_autograd("mona::class_mean", _backward, setup_context=_setup_context)
