@@ -36,7 +36,7 @@ def class_mean(
 
 
 @torch.library.register_fake("mona::class_mean")
-def _class_mean_fake(features, labels, weight, num_classes, ignore_index):
+def _class_mean_fake(features, labels, weight, num_classes, ignore_index=-1):
     torch._check(num_classes > 0, lambda: f"class_mean: num_classes must be positive, got {num_classes}")
     torch._check(features.dim() in (2, 4), lambda: "class_mean: features must be [B, D, H, W] or [N, D]")
     D = features.shape[1]

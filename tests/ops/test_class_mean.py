@@ -1,0 +1,209 @@
+"""torch.ops.mona.class_mean against mona_ext.reference.class_mean."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import mona_ext
+from mona_ext import reference
+
+from op_testing import DEVICES, FLOAT_DTYPES, assert_within_twice_torch_error
+
+
+def make_inputs(B=2, D=5, H=4, W=3, C=3, device="cpu", dtype=torch.float64, ignore_frac=0.2, weight=False,
+                layout="nchw", seed=0, flat=False):
+    g = torch.Generator().manual_seed(seed)
+    f = torch.randn(B, D, H, W, generator=g, dtype=torch.float64)
+    lab = torch.randint(0, C, (B, H, W), generator=g)
+    lab[torch.rand(B, H, W, generator=g) < ignore_frac] = -1
+    w = torch.rand(B, H, W, generator=g, dtype=torch.float64) if weight else None
+    if flat:
+        f = f.permute(0, 2, 3, 1).reshape(-1, D)
+        lab = lab.reshape(-1)
+        w = w.reshape(-1) if w is not None else None
+    f = f.to(device=device, dtype=dtype)
+    if layout == "channels_last" and not flat:
+        f = f.contiguous(memory_format=torch.channels_last)
+    elif layout == "strided":  # a crop: H and W no longer merge into one stride
+        big = torch.zeros(*f.shape[:-1], f.shape[-1] + 2, dtype=dtype, device=device) if not flat else None
+        if big is not None:
+            big[..., 1:-1] = f
+            f = big[..., 1:-1]
+    lab = lab.to(device)
+    w = w.to(device=device, dtype=dtype if dtype in (torch.float32, torch.float64) else torch.float32) if w is not None else None
+    return f, lab, w
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "strided", "flat"])
+@pytest.mark.parametrize("weight", [False, True])
+@pytest.mark.parametrize("label_dtype", [torch.int64, torch.int32])
+def test_matches_reference(device, layout, weight, label_dtype):
+    f, lab, w = make_inputs(B=3, D=7, H=9, W=11, C=4, device=device, weight=weight,
+                            layout=layout, flat=layout == "flat")
+    lab = lab.to(label_dtype)
+    means, counts = mona_ext.class_mean(f, lab, 4, weight=w)
+    ref_means, ref_counts = reference.class_mean(f, lab, 4, weight=w)
+    torch.testing.assert_close(means, ref_means, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(counts, ref_counts, rtol=1e-12, atol=1e-12)
+    assert means.dtype == f.dtype and means.shape == (4, 7) and counts.shape == (4,)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_absent_class_and_all_ignore(device):
+    f, lab, _ = make_inputs(C=2, device=device, ignore_frac=0.0)
+    means, counts = mona_ext.class_mean(f, lab, 5)  # classes 2, 3, 4 absent
+    assert torch.all(means[2:] == 0) and torch.all(counts[2:] == 0)
+    lab_ignored = torch.full_like(lab, -1)
+    means, counts = mona_ext.class_mean(f, lab_ignored, 3)
+    assert torch.all(means == 0) and torch.all(counts == 0)
+    # a custom ignore index
+    lab255 = torch.where(lab == 1, torch.full_like(lab, 255), lab)
+    means, counts = mona_ext.class_mean(f, lab255, 2, ignore_index=255)
+    ref_means, ref_counts = reference.class_mean(f, torch.where(lab == 1, -1, lab), 2)
+    torch.testing.assert_close(means, ref_means)
+    torch.testing.assert_close(counts, ref_counts)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shape", [(0, 4, 3, 3), (2, 0, 3, 3), (2, 4, 0, 3), (0, 4)])
+def test_zero_size(device, shape):
+    f = torch.randn(*shape, device=device, requires_grad=True)
+    lab_shape = (shape[0],) if len(shape) == 2 else (shape[0], shape[2], shape[3])
+    lab = torch.zeros(lab_shape, dtype=torch.long, device=device)
+    means, counts = mona_ext.class_mean(f, lab, 3)
+    assert means.shape == (3, shape[1]) and torch.all(means == 0) and torch.all(counts == 0)
+    means.sum().backward()
+    assert f.grad.shape == f.shape
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_low_precision_accumulates_in_fp32(device, dtype):
+    # Large pools where naive low-precision accumulation would lose digits.
+    f64, lab, w = make_inputs(B=4, D=16, H=64, W=64, C=3, device=device, ignore_frac=0.1, seed=3)
+    f = f64.to(dtype)
+    means, counts = mona_ext.class_mean(f, lab, 3)
+    ref64, _ = reference.class_mean(f.double(), lab, 3)
+    # plain PyTorch in the same dtype: index_add_ of the low-precision values
+    x = f.permute(0, 2, 3, 1).reshape(-1, 16)
+    idx = lab.reshape(-1)
+    keep = idx >= 0
+    torch_sums = torch.zeros(3, 16, dtype=dtype, device=device).index_add_(0, idx[keep], x[keep])
+    torch_counts = torch.zeros(3, dtype=dtype, device=device).index_add_(0, idx[keep], torch.ones_like(x[keep, 0]))
+    torch_means = torch_sums / torch_counts[:, None]
+    assert_within_twice_torch_error(means, torch_means, ref64, floor=torch.finfo(dtype).eps)
+    assert counts.dtype == torch.float32
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "flat"])
+def test_gradcheck(device, layout):
+    f, lab, w = make_inputs(B=2, D=3, H=3, W=4, C=3, device=device, weight=True, layout=layout,
+                            flat=layout == "flat", seed=1)
+    f.requires_grad_(True)
+    w.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda f_, w_: mona_ext.class_mean(f_, lab, 3, weight=w_), (f, w))
+    assert torch.autograd.gradcheck(lambda f_: mona_ext.class_mean(f_, lab, 3), (f,))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_gradient_matches_reference_layouts(device):
+    f, lab, w = make_inputs(B=2, D=6, H=5, W=5, C=3, device=device, dtype=torch.float32,
+                            layout="channels_last", weight=True)
+    f1 = f.clone().requires_grad_(True)
+    f2 = f.clone().requires_grad_(True)
+    g = torch.randn(3, 6, device=device)
+    (mona_ext.class_mean(f1, lab, 3, weight=w)[0] * g).sum().backward()
+    (reference.class_mean(f2, lab, 3, weight=w)[0] * g).sum().backward()
+    torch.testing.assert_close(f1.grad, f2.grad)
+    assert f1.grad.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("requires_grad", [False, True])
+@pytest.mark.parametrize("weight", [False, True])
+def test_opcheck(device, requires_grad, weight):
+    f, lab, w = make_inputs(device=device, weight=weight)
+    f.requires_grad_(requires_grad)
+    if w is not None:
+        w.requires_grad_(requires_grad)
+    torch.library.opcheck(torch.ops.mona.class_mean.default, (f, lab, w, 3, -1))
+
+
+def test_compile_fullgraph_matches_eager():
+    f, lab, w = make_inputs(B=2, D=8, H=6, W=6, C=3, dtype=torch.float32, weight=True)
+
+    def fn(x, y, z):
+        means, counts = mona_ext.class_mean(x, y, 3, weight=z)
+        return (means * counts[:, None]).sum(), means
+
+    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
+    out_c, means_c = compiled(f, lab, w)
+    out_e, means_e = fn(f, lab, w)
+    torch.testing.assert_close(out_c, out_e)
+    torch.testing.assert_close(means_c, means_e)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    B=st.integers(0, 3), D=st.integers(1, 6), H=st.integers(1, 6), W=st.integers(1, 6), C=st.integers(1, 5),
+    ignore_frac=st.sampled_from([0.0, 0.5, 1.0]), weight=st.booleans(), layout=st.sampled_from(["nchw", "channels_last"]),
+    seed=st.integers(0, 2**16),
+)
+def test_property_matches_reference(B, D, H, W, C, ignore_frac, weight, layout, seed):
+    f, lab, w = make_inputs(B, D, H, W, C, ignore_frac=ignore_frac, weight=weight, layout=layout, seed=seed)
+    means, counts = mona_ext.class_mean(f, lab, C, weight=w)
+    ref_means, ref_counts = reference.class_mean(f, lab, C, weight=w)
+    torch.testing.assert_close(means, ref_means)
+    torch.testing.assert_close(counts, ref_counts)
+    # a class's mean lies inside the range of its features (a convex combination) when weights >= 0
+    for c in range(C):
+        sel = lab == c
+        if counts[c] > 0:
+            vals = f.permute(0, 2, 3, 1)[sel]
+            assert torch.all(means[c] <= vals.max(0).values + 1e-12) and torch.all(means[c] >= vals.min(0).values - 1e-12)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(num_classes=0), "num_classes must be positive"),
+        (dict(features=torch.randn(2, 3, 4)), r"features must be \[B, D, H, W\] or \[N, D\]"),
+        (dict(labels=torch.zeros(2, 4, 5, dtype=torch.long)), r"labels must be \[B, H, W\] = \[2, 4, 4\]"),
+        (dict(labels=torch.zeros(2, 4, 4)), "labels must be int64 or int32"),
+        (dict(features=torch.zeros(2, 3, 4, 4, dtype=torch.int64)), "features must be float32"),
+        (dict(weight=torch.ones(2, 4)), "weight must have the labels' shape"),
+        (dict(labels=torch.full((2, 4, 4), 3, dtype=torch.long)), "labels contain 3 .*num_classes=3"),
+        (dict(labels=torch.full((2, 4, 4), -2, dtype=torch.long)), "labels contain -2 .*ignore_index=-1"),
+    ],
+)
+def test_bad_input_messages(kwargs, message):
+    args = dict(features=torch.randn(2, 3, 4, 4), labels=torch.zeros(2, 4, 4, dtype=torch.long), num_classes=3,
+                weight=None)
+    args.update(kwargs)
+    with pytest.raises((ValueError, TypeError), match=message):
+        mona_ext.class_mean(args["features"], args["labels"], args["num_classes"], weight=args["weight"])
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_matches_cpu_large():
+    f, lab, w = make_inputs(B=4, D=64, H=64, W=64, C=6, dtype=torch.float32, weight=True, seed=5)
+    for layout in (torch.contiguous_format, torch.channels_last):
+        fc = f.contiguous(memory_format=layout)
+        m_cpu, c_cpu = mona_ext.class_mean(fc, lab, 6, weight=w)
+        m_gpu, c_gpu = mona_ext.class_mean(fc.cuda(), lab.cuda(), 6, weight=w.cuda())
+        torch.testing.assert_close(m_gpu.cpu(), m_cpu, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(c_gpu.cpu(), c_cpu, rtol=1e-5, atol=1e-3)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_mismatched_device_message():
+    f, lab, _ = make_inputs(dtype=torch.float32)
+    with pytest.raises(ValueError, match="labels are on cpu but features are on cuda"):
+        mona_ext.class_mean(f.cuda(), lab, 3)
