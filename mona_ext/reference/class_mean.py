@@ -1,6 +1,5 @@
-"""Pure-PyTorch references of the ops: slow, obvious, differentiable by autograd.
+"""Reference of ``mona.class_mean``: ``index_add_`` over a permuted copy.
 
-The tests compare every kernel with these, and the benchmarks time them side by side.
 """
 
 from __future__ import annotations

@@ -1,0 +1,9 @@
+"""Pure-PyTorch references of the ops: slow, obvious, differentiable by autograd.
+
+The tests compare every kernel with these and the benchmarks time them side by side.
+One module per op family; everything is re-exported here (``mona_ext.reference.class_mean``).
+"""
+
+from .class_mean import class_mean
+
+__all__ = ["class_mean"]
