@@ -44,7 +44,8 @@ def build_info() -> dict[str, Any]:
 
     Returns a dict with keys ``mona_version``, ``with_cuda``, ``cuda_arch_list``, ``cuda_version``
     (nvcc used, "" without CUDA), ``torch_version`` (built against), ``torch_runtime``,
-    ``cuda_available`` (a GPU is visible now) and ``ops`` ({name: [dispatch keys with a kernel]}).
+    ``cuda_available`` (a GPU is visible now) and ``ops`` ({name: [dispatch keys with a kernel]}:
+    "CPU" / "CUDA" for device kernels, "CompositeImplicitAutograd" for an op composed of other ops).
     """
     from . import _build_info as b  # written by setup.py / CMake at build time
 
@@ -54,7 +55,7 @@ def build_info() -> dict[str, Any]:
     for name in _op_names():
         keys = [
             key
-            for key in ("CPU", "CUDA")
+            for key in ("CPU", "CUDA", "CompositeImplicitAutograd")
             if torch._C._dispatch_has_kernel_for_dispatch_key(f"mona::{name}", key)
         ]
         ops[name] = keys

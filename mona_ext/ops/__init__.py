@@ -4,5 +4,6 @@ One module per op, named like the op; its C++ lives in ``csrc/<op>/``.
 """
 
 from .class_mean import class_mean
+from .contrast import class_pools, contrast_infonce, contrast_loss, reco_loss, sample_negatives
 
-__all__ = ["class_mean"]
+__all__ = ["class_mean", "class_pools", "contrast_infonce", "contrast_loss", "reco_loss", "sample_negatives"]

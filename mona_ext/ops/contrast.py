@@ -1,0 +1,261 @@
+"""The anatomical contrastive (ACF) loss: ``torch.ops.mona.contrast_loss`` and its parts.
+
+The loss is a composite of four ops, each usable (and tested) on its own:
+
+1. ``class_pools``       valid pixels grouped by class, hard | easy (counting sort, indices only);
+2. ``class_mean``        prototypes of the key features (see ``mona_ext.ops.class_mean``);
+3. ``sample_negatives``  queries and negative keys as indices (adaptive softmax class sampling);
+4. ``contrast_infonce``  the fused InfoNCE that gathers queries/keys by index, never building
+                          the Q x (M+1) x D key tensor, with a fused backward to the query pixels.
+
+Kernels: ``csrc/class_pools``, ``csrc/sample_negatives``, ``csrc/contrast_loss``.
+References: ``mona_ext.reference.contrast``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ._common import acc_dtype
+
+NEGATIVE_SOURCES = ("batch", "bank", "both")
+QUERY_MODES = ("hard", "all", "balanced")
+
+
+def class_pools(
+    labels: torch.Tensor,
+    num_classes: int,
+    valid: torch.Tensor | None = None,
+    prob: torch.Tensor | None = None,
+    strong_threshold: float = 1.0,
+    ignore_index: int = -1,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Group valid pixels by class, hard pixels first (``prob[c] < strong_threshold``).
+
+    Args:
+        labels: ``[B, H, W]`` or ``[N]`` int64/int32 (``ignore_index`` = not a pixel of any class).
+        valid: optional labels-shaped mask; a pixel takes part only where it is nonzero.
+        prob: optional ``[B, C, H, W]`` (or ``[N, C]``) class probabilities; without it every pixel is hard.
+
+    Returns:
+        ``(offsets [C], counts [C], hard_counts [C], permutation [N])``, int64:
+        ``permutation[offsets[c] : offsets[c] + counts[c]]`` are class c's flat pixel indices, the
+        first ``hard_counts[c]`` of them hard; unused tail entries are -1.
+    """
+    return torch.ops.mona.class_pools(labels, valid, prob, num_classes, strong_threshold, ignore_index)
+
+
+def sample_negatives(
+    pools: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+    prototypes: torch.Tensor,
+    num_queries: int = 256,
+    num_negatives: int = 512,
+    temperature: float = 0.5,
+    negatives: str = "batch",
+    query_mode: str = "hard",
+    bank_fill: torch.Tensor | None = None,
+    bank_size: int = 0,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Draw queries and negatives as indices; see the schema in ``csrc/sample_negatives``.
+
+    Returns ``(query_index [C, Q], negative_index [C, Q, M], class_weight [C])``. Negative indices
+    below N (= ``permutation.numel()``) are pixels of the key map, indices ``N + v*K + s`` are slot
+    s of class v in a memory bank ``[C, K, D]``.
+    """
+    offsets, counts, hard_counts, permutation = pools
+    return torch.ops.mona.sample_negatives(offsets, counts, hard_counts, permutation, prototypes, bank_fill, bank_size,
+                                           num_queries, num_negatives, temperature, negatives, query_mode, generator)
+
+
+def contrast_infonce(
+    features: torch.Tensor,
+    key_features: torch.Tensor,
+    prototypes: torch.Tensor,
+    query_index: torch.Tensor,
+    negative_index: torch.Tensor,
+    class_weight: torch.Tensor,
+    temperature: float = 0.5,
+    bank: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fused InfoNCE over sampled indices: ``(loss, lse [C, Q])``; gradient to ``features`` only."""
+    return torch.ops.mona.contrast_infonce(features, key_features, bank, prototypes, query_index, negative_index,
+                                           class_weight, temperature)
+
+
+def contrast_loss(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    valid: torch.Tensor | None = None,
+    prob: torch.Tensor | None = None,
+    strong_threshold: float = 0.97,
+    temperature: float = 0.5,
+    num_queries: int = 256,
+    num_negatives: int = 512,
+    key_features: torch.Tensor | None = None,
+    bank: torch.Tensor | None = None,
+    bank_fill: torch.Tensor | None = None,
+    negatives: str = "batch",
+    query_mode: str = "hard",
+    ignore_index: int = -1,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """The anatomical contrastive (ACF / ReCo) loss of MONA, fused.
+
+    For each class c present in the batch: the positive key is the mean key feature of its valid
+    pixels; ``num_queries`` query pixels are drawn (``query_mode``: ``"hard"`` = pixels with
+    ``prob[c] < strong_threshold`` as in ReCo, ``"all"``, or ``"balanced"`` half hard / half easy);
+    each query gets ``num_negatives`` keys: a class v != c with probability
+    ``softmax_v(cos(proto_c, proto_v) / temperature)``, then a uniform key of class v from the batch,
+    the memory bank or both (``negatives``). Loss per query = cross-entropy of
+    ``cos(query, [proto_c | negatives]) / temperature`` with target 0; mean over queries, then over
+    present classes (a present class without queries adds 0 but counts). Fewer than two classes
+    with keys -> 0 (with a gradient path). Keys carry no gradient.
+
+    Args:
+        features: ``[B, D, H, W]`` student embeddings (channels-last is the fast path) or ``[N, D]``.
+        labels: ``[B, H, W]`` / ``[N]`` integer labels or pseudo-labels, ``ignore_index`` to skip.
+        valid: optional mask (nonzero = pixel takes part), e.g. teacher confidence > 0.7.
+        prob: optional ``[B, C, H, W]`` class probabilities for the easy/hard split (else all hard).
+        key_features: optional teacher map for prototypes and negatives (default: ``features``, detached).
+        bank, bank_fill: a class-aware memory bank ``[C, K, D]`` and its per-class fill ``[C]`` (int64),
+            used when ``negatives`` is ``"bank"`` or ``"both"``.
+        generator: a ``torch.Generator`` on the features' device; same state -> same loss.
+
+    Returns:
+        A 0-dim float32 tensor (float64 for float64 features).
+    """
+    return torch.ops.mona.contrast_loss(features, labels, valid, prob, num_classes, strong_threshold, temperature,
+                                        num_queries, num_negatives, key_features, bank, bank_fill, negatives,
+                                        query_mode, ignore_index, generator)
+
+
+def reco_loss(
+    rep: torch.Tensor,
+    label: torch.Tensor,
+    mask: torch.Tensor,
+    prob: torch.Tensor,
+    strong_threshold: float = 1.0,
+    temp: float = 0.5,
+    num_queries: int = 256,
+    num_negatives: int = 256,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Drop-in replacement of ReCo's ``compute_reco_loss`` (same arguments, same semantics).
+
+    Args:
+        rep: ``[B, D, H, W]`` representation.
+        label: ``[B, C, H, W]`` one-hot labels (a pixel with no class set is ignored).
+        mask: ``[B, H, W]`` or ``[B, 1, H, W]`` validity (nonzero = valid).
+        prob: ``[B, C, H, W]`` class probabilities.
+
+    Returns the same loss as ReCo (in distribution), on ``rep``'s device, with a gradient to ``rep``.
+    """
+    if label.dim() != 4 or label.shape[0] != rep.shape[0] or label.shape[2:] != rep.shape[2:]:
+        raise ValueError(f"reco_loss: label must be one-hot [B, C, H, W] matching rep {tuple(rep.shape)}, "
+                         f"got {tuple(label.shape)}")
+    if mask.dim() == 4:
+        if mask.shape[1] != 1:
+            raise ValueError(f"reco_loss: mask must be [B, H, W] or [B, 1, H, W], got {tuple(mask.shape)}")
+        mask = mask[:, 0]
+    labels = torch.where(label.sum(1) > 0, label.argmax(1), torch.full_like(label[:, 0], -1, dtype=torch.long))
+    return contrast_loss(rep, labels, label.shape[1], valid=mask, prob=prob, strong_threshold=strong_threshold,
+                         temperature=temp, num_queries=num_queries, num_negatives=num_negatives, generator=generator)
+
+
+# ----------------------------------------------------------------------------------------------
+# fake kernels (shapes only) for torch.compile / meta tensors
+
+
+@torch.library.register_fake("mona::class_pools")
+def _class_pools_fake(labels, valid, prob, num_classes, strong_threshold=1.0, ignore_index=-1):
+    small = [labels.new_empty((num_classes,), dtype=torch.long) for _ in range(3)]
+    return (*small, labels.new_empty((labels.numel(),), dtype=torch.long))
+
+
+@torch.library.register_fake("mona::sample_negatives")
+def _sample_negatives_fake(offsets, counts, hard_counts, permutation, prototypes, bank_fill, bank_size, num_queries,
+                           num_negatives, temperature, negatives="batch", query_mode="hard", generator=None):
+    C = offsets.shape[0]
+    return (offsets.new_empty((C, num_queries)), offsets.new_empty((C, num_queries, num_negatives)),
+            offsets.new_empty((C,), dtype=torch.float32))
+
+
+@torch.library.register_fake("mona::contrast_infonce")
+def _contrast_infonce_fake(features, key_features, bank, prototypes, query_index, negative_index, class_weight,
+                           temperature):
+    acc = acc_dtype(features.dtype)
+    return features.new_empty((), dtype=acc), features.new_empty(tuple(query_index.shape), dtype=acc)
+
+
+@torch.library.register_fake("mona::contrast_infonce_backward")
+def _contrast_infonce_backward_fake(grad_loss, features, key_features, bank, prototypes, query_index, negative_index,
+                                    class_weight, lse, temperature):
+    return torch.empty_like(features)
+
+
+# ----------------------------------------------------------------------------------------------
+# autograd of the fused InfoNCE: gradient to the query feature map only
+
+
+def _infonce_setup_context(ctx, inputs, output):
+    features, key_features, bank, prototypes, query_index, negative_index, class_weight, temperature = inputs
+    _, lse = output
+    ctx.mark_non_differentiable(lse)
+    ctx.temperature = temperature
+    ctx.save_for_backward(features, key_features, bank, prototypes, query_index, negative_index, class_weight, lse)
+
+
+def _infonce_backward(ctx, grad_loss, _grad_lse):
+    features, key_features, bank, prototypes, query_index, negative_index, class_weight, lse = ctx.saved_tensors
+    grad = None
+    if ctx.needs_input_grad[0]:
+        grad = torch.ops.mona.contrast_infonce_backward(grad_loss, features, key_features, bank, prototypes,
+                                                        query_index, negative_index, class_weight, lse,
+                                                        ctx.temperature)
+    return grad, None, None, None, None, None, None, None
+
+
+torch.library.register_autograd("mona::contrast_infonce", _infonce_backward, setup_context=_infonce_setup_context)
+
+
+# ----------------------------------------------------------------------------------------------
+# contrast_loss = class_pools -> class_mean -> sample_negatives -> contrast_infonce (composite:
+# autograd, fake tensors and both devices come from the parts)
+
+
+def _bank_prototypes(bank: torch.Tensor, bank_fill: torch.Tensor) -> torch.Tensor:
+    """Mean of the filled slots of each class of a bank ``[C, K, D]`` (zeros for an empty class)."""
+    filled = torch.arange(bank.shape[1], device=bank.device)[None, :] < bank_fill[:, None]
+    sums = (bank.to(acc_dtype(bank.dtype)) * filled[..., None]).sum(1)
+    return sums / bank_fill.clamp_min(1)[:, None].to(sums.dtype)
+
+
+def _contrast_loss_composite(features, labels, valid, prob, num_classes, strong_threshold=0.97, temperature=0.5,
+                             num_queries=256, num_negatives=512, key_features=None, bank=None, bank_fill=None,
+                             negatives="batch", query_mode="hard", ignore_index=-1, generator=None):
+    if negatives not in NEGATIVE_SOURCES:
+        raise ValueError(f"contrast_loss: negatives must be one of {NEGATIVE_SOURCES}, got {negatives!r}")
+    use_bank = negatives != "batch"
+    if use_bank and (bank is None or bank_fill is None):
+        raise ValueError(f"contrast_loss: negatives={negatives!r} needs bank [C, K, D] and bank_fill [C]")
+    keys = (features if key_features is None else key_features).detach()
+    pools = torch.ops.mona.class_pools(labels, valid, prob, num_classes, strong_threshold, ignore_index)
+    proto_labels = labels if valid is None else torch.where(valid != 0, labels, torch.full_like(labels, ignore_index))
+    prototypes, proto_counts = torch.ops.mona.class_mean(keys, proto_labels, None, num_classes, ignore_index)
+    graph_prototypes = prototypes
+    if use_bank:
+        bank = bank.detach()
+        graph_prototypes = torch.where((proto_counts > 0)[:, None], prototypes.to(proto_counts.dtype),
+                                       _bank_prototypes(bank, bank_fill))
+    query_index, negative_index, class_weight = torch.ops.mona.sample_negatives(
+        *pools, graph_prototypes, bank_fill if use_bank else None, bank.shape[1] if use_bank else 0, num_queries,
+        num_negatives, temperature, negatives, query_mode, generator)
+    loss, _ = torch.ops.mona.contrast_infonce(features, keys, bank if use_bank else None, prototypes, query_index,
+                                              negative_index, class_weight, temperature)
+    return loss
+
+
+_lib = torch.library.Library("mona", "IMPL")  # noqa: F841  (kept alive: holds the registration)
+_lib.impl("contrast_loss", _contrast_loss_composite, "CompositeImplicitAutograd")
