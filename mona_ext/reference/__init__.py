@@ -4,6 +4,9 @@ The tests compare every kernel with these and the benchmarks time them side by s
 One module per op family; everything is re-exported here (``mona_ext.reference.class_mean``).
 """
 
+from . import contrast
 from .class_mean import class_mean
+from .contrast import class_pools, contrast_infonce, contrast_loss_vectorised, reco_loss_published
 
-__all__ = ["class_mean"]
+__all__ = ["class_mean", "class_pools", "contrast", "contrast_infonce", "contrast_loss_vectorised",
+           "reco_loss_published"]
