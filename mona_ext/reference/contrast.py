@@ -60,6 +60,8 @@ def contrast_infonce(features, key_features, prototypes, query_index, negative_i
         keys = torch.cat([keys, bank.detach().reshape(-1, bank.shape[-1]).to(acc)])
     C, Q = query_index.shape
     use = class_weight > 0
+    if x.shape[0] == 0:  # zero-size batch: no class has queries
+        return x.sum() * 0.0
     q = x[query_index.clamp_min(0)]                                   # [C, Q, D]
     neg = keys[negative_index.clamp_min(0)]                           # [C, Q, M, D]
     pos = prototypes.detach().to(acc)[:, None, None, :].expand(C, Q, 1, -1)
