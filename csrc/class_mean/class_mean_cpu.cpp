@@ -1,8 +1,9 @@
 // mona::class_mean — CPU kernels.
 //
 // Parallel strategy: pixels are cut into tiles of kTile pixels inside one image; at::parallel_for
-// hands tiles to threads. Within a tile the loop is channel-outer, pixel-inner, so an NCHW map is
-// read along contiguous rows and a channels-last map touches kTile rows of D that stay in cache.
+// hands tiles to threads. Within a tile the loop follows the memory layout: channel-outer,
+// pixel-inner for NCHW (contiguous rows of pixels), pixel-outer, channel-inner for channels-last
+// and [N, D] (contiguous rows of channels), so every read streams.
 // Forward: each thread accumulates into its own [C, D] partial sums (fp32, fp64 for double),
 // reduced once at the end — no atomics, deterministic for a fixed thread count.
 // Backward: every output element is written by exactly one thread.
@@ -63,6 +64,17 @@ void class_mean_forward_kernel(const PixelView<const scalar_t>& f, const index_t
       const Tile tile = tile_at(t, tiles_per_image, P);
       const scalar_t* base = f.data + tile.b * f.stride_b;
       const int64_t n0 = tile.b * P;
+      if (f.channels_fastest()) {
+        for (int64_t p = tile.p0; p < tile.p1; ++p) {
+          const index_t lab = labels[n0 + p];
+          if (!cm::is_valid(lab, C)) continue;
+          const acc_t w = weight ? weight[n0 + p] : acc_t(1);
+          const scalar_t* px = base + p * f.stride_p;
+          acc_t* srow = sums + lab * D;
+          for (int64_t d = 0; d < D; ++d) srow[d] += w * static_cast<acc_t>(px[d]);
+        }
+        continue;
+      }
       for (int64_t d = 0; d < D; ++d) {
         const scalar_t* row = base + d * f.stride_d;
         for (int64_t p = tile.p0; p < tile.p1; ++p) {
@@ -99,6 +111,28 @@ void class_mean_backward_kernel(const PixelView<const scalar_t>& f, const PixelV
       const Tile tile = tile_at(t, tiles_per_image, P);
       const int64_t n0 = tile.b * P;
       for (int64_t i = 0; i < kTile; ++i) gw[i] = acc_t(0);
+      if (f.channels_fastest() && gf.channels_fastest()) {
+        for (int64_t p = tile.p0; p < tile.p1; ++p) {
+          const index_t lab = labels[n0 + p];
+          const scalar_t* fx = f.data + tile.b * f.stride_b + p * f.stride_p;
+          scalar_t* gx = gf.data + tile.b * gf.stride_b + p * gf.stride_p;
+          if (!cm::is_valid(lab, C)) {
+            for (int64_t d = 0; d < D; ++d) gx[d] = scalar_t(0);
+            continue;
+          }
+          const acc_t w = weight ? weight[n0 + p] : acc_t(1);
+          const acc_t inv = cm::inverse_count(counts[lab]);
+          const acc_t* gm = grad_means + lab * D;
+          for (int64_t d = 0; d < D; ++d) gx[d] = static_cast<scalar_t>(cm::grad_feature(w, gm[d], inv));
+          if (grad_weight) {
+            acc_t s = 0;
+            for (int64_t d = 0; d < D; ++d) {
+              s += cm::grad_weight_term(gm[d], static_cast<acc_t>(fx[d]), means[lab * D + d], inv);
+            }
+            gw[p - tile.p0] = s;
+          }
+        }
+      } else {
       for (int64_t d = 0; d < D; ++d) {
         const scalar_t* frow = f.data + tile.b * f.stride_b + d * f.stride_d;
         scalar_t* grow = gf.data + tile.b * gf.stride_b + d * gf.stride_d;
@@ -117,6 +151,7 @@ void class_mean_backward_kernel(const PixelView<const scalar_t>& f, const PixelV
           }
           grow[p * gf.stride_p] = static_cast<scalar_t>(g);
         }
+      }
       }
       if (grad_weight) {
         for (int64_t p = tile.p0; p < tile.p1; ++p) {

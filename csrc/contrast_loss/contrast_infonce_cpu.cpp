@@ -2,24 +2,27 @@
 //
 // Strategy: at::parallel_for over the C*Q queries. A query's D-vector is copied once into a
 // thread-local fp32/fp64 buffer; each of its M+1 keys is then read once, in place, from the key
-// map (a contiguous 4*D-byte row on the channels-last fast path, strided otherwise) or the bank,
-// with the dot product and the key's squared norm accumulated together (8-way unrolled so the
-// compiler vectorises it) and folded into an online logsumexp. Nothing of size Q x M x D exists.
-// Backward recomputes the logits from the saved logsumexp, accumulates the query gradient in a
-// thread-local D-vector, writes it per query, then adds the C*Q rows into the dense gradient
-// serially (several queries may share a pixel).
+// map (a contiguous row on the channels-last fast path, strided otherwise) or the bank, with the
+// dot product and the key's squared norm accumulated together (AVX2/FMA-multiversioned for float32
+// rows) and folded into an online logsumexp. Nothing of size Q x M x D exists; the logits and
+// inverse key norms [C, Q, M+1] are kept for the backward.
+// Backward: per query, softmax weights from the saved logits, one axpy pass over its keys into a
+// thread-local D-vector, then the C*Q gradient rows are added serially into the dense gradient
+// (several queries may share a pixel).
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/zeros.h>
 #include <ATen/ops/zeros_like.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
+#include "common/simd_cpu.h"
 #include "common/tensor_utils.h"
 #include "contrast_loss/contrast_infonce_host.h"
 #include "contrast_loss/contrast_infonce_math.h"
@@ -32,38 +35,39 @@ namespace cm = contrast_math;
 // dot(row, x) and |row|^2 in one pass.
 template <typename row_t, typename acc_t>
 inline void dot_and_square(const row_t* row, int64_t stride, const acc_t* x, int64_t D, acc_t& dot, acc_t& sq) {
-  constexpr int U = 8;
-  acc_t a[U] = {}, b[U] = {};
-  int64_t d = 0;
-  if (stride == 1) {
-    for (; d + U <= D; d += U) {
-      for (int u = 0; u < U; ++u) {
-        const acc_t v = static_cast<acc_t>(row[d + u]);
-        a[u] += v * x[d + u];
-        b[u] += v * v;
-      }
+  if constexpr (std::is_same_v<row_t, float> && std::is_same_v<acc_t, float>) {
+    if (stride == 1) {
+      dot = simd::dot_and_square_f32(row, x, D, &sq);
+      return;
     }
   }
-  for (; d < D; ++d) {
+  acc_t a = 0, b = 0;
+  for (int64_t d = 0; d < D; ++d) {
     const acc_t v = static_cast<acc_t>(row[d * stride]);
-    a[0] += v * x[d];
-    b[0] += v * v;
+    a += v * x[d];
+    b += v * v;
   }
-  dot = 0;
-  sq = 0;
-  for (int u = 0; u < U; ++u) {
-    dot += a[u];
-    sq += b[u];
-  }
+  dot = a;
+  sq = b;
 }
 
 template <typename row_t, typename acc_t>
 inline void axpy(acc_t alpha, const row_t* row, int64_t stride, acc_t* y, int64_t D) {
-  if (stride == 1) {
-    for (int64_t d = 0; d < D; ++d) y[d] += alpha * static_cast<acc_t>(row[d]);
-  } else {
-    for (int64_t d = 0; d < D; ++d) y[d] += alpha * static_cast<acc_t>(row[d * stride]);
+  if constexpr (std::is_same_v<row_t, float> && std::is_same_v<acc_t, float>) {
+    if (stride == 1) return simd::axpy_f32(alpha, row, y, D);
   }
+  for (int64_t d = 0; d < D; ++d) y[d] += alpha * static_cast<acc_t>(row[d * stride]);
+}
+
+constexpr int64_t kPrefetchDistance = 4;  // keys ahead
+
+// Prefetch negative j of row r (channels-contiguous rows only; strided rows span many lines).
+template <typename scalar_t>
+inline void prefetch_key(const infonce::KeySource<scalar_t>& keys, const int64_t* nidx, int64_t M, int64_t j) {
+  if (j >= M) return;
+  int64_t stride;
+  const scalar_t* row = keys.row(nidx[j], stride);
+  if (stride == 1) simd::prefetch_row(row, keys.D * static_cast<int64_t>(sizeof(scalar_t)));
 }
 
 template <typename scalar_t>
@@ -87,7 +91,8 @@ inline acc_t load_query(const PixelView<const scalar_t>& f, int64_t n, acc_t* x)
 }
 
 template <typename scalar_t>
-void infonce_forward_kernel(const InfonceArgs& a, at::opmath_type<scalar_t>* lse, at::opmath_type<scalar_t>* row_loss) {
+void infonce_forward_kernel(const InfonceArgs& a, at::opmath_type<scalar_t>* logits, at::opmath_type<scalar_t>* inv_norms,
+                            at::opmath_type<scalar_t>* row_loss) {
   using acc_t = at::opmath_type<scalar_t>;
   const auto f = make_pixel_view<const scalar_t>(a.features);
   const auto keys = key_source<scalar_t>(a);
@@ -100,31 +105,39 @@ void infonce_forward_kernel(const InfonceArgs& a, at::opmath_type<scalar_t>* lse
   at::parallel_for(0, a.C * Q, 1, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> x(D);
     for (int64_t r = begin; r < end; ++r) {
-      const int64_t c = r / Q;
-      if (!(weight[c] > acc_t(0))) {
-        lse[r] = row_loss[r] = acc_t(0);
+      acc_t* lr = logits + r * (M + 1);
+      acc_t* kr = inv_norms + r * (M + 1);
+      if (!(weight[r / Q] > acc_t(0))) {
+        std::fill(lr, lr + M + 1, acc_t(0));
+        std::fill(kr, kr + M + 1, acc_t(0));
+        row_loss[r] = acc_t(0);
         continue;
       }
       const acc_t xn = load_query(f, qidx[r], x.data());
       acc_t dot, sq;
-      dot_and_square(protos + c * D, 1, x.data(), D, dot, sq);
-      const acc_t l0 = dot / (xn * cm::safe_norm(sq)) * inv_t;
-      acc_t m = l0, s = 1;
+      dot_and_square(protos + (r / Q) * D, 1, x.data(), D, dot, sq);
+      kr[0] = acc_t(1) / cm::safe_norm(sq);
+      lr[0] = dot * kr[0] / xn * inv_t;
+      acc_t m = lr[0], s = 1;
+      const int64_t* nr = nidx + r * M;
+      for (int64_t j = 0; j < kPrefetchDistance; ++j) prefetch_key(keys, nr, M, j);
       for (int64_t j = 0; j < M; ++j) {
+        prefetch_key(keys, nr, M, j + kPrefetchDistance);
         int64_t stride;
         const scalar_t* row = keys.row(nidx[r * M + j], stride);
         dot_and_square(row, stride, x.data(), D, dot, sq);
-        cm::lse_update(m, s, dot / (xn * cm::safe_norm(sq)) * inv_t);
+        kr[j + 1] = acc_t(1) / cm::safe_norm(sq);
+        lr[j + 1] = dot * kr[j + 1] / xn * inv_t;
+        cm::lse_update(m, s, lr[j + 1]);
       }
-      lse[r] = m + std::log(s);
-      row_loss[r] = lse[r] - l0;
+      row_loss[r] = m + std::log(s) - lr[0];
     }
   });
 }
 
 template <typename scalar_t>
-void infonce_backward_kernel(const InfonceArgs& a, double grad_loss, const at::opmath_type<scalar_t>* lse,
-                             at::Tensor& grad_features) {
+void infonce_backward_kernel(const InfonceArgs& a, double grad_loss, const at::opmath_type<scalar_t>* logits,
+                             const at::opmath_type<scalar_t>* inv_norms, at::Tensor& grad_features) {
   using acc_t = at::opmath_type<scalar_t>;
   const auto f = make_pixel_view<const scalar_t>(a.features);
   const auto keys = key_source<scalar_t>(a);
@@ -133,34 +146,36 @@ void infonce_backward_kernel(const InfonceArgs& a, double grad_loss, const at::o
   const int64_t* qidx = a.query_index.data_ptr<int64_t>();
   const int64_t* nidx = a.negative_index.data_ptr<int64_t>();
   const int64_t D = a.D, M = a.M, Q = a.Q;
-  const acc_t inv_t = acc_t(1) / static_cast<acc_t>(a.temperature);
+  const acc_t temperature = static_cast<acc_t>(a.temperature);
   std::vector<acc_t> grad_rows(static_cast<size_t>(a.C * Q) * D, acc_t(0));
   at::parallel_for(0, a.C * Q, 1, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> x(D), acc(D);
     for (int64_t r = begin; r < end; ++r) {
       const int64_t c = r / Q;
       if (!(weight[c] > acc_t(0))) continue;
+      const acc_t* lr = logits + r * (M + 1);
+      const acc_t* kr = inv_norms + r * (M + 1);
+      acc_t m = lr[0], s = 1;
+      for (int64_t j = 1; j <= M; ++j) cm::lse_update(m, s, lr[j]);
+      const acc_t lse = m + std::log(s);
       const acc_t xn = load_query(f, qidx[r], x.data());
       std::fill(acc.begin(), acc.end(), acc_t(0));
-      acc_t weighted_cos = 0, dot, sq;
-      // positive key (the class prototype)
-      dot_and_square(protos + c * D, 1, x.data(), D, dot, sq);
-      acc_t kn = cm::safe_norm(sq), cosine = dot / (xn * kn);
-      acc_t g = infonce::logit_grad(cosine * inv_t, lse[r], true);
-      axpy(g / kn, protos + c * D, 1, acc.data(), D);
-      weighted_cos += g * cosine;
-      for (int64_t j = 0; j < M; ++j) {
+      // positive key (the class prototype), then the negatives: acc = sum_j g_j k_j / |k_j|
+      acc_t g = infonce::logit_grad(lr[0], lse, true);
+      acc_t weighted_cos = g * lr[0] * temperature;
+      axpy(g * kr[0], protos + c * D, 1, acc.data(), D);
+      const int64_t* nr = nidx + r * M;
+      for (int64_t j = 0; j < kPrefetchDistance; ++j) prefetch_key(keys, nr, M, j);
+      for (int64_t j = 1; j <= M; ++j) {
+        prefetch_key(keys, nr, M, j - 1 + kPrefetchDistance);
         int64_t stride;
-        const scalar_t* row = keys.row(nidx[r * M + j], stride);
-        dot_and_square(row, stride, x.data(), D, dot, sq);
-        kn = cm::safe_norm(sq);
-        cosine = dot / (xn * kn);
-        g = infonce::logit_grad(cosine * inv_t, lse[r], false);
-        axpy(g / kn, row, stride, acc.data(), D);
-        weighted_cos += g * cosine;
+        const scalar_t* row = keys.row(nidx[r * M + j - 1], stride);
+        g = infonce::logit_grad(lr[j], lse, false);
+        weighted_cos += g * lr[j] * temperature;
+        axpy(g * kr[j], row, stride, acc.data(), D);
       }
-      // d cos(x, k) / dx = (k/|k| - cos * x/|x|) / |x|
-      const acc_t coef = static_cast<acc_t>(grad_loss) * weight[c] / static_cast<acc_t>(Q) * inv_t / xn;
+      // d cos(x, k) / dx = (k/|k| - cos * x/|x|) / |x|; d l / d cos = 1 / t
+      const acc_t coef = static_cast<acc_t>(grad_loss) * weight[c] / static_cast<acc_t>(Q) / (temperature * xn);
       acc_t* out = grad_rows.data() + r * D;
       for (int64_t d = 0; d < D; ++d) out[d] = coef * (acc[d] - weighted_cos * x[d] / xn);
     }
@@ -178,35 +193,37 @@ void infonce_backward_kernel(const InfonceArgs& a, double grad_loss, const at::o
   }
 }
 
-std::tuple<at::Tensor, at::Tensor> contrast_infonce_cpu(const at::Tensor& features, const at::Tensor& key_features,
-                                                        const std::optional<at::Tensor>& bank,
-                                                        const at::Tensor& prototypes, const at::Tensor& query_index,
-                                                        const at::Tensor& negative_index,
-                                                        const at::Tensor& class_weight, double temperature) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> contrast_infonce_cpu(
+    const at::Tensor& features, const at::Tensor& key_features, const std::optional<at::Tensor>& bank,
+    const at::Tensor& prototypes, const at::Tensor& query_index, const at::Tensor& negative_index,
+    const at::Tensor& class_weight, double temperature) {
   InfonceArgs a = prepare_infonce("contrast_infonce", features, key_features, bank, prototypes, query_index,
                                   negative_index, class_weight, temperature);
-  const auto acc = a.prototypes.scalar_type();
-  at::Tensor lse = at::empty({a.C, a.Q}, features.options().dtype(acc));
-  at::Tensor row_loss = at::empty({a.C, a.Q}, features.options().dtype(acc));
+  const auto opts = features.options().dtype(a.prototypes.scalar_type());
+  at::Tensor logits = at::empty({a.C, a.Q, a.M + 1}, opts), inv_norms = at::empty({a.C, a.Q, a.M + 1}, opts);
+  at::Tensor row_loss = at::empty({a.C, a.Q}, opts);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, features.scalar_type(), "contrast_infonce_cpu", [&] {
-    infonce_forward_kernel<scalar_t>(a, lse.data_ptr<at::opmath_type<scalar_t>>(),
-                                     row_loss.data_ptr<at::opmath_type<scalar_t>>());
+    using acc_t = at::opmath_type<scalar_t>;
+    infonce_forward_kernel<scalar_t>(a, logits.data_ptr<acc_t>(), inv_norms.data_ptr<acc_t>(), row_loss.data_ptr<acc_t>());
   });
-  return {reduce_infonce_loss(row_loss, a.class_weight, a.Q), lse};
+  return {reduce_infonce_loss(row_loss, a.class_weight, a.Q), logits, inv_norms};
 }
 
 at::Tensor contrast_infonce_backward_cpu(const at::Tensor& grad_loss, const at::Tensor& features,
                                          const at::Tensor& key_features, const std::optional<at::Tensor>& bank,
                                          const at::Tensor& prototypes, const at::Tensor& query_index,
                                          const at::Tensor& negative_index, const at::Tensor& class_weight,
-                                         const at::Tensor& lse, double temperature) {
+                                         const at::Tensor& logits, const at::Tensor& inv_key_norms, double temperature) {
   InfonceArgs a = prepare_infonce("contrast_infonce_backward", features, key_features, bank, prototypes, query_index,
                                   negative_index, class_weight, temperature);
+  check_saved_stats("contrast_infonce_backward", a, logits, inv_key_norms);
   at::Tensor grad = at::zeros_like(a.features);
-  const at::Tensor lse_c = lse.to(a.prototypes.scalar_type()).contiguous();
   const double g = grad_loss.item<double>();  // a CPU scalar: no device sync
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, features.scalar_type(), "contrast_infonce_backward_cpu", [&] {
-    infonce_backward_kernel<scalar_t>(a, g, lse_c.data_ptr<at::opmath_type<scalar_t>>(), grad);
+    using acc_t = at::opmath_type<scalar_t>;
+    const at::Tensor l = logits.to(a.prototypes.scalar_type()).contiguous();
+    const at::Tensor k = inv_key_norms.to(a.prototypes.scalar_type()).contiguous();
+    infonce_backward_kernel<scalar_t>(a, g, l.data_ptr<acc_t>(), k.data_ptr<acc_t>(), grad);
   });
   return grad;
 }

@@ -5,9 +5,11 @@
 // of the key row (one coalesced 128-byte transaction per step on the channels-last fast path and
 // for bank rows), accumulate dot product and squared norm, reduce them with warp shuffles and fold
 // the logit into an online logsumexp. No Q x M x D tensor, no host sync.
-// Backward: the same walk recomputes each logit from the saved logsumexp and accumulates the query
-// gradient in the warp's shared-memory D-vector (each lane owns its channels: no conflicts), then
-// atomically adds it to the dense gradient (several queries may share a pixel).
+// The logits and inverse key norms [C, Q, M+1] are saved for the backward.
+// Backward: the warp computes the row's logsumexp from the saved logits (lanes over keys + shuffle
+// reduction), walks the keys once more accumulating softmax-weighted normalised keys in the warp's
+// shared-memory D-vector (each lane owns its channels: no conflicts), then atomically adds the
+// query gradient to the dense gradient (several queries may share a pixel).
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
@@ -73,7 +75,8 @@ __device__ void warp_dot_square(const row_t* row, int64_t stride, const acc_t* x
 }
 
 template <typename scalar_t>
-__global__ void infonce_forward_kernel(Inputs<scalar_t> in, at::opmath_type<scalar_t>* __restrict__ lse,
+__global__ void infonce_forward_kernel(Inputs<scalar_t> in, at::opmath_type<scalar_t>* __restrict__ logits,
+                                       at::opmath_type<scalar_t>* __restrict__ inv_norms,
                                        at::opmath_type<scalar_t>* __restrict__ row_loss) {
   using acc_t = at::opmath_type<scalar_t>;
   extern __shared__ unsigned char smem_raw[];
@@ -82,62 +85,81 @@ __global__ void infonce_forward_kernel(Inputs<scalar_t> in, at::opmath_type<scal
   for (int64_t r = blockIdx.x * static_cast<int64_t>(kWarps) + threadIdx.y; r < in.C * in.Q;
        r += static_cast<int64_t>(gridDim.x) * kWarps) {
     const int64_t c = r / in.Q;
+    acc_t* lr = logits + r * (in.M + 1);
+    acc_t* kr = inv_norms + r * (in.M + 1);
     if (!(in.weight[c] > acc_t(0))) {
-      if (lane == 0) lse[r] = row_loss[r] = acc_t(0);
+      for (int64_t j = lane; j <= in.M; j += 32) lr[j] = kr[j] = acc_t(0);
+      if (lane == 0) row_loss[r] = acc_t(0);
       continue;
     }
     const acc_t xn = stage_query(in.f, in.qidx[r], x, lane);
     acc_t dot, sq;
     warp_dot_square(in.protos + c * in.D, 1, x, in.D, lane, dot, sq);
-    const acc_t l0 = dot / (xn * cm::safe_norm(sq)) * in.inv_t;
+    acc_t inv_kn = acc_t(1) / cm::safe_norm(sq);
+    const acc_t l0 = dot * inv_kn / xn * in.inv_t;
+    if (lane == 0) {
+      lr[0] = l0;
+      kr[0] = inv_kn;
+    }
     acc_t m = l0, s = 1;
     for (int64_t j = 0; j < in.M; ++j) {
       int64_t stride;
       const scalar_t* row = in.keys.row(in.nidx[r * in.M + j], stride);
       warp_dot_square(row, stride, x, in.D, lane, dot, sq);
-      cm::lse_update(m, s, dot / (xn * cm::safe_norm(sq)) * in.inv_t);
+      inv_kn = acc_t(1) / cm::safe_norm(sq);
+      const acc_t l = dot * inv_kn / xn * in.inv_t;
+      if (lane == 0) {
+        lr[j + 1] = l;
+        kr[j + 1] = inv_kn;
+      }
+      cm::lse_update(m, s, l);
     }
-    if (lane == 0) {
-      lse[r] = m + log(s);
-      row_loss[r] = lse[r] - l0;
-    }
+    if (lane == 0) row_loss[r] = m + log(s) - l0;
     __syncwarp();
   }
 }
 
 template <typename scalar_t>
 __global__ void infonce_backward_kernel(Inputs<scalar_t> in, const float* __restrict__ grad_loss,
-                                        const at::opmath_type<scalar_t>* __restrict__ lse,
+                                        const at::opmath_type<scalar_t>* __restrict__ logits,
+                                        const at::opmath_type<scalar_t>* __restrict__ inv_norms,
                                         PixelView<scalar_t> grad) {
   using acc_t = at::opmath_type<scalar_t>;
   extern __shared__ unsigned char smem_raw[];
   acc_t* x = reinterpret_cast<acc_t*>(smem_raw) + threadIdx.y * 2 * in.D;
   acc_t* acc = x + in.D;
   const int lane = threadIdx.x;
+  const acc_t temperature = acc_t(1) / in.inv_t;
   for (int64_t r = blockIdx.x * static_cast<int64_t>(kWarps) + threadIdx.y; r < in.C * in.Q;
        r += static_cast<int64_t>(gridDim.x) * kWarps) {
     const int64_t c = r / in.Q;
     if (!(in.weight[c] > acc_t(0))) continue;
+    const acc_t* lr = logits + r * (in.M + 1);
+    const acc_t* kr = inv_norms + r * (in.M + 1);
+    // logsumexp of the row: per-lane online partials, then a shuffle merge
+    acc_t m = lr[0], s = 0;
+    for (int64_t j = lane; j <= in.M; j += 32) cm::lse_update(m, s, lr[j]);
+    for (int offset = 16; offset > 0; offset >>= 1) {
+      const acc_t m2 = __shfl_xor_sync(0xffffffffu, m, offset), s2 = __shfl_xor_sync(0xffffffffu, s, offset);
+      const acc_t mm = m > m2 ? m : m2;
+      s = s * exp(m - mm) + s2 * exp(m2 - mm);
+      m = mm;
+    }
+    const acc_t lse = m + log(s);
     const int64_t n = in.qidx[r];
     const acc_t xn = stage_query(in.f, n, x, lane);
-    for (int64_t d = lane; d < in.D; d += 32) acc[d] = acc_t(0);
-    acc_t dot, sq, weighted_cos = 0;
-    warp_dot_square(in.protos + c * in.D, 1, x, in.D, lane, dot, sq);
-    acc_t kn = cm::safe_norm(sq), cosine = dot / (xn * kn);
-    acc_t g = infonce::logit_grad(cosine * in.inv_t, lse[r], true);
-    for (int64_t d = lane; d < in.D; d += 32) acc[d] += g / kn * in.protos[c * in.D + d];
-    weighted_cos += g * cosine;
-    for (int64_t j = 0; j < in.M; ++j) {
+    acc_t g = infonce::logit_grad(lr[0], lse, true);
+    acc_t weighted_cos = g * lr[0] * temperature;
+    for (int64_t d = lane; d < in.D; d += 32) acc[d] = g * kr[0] * in.protos[c * in.D + d];
+    for (int64_t j = 1; j <= in.M; ++j) {
       int64_t stride;
-      const scalar_t* row = in.keys.row(in.nidx[r * in.M + j], stride);
-      warp_dot_square(row, stride, x, in.D, lane, dot, sq);
-      kn = cm::safe_norm(sq);
-      cosine = dot / (xn * kn);
-      g = infonce::logit_grad(cosine * in.inv_t, lse[r], false);
-      for (int64_t d = lane; d < in.D; d += 32) acc[d] += g / kn * static_cast<acc_t>(row[d * stride]);
-      weighted_cos += g * cosine;
+      const scalar_t* row = in.keys.row(in.nidx[r * in.M + j - 1], stride);
+      g = infonce::logit_grad(lr[j], lse, false);
+      weighted_cos += g * lr[j] * temperature;
+      const acc_t alpha = g * kr[j];
+      for (int64_t d = lane; d < in.D; d += 32) acc[d] += alpha * static_cast<acc_t>(row[d * stride]);
     }
-    const acc_t coef = static_cast<acc_t>(*grad_loss) * in.weight[c] / static_cast<acc_t>(in.Q) * in.inv_t / xn;
+    const acc_t coef = static_cast<acc_t>(*grad_loss) * in.weight[c] / static_cast<acc_t>(in.Q) / (temperature * xn);
     const int64_t b = n / grad.P;
     scalar_t* base = grad.data + b * grad.stride_b + (n - b * grad.P) * grad.stride_p;
     for (int64_t d = lane; d < in.D; d += 32) {
@@ -162,7 +184,7 @@ unsigned int query_blocks(int64_t rows) {
   return static_cast<unsigned int>(std::max<int64_t>(1, std::min<int64_t>((rows + kWarps - 1) / kWarps, 65535)));
 }
 
-std::tuple<at::Tensor, at::Tensor> contrast_infonce_cuda(const at::Tensor& features, const at::Tensor& key_features,
+std::tuple<at::Tensor, at::Tensor, at::Tensor> contrast_infonce_cuda(const at::Tensor& features, const at::Tensor& key_features,
                                                          const std::optional<at::Tensor>& bank,
                                                          const at::Tensor& prototypes, const at::Tensor& query_index,
                                                          const at::Tensor& negative_index,
@@ -170,39 +192,43 @@ std::tuple<at::Tensor, at::Tensor> contrast_infonce_cuda(const at::Tensor& featu
   const c10::cuda::CUDAGuard guard(features.device());
   InfonceArgs a = prepare_infonce("contrast_infonce", features, key_features, bank, prototypes, query_index,
                                   negative_index, class_weight, temperature);
-  const auto acc = a.prototypes.scalar_type();
-  at::Tensor lse = at::empty({a.C, a.Q}, features.options().dtype(acc));
-  at::Tensor row_loss = at::empty({a.C, a.Q}, features.options().dtype(acc));
+  const auto opts = features.options().dtype(a.prototypes.scalar_type());
+  at::Tensor logits = at::empty({a.C, a.Q, a.M + 1}, opts), inv_norms = at::empty({a.C, a.Q, a.M + 1}, opts);
+  at::Tensor row_loss = at::empty({a.C, a.Q}, opts);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, features.scalar_type(), "contrast_infonce_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const size_t smem = sizeof(acc_t) * kWarps * a.D;
     TORCH_CHECK_VALUE(smem <= 48 * 1024, "contrast_infonce (CUDA): D = ", a.D, " is too large (max ",
                       48 * 1024 / (sizeof(acc_t) * kWarps), ")");
     infonce_forward_kernel<scalar_t><<<query_blocks(a.C * a.Q), dim3(32, kWarps), smem, cuda::stream()>>>(
-        make_inputs<scalar_t>(a), lse.data_ptr<acc_t>(), row_loss.data_ptr<acc_t>());
+        make_inputs<scalar_t>(a), logits.data_ptr<acc_t>(), inv_norms.data_ptr<acc_t>(), row_loss.data_ptr<acc_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return {reduce_infonce_loss(row_loss, a.class_weight, a.Q), lse};
+  return {reduce_infonce_loss(row_loss, a.class_weight, a.Q), logits, inv_norms};
 }
 
 at::Tensor contrast_infonce_backward_cuda(const at::Tensor& grad_loss, const at::Tensor& features,
                                           const at::Tensor& key_features, const std::optional<at::Tensor>& bank,
                                           const at::Tensor& prototypes, const at::Tensor& query_index,
                                           const at::Tensor& negative_index, const at::Tensor& class_weight,
-                                          const at::Tensor& lse, double temperature) {
+                                          const at::Tensor& logits, const at::Tensor& inv_key_norms,
+                                          double temperature) {
   const c10::cuda::CUDAGuard guard(features.device());
   InfonceArgs a = prepare_infonce("contrast_infonce_backward", features, key_features, bank, prototypes, query_index,
                                   negative_index, class_weight, temperature);
+  check_saved_stats("contrast_infonce_backward", a, logits, inv_key_norms);
   at::Tensor grad = at::zeros_like(a.features);
   const at::Tensor g = grad_loss.to(at::kFloat).reshape({1}).contiguous();  // stays on the device
-  const at::Tensor lse_c = lse.to(a.prototypes.scalar_type()).contiguous();
+  const at::Tensor l = logits.to(a.prototypes.scalar_type()).contiguous();
+  const at::Tensor k = inv_key_norms.to(a.prototypes.scalar_type()).contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, features.scalar_type(), "contrast_infonce_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const size_t smem = sizeof(acc_t) * kWarps * 2 * a.D;
     TORCH_CHECK_VALUE(smem <= 48 * 1024, "contrast_infonce_backward (CUDA): D = ", a.D, " is too large (max ",
                       48 * 1024 / (sizeof(acc_t) * kWarps * 2), ")");
     infonce_backward_kernel<scalar_t><<<query_blocks(a.C * a.Q), dim3(32, kWarps), smem, cuda::stream()>>>(
-        make_inputs<scalar_t>(a), g.data_ptr<float>(), lse_c.data_ptr<acc_t>(), make_pixel_view<scalar_t>(grad));
+        make_inputs<scalar_t>(a), g.data_ptr<float>(), l.data_ptr<acc_t>(), k.data_ptr<acc_t>(),
+        make_pixel_view<scalar_t>(grad));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return grad;

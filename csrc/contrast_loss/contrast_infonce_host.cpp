@@ -66,6 +66,16 @@ InfonceArgs prepare_infonce(const char* op, const at::Tensor& features, const at
           C, Q, negative_index.size(2), D, N, K, temperature};
 }
 
+void check_saved_stats(const char* op, const InfonceArgs& a, const at::Tensor& logits, const at::Tensor& inv_key_norms) {
+  for (const at::Tensor* t : {&logits, &inv_key_norms}) {
+    TORCH_CHECK_VALUE(t->dim() == 3 && t->size(0) == a.C && t->size(1) == a.Q && t->size(2) == a.M + 1, op,
+                      ": saved logits / inv_key_norms must be [C, Q, M+1] = [", a.C, ", ", a.Q, ", ", a.M + 1,
+                      "], got ", shape_str(*t));
+    TORCH_CHECK_VALUE(t->device() == a.features.device(), op, ": saved statistics are on ", t->device(),
+                      " but features are on ", a.features.device());
+  }
+}
+
 at::Tensor reduce_infonce_loss(const at::Tensor& row_loss, const at::Tensor& class_weight, int64_t Q) {
   return row_loss.view({class_weight.size(0), Q}).mul(class_weight.unsqueeze(1)).sum().div(static_cast<double>(Q));
 }

@@ -77,10 +77,14 @@ def contrast_infonce(
     class_weight: torch.Tensor,
     temperature: float = 0.5,
     bank: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fused InfoNCE over sampled indices: ``(loss, lse [C, Q])``; gradient to ``features`` only."""
+) -> torch.Tensor:
+    """Fused InfoNCE over sampled indices (0-dim loss); gradient to ``features`` only.
+
+    ``torch.ops.mona.contrast_infonce`` also returns the logits and inverse key norms
+    ``[C, Q, M+1]`` that its backward uses.
+    """
     return torch.ops.mona.contrast_infonce(features, key_features, bank, prototypes, query_index, negative_index,
-                                           class_weight, temperature)
+                                           class_weight, temperature)[0]
 
 
 def contrast_loss(
@@ -186,12 +190,14 @@ def _sample_negatives_fake(offsets, counts, hard_counts, permutation, prototypes
 def _contrast_infonce_fake(features, key_features, bank, prototypes, query_index, negative_index, class_weight,
                            temperature):
     acc = acc_dtype(features.dtype)
-    return features.new_empty((), dtype=acc), features.new_empty(tuple(query_index.shape), dtype=acc)
+    stats = (*query_index.shape, negative_index.shape[2] + 1)
+    return (features.new_empty((), dtype=acc), features.new_empty(stats, dtype=acc),
+            features.new_empty(stats, dtype=acc))
 
 
 @torch.library.register_fake("mona::contrast_infonce_backward")
 def _contrast_infonce_backward_fake(grad_loss, features, key_features, bank, prototypes, query_index, negative_index,
-                                    class_weight, lse, temperature):
+                                    class_weight, logits, inv_key_norms, temperature):
     return torch.empty_like(features)
 
 
@@ -201,19 +207,21 @@ def _contrast_infonce_backward_fake(grad_loss, features, key_features, bank, pro
 
 def _infonce_setup_context(ctx, inputs, output):
     features, key_features, bank, prototypes, query_index, negative_index, class_weight, temperature = inputs
-    _, lse = output
-    ctx.mark_non_differentiable(lse)
+    _, logits, inv_key_norms = output
+    ctx.mark_non_differentiable(logits, inv_key_norms)
     ctx.temperature = temperature
-    ctx.save_for_backward(features, key_features, bank, prototypes, query_index, negative_index, class_weight, lse)
+    ctx.save_for_backward(features, key_features, bank, prototypes, query_index, negative_index, class_weight, logits,
+                          inv_key_norms)
 
 
-def _infonce_backward(ctx, grad_loss, _grad_lse):
-    features, key_features, bank, prototypes, query_index, negative_index, class_weight, lse = ctx.saved_tensors
+def _infonce_backward(ctx, grad_loss, _grad_logits, _grad_inv_norms):
+    features, key_features, bank, prototypes, query_index, negative_index, class_weight, logits, inv_key_norms = (
+        ctx.saved_tensors)
     grad = None
     if ctx.needs_input_grad[0]:
         grad = torch.ops.mona.contrast_infonce_backward(grad_loss, features, key_features, bank, prototypes,
-                                                        query_index, negative_index, class_weight, lse,
-                                                        ctx.temperature)
+                                                        query_index, negative_index, class_weight, logits,
+                                                        inv_key_norms, ctx.temperature)
     return grad, None, None, None, None, None, None, None
 
 
@@ -241,6 +249,10 @@ def _contrast_loss_composite(features, labels, valid, prob, num_classes, strong_
     if use_bank and (bank is None or bank_fill is None):
         raise ValueError(f"contrast_loss: negatives={negatives!r} needs bank [C, K, D] and bank_fill [C]")
     keys = (features if key_features is None else key_features).detach()
+    if keys.dim() == 4 and keys.shape[1] > 1 and keys.stride(1) != 1:
+        # Gathering D-vectors from NCHW touches one cache line per element: one transposed copy of
+        # the (no-grad) key map is far cheaper. Emit channels-last features to skip it.
+        keys = keys.contiguous(memory_format=torch.channels_last)
     pools = torch.ops.mona.class_pools(labels, valid, prob, num_classes, strong_threshold, ignore_index)
     proto_labels = labels if valid is None else torch.where(valid != 0, labels, torch.full_like(labels, ignore_index))
     prototypes, proto_counts = torch.ops.mona.class_mean(keys, proto_labels, None, num_classes, ignore_index)
@@ -252,7 +264,7 @@ def _contrast_loss_composite(features, labels, valid, prob, num_classes, strong_
     query_index, negative_index, class_weight = torch.ops.mona.sample_negatives(
         *pools, graph_prototypes, bank_fill if use_bank else None, bank.shape[1] if use_bank else 0, num_queries,
         num_negatives, temperature, negatives, query_mode, generator)
-    loss, _ = torch.ops.mona.contrast_infonce(features, keys, bank if use_bank else None, prototypes, query_index,
+    loss, _, _ = torch.ops.mona.contrast_infonce(features, keys, bank if use_bank else None, prototypes, query_index,
                                               negative_index, class_weight, temperature)
     return loss
 

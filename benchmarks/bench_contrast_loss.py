@@ -1,0 +1,134 @@
+"""contrast_loss: the fused op vs (a) ReCo's published algorithm and (b) a vectorised PyTorch version.
+
+    python -m benchmarks.bench_contrast_loss [--device cpu|cuda] [--repeats 3] [--sweep] [--quick]
+
+Forward + backward of the ACF loss (batch negatives, hard queries) with ReCo's defaults otherwise:
+B = 12 images, D = 512 channels, H = W = 128, C = 4 classes, Q = 256 queries, M = 512 negatives.
+Each variant runs in a fresh process (benchmarks/harness.py): median time over repeats and the
+extra peak memory above the inputs. `--sweep` adds D, H and C variations. Writes
+benchmarks/results/contrast_loss_<device>.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+import torch.nn.functional as F
+
+MAIN = dict(B=12, D=512, H=128, C=4, Q=256, M=512)
+
+
+def _inputs(device, B, D, H, C, channels_last, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    f = torch.randn(B, D, H, H, generator=g)
+    if channels_last:
+        f = f.contiguous(memory_format=torch.channels_last)
+    labels = torch.randint(0, C, (B, H, H), generator=g)
+    prob = torch.softmax(torch.randn(B, C, H, H, generator=g), 1)
+    return f.to(device).requires_grad_(True), labels.to(device), prob.to(device)
+
+
+def make_fused(device, B, D, H, C, Q, M, channels_last=True):
+    import mona_ext
+
+    f, labels, prob = _inputs(device, B, D, H, C, channels_last)
+    gen = torch.Generator(device).manual_seed(0)
+
+    def run():
+        f.grad = None
+        loss = mona_ext.contrast_loss(f, labels, C, prob=prob, num_queries=Q, num_negatives=M, generator=gen)
+        loss.backward()
+
+    return run
+
+
+def make_vectorised(device, B, D, H, C, Q, M, channels_last=True):
+    from mona_ext import reference
+
+    f, labels, prob = _inputs(device, B, D, H, C, channels_last)
+    gen = torch.Generator(device).manual_seed(0)
+
+    def run():
+        f.grad = None
+        loss = reference.contrast_loss_vectorised(f, labels, C, prob=prob, num_queries=Q, num_negatives=M,
+                                                  generator=gen)
+        loss.backward()
+
+    return run
+
+
+def make_published(device, B, D, H, C, Q, M, channels_last=True):
+    from mona_ext import reference
+
+    f, labels, prob = _inputs(device, B, D, H, C, channels_last)
+    onehot = F.one_hot(labels, C).permute(0, 3, 1, 2).float()
+    mask = torch.ones(B, 1, H, H, device=device)
+
+    def run():
+        f.grad = None
+        loss = reference.reco_loss_published(f, onehot, mask, prob, strong_threshold=0.97, num_queries=Q,
+                                             num_negatives=M)
+        loss.backward()
+
+    return run
+
+
+def floor_estimate(B, D, H, C, Q, M, bytes_per=4):
+    """Bytes that any implementation must move: one read of the map (prototypes) + the gathered
+    query/key vectors, forward and backward, + writing the dense gradient."""
+    map_bytes = B * D * H * H * bytes_per
+    gathered = C * Q * (M + 2) * D * bytes_per
+    return {"map_mb": map_bytes / 2**20, "gathered_mb": gathered / 2**20,
+            "total_mb": (map_bytes + 2 * gathered + map_bytes) / 2**20}
+
+
+def main() -> None:
+    from benchmarks.harness import machine_info, measure, write_results
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--published-repeats", type=int, default=1, help="ReCo as published is slow")
+    ap.add_argument("--sweep", action="store_true", help="also vary D, H and C")
+    ap.add_argument("--quick", action="store_true", help="one small configuration (smoke run)")
+    ap.add_argument("--skip-published", action="store_true")
+    args = ap.parse_args()
+    configs = [dict(MAIN, channels_last=True), dict(MAIN, channels_last=False)]
+    if args.sweep:
+        configs += [dict(MAIN, D=256, H=64, channels_last=True), dict(MAIN, D=512, H=64, channels_last=True),
+                    dict(MAIN, C=8, channels_last=True)]
+    if args.quick:
+        configs = [dict(B=2, D=32, H=32, C=4, Q=32, M=64, channels_last=True)]
+    rows = []
+    for cfg in configs:
+        fused = measure("benchmarks.bench_contrast_loss:make_fused", repeats=args.repeats, device=args.device, **cfg)
+        vec = measure("benchmarks.bench_contrast_loss:make_vectorised", repeats=args.repeats, device=args.device, **cfg)
+        row = {**cfg, "layout": "channels_last" if cfg["channels_last"] else "NCHW",
+               "fused_s": fused["median_s"], "vec_s": vec["median_s"], "fused_mb": fused["extra_peak_mb"],
+               "vec_mb": vec["extra_peak_mb"], "x_vec": vec["median_s"] / fused["median_s"]}
+        if not args.skip_published:
+            pub = measure("benchmarks.bench_contrast_loss:make_published", repeats=args.published_repeats,
+                          device=args.device, **cfg)
+            row.update(pub_s=pub["median_s"], pub_mb=pub["extra_peak_mb"], x_pub=pub["median_s"] / fused["median_s"])
+        grad_mb = cfg["B"] * cfg["D"] * cfg["H"] ** 2 * 4 / 2**20
+        row["grad_mb"] = grad_mb  # the dense gradient of the map, which every variant must allocate
+        row["fused_beyond_grad_mb"] = max(0.0, row["fused_mb"] - grad_mb)
+        row["vec_beyond_grad_mb"] = max(0.0, row["vec_mb"] - grad_mb)
+        row.update({f"floor_{k}": v for k, v in floor_estimate(cfg["B"], cfg["D"], cfg["H"], cfg["C"], cfg["Q"],
+                                                               cfg["M"]).items()})
+        rows.append(row)
+        print(row, flush=True)
+    cols = [("B", "B"), ("D", "D"), ("H", "H=W"), ("C", "C"), ("layout", "layout"), ("fused_s", "fused s"),
+            ("vec_s", "(b) vectorised s"), ("pub_s", "(a) ReCo published s"), ("x_vec", "x vs (b)"),
+            ("x_pub", "x vs (a)"), ("fused_mb", "fused extra MB"), ("vec_mb", "(b) extra MB"),
+            ("pub_mb", "(a) extra MB"), ("grad_mb", "of which dense grad MB")]
+    path = write_results(f"contrast_loss_{args.device}", rows, cols, machine_info(args.device),
+                         notes="Forward + backward, Q = 256 queries, M = 512 negatives, median of repeats "
+                               "(ReCo published: fewer repeats). Extra MB = peak above the inputs, including "
+                               "the dense gradient of the feature map that autograd returns (same for all).")
+    print(open(path).read())
+
+
+if __name__ == "__main__":
+    main()
