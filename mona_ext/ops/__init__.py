@@ -3,6 +3,7 @@
 One module per op, named like the op; its C++ lives in ``csrc/<op>/``.
 """
 
+from .bank import bank_push, queue_push
 from .class_mean import class_mean
 
-__all__ = ["class_mean"]
+__all__ = ["class_mean", "bank_push", "queue_push"]

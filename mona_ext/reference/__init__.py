@@ -4,6 +4,7 @@ The tests compare every kernel with these and the benchmarks time them side by s
 One module per op family; everything is re-exported here (``mona_ext.reference.class_mean``).
 """
 
+from .banks import DequeBank, concat_truncate_push
 from .class_mean import class_mean
 
-__all__ = ["class_mean"]
+__all__ = ["class_mean", "DequeBank", "concat_truncate_push"]
