@@ -5,5 +5,6 @@ One module per op, named like the op; its C++ lives in ``csrc/<op>/``.
 
 from .bank import bank_push, queue_push
 from .class_mean import class_mean
+from .pixel_kl import pixel_kl
 
-__all__ = ["class_mean", "bank_push", "queue_push"]
+__all__ = ["class_mean", "bank_push", "queue_push", "pixel_kl"]

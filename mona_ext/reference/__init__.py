@@ -6,5 +6,6 @@ One module per op family; everything is re-exported here (``mona_ext.reference.c
 
 from .banks import DequeBank, concat_truncate_push
 from .class_mean import class_mean
+from .kl import knn_loss, pixel_kl, similarity_kl
 
-__all__ = ["class_mean", "DequeBank", "concat_truncate_push"]
+__all__ = ["class_mean", "DequeBank", "concat_truncate_push", "pixel_kl", "similarity_kl", "knn_loss"]
