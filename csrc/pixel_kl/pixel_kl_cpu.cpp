@@ -8,6 +8,11 @@
 // pixel_kl_math.h). Forward: per-thread partial sums (fp64) of w * kl and of w, reduced at the
 // end — deterministic for a fixed thread count. Backward: recomputes the tile's log-softmaxes
 // (nothing per pixel was saved) and writes each gradient element exactly once.
+// The per-pixel loops only vectorise (if-converted selects in kl_exp / kl_log / kl_term) without
+// -ftrapping-math; floating-point exception flags are never read by this code.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC optimize("no-trapping-math")
+#endif
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -71,7 +76,7 @@ inline void tile_log_softmax(const PixelView<const scalar_t>& v, int64_t b, int6
   }
   // lse = max + log(sum); reuse mx for lse and sum for 1 / sum.
   for (int64_t i = 0; i < n; ++i) {
-    mx[i] += std::log(sum[i]);
+    mx[i] += km::kl_log(sum[i]);
     sum[i] = acc_t(1) / sum[i];
   }
   for (int64_t c = 0; c < C; ++c) {

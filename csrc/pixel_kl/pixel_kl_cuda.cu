@@ -51,7 +51,7 @@ __device__ __forceinline__ PixelLse<acc_t> pixel_lse(const scalar_t* pa, const s
       sb += km::kl_exp(zb - mb);
     }
   }
-  return {ma + ::log(sa), mb + ::log(sb)};
+  return {ma + km::kl_log(sa), mb + km::kl_log(sb)};
 }
 
 template <typename scalar_t, typename acc_t>
