@@ -5,6 +5,8 @@ One module per op, named like the op; its C++ lives in ``csrc/<op>/``.
 
 from .bank import bank_push, queue_push
 from .class_mean import class_mean
+from .knn_loss import knn_loss
 from .pixel_kl import pixel_kl
+from .similarity_kl import similarity_kl
 
-__all__ = ["class_mean", "bank_push", "queue_push", "pixel_kl"]
+__all__ = ["class_mean", "bank_push", "queue_push", "pixel_kl", "similarity_kl", "knn_loss"]
