@@ -26,8 +26,14 @@ MONA_HD acc_t root(acc_t x) {
 
 template <typename acc_t>
 MONA_HD acc_t inv_norm(acc_t squared_norm) {
+#if defined(__CUDA_ARCH__)
+  // 1 / max(sqrt(x), eps) == rsqrt(max(x, eps^2)); avoids the IEEE-division slow path (and its spills).
+  const acc_t eps2 = acc_t(kEps * kEps);
+  return rsqrt(squared_norm > eps2 ? squared_norm : eps2);
+#else
   const acc_t n = root(squared_norm);
   return acc_t(1) / (n > acc_t(kEps) ? n : acc_t(kEps));
+#endif
 }
 
 template <typename acc_t>
