@@ -38,7 +38,8 @@ MONA_HD acc_t inv_norm(acc_t squared_norm) {
 
 template <typename acc_t>
 MONA_HD acc_t projection(acc_t squared_norm) {
-  return root(squared_norm) >= acc_t(kEps) ? acc_t(1) : acc_t(0);
+  // |s| >= eps  <=>  |s|^2 >= eps^2 (no square root: its IEEE slow path costs spills on the device)
+  return squared_norm >= acc_t(kEps * kEps) ? acc_t(1) : acc_t(0);
 }
 
 // One component of the gradient: weighted_qhat_sum[d] = sum_j a_j q_hat_j[d], acos = sum_j a_j cos_j.

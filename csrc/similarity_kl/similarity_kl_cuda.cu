@@ -98,13 +98,13 @@ __global__ void __launch_bounds__(kBlock)
                                   const scalar_t* __restrict__ queue, const at::opmath_type<scalar_t>* __restrict__ lse_s,
                                   const at::opmath_type<scalar_t>* __restrict__ lse_t, int64_t B, int64_t K, int64_t d,
                                   at::opmath_type<scalar_t> inv_tau_s, at::opmath_type<scalar_t> inv_tau_t,
-                                  at::opmath_type<scalar_t>* __restrict__ grad) {
+                                  at::opmath_type<scalar_t> inv_batch, at::opmath_type<scalar_t>* __restrict__ grad) {
   using acc_t = at::opmath_type<scalar_t>;
   extern __shared__ unsigned char smem_raw[];
   acc_t* accum = reinterpret_cast<acc_t*>(smem_raw);  // [kWarps, d]
   __shared__ acc_t red[kWarps];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const acc_t scale = grad_loss[0] / static_cast<acc_t>(B);
+  const acc_t scale = grad_loss[0] * inv_batch;  // 1 / B from the host: no division slow path
   for (int64_t i = blockIdx.x; i < B; i += gridDim.x) {
     for (int64_t k = threadIdx.x; k < kWarps * d; k += blockDim.x) accum[k] = acc_t(0);
     const scalar_t* s = student + i * d;
@@ -204,7 +204,7 @@ at::Tensor similarity_kl_backward_cuda(const at::Tensor& grad_loss, const at::Te
                                               shared_bytes, cuda::stream()>>>(
         g.data_ptr<acc_t>(), s.data_ptr<scalar_t>(), t.data_ptr<scalar_t>(), q.data_ptr<scalar_t>(),
         ls.data_ptr<acc_t>(), lt.data_ptr<acc_t>(), B, K, d, static_cast<acc_t>(1.0 / tau_s),
-        static_cast<acc_t>(1.0 / tau_t), grad.data_ptr<acc_t>());
+        static_cast<acc_t>(1.0 / tau_t), static_cast<acc_t>(1.0 / static_cast<double>(B)), grad.data_ptr<acc_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return grad.to(student.scalar_type());
