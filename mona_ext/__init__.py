@@ -15,6 +15,7 @@ _C = load_library()
 
 from .ops import *  # noqa: E402,F401,F403  (registers autograd + fake kernels)
 from .ops import __all__ as _ops_all  # noqa: E402
+from .banks import ClassMemoryBank, FeatureQueue  # noqa: E402,F401
 
 __version__ = build_info()["mona_version"]
 __all__ = ["build_info", *_ops_all]

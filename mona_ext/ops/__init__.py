@@ -3,7 +3,12 @@
 One module per op, named like the op; its C++ lives in ``csrc/<op>/``.
 """
 
+from .bank import bank_push, queue_push
 from .class_mean import class_mean
 from .contrast import class_pools, contrast_infonce, contrast_loss, reco_loss, sample_negatives
+from .knn_loss import knn_loss
+from .pixel_kl import pixel_kl
+from .similarity_kl import similarity_kl
 
-__all__ = ["class_mean", "class_pools", "contrast_infonce", "contrast_loss", "reco_loss", "sample_negatives"]
+__all__ = ["class_mean", "class_pools", "contrast_infonce", "contrast_loss", "reco_loss", "sample_negatives",
+           "bank_push", "queue_push", "pixel_kl", "similarity_kl", "knn_loss"]

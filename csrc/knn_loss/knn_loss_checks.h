@@ -1,0 +1,21 @@
+// Host-side checks of knn_loss shared by the CPU and CUDA kernels.
+#pragma once
+
+#include "common/embedding_checks.h"
+
+namespace mona {
+namespace knn_loss_checks {
+
+inline void check_k(const char* op, int64_t k, int64_t K) {
+  TORCH_CHECK_VALUE(k >= 1, op, ": k must be >= 1, got ", k);
+  TORCH_CHECK_VALUE(k <= K, op, ": k=", k, " exceeds the queue size K=", K, " (need k <= K)");
+}
+
+inline void check_indices(const char* op, const at::Tensor& student, const at::Tensor& indices) {
+  TORCH_CHECK_VALUE(indices.dim() == 2 && indices.size(0) == student.size(0) && indices.scalar_type() == at::kLong,
+                    op, ": indices must be [B, k] int64 with B = ", student.size(0), ", got ", shape_str(indices), " ",
+                    indices.scalar_type());
+}
+
+}  // namespace knn_loss_checks
+}  // namespace mona

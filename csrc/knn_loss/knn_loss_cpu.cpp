@@ -1,0 +1,124 @@
+// mona::knn_loss — CPU kernels.
+//
+// Parallel strategy: teacher-queue dot products are one BLAS product at::mm([B, d], [d, K])
+// (B x K floats, B small); cosines are formed with per-row inverse norms (no normalised copies).
+// at::parallel_for over rows then selects each row's top k with a k-long insertion list
+// (knn_loss_math.h, the same selection the CUDA kernel runs) and computes the k student cosines
+// (B x k dot products). Backward: B x k x d multiply-adds, parallel over rows.
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/mm.h>
+#include <ATen/ops/zeros.h>
+#include <ATen/ops/zeros_like.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "common/cosine_math.h"
+#include "knn_loss/knn_loss_checks.h"
+#include "knn_loss/knn_loss_math.h"
+
+namespace mona {
+namespace {
+
+namespace km = knn_loss_math;
+namespace cm = cosine_math;
+
+at::ScalarType acc_dtype(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
+
+template <typename acc_t>
+acc_t dot(const acc_t* a, const acc_t* b, int64_t d) {
+  acc_t s = 0;
+  for (int64_t k = 0; k < d; ++k) s += a[k] * b[k];
+  return s;
+}
+
+std::tuple<at::Tensor, at::Tensor> knn_loss_cpu(const at::Tensor& student, const at::Tensor& teacher,
+                                                const at::Tensor& queue, int64_t k) {
+  const char* op = "knn_loss";
+  check_student_teacher_queue(op, student, teacher, queue);
+  const int64_t B = student.size(0), K = queue.size(0), d = student.size(1);
+  knn_loss_checks::check_k(op, k, K);
+  const auto acc = acc_dtype(student.scalar_type());
+  at::Tensor indices = at::empty({B, k}, student.options().dtype(at::kLong));
+  at::Tensor loss = at::zeros({}, student.options().dtype(acc));
+  if (B == 0) return {loss.to(student.scalar_type()), indices};
+  const at::Tensor s = student.to(acc).contiguous(), t = teacher.to(acc).contiguous(), q = queue.to(acc).contiguous();
+  const at::Tensor T = at::mm(t, q.t());
+  AT_DISPATCH_FLOATING_TYPES(acc, "knn_loss_cpu", [&] {
+    using acc_t = scalar_t;
+    const acc_t *tp = T.data_ptr<acc_t>(), *sp = s.data_ptr<acc_t>(), *qp = q.data_ptr<acc_t>();
+    std::vector<acc_t> inq(K), row_sum(B);
+    at::parallel_for(0, K, 256, [&](int64_t b, int64_t e) {
+      for (int64_t j = b; j < e; ++j) inq[j] = cm::inv_norm(dot(qp + j * d, qp + j * d, d));
+    });
+    int64_t* out_idx = indices.data_ptr<int64_t>();
+    at::parallel_for(0, B, 1, [&](int64_t b, int64_t e) {
+      std::vector<acc_t> vals(k);
+      for (int64_t i = b; i < e; ++i) {
+        int64_t* idx = out_idx + i * k;
+        int count = 0;
+        // the teacher's own norm is a positive per-row factor: it does not change the ranking
+        for (int64_t j = 0; j < K; ++j) km::insert_topk(vals.data(), idx, &count, static_cast<int>(k), tp[i * K + j] * inq[j], j);
+        const acc_t is = cm::inv_norm(dot(sp + i * d, sp + i * d, d));
+        acc_t sum = 0;
+        for (int64_t n = 0; n < k; ++n) sum += dot(sp + i * d, qp + idx[n] * d, d) * is * inq[idx[n]];
+        row_sum[i] = sum;
+      }
+    });
+    acc_t total = 0;
+    for (int64_t i = 0; i < B; ++i) total += row_sum[i];
+    loss.fill_(-total / (static_cast<acc_t>(B) * static_cast<acc_t>(k)));
+  });
+  return {loss.to(student.scalar_type()), indices};
+}
+
+at::Tensor knn_loss_backward_cpu(const at::Tensor& grad_loss, const at::Tensor& student, const at::Tensor& queue,
+                                 const at::Tensor& indices) {
+  const char* op = "knn_loss_backward";
+  check_student_teacher_queue(op, student, student, queue);
+  knn_loss_checks::check_indices(op, student, indices);
+  const int64_t B = student.size(0), d = student.size(1), k = indices.size(1);
+  if (B == 0 || k == 0) return at::zeros_like(student);
+  const auto acc = acc_dtype(student.scalar_type());
+  const at::Tensor s = student.to(acc).contiguous(), q = queue.to(acc).contiguous();
+  const at::Tensor idx_t = indices.contiguous();
+  at::Tensor grad = at::empty({B, d}, s.options());
+  const double g = grad_loss.to(at::kDouble).item<double>();  // CPU scalar: no device sync
+  AT_DISPATCH_FLOATING_TYPES(acc, "knn_loss_backward_cpu", [&] {
+    using acc_t = scalar_t;
+    const acc_t *sp = s.data_ptr<acc_t>(), *qp = q.data_ptr<acc_t>();
+    const int64_t* ip = idx_t.data_ptr<int64_t>();
+    acc_t* out = grad.data_ptr<acc_t>();
+    const acc_t a = km::neighbour_weight(static_cast<acc_t>(g), B, k);
+    at::parallel_for(0, B, 1, [&](int64_t b, int64_t e) {
+      std::vector<acc_t> qsum(d);
+      for (int64_t i = b; i < e; ++i) {
+        const acc_t* si = sp + i * d;
+        const acc_t ns2 = dot(si, si, d), is = cm::inv_norm(ns2), proj = cm::projection(ns2);
+        std::fill(qsum.begin(), qsum.end(), acc_t(0));
+        acc_t acos = 0;
+        for (int64_t n = 0; n < k; ++n) {
+          const acc_t* qn = qp + ip[i * k + n] * d;
+          const acc_t iq = cm::inv_norm(dot(qn, qn, d));
+          acos += a * dot(si, qn, d) * is * iq;
+          for (int64_t c = 0; c < d; ++c) qsum[c] += a * iq * qn[c];
+        }
+        for (int64_t c = 0; c < d; ++c) out[i * d + c] = cm::grad_component(qsum[c], acos, si[c], is, proj);
+      }
+    });
+  });
+  return grad.to(student.scalar_type());
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(mona, CPU, m) {
+  m.impl("knn_loss", &knn_loss_cpu);
+  m.impl("knn_loss_backward", &knn_loss_backward_cpu);
+}
+
+}  // namespace mona

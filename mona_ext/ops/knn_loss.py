@@ -1,0 +1,60 @@
+"""``torch.ops.mona.knn_loss``: MONA's nearest-neighbour loss L_nn, with a gradient to the student.
+
+Kernels: ``csrc/knn_loss/`` (schema, CPU, CUDA). Reference: ``mona_ext.reference.knn_loss``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def knn_loss(student: torch.Tensor, teacher: torch.Tensor, queue: torch.Tensor, k: int = 5) -> torch.Tensor:
+    """Negative mean cosine between each student embedding and the ``k`` queue entries nearest
+    (cosine) to the matching teacher embedding.
+
+    Args:
+        student: ``[B, d]`` u_g (the gradient flows here — unlike the public code's version).
+        teacher: ``[B, d]`` v'_g, used only to pick the neighbours (no gradient).
+        queue: ``[K, d]`` e.g. ``FeatureQueue.filled()`` (no gradient); ``1 <= k <= K`` (CUDA: k <= 64).
+        k: neighbours per row (DESIGN default 5). Ties between equal similarities go to the lower index.
+
+    Returns:
+        0-dim tensor in the student's dtype; 0 for ``B == 0``.
+    """
+    loss, _ = torch.ops.mona.knn_loss(student, teacher, queue, int(k))
+    return loss
+
+
+def knn_indices(student: torch.Tensor, teacher: torch.Tensor, queue: torch.Tensor, k: int = 5) -> torch.Tensor:
+    """The neighbour indices ``[B, k]`` (most similar first) that ``knn_loss`` uses."""
+    return torch.ops.mona.knn_loss(student, teacher, queue, int(k))[1]
+
+
+@torch.library.register_fake("mona::knn_loss")
+def _knn_loss_fake(student, teacher, queue, k):
+    torch._check(student.dim() == 2 and queue.dim() == 2, lambda: "knn_loss: student [B, d] and queue [K, d]")
+    torch._check(k >= 1, lambda: f"knn_loss: k must be >= 1, got {k}")
+    return student.new_empty(()), student.new_empty((student.shape[0], k), dtype=torch.int64)
+
+
+@torch.library.register_fake("mona::knn_loss_backward")
+def _knn_loss_backward_fake(grad_loss, student, queue, indices):
+    return torch.empty_like(student, memory_format=torch.contiguous_format)
+
+
+def _setup_context(ctx, inputs, output):
+    student, teacher, queue, k = inputs
+    _, indices = output
+    ctx.save_for_backward(student, queue, indices)
+    ctx.mark_non_differentiable(indices)
+
+
+def _backward(ctx, grad_loss, _grad_indices):
+    student, queue, indices = ctx.saved_tensors
+    grad_student = None
+    if ctx.needs_input_grad[0] and grad_loss is not None:
+        grad_student = torch.ops.mona.knn_loss_backward(grad_loss, student, queue, indices)
+    return grad_student, None, None, None  # teacher / queue: constants (neighbour targets)
+
+
+torch.library.register_autograd("mona::knn_loss", _backward, setup_context=_setup_context)

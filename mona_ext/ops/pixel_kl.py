@@ -1,0 +1,76 @@
+"""``torch.ops.mona.pixel_kl``: fused per-pixel KL between two class distributions (L_eqv).
+
+Kernels: ``csrc/pixel_kl/`` (schema, CPU, CUDA). Reference: ``mona_ext.reference.pixel_kl``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ._common import acc_dtype
+
+
+def pixel_kl(
+    logits_a: torch.Tensor,
+    logits_b: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    symmetric: bool = True,
+) -> torch.Tensor:
+    """Masked mean over pixels of the per-pixel KL divergence between ``softmax(logits_a)`` and
+    ``softmax(logits_b)`` over the class dimension.
+
+    Direction: with ``p = softmax(logits_a)``, ``q = softmax(logits_b)``, the per-pixel term is
+    ``KL(p || q) = sum_c p_c (log p_c - log q_c)``, i.e. ``logits_a`` is the *target* and ``logits_b``
+    the *input* of ``F.kl_div(input=log q, target=p)``. ``symmetric=True`` (default) adds ``KL(q || p)``.
+
+    Args:
+        logits_a, logits_b: ``[B, C, H, W]`` (any strides; read in place) or ``[N, C]``, same shape and
+            dtype (float32/float64/float16/bfloat16; accumulation in fp32 / fp64).
+        mask: optional ``[B, H, W]`` / ``[N]`` float (weights) or bool; no gradient flows to it.
+        symmetric: add the reverse direction.
+
+    Returns:
+        0-dim tensor (logits' dtype): ``sum(mask * kl) / sum(mask)``; an all-zero mask gives 0 and zero
+        gradients (never nan). Differentiable w.r.t. whichever logits require grad.
+    """
+    loss, _ = torch.ops.mona.pixel_kl(logits_a, logits_b, mask, symmetric)
+    return loss
+
+
+def _check_fake(a, b, mask):
+    torch._check(a.dim() in (2, 4), lambda: "pixel_kl: logits_a must be [B, C, H, W] or [N, C]")
+    torch._check(a.shape == b.shape, lambda: "pixel_kl: logits_b must have logits_a's shape")
+
+
+@torch.library.register_fake("mona::pixel_kl")
+def _pixel_kl_fake(logits_a, logits_b, mask=None, symmetric=True):
+    _check_fake(logits_a, logits_b, mask)
+    return logits_a.new_empty(()), logits_a.new_empty((), dtype=acc_dtype(logits_a.dtype))
+
+
+@torch.library.register_fake("mona::pixel_kl_backward")
+def _pixel_kl_backward_fake(grad_loss, logits_a, logits_b, mask, weight_sum, symmetric, need_grad_a, need_grad_b):
+    _check_fake(logits_a, logits_b, mask)
+    ga = torch.empty_like(logits_a) if need_grad_a else logits_a.new_empty((0,))
+    gb = torch.empty_like(logits_b) if need_grad_b else logits_b.new_empty((0,))
+    return ga, gb
+
+
+def _setup_context(ctx, inputs, output):
+    logits_a, logits_b, mask, symmetric = inputs
+    _, weight_sum = output
+    ctx.symmetric = symmetric
+    ctx.need = (ctx.needs_input_grad[0], ctx.needs_input_grad[1])
+    ctx.save_for_backward(logits_a, logits_b, mask, weight_sum)
+
+
+def _backward(ctx, grad_loss, grad_weight_sum):
+    logits_a, logits_b, mask, weight_sum = ctx.saved_tensors
+    if grad_loss is None:
+        grad_loss = torch.zeros((), dtype=weight_sum.dtype, device=weight_sum.device)
+    ga, gb = torch.ops.mona.pixel_kl_backward(grad_loss, logits_a, logits_b, mask, weight_sum, ctx.symmetric,
+                                              ctx.need[0], ctx.need[1])
+    return (ga if ctx.need[0] else None, gb if ctx.need[1] else None, None, None)
+
+
+torch.library.register_autograd("mona::pixel_kl", _backward, setup_context=_setup_context)

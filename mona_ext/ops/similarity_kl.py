@@ -1,0 +1,78 @@
+"""``torch.ops.mona.similarity_kl``: ISD / GLCon KL between teacher and student similarity distributions.
+
+Kernels: ``csrc/similarity_kl/`` (schema, CPU, CUDA). Reference: ``mona_ext.reference.similarity_kl``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def similarity_kl(
+    student: torch.Tensor,
+    teacher: torch.Tensor,
+    queue: torch.Tensor,
+    tau_student: float = 0.1,
+    tau_teacher: float = 0.01,
+) -> torch.Tensor:
+    """Mean over rows of ``KL(softmax(cos(teacher, queue) / tau_teacher) || softmax(cos(student, queue) / tau_student))``.
+
+    This is ISD's ``kl_div(log_softmax(student_logits), softmax(teacher_logits), reduction='batchmean')``
+    with cosine logits computed inside (no normalised copies of the queue).
+
+    Args:
+        student: ``[B, d]`` embeddings u (the gradient flows here).
+        teacher: ``[B, d]`` teacher embeddings v' (no gradient: its ``.grad`` stays None).
+        queue: ``[K, d]`` e.g. ``FeatureQueue.filled()`` (no gradient).
+        tau_student, tau_teacher: positive temperatures (DESIGN defaults 0.1 / 0.01).
+
+    Returns:
+        0-dim tensor in the student's dtype (fp32 accumulation); 0 for ``B == 0``.
+    """
+    loss, _, _ = torch.ops.mona.similarity_kl(student, teacher, queue, float(tau_student), float(tau_teacher))
+    return loss
+
+
+def _acc(dtype):
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _check(student, teacher, queue):
+    torch._check(student.dim() == 2, lambda: "similarity_kl: student must be [B, d]")
+    torch._check(teacher.shape == student.shape, lambda: "similarity_kl: teacher must have the student's shape")
+    torch._check(queue.dim() == 2, lambda: "similarity_kl: queue must be [K, d]")
+
+
+@torch.library.register_fake("mona::similarity_kl")
+def _similarity_kl_fake(student, teacher, queue, tau_student, tau_teacher):
+    _check(student, teacher, queue)
+    B = student.shape[0]
+    acc = _acc(student.dtype)
+    return student.new_empty(()), student.new_empty((B,), dtype=acc), student.new_empty((B,), dtype=acc)
+
+
+@torch.library.register_fake("mona::similarity_kl_backward")
+def _similarity_kl_backward_fake(grad_loss, student, teacher, queue, lse_student, lse_teacher, tau_student,
+                                 tau_teacher):
+    _check(student, teacher, queue)
+    return torch.empty_like(student, memory_format=torch.contiguous_format)
+
+
+def _setup_context(ctx, inputs, output):
+    student, teacher, queue, tau_student, tau_teacher = inputs
+    _, lse_s, lse_t = output
+    ctx.taus = (tau_student, tau_teacher)
+    ctx.save_for_backward(student, teacher, queue, lse_s, lse_t)
+
+
+def _backward(ctx, grad_loss, _grad_lse_s, _grad_lse_t):
+    student, teacher, queue, lse_s, lse_t = ctx.saved_tensors
+    grad_student = None
+    if ctx.needs_input_grad[0] and grad_loss is not None:
+        grad_student = torch.ops.mona.similarity_kl_backward(grad_loss, student, teacher, queue, lse_s, lse_t,
+                                                             *ctx.taus)
+    # teacher and queue are treated as constants (EMA teacher, queue of detached embeddings).
+    return grad_student, None, None, None, None
+
+
+torch.library.register_autograd("mona::similarity_kl", _backward, setup_context=_setup_context)

@@ -1,0 +1,149 @@
+"""torch.ops.mona.knn_loss against mona_ext.reference.knn_loss (F.normalize + topk)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import mona_ext
+from mona_ext import reference
+from mona_ext.ops.knn_loss import knn_indices
+
+from op_testing import DEVICES
+
+
+def make_inputs(B=4, d=16, K=40, device="cpu", dtype=torch.float64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    s = torch.randn(B, d, generator=g, dtype=torch.float64)
+    t = torch.randn(B, d, generator=g, dtype=torch.float64)
+    q = torch.randn(K, d, generator=g, dtype=torch.float64) * torch.rand(K, 1, generator=g, dtype=torch.float64) * 3
+    return [x.to(device=device, dtype=dtype) for x in (s, t, q)]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("k", [1, 5, 40])
+def test_matches_reference(device, k):
+    s, t, q = make_inputs(device=device)
+    s.requires_grad_(True)
+    out = mona_ext.knn_loss(s, t, q, k)
+    ref = reference.knn_loss(s, t, q, k)
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    (g,) = torch.autograd.grad(out, s)
+    (g_ref,) = torch.autograd.grad(ref, s)
+    torch.testing.assert_close(g, g_ref, rtol=1e-10, atol=1e-12)
+    assert g.abs().sum() > 0  # the gradient reaches the student (the public code's has none)
+    idx = knn_indices(s, t, q, k)
+    from torch.nn.functional import normalize
+    ref_idx = (normalize(t, dim=1) @ normalize(q, dim=1).T).topk(k, dim=1).indices
+    assert torch.equal(idx, ref_idx)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_float32_and_low_precision(device):
+    s, t, q = make_inputs(B=6, d=64, K=500, device=device, seed=2)
+    s32 = s.float().requires_grad_(True)
+    out = mona_ext.knn_loss(s32, t.float(), q.float(), 5)
+    s64 = s.clone().requires_grad_(True)
+    ref = reference.knn_loss(s64, t, q, 5)
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-6)
+    out.backward()
+    ref.backward()
+    torch.testing.assert_close(s32.grad.double(), s64.grad, rtol=1e-4, atol=1e-6)
+    out16 = mona_ext.knn_loss(s.half(), t.half(), q.half(), 5)
+    assert out16.dtype == torch.float16 and abs(out16.item() - ref.item()) < 1e-2
+
+
+def test_ties_go_to_the_lower_index():
+    q = torch.tensor([[1.0, 0.0], [0.0, 1.0], [2.0, 0.0], [1.0, 0.0]])  # entries 0, 2, 3 tie for teacher e1
+    t = torch.tensor([[1.0, 0.0]])
+    assert knn_indices(t, t, q, 2).tolist() == [[0, 2]]
+    assert knn_indices(t, t, q, 4).tolist() == [[0, 2, 3, 1]]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_gradcheck_and_student_only(device):
+    s, t, q = make_inputs(B=3, d=4, K=7, device=device, seed=1)
+    s.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda x: mona_ext.knn_loss(x, t, q, 3), (s,))
+    t2 = t.clone().requires_grad_(True)
+    s2 = s.detach().clone().requires_grad_(True)
+    mona_ext.knn_loss(s2, t2, q, 3).backward()
+    assert t2.grad is None and s2.grad is not None
+
+
+def test_student_equal_to_its_single_neighbour_gives_minus_one():
+    q = torch.randn(10, 6, dtype=torch.float64)
+    s = q[3:4] * 5
+    assert abs(mona_ext.knn_loss(s, q[3:4], q, 1).item() + 1.0) < 1e-12
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("requires_grad", [False, True])
+def test_opcheck(device, requires_grad):
+    s, t, q = make_inputs(B=3, d=8, K=9, device=device)
+    s.requires_grad_(requires_grad)
+    torch.library.opcheck(torch.ops.mona.knn_loss.default, (s, t, q, 4))
+
+
+def test_compile_fullgraph_matches_eager():
+    s, t, q = make_inputs(B=4, d=16, K=32, dtype=torch.float32)
+    s.requires_grad_(True)
+
+    def fn(x, y, z):
+        return mona_ext.knn_loss(x * 2, y, z, 5) + 1
+
+    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
+    out_c = compiled(s, t, q)
+    (g_c,) = torch.autograd.grad(out_c, s)
+    out_e = fn(s, t, q)
+    (g_e,) = torch.autograd.grad(out_e, s)
+    torch.testing.assert_close(out_c, out_e)
+    torch.testing.assert_close(g_c, g_e)
+
+
+@settings(max_examples=30, deadline=None)
+@given(B=st.integers(0, 5), d=st.integers(1, 9), K=st.integers(1, 40), data=st.data(), seed=st.integers(0, 2**16))
+def test_property_matches_reference(B, d, K, data, seed):
+    k = data.draw(st.integers(1, K))
+    s, t, q = make_inputs(B, d, K, seed=seed)
+    out = mona_ext.knn_loss(s, t, q, k)
+    if B == 0:
+        assert out.item() == 0.0
+        return
+    torch.testing.assert_close(out, reference.knn_loss(s, t, q, k), rtol=1e-10, atol=1e-12)
+    assert -1 - 1e-12 <= out.item() <= 1 + 1e-12
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(k=6), r"k=6 exceeds the queue size K=5"),
+        (dict(k=0), "k must be >= 1, got 0"),
+        (dict(q=torch.randn(5, 7)), r"queue must be \[K, d\] with d = 8"),
+        (dict(t=torch.randn(4, 8, dtype=torch.float64)), r"teacher and queue must have the student's dtype"),
+        (dict(s=torch.zeros(4, 8, dtype=torch.long), t=torch.zeros(4, 8, dtype=torch.long),
+              q=torch.zeros(5, 8, dtype=torch.long)), "student must be float32"),
+    ],
+)
+def test_bad_input_messages(change, message):
+    args = dict(s=torch.randn(4, 8), t=torch.randn(4, 8), q=torch.randn(5, 8), k=3)
+    args.update(change)
+    with pytest.raises((ValueError, TypeError), match=message):
+        mona_ext.knn_loss(args["s"], args["t"], args["q"], args["k"])
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_matches_cpu_large():
+    s, t, q = make_inputs(B=6, d=512, K=8192, dtype=torch.float32, seed=7)
+    res = []
+    for dev in ("cpu", "cuda"):
+        x = s.to(dev).requires_grad_(True)
+        loss, idx = torch.ops.mona.knn_loss(x, t.to(dev), q.to(dev), 32)
+        loss.backward()
+        res.append((loss.cpu(), idx.cpu(), x.grad.cpu()))
+    assert torch.equal(res[0][1], res[1][1])
+    torch.testing.assert_close(res[1][0], res[0][0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(res[1][2], res[0][2], rtol=1e-4, atol=1e-7)

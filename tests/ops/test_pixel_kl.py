@@ -1,0 +1,227 @@
+"""torch.ops.mona.pixel_kl against mona_ext.reference.pixel_kl (F.log_softmax + F.kl_div)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import mona_ext
+from mona_ext import reference
+
+from op_testing import DEVICES, assert_within_twice_torch_error
+
+
+def make_inputs(B=2, C=4, H=5, W=6, device="cpu", dtype=torch.float64, mask="none", layout="nchw", seed=0,
+                scale=3.0, flat=False):
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(B, C, H, W, generator=g, dtype=torch.float64) * scale
+    b = torch.randn(B, C, H, W, generator=g, dtype=torch.float64) * scale
+    m = None
+    if mask == "bool":
+        m = torch.rand(B, H, W, generator=g) > 0.4
+    elif mask == "float":
+        m = torch.rand(B, H, W, generator=g, dtype=torch.float64)
+    elif mask == "empty":
+        m = torch.zeros(B, H, W, dtype=torch.bool)
+    if flat:
+        a = a.permute(0, 2, 3, 1).reshape(-1, C)
+        b = b.permute(0, 2, 3, 1).reshape(-1, C)
+        m = m.reshape(-1) if m is not None else None
+    a, b = a.to(device=device, dtype=dtype), b.to(device=device, dtype=dtype)
+    if layout == "channels_last":
+        a = a.contiguous(memory_format=torch.channels_last)
+        b = b.contiguous(memory_format=torch.channels_last)
+    elif layout == "strided":  # crops whose H and W do not merge
+        a = F.pad(a, (1, 1))[..., 1:-1]
+        b = F.pad(b, (1, 1))[..., 1:-1]
+    if m is not None:
+        m = m.to(device=device, dtype=m.dtype if m.dtype == torch.bool else dtype)
+    return a, b, m
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "strided", "flat"])
+@pytest.mark.parametrize("mask", ["none", "bool", "float"])
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_matches_reference_float64(device, layout, mask, symmetric):
+    a, b, m = make_inputs(B=2, C=5, H=7, W=9, device=device, mask=mask, layout=layout, flat=layout == "flat")
+    a.requires_grad_(True)
+    b.requires_grad_(True)
+    out = mona_ext.pixel_kl(a, b, m, symmetric=symmetric)
+    ref = reference.pixel_kl(a, b, m, symmetric=symmetric)
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    g = torch.autograd.grad(out, (a, b))
+    g_ref = torch.autograd.grad(ref, (a, b))
+    for x, y in zip(g, g_ref):
+        torch.testing.assert_close(x, y, rtol=1e-10, atol=1e-12)
+    assert out.dtype == a.dtype and out.shape == ()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("C", [1, 2, 8, 33])
+def test_float32_matches_float64_reference(device, C):
+    a, b, m = make_inputs(B=3, C=C, H=16, W=17, device=device, mask="float", seed=C)
+    a32, b32 = a.float().requires_grad_(True), b.float().requires_grad_(True)
+    out = mona_ext.pixel_kl(a32, b32, m.float())
+    a64, b64 = a.clone().requires_grad_(True), b.clone().requires_grad_(True)
+    ref = reference.pixel_kl(a64, b64, m)
+    torch.testing.assert_close(out.double(), ref, rtol=2e-5, atol=1e-6)
+    out.backward()
+    ref.backward()
+    torch.testing.assert_close(a32.grad.double(), a64.grad, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(b32.grad.double(), b64.grad, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_low_precision_accumulates_in_fp32(device, dtype):
+    a, b, _ = make_inputs(B=4, C=4, H=32, W=32, device=device, seed=2)
+    al, bl = a.to(dtype), b.to(dtype)
+    ref64 = reference.pixel_kl(al.double(), bl.double())
+    # plain PyTorch in the same dtype
+    la, lb = F.log_softmax(al, 1), F.log_softmax(bl, 1)
+    torch_same = (F.kl_div(lb, la, reduction="none", log_target=True).sum(1)
+                  + F.kl_div(la, lb, reduction="none", log_target=True).sum(1)).mean()
+    out = mona_ext.pixel_kl(al, bl)
+    assert out.dtype == dtype
+    assert_within_twice_torch_error(out, torch_same, ref64, floor=torch.finfo(dtype).eps)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_which_inputs_get_gradients(device):
+    a, b, m = make_inputs(device=device, mask="float")
+    a.requires_grad_(True)
+    mona_ext.pixel_kl(a, b, m).backward()
+    assert a.grad is not None and b.grad is None
+    a2, b2, _ = make_inputs(device=device)
+    b2.requires_grad_(True)
+    mona_ext.pixel_kl(a2, b2).backward()
+    b_ref = b2.detach().clone().requires_grad_(True)
+    reference.pixel_kl(a2, b_ref).backward()
+    torch.testing.assert_close(b2.grad, b_ref.grad)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_empty_mask_and_zero_size_give_zero_with_grad_path(device):
+    a, b, m = make_inputs(device=device, mask="empty")
+    a.requires_grad_(True)
+    out = mona_ext.pixel_kl(a, b, m)
+    assert out.item() == 0.0
+    out.backward()
+    assert torch.all(a.grad == 0) and not torch.isnan(a.grad).any()
+    z = torch.zeros(0, 3, 4, 4, device=device, requires_grad=True)
+    out = mona_ext.pixel_kl(z, z.detach())
+    assert out.item() == 0.0
+    out.backward()
+    assert z.grad.shape == z.shape
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_extreme_logits_are_finite_and_match(device):
+    a, b, _ = make_inputs(B=1, C=4, H=3, W=3, device=device, scale=1.0)
+    a = a * 1e4  # saturated softmaxes: probabilities of exactly 0 and 1
+    b = b * -1e3
+    a.requires_grad_(True)
+    out = mona_ext.pixel_kl(a, b)
+    ref = reference.pixel_kl(a, b)
+    assert torch.isfinite(out)
+    torch.testing.assert_close(out, ref, rtol=1e-9, atol=1e-6)
+    (g,) = torch.autograd.grad(out, a)
+    (g_ref,) = torch.autograd.grad(ref, a)
+    assert torch.isfinite(g).all()
+    torch.testing.assert_close(g, g_ref, rtol=1e-7, atol=1e-9)
+    # identical inputs: exactly zero divergence
+    same = mona_ext.pixel_kl(b, b.clone())
+    assert abs(same.item()) < 1e-12
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_gradcheck(device, symmetric):
+    a, b, m = make_inputs(B=2, C=3, H=3, W=2, device=device, mask="float", scale=1.0)
+    a.requires_grad_(True)
+    b.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda x, y: mona_ext.pixel_kl(x, y, m, symmetric), (a, b))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("requires_grad", [False, True])
+@pytest.mark.parametrize("mask", ["none", "float"])
+def test_opcheck(device, requires_grad, mask):
+    a, b, m = make_inputs(B=2, C=3, H=4, W=4, device=device, mask=mask)
+    a.requires_grad_(requires_grad)
+    b.requires_grad_(requires_grad)
+    torch.library.opcheck(torch.ops.mona.pixel_kl.default, (a, b, m, True))
+    torch.library.opcheck(torch.ops.mona.pixel_kl.default, (a, b, m, False))
+
+
+def test_compile_fullgraph_matches_eager():
+    a, b, m = make_inputs(B=2, C=4, H=8, W=8, dtype=torch.float32, mask="float")
+    a.requires_grad_(True)
+
+    def fn(x, y, w):
+        return mona_ext.pixel_kl(x * 2, y, w) + 1.0
+
+    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
+    out_c = compiled(a, b, m)
+    (g_c,) = torch.autograd.grad(out_c, a)
+    out_e = fn(a, b, m)
+    (g_e,) = torch.autograd.grad(out_e, a)
+    torch.testing.assert_close(out_c, out_e)
+    torch.testing.assert_close(g_c, g_e)
+
+
+@settings(max_examples=40, deadline=None)
+@given(B=st.integers(0, 3), C=st.integers(1, 6), H=st.integers(1, 6), W=st.integers(1, 6),
+       mask=st.sampled_from(["none", "bool", "float", "empty"]), symmetric=st.booleans(),
+       scale=st.sampled_from([0.01, 1.0, 30.0]), layout=st.sampled_from(["nchw", "channels_last"]),
+       seed=st.integers(0, 2**16))
+def test_property_matches_reference(B, C, H, W, mask, symmetric, scale, layout, seed):
+    a, b, m = make_inputs(B, C, H, W, mask=mask, layout=layout, seed=seed, scale=scale)
+    out = mona_ext.pixel_kl(a, b, m, symmetric)
+    if B == 0:
+        assert out.item() == 0.0
+        return
+    ref = reference.pixel_kl(a, b, m, symmetric)
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-12)
+    assert out.item() >= -1e-12  # a KL divergence is non-negative
+    if symmetric:  # symmetric KL is symmetric in its arguments
+        torch.testing.assert_close(mona_ext.pixel_kl(b, a, m), out, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(a=torch.randn(2, 3, 4)), r"logits_a must be \[B, C, H, W\] or \[N, C\]"),
+        (dict(b=torch.randn(2, 3, 4, 5)), r"logits_b must have logits_a's shape \[2, 3, 4, 4\]"),
+        (dict(a=torch.zeros(2, 3, 4, 4, dtype=torch.long), b=torch.zeros(2, 3, 4, 4, dtype=torch.long)),
+         "logits_a must be float32"),
+        (dict(b=torch.randn(2, 3, 4, 4, dtype=torch.float64)), "logits_b must have logits_a's dtype"),
+        (dict(m=torch.ones(2, 4, 5)), r"mask must be \[B, H, W\] = \[2, 4, 4\], got \[2, 4, 5\]"),
+        (dict(m=torch.ones(2, 4, 4, dtype=torch.long)), "mask must be floating or bool"),
+        (dict(a=torch.randn(2, 0, 4, 4), b=torch.randn(2, 0, 4, 4)), "need at least one class"),
+    ],
+)
+def test_bad_input_messages(change, message):
+    args = dict(a=torch.randn(2, 3, 4, 4), b=torch.randn(2, 3, 4, 4), m=None)
+    args.update(change)
+    with pytest.raises((ValueError, TypeError), match=message):
+        mona_ext.pixel_kl(args["a"], args["b"], args["m"])
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_cuda_matches_cpu_large(layout):
+    a, b, m = make_inputs(B=4, C=8, H=64, W=64, dtype=torch.float32, mask="float", layout=layout, seed=9)
+    outs = []
+    for dev in ("cpu", "cuda"):
+        x, y = a.to(dev).requires_grad_(True), b.to(dev).requires_grad_(True)
+        loss = mona_ext.pixel_kl(x, y, m.to(dev))
+        loss.backward()
+        outs.append((loss.cpu(), x.grad.cpu(), y.grad.cpu()))
+    for u, v in zip(*outs):
+        torch.testing.assert_close(u, v, rtol=1e-5, atol=1e-7)

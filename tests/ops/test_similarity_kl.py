@@ -1,0 +1,163 @@
+"""torch.ops.mona.similarity_kl against mona_ext.reference.similarity_kl (F.normalize + F.kl_div)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import mona_ext
+from mona_ext import reference
+
+from op_testing import DEVICES
+
+
+def make_inputs(B=4, d=16, K=40, device="cpu", dtype=torch.float64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    s = torch.randn(B, d, generator=g, dtype=torch.float64) * 3
+    t = s + 0.5 * torch.randn(B, d, generator=g, dtype=torch.float64)
+    q = torch.randn(K, d, generator=g, dtype=torch.float64) * torch.rand(K, 1, generator=g, dtype=torch.float64) * 4
+    return [x.to(device=device, dtype=dtype) for x in (s, t, q)]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("taus", [(0.1, 0.01), (1.0, 1.0), (0.05, 0.5)])
+def test_matches_reference_float64(device, taus):
+    s, t, q = make_inputs(device=device)
+    s.requires_grad_(True)
+    out = mona_ext.similarity_kl(s, t, q, *taus)
+    ref = reference.similarity_kl(s, t, q, *taus)
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-12)
+    (g,) = torch.autograd.grad(out, s)
+    (g_ref,) = torch.autograd.grad(ref, s)
+    torch.testing.assert_close(g, g_ref, rtol=1e-9, atol=1e-12)
+
+
+def test_is_isd_kl_div_formula():
+    # ISD: F.kl_div(log_softmax(student logits), softmax(teacher logits), reduction="batchmean")
+    s, t, q = make_inputs(B=3, d=8, K=10)
+    qn = F.normalize(q, dim=1)
+    logit_s = F.normalize(s, dim=1) @ qn.T / 0.1
+    logit_t = F.normalize(t, dim=1) @ qn.T / 0.01
+    isd = F.kl_div(F.log_softmax(logit_s, 1), F.softmax(logit_t, 1), reduction="batchmean")
+    torch.testing.assert_close(mona_ext.similarity_kl(s, t, q, 0.1, 0.01), isd)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("K", [1, 7, 300])
+def test_float32_matches_float64_reference(device, K):
+    s, t, q = make_inputs(B=5, d=64, K=K, device=device, seed=K)
+    s32 = s.float().requires_grad_(True)
+    out = mona_ext.similarity_kl(s32, t.float(), q.float(), 0.1, 0.01)
+    s64 = s.clone().requires_grad_(True)
+    ref = reference.similarity_kl(s64, t, q, 0.1, 0.01)
+    torch.testing.assert_close(out.double(), ref, rtol=1e-4, atol=1e-5)
+    out.backward()
+    ref.backward()
+    torch.testing.assert_close(s32.grad.double(), s64.grad, rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_low_precision_inputs(device, dtype):
+    s, t, q = make_inputs(B=4, d=32, K=50, device=device, seed=3)
+    sl, tl, ql = s.to(dtype), t.to(dtype), q.to(dtype)
+    out = mona_ext.similarity_kl(sl, tl, ql, 0.1, 0.1)
+    ref = reference.similarity_kl(sl.double(), tl.double(), ql.double(), 0.1, 0.1)
+    assert out.dtype == dtype
+    torch.testing.assert_close(out.double(), ref, rtol=2 * torch.finfo(dtype).eps, atol=1e-3)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_gradcheck_and_no_teacher_gradient(device):
+    s, t, q = make_inputs(B=3, d=5, K=6, device=device, seed=1)
+    s.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda x: mona_ext.similarity_kl(x, t, q, 0.5, 0.2), (s,))
+    # a zero student row (normalisation clamps at eps) still has a finite gradient
+    s0 = s.detach().clone()
+    s0[1] = 0
+    s0.requires_grad_(True)
+    out = mona_ext.similarity_kl(s0, t, q, 0.5, 0.2)
+    out.backward()
+    assert torch.isfinite(s0.grad).all()
+    t2, q2 = t.clone().requires_grad_(True), q.clone().requires_grad_(True)
+    s2 = s.detach().clone().requires_grad_(True)
+    mona_ext.similarity_kl(s2, t2, q2, 0.5, 0.2).backward()
+    assert s2.grad is not None and t2.grad is None and q2.grad is None  # documented: student only
+
+
+def test_identical_student_and_teacher_distributions_give_zero():
+    s, _, q = make_inputs(B=4, d=8, K=12)
+    assert abs(mona_ext.similarity_kl(s, s.clone() * 2.0, q, 0.3, 0.3).item()) < 1e-12  # scale-invariant cosine
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("requires_grad", [False, True])
+def test_opcheck(device, requires_grad):
+    s, t, q = make_inputs(B=3, d=8, K=9, device=device)
+    s.requires_grad_(requires_grad)
+    torch.library.opcheck(torch.ops.mona.similarity_kl.default, (s, t, q, 0.1, 0.05))
+
+
+def test_compile_fullgraph_matches_eager():
+    s, t, q = make_inputs(B=4, d=16, K=32, dtype=torch.float32)
+    s.requires_grad_(True)
+
+    def fn(x, y, z):
+        return mona_ext.similarity_kl(x * 1.5, y, z, 0.1, 0.01) * 2
+
+    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
+    out_c = compiled(s, t, q)
+    (g_c,) = torch.autograd.grad(out_c, s)
+    out_e = fn(s, t, q)
+    (g_e,) = torch.autograd.grad(out_e, s)
+    torch.testing.assert_close(out_c, out_e)
+    torch.testing.assert_close(g_c, g_e)
+
+
+@settings(max_examples=30, deadline=None)
+@given(B=st.integers(0, 5), d=st.integers(1, 9), K=st.integers(1, 40), tau_s=st.sampled_from([0.01, 0.1, 2.0]),
+       tau_t=st.sampled_from([0.01, 0.1, 2.0]), seed=st.integers(0, 2**16))
+def test_property_matches_reference(B, d, K, tau_s, tau_t, seed):
+    s, t, q = make_inputs(B, d, K, seed=seed)
+    out = mona_ext.similarity_kl(s, t, q, tau_s, tau_t)
+    if B == 0:
+        assert out.item() == 0.0
+        return
+    torch.testing.assert_close(out, reference.similarity_kl(s, t, q, tau_s, tau_t), rtol=1e-9, atol=1e-10)
+    assert out.item() >= -1e-10
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(s=torch.randn(4)), r"student must be \[B, d\]"),
+        (dict(t=torch.randn(3, 8)), r"teacher must have the student's shape \[4, 8\]"),
+        (dict(q=torch.randn(5, 7)), r"queue must be \[K, d\] with d = 8, got shape \[5, 7\]"),
+        (dict(q=torch.randn(0, 8)), "queue must hold at least one entry"),
+        (dict(q=torch.randn(5, 8, dtype=torch.float64)), "teacher and queue must have the student's dtype"),
+        (dict(tau_s=0.0), "temperatures must be positive, got tau_student=0"),
+        (dict(tau_t=-1.0), "tau_teacher=-1"),
+    ],
+)
+def test_bad_input_messages(change, message):
+    args = dict(s=torch.randn(4, 8), t=torch.randn(4, 8), q=torch.randn(5, 8), tau_s=0.1, tau_t=0.01)
+    args.update(change)
+    with pytest.raises((ValueError, TypeError), match=message):
+        mona_ext.similarity_kl(args["s"], args["t"], args["q"], args["tau_s"], args["tau_t"])
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_matches_cpu_large():
+    s, t, q = make_inputs(B=6, d=512, K=4096, dtype=torch.float32, seed=7)
+    res = []
+    for dev in ("cpu", "cuda"):
+        x = s.to(dev).requires_grad_(True)
+        out = mona_ext.similarity_kl(x, t.to(dev), q.to(dev), 0.1, 0.01)
+        out.backward()
+        res.append((out.cpu(), x.grad.cpu()))
+    torch.testing.assert_close(res[1][0], res[0][0], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(res[1][1], res[0][1], rtol=1e-3, atol=1e-6)
