@@ -18,6 +18,6 @@ from .ops import __all__ as _ops_all  # noqa: E402
 from .banks import ClassMemoryBank, FeatureQueue  # noqa: E402,F401
 
 __version__ = build_info()["mona_version"]
-__all__ = ["build_info", *_ops_all]
+__all__ = ["build_info", "ClassMemoryBank", "FeatureQueue", *_ops_all]
 
 del torch

@@ -133,25 +133,25 @@ void class_mean_backward_kernel(const PixelView<const scalar_t>& f, const PixelV
           }
         }
       } else {
-      for (int64_t d = 0; d < D; ++d) {
-        const scalar_t* frow = f.data + tile.b * f.stride_b + d * f.stride_d;
-        scalar_t* grow = gf.data + tile.b * gf.stride_b + d * gf.stride_d;
-        for (int64_t p = tile.p0; p < tile.p1; ++p) {
-          const index_t lab = labels[n0 + p];
-          acc_t g = 0;
-          if (cm::is_valid(lab, C)) {
-            const acc_t w = weight ? weight[n0 + p] : acc_t(1);
-            const acc_t gm = grad_means[lab * D + d];
-            const acc_t inv = cm::inverse_count(counts[lab]);
-            g = cm::grad_feature(w, gm, inv);
-            if (grad_weight) {
-              gw[p - tile.p0] += cm::grad_weight_term(gm, static_cast<acc_t>(frow[p * f.stride_p]),
-                                                      means[lab * D + d], inv);
+        for (int64_t d = 0; d < D; ++d) {
+          const scalar_t* frow = f.data + tile.b * f.stride_b + d * f.stride_d;
+          scalar_t* grow = gf.data + tile.b * gf.stride_b + d * gf.stride_d;
+          for (int64_t p = tile.p0; p < tile.p1; ++p) {
+            const index_t lab = labels[n0 + p];
+            acc_t g = 0;
+            if (cm::is_valid(lab, C)) {
+              const acc_t w = weight ? weight[n0 + p] : acc_t(1);
+              const acc_t gm = grad_means[lab * D + d];
+              const acc_t inv = cm::inverse_count(counts[lab]);
+              g = cm::grad_feature(w, gm, inv);
+              if (grad_weight) {
+                gw[p - tile.p0] += cm::grad_weight_term(gm, static_cast<acc_t>(frow[p * f.stride_p]),
+                                                        means[lab * D + d], inv);
+              }
             }
+            grow[p * gf.stride_p] = static_cast<scalar_t>(g);
           }
-          grow[p * gf.stride_p] = static_cast<scalar_t>(g);
         }
-      }
       }
       if (grad_weight) {
         for (int64_t p = tile.p0; p < tile.p1; ++p) {
