@@ -269,14 +269,15 @@ def load_case(record: CaseRecord, spec: DatasetSpec, *, require_label: bool = Tr
     label of the same shape and affine, label values among the declared classes.
     """
     img, data = _load_nifti(record.image_path)
+    if data.size == 0:
+        raise DataError(f"{record.image_path}: empty volume (shape {tuple(data.shape)}, header dims "
+                        f"{tuple(int(d) for d in img.header['dim'][1:img.header['dim'][0] + 1])})")
     if data.ndim == 2:
         data = data[..., None]
     if data.ndim == 4 and data.shape[-1] == 1:
         data = data[..., 0]
     if data.ndim != 3:
         raise DataError(f"{record.image_path}: expected a 3-D image, got shape {tuple(data.shape)}")
-    if data.size == 0 or 0 in data.shape:
-        raise DataError(f"{record.image_path}: empty volume (shape {tuple(data.shape)})")
     image = data.astype(np.float32)
     if not np.isfinite(image).all():
         raise DataError(f"{record.image_path}: image contains NaN or infinite values")
