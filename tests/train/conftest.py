@@ -27,7 +27,7 @@ def write_nifti(path: Path, arr: np.ndarray, spacing=(1.0, 1.0, 1.0), affine: np
 
 @pytest.fixture(autouse=True)
 def _threads():
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

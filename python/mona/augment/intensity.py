@@ -30,9 +30,9 @@ def cutmix(x: torch.Tensor, y: torch.Tensor | None, gen: torch.Generator, *, pro
     for i in range(bsz):
         if u[i, 0] >= prob or bsz < 2:
             continue
-        frac = area[0] + u[i, 1] * (area[1] - area[0])
+        frac = area[0] + float(u[i, 1]) * (area[1] - area[0])
         bh, bw = max(1, int(round(h * frac ** 0.5))), max(1, int(round(w * frac ** 0.5)))
-        top, left = int(u[i, 2] * (h - bh + 1)), int(u[i, 3] * (w - bw + 1))
+        top, left = int(float(u[i, 2]) * (h - bh + 1)), int(float(u[i, 3]) * (w - bw + 1))
         mask[i, top:top + bh, left:left + bw] = True
     mask = mask.to(x.device)
     perm = perm.to(x.device)
