@@ -69,7 +69,7 @@ def phantom_frame(rng: np.random.Generator, shape: tuple[int, int], n_slices: in
         rv = np.zeros_like(lv)
         if t <= p["rv_extent"]:
             ang = p["rv_angle"]
-            off = r_lv + thick * 0.9
+            off = r_lv + thick * 0.6
             rcx, rcy = cx + np.cos(ang) * off, cy + np.sin(ang) * off
             ra = p["r_rv"] * shrink * (0.85 + 0.15 * contraction)
             rv = _ellipse(xx, yy, rcx, rcy, ra, ra * p["rv_ecc"], ang) & ~ndimage.binary_dilation(epi, iterations=1)
@@ -99,10 +99,10 @@ def _patient_params(rng: np.random.Generator, h: int, w: int) -> dict:
     return {
         "cx": w / 2 + rng.uniform(-0.1, 0.1) * w, "cy": h / 2 + rng.uniform(-0.1, 0.1) * h,
         "drift_x": rng.uniform(-4, 4), "drift_y": rng.uniform(-4, 4),
-        "r_lv": rng.uniform(0.07, 0.11) * side, "ecc": rng.uniform(0.8, 1.2), "theta": rng.uniform(0, np.pi),
-        "thick": rng.uniform(0.035, 0.055) * side,
-        "rv_angle": np.pi + rng.uniform(-0.6, 0.6), "r_rv": rng.uniform(0.09, 0.14) * side,
-        "rv_ecc": rng.uniform(0.45, 0.7), "rv_extent": rng.uniform(0.55, 0.85), "rv_rel": rng.uniform(0.8, 1.0),
+        "r_lv": rng.uniform(0.09, 0.13) * side, "ecc": rng.uniform(0.8, 1.2), "theta": rng.uniform(0, np.pi),
+        "thick": rng.uniform(0.045, 0.065) * side,
+        "rv_angle": np.pi + rng.uniform(-0.6, 0.6), "r_rv": rng.uniform(0.14, 0.19) * side,
+        "rv_ecc": rng.uniform(0.5, 0.75), "rv_extent": rng.uniform(0.55, 0.85), "rv_rel": rng.uniform(0.8, 1.0),
         "body_dx": rng.uniform(-3, 3), "body_dy": rng.uniform(-3, 3), "body_theta": rng.uniform(-0.3, 0.3),
         "texture_sigma": rng.uniform(2.0, 5.0), "texture_amp": rng.uniform(0.04, 0.10),
         "i_tissue": rng.uniform(0.3, 0.45), "i_air": rng.uniform(0.0, 0.04), "i_myo": rng.uniform(0.15, 0.25),
