@@ -165,7 +165,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    summary = run_demo(args.out, iterations=args.iterations, seed=args.seed, device=args.device,
+    summary = run_demo(args.out, iterations=args.iterations, seed=args.seed, size=args.size, device=args.device,
                        progress=not args.no_progress, overrides=args.overrides)
     return 0 if summary["test_mean_dice"] == summary["test_mean_dice"] else 1
 
@@ -234,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
     p.add_argument("--iterations", type=int, default=None, help="training iterations (default 400, configs/demo.yaml)")
     p.add_argument("--seed", type=int, default=0, help="phantom seed")
+    p.add_argument("--size", type=int, default=96, help="slice size of the prepared cache (default 96)")
     p.add_argument("--device", default="auto")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="training config overrides")
     p.add_argument("--no-progress", action="store_true")
