@@ -122,7 +122,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     import nibabel as nib
     import numpy as np
 
-    from .data.readers import CaseRecord, DataError, Volume, _load_nifti
+    from .data.readers import CaseRecord, DataError, Volume, load_nifti
     from .eval.inference import predict_volume
     from .eval.report import write_overlay
     from .train.checkpoint import load_model
@@ -130,7 +130,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     dev = select_device(args.device)
     model, meta = load_model(args.checkpoint, dev)
-    img, data = _load_nifti(args.input)
+    img, data = load_nifti(args.input)
     squeeze = data.ndim == 2
     vol = data[..., None] if squeeze else data
     if vol.ndim != 3 or vol.size == 0:
@@ -165,9 +165,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    summary = run_demo(args.out, iterations=args.iterations, seed=args.seed, size=args.size, device=args.device,
+    run_demo(args.out, iterations=args.iterations, seed=args.seed, size=args.size, device=args.device,
                        progress=not args.no_progress, overrides=args.overrides)
-    return 0 if summary["test_mean_dice"] == summary["test_mean_dice"] else 1
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -243,8 +243,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    import logging
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="mona: %(message)s")
     handler: Handler | None = getattr(args, "handler", None)
     if handler is None:
         parser.print_help()

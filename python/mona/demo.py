@@ -31,7 +31,7 @@ def machine_description() -> str:
     except OSError:
         pass
     import os
-    return f"{cpu}, {os.cpu_count()} logical CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    return f"{cpu}, {os.cpu_count()} logical CPUs, torch {torch.__version__}, {torch.get_num_threads()} torch thread(s)"
 
 
 def run_demo(out_dir: str | Path = "runs/demo", *, iterations: int | None = None, seed: int = 0,

@@ -248,7 +248,8 @@ def folder_spec(num_classes: int, modality: str = "MR") -> DatasetSpec:
                        hu_window=(-200.0, 250.0) if modality == "CT" else None)
 
 
-def _load_nifti(path: str):
+def load_nifti(path: str):
+    """(nibabel image, array) of a NIfTI file; DataError naming the file if it is missing or unreadable."""
     import nibabel as nib
 
     p = Path(path)
@@ -268,7 +269,7 @@ def load_case(record: CaseRecord, spec: DatasetSpec, *, require_label: bool = Tr
     Checks: readable files, 3-D image (a 2-D image becomes ``[X, Y, 1]``), non-empty, finite,
     label of the same shape and affine, label values among the declared classes.
     """
-    img, data = _load_nifti(record.image_path)
+    img, data = load_nifti(record.image_path)
     if data.size == 0:
         raise DataError(f"{record.image_path}: empty volume (shape {tuple(data.shape)}, header dims "
                         f"{tuple(int(d) for d in img.header['dim'][1:img.header['dim'][0] + 1])})")
@@ -288,7 +289,7 @@ def load_case(record: CaseRecord, spec: DatasetSpec, *, require_label: bool = Tr
     affine = np.asarray(img.affine, dtype=np.float64)
     label = None
     if record.label_path is not None:
-        limg, ldata = _load_nifti(record.label_path)
+        limg, ldata = load_nifti(record.label_path)
         if ldata.ndim == 2:
             ldata = ldata[..., None]
         if ldata.ndim == 4 and ldata.shape[-1] == 1:
