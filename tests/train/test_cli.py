@@ -54,3 +54,26 @@ def test_help_lists_commands():
     out = subprocess.run([sys.executable, "-m", "mona", "--help"], capture_output=True, text=True, check=True).stdout
     for cmd in ("info", "synth", "prepare", "train", "evaluate", "predict", "demo"):
         assert cmd in out
+
+
+def test_predict_writes_raw_label_values_for_mmwhs_models(tmp_path):
+    import torch
+
+    from mona.models import MonaNet
+    from mona.train.checkpoint import export_inference, model_meta
+
+    from conftest import write_nifti
+
+    torch.manual_seed(0)
+    model = MonaNet(num_classes=8)
+    meta = model_meta(8, ["background", "LV-myo", "LA", "LV", "RA", "RV", "AAo", "PA"], 32, {"kind": "minmax"},
+                      (16, 32, 64, 128, 256), (0.05, 0.1, 0.2, 0.3, 0.5))
+    meta["label_values"] = [0, 205, 420, 500, 550, 600, 820, 850]
+    export_inference(model, meta, tmp_path / "m.pt")
+    src = write_nifti(tmp_path / "ct.nii.gz", np.random.default_rng(0).normal(size=(20, 28, 2)).astype(np.float32),
+                      (0.9, 0.9, 2.0))
+    assert main(["predict", str(tmp_path / "m.pt"), str(src), str(tmp_path / "out.nii.gz"), "--device", "cpu"]) == 0
+    out = nib.load(str(tmp_path / "out.nii.gz"))
+    values = set(np.unique(np.asarray(out.dataobj)).tolist())
+    assert values <= set(meta["label_values"]) and values - {0}  # untrained net: some raw foreground values
+    assert out.header.get_zooms() == nib.load(str(src)).header.get_zooms()
