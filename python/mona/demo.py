@@ -7,7 +7,6 @@ patients, 400 iterations of batch 8, lr 0.05 with poly decay, 1 CPU thread).
 
 from __future__ import annotations
 
-import json
 import platform
 import time
 from importlib import resources

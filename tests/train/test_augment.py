@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
 
-from mona.augment import AugmentConfig, cutmix, random_contrast_brightness, strong, weak
+from mona.augment import cutmix, random_contrast_brightness, strong, weak
 from mona.augment.spatial import identity_grid, random_transform
 
 
