@@ -49,6 +49,127 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from .data.synth import SynthConfig, write_phantoms
+
+    cfg = SynthConfig(n_train=args.train, n_val=args.val, n_test=args.test, seed=args.seed,
+                      size_min=args.size_min, size_max=args.size_max,
+                      slices_min=args.slices_min, slices_max=args.slices_max)
+    ids = write_phantoms(args.out_dir, cfg, progress=not args.no_progress)
+    print(f"wrote {len(ids)} phantom patients (ACDC layout) to {args.out_dir}")
+    return 0
+
+
+def _cmd_prepare(args: argparse.Namespace) -> int:
+    from .data.prepare import prepare
+
+    r = prepare(args.dataset, args.raw_dir, args.out_dir, size=args.size, seed=args.seed,
+                num_classes=args.num_classes, modality=args.modality, progress=not args.no_progress)
+    n_slices = sum(c["n_slices"] for c in r.manifest["cases"])
+    sp = r.manifest["splits"]
+    print(f"{args.out_dir}: {len(r.manifest['cases'])} volumes, {n_slices} slices at {args.size}x{args.size} "
+          f"({len(r.processed)} processed, {len(r.skipped)} already up to date); patients "
+          f"train/val/test = {len(sp['train'])}/{len(sp['val'])}/{len(sp['test'])}")
+    return 0
+
+
+def _resolve_config(name: str) -> str:
+    from importlib import resources
+    from pathlib import Path
+
+    if Path(name).exists():
+        return name
+    packaged = resources.files("mona").joinpath(f"configs/{name}.yaml")
+    if "/" not in name and not name.endswith((".yaml", ".yml")) and packaged.is_file():
+        print(f"using the packaged config {name!r} ({packaged})")
+        return str(packaged)
+    names = sorted(p.name[:-5] for p in resources.files("mona").joinpath("configs").iterdir() if p.name.endswith(".yaml"))
+    raise FileNotFoundError(f"--config {name!r}: no such file, and not a packaged config name ({', '.join(names)})")
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .train import load_config, train
+
+    cfg = load_config(_resolve_config(args.config), args.overrides)
+    r = train(cfg, resume=args.resume, progress=not args.no_progress)
+    print(f"finished at iteration {r.iteration} in {r.seconds:.0f} s; best val mean Dice {r.best_dice:.4f} "
+          f"(iteration {r.best_iteration}); outputs in {r.out_dir} (best.pt, last.pt, model.pt, metrics.jsonl)")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .eval.report import evaluate_cache, write_report
+    from .train.checkpoint import load_model
+    from .train.loop import select_device
+
+    dev = select_device(args.device)
+    model, meta = load_model(args.checkpoint, dev)
+    out = Path(args.out) if args.out else Path(args.checkpoint).resolve().parent / f"eval_{args.split}"
+    report = evaluate_cache(model, meta, args.data, split=args.split, device=dev, voxels=args.voxels,
+                            overlay_dir=out / "overlays" if args.overlays else None, progress=not args.no_progress)
+    csv_path, json_path = write_report(report, out, extra={"checkpoint": str(args.checkpoint), "split": args.split})
+    print(report.table())
+    print(f"\nmean foreground Dice: {report.mean_dice:.4f}   (distances in mm; per-volume rows in {csv_path}, "
+          f"summary in {json_path})")
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import nibabel as nib
+    import numpy as np
+
+    from .data.readers import CaseRecord, DataError, Volume, load_nifti
+    from .eval.inference import predict_volume
+    from .eval.report import write_overlay
+    from .train.checkpoint import load_model
+    from .train.loop import select_device
+
+    dev = select_device(args.device)
+    model, meta = load_model(args.checkpoint, dev)
+    img, data = load_nifti(args.input)
+    squeeze = data.ndim == 2
+    vol = data[..., None] if squeeze else data
+    if vol.ndim != 3 or vol.size == 0:
+        raise DataError(f"{args.input}: expected a non-empty 2-D or 3-D image, got shape {tuple(data.shape)}")
+    vol = vol.astype(np.float32)
+    pred = predict_volume(model, vol, normalisation=meta["normalisation"], size=meta["size"], device=dev)
+    values = meta.get("label_values")
+    out_labels = np.asarray(values)[pred] if values else pred
+    out_arr = (out_labels[..., 0] if squeeze else out_labels).astype(np.uint16 if values else np.uint8)
+    header = img.header.copy()
+    header.set_data_dtype(out_arr.dtype)
+    header["scl_slope"], header["scl_inter"] = 1, 0
+    out_img = nib.Nifti1Image(out_arr, img.affine, header)
+    out_path = Path(args.output)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(f".{out_path.name}.tmp{''.join(out_path.suffixes)}")
+    nib.save(out_img, str(tmp))
+    tmp.replace(out_path)
+    counts = {meta["class_names"][c]: int((pred == c).sum()) for c in range(1, meta["num_classes"])}
+    print(f"wrote {out_path} (shape {tuple(out_arr.shape)}, affine of {args.input}); voxels per class: {counts}")
+    if args.overlay:
+        png = Path(args.overlay) if isinstance(args.overlay, str) else out_path.with_name(
+            out_path.name.split(".")[0] + "_overlay.png")
+        zooms = img.header.get_zooms()
+        spacing = tuple(float(z) for z in (list(zooms) + [1.0] * 3)[:3])
+        v = Volume(CaseRecord(Path(args.input).name, "", args.input, None), vol, None, spacing, img.affine)
+        write_overlay(v, pred, png)
+        print(f"wrote overlay {png}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(args.out, iterations=args.iterations, seed=args.seed, size=args.size, device=args.device,
+                       progress=not args.no_progress, overrides=args.overrides)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mona", description="MONA semi-supervised medical image segmentation.")
     parser.add_argument("--version", action="version", version=f"mona {__version__}")
@@ -56,17 +177,88 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="versions, build configuration and registered ops")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(handler=_cmd_info)
+
+    p = sub.add_parser("synth", help="write synthetic cardiac-MR phantoms in the ACDC layout")
+    p.add_argument("out_dir", metavar="OUT_DIR")
+    p.add_argument("--train", type=int, default=8, help="train patients (default 8)")
+    p.add_argument("--val", type=int, default=2, help="validation patients (default 2)")
+    p.add_argument("--test", type=int, default=4, help="test patients (default 4)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size-min", type=int, default=112, help="smallest in-plane size in pixels")
+    p.add_argument("--size-max", type=int, default=144, help="largest in-plane size in pixels")
+    p.add_argument("--slices-min", type=int, default=5)
+    p.add_argument("--slices-max", type=int, default=9)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(handler=_cmd_synth)
+
+    p = sub.add_parser("prepare", help="raw volumes -> normalised, resized, memory-mapped slice cache")
+    p.add_argument("dataset", metavar="DATASET", choices=["acdc", "lits", "mmwhs", "folder"],
+                   help="acdc | lits | mmwhs | folder (RAW/images + RAW/labels)")
+    p.add_argument("raw_dir", metavar="RAW_DIR")
+    p.add_argument("out_dir", metavar="OUT_DIR")
+    p.add_argument("--size", type=int, default=256, help="slice size (default 256)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random patient split (LiTS/MMWHS/folder)")
+    p.add_argument("--num-classes", type=int, default=None, help="folder layout: number of classes incl. background")
+    p.add_argument("--modality", choices=["MR", "CT"], default="MR", help="folder layout: MR (min-max) or CT (HU window)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(handler=_cmd_prepare)
+
+    p = sub.add_parser("train", help="train (supervised baseline) from a YAML config with key=value overrides")
+    p.add_argument("--config", required=True, help="YAML file, or a packaged config name (acdc_supervised, demo)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. optim.lr=0.02 data.labeled_patients=3")
+    p.add_argument("--resume", default=None, metavar="CHECKPOINT", help="continue exactly from a last.pt")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(handler=_cmd_train)
+
+    p = sub.add_parser("evaluate", help="per-class Dice/ASD/HD95 of a checkpoint on a split of a prepared cache")
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="best.pt / last.pt / model.pt")
+    p.add_argument("data", metavar="DATA", help="a prepared cache directory (mona prepare)")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--out", default=None, help="report directory (default: next to the checkpoint, eval_SPLIT)")
+    p.add_argument("--voxels", action="store_true", help="also report ASD/HD95 in voxels (no spacing)")
+    p.add_argument("--overlays", action="store_true", help="write PNG overlays of the first volumes")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(handler=_cmd_evaluate)
+
+    p = sub.add_parser("predict", help="segment a NIfTI volume; writes a label volume with the input's affine")
+    p.add_argument("checkpoint", metavar="CHECKPOINT")
+    p.add_argument("input", metavar="IN.nii.gz")
+    p.add_argument("output", metavar="OUT.nii.gz")
+    p.add_argument("--overlay", nargs="?", const=True, default=None, metavar="PNG",
+                   help="also write a PNG overlay (default: OUT_overlay.png)")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(handler=_cmd_predict)
+
+    p = sub.add_parser("demo", help="one command: phantoms -> cache -> train -> evaluate -> report (CPU, minutes)")
+    p.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
+    p.add_argument("--iterations", type=int, default=None, help="training iterations (default 400, configs/demo.yaml)")
+    p.add_argument("--seed", type=int, default=0, help="phantom seed")
+    p.add_argument("--size", type=int, default=96, help="slice size of the prepared cache (default 96)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="training config overrides")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(handler=_cmd_demo)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    import logging
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="mona: %(message)s")
     handler: Handler | None = getattr(args, "handler", None)
     if handler is None:
         parser.print_help()
         return 2
-    return handler(args)
+    from .data.readers import DataError
+
+    try:
+        return handler(args)
+    except (DataError, ValueError, FileNotFoundError, RuntimeError) as err:
+        print(f"mona {args.command}: error: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

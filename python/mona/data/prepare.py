@@ -1,0 +1,180 @@
+"""``mona prepare``: raw volumes -> a memory-mappable slice cache.
+
+Layout of ``OUT_DIR``::
+
+    manifest.json                    written last (atomically): the cache is valid only if it exists
+    volumes/<case>.image.npy         float32 [Z, S, S], normalised to [0, 1]
+    volumes/<case>.label.npy         uint8   [Z, S, S], class indices
+    volumes/<case>.json              per-volume sidecar (source fingerprint, spacing, shape, affine)
+
+Each file is written to a temporary name and moved into place with ``os.replace``; a volume
+counts as done only once its sidecar exists and matches the source files and options, so an
+interrupted run resumes where it stopped and a finished cache is never rewritten (idempotent).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .readers import READERS, SPECS, CaseRecord, DataError, DatasetSpec, folder_spec, load_case
+from .splits import split_patients
+
+CACHE_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+def normalise_volume(image: np.ndarray, normalisation: dict) -> np.ndarray:
+    """Per-volume intensity normalisation to [0, 1]. image: any shape; returns float32, same shape.
+
+    ``minmax``: (x - min) / (max - min) (a constant volume becomes all zeros);
+    ``hu_window``: clip to [low, high] then scale.
+    """
+    x = image.astype(np.float32)
+    if normalisation["kind"] == "minmax":
+        lo, hi = float(x.min()), float(x.max())
+        return np.zeros_like(x) if hi <= lo else (x - lo) / (hi - lo)
+    if normalisation["kind"] == "hu_window":
+        lo, hi = float(normalisation["low"]), float(normalisation["high"])
+        return (np.clip(x, lo, hi) - lo) / (hi - lo)
+    raise ValueError(f"unknown normalisation {normalisation!r}")
+
+
+def resize_image_slices(volume: np.ndarray, size: int) -> np.ndarray:
+    """``[X, Y, Z]`` -> ``[Z, size, size]`` float32, bilinear (align_corners=False)."""
+    t = torch.from_numpy(np.ascontiguousarray(volume.transpose(2, 0, 1), dtype=np.float32))[:, None]
+    return F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False)[:, 0].numpy()
+
+
+def resize_label_slices(label: np.ndarray, size: int) -> np.ndarray:
+    """``[X, Y, Z]`` int -> ``[Z, size, size]`` uint8, nearest neighbour (``nearest-exact``)."""
+    t = torch.from_numpy(np.ascontiguousarray(label.transpose(2, 0, 1)).astype(np.float32))[:, None]
+    out = F.interpolate(t, size=(size, size), mode="nearest-exact")[:, 0]
+    return out.round().to(torch.uint8).numpy()
+
+
+def _fingerprint(path: str | None) -> dict | None:
+    if path is None:
+        return None
+    st = os.stat(path)
+    return {"path": os.path.abspath(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def _atomic_write_bytes(path: Path, writer: Callable[[Path], None]) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        writer(Path(tmp))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def atomic_write_json(path: Path, obj) -> None:
+    """Write JSON to ``path`` via a temporary file + ``os.replace``."""
+    _atomic_write_bytes(path, lambda p: p.write_text(json.dumps(obj, indent=1)))
+
+
+def _save_npy(path: Path, arr: np.ndarray) -> None:
+    def w(p: Path) -> None:
+        with open(p, "wb") as fh:
+            np.save(fh, arr)
+    _atomic_write_bytes(path, w)
+
+
+@dataclass
+class PrepareResult:
+    out_dir: Path
+    processed: list[str]
+    skipped: list[str]
+    manifest: dict
+
+
+def resolve_spec(dataset: str, num_classes: int | None = None, modality: str = "MR") -> DatasetSpec:
+    if dataset == "folder":
+        if num_classes is None:
+            raise DataError("folder: --num-classes is required for the generic layout")
+        return folder_spec(num_classes, modality)
+    if dataset not in SPECS:
+        raise DataError(f"unknown dataset {dataset!r}; choose one of {sorted(READERS)}")
+    return SPECS[dataset]
+
+
+def prepare(dataset: str, raw_dir: str | Path, out_dir: str | Path, *, size: int = 256, seed: int = 0,
+            num_classes: int | None = None, modality: str = "MR", progress: bool = True,
+            _after_volume: Callable[[str], None] | None = None) -> PrepareResult:
+    """Build (or complete, or verify) the slice cache of ``dataset`` read from ``raw_dir``.
+
+    ``seed`` drives the random patient split of LiTS/MMWHS/folder (ACDC uses the shipped lists).
+    ``_after_volume`` is a test hook called after each volume is committed.
+    """
+    from tqdm import tqdm
+
+    if size < 16:
+        raise ValueError(f"prepare: size must be >= 16, got {size}")
+    spec = resolve_spec(dataset, num_classes, modality)
+    records: list[CaseRecord] = READERS[dataset](raw_dir)
+    out = Path(out_dir)
+    vol_dir = out / "volumes"
+    vol_dir.mkdir(parents=True, exist_ok=True)
+    options = {"cache_version": CACHE_VERSION, "dataset": dataset, "size": size,
+               "normalisation": spec.normalisation, "class_names": list(spec.class_names),
+               "label_values": list(spec.label_values) if spec.label_values else None}
+    cases, processed, skipped = [], [], []
+    for rec in tqdm(records, desc=f"prepare {dataset}", disable=not progress, unit="vol"):
+        sources = {"image": _fingerprint(rec.image_path), "label": _fingerprint(rec.label_path)}
+        side = vol_dir / f"{rec.case_id}.json"
+        img_file, lab_file = vol_dir / f"{rec.case_id}.image.npy", vol_dir / f"{rec.case_id}.label.npy"
+        meta = None
+        if side.exists() and img_file.exists() and lab_file.exists():
+            try:
+                old = json.loads(side.read_text())
+                if old.get("sources") == sources and old.get("options") == options:
+                    meta = old
+            except (json.JSONDecodeError, OSError):
+                meta = None
+        if meta is None:
+            vol = load_case(rec, spec)
+            assert vol.label is not None
+            image = resize_image_slices(normalise_volume(vol.image, spec.normalisation), size)
+            label = resize_label_slices(vol.label, size)
+            _save_npy(img_file, image)
+            _save_npy(lab_file, label)
+            meta = {"case_id": rec.case_id, "patient_id": rec.patient_id, "image_path": rec.image_path,
+                    "label_path": rec.label_path, "extra": rec.extra, "spacing": list(vol.spacing),
+                    "shape": list(vol.image.shape), "affine": vol.affine.tolist(), "n_slices": int(image.shape[0]),
+                    "class_voxels": np.bincount(vol.label.ravel(), minlength=spec.num_classes).tolist(),
+                    "sources": sources, "options": options}
+            atomic_write_json(side, meta)
+            processed.append(rec.case_id)
+        else:
+            skipped.append(rec.case_id)
+        cases.append(meta)
+        if _after_volume is not None:
+            _after_volume(rec.case_id)
+    patients = sorted({c["patient_id"] for c in cases})
+    splits = split_patients(dataset, patients, seed=seed)
+    manifest = {**options, "raw_dir": os.path.abspath(str(raw_dir)), "seed": seed,
+                "modality": spec.modality, "num_classes": spec.num_classes, "splits": splits,
+                "cases": [{k: c[k] for k in ("case_id", "patient_id", "image_path", "label_path", "extra", "spacing",
+                                             "shape", "affine", "n_slices", "class_voxels", "sources")}
+                          for c in cases]}
+    man_path = out / MANIFEST
+    old_manifest = None
+    if man_path.exists():
+        try:
+            old_manifest = json.loads(man_path.read_text())
+        except (json.JSONDecodeError, OSError):
+            old_manifest = None
+    if old_manifest != manifest:
+        atomic_write_json(man_path, manifest)
+    return PrepareResult(out, processed, skipped, manifest)

@@ -1,0 +1,1 @@
+"""Evaluation: metrics, slice-wise inference reassembled to volumes, reports."""

@@ -1,0 +1,64 @@
+"""Models: the UNet backbone, the training-only heads and the :class:`MonaNet` wrapper."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .heads import GlobalProjectionHead, LocalProjectionHead, Predictor, RepresentationHead
+from .unet import UNet, UNetOutput
+
+
+@dataclass
+class ModelOutput:
+    """logits ``[B, C, H, W]``; unet: the backbone's output (bottleneck, decoder maps);
+    embedding ``[B, 512, H/s, W/s]`` (representation head); global_proj / global_pred ``[B, 512]``."""
+
+    logits: torch.Tensor
+    unet: UNetOutput
+    embedding: torch.Tensor | None = None
+    global_proj: torch.Tensor | None = None
+    global_pred: torch.Tensor | None = None
+
+
+class MonaNet(nn.Module):
+    """UNet + optional training-only heads. ``inference_state_dict()`` holds the UNet only."""
+
+    def __init__(self, num_classes: int = 4, in_channels: int = 1, channels: tuple[int, ...] = (16, 32, 64, 128, 256),
+                 dropout: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3, 0.5), heads: tuple[str, ...] = (),
+                 embed_dim: int = 512, rep_stride: int = 1):
+        super().__init__()
+        unknown = set(heads) - {"representation", "global", "local"}
+        if unknown:
+            raise ValueError(f"MonaNet: unknown heads {sorted(unknown)}")
+        self.unet = UNet(in_channels, num_classes, channels, dropout)
+        self.heads = nn.ModuleDict()
+        dec = tuple(reversed(channels[:4]))
+        if "representation" in heads:
+            self.heads["representation"] = RepresentationHead(dec, embed_dim, output_stride=rep_stride)
+        if "global" in heads:
+            self.heads["global"] = GlobalProjectionHead(channels[4], embed_dim)
+            self.heads["predictor"] = Predictor(embed_dim)
+        if "local" in heads:
+            self.heads["local"] = LocalProjectionHead(channels[0], embed_dim)
+
+    def forward(self, x: torch.Tensor, *, with_heads: bool = True) -> ModelOutput:
+        """x: ``[B, in_channels, H, W]``."""
+        u = self.unet(x)
+        out = ModelOutput(u.logits, u)
+        if with_heads and "representation" in self.heads:
+            out.embedding = self.heads["representation"](u.decoder)
+        if with_heads and "global" in self.heads:
+            out.global_proj = self.heads["global"](u.bottleneck)
+            out.global_pred = self.heads["predictor"](out.global_proj)
+        return out
+
+    def inference_state_dict(self) -> dict[str, torch.Tensor]:
+        """Exported weights: the UNet only (heads are training-only)."""
+        return {k: v.detach().cpu() for k, v in self.unet.state_dict().items()}
+
+
+__all__ = ["UNet", "UNetOutput", "MonaNet", "ModelOutput", "RepresentationHead", "GlobalProjectionHead",
+           "Predictor", "LocalProjectionHead"]

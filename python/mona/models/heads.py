@@ -1,0 +1,76 @@
+"""Training-only heads: representation (FPN-style, per-pixel), global projection + predictor,
+local projection (GLCon). None of them is part of the exported inference weights."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+
+class RepresentationHead(nn.Module):
+    """FPN-style fusion of the decoder maps into a ``dim``-d per-pixel embedding.
+
+    Input: decoder maps (coarse to fine) with ``in_channels`` channels; each is projected by a 1x1
+    conv to ``fpn_dim``, upsampled to the finest map's resolution divided by ``output_stride`` and
+    summed; then conv3x3-BN-ReLU-conv1x1. Output ``[B, dim, H/output_stride, W/output_stride]``.
+    """
+
+    def __init__(self, in_channels: tuple[int, ...] = (128, 64, 32, 16), dim: int = 512, fpn_dim: int = 64,
+                 output_stride: int = 1):
+        super().__init__()
+        if output_stride not in (1, 2, 4, 8):
+            raise ValueError(f"RepresentationHead: output_stride must be 1, 2, 4 or 8, got {output_stride}")
+        self.output_stride = output_stride
+        self.lateral = nn.ModuleList(nn.Conv2d(c, fpn_dim, 1) for c in in_channels)
+        self.fuse = nn.Sequential(nn.Conv2d(fpn_dim, fpn_dim, 3, padding=1), nn.BatchNorm2d(fpn_dim), nn.ReLU(),
+                                  nn.Conv2d(fpn_dim, dim, 1))
+
+    def forward(self, decoder: list[torch.Tensor]) -> torch.Tensor:
+        h, w = decoder[-1].shape[-2:]
+        size = (h // self.output_stride, w // self.output_stride)
+        acc = None
+        for lat, feat in zip(self.lateral, decoder):
+            y = F.interpolate(lat(feat), size=size, mode="bilinear", align_corners=False)
+            acc = y if acc is None else acc + y
+        return self.fuse(acc)
+
+
+def _mlp(cin: int, hidden: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(cin, hidden), nn.BatchNorm1d(hidden), nn.ReLU(), nn.Linear(hidden, cout))
+
+
+class GlobalProjectionHead(nn.Module):
+    """Bottleneck ``[B, Cb, h, w]`` -> global average pool -> MLP -> ``[B, dim]``."""
+
+    def __init__(self, in_channels: int = 256, dim: int = 512, hidden: int = 512):
+        super().__init__()
+        self.mlp = _mlp(in_channels, hidden, dim)
+
+    def forward(self, bottleneck: torch.Tensor) -> torch.Tensor:
+        return self.mlp(bottleneck.mean(dim=(2, 3)))
+
+
+class Predictor(nn.Module):
+    """Student-only predictor on a projection: ``[B, dim]`` -> ``[B, dim]``."""
+
+    def __init__(self, dim: int = 512, hidden: int = 512):
+        super().__init__()
+        self.mlp = _mlp(dim, hidden, dim)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.mlp(z)
+
+
+class LocalProjectionHead(nn.Module):
+    """Crops of the finest decoder map ``[N, Cd, h, w]`` (e.g. 64x64) -> one ``[N, dim]`` vector per crop:
+    conv3x3-BN-ReLU, global average pool, MLP."""
+
+    def __init__(self, in_channels: int = 16, dim: int = 512, hidden: int = 512, conv_channels: int = 64):
+        super().__init__()
+        self.conv = nn.Sequential(nn.Conv2d(in_channels, conv_channels, 3, padding=1),
+                                  nn.BatchNorm2d(conv_channels), nn.ReLU())
+        self.mlp = _mlp(conv_channels, hidden, dim)
+
+    def forward(self, crops: torch.Tensor) -> torch.Tensor:
+        return self.mlp(self.conv(crops).mean(dim=(2, 3)))
