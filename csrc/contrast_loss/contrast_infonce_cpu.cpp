@@ -1,14 +1,14 @@
 // mona::contrast_infonce (+ backward) — CPU kernels.
 //
 // Strategy: at::parallel_for over the C*Q queries. A query's D-vector is copied once into a
-// thread-local fp32/fp64 buffer; each of its M+1 keys is then read once, in place, from the key
-// map (a contiguous row on the channels-last fast path, strided otherwise) or the bank, with the
-// dot product and the key's squared norm accumulated together (AVX2/FMA-multiversioned for float32
-// rows) and folded into an online logsumexp. Nothing of size Q x M x D exists; the logits and
-// inverse key norms [C, Q, M+1] are kept for the backward.
-// Backward: per query, softmax weights from the saved logits, one axpy pass over its keys into a
-// thread-local D-vector, then the C*Q gradient rows are added serially into the dense gradient
-// (several queries may share a pixel).
+// thread-local fp32/fp64 buffer; each of its M+1 keys is then read exactly once, in place, from the
+// key map (a contiguous row on the channels-last fast path, strided otherwise) or the bank: one
+// pass computes dot product and squared norm (AVX2/FMA-multiversioned for float32 rows, next rows
+// prefetched), the logit is folded into an online logsumexp and, when the gradient is wanted,
+// the key (still in L1) into an online-softmax-weighted sum, which yields d loss / d query without
+// a second read of the keys. Nothing of size Q x M x D exists.
+// Backward: grad_loss * grad_rows [C*Q, D] added serially into the dense gradient (several
+// queries may share a pixel).
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -91,8 +91,8 @@ inline acc_t load_query(const PixelView<const scalar_t>& f, int64_t n, acc_t* x)
 }
 
 template <typename scalar_t>
-void infonce_forward_kernel(const InfonceArgs& a, at::opmath_type<scalar_t>* logits, at::opmath_type<scalar_t>* inv_norms,
-                            at::opmath_type<scalar_t>* row_loss) {
+void infonce_forward_kernel(const InfonceArgs& a, at::opmath_type<scalar_t>* row_loss,
+                            at::opmath_type<scalar_t>* grad_rows) {
   using acc_t = at::opmath_type<scalar_t>;
   const auto f = make_pixel_view<const scalar_t>(a.features);
   const auto keys = key_source<scalar_t>(a);
@@ -103,127 +103,103 @@ void infonce_forward_kernel(const InfonceArgs& a, at::opmath_type<scalar_t>* log
   const int64_t D = a.D, M = a.M, Q = a.Q;
   const acc_t inv_t = acc_t(1) / static_cast<acc_t>(a.temperature);
   at::parallel_for(0, a.C * Q, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> x(D);
+    std::vector<acc_t> x(D), acc(grad_rows ? D : 0);
     for (int64_t r = begin; r < end; ++r) {
-      acc_t* lr = logits + r * (M + 1);
-      acc_t* kr = inv_norms + r * (M + 1);
-      if (!(weight[r / Q] > acc_t(0))) {
-        std::fill(lr, lr + M + 1, acc_t(0));
-        std::fill(kr, kr + M + 1, acc_t(0));
+      const int64_t c = r / Q;
+      acc_t* out = grad_rows ? grad_rows + r * D : nullptr;
+      if (!(weight[c] > acc_t(0))) {
         row_loss[r] = acc_t(0);
+        if (out) std::fill(out, out + D, acc_t(0));
         continue;
       }
       const acc_t xn = load_query(f, qidx[r], x.data());
+      const acc_t* proto = protos + c * D;
       acc_t dot, sq;
-      dot_and_square(protos + (r / Q) * D, 1, x.data(), D, dot, sq);
-      kr[0] = acc_t(1) / cm::safe_norm(sq);
-      lr[0] = dot * kr[0] / xn * inv_t;
-      acc_t m = lr[0], s = 1;
+      dot_and_square(proto, 1, x.data(), D, dot, sq);
+      const acc_t inv0 = acc_t(1) / cm::safe_norm(sq);
+      const acc_t cos0 = dot * inv0 / xn, l0 = cos0 * inv_t;
+      acc_t m = l0, s = 1, wcos = cos0;  // running sums weighted by exp(l_j - m)
+      if (out) {
+        std::fill(acc.begin(), acc.end(), acc_t(0));
+        axpy(inv0, proto, 1, acc.data(), D);
+      }
       const int64_t* nr = nidx + r * M;
       for (int64_t j = 0; j < kPrefetchDistance; ++j) prefetch_key(keys, nr, M, j);
       for (int64_t j = 0; j < M; ++j) {
         prefetch_key(keys, nr, M, j + kPrefetchDistance);
         int64_t stride;
-        const scalar_t* row = keys.row(nidx[r * M + j], stride);
+        const scalar_t* row = keys.row(nr[j], stride);
         dot_and_square(row, stride, x.data(), D, dot, sq);
-        kr[j + 1] = acc_t(1) / cm::safe_norm(sq);
-        lr[j + 1] = dot * kr[j + 1] / xn * inv_t;
-        cm::lse_update(m, s, lr[j + 1]);
+        const acc_t inv_kn = acc_t(1) / cm::safe_norm(sq);
+        const acc_t cosine = dot * inv_kn / xn;
+        acc_t rescale, w;
+        infonce::online_step(m, cosine * inv_t, rescale, w);
+        s = s * rescale + w;
+        wcos = wcos * rescale + w * cosine;
+        if (out) {
+          if (rescale != acc_t(1)) {
+            for (int64_t d = 0; d < D; ++d) acc[d] *= rescale;
+          }
+          axpy(w * inv_kn, row, stride, acc.data(), D);
+        }
       }
-      row_loss[r] = m + std::log(s) - lr[0];
+      row_loss[r] = m + std::log(s) - l0;
+      if (out) {
+        const acc_t scale = weight[c] / static_cast<acc_t>(Q) * inv_t / xn;
+        for (int64_t d = 0; d < D; ++d) {
+          out[d] = infonce::query_grad(scale, acc[d], s, proto[d] * inv0, wcos, cos0, x[d], xn);
+        }
+      }
     }
   });
 }
 
-template <typename scalar_t>
-void infonce_backward_kernel(const InfonceArgs& a, double grad_loss, const at::opmath_type<scalar_t>* logits,
-                             const at::opmath_type<scalar_t>* inv_norms, at::Tensor& grad_features) {
-  using acc_t = at::opmath_type<scalar_t>;
-  const auto f = make_pixel_view<const scalar_t>(a.features);
-  const auto keys = key_source<scalar_t>(a);
-  const acc_t* protos = a.prototypes.data_ptr<acc_t>();
-  const acc_t* weight = a.class_weight.data_ptr<acc_t>();
-  const int64_t* qidx = a.query_index.data_ptr<int64_t>();
-  const int64_t* nidx = a.negative_index.data_ptr<int64_t>();
-  const int64_t D = a.D, M = a.M, Q = a.Q;
-  const acc_t temperature = static_cast<acc_t>(a.temperature);
-  std::vector<acc_t> grad_rows(static_cast<size_t>(a.C * Q) * D, acc_t(0));
-  at::parallel_for(0, a.C * Q, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> x(D), acc(D);
-    for (int64_t r = begin; r < end; ++r) {
-      const int64_t c = r / Q;
-      if (!(weight[c] > acc_t(0))) continue;
-      const acc_t* lr = logits + r * (M + 1);
-      const acc_t* kr = inv_norms + r * (M + 1);
-      acc_t m = lr[0], s = 1;
-      for (int64_t j = 1; j <= M; ++j) cm::lse_update(m, s, lr[j]);
-      const acc_t lse = m + std::log(s);
-      const acc_t xn = load_query(f, qidx[r], x.data());
-      std::fill(acc.begin(), acc.end(), acc_t(0));
-      // positive key (the class prototype), then the negatives: acc = sum_j g_j k_j / |k_j|
-      acc_t g = infonce::logit_grad(lr[0], lse, true);
-      acc_t weighted_cos = g * lr[0] * temperature;
-      axpy(g * kr[0], protos + c * D, 1, acc.data(), D);
-      const int64_t* nr = nidx + r * M;
-      for (int64_t j = 0; j < kPrefetchDistance; ++j) prefetch_key(keys, nr, M, j);
-      for (int64_t j = 1; j <= M; ++j) {
-        prefetch_key(keys, nr, M, j - 1 + kPrefetchDistance);
-        int64_t stride;
-        const scalar_t* row = keys.row(nidx[r * M + j - 1], stride);
-        g = infonce::logit_grad(lr[j], lse, false);
-        weighted_cos += g * lr[j] * temperature;
-        axpy(g * kr[j], row, stride, acc.data(), D);
-      }
-      // d cos(x, k) / dx = (k/|k| - cos * x/|x|) / |x|; d l / d cos = 1 / t
-      const acc_t coef = static_cast<acc_t>(grad_loss) * weight[c] / static_cast<acc_t>(Q) / (temperature * xn);
-      acc_t* out = grad_rows.data() + r * D;
-      for (int64_t d = 0; d < D; ++d) out[d] = coef * (acc[d] - weighted_cos * x[d] / xn);
-    }
-  });
-  const auto gv = make_pixel_view<scalar_t>(grad_features);
-  for (int64_t r = 0; r < a.C * Q; ++r) {
-    if (!(weight[r / Q] > acc_t(0))) continue;
-    const int64_t n = qidx[r], b = n / gv.P;
-    scalar_t* base = gv.data + b * gv.stride_b + (n - b * gv.P) * gv.stride_p;
-    const acc_t* src = grad_rows.data() + r * D;
-    for (int64_t d = 0; d < D; ++d) {
-      scalar_t& dst = base[d * gv.stride_d];
-      dst = static_cast<scalar_t>(static_cast<acc_t>(dst) + src[d]);
-    }
-  }
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> contrast_infonce_cpu(
-    const at::Tensor& features, const at::Tensor& key_features, const std::optional<at::Tensor>& bank,
-    const at::Tensor& prototypes, const at::Tensor& query_index, const at::Tensor& negative_index,
-    const at::Tensor& class_weight, double temperature) {
+std::tuple<at::Tensor, at::Tensor> contrast_infonce_cpu(const at::Tensor& features, const at::Tensor& key_features,
+                                                        const std::optional<at::Tensor>& bank,
+                                                        const at::Tensor& prototypes, const at::Tensor& query_index,
+                                                        const at::Tensor& negative_index,
+                                                        const at::Tensor& class_weight, double temperature,
+                                                        bool compute_grad) {
   InfonceArgs a = prepare_infonce("contrast_infonce", features, key_features, bank, prototypes, query_index,
                                   negative_index, class_weight, temperature);
   const auto opts = features.options().dtype(a.prototypes.scalar_type());
-  at::Tensor logits = at::empty({a.C, a.Q, a.M + 1}, opts), inv_norms = at::empty({a.C, a.Q, a.M + 1}, opts);
   at::Tensor row_loss = at::empty({a.C, a.Q}, opts);
+  at::Tensor grad_rows = compute_grad ? at::empty({a.C, a.Q, a.D}, opts) : at::empty({0}, opts);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, features.scalar_type(), "contrast_infonce_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    infonce_forward_kernel<scalar_t>(a, logits.data_ptr<acc_t>(), inv_norms.data_ptr<acc_t>(), row_loss.data_ptr<acc_t>());
+    infonce_forward_kernel<scalar_t>(a, row_loss.data_ptr<acc_t>(),
+                                     compute_grad ? grad_rows.data_ptr<acc_t>() : nullptr);
   });
-  return {reduce_infonce_loss(row_loss, a.class_weight, a.Q), logits, inv_norms};
+  return {reduce_infonce_loss(row_loss, a.class_weight, a.Q), grad_rows};
 }
 
 at::Tensor contrast_infonce_backward_cpu(const at::Tensor& grad_loss, const at::Tensor& features,
-                                         const at::Tensor& key_features, const std::optional<at::Tensor>& bank,
-                                         const at::Tensor& prototypes, const at::Tensor& query_index,
-                                         const at::Tensor& negative_index, const at::Tensor& class_weight,
-                                         const at::Tensor& logits, const at::Tensor& inv_key_norms, double temperature) {
-  InfonceArgs a = prepare_infonce("contrast_infonce_backward", features, key_features, bank, prototypes, query_index,
-                                  negative_index, class_weight, temperature);
-  check_saved_stats("contrast_infonce_backward", a, logits, inv_key_norms);
-  at::Tensor grad = at::zeros_like(a.features);
+                                         const at::Tensor& query_index, const at::Tensor& class_weight,
+                                         const at::Tensor& grad_rows) {
+  check_backward_args("contrast_infonce_backward", features, query_index, class_weight, grad_rows);
+  const at::Tensor f = view_features(features);
+  at::Tensor grad = at::zeros_like(f);
+  const int64_t C = query_index.size(0), Q = query_index.size(1), D = f.size(1);
+  const at::Tensor qidx = query_index.contiguous();
   const double g = grad_loss.item<double>();  // a CPU scalar: no device sync
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, features.scalar_type(), "contrast_infonce_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const at::Tensor l = logits.to(a.prototypes.scalar_type()).contiguous();
-    const at::Tensor k = inv_key_norms.to(a.prototypes.scalar_type()).contiguous();
-    infonce_backward_kernel<scalar_t>(a, g, l.data_ptr<acc_t>(), k.data_ptr<acc_t>(), grad);
+    const at::Tensor rows = grad_rows.to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
+    const at::Tensor w = class_weight.to(rows.scalar_type()).contiguous();
+    const acc_t* src_all = rows.data_ptr<acc_t>();
+    const acc_t* wp = w.data_ptr<acc_t>();
+    const int64_t* qp = qidx.data_ptr<int64_t>();
+    const auto gv = make_pixel_view<scalar_t>(grad);
+    for (int64_t r = 0; r < C * Q; ++r) {
+      if (!(wp[r / Q] > acc_t(0))) continue;
+      const int64_t n = qp[r], b = n / gv.P;
+      scalar_t* base = gv.data + b * gv.stride_b + (n - b * gv.P) * gv.stride_p;
+      const acc_t* src = src_all + r * D;
+      for (int64_t d = 0; d < D; ++d) {
+        scalar_t& dst = base[d * gv.stride_d];
+        dst = static_cast<scalar_t>(static_cast<acc_t>(dst) + static_cast<acc_t>(g) * src[d]);
+      }
+    }
   });
   return grad;
 }

@@ -4,12 +4,12 @@
 // shared memory (fp32/fp64); for each of its M+1 keys the 32 lanes read 32 consecutive channels
 // of the key row (one coalesced 128-byte transaction per step on the channels-last fast path and
 // for bank rows), accumulate dot product and squared norm, reduce them with warp shuffles and fold
-// the logit into an online logsumexp. No Q x M x D tensor, no host sync.
-// The logits and inverse key norms [C, Q, M+1] are saved for the backward.
-// Backward: the warp computes the row's logsumexp from the saved logits (lanes over keys + shuffle
-// reduction), walks the keys once more accumulating softmax-weighted normalised keys in the warp's
-// shared-memory D-vector (each lane owns its channels: no conflicts), then atomically adds the
-// query gradient to the dense gradient (several queries may share a pixel).
+// the logit into an online logsumexp. With compute_grad the same pass adds the key, softmax-weighted
+// online, into the warp's shared-memory D-vector (each lane owns its channels: no conflicts), so
+// d loss / d query comes out of the forward without a second read of the keys. No Q x M x D
+// tensor, no host sync.
+// Backward: one thread per (query, channel) adds grad_loss * grad_rows into the dense gradient
+// atomically (several queries may share a pixel); grad_loss is read on the device.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
@@ -75,97 +75,76 @@ __device__ void warp_dot_square(const row_t* row, int64_t stride, const acc_t* x
 }
 
 template <typename scalar_t>
-__global__ void infonce_forward_kernel(Inputs<scalar_t> in, at::opmath_type<scalar_t>* __restrict__ logits,
-                                       at::opmath_type<scalar_t>* __restrict__ inv_norms,
-                                       at::opmath_type<scalar_t>* __restrict__ row_loss) {
+__global__ void infonce_forward_kernel(Inputs<scalar_t> in, at::opmath_type<scalar_t>* __restrict__ row_loss,
+                                       at::opmath_type<scalar_t>* __restrict__ grad_rows) {
   using acc_t = at::opmath_type<scalar_t>;
   extern __shared__ unsigned char smem_raw[];
-  acc_t* x = reinterpret_cast<acc_t*>(smem_raw) + threadIdx.y * in.D;
+  const bool with_grad = grad_rows != nullptr;
+  acc_t* x = reinterpret_cast<acc_t*>(smem_raw) + threadIdx.y * (with_grad ? 2 : 1) * in.D;
+  acc_t* acc = x + in.D;  // only used with_grad
   const int lane = threadIdx.x;
   for (int64_t r = blockIdx.x * static_cast<int64_t>(kWarps) + threadIdx.y; r < in.C * in.Q;
        r += static_cast<int64_t>(gridDim.x) * kWarps) {
     const int64_t c = r / in.Q;
-    acc_t* lr = logits + r * (in.M + 1);
-    acc_t* kr = inv_norms + r * (in.M + 1);
+    acc_t* out = with_grad ? grad_rows + r * in.D : nullptr;
     if (!(in.weight[c] > acc_t(0))) {
-      for (int64_t j = lane; j <= in.M; j += 32) lr[j] = kr[j] = acc_t(0);
       if (lane == 0) row_loss[r] = acc_t(0);
+      if (out) {
+        for (int64_t d = lane; d < in.D; d += 32) out[d] = acc_t(0);
+      }
       continue;
     }
     const acc_t xn = stage_query(in.f, in.qidx[r], x, lane);
+    const acc_t* proto = in.protos + c * in.D;
     acc_t dot, sq;
-    warp_dot_square(in.protos + c * in.D, 1, x, in.D, lane, dot, sq);
-    acc_t inv_kn = acc_t(1) / cm::safe_norm(sq);
-    const acc_t l0 = dot * inv_kn / xn * in.inv_t;
-    if (lane == 0) {
-      lr[0] = l0;
-      kr[0] = inv_kn;
+    warp_dot_square(proto, 1, x, in.D, lane, dot, sq);
+    const acc_t inv0 = acc_t(1) / cm::safe_norm(sq);
+    const acc_t cos0 = dot * inv0 / xn, l0 = cos0 * in.inv_t;
+    acc_t m = l0, s = 1, wcos = cos0;  // running sums weighted by exp(l_j - m), identical on all lanes
+    if (out) {
+      for (int64_t d = lane; d < in.D; d += 32) acc[d] = proto[d] * inv0;
     }
-    acc_t m = l0, s = 1;
     for (int64_t j = 0; j < in.M; ++j) {
       int64_t stride;
       const scalar_t* row = in.keys.row(in.nidx[r * in.M + j], stride);
       warp_dot_square(row, stride, x, in.D, lane, dot, sq);
-      inv_kn = acc_t(1) / cm::safe_norm(sq);
-      const acc_t l = dot * inv_kn / xn * in.inv_t;
-      if (lane == 0) {
-        lr[j + 1] = l;
-        kr[j + 1] = inv_kn;
+      const acc_t inv_kn = acc_t(1) / cm::safe_norm(sq);
+      const acc_t cosine = dot * inv_kn / xn;
+      acc_t rescale, w;
+      infonce::online_step(m, cosine * in.inv_t, rescale, w);
+      s = s * rescale + w;
+      wcos = wcos * rescale + w * cosine;
+      if (out) {
+        const acc_t alpha = w * inv_kn;
+        for (int64_t d = lane; d < in.D; d += 32) acc[d] = acc[d] * rescale + alpha * static_cast<acc_t>(row[d * stride]);
       }
-      cm::lse_update(m, s, l);
     }
     if (lane == 0) row_loss[r] = m + log(s) - l0;
+    if (out) {
+      const acc_t scale = in.weight[c] / static_cast<acc_t>(in.Q) * in.inv_t / xn;
+      for (int64_t d = lane; d < in.D; d += 32) {
+        out[d] = infonce::query_grad(scale, acc[d], s, proto[d] * inv0, wcos, cos0, x[d], xn);
+      }
+    }
     __syncwarp();
   }
 }
 
 template <typename scalar_t>
-__global__ void infonce_backward_kernel(Inputs<scalar_t> in, const float* __restrict__ grad_loss,
-                                        const at::opmath_type<scalar_t>* __restrict__ logits,
-                                        const at::opmath_type<scalar_t>* __restrict__ inv_norms,
-                                        PixelView<scalar_t> grad) {
+__global__ void infonce_scatter_grad_kernel(const at::opmath_type<scalar_t>* __restrict__ grad_rows,
+                                            const int64_t* __restrict__ qidx,
+                                            const at::opmath_type<scalar_t>* __restrict__ weight,
+                                            const float* __restrict__ grad_loss, int64_t C, int64_t Q,
+                                            PixelView<scalar_t> grad) {
   using acc_t = at::opmath_type<scalar_t>;
-  extern __shared__ unsigned char smem_raw[];
-  acc_t* x = reinterpret_cast<acc_t*>(smem_raw) + threadIdx.y * 2 * in.D;
-  acc_t* acc = x + in.D;
-  const int lane = threadIdx.x;
-  const acc_t temperature = acc_t(1) / in.inv_t;
-  for (int64_t r = blockIdx.x * static_cast<int64_t>(kWarps) + threadIdx.y; r < in.C * in.Q;
-       r += static_cast<int64_t>(gridDim.x) * kWarps) {
-    const int64_t c = r / in.Q;
-    if (!(in.weight[c] > acc_t(0))) continue;
-    const acc_t* lr = logits + r * (in.M + 1);
-    const acc_t* kr = inv_norms + r * (in.M + 1);
-    // logsumexp of the row: per-lane online partials, then a shuffle merge
-    acc_t m = lr[0], s = 0;
-    for (int64_t j = lane; j <= in.M; j += 32) cm::lse_update(m, s, lr[j]);
-    for (int offset = 16; offset > 0; offset >>= 1) {
-      const acc_t m2 = __shfl_xor_sync(0xffffffffu, m, offset), s2 = __shfl_xor_sync(0xffffffffu, s, offset);
-      const acc_t mm = m > m2 ? m : m2;
-      s = s * exp(m - mm) + s2 * exp(m2 - mm);
-      m = mm;
-    }
-    const acc_t lse = m + log(s);
-    const int64_t n = in.qidx[r];
-    const acc_t xn = stage_query(in.f, n, x, lane);
-    acc_t g = infonce::logit_grad(lr[0], lse, true);
-    acc_t weighted_cos = g * lr[0] * temperature;
-    for (int64_t d = lane; d < in.D; d += 32) acc[d] = g * kr[0] * in.protos[c * in.D + d];
-    for (int64_t j = 1; j <= in.M; ++j) {
-      int64_t stride;
-      const scalar_t* row = in.keys.row(in.nidx[r * in.M + j - 1], stride);
-      g = infonce::logit_grad(lr[j], lse, false);
-      weighted_cos += g * lr[j] * temperature;
-      const acc_t alpha = g * kr[j];
-      for (int64_t d = lane; d < in.D; d += 32) acc[d] += alpha * static_cast<acc_t>(row[d * stride]);
-    }
-    const acc_t coef = static_cast<acc_t>(*grad_loss) * in.weight[c] / static_cast<acc_t>(in.Q) / (temperature * xn);
-    const int64_t b = n / grad.P;
-    scalar_t* base = grad.data + b * grad.stride_b + (n - b * grad.P) * grad.stride_p;
-    for (int64_t d = lane; d < in.D; d += 32) {
-      gpuAtomicAdd(base + d * grad.stride_d, static_cast<scalar_t>(coef * (acc[d] - weighted_cos * x[d] / xn)));
-    }
-    __syncwarp();
+  const int64_t total = C * Q * grad.D;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t r = i / grad.D, d = i - r * grad.D;
+    if (!(weight[r / Q] > acc_t(0))) continue;
+    const int64_t n = qidx[r], b = n / grad.P;
+    scalar_t* dst = grad.data + b * grad.stride_b + (n - b * grad.P) * grad.stride_p + d * grad.stride_d;
+    gpuAtomicAdd(dst, static_cast<scalar_t>(static_cast<acc_t>(*grad_loss) * grad_rows[i]));
   }
 }
 
@@ -180,54 +159,48 @@ Inputs<scalar_t> make_inputs(const InfonceArgs& a) {
           a.negative_index.data_ptr<int64_t>(), a.C, a.Q, a.M, a.D, acc_t(1) / static_cast<acc_t>(a.temperature)};
 }
 
-unsigned int query_blocks(int64_t rows) {
-  return static_cast<unsigned int>(std::max<int64_t>(1, std::min<int64_t>((rows + kWarps - 1) / kWarps, 65535)));
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> contrast_infonce_cuda(const at::Tensor& features, const at::Tensor& key_features,
+std::tuple<at::Tensor, at::Tensor> contrast_infonce_cuda(const at::Tensor& features, const at::Tensor& key_features,
                                                          const std::optional<at::Tensor>& bank,
                                                          const at::Tensor& prototypes, const at::Tensor& query_index,
                                                          const at::Tensor& negative_index,
-                                                         const at::Tensor& class_weight, double temperature) {
+                                                         const at::Tensor& class_weight, double temperature,
+                                                         bool compute_grad) {
   const c10::cuda::CUDAGuard guard(features.device());
   InfonceArgs a = prepare_infonce("contrast_infonce", features, key_features, bank, prototypes, query_index,
                                   negative_index, class_weight, temperature);
   const auto opts = features.options().dtype(a.prototypes.scalar_type());
-  at::Tensor logits = at::empty({a.C, a.Q, a.M + 1}, opts), inv_norms = at::empty({a.C, a.Q, a.M + 1}, opts);
   at::Tensor row_loss = at::empty({a.C, a.Q}, opts);
+  at::Tensor grad_rows = compute_grad ? at::empty({a.C, a.Q, a.D}, opts) : at::empty({0}, opts);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, features.scalar_type(), "contrast_infonce_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const size_t smem = sizeof(acc_t) * kWarps * a.D;
+    const size_t smem = sizeof(acc_t) * kWarps * (compute_grad ? 2 : 1) * a.D;
     TORCH_CHECK_VALUE(smem <= 48 * 1024, "contrast_infonce (CUDA): D = ", a.D, " is too large (max ",
-                      48 * 1024 / (sizeof(acc_t) * kWarps), ")");
-    infonce_forward_kernel<scalar_t><<<query_blocks(a.C * a.Q), dim3(32, kWarps), smem, cuda::stream()>>>(
-        make_inputs<scalar_t>(a), logits.data_ptr<acc_t>(), inv_norms.data_ptr<acc_t>(), row_loss.data_ptr<acc_t>());
+                      48 * 1024 / (sizeof(acc_t) * kWarps * (compute_grad ? 2 : 1)), ")");
+    const auto blocks = static_cast<unsigned int>(std::min<int64_t>((a.C * a.Q + kWarps - 1) / kWarps, 65535));
+    infonce_forward_kernel<scalar_t><<<blocks, dim3(32, kWarps), smem, cuda::stream()>>>(
+        make_inputs<scalar_t>(a), row_loss.data_ptr<acc_t>(), compute_grad ? grad_rows.data_ptr<acc_t>() : nullptr);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return {reduce_infonce_loss(row_loss, a.class_weight, a.Q), logits, inv_norms};
+  return {reduce_infonce_loss(row_loss, a.class_weight, a.Q), grad_rows};
 }
 
 at::Tensor contrast_infonce_backward_cuda(const at::Tensor& grad_loss, const at::Tensor& features,
-                                          const at::Tensor& key_features, const std::optional<at::Tensor>& bank,
-                                          const at::Tensor& prototypes, const at::Tensor& query_index,
-                                          const at::Tensor& negative_index, const at::Tensor& class_weight,
-                                          const at::Tensor& logits, const at::Tensor& inv_key_norms,
-                                          double temperature) {
+                                          const at::Tensor& query_index, const at::Tensor& class_weight,
+                                          const at::Tensor& grad_rows) {
   const c10::cuda::CUDAGuard guard(features.device());
-  InfonceArgs a = prepare_infonce("contrast_infonce_backward", features, key_features, bank, prototypes, query_index,
-                                  negative_index, class_weight, temperature);
-  check_saved_stats("contrast_infonce_backward", a, logits, inv_key_norms);
-  at::Tensor grad = at::zeros_like(a.features);
+  check_backward_args("contrast_infonce_backward", features, query_index, class_weight, grad_rows);
+  const at::Tensor f = view_features(features);
+  at::Tensor grad = at::zeros_like(f);
+  const int64_t C = query_index.size(0), Q = query_index.size(1), D = f.size(1);
+  const at::Tensor qidx = query_index.contiguous();
   const at::Tensor g = grad_loss.to(at::kFloat).reshape({1}).contiguous();  // stays on the device
-  const at::Tensor l = logits.to(a.prototypes.scalar_type()).contiguous();
-  const at::Tensor k = inv_key_norms.to(a.prototypes.scalar_type()).contiguous();
+  if (C * Q * D == 0) return grad;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, features.scalar_type(), "contrast_infonce_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const size_t smem = sizeof(acc_t) * kWarps * 2 * a.D;
-    TORCH_CHECK_VALUE(smem <= 48 * 1024, "contrast_infonce_backward (CUDA): D = ", a.D, " is too large (max ",
-                      48 * 1024 / (sizeof(acc_t) * kWarps * 2), ")");
-    infonce_backward_kernel<scalar_t><<<query_blocks(a.C * a.Q), dim3(32, kWarps), smem, cuda::stream()>>>(
-        make_inputs<scalar_t>(a), g.data_ptr<float>(), l.data_ptr<acc_t>(), k.data_ptr<acc_t>(),
+    const at::Tensor rows = grad_rows.to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
+    const at::Tensor w = class_weight.to(rows.scalar_type()).contiguous();
+    infonce_scatter_grad_kernel<scalar_t><<<cuda::blocks_for(C * Q * D), cuda::kThreads, 0, cuda::stream()>>>(
+        rows.data_ptr<acc_t>(), qidx.data_ptr<int64_t>(), w.data_ptr<acc_t>(), g.data_ptr<float>(), C, Q,
         make_pixel_view<scalar_t>(grad));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });

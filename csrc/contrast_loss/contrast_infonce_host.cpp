@@ -66,13 +66,21 @@ InfonceArgs prepare_infonce(const char* op, const at::Tensor& features, const at
           C, Q, negative_index.size(2), D, N, K, temperature};
 }
 
-void check_saved_stats(const char* op, const InfonceArgs& a, const at::Tensor& logits, const at::Tensor& inv_key_norms) {
-  for (const at::Tensor* t : {&logits, &inv_key_norms}) {
-    TORCH_CHECK_VALUE(t->dim() == 3 && t->size(0) == a.C && t->size(1) == a.Q && t->size(2) == a.M + 1, op,
-                      ": saved logits / inv_key_norms must be [C, Q, M+1] = [", a.C, ", ", a.Q, ", ", a.M + 1,
-                      "], got ", shape_str(*t));
-    TORCH_CHECK_VALUE(t->device() == a.features.device(), op, ": saved statistics are on ", t->device(),
-                      " but features are on ", a.features.device());
+void check_backward_args(const char* op, const at::Tensor& features, const at::Tensor& query_index,
+                         const at::Tensor& class_weight, const at::Tensor& grad_rows) {
+  TORCH_CHECK_VALUE(features.dim() == 4 || features.dim() == 2, op,
+                    ": features must be [B, D, H, W] or [N, D], got shape ", shape_str(features));
+  TORCH_CHECK_VALUE(query_index.dim() == 2 && query_index.scalar_type() == at::kLong, op,
+                    ": query_index must be int64 [C, Q], got ", shape_str(query_index));
+  const int64_t C = query_index.size(0), Q = query_index.size(1), D = features.size(1);
+  TORCH_CHECK_VALUE(class_weight.dim() == 1 && class_weight.size(0) == C, op, ": class_weight must be [C] = [", C,
+                    "], got ", shape_str(class_weight));
+  TORCH_CHECK_VALUE(grad_rows.dim() == 3 && grad_rows.size(0) == C && grad_rows.size(1) == Q && grad_rows.size(2) == D,
+                    op, ": grad_rows must be [C, Q, D] = [", C, ", ", Q, ", ", D, "] (was the forward called with "
+                    "compute_grad=False?), got ", shape_str(grad_rows));
+  for (const at::Tensor* t : {&query_index, &class_weight, &grad_rows}) {
+    TORCH_CHECK_VALUE(t->device() == features.device(), op, ": all inputs must be on ", features.device(),
+                      ", got a tensor on ", t->device());
   }
 }
 

@@ -19,8 +19,9 @@ InfonceArgs prepare_infonce(const char* op, const at::Tensor& features, const at
                             const at::Tensor& query_index, const at::Tensor& negative_index,
                             const at::Tensor& class_weight, double temperature);
 
-// The backward's saved statistics must be [C, Q, M+1].
-void check_saved_stats(const char* op, const InfonceArgs& a, const at::Tensor& logits, const at::Tensor& inv_key_norms);
+// Checks of the backward's arguments (grad_rows must be [C, Q, D] from a compute_grad forward).
+void check_backward_args(const char* op, const at::Tensor& features, const at::Tensor& query_index,
+                         const at::Tensor& class_weight, const at::Tensor& grad_rows);
 
 // loss = sum_c class_weight[c] / Q * sum_q row_loss[c, q] (device ops, no sync).
 at::Tensor reduce_infonce_loss(const at::Tensor& row_loss, const at::Tensor& class_weight, int64_t Q);

@@ -27,10 +27,28 @@ struct KeySource {
   }
 };
 
-// d loss_q / d l_j = softmax_j - [j == 0] from the saved logsumexp.
+// Gradient of one query's loss w.r.t. its feature vector x from the online-softmax sums
+//   s = sum_j e_j, acc = sum_j e_j k_j/|k_j|, wcos = sum_j e_j cos_j   (e_j = exp(l_j - m)),
+// with j = 0 the positive key (k0 = k_0/|k_0|, cos0 = its cosine):
+//   d loss / d x = scale / (t |x|) * [ (acc/s - k0) - (wcos/s - cos0) x/|x| ].
 template <typename acc_t>
-MONA_HD acc_t logit_grad(acc_t logit, acc_t lse, bool positive) {
-  return exp(logit - lse) - (positive ? acc_t(1) : acc_t(0));
+MONA_HD acc_t query_grad(acc_t scale_over_t_xn, acc_t acc_d, acc_t s, acc_t k0_d, acc_t wcos, acc_t cos0, acc_t x_d,
+                         acc_t xn) {
+  return scale_over_t_xn * ((acc_d / s - k0_d) - (wcos / s - cos0) * x_d / xn);
+}
+
+// Online softmax step for a new logit l: returns the factor by which the running sums must be
+// scaled before adding this key with weight `w` (both set through the references).
+template <typename acc_t>
+MONA_HD void online_step(acc_t& m, acc_t l, acc_t& rescale, acc_t& w) {
+  if (l > m) {
+    rescale = exp(m - l);
+    w = acc_t(1);
+    m = l;
+  } else {
+    rescale = acc_t(1);
+    w = exp(l - m);
+  }
 }
 
 }  // namespace infonce

@@ -13,15 +13,15 @@ TORCH_LIBRARY_FRAGMENT(mona, m) {
   //   prototypes [C, D]: positive key of each class (no gradient);
   //   query_index [C, Q], negative_index [C, Q, M], class_weight [C]: from sample_negatives.
   // loss = sum_c class_weight[c] * mean_q [ logsumexp_j(l_j) - l_0 ], l_0 = cos(x, proto_c) / t,
-  // l_j = cos(x, key_j) / t. Also returns, for the backward, the logits [C, Q, M+1] (positive first)
-  // and the inverse key norms [C, Q, M+1] (float32; float64 for float64 features): the backward then
-  // reads each key once more instead of twice.
+  // l_j = cos(x, key_j) / t. Every key is read exactly once: with compute_grad the same pass
+  // accumulates (online-softmax style) d loss / d query, returned as grad_rows [C, Q, D]
+  // (float32; float64 for float64 features; [0] without compute_grad) for the backward, which
+  // only scatters grad_loss * grad_rows into the query pixels.
   m.def("contrast_infonce(Tensor features, Tensor key_features, Tensor? bank, Tensor prototypes, Tensor query_index,"
-        " Tensor negative_index, Tensor class_weight, float temperature)"
-        " -> (Tensor loss, Tensor logits, Tensor inv_key_norms)");
-  m.def("contrast_infonce_backward(Tensor grad_loss, Tensor features, Tensor key_features, Tensor? bank,"
-        " Tensor prototypes, Tensor query_index, Tensor negative_index, Tensor class_weight, Tensor logits,"
-        " Tensor inv_key_norms, float temperature) -> Tensor grad_features");
+        " Tensor negative_index, Tensor class_weight, float temperature, bool compute_grad=True)"
+        " -> (Tensor loss, Tensor grad_rows)");
+  m.def("contrast_infonce_backward(Tensor grad_loss, Tensor features, Tensor query_index, Tensor class_weight,"
+        " Tensor grad_rows) -> Tensor grad_features");
   // The whole anatomical contrastive (ACF) loss; see mona_ext.contrast_loss for the arguments.
   m.def("contrast_loss(Tensor features, Tensor labels, Tensor? valid, Tensor? prob, int num_classes,"
         " float strong_threshold=0.97, float temperature=0.5, int num_queries=256, int num_negatives=512,"

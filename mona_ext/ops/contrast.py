@@ -80,11 +80,16 @@ def contrast_infonce(
 ) -> torch.Tensor:
     """Fused InfoNCE over sampled indices (0-dim loss); gradient to ``features`` only.
 
-    ``torch.ops.mona.contrast_infonce`` also returns the logits and inverse key norms
-    ``[C, Q, M+1]`` that its backward uses.
+    ``torch.ops.mona.contrast_infonce`` also returns ``grad_rows [C, Q, D]``, d loss / d query,
+    computed in the same single pass over the keys when ``compute_grad`` (the backward only
+    scatters it); the wrapper asks for it when ``features`` needs a gradient.
     """
     return torch.ops.mona.contrast_infonce(features, key_features, bank, prototypes, query_index, negative_index,
-                                           class_weight, temperature)[0]
+                                           class_weight, temperature, _wants_grad(features))[0]
+
+
+def _wants_grad(features: torch.Tensor) -> bool:
+    return features.requires_grad and torch.is_grad_enabled()
 
 
 def contrast_loss(
@@ -98,7 +103,7 @@ def contrast_loss(
     num_queries: int = 256,
     num_negatives: int = 512,
     key_features: torch.Tensor | None = None,
-    bank: torch.Tensor | None = None,
+    bank: "torch.Tensor | ClassMemoryBank | None" = None,
     bank_fill: torch.Tensor | None = None,
     negatives: str = "batch",
     query_mode: str = "hard",
@@ -123,13 +128,18 @@ def contrast_loss(
         valid: optional mask (nonzero = pixel takes part), e.g. teacher confidence > 0.7.
         prob: optional ``[B, C, H, W]`` class probabilities for the easy/hard split (else all hard).
         key_features: optional teacher map for prototypes and negatives (default: ``features``, detached).
-        bank, bank_fill: a class-aware memory bank ``[C, K, D]`` and its per-class fill ``[C]`` (int64),
-            used when ``negatives`` is ``"bank"`` or ``"both"``.
+        bank, bank_fill: a ``mona_ext.ClassMemoryBank`` (then ``bank_fill`` is taken from it), or its
+            storage ``[C, K, D]`` and per-class fill ``[C]`` (int64); used when ``negatives`` is
+            ``"bank"`` or ``"both"``.
         generator: a ``torch.Generator`` on the features' device; same state -> same loss.
 
     Returns:
         A 0-dim float32 tensor (float64 for float64 features).
     """
+    if hasattr(bank, "storage") and hasattr(bank, "fill"):  # a ClassMemoryBank
+        if bank_fill is not None:
+            raise ValueError("contrast_loss: pass either a ClassMemoryBank or (bank tensor, bank_fill), not both")
+        bank, bank_fill = bank.storage, bank.fill
     return torch.ops.mona.contrast_loss(features, labels, valid, prob, num_classes, strong_threshold, temperature,
                                         num_queries, num_negatives, key_features, bank, bank_fill, negatives,
                                         query_mode, ignore_index, generator)
@@ -188,16 +198,14 @@ def _sample_negatives_fake(offsets, counts, hard_counts, permutation, prototypes
 
 @torch.library.register_fake("mona::contrast_infonce")
 def _contrast_infonce_fake(features, key_features, bank, prototypes, query_index, negative_index, class_weight,
-                           temperature):
+                           temperature, compute_grad=True):
     acc = acc_dtype(features.dtype)
-    stats = (*query_index.shape, negative_index.shape[2] + 1)
-    return (features.new_empty((), dtype=acc), features.new_empty(stats, dtype=acc),
-            features.new_empty(stats, dtype=acc))
+    rows = (*query_index.shape, features.shape[1]) if compute_grad else (0,)
+    return features.new_empty((), dtype=acc), features.new_empty(rows, dtype=acc)
 
 
 @torch.library.register_fake("mona::contrast_infonce_backward")
-def _contrast_infonce_backward_fake(grad_loss, features, key_features, bank, prototypes, query_index, negative_index,
-                                    class_weight, logits, inv_key_norms, temperature):
+def _contrast_infonce_backward_fake(grad_loss, features, query_index, class_weight, grad_rows):
     return torch.empty_like(features)
 
 
@@ -206,23 +214,22 @@ def _contrast_infonce_backward_fake(grad_loss, features, key_features, bank, pro
 
 
 def _infonce_setup_context(ctx, inputs, output):
-    features, key_features, bank, prototypes, query_index, negative_index, class_weight, temperature = inputs
-    _, logits, inv_key_norms = output
-    ctx.mark_non_differentiable(logits, inv_key_norms)
-    ctx.temperature = temperature
-    ctx.save_for_backward(features, key_features, bank, prototypes, query_index, negative_index, class_weight, logits,
-                          inv_key_norms)
+    features, _, _, _, query_index, _, class_weight, _, compute_grad = inputs
+    _, grad_rows = output
+    ctx.mark_non_differentiable(grad_rows)
+    ctx.compute_grad = compute_grad
+    ctx.save_for_backward(features, query_index, class_weight, grad_rows)
 
 
-def _infonce_backward(ctx, grad_loss, _grad_logits, _grad_inv_norms):
-    features, key_features, bank, prototypes, query_index, negative_index, class_weight, logits, inv_key_norms = (
-        ctx.saved_tensors)
+def _infonce_backward(ctx, grad_loss, _grad_rows):
+    features, query_index, class_weight, grad_rows = ctx.saved_tensors
     grad = None
     if ctx.needs_input_grad[0]:
-        grad = torch.ops.mona.contrast_infonce_backward(grad_loss, features, key_features, bank, prototypes,
-                                                        query_index, negative_index, class_weight, logits,
-                                                        inv_key_norms, ctx.temperature)
-    return grad, None, None, None, None, None, None, None
+        if not ctx.compute_grad:
+            raise RuntimeError("contrast_infonce: backward through a forward called with compute_grad=False; "
+                               "call it with compute_grad=True when features need a gradient")
+        grad = torch.ops.mona.contrast_infonce_backward(grad_loss, features, query_index, class_weight, grad_rows)
+    return grad, None, None, None, None, None, None, None, None
 
 
 torch.library.register_autograd("mona::contrast_infonce", _infonce_backward, setup_context=_infonce_setup_context)
@@ -264,8 +271,8 @@ def _contrast_loss_composite(features, labels, valid, prob, num_classes, strong_
     query_index, negative_index, class_weight = torch.ops.mona.sample_negatives(
         *pools, graph_prototypes, bank_fill if use_bank else None, bank.shape[1] if use_bank else 0, num_queries,
         num_negatives, temperature, negatives, query_mode, generator)
-    loss, _, _ = torch.ops.mona.contrast_infonce(features, keys, bank if use_bank else None, prototypes, query_index,
-                                              negative_index, class_weight, temperature)
+    loss, _ = torch.ops.mona.contrast_infonce(features, keys, bank if use_bank else None, prototypes, query_index,
+                                              negative_index, class_weight, temperature, _wants_grad(features))
     return loss
 
 

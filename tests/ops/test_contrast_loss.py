@@ -144,6 +144,21 @@ def test_bank_supplies_negatives_for_a_class_absent_from_the_batch():
     assert mona_ext.contrast_loss(f, one, 3, bank=bank, bank_fill=fill, negatives="bank", generator=gen(0), **kw) > 0
 
 
+def test_class_memory_bank_object_as_negative_source():
+    f, lab, prob = batch(C=3, seed=2)
+    bank = mona_ext.ClassMemoryBank(3, 16, 16)
+    keys = f.permute(0, 2, 3, 1).reshape(-1, 16)
+    bank.push(keys, lab.reshape(-1), generator=gen(0))
+    assert torch.all(bank.fill == 16)
+    a = mona_ext.contrast_loss(f, lab, 3, prob=prob, num_queries=8, num_negatives=16, bank=bank, negatives="bank",
+                               generator=gen(1))
+    b = mona_ext.contrast_loss(f, lab, 3, prob=prob, num_queries=8, num_negatives=16, bank=bank.storage,
+                               bank_fill=bank.fill, negatives="bank", generator=gen(1))
+    assert torch.equal(a, b) and a > 0
+    with pytest.raises(ValueError, match="either a ClassMemoryBank"):
+        mona_ext.contrast_loss(f, lab, 3, bank=bank, bank_fill=bank.fill, negatives="bank")
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_low_precision_within_twice_torch_error(dtype):
     f, lab, prob = batch(D=32, H=16, W=16, seed=3)

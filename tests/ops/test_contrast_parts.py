@@ -290,6 +290,17 @@ def test_infonce_opcheck(device, requires_grad):
     torch.library.opcheck(torch.ops.mona.contrast_infonce.default, (f, keys, bank_t, protos, qidx, nidx, w, 0.5))
 
 
+def test_infonce_without_grad_rows():
+    f, keys, protos, qidx, nidx, w, _ = sampled()
+    loss, rows = torch.ops.mona.contrast_infonce(f, keys, None, protos, qidx, nidx, w, 0.5, False)
+    assert rows.shape == (0,)
+    torch.testing.assert_close(loss, reference.contrast_infonce(f, keys, protos, qidx, nidx, w, 0.5))
+    x = f.clone().requires_grad_(True)
+    loss, _ = torch.ops.mona.contrast_infonce(x, keys, None, protos, qidx, nidx, w, 0.5, False)
+    with pytest.raises(RuntimeError, match="compute_grad=False"):
+        loss.backward()
+
+
 @pytest.mark.parametrize(
     "change, message",
     [
