@@ -1,7 +1,7 @@
 #include "common/simd_cpu.h"
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define MONA_MULTIVERSION __attribute__((target_clones("arch=haswell", "default")))
+#define MONA_MULTIVERSION __attribute__((target_clones("arch=skylake-avx512", "arch=haswell", "default")))
 #else
 #define MONA_MULTIVERSION
 #endif
@@ -31,6 +31,20 @@ float dot_and_square_f32(const float* row, const float* x, int64_t D, float* sq)
     s += b[u];
   }
   *sq = s;
+  return dot;
+}
+
+MONA_MULTIVERSION
+float dot_f32(const float* row, const float* x, int64_t D) {
+  constexpr int U = 32;
+  float a[U] = {};
+  int64_t d = 0;
+  for (; d + U <= D; d += U) {
+    for (int u = 0; u < U; ++u) a[u] += row[d + u] * x[d + u];
+  }
+  float dot = 0;
+  for (; d < D; ++d) dot += row[d] * x[d];
+  for (int u = 0; u < U; ++u) dot += a[u];
   return dot;
 }
 

@@ -1,4 +1,4 @@
-// Hot CPU loops of the gather kernels, compiled twice (AVX2+FMA and baseline x86-64) and picked at
+// Hot CPU loops of the gather kernels, compiled three times (AVX-512, AVX2+FMA, baseline x86-64) and picked at
 // load time by the CPU (GCC/Clang function multi-versioning): the wheel runs anywhere but uses
 // the vector units a machine has. Float32 contiguous rows only; other dtypes use the generic loop.
 #pragma once
@@ -10,6 +10,8 @@ namespace simd {
 
 // dot = sum row[d] * x[d]; *sq = sum row[d]^2, for contiguous float rows of length D.
 float dot_and_square_f32(const float* row, const float* x, int64_t D, float* sq);
+// sum row[d] * x[d].
+float dot_f32(const float* row, const float* x, int64_t D);
 // y[d] += alpha * row[d].
 void axpy_f32(float alpha, const float* row, float* y, int64_t D);
 

@@ -1,12 +1,15 @@
 // mona::contrast_infonce (+ backward) — CPU kernels.
 //
-// Strategy: at::parallel_for over the C*Q queries. A query's D-vector is copied once into a
-// thread-local fp32/fp64 buffer; each of its M+1 keys is then read exactly once, in place, from the
-// key map (a contiguous row on the channels-last fast path, strided otherwise) or the bank: one
-// pass computes dot product and squared norm (AVX2/FMA-multiversioned for float32 rows, next rows
-// prefetched), the logit is folded into an online logsumexp and, when the gradient is wanted,
-// the key (still in L1) into an online-softmax-weighted sum, which yields d loss / d query without
-// a second read of the keys. Nothing of size Q x M x D exists.
+// Strategy (key-major): the C*Q*M (query, negative) pairs are bucketed by key index with a
+// counting sort, and the key space is walked in memory order, split into one contiguous range per
+// thread. Every distinct key row is read once (keys drawn several times are reused from cache, and
+// the walk is nearly sequential, friendly to prefetchers and the TLB); its squared norm is computed
+// once; each of its pairs takes a dot product with the pair's query vector (all C*Q query vectors,
+// copied once into a fp32/fp64 matrix, stay in cache) and folds the logit into that query's online
+// logsumexp — and, with compute_grad, the key into the query's online-softmax-weighted sum, which
+// yields d loss / d query without a second read of the keys. Each thread keeps its own per-query
+// state; states are merged (an associative log-sum-exp merge) at the end. Float32 rows use
+// AVX2/FMA-multiversioned loops. Nothing of size Q x M x D exists.
 // Backward: grad_loss * grad_rows [C*Q, D] added serially into the dense gradient (several
 // queries may share a pixel).
 #include <ATen/Dispatch.h>
@@ -19,6 +22,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <type_traits>
 #include <vector>
 
@@ -52,22 +56,21 @@ inline void dot_and_square(const row_t* row, int64_t stride, const acc_t* x, int
 }
 
 template <typename row_t, typename acc_t>
+inline acc_t dot_only(const row_t* row, int64_t stride, const acc_t* x, int64_t D) {
+  if constexpr (std::is_same_v<row_t, float> && std::is_same_v<acc_t, float>) {
+    if (stride == 1) return simd::dot_f32(row, x, D);
+  }
+  acc_t a = 0;
+  for (int64_t d = 0; d < D; ++d) a += static_cast<acc_t>(row[d * stride]) * x[d];
+  return a;
+}
+
+template <typename row_t, typename acc_t>
 inline void axpy(acc_t alpha, const row_t* row, int64_t stride, acc_t* y, int64_t D) {
   if constexpr (std::is_same_v<row_t, float> && std::is_same_v<acc_t, float>) {
     if (stride == 1) return simd::axpy_f32(alpha, row, y, D);
   }
   for (int64_t d = 0; d < D; ++d) y[d] += alpha * static_cast<acc_t>(row[d * stride]);
-}
-
-constexpr int64_t kPrefetchDistance = 4;  // keys ahead
-
-// Prefetch negative j of row r (channels-contiguous rows only; strided rows span many lines).
-template <typename scalar_t>
-inline void prefetch_key(const infonce::KeySource<scalar_t>& keys, const int64_t* nidx, int64_t M, int64_t j) {
-  if (j >= M) return;
-  int64_t stride;
-  const scalar_t* row = keys.row(nidx[j], stride);
-  if (stride == 1) simd::prefetch_row(row, keys.D * static_cast<int64_t>(sizeof(scalar_t)));
 }
 
 template <typename scalar_t>
@@ -77,18 +80,13 @@ infonce::KeySource<scalar_t> key_source(const InfonceArgs& a) {
           a.bank.defined() ? a.bank.data_ptr<scalar_t>() : nullptr, a.N, a.D};
 }
 
-// Loads the query's D-vector (features at flat pixel n) into x; returns |x| (eps-clamped).
-template <typename scalar_t, typename acc_t>
-inline acc_t load_query(const PixelView<const scalar_t>& f, int64_t n, acc_t* x) {
-  const int64_t b = n / f.P;
-  const scalar_t* base = f.data + b * f.stride_b + (n - b * f.P) * f.stride_p;
-  acc_t sq = 0;
-  for (int64_t d = 0; d < f.D; ++d) {
-    x[d] = static_cast<acc_t>(base[d * f.stride_d]);
-    sq += x[d] * x[d];
-  }
-  return cm::safe_norm(sq);
-}
+// Per-query online-softmax state of one thread: logits l_j enter as exp(l_j - m).
+template <typename acc_t>
+struct QueryState {
+  std::vector<acc_t> m, s, wcos, acc;  // [R], [R], [R], [R * D] (acc only with the gradient)
+  QueryState(int64_t R, int64_t D, bool grad)
+      : m(R, -std::numeric_limits<acc_t>::infinity()), s(R, 0), wcos(R, 0), acc(grad ? R * D : 0, 0) {}
+};
 
 template <typename scalar_t>
 void infonce_forward_kernel(const InfonceArgs& a, at::opmath_type<scalar_t>* row_loss,
@@ -100,54 +98,127 @@ void infonce_forward_kernel(const InfonceArgs& a, at::opmath_type<scalar_t>* row
   const acc_t* weight = a.class_weight.data_ptr<acc_t>();
   const int64_t* qidx = a.query_index.data_ptr<int64_t>();
   const int64_t* nidx = a.negative_index.data_ptr<int64_t>();
-  const int64_t D = a.D, M = a.M, Q = a.Q;
+  const int64_t D = a.D, M = a.M, Q = a.Q, R = a.C * a.Q;
+  const int64_t num_keys = a.N + a.C * a.K;
+  const bool grad = grad_rows != nullptr;
   const acc_t inv_t = acc_t(1) / static_cast<acc_t>(a.temperature);
-  at::parallel_for(0, a.C * Q, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> x(D), acc(grad_rows ? D : 0);
+  auto active = [&](int64_t r) { return weight[r / Q] > acc_t(0); };
+
+  // 1. Query vectors (fp32/fp64 copies) and norms; the positive key (the class prototype).
+  std::vector<acc_t> X(R * D), xn(R), inv0(R, 0), cos0(R, 0);
+  at::parallel_for(0, R, 16, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
-      const int64_t c = r / Q;
-      acc_t* out = grad_rows ? grad_rows + r * D : nullptr;
-      if (!(weight[c] > acc_t(0))) {
+      if (!active(r)) continue;
+      const int64_t n = qidx[r], b = n / f.P;
+      const scalar_t* base = f.data + b * f.stride_b + (n - b * f.P) * f.stride_p;
+      acc_t* x = X.data() + r * D;
+      acc_t sq = 0;
+      for (int64_t d = 0; d < D; ++d) {
+        x[d] = static_cast<acc_t>(base[d * f.stride_d]);
+        sq += x[d] * x[d];
+      }
+      xn[r] = cm::safe_norm(sq);
+      acc_t dot, psq;
+      dot_and_square(protos + (r / Q) * D, 1, x, D, dot, psq);
+      inv0[r] = acc_t(1) / cm::safe_norm(psq);
+      cos0[r] = dot * inv0[r] / xn[r];
+    }
+  });
+
+  // 2. Counting sort of the (query, negative) pairs by key index.
+  std::vector<int64_t> start(num_keys + 1, 0);
+  for (int64_t r = 0; r < R; ++r) {
+    if (!active(r)) continue;
+    for (int64_t j = 0; j < M; ++j) ++start[nidx[r * M + j] + 1];
+  }
+  for (int64_t k = 0; k < num_keys; ++k) start[k + 1] += start[k];
+  const int64_t num_pairs = start[num_keys];
+  std::vector<int32_t> pair_query(num_pairs);
+  {
+    std::vector<int64_t> next(start.begin(), start.end() - 1);
+    for (int64_t r = 0; r < R; ++r) {
+      if (!active(r)) continue;
+      for (int64_t j = 0; j < M; ++j) pair_query[next[nidx[r * M + j]]++] = static_cast<int32_t>(r);
+    }
+  }
+
+  // 3. Walk the keys in memory order, one contiguous range of pairs per thread.
+  const int nthreads = std::max(1, at::get_num_threads());
+  std::vector<QueryState<acc_t>> states;
+  states.reserve(nthreads);
+  for (int t = 0; t < nthreads; ++t) states.emplace_back(R, D, grad);
+  at::parallel_for(0, nthreads, 1, [&](int64_t t_begin, int64_t t_end) {
+    for (int64_t t = t_begin; t < t_end; ++t) {
+      QueryState<acc_t>& st = states[t];
+      // keys whose first pair falls in this thread's share of the pairs
+      const int64_t p_lo = num_pairs * t / nthreads, p_hi = num_pairs * (t + 1) / nthreads;
+      int64_t k = std::upper_bound(start.begin(), start.end(), p_lo) - start.begin() - 1;
+      if (t > 0 && start[k] < p_lo) ++k;  // a key straddling the boundary belongs to the previous thread
+      for (; k < num_keys && start[k] < p_hi; ++k) {
+        if (start[k] == start[k + 1]) continue;
+        int64_t stride;
+        const scalar_t* row = keys.row(k, stride);
+        acc_t inv_kn = 0;
+        for (int64_t p = start[k]; p < start[k + 1]; ++p) {
+          const int64_t r = pair_query[p];
+          acc_t dot;
+          if (p == start[k]) {  // the key's norm, once per key, in the same pass as its first dot
+            acc_t sq;
+            dot_and_square(row, stride, X.data() + r * D, D, dot, sq);
+            inv_kn = acc_t(1) / cm::safe_norm(sq);
+          } else {
+            dot = dot_only(row, stride, X.data() + r * D, D);
+          }
+          const acc_t cosine = dot * inv_kn / xn[r];
+          acc_t rescale, w;
+          infonce::online_step(st.m[r], cosine * inv_t, rescale, w);
+          st.s[r] = st.s[r] * rescale + w;
+          st.wcos[r] = st.wcos[r] * rescale + w * cosine;
+          if (grad) {
+            acc_t* acc = st.acc.data() + r * D;
+            if (rescale != acc_t(1)) {
+              for (int64_t d = 0; d < D; ++d) acc[d] *= rescale;
+            }
+            axpy(w * inv_kn, row, stride, acc, D);
+          }
+        }
+      }
+    }
+  });
+
+  // 4. Merge the threads' states with the positive key; loss and gradient per query.
+  at::parallel_for(0, R, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      acc_t* out = grad ? grad_rows + r * D : nullptr;
+      if (!active(r)) {
         row_loss[r] = acc_t(0);
         if (out) std::fill(out, out + D, acc_t(0));
         continue;
       }
-      const acc_t xn = load_query(f, qidx[r], x.data());
-      const acc_t* proto = protos + c * D;
-      acc_t dot, sq;
-      dot_and_square(proto, 1, x.data(), D, dot, sq);
-      const acc_t inv0 = acc_t(1) / cm::safe_norm(sq);
-      const acc_t cos0 = dot * inv0 / xn, l0 = cos0 * inv_t;
-      acc_t m = l0, s = 1, wcos = cos0;  // running sums weighted by exp(l_j - m)
+      const acc_t* proto = protos + (r / Q) * D;
+      const acc_t l0 = cos0[r] * inv_t;
+      acc_t m = l0;
+      for (const auto& st : states) m = std::max(m, st.m[r]);
+      acc_t s = std::exp(l0 - m), wcos = s * cos0[r];
       if (out) {
-        std::fill(acc.begin(), acc.end(), acc_t(0));
-        axpy(inv0, proto, 1, acc.data(), D);
+        for (int64_t d = 0; d < D; ++d) out[d] = s * proto[d] * inv0[r];
       }
-      const int64_t* nr = nidx + r * M;
-      for (int64_t j = 0; j < kPrefetchDistance; ++j) prefetch_key(keys, nr, M, j);
-      for (int64_t j = 0; j < M; ++j) {
-        prefetch_key(keys, nr, M, j + kPrefetchDistance);
-        int64_t stride;
-        const scalar_t* row = keys.row(nr[j], stride);
-        dot_and_square(row, stride, x.data(), D, dot, sq);
-        const acc_t inv_kn = acc_t(1) / cm::safe_norm(sq);
-        const acc_t cosine = dot * inv_kn / xn;
-        acc_t rescale, w;
-        infonce::online_step(m, cosine * inv_t, rescale, w);
-        s = s * rescale + w;
-        wcos = wcos * rescale + w * cosine;
+      for (const auto& st : states) {
+        if (!(st.s[r] > acc_t(0))) continue;
+        const acc_t scale = std::exp(st.m[r] - m);
+        s += scale * st.s[r];
+        wcos += scale * st.wcos[r];
         if (out) {
-          if (rescale != acc_t(1)) {
-            for (int64_t d = 0; d < D; ++d) acc[d] *= rescale;
-          }
-          axpy(w * inv_kn, row, stride, acc.data(), D);
+          const acc_t* acc = st.acc.data() + r * D;
+          for (int64_t d = 0; d < D; ++d) out[d] += scale * acc[d];
         }
       }
       row_loss[r] = m + std::log(s) - l0;
       if (out) {
-        const acc_t scale = weight[c] / static_cast<acc_t>(Q) * inv_t / xn;
+        const acc_t scale = weight[r / Q] / static_cast<acc_t>(Q) * inv_t / xn[r];
+        const acc_t* x = X.data() + r * D;
         for (int64_t d = 0; d < D; ++d) {
-          out[d] = infonce::query_grad(scale, acc[d], s, proto[d] * inv0, wcos, cos0, x[d], xn);
+          out[d] = infonce::query_grad(scale, out[d], s, proto[d] * inv0[r], wcos, cos0[r], x[d], xn[r]);
         }
       }
     }
