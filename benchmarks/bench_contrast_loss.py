@@ -12,6 +12,7 @@ benchmarks/results/contrast_loss_<device>.{json,md}.
 from __future__ import annotations
 
 import argparse
+import os
 
 import torch
 import torch.nn.functional as F
@@ -74,6 +75,16 @@ def make_published(device, B, D, H, C, Q, M, channels_last=True):
     return run
 
 
+COLUMNS = [("B", "B"), ("D", "D"), ("H", "H=W"), ("C", "C"), ("layout", "layout"), ("fused_s", "fused s"),
+           ("vec_s", "(b) vectorised s"), ("pub_s", "(a) ReCo published s"), ("x_vec", "x vs (b)"),
+           ("x_pub", "x vs (a)"), ("fused_mb", "fused extra MB"), ("vec_mb", "(b) extra MB"),
+           ("pub_mb", "(a) extra MB"), ("grad_mb", "of which dense grad MB"),
+           ("fused_beyond_grad_mb", "fused MB beyond grad"), ("vec_beyond_grad_mb", "(b) MB beyond grad")]
+NOTES = ("Forward + backward, Q = 256 queries, M = 512 negatives, median of repeats (ReCo published: fewer "
+         "repeats). Extra MB = peak above the inputs, including the dense gradient of the feature map that "
+         "autograd returns for every variant; 'beyond grad' subtracts it.")
+
+
 def floor_estimate(B, D, H, C, Q, M, bytes_per=4):
     """Bytes that any implementation must move: one read of the map (prototypes) + the gathered
     query/key vectors, forward and backward, + writing the dense gradient."""
@@ -84,7 +95,7 @@ def floor_estimate(B, D, H, C, Q, M, bytes_per=4):
 
 
 def main() -> None:
-    from benchmarks.harness import machine_info, measure, write_results
+    from benchmarks.harness import machine_info, measure, rerender, write_results
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu")
@@ -93,7 +104,14 @@ def main() -> None:
     ap.add_argument("--sweep", action="store_true", help="also vary D, H and C")
     ap.add_argument("--quick", action="store_true", help="one small configuration (smoke run)")
     ap.add_argument("--skip-published", action="store_true")
+    ap.add_argument("--render", action="store_true", help="only rewrite the markdown from the JSON results")
+    ap.add_argument("--tag", default="", help="suffix of the result files, e.g. 'thp' for a run with "
+                                              "THP_MEM_ALLOC_ENABLE=1")
     args = ap.parse_args()
+    name = f"contrast_loss_{args.device}" + (f"_{args.tag}" if args.tag else "")
+    if args.render:
+        print(open(rerender(name, COLUMNS, NOTES)).read())
+        return
     configs = [dict(MAIN, channels_last=True), dict(MAIN, channels_last=False)]
     if args.sweep:
         configs += [dict(MAIN, D=256, H=64, channels_last=True), dict(MAIN, D=512, H=64, channels_last=True),
@@ -119,14 +137,9 @@ def main() -> None:
                                                                cfg["M"]).items()})
         rows.append(row)
         print(row, flush=True)
-    cols = [("B", "B"), ("D", "D"), ("H", "H=W"), ("C", "C"), ("layout", "layout"), ("fused_s", "fused s"),
-            ("vec_s", "(b) vectorised s"), ("pub_s", "(a) ReCo published s"), ("x_vec", "x vs (b)"),
-            ("x_pub", "x vs (a)"), ("fused_mb", "fused extra MB"), ("vec_mb", "(b) extra MB"),
-            ("pub_mb", "(a) extra MB"), ("grad_mb", "of which dense grad MB")]
-    path = write_results(f"contrast_loss_{args.device}", rows, cols, machine_info(args.device),
-                         notes="Forward + backward, Q = 256 queries, M = 512 negatives, median of repeats "
-                               "(ReCo published: fewer repeats). Extra MB = peak above the inputs, including "
-                               "the dense gradient of the feature map that autograd returns (same for all).")
+    meta = machine_info(args.device)
+    meta["env"] = {k: v for k, v in os.environ.items() if k.startswith(("THP_", "OMP_", "MKL_"))}
+    path = write_results(name, rows, COLUMNS, meta, NOTES)
     print(open(path).read())
 
 

@@ -119,10 +119,10 @@ def machine_info(device: str = "cpu") -> dict:
 
 
 def markdown_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
-    """``columns`` = [(key, header)]; floats are printed with 3 significant digits."""
+    """``columns`` = [(key, header)]; floats get 3 significant digits (no exponent below 1e6)."""
     def fmt(v: Any) -> str:
         if isinstance(v, float):
-            return f"{v:.3g}"
+            return f"{v:.0f}" if 100 <= abs(v) < 1e6 else f"{v:.3g}"
         return str(v)
 
     lines = ["| " + " | ".join(h for _, h in columns) + " |", "|" + "---|" * len(columns)]
@@ -130,12 +130,19 @@ def markdown_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
     return "\n".join(lines)
 
 
+def rerender(name: str, columns: list[tuple[str, str]], notes: str = "") -> Path:
+    """Rewrite ``results/<name>.md`` from its JSON (after a change of columns or formatting)."""
+    data = json.loads((RESULTS / f"{name}.json").read_text())
+    return write_results(name, data["rows"], columns, data["machine"], notes)
+
+
 def write_results(name: str, rows: list[dict], columns: list[tuple[str, str]], meta: dict, notes: str = "") -> Path:
     """Write ``results/<name>.json`` and ``results/<name>.md`` atomically; returns the .md path."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     data = {"benchmark": name, "machine": meta, "rows": rows}
+    env = "".join(f", {k}={v}" for k, v in meta.get("env", {}).items())
     md = [f"# {name}", "", f"Machine: {meta.get('gpu') or meta['cpu']}, {meta['cores']} cores, "
-          f"torch {meta['torch']} ({meta['torch_threads']} threads), device {meta['device']}, {meta['date']}.",
+          f"torch {meta['torch']} ({meta['torch_threads']} threads), device {meta['device']}{env}, {meta['date']}.",
           "", markdown_table(rows, columns), ""]
     if notes:
         md += [notes, ""]

@@ -19,3 +19,16 @@ print(f"class_mean on {device}: prototypes {tuple(means.shape)}, pixels per clas
 print(f"  max |mona - reference| = {(means - ref_means).abs().max().item():.2e}, "
       f"grad {tuple(features.grad.shape)} (channels-last kept: "
       f"{features.grad.is_contiguous(memory_format=torch.channels_last)})")
+
+# The anatomical contrastive loss (ReCo / MONA "tailness"), fused: prototypes, adaptive negative
+# sampling and InfoNCE without materialising the Q x (M+1) x D keys.
+prob = torch.softmax(torch.randn(2, 4, 32, 32, device=device), 1)
+gen = torch.Generator(device).manual_seed(0)
+loss = mona_ext.contrast_loss(features, labels, 4, prob=prob, num_queries=64, num_negatives=128, generator=gen)
+loss.backward()
+print(f"contrast_loss = {loss.item():.4f} (64 queries x 128 negatives per class)")
+
+# The equivariance loss: symmetric per-pixel KL between two class-logit maps.
+a = torch.randn(2, 4, 32, 32, device=device, requires_grad=True)
+b = torch.randn(2, 4, 32, 32, device=device)
+print(f"pixel_kl = {mona_ext.pixel_kl(a, b).item():.4f}")

@@ -1,9 +1,12 @@
 // mona::class_mean — CPU kernels.
 //
-// Parallel strategy: pixels are cut into tiles of kTile pixels inside one image; at::parallel_for
-// hands tiles to threads. Within a tile the loop follows the memory layout: channel-outer,
-// pixel-inner for NCHW (contiguous rows of pixels), pixel-outer, channel-inner for channels-last
-// and [N, D] (contiguous rows of channels), so every read streams.
+// Parallel strategy (every read streams along the contiguous dimension):
+// forward, NCHW: parallel over channels, each thread reads whole rows f[b, d, :] and owns its
+//   columns of the sums; channels-last / [N, D]: parallel over tiles of kTile pixels of one image,
+//   each thread adds pixel rows into its own [C, D] partial sums (fp32, fp64 for double), reduced
+//   once at the end. No atomics; deterministic for a fixed thread count.
+// backward: parallel over pixel tiles; channel-outer / pixel-inner for NCHW, pixel-outer /
+//   channel-inner for channels-last; every output element is written by exactly one thread.
 // Forward: each thread accumulates into its own [C, D] partial sums (fp32, fp64 for double),
 // reduced once at the end — no atomics, deterministic for a fixed thread count.
 // Backward: every output element is written by exactly one thread.
@@ -53,7 +56,37 @@ void class_mean_forward_kernel(const PixelView<const scalar_t>& f, const index_t
                       ") nor ignore_index=", ignore_index);
     if (cm::is_valid(lab, C)) counts[lab] += weight ? weight[n] : acc_t(1);
   }
-  // Pass 2 (parallel over tiles): per-thread partial sums.
+  // Pass 2, NCHW (pixels contiguous): parallel over channels; each thread streams whole rows
+  // f[b, d, :] and owns its columns of the sums (no partials, no atomics).
+  if (!f.channels_fastest()) {
+    constexpr int64_t kRows = 4;  // channels per sweep: independent accumulator chains share the label reads
+    at::parallel_for(0, (D + kRows - 1) / kRows, 1, [&](int64_t g0, int64_t g1) {
+      std::vector<acc_t> local(C * kRows);
+      for (int64_t g = g0; g < g1; ++g) {
+        const int64_t d0 = g * kRows, rows = std::min(kRows, D - d0);
+        std::fill(local.begin(), local.end(), acc_t(0));
+        for (int64_t b = 0; b < f.B; ++b) {
+          const scalar_t* row = f.data + b * f.stride_b + d0 * f.stride_d;
+          const index_t* lab = labels + b * P;
+          const acc_t* w = weight ? weight + b * P : nullptr;
+          for (int64_t p = 0; p < P; ++p) {
+            if (!cm::is_valid(lab[p], C)) continue;
+            const acc_t wp = w ? w[p] : acc_t(1);
+            acc_t* acc = local.data() + lab[p] * kRows;
+            for (int64_t k = 0; k < rows; ++k) acc[k] += wp * static_cast<acc_t>(row[k * f.stride_d + p * f.stride_p]);
+          }
+        }
+        for (int64_t c = 0; c < C; ++c) {
+          for (int64_t k = 0; k < rows; ++k) {
+            means[c * D + d0 + k] = static_cast<scalar_t>(cm::finalize(local[c * kRows + k], counts[c]));
+          }
+        }
+      }
+    });
+    return;
+  }
+  // Pass 2, channels-last / [N, D] (channels contiguous): parallel over tiles of pixels, each
+  // thread adding whole pixel rows into its own [C, D] partial sums, reduced at the end.
   const int64_t tiles_per_image = (P + kTile - 1) / kTile;
   const int64_t num_tiles = f.B * tiles_per_image;
   const int nthreads = at::get_num_threads();
@@ -64,25 +97,13 @@ void class_mean_forward_kernel(const PixelView<const scalar_t>& f, const index_t
       const Tile tile = tile_at(t, tiles_per_image, P);
       const scalar_t* base = f.data + tile.b * f.stride_b;
       const int64_t n0 = tile.b * P;
-      if (f.channels_fastest()) {
-        for (int64_t p = tile.p0; p < tile.p1; ++p) {
-          const index_t lab = labels[n0 + p];
-          if (!cm::is_valid(lab, C)) continue;
-          const acc_t w = weight ? weight[n0 + p] : acc_t(1);
-          const scalar_t* px = base + p * f.stride_p;
-          acc_t* srow = sums + lab * D;
-          for (int64_t d = 0; d < D; ++d) srow[d] += w * static_cast<acc_t>(px[d]);
-        }
-        continue;
-      }
-      for (int64_t d = 0; d < D; ++d) {
-        const scalar_t* row = base + d * f.stride_d;
-        for (int64_t p = tile.p0; p < tile.p1; ++p) {
-          const index_t lab = labels[n0 + p];
-          if (!cm::is_valid(lab, C)) continue;
-          const acc_t w = weight ? weight[n0 + p] : acc_t(1);
-          sums[lab * D + d] += w * static_cast<acc_t>(row[p * f.stride_p]);
-        }
+      for (int64_t p = tile.p0; p < tile.p1; ++p) {
+        const index_t lab = labels[n0 + p];
+        if (!cm::is_valid(lab, C)) continue;
+        const acc_t w = weight ? weight[n0 + p] : acc_t(1);
+        const scalar_t* px = base + p * f.stride_p;
+        acc_t* srow = sums + lab * D;
+        for (int64_t d = 0; d < D; ++d) srow[d] += w * static_cast<acc_t>(px[d * f.stride_d]);
       }
     }
   });
