@@ -5,8 +5,9 @@
 //   columns of the sums; channels-last / [N, D]: parallel over tiles of kTile pixels of one image,
 //   each thread adds pixel rows into its own [C, D] partial sums (fp32, fp64 for double), reduced
 //   once at the end. No atomics; deterministic for a fixed thread count.
-// backward: parallel over pixel tiles; channel-outer / pixel-inner for NCHW, pixel-outer /
-//   channel-inner for channels-last; every output element is written by exactly one thread.
+// backward: NCHW without a weight gradient: parallel over channels, whole rows written in order;
+//   otherwise parallel over pixel tiles (channel-outer / pixel-inner for NCHW, pixel-outer /
+//   channel-inner for channels-last). Every output element is written by exactly one thread.
 // Forward: each thread accumulates into its own [C, D] partial sums (fp32, fp64 for double),
 // reduced once at the end — no atomics, deterministic for a fixed thread count.
 // Backward: every output element is written by exactly one thread.
@@ -125,6 +126,25 @@ void class_mean_backward_kernel(const PixelView<const scalar_t>& f, const PixelV
   using acc_t = at::opmath_type<scalar_t>;
   namespace cm = class_mean_math;
   const int64_t D = f.D, P = f.P;
+  if (!grad_weight && !gf.channels_fastest()) {
+    // NCHW gradient without a weight gradient: parallel over channels, whole rows written in order.
+    at::parallel_for(0, D, 1, [&](int64_t d0, int64_t d1) {
+      std::vector<acc_t> coef(C);
+      for (int64_t d = d0; d < d1; ++d) {
+        for (int64_t c = 0; c < C; ++c) coef[c] = cm::grad_feature(acc_t(1), grad_means[c * D + d], cm::inverse_count(counts[c]));
+        for (int64_t b = 0; b < gf.B; ++b) {
+          scalar_t* row = gf.data + b * gf.stride_b + d * gf.stride_d;
+          const index_t* lab = labels + b * P;
+          const acc_t* w = weight ? weight + b * P : nullptr;
+          for (int64_t p = 0; p < P; ++p) {
+            const acc_t g = cm::is_valid(lab[p], C) ? (w ? w[p] : acc_t(1)) * coef[lab[p]] : acc_t(0);
+            row[p * gf.stride_p] = static_cast<scalar_t>(g);
+          }
+        }
+      }
+    });
+    return;
+  }
   const int64_t tiles_per_image = (P + kTile - 1) / kTile;
   at::parallel_for(0, f.B * tiles_per_image, 1, [&](int64_t begin, int64_t end) {
     acc_t gw[kTile];
