@@ -75,6 +75,51 @@ def make_published(device, B, D, H, C, Q, M, channels_last=True):
     return run
 
 
+def breakdown(device: str, repeats: int, B=12, D=512, H=128, C=4, Q=256, M=512) -> list[dict]:
+    """Median time of each part of the fused loss, and of the two memory-bound floors: one
+    streaming read of the map and allocating + zeroing its dense gradient (in this process)."""
+    import statistics
+    import time
+
+    import mona_ext
+
+    f, labels, prob = _inputs(device, B, D, H, C, True)
+    f = f.detach()
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+
+    def timed(fn):
+        fn()
+        times = []
+        for _ in range(repeats):
+            sync()
+            t0 = time.perf_counter()
+            out = fn()
+            sync()
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times) * 1e3, out
+
+    rows = []
+    ms, _ = timed(lambda: f.sum())
+    rows.append({"part": "floor: one streaming read of the map (f.sum())", "ms": ms})
+    ms, _ = timed(lambda: torch.zeros_like(f))
+    rows.append({"part": "floor: allocate + zero the dense gradient (torch.zeros_like)", "ms": ms})
+    ms, pools = timed(lambda: mona_ext.class_pools(labels, C, prob=prob, strong_threshold=0.97))
+    rows.append({"part": "class_pools", "ms": ms})
+    ms, (protos, _) = timed(lambda: mona_ext.class_mean(f, labels, C))
+    rows.append({"part": "class_mean (prototypes)", "ms": ms})
+    gen = torch.Generator(device).manual_seed(0)
+    ms, (q, n, w) = timed(lambda: mona_ext.sample_negatives(pools, protos, Q, M, generator=gen))
+    rows.append({"part": "sample_negatives", "ms": ms})
+    ms, _ = timed(lambda: torch.ops.mona.contrast_infonce(f, f, None, protos, q, n, w, 0.5, False))
+    rows.append({"part": "contrast_infonce forward, loss only", "ms": ms})
+    ms, (_, grad_rows) = timed(lambda: torch.ops.mona.contrast_infonce(f, f, None, protos, q, n, w, 0.5, True))
+    rows.append({"part": "contrast_infonce forward, loss + query gradients", "ms": ms})
+    one = torch.ones((), device=device)
+    ms, _ = timed(lambda: torch.ops.mona.contrast_infonce_backward(one, f, q, w, grad_rows))
+    rows.append({"part": "contrast_infonce backward (dense gradient + scatter)", "ms": ms})
+    return rows
+
+
 COLUMNS = [("B", "B"), ("D", "D"), ("H", "H=W"), ("C", "C"), ("layout", "layout"), ("fused_s", "fused s"),
            ("vec_s", "(b) vectorised s"), ("pub_s", "(a) ReCo published s"), ("x_vec", "x vs (b)"),
            ("x_pub", "x vs (a)"), ("fused_mb", "fused extra MB"), ("vec_mb", "(b) extra MB"),
@@ -104,6 +149,7 @@ def main() -> None:
     ap.add_argument("--sweep", action="store_true", help="also vary D, H and C")
     ap.add_argument("--quick", action="store_true", help="one small configuration (smoke run)")
     ap.add_argument("--skip-published", action="store_true")
+    ap.add_argument("--breakdown", action="store_true", help="time the parts of the fused loss at the main size")
     ap.add_argument("--render", action="store_true", help="only rewrite the markdown from the JSON results")
     ap.add_argument("--tag", default="", help="suffix of the result files, e.g. 'thp' for a run with "
                                               "THP_MEM_ALLOC_ENABLE=1")
@@ -111,6 +157,14 @@ def main() -> None:
     name = f"contrast_loss_{args.device}" + (f"_{args.tag}" if args.tag else "")
     if args.render:
         print(open(rerender(name, COLUMNS, NOTES)).read())
+        return
+    if args.breakdown:
+        rows = breakdown(args.device, args.repeats)
+        path = write_results(f"contrast_loss_breakdown_{args.device}", rows, [("part", "part"), ("ms", "ms")],
+                             machine_info(args.device),
+                             notes="B = 12, D = 512, 128 x 128, C = 4, Q = 256, M = 512, channels-last, float32; "
+                                   "median of repeats in one process.")
+        print(open(path).read())
         return
     configs = [dict(MAIN, channels_last=True), dict(MAIN, channels_last=False)]
     if args.sweep:
