@@ -9,7 +9,6 @@
 #include <torch/library.h>
 
 #include "sample_negatives/sample_negatives_host.h"
-#include "sample_negatives/sample_negatives_math.h"
 
 namespace mona {
 namespace {
@@ -25,11 +24,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sample_negatives_cpu(
   const int64_t C = plan.num_classes, Q = num_queries, M = num_negatives;
   const auto lopts = offsets.options().dtype(at::kLong);
   at::Tensor qidx = at::empty({C, Q}, lopts), nidx = at::empty({C, Q, M}, lopts);
-  const sampler::PoolRefs refs{plan.offsets.data_ptr<int64_t>(), plan.counts.data_ptr<int64_t>(),
-                               plan.hard_counts.data_ptr<int64_t>(), plan.permutation.data_ptr<int64_t>(),
-                               plan.bank_fill.data_ptr<int64_t>(), plan.class_cdf.data_ptr<float>(),
-                               plan.class_weight.data_ptr<float>(), C, Q, M, plan.num_pixels, plan.bank_size,
-                               plan.source, plan.mode};
+  const sampler::PoolRefs refs = pool_refs(plan);
   const float* uq = plan.query_uniform.data_ptr<float>();
   const float* un = plan.negative_uniform.data_ptr<float>();
   int64_t* qp = qidx.data_ptr<int64_t>();

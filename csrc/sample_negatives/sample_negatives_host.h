@@ -8,6 +8,8 @@
 #include <optional>
 #include <string>
 
+#include "sample_negatives/sample_negatives_math.h"
+
 namespace mona {
 
 struct SamplerPlan {
@@ -24,5 +26,13 @@ SamplerPlan plan_sampling(const at::Tensor& offsets, const at::Tensor& counts, c
                           const std::optional<at::Tensor>& bank_fill, int64_t bank_size, int64_t num_queries,
                           int64_t num_negatives, double temperature, const std::string& negatives,
                           const std::string& query_mode, const std::optional<at::Generator>& generator);
+
+// The plan's device pointers as the kernels' argument struct.
+inline sampler::PoolRefs pool_refs(SamplerPlan& plan) {
+  return {plan.offsets.data_ptr<int64_t>(), plan.counts.data_ptr<int64_t>(), plan.hard_counts.data_ptr<int64_t>(),
+          plan.permutation.data_ptr<int64_t>(), plan.bank_fill.data_ptr<int64_t>(), plan.class_cdf.data_ptr<float>(),
+          plan.class_weight.data_ptr<float>(), plan.num_classes, plan.num_queries, plan.num_negatives,
+          plan.num_pixels, plan.bank_size, plan.source, plan.mode};
+}
 
 }  // namespace mona
