@@ -134,6 +134,15 @@ def test_opcheck(device, requires_grad, weight):
     torch.library.opcheck(torch.ops.mona.class_mean.default, (f, lab, w, 3, -1))
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("weight_grad", [False, True])
+def test_backward_opcheck(device, weight_grad):
+    f, lab, w = make_inputs(device=device, weight=True)
+    means, counts = mona_ext.class_mean(f, lab, 3, weight=w)
+    args = (torch.randn_like(means), torch.randn_like(counts), f, lab, w, means, counts, -1, weight_grad)
+    torch.library.opcheck(torch.ops.mona.class_mean_backward.default, args)
+
+
 def test_compile_fullgraph_matches_eager():
     f, lab, w = make_inputs(B=2, D=8, H=6, W=6, C=3, dtype=torch.float32, weight=True)
 

@@ -290,6 +290,14 @@ def test_infonce_opcheck(device, requires_grad):
     torch.library.opcheck(torch.ops.mona.contrast_infonce.default, (f, keys, bank_t, protos, qidx, nidx, w, 0.5))
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_infonce_backward_opcheck(device):
+    f, keys, protos, qidx, nidx, w, bank_t = sampled(device=device, bank=True)
+    _, rows = torch.ops.mona.contrast_infonce(f, keys, bank_t, protos, qidx, nidx, w, 0.5, True)
+    torch.library.opcheck(torch.ops.mona.contrast_infonce_backward.default,
+                          (torch.tensor(0.7, dtype=f.dtype, device=device), f, qidx, w, rows))
+
+
 def test_infonce_without_grad_rows():
     f, keys, protos, qidx, nidx, w, _ = sampled()
     loss, rows = torch.ops.mona.contrast_infonce(f, keys, None, protos, qidx, nidx, w, 0.5, False)
