@@ -155,7 +155,7 @@ template <typename index_t>
 void push_impl(at::Tensor& storage, at::Tensor& ptr, at::Tensor& fill, const at::Tensor& keys_in,
                const index_t* labels, const bool* valid, const float* priority, int64_t cap, int64_t ignore_index) {
   const int64_t C = storage.size(0), K = storage.size(1), D = storage.size(2), M = keys_in.size(0);
-  if (M == 0) return;
+  if (M == 0 || C == 0) return;  // nothing to write (a zero-size grid would be an invalid launch)
   const at::Tensor keys = keys_in.to(storage.scalar_type()).contiguous();
   at::Tensor rank = at::empty({M}, ptr.options());
   at::Tensor counts = at::empty({C}, ptr.options());

@@ -25,7 +25,7 @@ namespace cmath = contrast_math;
 
 template <typename index_t, typename prob_t>
 __global__ void pool_keys_kernel(const index_t* __restrict__ labels, const bool* __restrict__ valid,
-                                 PixelView<const prob_t> prob, bool has_prob, int64_t N, int64_t C, float threshold,
+                                 PixelView<const prob_t> prob, bool has_prob, int64_t N, int64_t C, double threshold,
                                  int64_t ignore_index, int64_t* __restrict__ keys) {
   for (int64_t n = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; n < N;
        n += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -33,7 +33,7 @@ __global__ void pool_keys_kernel(const index_t* __restrict__ labels, const bool*
     CUDA_KERNEL_ASSERT(((lab >= 0 && lab < C) || lab == ignore_index) &&
                        "class_pools: label outside [0, num_classes) and not ignore_index");
     const bool is_valid = lab >= 0 && lab < C && (valid == nullptr || valid[n]);
-    const bool hard = !has_prob || !is_valid || static_cast<float>(prob.at(n, lab)) < threshold;
+    const bool hard = !has_prob || !is_valid || static_cast<double>(static_cast<float>(prob.at(n, lab))) < threshold;  // as the CPU kernel
     keys[n] = cmath::pool_key(lab, is_valid, hard, C);
   }
 }
@@ -57,7 +57,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> class_pools_cuda(
         if (p.defined()) pv = make_pixel_view<const scalar_t>(p);
         pool_keys_kernel<index_t, scalar_t><<<cuda::blocks_for(N), cuda::kThreads, 0, cuda::stream()>>>(
             lab.data_ptr<index_t>(), v.defined() ? v.data_ptr<bool>() : nullptr, pv, p.defined(), N, C,
-            static_cast<float>(strong_threshold), ignore_index, keys.data_ptr<int64_t>());
+            strong_threshold, ignore_index, keys.data_ptr<int64_t>());
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       });
     });

@@ -78,7 +78,7 @@ template <typename scalar_t>
 __global__ void infonce_forward_kernel(Inputs<scalar_t> in, at::opmath_type<scalar_t>* __restrict__ row_loss,
                                        at::opmath_type<scalar_t>* __restrict__ grad_rows) {
   using acc_t = at::opmath_type<scalar_t>;
-  extern __shared__ unsigned char smem_raw[];
+  extern __shared__ __align__(16) unsigned char smem_raw[];
   const bool with_grad = grad_rows != nullptr;
   acc_t* x = reinterpret_cast<acc_t*>(smem_raw) + threadIdx.y * (with_grad ? 2 : 1) * in.D;
   acc_t* acc = x + in.D;  // only used with_grad
@@ -134,7 +134,7 @@ template <typename scalar_t>
 __global__ void infonce_scatter_grad_kernel(const at::opmath_type<scalar_t>* __restrict__ grad_rows,
                                             const int64_t* __restrict__ qidx,
                                             const at::opmath_type<scalar_t>* __restrict__ weight,
-                                            const float* __restrict__ grad_loss, int64_t C, int64_t Q,
+                                            const at::opmath_type<scalar_t>* __restrict__ grad_loss, int64_t C, int64_t Q,
                                             PixelView<scalar_t> grad) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t total = C * Q * grad.D;
@@ -193,14 +193,15 @@ at::Tensor contrast_infonce_backward_cuda(const at::Tensor& grad_loss, const at:
   at::Tensor grad = at::zeros_like(f);
   const int64_t C = query_index.size(0), Q = query_index.size(1), D = f.size(1);
   const at::Tensor qidx = query_index.contiguous();
-  const at::Tensor g = grad_loss.to(at::kFloat).reshape({1}).contiguous();  // stays on the device
   if (C * Q * D == 0) return grad;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, features.scalar_type(), "contrast_infonce_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const at::Tensor rows = grad_rows.to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
     const at::Tensor w = class_weight.to(rows.scalar_type()).contiguous();
+    // grad_loss in the accumulation dtype, on the device (no host read)
+    const at::Tensor g = grad_loss.to(features.device(), rows.scalar_type()).reshape({1}).contiguous();
     infonce_scatter_grad_kernel<scalar_t><<<cuda::blocks_for(C * Q * D), cuda::kThreads, 0, cuda::stream()>>>(
-        rows.data_ptr<acc_t>(), qidx.data_ptr<int64_t>(), w.data_ptr<acc_t>(), g.data_ptr<float>(), C, Q,
+        rows.data_ptr<acc_t>(), qidx.data_ptr<int64_t>(), w.data_ptr<acc_t>(), g.data_ptr<acc_t>(), C, Q,
         make_pixel_view<scalar_t>(grad));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });

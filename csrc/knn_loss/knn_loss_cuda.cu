@@ -186,7 +186,7 @@ at::Tensor knn_loss_backward_cuda(const at::Tensor& grad_loss, const at::Tensor&
   const c10::cuda::CUDAGuard guard(student.device());
   const auto acc = acc_dtype(student.scalar_type());
   const at::Tensor s = student.contiguous(), q = queue.contiguous(), idx = indices.contiguous();
-  const at::Tensor g = grad_loss.to(acc).reshape({1}).contiguous();
+  const at::Tensor g = grad_loss.to(student.device(), acc).reshape({1}).contiguous();
   at::Tensor grad = at::empty({B, d}, s.options().dtype(acc));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, s.scalar_type(), "knn_loss_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;

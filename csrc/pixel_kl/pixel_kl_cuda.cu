@@ -189,8 +189,9 @@ std::tuple<at::Tensor, at::Tensor> pixel_kl_backward_cuda(const at::Tensor& grad
   const at::Tensor a = view_features(logits_a), b = view_features(logits_b);
   const auto acc = acc_dtype(a.scalar_type());
   const at::Tensor w = mask.has_value() ? mask->to(acc).contiguous() : at::Tensor();
-  const at::Tensor g = grad_loss.to(acc).reshape({1}).contiguous();
-  const at::Tensor den = weight_sum.to(acc).reshape({1}).contiguous();
+  // on the device whatever the caller passed (the kernel reads them; no host sync)
+  const at::Tensor g = grad_loss.to(a.device(), acc).reshape({1}).contiguous();
+  const at::Tensor den = weight_sum.to(a.device(), acc).reshape({1}).contiguous();
   at::Tensor ga = need_a ? at::empty_like(a) : at::empty({0}, a.options());
   at::Tensor gb = need_b ? at::empty_like(b) : at::empty({0}, b.options());
   if (!need_a && !need_b) return {ga, gb};

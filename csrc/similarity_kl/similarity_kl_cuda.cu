@@ -100,7 +100,7 @@ __global__ void __launch_bounds__(kBlock)
                                   at::opmath_type<scalar_t> inv_tau_s, at::opmath_type<scalar_t> inv_tau_t,
                                   at::opmath_type<scalar_t> inv_batch, at::opmath_type<scalar_t>* __restrict__ grad) {
   using acc_t = at::opmath_type<scalar_t>;
-  extern __shared__ unsigned char smem_raw[];
+  extern __shared__ __align__(16) unsigned char smem_raw[];
   acc_t* accum = reinterpret_cast<acc_t*>(smem_raw);  // [kWarps, d]
   __shared__ acc_t red[kWarps];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -191,11 +191,12 @@ at::Tensor similarity_kl_backward_cuda(const at::Tensor& grad_loss, const at::Te
   const auto acc = acc_dtype(student.scalar_type());
   const int64_t B = student.size(0), K = queue.size(0), d = student.size(1);
   const size_t shared_bytes = static_cast<size_t>(kWarps) * d * c10::elementSize(acc);
-  TORCH_CHECK_VALUE(shared_bytes <= kMaxSharedBytes, op, ": the CUDA kernel supports d <= ",
+  // the kernel also has kWarps static acc_t (red[]): static + dynamic must fit
+  TORCH_CHECK_VALUE(shared_bytes + kWarps * c10::elementSize(acc) <= kMaxSharedBytes, op, ": the CUDA kernel supports d <= ",
                     kMaxSharedBytes / (kWarps * c10::elementSize(acc)), " for ", student.scalar_type(), ", got d = ", d);
   if (B == 0) return at::zeros_like(student);
   const at::Tensor s = student.contiguous(), t = teacher.contiguous(), q = queue.contiguous();
-  const at::Tensor g = grad_loss.to(acc).reshape({1}).contiguous();
+  const at::Tensor g = grad_loss.to(student.device(), acc).reshape({1}).contiguous();
   const at::Tensor ls = lse_student.to(acc).contiguous(), lt = lse_teacher.to(acc).contiguous();
   at::Tensor grad = at::empty({B, d}, s.options().dtype(acc));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, s.scalar_type(), "similarity_kl_backward_cuda", [&] {
