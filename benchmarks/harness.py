@@ -28,7 +28,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-RESULTS = Path(__file__).resolve().parent / "results"
+# Where results are written; MONA_BENCH_RESULTS redirects them (CI's smoke runs use a temp dir).
+RESULTS = Path(os.environ.get("MONA_BENCH_RESULTS", Path(__file__).resolve().parent / "results"))
 
 
 def _rss_kb(field: str) -> int:
