@@ -1,9 +1,11 @@
 // mona::class_mean — CUDA kernels.
 //
 // Parallel strategy (forward): every thread owns one channel d and walks a short sequence of
-// pixels of one image, keeping a running (class, sum) pair; it flushes the sum with one atomicAdd
-// into the global fp32/fp64 [C, D] accumulator only when the class changes (labels are spatially
-// coherent, so runs are long) and at the end. The thread <-> (d, pixel) mapping follows the
+// pixels of one image, keeping a running (class, sum) pair; it flushes the sum only when the class
+// changes (labels are spatially coherent, so runs are long) and at the end, into the block's
+// shared-memory partial sums [C, channels of the block]; the block adds each partial to the global
+// fp32/fp64 [C, D] accumulator once (block-level partial sums; if C is too large for shared memory
+// the flushes go to the global accumulator directly). The thread <-> (d, pixel) mapping follows the
 // layout so that a warp's 32 loads are one coalesced 128-byte transaction:
 //   NCHW (pixels fastest): a warp = 32 consecutive pixels of one channel;
 //   channels-last / [N, D] (channels fastest): a warp = 32 consecutive channels of one pixel.
@@ -29,10 +31,26 @@ namespace {
 
 namespace cm = class_mean_math;
 constexpr int kSeq = 16;  // pixels walked by one thread (per channel) in the forward
+constexpr size_t kMaxPartialBytes = 32 * 1024;  // shared memory for block-level partial sums
+
+// Block-level partial sums: a block accumulates into shared memory (cheap shared atomics) and
+// adds each nonzero partial to the global accumulator once at the end. Used when the partials fit
+// (`partials` true); otherwise run flushes go straight to global memory.
+template <typename acc_t>
+__device__ __forceinline__ void flush_run(acc_t* shared, acc_t* global, bool partials, int64_t shared_idx,
+                                          int64_t global_idx, acc_t value) {
+  gpuAtomicAdd(partials ? shared + shared_idx : global + global_idx, value);
+}
 
 template <typename index_t, typename acc_t>
 __global__ void class_counts_kernel(const index_t* __restrict__ labels, const acc_t* __restrict__ weight, int64_t N,
-                                    int64_t C, int64_t ignore_index, acc_t* __restrict__ counts) {
+                                    int64_t C, int64_t ignore_index, bool partials, acc_t* __restrict__ counts) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  acc_t* part = reinterpret_cast<acc_t*>(smem_raw);  // [C] when partials
+  if (partials) {
+    for (int64_t c = threadIdx.x; c < C; c += blockDim.x) part[c] = acc_t(0);
+    __syncthreads();
+  }
   // Each thread: kSeq consecutive labels, run-length accumulated.
   for (int64_t start = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) * kSeq; start < N;
        start += static_cast<int64_t>(gridDim.x) * blockDim.x * kSeq) {
@@ -44,53 +62,76 @@ __global__ void class_counts_kernel(const index_t* __restrict__ labels, const ac
       CUDA_KERNEL_ASSERT(!cm::is_bad(lab, C, ignore_index) && "class_mean: label outside [0, num_classes) and not ignore_index");
       if (!cm::is_valid(lab, C)) continue;
       if (lab != run_class) {
-        if (run_class >= 0) gpuAtomicAdd(&counts[run_class], run);
+        if (run_class >= 0) flush_run(part, counts, partials, run_class, run_class, run);
         run_class = lab;
         run = 0;
       }
       run += weight ? weight[n] : acc_t(1);
     }
-    if (run_class >= 0) gpuAtomicAdd(&counts[run_class], run);
+    if (run_class >= 0) flush_run(part, counts, partials, run_class, run_class, run);
+  }
+  if (partials) {
+    __syncthreads();
+    for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
+      if (part[c] != acc_t(0)) gpuAtomicAdd(&counts[c], part[c]);
+    }
   }
 }
 
 template <typename scalar_t, typename index_t, bool kChannelsFastest>
 __global__ void class_sums_kernel(PixelView<const scalar_t> f, const index_t* __restrict__ labels,
-                                  const at::opmath_type<scalar_t>* __restrict__ weight, int64_t C,
+                                  const at::opmath_type<scalar_t>* __restrict__ weight, int64_t C, bool partials,
                                   at::opmath_type<scalar_t>* __restrict__ sums) {
   using acc_t = at::opmath_type<scalar_t>;
-  // Work unit: (image b, pixel chunk, channel d). Chunk = kSeq * pixels_per_block_row pixels.
-  const int64_t lanes = kChannelsFastest ? blockDim.x : 1;           // channels per block
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  // Work unit: (image b, pixel chunk, channel group). Chunk = kSeq * pixels_per_block_row pixels.
+  const int64_t lanes = kChannelsFastest ? blockDim.x : 1;               // channels per block
   const int64_t pix_lanes = kChannelsFastest ? blockDim.y : blockDim.x;  // parallel pixel sequences
+  const int64_t lane = kChannelsFastest ? threadIdx.x : 0;
+  const int64_t tid = threadIdx.y * blockDim.x + threadIdx.x, nthreads = blockDim.x * blockDim.y;
+  acc_t* part = reinterpret_cast<acc_t*>(smem_raw);  // [C, lanes] when partials
   const int64_t chunk = pix_lanes * kSeq;
   const int64_t chunks_per_image = (f.P + chunk - 1) / chunk;
   const int64_t d_groups = kChannelsFastest ? (f.D + lanes - 1) / lanes : f.D;
-  for (int64_t dg = blockIdx.y; dg < d_groups; dg += gridDim.y) {
-    const int64_t d = kChannelsFastest ? dg * lanes + threadIdx.x : dg;
-    if (d >= f.D) continue;
-    for (int64_t unit = blockIdx.x; unit < f.B * chunks_per_image; unit += gridDim.x) {
-      const int64_t b = unit / chunks_per_image;
-      const int64_t p0 = (unit - b * chunks_per_image) * chunk;
-      const scalar_t* row = f.data + b * f.stride_b + d * f.stride_d;
-      const index_t* lab_row = labels + b * f.P;
-      const acc_t* w_row = weight ? weight + b * f.P : nullptr;
-      int64_t run_class = -1;
-      acc_t run = 0;
-      for (int k = 0; k < kSeq; ++k) {
-        // NCHW: a warp's lanes are consecutive pixels. Channels-last: a warp walks consecutive pixels.
-        const int64_t p = kChannelsFastest ? p0 + threadIdx.y * kSeq + k : p0 + k * pix_lanes + threadIdx.x;
-        if (p >= f.P) break;
-        const index_t lab = lab_row[p];
-        if (!cm::is_valid(lab, C)) continue;
-        if (lab != run_class) {
-          if (run_class >= 0) gpuAtomicAdd(&sums[run_class * f.D + d], run);
-          run_class = lab;
-          run = 0;
+  for (int64_t dg = blockIdx.y; dg < d_groups; dg += gridDim.y) {  // uniform across the block
+    if (partials) {
+      for (int64_t i = tid; i < C * lanes; i += nthreads) part[i] = acc_t(0);
+      __syncthreads();
+    }
+    const int64_t d = kChannelsFastest ? dg * lanes + lane : dg;
+    if (d < f.D) {
+      for (int64_t unit = blockIdx.x; unit < f.B * chunks_per_image; unit += gridDim.x) {
+        const int64_t b = unit / chunks_per_image;
+        const int64_t p0 = (unit - b * chunks_per_image) * chunk;
+        const scalar_t* row = f.data + b * f.stride_b + d * f.stride_d;
+        const index_t* lab_row = labels + b * f.P;
+        const acc_t* w_row = weight ? weight + b * f.P : nullptr;
+        int64_t run_class = -1;
+        acc_t run = 0;
+        for (int k = 0; k < kSeq; ++k) {
+          // NCHW: a warp's lanes are consecutive pixels. Channels-last: a warp walks consecutive pixels.
+          const int64_t p = kChannelsFastest ? p0 + threadIdx.y * kSeq + k : p0 + k * pix_lanes + threadIdx.x;
+          if (p >= f.P) break;
+          const index_t lab = lab_row[p];
+          if (!cm::is_valid(lab, C)) continue;
+          if (lab != run_class) {
+            if (run_class >= 0) flush_run(part, sums, partials, run_class * lanes + lane, run_class * f.D + d, run);
+            run_class = lab;
+            run = 0;
+          }
+          const acc_t w = w_row ? w_row[p] : acc_t(1);
+          run += w * static_cast<acc_t>(row[p * f.stride_p]);
         }
-        const acc_t w = w_row ? w_row[p] : acc_t(1);
-        run += w * static_cast<acc_t>(row[p * f.stride_p]);
+        if (run_class >= 0) flush_run(part, sums, partials, run_class * lanes + lane, run_class * f.D + d, run);
       }
-      if (run_class >= 0) gpuAtomicAdd(&sums[run_class * f.D + d], run);
+    }
+    if (partials) {
+      __syncthreads();
+      for (int64_t i = tid; i < C * lanes; i += nthreads) {
+        const int64_t c = i / lanes, dd = kChannelsFastest ? dg * lanes + (i - c * lanes) : dg;
+        if (dd < f.D && part[i] != acc_t(0)) gpuAtomicAdd(&sums[c * f.D + dd], part[i]);
+      }
+      __syncthreads();  // partials are reset for the next channel group
     }
   }
 }
@@ -177,21 +218,28 @@ std::tuple<at::Tensor, at::Tensor> class_mean_cuda(const at::Tensor& features, c
     using acc_t = at::opmath_type<scalar_t>;
     AT_DISPATCH_INDEX_TYPES(lab.scalar_type(), "class_mean_cuda_labels", [&] {
       const acc_t* wp = w.defined() ? w.data_ptr<acc_t>() : nullptr;
-      class_counts_kernel<index_t, acc_t><<<cuda::blocks_for((N + kSeq - 1) / kSeq), cuda::kThreads, 0, stream>>>(
-          lab.data_ptr<index_t>(), wp, N, num_classes, ignore_index, counts.data_ptr<acc_t>());
+      const size_t count_smem = sizeof(acc_t) * num_classes;
+      const bool count_partials = count_smem <= kMaxPartialBytes;
+      class_counts_kernel<index_t, acc_t><<<cuda::blocks_for((N + kSeq - 1) / kSeq), cuda::kThreads,
+                                            count_partials ? count_smem : 0, stream>>>(
+          lab.data_ptr<index_t>(), wp, N, num_classes, ignore_index, count_partials, counts.data_ptr<acc_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       const auto view = make_pixel_view<const scalar_t>(f);
       if (view.channels_fastest()) {
         const dim3 block(32, cuda::kThreads / 32);
         const int64_t chunks = view.B * ((view.P + block.y * kSeq - 1) / (block.y * kSeq));
         const dim3 grid(std::min<int64_t>(chunks, 65535), std::min<int64_t>((D + 31) / 32, 65535));
-        class_sums_kernel<scalar_t, index_t, true><<<grid, block, 0, stream>>>(view, lab.data_ptr<index_t>(), wp,
-                                                                               num_classes, sums.data_ptr<acc_t>());
+        const size_t smem = sizeof(acc_t) * num_classes * 32;
+        const bool partials = smem <= kMaxPartialBytes;
+        class_sums_kernel<scalar_t, index_t, true><<<grid, block, partials ? smem : 0, stream>>>(
+            view, lab.data_ptr<index_t>(), wp, num_classes, partials, sums.data_ptr<acc_t>());
       } else {
         const int64_t chunks = view.B * ((view.P + cuda::kThreads * kSeq - 1) / (cuda::kThreads * kSeq));
         const dim3 grid(std::min<int64_t>(chunks, 65535), std::min<int64_t>(D, 65535));
-        class_sums_kernel<scalar_t, index_t, false><<<grid, cuda::kThreads, 0, stream>>>(
-            view, lab.data_ptr<index_t>(), wp, num_classes, sums.data_ptr<acc_t>());
+        const size_t smem = sizeof(acc_t) * num_classes;
+        const bool partials = smem <= kMaxPartialBytes;
+        class_sums_kernel<scalar_t, index_t, false><<<grid, cuda::kThreads, partials ? smem : 0, stream>>>(
+            view, lab.data_ptr<index_t>(), wp, num_classes, partials, sums.data_ptr<acc_t>());
       }
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       class_mean_finalize_kernel<scalar_t><<<cuda::blocks_for(num_classes * D), cuda::kThreads, 0, stream>>>(
