@@ -107,6 +107,22 @@ struct Tiling {
   Tiling(int64_t B, int64_t P) : per_image((P + kTile - 1) / kTile), total(B * ((P + kTile - 1) / kTile)) {}
 };
 
+struct TileRef {
+  int64_t img, p0, n;
+};
+
+// Log-softmaxes of both logit maps and the per-pixel KL terms of tile k (shared by forward and backward).
+template <typename scalar_t, typename acc_t>
+TileRef load_tile(const PixelView<const scalar_t>& a, const PixelView<const scalar_t>& b, const Tiling& tiling,
+                  int64_t k, bool symmetric, TileBuffers<acc_t>& t) {
+  const int64_t img = k / tiling.per_image, p0 = (k - img * tiling.per_image) * kTile;
+  const int64_t n = std::min(kTile, a.P - p0);
+  tile_log_softmax<scalar_t, acc_t>(a, img, p0, n, t.la.data(), t.pa.data(), t.tmp, t.tmp2);
+  tile_log_softmax<scalar_t, acc_t>(b, img, p0, n, t.lb.data(), t.pb.data(), t.tmp, t.tmp2);
+  tile_kl(a.D, n, t, symmetric);
+  return {img, p0, n};
+}
+
 template <typename scalar_t>
 void forward_kernel(const PixelView<const scalar_t>& a, const PixelView<const scalar_t>& b,
                     const at::opmath_type<scalar_t>* w, bool symmetric, double* loss_sum, double* weight_sum) {
@@ -119,11 +135,7 @@ void forward_kernel(const PixelView<const scalar_t>& a, const PixelView<const sc
     TileBuffers<acc_t> t(C);
     double ls = 0, ws = 0;
     for (int64_t k = begin; k < end; ++k) {
-      const int64_t img = k / tiling.per_image, p0 = (k - img * tiling.per_image) * kTile;
-      const int64_t n = std::min(kTile, P - p0);
-      tile_log_softmax<scalar_t, acc_t>(a, img, p0, n, t.la.data(), t.pa.data(), t.tmp, t.tmp2);
-      tile_log_softmax<scalar_t, acc_t>(b, img, p0, n, t.lb.data(), t.pb.data(), t.tmp, t.tmp2);
-      tile_kl(C, n, t, symmetric);
+      const auto [img, p0, n] = load_tile(a, b, tiling, k, symmetric, t);
       const acc_t* wt = w ? w + img * P + p0 : nullptr;
       acc_t tl = 0, tw = 0;
       for (int64_t i = 0; i < n; ++i) {
@@ -155,11 +167,7 @@ void backward_kernel(const PixelView<const scalar_t>& a, const PixelView<const s
     TileBuffers<acc_t> t(C);
     acc_t s[kTile];
     for (int64_t k = begin; k < end; ++k) {
-      const int64_t img = k / tiling.per_image, p0 = (k - img * tiling.per_image) * kTile;
-      const int64_t n = std::min(kTile, P - p0);
-      tile_log_softmax<scalar_t, acc_t>(a, img, p0, n, t.la.data(), t.pa.data(), t.tmp, t.tmp2);
-      tile_log_softmax<scalar_t, acc_t>(b, img, p0, n, t.lb.data(), t.pb.data(), t.tmp, t.tmp2);
-      tile_kl(C, n, t, symmetric);
+      const auto [img, p0, n] = load_tile(a, b, tiling, k, symmetric, t);
       const acc_t* wt = w ? w + img * P + p0 : nullptr;
       for (int64_t i = 0; i < n; ++i) s[i] = scale * (wt ? wt[i] : acc_t(1));
       for (int64_t c = 0; c < C; ++c) {

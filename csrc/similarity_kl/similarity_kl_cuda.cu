@@ -29,6 +29,23 @@ constexpr int kWarps = 8;
 constexpr int kBlock = kWarps * 32;
 constexpr size_t kMaxSharedBytes = 48 * 1024;
 
+// The warp's dot products of student and teacher rows with queue entry q, and q's inverse norm
+// (lanes stride over d; results on every lane).
+template <typename scalar_t, typename acc_t>
+__device__ __forceinline__ void warp_queue_dots(const scalar_t* s, const scalar_t* t, const scalar_t* q, int64_t d,
+                                                int lane, acc_t& ds, acc_t& dt, acc_t& iq) {
+  acc_t a = 0, b = 0, c = 0;
+  for (int64_t k = lane; k < d; k += 32) {
+    const acc_t qv = static_cast<acc_t>(q[k]);
+    a += static_cast<acc_t>(s[k]) * qv;
+    b += static_cast<acc_t>(t[k]) * qv;
+    c += qv * qv;
+  }
+  ds = cuda::warp_sum(a);
+  dt = cuda::warp_sum(b);
+  iq = cm::inv_norm(cuda::warp_sum(c));
+}
+
 template <typename scalar_t, typename acc_t>
 __device__ __forceinline__ acc_t row_sq_norm(const scalar_t* x, int64_t d, acc_t* shared) {
   acc_t v = 0;
@@ -56,16 +73,8 @@ __global__ void __launch_bounds__(kBlock)
     auto st = sk::OnlineKL<acc_t>::empty();
     for (int64_t j = warp; j < K; j += kWarps) {
       const scalar_t* q = queue + j * d;
-      acc_t ds = 0, dt = 0, dq = 0;
-      for (int64_t k = lane; k < d; k += 32) {
-        const acc_t qv = static_cast<acc_t>(q[k]);
-        ds += static_cast<acc_t>(s[k]) * qv;
-        dt += static_cast<acc_t>(t[k]) * qv;
-        dq += qv * qv;
-      }
-      ds = cuda::warp_sum(ds);
-      dt = cuda::warp_sum(dt);
-      const acc_t iq = cm::inv_norm(cuda::warp_sum(dq));
+      acc_t ds, dt, iq;
+      warp_queue_dots(s, t, q, d, lane, ds, dt, iq);
       st.update(ds * is * iq, dt * it * iq);
     }
     if (lane == 0) states[warp] = st;
@@ -116,16 +125,8 @@ __global__ void __launch_bounds__(kBlock)
     acc_t* my = accum + warp * d;
     for (int64_t j = warp; j < K; j += kWarps) {
       const scalar_t* q = queue + j * d;
-      acc_t ds = 0, dt = 0, dq = 0;
-      for (int64_t k = lane; k < d; k += 32) {
-        const acc_t qv = static_cast<acc_t>(q[k]);
-        ds += static_cast<acc_t>(s[k]) * qv;
-        dt += static_cast<acc_t>(t[k]) * qv;
-        dq += qv * qv;
-      }
-      ds = cuda::warp_sum(ds);
-      dt = cuda::warp_sum(dt);
-      const acc_t iq = cm::inv_norm(cuda::warp_sum(dq));
+      acc_t ds, dt, iq;
+      warp_queue_dots(s, t, q, d, lane, ds, dt, iq);
       const acc_t cos_s = ds * is * iq;
       const acc_t w = sk::entry_weight(cos_s * inv_tau_s, dt * it * iq, lse_s[i], lse_t[i], inv_tau_s, scale);
       c += w * cos_s;
