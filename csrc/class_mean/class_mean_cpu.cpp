@@ -30,7 +30,6 @@ namespace {
 
 constexpr int64_t kTile = 64;
 
-at::ScalarType acc_dtype(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
 
 // Tiles never straddle two images, so a tile is (b, p0, p1) with one base pointer.
 struct Tile {

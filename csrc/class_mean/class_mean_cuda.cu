@@ -196,7 +196,6 @@ __global__ void class_mean_grad_weight_kernel(PixelView<const scalar_t> f, const
   }
 }
 
-at::ScalarType acc_dtype(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
 
 std::tuple<at::Tensor, at::Tensor> class_mean_cuda(const at::Tensor& features, const at::Tensor& labels,
                                                    const std::optional<at::Tensor>& weight, int64_t num_classes,

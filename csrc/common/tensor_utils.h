@@ -44,6 +44,9 @@ inline at::Tensor view_features(const at::Tensor& t) {
   return pixels_mergeable(t) ? t : t.contiguous(t.suggest_memory_format());
 }
 
+// Accumulation dtype of the kernels: float64 for float64 inputs, float32 otherwise (fp16/bf16 too).
+inline at::ScalarType acc_dtype(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
+
 inline std::string shape_str(const at::Tensor& t) {
   std::string s = "[";
   for (int64_t i = 0; i < t.dim(); ++i) s += (i ? ", " : "") + std::to_string(t.size(i));

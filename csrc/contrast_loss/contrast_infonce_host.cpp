@@ -55,7 +55,7 @@ InfonceArgs prepare_infonce(const char* op, const at::Tensor& features, const at
     TORCH_CHECK_VALUE(bank->device() == features.device(), op, ": bank is on ", bank->device(),
                       " but features are on ", features.device());
   }
-  const auto acc = features.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto acc = acc_dtype(features.scalar_type());
   return {view_features(features),
           view_features(key_features),
           bank.has_value() ? bank->contiguous() : at::Tensor(),

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "common/cosine_math.h"
+#include "common/tensor_utils.h"
 #include "knn_loss/knn_loss_checks.h"
 #include "knn_loss/knn_loss_math.h"
 
@@ -27,7 +28,6 @@ namespace {
 namespace km = knn_loss_math;
 namespace cm = cosine_math;
 
-at::ScalarType acc_dtype(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
 
 template <typename acc_t>
 acc_t dot(const acc_t* a, const acc_t* b, int64_t d) {

@@ -15,6 +15,7 @@
 #include <torch/library.h>
 
 #include "common/cosine_math.h"
+#include "common/tensor_utils.h"
 #include "common/cuda_utils.cuh"
 #include "common/warp_reduce.cuh"
 #include "knn_loss/knn_loss_checks.h"
@@ -145,7 +146,6 @@ __global__ void __launch_bounds__(kBlock)
   }
 }
 
-at::ScalarType acc_dtype(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
 
 std::tuple<at::Tensor, at::Tensor> knn_loss_cuda(const at::Tensor& student, const at::Tensor& teacher,
                                                  const at::Tensor& queue, int64_t k) {

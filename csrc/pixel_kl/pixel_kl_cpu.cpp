@@ -35,7 +35,6 @@ namespace {
 namespace km = pixel_kl_math;
 constexpr int64_t kTile = 128;
 
-at::ScalarType acc_dtype(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
 
 // Per-thread scratch for one tile: log-probabilities and probabilities of both inputs + per-pixel terms.
 template <typename acc_t>

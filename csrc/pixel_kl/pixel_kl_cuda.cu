@@ -149,7 +149,6 @@ __global__ void __launch_bounds__(cuda::kThreads)
   }
 }
 
-at::ScalarType acc_dtype(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
 
 std::tuple<at::Tensor, at::Tensor> pixel_kl_cuda(const at::Tensor& logits_a, const at::Tensor& logits_b,
                                                  const std::optional<at::Tensor>& mask, bool symmetric) {

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "common/cosine_math.h"
+#include "common/tensor_utils.h"
 #include "common/embedding_checks.h"
 #include "similarity_kl/similarity_kl_math.h"
 
@@ -27,7 +28,6 @@ namespace {
 namespace sk = similarity_kl_math;
 namespace cm = cosine_math;
 
-at::ScalarType acc_dtype(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
 
 template <typename acc_t>
 std::vector<acc_t> squared_norms(const at::Tensor& x) {

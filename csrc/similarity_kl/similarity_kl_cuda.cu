@@ -15,6 +15,7 @@
 #include <torch/library.h>
 
 #include "common/cosine_math.h"
+#include "common/tensor_utils.h"
 #include "common/cuda_utils.cuh"
 #include "common/embedding_checks.h"
 #include "common/warp_reduce.cuh"
@@ -145,7 +146,6 @@ __global__ void __launch_bounds__(kBlock)
   }
 }
 
-at::ScalarType acc_dtype(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
 
 void check_taus(const char* op, double tau_s, double tau_t) {
   TORCH_CHECK_VALUE(tau_s > 0 && tau_t > 0, op, ": temperatures must be positive, got tau_student=", tau_s,
