@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .intensity import cutmix, random_contrast_brightness
+from .intensity import apply_cutmix, cutmix, cutmix_boxes, random_contrast_brightness
 from .spatial import SpatialTransform, integrate_velocity, random_affine, random_transform
 
 
@@ -51,4 +51,4 @@ def strong(x: torch.Tensor, y: torch.Tensor | None, gen: torch.Generator, cfg: A
 
 
 __all__ = ["AugmentConfig", "weak", "strong", "SpatialTransform", "random_transform", "random_affine",
-           "integrate_velocity", "cutmix", "random_contrast_brightness"]
+           "integrate_velocity", "cutmix", "cutmix_boxes", "apply_cutmix", "random_contrast_brightness"]

@@ -73,6 +73,10 @@ class SpatialTransform:
     def inverse(self) -> "SpatialTransform":
         return SpatialTransform(self.affine, self.disp, self.inv_disp, not self.inverted)
 
+    def __getitem__(self, index: slice) -> "SpatialTransform":
+        """The transforms of a sub-batch (e.g. ``t[:bl]`` for the labeled half)."""
+        return SpatialTransform(self.affine[index], self.disp[index], self.inv_disp[index], self.inverted)
+
     def to(self, device: torch.device | str) -> "SpatialTransform":
         return SpatialTransform(self.affine.to(device), self.disp.to(device), self.inv_disp.to(device), self.inverted)
 

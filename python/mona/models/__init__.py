@@ -60,5 +60,20 @@ class MonaNet(nn.Module):
         return {k: v.detach().cpu() for k, v in self.unet.state_dict().items()}
 
 
-__all__ = ["UNet", "UNetOutput", "MonaNet", "ModelOutput", "RepresentationHead", "GlobalProjectionHead",
+def build_model(meta: dict, heads: tuple[str, ...] = ()) -> MonaNet:
+    """The one model builder (training, checkpoint loading, inference).
+
+    ``meta``: the model metadata stored in every checkpoint (:func:`mona.train.checkpoint.model_meta`):
+    ``num_classes``, ``channels``, ``dropout`` and optionally ``embed_dim``, ``rep_stride``.
+    ``heads``: training-only heads to add (inference uses none).
+    """
+    try:
+        return MonaNet(int(meta["num_classes"]), channels=tuple(meta["channels"]), dropout=tuple(meta["dropout"]),
+                       heads=tuple(heads), embed_dim=int(meta.get("embed_dim", 512)),
+                       rep_stride=int(meta.get("rep_stride", 1)))
+    except KeyError as err:
+        raise ValueError(f"model metadata lacks {err} (got keys {sorted(meta)})") from None
+
+
+__all__ = ["build_model", "UNet", "UNetOutput", "MonaNet", "ModelOutput", "RepresentationHead", "GlobalProjectionHead",
            "Predictor", "LocalProjectionHead"]

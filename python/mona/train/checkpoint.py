@@ -1,6 +1,11 @@
 """Checkpoints: written atomically (temporary file + ``os.replace``), holding everything needed to
-resume exactly (model, optimiser, scheduler, AMP scaler, iteration, all RNG states, sampler state)
-and the metadata inference needs (classes, input size, normalisation, model config).
+resume exactly and the metadata inference needs (classes, input size, normalisation, model config).
+
+A training checkpoint (``mona-checkpoint-v2``) stores ``objects``: the state of every named stateful
+object of the run (student, teacher, optimiser, scheduler, scaler, samplers, banks, queues, every
+``torch.Generator``), produced by :func:`state_of` from the same dictionary that :func:`restore`
+loads it into, so nothing can be saved and forgotten on load (or the reverse). ``model`` is the
+student's state (what :func:`load_model` reads).
 
 ``export_inference`` writes the UNet weights only (training heads excluded) + that metadata.
 """
@@ -16,9 +21,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..models import MonaNet
+from ..models import MonaNet, build_model
 
-FORMAT = "mona-checkpoint-v1"
+FORMAT = "mona-checkpoint-v2"
+OLD_FORMATS = ("mona-checkpoint-v1",)     # supervised checkpoints of mona 0.1: loadable for inference
 INFERENCE_FORMAT = "mona-inference-v1"
 
 
@@ -50,9 +56,36 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def model_meta(num_classes: int, class_names: list[str], size: int, normalisation: dict, channels, dropout) -> dict:
+def model_meta(num_classes: int, class_names: list[str], size: int, normalisation: dict, channels, dropout,
+               embed_dim: int = 512, rep_stride: int = 1, label_values: list[int] | None = None) -> dict:
+    """What :func:`mona.models.build_model` and inference need to rebuild the network."""
     return {"num_classes": num_classes, "class_names": list(class_names), "size": int(size),
-            "normalisation": dict(normalisation), "channels": list(channels), "dropout": list(dropout)}
+            "normalisation": dict(normalisation), "channels": list(channels), "dropout": list(dropout),
+            "embed_dim": int(embed_dim), "rep_stride": int(rep_stride), "label_values": label_values}
+
+
+def state_of(obj: Any) -> Any:
+    """The saved state of one stateful object: ``get_state()`` of a ``torch.Generator``, else ``state_dict()``."""
+    if isinstance(obj, torch.Generator):
+        return obj.get_state()
+    return obj.state_dict()
+
+
+def states_of(objects: dict[str, Any]) -> dict[str, Any]:
+    return {name: state_of(obj) for name, obj in objects.items()}
+
+
+def restore(objects: dict[str, Any], states: dict[str, Any], source: str | Path) -> None:
+    """Load ``states`` (from :func:`states_of`) into ``objects``; the two key sets must be equal."""
+    missing, extra = sorted(set(objects) - set(states)), sorted(set(states) - set(objects))
+    if missing or extra:
+        raise ValueError(f"checkpoint {source}: its stateful objects do not match this run (missing {missing}, "
+                         f"unexpected {extra}); was it written by another method or version?")
+    for name, obj in objects.items():
+        if isinstance(obj, torch.Generator):
+            obj.set_state(states[name])
+        else:
+            obj.load_state_dict(states[name])
 
 
 def export_inference(model: MonaNet, meta: dict, path: str | Path) -> None:
@@ -68,7 +101,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         ck = torch.load(p, map_location=map_location, weights_only=False)
     except Exception as err:
         raise ValueError(f"checkpoint {p}: unreadable ({type(err).__name__}: {err})") from err
-    if not isinstance(ck, dict) or ck.get("format") not in (FORMAT, INFERENCE_FORMAT):
+    if not isinstance(ck, dict) or ck.get("format") not in (FORMAT, INFERENCE_FORMAT, *OLD_FORMATS):
         raise ValueError(f"checkpoint {p}: not a mona checkpoint (format {ck.get('format') if isinstance(ck, dict) else type(ck)})")
     return ck
 
@@ -77,10 +110,13 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Mo
     """A model for inference (heads dropped) from a training checkpoint or an exported model. Returns (model, meta)."""
     ck = load_checkpoint(path)
     meta = ck["meta"]
-    model = MonaNet(meta["num_classes"], channels=tuple(meta["channels"]), dropout=tuple(meta["dropout"]))
-    if ck["format"] == INFERENCE_FORMAT:
-        state = ck["unet"]
-    else:
-        state = {k[len("unet."):]: v for k, v in ck["model"].items() if k.startswith("unet.")}
-    model.unet.load_state_dict(state)
+    model = build_model(meta)
+    model.unet.load_state_dict(unet_state(ck))
     return model.to(device).eval(), meta
+
+
+def unet_state(ck: dict) -> dict[str, torch.Tensor]:
+    """The UNet weights of a loaded training checkpoint or exported model."""
+    if ck["format"] == INFERENCE_FORMAT:
+        return ck["unet"]
+    return {k[len("unet."):]: v for k, v in ck["model"].items() if k.startswith("unet.")}

@@ -1,8 +1,10 @@
 """Training configuration: dataclasses, loaded from YAML with ``key=value`` overrides.
 
-``method`` selects the training procedure; this package implements ``supervised`` (the UNet-L /
-UNet-F baseline). The MONA stages (``glcon``, ``acr``) will add their own sections; unknown keys
-are an error, never ignored.
+``method`` selects the training procedure (``mona.train.methods``): ``supervised`` (the UNet-L /
+UNet-F baseline), ``glcon`` (stage 1, global + local relational pre-training) and ``mona`` (stage 2,
+anatomical contrastive reconstruction fine-tuning; with ``pretrain_iterations > 0`` one command runs
+the GLCon stage first). Each method reads its own section (``glcon:``, ``mona:``); unknown keys are
+an error, never ignored.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ import yaml
 
 from ..augment import AugmentConfig
 
-METHODS = ("supervised",)
+METHODS = ("supervised", "glcon", "mona")
+IMPLS = ("ext", "reference")
+NEGATIVE_SOURCES = ("batch", "bank", "both")
 
 
 @dataclass
@@ -25,14 +29,16 @@ class DataConfig:
     labeled_patients: int | None = None   # whole labeled patients (first n of the train split) ...
     labeled_ratio: float | None = None    # ... or a ratio of the train patients (ACDC: 0.01/0.05/0.1 -> 1/3/7)
     batch_size: int = 12                  # the paper's 6 is labeled + unlabeled halves; supervised uses all labeled
-    labeled_bs: int | None = None         # None: = batch_size (supervised)
+    labeled_bs: int | None = None         # labeled half; None: batch_size (supervised) or batch_size // 2
+    labeled_list: str | None = None       # a file of labeled patient ids / patient_slice_K entries
 
 
 @dataclass
 class ModelConfig:
     channels: tuple[int, ...] = (16, 32, 64, 128, 256)
     dropout: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3, 0.5)
-    heads: tuple[str, ...] = ()           # training-only heads: representation, global, local
+    embed_dim: int = 512                  # projection / representation embedding dimension
+    rep_stride: int = 1                   # representation head output stride (1: full resolution)
 
 
 @dataclass
@@ -44,6 +50,40 @@ class OptimConfig:
     step_size: int = 2500
     gamma: float = 0.1
     poly_power: float = 0.9
+
+
+@dataclass
+class GLConConfig:
+    """Stage 1 (GLCon): ISD-style relational KL, global (bottleneck) + local (decoder crops)."""
+    mined_views: int = 36                 # unlabeled views per step for the teacher; = queue size
+    tau_student: float = 0.1
+    tau_teacher: float = 0.01
+    local_crops: int = 36                 # crops per step (over the batch), same location in student/teacher
+    local_crop_size: int = 64             # at a 256-px input; scaled with the input size
+    global_weight: float = 1.0
+    local_weight: float = 1.0
+    sup_weight: float = 1.0
+
+
+@dataclass
+class MonaConfig:
+    """Stage 2 (ACR fine-tuning): L_sup + 0.01 L_contrast + L_eqv + L_unsup + L_nn (a weight 0 skips the term)."""
+    sup_weight: float = 1.0
+    contrast_weight: float = 0.01
+    eqv_weight: float = 1.0
+    unsup_weight: float = 1.0
+    nn_weight: float = 1.0
+    temperature: float = 0.5
+    num_queries: int = 256
+    num_negatives: int = 512
+    strong_threshold: float = 0.97        # easy/hard query split and the L_unsup image weight
+    weak_threshold: float = 0.7           # teacher confidence for a valid pseudo-label pixel
+    negatives: str = "both"               # batch | bank | both
+    bank_size: int = 2048                 # keys per class in the ClassMemoryBank
+    bank_push_per_class: int = 256        # capped random subset of confident teacher keys per class and step
+    knn_k: int = 5
+    knn_queue: int = 36                   # FIFO of teacher global embeddings (the paper's 36)
+    eqv_symmetric: bool = True
 
 
 @dataclass
@@ -60,18 +100,72 @@ class TrainConfig:
     threads: int | None = None            # torch CPU threads (None: torch default)
     dice_weight: float = 0.5              # loss = dice_weight * Dice + ce_weight * CE
     ce_weight: float = 0.5
+    ema_decay: float = 0.99               # teacher = EMA of the student (glcon, mona)
+    impl: str = "ext"                     # ext: fused mona_ext ops; reference: plain PyTorch (mona_ext.reference)
+    init_from: str | None = None          # checkpoint whose student weights initialise this run (stage 1 -> 2)
+    pretrain_iterations: int = 0          # mona: run a glcon stage of this length first (out_dir/pretrain_glcon)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    glcon: GLConConfig = field(default_factory=GLConConfig)
+    mona: MonaConfig = field(default_factory=MonaConfig)
 
     def validate(self) -> None:
         if self.method not in METHODS:
-            raise ValueError(f"config: method must be one of {METHODS} (MONA stages come later), got {self.method!r}")
+            raise ValueError(f"config: method must be one of {METHODS}, got {self.method!r}")
+        if self.impl not in IMPLS:
+            raise ValueError(f"config: impl must be one of {IMPLS}, got {self.impl!r}")
         if not self.data.cache:
             raise ValueError("config: data.cache is required (a directory written by `mona prepare`)")
-        if (self.data.labeled_patients is None) == (self.data.labeled_ratio is None):
-            raise ValueError("config: set exactly one of data.labeled_patients and data.labeled_ratio")
+        given = [k for k in ("labeled_patients", "labeled_ratio", "labeled_list") if getattr(self.data, k) is not None]
+        if len(given) > 1:
+            raise ValueError(f"config: set at most one of data.labeled_patients, data.labeled_ratio and "
+                             f"data.labeled_list, got {['data.' + g for g in given]}")
+        if self.method == "supervised" and self.data.labeled_bs not in (None, self.data.batch_size):
+            raise ValueError("config: supervised training uses labeled slices only; leave data.labeled_bs unset")
+        if self.method != "supervised":
+            lbs = self.labeled_bs
+            if not 0 < lbs < self.data.batch_size:
+                raise ValueError(f"config: {self.method} needs a labeled and an unlabeled half: data.labeled_bs must be "
+                                 f"in 1..{self.data.batch_size - 1} (data.batch_size - 1), got {lbs}")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"config: ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.pretrain_iterations < 0 or (self.pretrain_iterations and self.method != "mona"):
+            raise ValueError("config: pretrain_iterations (>= 0) applies to method: mona only")
+        if self.pretrain_iterations and self.init_from:
+            raise ValueError("config: give either pretrain_iterations (run stage 1 here) or init_from (a stage-1 "
+                             "checkpoint), not both")
+        m, g = self.mona, self.glcon
+        if m.negatives not in NEGATIVE_SOURCES:
+            raise ValueError(f"config: mona.negatives must be one of {NEGATIVE_SOURCES}, got {m.negatives!r}")
+        for key, val in (("mona.temperature", m.temperature), ("glcon.tau_student", g.tau_student),
+                         ("glcon.tau_teacher", g.tau_teacher)):
+            if val <= 0:
+                raise ValueError(f"config: {key} must be > 0, got {val}")
+        for key, val in (("mona.num_queries", m.num_queries), ("mona.num_negatives", m.num_negatives),
+                         ("mona.bank_size", m.bank_size), ("mona.bank_push_per_class", m.bank_push_per_class),
+                         ("mona.knn_k", m.knn_k), ("mona.knn_queue", m.knn_queue), ("glcon.mined_views", g.mined_views),
+                         ("glcon.local_crops", g.local_crops), ("glcon.local_crop_size", g.local_crop_size),
+                         ("model.embed_dim", self.model.embed_dim)):
+            if val <= 0:
+                raise ValueError(f"config: {key} must be > 0, got {val}")
+        if g.mined_views < 2:
+            raise ValueError(f"config: glcon.mined_views must be >= 2 (the teacher's heads normalise over them), "
+                             f"got {g.mined_views}")
+        if m.knn_k > m.knn_queue:
+            raise ValueError(f"config: mona.knn_k ({m.knn_k}) must be <= mona.knn_queue ({m.knn_queue})")
+        for key in ("sup_weight", "contrast_weight", "eqv_weight", "unsup_weight", "nn_weight"):
+            if getattr(m, key) < 0:
+                raise ValueError(f"config: mona.{key} must be >= 0, got {getattr(m, key)}")
+        for key in ("global_weight", "local_weight", "sup_weight"):
+            if getattr(g, key) < 0:
+                raise ValueError(f"config: glcon.{key} must be >= 0, got {getattr(g, key)}")
+        for key in ("strong_threshold", "weak_threshold"):
+            if not 0 <= getattr(m, key) <= 1:
+                raise ValueError(f"config: mona.{key} must be in [0, 1], got {getattr(m, key)}")
+        if self.model.rep_stride not in (1, 2, 4, 8):
+            raise ValueError(f"config: model.rep_stride must be 1, 2, 4 or 8, got {self.model.rep_stride}")
         if self.optim.schedule not in ("step", "poly"):
             raise ValueError(f"config: optim.schedule must be 'step' or 'poly', got {self.optim.schedule!r}")
         for name in ("iterations", "val_every", "log_every", "checkpoint_every"):
@@ -79,6 +173,13 @@ class TrainConfig:
                 raise ValueError(f"config: {name} must be > 0, got {getattr(self, name)}")
         if self.data.batch_size <= 0:
             raise ValueError(f"config: data.batch_size must be > 0, got {self.data.batch_size}")
+
+    @property
+    def labeled_bs(self) -> int:
+        """Labeled slices per batch: ``data.labeled_bs``, else all (supervised) or half (semi-supervised)."""
+        if self.data.labeled_bs is not None:
+            return self.data.labeled_bs
+        return self.data.batch_size if self.method == "supervised" else max(1, self.data.batch_size // 2)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -1,10 +1,13 @@
-"""The supervised training loop (the paper's UNet-L / UNet-F baseline).
+"""The generic training loop; the method (``supervised``, ``glcon``, ``mona``) is an object.
 
-Each iteration draws a batch of labeled slices (sampler driven by a checkpointed generator),
-applies the weak augmentation on the device, and takes an SGD step on Dice + CE. Every
-``val_every`` iterations the model is validated (volume Dice on the val split of the cache);
-the best mean foreground Dice is kept as ``best.pt``. ``last.pt`` is written every
-``checkpoint_every`` iterations and at the end; ``--resume`` continues from it exactly.
+:func:`setup` builds a run (device, seeds, data, the method, the named stateful objects, logging)
+and :func:`train_one_iteration` is one step: draw a labeled + unlabeled batch (sampler driven by a
+checkpointed generator), ``method.step`` (forward + losses), backward, optimiser + schedule step,
+``method.after_step`` (EMA teacher, bank / queue pushes). Every ``val_every`` iterations the student
+is validated (volume Dice on the val split of the cache); the best mean foreground Dice is kept as
+``best.pt``. ``last.pt`` is written every ``checkpoint_every`` iterations and at the end; ``--resume``
+continues from it exactly (bit-identical on CPU): the checkpoint holds the state of every object in
+one dictionary (``Run.objects``), which is also what a resume restores.
 
 Outputs in ``out_dir``: ``config.yaml``, ``metrics.jsonl`` (train and val records), ``train_log.csv``,
 ``val_log.csv``, ``last.pt``, ``best.pt``, ``model.pt`` (inference weights), TensorBoard events
@@ -24,16 +27,15 @@ import numpy as np
 import torch
 import yaml
 
-from ..augment import weak
 from ..data.dataset import SliceCache
+from ..data.labeled import LabeledSplit, labeled_split
 from ..data.sampler import LabeledUnlabeledSampler
-from ..data.splits import labeled_unlabeled
 from ..eval.metrics import dice
-from ..models import MonaNet
-from .checkpoint import (FORMAT, atomic_torch_save, export_inference, load_checkpoint, model_meta, rng_state,
-                         set_rng_state)
+from ..models import MonaNet, build_model
+from .checkpoint import (FORMAT, atomic_torch_save, export_inference, load_checkpoint, model_meta, restore,
+                         rng_state, set_rng_state, states_of)
 from .config import TrainConfig, config_from_dict
-from .losses import supervised_loss
+from .methods import METHOD_CLASSES, Batch, Method, RunContext
 
 log = logging.getLogger("mona.train")
 
@@ -48,14 +50,6 @@ def select_device(spec: str) -> torch.device:
     return dev
 
 
-def make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
-    o = cfg.optim
-    if o.schedule == "step":
-        return torch.optim.lr_scheduler.LambdaLR(opt, lambda it: o.gamma ** (it // o.step_size))
-    total = cfg.iterations
-    return torch.optim.lr_scheduler.LambdaLR(opt, lambda it: max(0.0, 1 - it / total) ** o.poly_power)
-
-
 @dataclass
 class TrainResult:
     out_dir: Path
@@ -64,6 +58,7 @@ class TrainResult:
     best_dice: float = float("nan")
     best_iteration: int = -1
     seconds: float = 0.0
+    has_validation: bool = True             # False: no val patients, best.pt is the final model
 
 
 @torch.no_grad()
@@ -133,138 +128,176 @@ class _Logger:
             self.tb.close()
 
 
-def train(cfg: TrainConfig, *, resume: str | Path | None = None, progress: bool = True,
-          stop_after: int | None = None) -> TrainResult:
-    """Run (or resume) supervised training. ``stop_after``: stop once this iteration is reached,
-    writing ``last.pt`` as an interruption would (for tests and time-boxed runs)."""
-    from tqdm import tqdm
+# keys a resumed run may change: the length of the run and bookkeeping, never what it computes
+RESUMABLE_KEYS = ("iterations", "val_every", "log_every", "checkpoint_every", "out_dir", "device", "threads")
 
+
+@dataclass
+class Run:
+    """Everything one training run holds. ``objects``: every stateful object by name, the single
+    source of what a checkpoint saves and what a resume restores."""
+
+    cfg: TrainConfig
+    device: torch.device
+    out: Path
+    cache: SliceCache
+    split: LabeledSplit
+    method: Method
+    sampler: LabeledUnlabeledSampler
+    meta: dict
+    val_cases: list[int]
+    logger: "_Logger"
+    objects: dict
+    start: int = 0
+    best: float = -1.0
+    best_iteration: int = -1
+    t0: float = field(default_factory=time.time)
+
+    def checkpoint(self, it: int) -> dict:
+        return {"format": FORMAT, "iteration": it, "method": self.cfg.method, "config": self.cfg.to_dict(),
+                "meta": self.meta, "model": self.method.student.state_dict(), "objects": states_of(self.objects),
+                "rng": rng_state(), "best_dice": self.best, "best_iteration": self.best_iteration,
+                "labeled_patients": self.split.labeled_patients}
+
+
+def _seed_everything(seed: int) -> None:
+    import random
+
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+def setup(cfg: TrainConfig, *, resume: str | Path | None = None) -> Run:
+    """Build the run: config (the checkpoint's on resume), device, data, method, objects, logs."""
     cfg.validate()
-    t0 = time.time()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    device = select_device(cfg.device)
-    out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    cache = SliceCache(cfg.data.cache)
-
     ck = None
     if resume is not None:
         ck = load_checkpoint(resume)
         if ck["format"] != FORMAT:
-            raise ValueError(f"--resume {resume}: an exported inference model cannot be resumed; use last.pt")
+            raise ValueError(f"--resume {resume}: {ck['format']} is not a resumable training checkpoint "
+                             f"({FORMAT}); use the run's last.pt")
         saved = config_from_dict(ck["config"])
-        # the run is defined by the saved config; only the length and bookkeeping may change
-        for k in ("iterations", "val_every", "log_every", "checkpoint_every", "out_dir", "device", "threads"):
+        for k in RESUMABLE_KEYS:  # the run is defined by the saved config
             setattr(saved, k, getattr(cfg, k))
         cfg = saved
-
-    train_patients = cache.splits["train"]
-    if not train_patients:
-        raise ValueError(f"{cache.root}: the train split is empty")
-    labeled_p, _unlabeled_p = labeled_unlabeled(train_patients, labeled_patients=cfg.data.labeled_patients,
-                                                labeled_ratio=cfg.data.labeled_ratio)
-    slices = cache.slice_refs(cache.cases_of_patients(labeled_p))
+        cfg.validate()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = select_device(cfg.device)
+    cache = SliceCache(cfg.data.cache)
+    split = labeled_split(cache, labeled_patients=cfg.data.labeled_patients, labeled_ratio=cfg.data.labeled_ratio,
+                          labeled_list=cfg.data.labeled_list)
+    if cfg.method != "supervised" and not split.unlabeled:
+        raise ValueError(f"method {cfg.method!r} needs unlabeled slices, but every train slice of {cache.root} is "
+                         f"labeled ({split.description}); label fewer patients or use method: supervised")
     val_cases = cache.cases_of_patients(cache.splits["val"]) if cache.splits["val"] else []
-    labeled_bs = cfg.data.labeled_bs or cfg.data.batch_size
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
 
-    torch.manual_seed(cfg.seed)
-    np.random.seed(cfg.seed % 2**32)
-    import random
-    random.seed(cfg.seed)
-    model = MonaNet(cache.num_classes, channels=cfg.model.channels, dropout=cfg.model.dropout,
-                    heads=cfg.model.heads).to(device)
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
-                          weight_decay=cfg.optim.weight_decay)
-    sched = make_scheduler(opt, cfg)
-    use_amp = cfg.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    _seed_everything(cfg.seed)
+    meta = model_meta(cache.num_classes, cache.class_names, cache.size, cache.manifest["normalisation"],
+                      cfg.model.channels, cfg.model.dropout, cfg.model.embed_dim, cfg.model.rep_stride,
+                      cache.manifest.get("label_values"))
+    method = METHOD_CLASSES[cfg.method](RunContext(cfg, device, cache, split, meta, resuming=ck is not None))
     sample_gen = torch.Generator().manual_seed(cfg.seed + 1)
-    aug_gen = torch.Generator().manual_seed(cfg.seed + 2)
-    sampler = LabeledUnlabeledSampler(list(range(len(slices))), [], labeled_bs, labeled_bs, sample_gen)
-    meta = model_meta(cache.num_classes, cache.class_names, cache.size,
-                      cache.manifest["normalisation"], cfg.model.channels, cfg.model.dropout)
-    meta["label_values"] = cache.manifest.get("label_values")
+    labeled_bs = cfg.labeled_bs
+    sampler = LabeledUnlabeledSampler(list(range(len(split.labeled))), list(range(len(split.unlabeled))),
+                                      cfg.data.batch_size, labeled_bs, sample_gen)
+    objects = {**method.stateful(), "sampler": sampler, "generator.sample": sample_gen}
 
-    start, best, best_it = 0, -1.0, -1
+    run = Run(cfg, device, out, cache, split, method, sampler, meta, val_cases, None, objects)  # type: ignore[arg-type]
     if ck is not None:
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["scheduler"])
-        scaler.load_state_dict(ck["scaler"])
-        sample_gen.set_state(ck["generators"]["sample"])
-        aug_gen.set_state(ck["generators"]["augment"])
-        sampler.load_state_dict(ck["sampler"])
+        restore(objects, ck["objects"], resume)
         set_rng_state(ck["rng"])
-        start, best, best_it = ck["iteration"], ck["best_dice"], ck["best_iteration"]
-        _truncate_logs(out, start)
-        log.info("resumed from %s at iteration %d", resume, start)
+        run.start, run.best, run.best_iteration = ck["iteration"], ck["best_dice"], ck["best_iteration"]
+        _truncate_logs(out, run.start)
+        log.info("resumed %s from %s at iteration %d", cfg.method, resume, run.start)
     else:
         for name in ("metrics.jsonl", "train_log.csv", "val_log.csv"):
             (out / name).unlink(missing_ok=True)
     (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    logger = _Logger(out)
+    run.logger = _Logger(out)
+    log.info("%s: %s; batch %d (%d labeled + %d unlabeled); device %s; impl %s", cfg.method, split.description,
+             cfg.data.batch_size, labeled_bs, cfg.data.batch_size - labeled_bs if cfg.method != "supervised" else 0,
+             device, cfg.impl)
+    return run
 
-    def state(it: int) -> dict:
-        return {"format": FORMAT, "iteration": it, "config": cfg.to_dict(), "meta": meta,
-                "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                "scaler": scaler.state_dict(), "rng": rng_state(),
-                "generators": {"sample": sample_gen.get_state(), "augment": aug_gen.get_state()},
-                "sampler": sampler.state_dict(), "best_dice": best, "best_iteration": best_it,
-                "labeled_patients": labeled_p}
 
-    result = TrainResult(out, start)
+def next_batch(run: Run) -> Batch:
+    lab_ids, unl_ids = run.sampler.next_batch()
+    x_l, y_l = run.cache.load_batch([run.split.labeled[i] for i in lab_ids])
+    if unl_ids:
+        x_u, _ = run.cache.load_batch([run.split.unlabeled[i] for i in unl_ids])
+    else:
+        x_u = x_l.new_empty((0, *x_l.shape[1:]))
+    dev = run.device
+    return Batch(x_l.to(dev, non_blocking=True), y_l.to(dev, non_blocking=True), x_u.to(dev, non_blocking=True))
+
+
+def train_one_iteration(run: Run) -> tuple[float, dict[str, float], float]:
+    """One optimiser step. Returns (loss, parts, lr used)."""
+    m = run.method
+    loss, parts = m.step(next_batch(run))
+    m.optimizer.zero_grad(set_to_none=True)
+    m.scaler.scale(loss).backward()
+    m.scaler.step(m.optimizer)
+    m.scaler.update()
+    lr = m.optimizer.param_groups[0]["lr"]
+    m.scheduler.step()
+    m.after_step()
+    return float(loss.detach()), parts, lr
+
+
+def train(cfg: TrainConfig, *, resume: str | Path | None = None, progress: bool = True,
+          stop_after: int | None = None) -> TrainResult:
+    """Run (or resume) training with ``cfg.method``. ``stop_after``: stop once this iteration is reached,
+    writing ``last.pt`` as an interruption would (for tests and time-boxed runs)."""
+    from tqdm import tqdm
+
+    run = setup(cfg, resume=resume)
+    cfg = run.cfg
+    result = TrainResult(run.out, run.start)
     end = cfg.iterations if stop_after is None else min(cfg.iterations, stop_after)
-    model.train()
-    bar = tqdm(total=cfg.iterations, initial=start, desc="train", disable=not progress, unit="it")
-    it = start
+    run.method.student.train()
+    bar = tqdm(total=cfg.iterations, initial=run.start, desc=f"train {cfg.method}", disable=not progress, unit="it")
+    it = run.start
     try:
         while it < end:
-            ids, _ = sampler.next_batch()
-            x, y = cache.load_batch([slices[i] for i in ids])
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            x, y = weak(x, y, aug_gen, cfg.augment)
-            with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                logits = model(x, with_heads=False).logits
-            loss, parts = supervised_loss(logits, y, cfg.dice_weight, cfg.ce_weight)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            lr = opt.param_groups[0]["lr"]
-            sched.step()
+            lv, parts, lr = train_one_iteration(run)
             it += 1
-            lv = float(loss.detach())
             if not np.isfinite(lv):
-                raise FloatingPointError(f"training diverged: loss {lv} at iteration {it}")
+                raise FloatingPointError(f"training diverged: loss {lv} at iteration {it} (terms: {parts})")
             result.losses.append(lv)
             bar.update(1)
             if it % cfg.log_every == 0 or it == end:
-                logger.write("train", {"iteration": it, "loss": lv, **parts, "lr": lr,
-                                       "elapsed_s": round(time.time() - t0, 2)})
+                # a fixed set of columns: a term not computed this step (e.g. L_nn before its queue
+                # holds k entries) is logged as empty / null, never shifting the CSV columns
+                terms = {k: parts.get(k) for k in run.method.terms()}
+                run.logger.write("train", {"iteration": it, "loss": lv, **terms, "lr": lr,
+                                           "elapsed_s": round(time.time() - run.t0, 2)})
                 bar.set_postfix(loss=f"{lv:.4f}", lr=f"{lr:.2e}")
-            if val_cases and (it % cfg.val_every == 0 or it == cfg.iterations):
-                v = validate(model, cache, val_cases, device)
-                logger.write("val", {"iteration": it, **v})
-                if v["mean_dice"] > best:
-                    best, best_it = v["mean_dice"], it
-                    atomic_torch_save(state(it), out / "best.pt")
-                bar.set_postfix(loss=f"{lv:.4f}", val_dice=f"{v['mean_dice']:.3f}", best=f"{best:.3f}")
+            if run.val_cases and (it % cfg.val_every == 0 or it == cfg.iterations):
+                v = validate(run.method.student, run.cache, run.val_cases, run.device)
+                run.logger.write("val", {"iteration": it, **v})
+                if v["mean_dice"] > run.best:
+                    run.best, run.best_iteration = v["mean_dice"], it
+                    atomic_torch_save(run.checkpoint(it), run.out / "best.pt")
+                bar.set_postfix(loss=f"{lv:.4f}", val_dice=f"{v['mean_dice']:.3f}", best=f"{run.best:.3f}")
             if it % cfg.checkpoint_every == 0 or it == end:
-                atomic_torch_save(state(it), out / "last.pt")
+                atomic_torch_save(run.checkpoint(it), run.out / "last.pt")
     finally:
         bar.close()
-        logger.close()
+        run.logger.close()
     if it >= cfg.iterations:
-        if not val_cases:
-            log.warning("no validation patients in %s: best.pt is the final model", cache.root)
-            best_it = it
-            atomic_torch_save(state(it), out / "best.pt")
-        best_ck = load_checkpoint(out / "best.pt")
-        best_model = MonaNet(cache.num_classes, channels=cfg.model.channels, dropout=cfg.model.dropout,
-                             heads=cfg.model.heads)
-        best_model.load_state_dict(best_ck["model"])
-        export_inference(best_model, meta, out / "model.pt")
-    result.iteration, result.best_dice, result.best_iteration = it, best, best_it
-    result.seconds = time.time() - t0
+        if not run.val_cases:
+            log.warning("no validation patients in %s: best.pt is the final model", run.cache.root)
+            run.best_iteration = it
+            atomic_torch_save(run.checkpoint(it), run.out / "best.pt")
+        best_model = build_model(run.meta, run.method.heads(cfg))
+        best_model.load_state_dict(load_checkpoint(run.out / "best.pt")["model"])
+        export_inference(best_model, run.meta, run.out / "model.pt")
+    result.iteration, result.best_dice, result.best_iteration = it, run.best, run.best_iteration
+    result.has_validation = bool(run.val_cases)
+    result.seconds = time.time() - run.t0
     return result

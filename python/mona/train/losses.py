@@ -1,6 +1,10 @@
-"""Supervised segmentation losses."""
+"""Training losses: supervised Dice + CE, the confidence-weighted pseudo-label CE, and the switch
+between the fused ops and their plain-PyTorch references (config ``impl``)."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -23,3 +27,55 @@ def supervised_loss(logits: torch.Tensor, target: torch.Tensor, dice_weight: flo
     ce = F.cross_entropy(logits.float(), target.long())
     dl = soft_dice_loss(logits, target)
     return dice_weight * dl + ce_weight * ce, {"ce": float(ce.detach()), "dice_loss": float(dl.detach())}
+
+
+def confidence_weighted_ce(logits: torch.Tensor, pseudo: torch.Tensor, confidence: torch.Tensor,
+                           threshold: float) -> torch.Tensor:
+    """L_unsup: cross-entropy against teacher pseudo-labels, each image weighted by its fraction of
+    pixels with teacher confidence >= ``threshold`` (ReCo / MONA practice).
+
+    logits ``[B, C, H, W]``, pseudo int ``[B, H, W]``, confidence ``[B, H, W]``; returns a scalar
+    ``mean_b(w_b * mean_pixels(CE_b))``.
+    """
+    ce = F.cross_entropy(logits.float(), pseudo.long(), reduction="none")      # [B, H, W]
+    weight = (confidence >= threshold).float().mean(dim=(1, 2))                # [B]
+    return (ce.mean(dim=(1, 2)) * weight).mean()
+
+
+@dataclass(frozen=True)
+class LossImpl:
+    """The four MONA losses from one implementation: ``ext`` (the fused ``mona_ext`` ops) or
+    ``reference`` (plain PyTorch, ``mona_ext.reference``); same arguments, same semantics.
+
+    contrast(features, labels, num_classes, *, valid, prob, strong_threshold, temperature, num_queries,
+    num_negatives, key_features, bank, negatives, generator); pixel_kl(a, b, mask, symmetric);
+    similarity_kl(student, teacher, queue, tau_student, tau_teacher); knn(student, teacher, queue, k).
+    """
+
+    name: str
+    contrast: Callable[..., torch.Tensor]
+    pixel_kl: Callable[..., torch.Tensor]
+    similarity_kl: Callable[..., torch.Tensor]
+    knn: Callable[..., torch.Tensor]
+
+
+def loss_impl(name: str) -> LossImpl:
+    """``ext`` or ``reference`` (config key ``impl``)."""
+    import mona_ext
+    from mona_ext import reference
+
+    if name == "ext":
+        def contrast(features, labels, num_classes, *, bank, **kw):
+            return mona_ext.contrast_loss(features, labels, num_classes, bank=bank, **kw)
+        return LossImpl("ext", contrast, mona_ext.pixel_kl, mona_ext.similarity_kl, mona_ext.knn_loss)
+    if name == "reference":
+        def contrast_ref(features, labels, num_classes, *, valid=None, prob=None, strong_threshold=0.97,
+                         temperature=0.5, num_queries=256, num_negatives=512, key_features=None, bank=None,
+                         negatives="batch", generator=None):
+            storage, fill = (bank.storage, bank.fill) if bank is not None else (None, None)
+            return reference.contrast_loss_vectorised(
+                features, labels, num_classes, valid, prob, strong_threshold, temperature, num_queries,
+                num_negatives, generator, key_features=key_features, bank=storage, bank_fill=fill,
+                negatives=negatives)
+        return LossImpl("reference", contrast_ref, reference.pixel_kl, reference.similarity_kl, reference.knn_loss)
+    raise ValueError(f"impl must be 'ext' or 'reference', got {name!r}")

@@ -1,0 +1,12 @@
+"""Training methods: one class per ``method`` value of the config (see :mod:`.base` for the protocol)."""
+
+from __future__ import annotations
+
+from .base import Batch, Method, RunContext, load_init_weights
+from .glcon import GLCon
+from .mona import Mona
+from .supervised import Supervised
+
+METHOD_CLASSES: dict[str, type[Method]] = {"supervised": Supervised, "glcon": GLCon, "mona": Mona}
+
+__all__ = ["Batch", "Method", "RunContext", "METHOD_CLASSES", "Supervised", "GLCon", "Mona", "load_init_weights"]

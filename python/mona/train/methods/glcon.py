@@ -1,0 +1,115 @@
+"""``method: glcon`` -- stage 1, GLCon pre-training (global + local relational distillation, ISD-style).
+
+Per step, with B = labeled half + unlabeled half of the batch:
+
+* one weak geometric transform T per image; the teacher sees ``T(x)`` (weak view), the student the
+  same geometry with random contrast / brightness (strong view). Sharing the geometry is what makes
+  "crops at the same location" of the two decoder outputs the same anatomy;
+* ``glcon.mined_views`` unlabeled slices (weakly augmented) go through the teacher only: their global
+  embeddings fill the global queue and one random crop of each fills the local queue (FIFO
+  ``mona_ext.FeatureQueue`` of that size, so the queue holds this step's mined views);
+* global: bottleneck -> projection head (+ predictor on the student) ->
+  ``similarity_kl(student, teacher, queue, tau_student, tau_teacher)``;
+* local: ``glcon.local_crops`` random square crops (``local_crop_size`` at 256 px, scaled to the input)
+  at the same places of the student's and the teacher's finest decoder map, one vector per crop from
+  the local head, the same KL against the local queue (one vector per crop, not the public code's
+  49-wide reshape);
+* ``+ L_sup`` (Dice + CE) on the labeled half.
+"""
+
+from __future__ import annotations
+
+import torch
+
+import mona_ext
+
+from ...augment import random_contrast_brightness, random_transform, weak
+from ...data.sampler import EpochShuffler
+from ..config import TrainConfig
+from ..losses import supervised_loss
+from .base import Batch, Method, RunContext
+
+
+def crop_boxes(n: int, batch: int, size: int, crop: int, gen: torch.Generator) -> torch.Tensor:
+    """``[n, 3]`` int64 (image index, top, left) of ``crop x crop`` boxes inside ``size x size`` images."""
+    u = torch.rand(n, 3, generator=gen, dtype=torch.float64)
+    room = size - crop + 1
+    return torch.stack([(u[:, 0] * batch).long(), (u[:, 1] * room).long(), (u[:, 2] * room).long()], 1)
+
+
+def take_crops(fmap: torch.Tensor, boxes: torch.Tensor, crop: int) -> torch.Tensor:
+    """``fmap [B, C, H, W]`` -> ``[n, C, crop, crop]`` at ``boxes`` (from :func:`crop_boxes`)."""
+    return torch.stack([fmap[b, :, t:t + crop, l:l + crop] for b, t, l in boxes.tolist()])
+
+
+class GLCon(Method):
+    name = "glcon"
+    uses_teacher = True
+
+    def heads(self, cfg: TrainConfig) -> tuple[str, ...]:
+        return ("global", "local")
+
+    def __init__(self, ctx: RunContext):
+        super().__init__(ctx)
+        g, dim = self.cfg.glcon, self.cfg.model.embed_dim
+        self.queue_global = mona_ext.FeatureQueue(g.mined_views, dim, device=self.device)
+        self.queue_local = mona_ext.FeatureQueue(g.mined_views, dim, device=self.device)
+        # mined views: the unlabeled slices (all train slices when every slice is labeled)
+        self.pool = ctx.split.unlabeled or ctx.split.labeled
+        self.method_gen = torch.Generator().manual_seed(self.cfg.seed + 3)
+        self.mined = EpochShuffler(len(self.pool), self.method_gen)
+        size = ctx.cache.size
+        self.crop = max(1, min(size, round(g.local_crop_size * size / 256)))
+
+    def terms(self) -> tuple[str, ...]:
+        g = self.cfg.glcon
+        return tuple(n for n, w in (("global", g.global_weight), ("local", g.local_weight)) if w > 0) + (
+            ("sup", "ce", "dice_loss") if g.sup_weight > 0 else ())
+
+    def stateful(self):
+        return {**super().stateful(), "queue.global": self.queue_global, "queue.local": self.queue_local,
+                "sampler.mined": self.mined, "generator.method": self.method_gen}
+
+    def step(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        cfg, g, a = self.cfg, self.cfg.glcon, self.cfg.augment
+        bl = batch.x_l.shape[0]
+        x = torch.cat([batch.x_l, batch.x_u])
+        b, _, h, w = x.shape
+        t = random_transform(b, h, w, self.aug_gen, rotate_deg=a.rotate_deg, flip=a.flip, scale=a.crop_scale,
+                             device=x.device)
+        x_weak, y_l = t.apply_image(x), t[:bl].apply_label(batch.y_l)
+        x_strong = random_contrast_brightness(x_weak, self.aug_gen, contrast=a.contrast, brightness=a.brightness)
+        mined = [self.pool[i] for i in self.mined.take(g.mined_views)]
+        x_mined, _ = self.ctx.cache.load_batch(mined)
+        x_mined, _ = weak(x_mined.to(self.device), None, self.aug_gen, a)
+        mined_boxes = crop_boxes(len(mined), len(mined), h, self.crop, self.method_gen)
+        mined_boxes[:, 0] = torch.arange(len(mined))
+        boxes = crop_boxes(g.local_crops, b, h, self.crop, self.method_gen)
+
+        with self.autocast():
+            with torch.no_grad():
+                tm = self.teacher(x_mined)
+                self.queue_global.push(tm.global_proj.float())
+                self.queue_local.push(self.teacher.heads["local"](take_crops(tm.unet.decoder[-1], mined_boxes,
+                                                                             self.crop)).float())
+                tv = self.teacher(x_weak)
+                t_local = self.teacher.heads["local"](take_crops(tv.unet.decoder[-1], boxes, self.crop)).float()
+            sv = self.student(x_strong)
+            s_local = self.student.heads["local"](take_crops(sv.unet.decoder[-1], boxes, self.crop)).float()
+        L = self.losses
+        loss = x.new_zeros(())
+        parts: dict[str, float] = {}
+        if g.global_weight > 0:
+            lg = L.similarity_kl(sv.global_pred.float(), tv.global_proj.float(), self.queue_global.filled(),
+                                 g.tau_student, g.tau_teacher)
+            loss = loss + g.global_weight * lg
+            parts["global"] = float(lg.detach())
+        if g.local_weight > 0:
+            ll = L.similarity_kl(s_local, t_local, self.queue_local.filled(), g.tau_student, g.tau_teacher)
+            loss = loss + g.local_weight * ll
+            parts["local"] = float(ll.detach())
+        if g.sup_weight > 0:
+            ls, sup_parts = supervised_loss(sv.logits[:bl], y_l, cfg.dice_weight, cfg.ce_weight)
+            loss = loss + g.sup_weight * ls
+            parts.update(sup=float(ls.detach()), **sup_parts)
+        return loss, parts

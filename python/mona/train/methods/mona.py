@@ -1,0 +1,157 @@
+"""``method: mona`` -- stage 2, anatomical contrastive reconstruction (ACR) fine-tuning.
+
+``L = sup_weight L_sup + contrast_weight L_contrast + eqv_weight L_eqv + unsup_weight L_unsup + nn_weight L_nn``
+(paper: 1, 0.01, 1, 1, 1); a weight of 0 skips the term, its head and its bank/queue entirely.
+
+Per step (B = labeled half bl + unlabeled half bu):
+
+1. One weak geometric transform T_w per image: ``x_w = T_w(x)``, labels ``T_w(y)``. The EMA teacher
+   sees ``x_w``: pseudo-labels, confidences, representation keys and global embeddings.
+2. Student input: ``x_w`` with random contrast / brightness, and CutMix inside the unlabeled half,
+   applied consistently to the images, the pseudo-labels, the confidences and the teacher keys.
+   (The paper's diffeomorphic deformation enters through L_eqv's transform, below.)
+3. L_sup: Dice + CE on the labeled half.
+   L_unsup: CE against the mixed pseudo-labels, each image weighted by its fraction of pixels with
+   teacher confidence >= strong_threshold (0.97).
+   L_contrast: ``contrast_loss`` on the student's representation map (channels-last), labels = ground
+   truth (labeled half) and pseudo-labels (unlabeled half; valid where confidence >= weak_threshold,
+   0.7), ``prob`` = student probabilities for the hard/easy split, keys from the teacher's
+   representation map, negatives from the batch and a ``ClassMemoryBank`` that receives a capped random
+   subset of valid teacher keys per class after every step.
+   L_eqv: a random T (affine + diffeomorphic deformation): ``pixel_kl(T(F(x)), F(T(x)), mask=valid(T),
+   symmetric)`` on both halves (one extra student forward on ``T(x)``).
+   L_nn: ``knn_loss(student global (predictor), teacher global, queue, k)``; the teacher global
+   embeddings enter a FIFO ``FeatureQueue`` after each step (skipped until it holds k entries).
+"""
+
+from __future__ import annotations
+
+import torch
+
+import mona_ext
+
+from ...augment import apply_cutmix, cutmix_boxes, random_contrast_brightness, random_transform
+from ..config import TrainConfig
+from ..losses import confidence_weighted_ce, supervised_loss
+from .base import Batch, Method, RunContext
+
+
+def _subsample(t: torch.Tensor, stride: int) -> torch.Tensor:
+    """A ``[..., H, W]`` map at the pixel centres of a stride-``stride`` grid (the representation map's)."""
+    return t if stride == 1 else t[..., stride // 2::stride, stride // 2::stride]
+
+
+class Mona(Method):
+    name = "mona"
+    uses_teacher = True
+
+    def heads(self, cfg: TrainConfig) -> tuple[str, ...]:
+        m = cfg.mona
+        return (("representation",) if m.contrast_weight > 0 else ()) + (("global",) if m.nn_weight > 0 else ())
+
+    def __init__(self, ctx: RunContext):
+        super().__init__(ctx)
+        m, dim, dev = self.cfg.mona, self.cfg.model.embed_dim, self.device
+        self.bank = None
+        if m.contrast_weight > 0 and m.negatives != "batch":
+            self.bank = mona_ext.ClassMemoryBank(self.num_classes, m.bank_size, dim, device=dev,
+                                                 cap_per_push=m.bank_push_per_class)
+        self.queue = mona_ext.FeatureQueue(m.knn_queue, dim, device=dev) if m.nn_weight > 0 else None
+        # the contrastive sampler draws on the features' device (Philox on CUDA)
+        self.contrast_gen = torch.Generator(device=dev).manual_seed(self.cfg.seed + 4)
+        self.push_gen = torch.Generator(device=dev).manual_seed(self.cfg.seed + 5)
+        self._pending: dict[str, torch.Tensor] = {}
+
+    def terms(self) -> tuple[str, ...]:
+        m = self.cfg.mona
+        out = ("sup", "ce", "dice_loss") if m.sup_weight > 0 else ()
+        return out + tuple(n for n, w in (("unsup", m.unsup_weight), ("contrast", m.contrast_weight),
+                                          ("eqv", m.eqv_weight), ("nn", m.nn_weight)) if w > 0)
+
+    def stateful(self):
+        objs = {**super().stateful(), "generator.contrast": self.contrast_gen, "generator.push": self.push_gen}
+        if self.bank is not None:
+            objs["bank"] = self.bank
+        if self.queue is not None:
+            objs["queue.knn"] = self.queue
+        return objs
+
+    def step(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        cfg, m, a = self.cfg, self.cfg.mona, self.cfg.augment
+        bl = batch.x_l.shape[0]
+        x = torch.cat([batch.x_l, batch.x_u])
+        b, _, h, w = x.shape
+        t_weak = random_transform(b, h, w, self.aug_gen, rotate_deg=a.rotate_deg, flip=a.flip, scale=a.crop_scale,
+                                  device=x.device)
+        x_weak, y_l = t_weak.apply_image(x), t_weak[:bl].apply_label(batch.y_l)
+        with torch.no_grad(), self.autocast():
+            tv = self.teacher(x_weak)
+        prob_t = torch.softmax(tv.logits[bl:].float(), dim=1)
+        conf, pseudo = prob_t.max(dim=1)                                       # [bu, H, W]
+        x_s = random_contrast_brightness(x_weak, self.aug_gen, contrast=a.contrast, brightness=a.brightness)
+        perm, box = cutmix_boxes(b - bl, h, w, self.aug_gen, prob=a.cutmix_prob, area=a.cutmix_area,
+                                 device=x.device)
+        x_s = torch.cat([x_s[:bl], apply_cutmix(x_s[bl:], perm, box)])
+        pseudo, conf = apply_cutmix(pseudo, perm, box), apply_cutmix(conf, perm, box)
+        t_eqv = None
+        if m.eqv_weight > 0:  # drawn here so the RNG order does not depend on the other weights
+            t_eqv = random_transform(b, h, w, self.aug_gen, rotate_deg=a.rotate_deg, flip=a.flip, scale=a.crop_scale,
+                                     deform=a.deform, deform_control=a.deform_control, device=x.device)
+
+        with self.autocast():
+            sv = self.student(x_s)
+        logits = sv.logits.float()
+        L = self.losses
+        loss = logits.new_zeros(())
+        parts: dict[str, float] = {}
+        if m.sup_weight > 0:
+            ls, sup_parts = supervised_loss(logits[:bl], y_l, cfg.dice_weight, cfg.ce_weight)
+            loss = loss + m.sup_weight * ls
+            parts.update(sup=float(ls.detach()), **sup_parts)
+        if m.unsup_weight > 0:
+            lu = confidence_weighted_ce(logits[bl:], pseudo, conf, m.strong_threshold)
+            loss = loss + m.unsup_weight * lu
+            parts["unsup"] = float(lu.detach())
+        if m.contrast_weight > 0:
+            stride = cfg.model.rep_stride
+            labels = torch.cat([_subsample(y_l, stride), _subsample(pseudo, stride)])
+            valid = torch.cat([torch.ones_like(_subsample(y_l, stride), dtype=torch.bool),
+                               _subsample(conf, stride) >= m.weak_threshold])
+            prob = _subsample(torch.softmax(logits.detach(), dim=1), stride)
+            keys_t = tv.embedding.float()
+            keys = torch.cat([keys_t[:bl], apply_cutmix(keys_t[bl:], perm, box)]).contiguous(
+                memory_format=torch.channels_last)
+            lc = L.contrast(sv.embedding.float(), labels, self.num_classes, valid=valid, prob=prob,
+                            strong_threshold=m.strong_threshold, temperature=m.temperature,
+                            num_queries=m.num_queries, num_negatives=m.num_negatives, key_features=keys,
+                            bank=self.bank, negatives=m.negatives, generator=self.contrast_gen)
+            loss = loss + m.contrast_weight * lc
+            parts["contrast"] = float(lc.detach())
+            if self.bank is not None:
+                # [N, D] rows of the channels-last key map: a view, no copy
+                self._pending["bank"] = (keys.permute(0, 2, 3, 1).reshape(-1, keys.shape[1]), labels.reshape(-1),
+                                         valid.reshape(-1))
+        if t_eqv is not None:
+            with self.autocast():
+                logits_t = self.student(t_eqv.apply_image(x_s), with_heads=False).logits.float()
+            le = L.pixel_kl(t_eqv.apply_image(logits), logits_t, t_eqv.valid_mask(), m.eqv_symmetric)
+            loss = loss + m.eqv_weight * le
+            parts["eqv"] = float(le.detach())
+        if self.queue is not None:
+            teacher_global = tv.global_proj.float()
+            if int(self.queue.fill) >= m.knn_k:
+                ln = L.knn(sv.global_pred.float(), teacher_global, self.queue.filled(), m.knn_k)
+                loss = loss + m.nn_weight * ln
+                parts["nn"] = float(ln.detach())
+            self._pending["queue"] = teacher_global
+        return loss, parts
+
+    def after_step(self) -> None:
+        """EMA update, then the pushes (after backward: the losses read the bank / queue in place)."""
+        super().after_step()
+        if "bank" in self._pending:
+            keys, labels, valid = self._pending["bank"]
+            self.bank.push(keys, labels, valid, generator=self.push_gen)
+        if "queue" in self._pending:
+            self.queue.push(self._pending["queue"])
+        self._pending.clear()
