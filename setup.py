@@ -191,7 +191,7 @@ setup(
     packages=find_packages(include=["mona_ext", "mona_ext.*"])
     + find_packages(where="python", include=["mona", "mona.*"]),
     package_dir={"mona": "python/mona"},
-    package_data={"mona": ["data/splits/acdc/*.list", "configs/*.yaml"]},
+    package_data={"mona": ["data/splits/*/*.list", "data/splits/README.md", "configs/*.yaml"]},
     ext_modules=ext_modules,
     cmdclass=_cmdclass(),
     options={"bdist_wheel": {"py_limited_api": "cp39"}},

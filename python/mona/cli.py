@@ -62,14 +62,28 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
 def _cmd_prepare(args: argparse.Namespace) -> int:
     from .data.prepare import prepare
+    from .data.readers import DataError
 
+    class_names = None
+    if args.class_names is not None:
+        class_names = [n.strip() for n in args.class_names.split(",")]
+        if args.dataset != "folder":
+            raise DataError(f"--class-names applies to the folder layout only, not {args.dataset}")
     r = prepare(args.dataset, args.raw_dir, args.out_dir, size=args.size, seed=args.seed,
-                num_classes=args.num_classes, modality=args.modality, progress=not args.no_progress)
+                num_classes=args.num_classes, modality=args.modality, progress=not args.no_progress,
+                splits_dir=args.splits, class_names=class_names)
     n_slices = sum(c["n_slices"] for c in r.manifest["cases"])
     sp = r.manifest["splits"]
     print(f"{args.out_dir}: {len(r.manifest['cases'])} volumes, {n_slices} slices at {args.size}x{args.size} "
           f"({len(r.processed)} processed, {len(r.skipped)} already up to date); patients "
           f"train/val/test = {len(sp['train'])}/{len(sp['val'])}/{len(sp['test'])}")
+    if args.dataset == "folder":
+        print(f"  classes: {', '.join(r.manifest['class_names'])}")
+    for note in r.notes:
+        print(f"  {note}")
+    lists = r.manifest.get("labeled_lists") or {}
+    if lists:
+        print(f"  labeled lists for data.labeled_ratio: {', '.join(sorted(lists, key=float))} (the MONA authors')")
     return 0
 
 
@@ -197,8 +211,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("raw_dir", metavar="RAW_DIR")
     p.add_argument("out_dir", metavar="OUT_DIR")
     p.add_argument("--size", type=int, default=256, help="slice size (default 256)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random patient split (LiTS/MMWHS/folder)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the random patient split (folder, MMWHS-MR; LiTS/MMWHS-CT use the authors' lists)")
+    p.add_argument("--splits", default=None, metavar="DIR",
+                   help="your own split lists: DIR/train.list, DIR/test.list, optional val.list and labeled.list "
+                        "(one patient id per line; labeled.list may also name CASE_slice_K)")
     p.add_argument("--num-classes", type=int, default=None, help="folder layout: number of classes incl. background")
+    p.add_argument("--class-names", default=None, metavar="NAMES",
+                   help="folder layout: comma-separated class names incl. background, e.g. bg,liver,tumour "
+                        "(implies --num-classes)")
     p.add_argument("--modality", choices=["MR", "CT"], default="MR", help="folder layout: MR (min-max) or CT (HU window)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(handler=_cmd_prepare)

@@ -1,4 +1,5 @@
-"""prepare: normalisation, resizing, idempotence, resumability, no valid-looking half-written cache."""
+"""prepare: normalisation, resizing, idempotence, resumability, no valid-looking half-written cache;
+split sources (authors' lists, random, --splits) and folder class names."""
 
 from __future__ import annotations
 
@@ -96,13 +97,86 @@ def test_label_resize_is_nearest():
     assert out.shape == (2, 64, 64) and set(np.unique(out)) <= {0, 2, 3}
 
 
-def test_lits_prepare_uses_seeded_patient_split(tmp_path):
+def _lits_raw(root, numbers):
     rng = np.random.default_rng(0)
-    for n in range(8):
-        write_nifti(tmp_path / "raw" / f"volume-{n}.nii", rng.integers(-500, 500, (16, 16, 2)).astype(np.int16))
-        write_nifti(tmp_path / "raw" / f"segmentation-{n}.nii", rng.integers(0, 3, (16, 16, 2)).astype(np.uint8))
-    a = prepare("lits", tmp_path / "raw", tmp_path / "a", size=16, seed=3, progress=False).manifest["splits"]
-    b = prepare("lits", tmp_path / "raw", tmp_path / "b", size=16, seed=3, progress=False).manifest["splits"]
-    assert a == b and len(a["test"]) == round(8 * 31 / 131) and not set(a["test"]) & set(a["train"])
-    man = json.loads((tmp_path / "a" / "manifest.json").read_text())
-    assert man["normalisation"] == {"kind": "hu_window", "low": -200.0, "high": 250.0}
+    for n in numbers:
+        write_nifti(root / f"volume-{n}.nii", rng.integers(-500, 500, (16, 16, 2)).astype(np.int16))
+        write_nifti(root / f"segmentation-{n}.nii", rng.integers(0, 3, (16, 16, 2)).astype(np.uint8))
+    return root
+
+
+def test_lits_prepare_uses_the_authors_lists(tmp_path):
+    raw = _lits_raw(tmp_path / "raw", (0, 2, 3, 100, 130))  # case0001, 0003, 0004 train; case0101, 0131 test
+    r = prepare("lits", raw, tmp_path / "a", size=16, seed=3, progress=False)
+    a = r.manifest["splits"]
+    assert a == {"train": ["volume-2", "volume-0", "volume-3"], "val": [], "test": ["volume-100", "volume-130"]}
+    assert r.manifest["split_source"] == "the MONA authors' lists (mona/data/splits/lits)"
+    assert r.manifest["labeled_lists"]["0.01"] == ["volume-2"]
+    assert any("5 of the 131 listed volumes are present" in n for n in r.notes)
+    # the seed does not matter for listed volumes; the manifest is rewritten only if something changed
+    man = tmp_path / "a" / "manifest.json"
+    before = man.stat().st_mtime_ns
+    again = prepare("lits", raw, tmp_path / "a", size=16, seed=7, progress=False)
+    assert again.manifest["splits"] == a and again.processed == []
+    assert json.loads(man.read_text())["seed"] == 7 and man.stat().st_mtime_ns != before
+    assert json.loads(man.read_text())["normalisation"] == {"kind": "hu_window", "low": -200.0, "high": 250.0}
+
+
+def test_lits_unlisted_volume_is_an_error_before_processing(tmp_path):
+    raw = _lits_raw(tmp_path / "raw", (0, 131, 140))
+    with pytest.raises(DataError, match=r"volume-131, volume-140 are in neither train_all\.list nor test\.list"
+                                        r".*--splits DIR"):
+        prepare("lits", raw, tmp_path / "c", size=16, progress=False)
+    assert not (tmp_path / "c").exists()
+
+
+def test_folder_random_split_and_class_names(tmp_path):
+    rng = np.random.default_rng(0)
+    for n in "abcdefgh":
+        write_nifti(tmp_path / "raw" / "images" / f"{n}.nii.gz", rng.normal(0, 1, (8, 8, 2)).astype(np.float32))
+        write_nifti(tmp_path / "raw" / "labels" / f"{n}.nii.gz", rng.integers(0, 3, (8, 8, 2)).astype(np.uint8))
+    raw = tmp_path / "raw"
+    r = prepare("folder", raw, tmp_path / "a", size=16, seed=3, class_names=["bg", "liver", "tumour"], progress=False)
+    m = r.manifest
+    assert m["class_names"] == ["bg", "liver", "tumour"] and m["num_classes"] == 3
+    assert len(m["splits"]["test"]) == 2 and m["split_source"] == "seeded random split by patient (seed 3)"
+    assert SliceCache(tmp_path / "a").class_names == ["bg", "liver", "tumour"]
+    b = prepare("folder", raw, tmp_path / "b", size=16, seed=3, num_classes=3, progress=False).manifest
+    assert b["splits"] == m["splits"] and b["class_names"] == ["background", "class1", "class2"]
+    with pytest.raises(DataError, match=r"--class-names gives 3 names \(bg, liver, tumour\) but --num-classes is 4"):
+        prepare("folder", raw, tmp_path / "c", size=16, num_classes=4, class_names=["bg", "liver", "tumour"],
+                progress=False)
+    with pytest.raises(DataError, match="--class-names repeats liver"):
+        prepare("folder", raw, tmp_path / "c", size=16, class_names=["bg", "liver", "liver"], progress=False)
+    with pytest.raises(DataError, match="--num-classes \\(or --class-names\\) is required"):
+        prepare("folder", raw, tmp_path / "c", size=16, progress=False)
+    with pytest.raises(DataError, match="--class-names applies to the folder layout only"):
+        prepare("lits", raw, tmp_path / "c", size=16, class_names=["bg", "liver", "tumour"], progress=False)
+    # labels outside the named classes are caught, naming the file and the class names
+    with pytest.raises(DataError, match=r"label values \[2\] outside the declared classes 0\.\.1 \(bg, fg\)"):
+        prepare("folder", raw, tmp_path / "c", size=16, class_names=["bg", "fg"], progress=False)
+
+
+def test_cli_prepare_class_names_and_splits(tmp_path, capsys):
+    from mona.cli import main
+
+    rng = np.random.default_rng(0)
+    for n in "abcd":
+        write_nifti(tmp_path / "raw" / "images" / f"{n}.nii.gz", rng.normal(0, 1, (8, 8, 2)).astype(np.float32))
+        write_nifti(tmp_path / "raw" / "labels" / f"{n}.nii.gz", rng.integers(0, 3, (8, 8, 2)).astype(np.uint8))
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    (lists / "train.list").write_text("a\nb\n")
+    (lists / "val.list").write_text("c\n")
+    (lists / "test.list").write_text("d\n")
+    args = ["prepare", "folder", str(tmp_path / "raw"), str(tmp_path / "c"), "--size", "16", "--no-progress"]
+    assert main(args + ["--class-names", "bg, liver ,tumour", "--splits", str(lists)]) == 0
+    out = capsys.readouterr().out
+    assert "train/val/test = 2/1/1" in out and "classes: bg, liver, tumour" in out and "user lists" in out
+    (lists / "test.list").write_text("d\nb\n")
+    assert main(args + ["--num-classes", "3", "--splits", str(lists)]) == 1
+    assert "test.list: line 2: patient 'b' is also in train.list" in capsys.readouterr().err
+    assert main(args + ["--num-classes", "2", "--class-names", "bg,liver,tumour"]) == 1
+    assert "--num-classes is 2" in capsys.readouterr().err
+    assert main(["prepare", "lits", str(tmp_path / "raw"), str(tmp_path / "l"), "--class-names", "a,b"]) == 1
+    assert "--class-names applies to the folder layout only" in capsys.readouterr().err

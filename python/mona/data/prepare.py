@@ -17,16 +17,16 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .readers import READERS, SPECS, CaseRecord, DataError, DatasetSpec, folder_spec, load_case
-from .splits import split_patients
+from .splits import LABELED_LIST_FILES, plan_splits, resolve_labeled_names, shipped_list_path
 
 CACHE_VERSION = 1
 MANIFEST = "manifest.json"
@@ -97,13 +97,15 @@ class PrepareResult:
     processed: list[str]
     skipped: list[str]
     manifest: dict
+    notes: list[str] = field(default_factory=list)  # lines for the summary (split source, restricted lists, ...)
 
 
-def resolve_spec(dataset: str, num_classes: int | None = None, modality: str = "MR") -> DatasetSpec:
+def resolve_spec(dataset: str, num_classes: int | None = None, modality: str = "MR",
+                 class_names: Sequence[str] | None = None) -> DatasetSpec:
     if dataset == "folder":
-        if num_classes is None:
-            raise DataError("folder: --num-classes is required for the generic layout")
-        return folder_spec(num_classes, modality)
+        return folder_spec(num_classes, modality, class_names)
+    if class_names is not None:
+        raise DataError(f"--class-names applies to the folder layout only; {dataset} has fixed classes")
     if dataset not in SPECS:
         raise DataError(f"unknown dataset {dataset!r}; choose one of {sorted(READERS)}")
     return SPECS[dataset]
@@ -111,18 +113,31 @@ def resolve_spec(dataset: str, num_classes: int | None = None, modality: str = "
 
 def prepare(dataset: str, raw_dir: str | Path, out_dir: str | Path, *, size: int = 256, seed: int = 0,
             num_classes: int | None = None, modality: str = "MR", progress: bool = True,
+            splits_dir: str | Path | None = None, class_names: Sequence[str] | None = None,
             _after_volume: Callable[[str], None] | None = None) -> PrepareResult:
     """Build (or complete, or verify) the slice cache of ``dataset`` read from ``raw_dir``.
 
-    ``seed`` drives the random patient split of LiTS/MMWHS/folder (ACDC uses the shipped lists).
+    Splits (see :func:`mona.data.splits.plan_splits`): ``splits_dir`` (the user's ``train.list`` /
+    ``test.list`` / optional ``val.list`` / ``labeled.list``) for any dataset; otherwise ACDC: the
+    shipped SSL4MIS lists; LiTS / MMWHS-CT: the MONA authors' lists (restricted to the volumes
+    present); folder / MMWHS-MR: a random split seeded by ``seed``. The split is checked before any
+    volume is processed. ``class_names``: folder layout only (implies ``num_classes``).
     ``_after_volume`` is a test hook called after each volume is committed.
+
+    Manifest fields about splits: ``splits`` (patients per split), ``split_source`` (one line),
+    ``labeled_lists`` (labeled_ratio key ``"0.01"``/``"0.05"``/``"0.1"`` -> entries of the authors'
+    list, restricted to this cache), ``labeled_lists_absent`` (key -> listed names left out),
+    ``default_labeled`` (``{"source": labeled.list, "entries": [...]}`` or None). Entries: a patient
+    id, ``{"case": id}`` or ``{"case": id, "slices": [k, ...]}``.
     """
     from tqdm import tqdm
 
     if size < 16:
         raise ValueError(f"prepare: size must be >= 16, got {size}")
-    spec = resolve_spec(dataset, num_classes, modality)
+    spec = resolve_spec(dataset, num_classes, modality, class_names)
     records: list[CaseRecord] = READERS[dataset](raw_dir)
+    plan = plan_splits(dataset, sorted({r.patient_id for r in records}), seed=seed, splits_dir=splits_dir,
+                       case_patient={r.case_id: r.patient_id for r in records})
     out = Path(out_dir)
     vol_dir = out / "volumes"
     vol_dir.mkdir(parents=True, exist_ok=True)
@@ -161,10 +176,28 @@ def prepare(dataset: str, raw_dir: str | Path, out_dir: str | Path, *, size: int
         cases.append(meta)
         if _after_volume is not None:
             _after_volume(rec.case_id)
-    patients = sorted({c["patient_id"] for c in cases})
-    splits = split_patients(dataset, patients, seed=seed)
+    notes = [f"split: {plan.source}", *plan.notes]
+    labeled_lists, labeled_absent = {}, {k: list(v) for k, v in plan.labeled_absent.items()}
+    for key, names in plan.labeled_names.items():
+        entries, problems = resolve_labeled_names([(None, n) for n in names], cases, plan.splits["train"], dataset,
+                                                  shipped_list_path(dataset, LABELED_LIST_FILES[key]), strict=False)
+        for name, why in problems:
+            notes.append(f"{LABELED_LIST_FILES[key]}.list: left out {name} ({why})")
+            labeled_absent.setdefault(key, []).append(name)
+        if entries:
+            labeled_lists[key] = entries
+    default_labeled = None
+    if plan.default_labeled is not None:
+        src, lines = plan.default_labeled
+        if not lines:
+            raise DataError(f"{src}: the labeled list names no patient or slice (delete it or fill it)")
+        entries, _ = resolve_labeled_names(lines, cases, plan.splits["train"], dataset, src)
+        default_labeled = {"source": src, "entries": entries}
+        notes.append(f"default labeled list: {src}")
     manifest = {**options, "raw_dir": os.path.abspath(str(raw_dir)), "seed": seed,
-                "modality": spec.modality, "num_classes": spec.num_classes, "splits": splits,
+                "modality": spec.modality, "num_classes": spec.num_classes, "splits": plan.splits,
+                "split_source": plan.source, "labeled_lists": labeled_lists, "labeled_lists_absent": labeled_absent,
+                "default_labeled": default_labeled,
                 "cases": [{k: c[k] for k in ("case_id", "patient_id", "image_path", "label_path", "extra", "spacing",
                                              "shape", "affine", "n_slices", "class_voxels", "sources")}
                           for c in cases]}
@@ -177,4 +210,4 @@ def prepare(dataset: str, raw_dir: str | Path, out_dir: str | Path, *, size: int
             old_manifest = None
     if old_manifest != manifest:
         atomic_write_json(man_path, manifest)
-    return PrepareResult(out, processed, skipped, manifest)
+    return PrepareResult(out, processed, skipped, manifest, notes)

@@ -168,7 +168,11 @@ def read_acdc(raw_dir: str | Path) -> list[CaseRecord]:
 
 
 def read_lits(raw_dir: str | Path) -> list[CaseRecord]:
-    """LiTS layout: ``volume-N.nii`` + ``segmentation-N.nii`` (optionally ``.nii.gz``), any subfolders."""
+    """LiTS layout: ``volume-N.nii`` + ``segmentation-N.nii`` (optionally ``.nii.gz``), any subfolders.
+
+    case_id = patient_id = ``volume-N``. The MONA authors' split lists name the volumes ``caseNNNN``
+    (1..131); they map to ``volume-N`` with N = NNNN - 1 (see :mod:`mona.data.splits`).
+    """
     raw = _require_dir(raw_dir, "lits")
     images: dict[int, Path] = {}
     labels: dict[int, Path] = {}
@@ -188,7 +192,11 @@ def read_lits(raw_dir: str | Path) -> list[CaseRecord]:
 
 
 def read_mmwhs(raw_dir: str | Path) -> list[CaseRecord]:
-    """MMWHS layout: ``*_image.nii(.gz)`` + ``*_label.nii(.gz)`` (e.g. ``mr_train_1001_image.nii.gz``)."""
+    """MMWHS layout: ``*_image.nii(.gz)`` + ``*_label.nii(.gz)`` (e.g. ``mr_train_1001_image.nii.gz``).
+
+    case_id = patient_id = the name before ``_image`` (``ct_train_1001``, ``mr_train_1001``): the
+    names of the MONA authors' lists (CT only). CT and MR use the same spec (labels, min-max).
+    """
     return _read_suffix_pairs(raw_dir, "mmwhs", "_image", "_label")
 
 
@@ -238,14 +246,32 @@ def read_folder(raw_dir: str | Path) -> list[CaseRecord]:
 READERS = {"acdc": read_acdc, "lits": read_lits, "mmwhs": read_mmwhs, "folder": read_folder}
 
 
-def folder_spec(num_classes: int, modality: str = "MR") -> DatasetSpec:
-    """Spec for the generic layout: classes named ``class0..``, labels used as they are."""
+def folder_spec(num_classes: int | None, modality: str = "MR", class_names=None) -> DatasetSpec:
+    """Spec for the generic layout; labels are used as they are (class indices 0..C-1).
+
+    ``class_names`` (``--class-names bg,liver,tumour``) names the classes in index order and implies
+    ``num_classes`` (if both are given they must agree); default names: ``background, class1, ...``.
+    """
+    if class_names is not None:
+        names = [str(n).strip() for n in class_names]
+        if any(not n for n in names):
+            raise DataError(f"folder: --class-names {','.join(names)!r} has an empty name")
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise DataError(f"folder: --class-names repeats {', '.join(dup)}")
+        if num_classes is not None and num_classes != len(names):
+            raise DataError(f"folder: --class-names gives {len(names)} names ({', '.join(names)}) but --num-classes "
+                            f"is {num_classes}; they must agree (or omit --num-classes)")
+        num_classes = len(names)
+    if num_classes is None:
+        raise DataError("folder: --num-classes (or --class-names) is required for the generic layout")
     if num_classes < 2:
-        raise DataError(f"folder: num_classes must be >= 2, got {num_classes}")
+        raise DataError(f"folder: num_classes must be >= 2 (background + at least one class), got {num_classes}")
     if modality not in ("MR", "CT"):
         raise DataError(f"folder: modality must be MR or CT, got {modality!r}")
-    return DatasetSpec("folder", tuple(["background"] + [f"class{i}" for i in range(1, num_classes)]), modality,
-                       hu_window=(-200.0, 250.0) if modality == "CT" else None)
+    if class_names is None:
+        names = ["background"] + [f"class{i}" for i in range(1, num_classes)]
+    return DatasetSpec("folder", tuple(names), modality, hu_window=(-200.0, 250.0) if modality == "CT" else None)
 
 
 def load_nifti(path: str):
