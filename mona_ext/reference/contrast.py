@@ -5,8 +5,10 @@
 * ``reco_loss_published``: a faithful re-implementation of the algorithm of ReCo's published
   ``compute_reco_loss`` (boolean-mask copies per class, ``.item()`` syncs, a Categorical draw and
   a per-query Python loop of numpy ``randint`` calls for the negative indices, materialised keys).
-* ``contrast_loss_vectorised``: the same loss written as well-vectorised PyTorch (one permuted
-  copy of the map, argsort pools, ``multinomial`` sampling, ``index_select`` of the keys, ``bmm``).
+* ``contrast_loss_vectorised``: the whole ``contrast_loss`` op (batch / bank / both negatives, teacher
+  key map, hard / all / balanced queries) written as well-vectorised PyTorch (one permuted copy of the
+  map, argsort pools, ``multinomial`` sampling, ``index_select`` of the keys, ``bmm``): the same loss in
+  distribution, the ``impl: reference`` of the training code and the benchmark's baseline.
 """
 
 from __future__ import annotations
@@ -123,37 +125,142 @@ def reco_loss_published(rep, label, mask, prob, strong_threshold=1.0, temp=0.5, 
     return loss / n
 
 
+NEGATIVE_SOURCES = ("batch", "bank", "both")
+QUERY_MODES = ("hard", "all", "balanced")
+
+
+def _uniform_index(u: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+    """``floor(u * n)`` clamped to ``n - 1`` (``contrast_math::uniform_index``: the product in double)."""
+    return torch.minimum((u.double() * n.double()).long(), (n - 1).clamp_min(0))
+
+
+def _query_slots(mode: str, u: torch.Tensor, count: torch.Tensor, hard_count: torch.Tensor) -> torch.Tensor:
+    """Positions of the Q queries of one class in its pool segment ``[hard | easy]``
+    (``contrast_math::query_slot``; the caller only asks for a class that has queries in ``mode``)."""
+    if mode == "hard":
+        return _uniform_index(u, hard_count)
+    if mode == "all":
+        return _uniform_index(u, count)
+    # balanced: the first ceil(Q/2) queries hard, the rest easy; all from one side if the other is empty
+    easy_count = count - hard_count
+    want_hard = torch.arange(u.shape[0], device=u.device) < (u.shape[0] + 1) // 2
+    take_hard = (want_hard & (hard_count > 0)) | (easy_count == 0)
+    return torch.where(take_hard, _uniform_index(u, hard_count), hard_count + _uniform_index(u, easy_count))
+
+
+def _check_labels(labels: torch.Tensor, num_classes: int, ignore_index: int) -> None:
+    lab = labels.reshape(-1)
+    bad = ((lab < 0) | (lab >= num_classes)) & (lab != ignore_index)
+    if bool(bad.any()):
+        raise ValueError(f"contrast_loss_vectorised: labels contain {int(lab[bad][0])}, which is neither in "
+                         f"[0, num_classes={num_classes}) nor ignore_index={ignore_index}")
+
+
 def contrast_loss_vectorised(features, labels, num_classes, valid=None, prob=None, strong_threshold=0.97,
-                             temperature=0.5, num_queries=256, num_negatives=512, generator=None):
-    """The ACF loss (batch negatives, hard queries) as well-vectorised plain PyTorch."""
+                             temperature=0.5, num_queries=256, num_negatives=512, generator=None, *,
+                             key_features=None, bank=None, bank_fill=None, negatives="batch", query_mode="hard",
+                             ignore_index=-1):
+    """The ACF loss of ``mona_ext.contrast_loss`` (same options, same semantics, same sampling
+    distribution) as well-vectorised plain PyTorch: one permuted copy of the map, argsort pools,
+    ``multinomial`` class draws, ``index_select`` of the materialised keys, ``bmm``; one class at a time.
+
+    * prototypes (positive keys) = mean of ``key_features`` (default ``features``, detached) over the
+      valid pixels of each class (``valid`` masks them, ``ignore_index`` / out-of-range labels take no part);
+    * negative classes: class c draws v != c with probability ``softmax_v(cos(g_c, g_v) / temperature)``
+      over the classes that have keys in the source (``negatives``: ``"batch"`` = pixels of v in the batch,
+      ``"bank"`` = filled bank slots of v, ``"both"`` = either); g = the batch prototype, or, with a bank,
+      the mean of the filled bank slots for a class absent from the batch;
+    * a negative key is then uniform over the class's batch pixels followed by its filled bank slots;
+    * queries: ``num_queries`` pixels of ``features`` drawn uniformly with replacement from the class's
+      hard pixels (``prob[c] < strong_threshold``; all pixels hard without ``prob``), all its pixels, or
+      ``"balanced"`` (first ceil(Q/2) hard, the rest easy, one side only if the other is empty);
+    * loss = sum over classes with queries and at least one negative class of the mean cross-entropy,
+      divided by the number of classes present in the batch (a present class without queries counts);
+      no contributing class (e.g. fewer than two classes with keys) -> 0 with a gradient path.
+
+    ``bank`` is ``[C, K, D]`` storage with ``bank_fill`` ``[C]`` (slots ``[0, fill)`` are filled), or a
+    ``mona_ext.ClassMemoryBank``. Randomness from ``generator`` (a different stream than the op's: equal
+    in distribution, not per seed). Gradient to ``features`` only. Float64 in -> float64 loss.
+    """
+    name = "contrast_loss_vectorised"
+    if negatives not in NEGATIVE_SOURCES:
+        raise ValueError(f"{name}: negatives must be one of {NEGATIVE_SOURCES}, got {negatives!r}")
+    if query_mode not in QUERY_MODES:
+        raise ValueError(f"{name}: query_mode must be one of {QUERY_MODES}, got {query_mode!r}")
+    if hasattr(bank, "storage") and hasattr(bank, "fill"):  # a ClassMemoryBank
+        if bank_fill is not None:
+            raise ValueError(f"{name}: pass either a ClassMemoryBank or (bank tensor, bank_fill), not both")
+        bank, bank_fill = bank.storage, bank.fill
+    use_bank = negatives != "batch"
+    if use_bank and (bank is None or bank_fill is None):
+        raise ValueError(f"{name}: negatives={negatives!r} needs bank [C, K, D] and bank_fill [C]")
+    if num_queries <= 0 or num_negatives <= 0:
+        raise ValueError(f"{name}: num_queries and num_negatives must be positive, got {num_queries}, {num_negatives}")
+    if not (temperature > 0 and np.isfinite(temperature)):
+        raise ValueError(f"{name}: temperature must be positive and finite, got {temperature}")
+    if key_features is not None and key_features.shape != features.shape:
+        raise ValueError(f"{name}: key_features must have the features' shape {tuple(features.shape)}, "
+                         f"got {tuple(key_features.shape)}")
     C, Q, M = num_classes, num_queries, num_negatives
     D = features.shape[1]
-    x = _pixels_by_channel(features)                       # permuted copy, differentiable
-    keys = x.detach()
+    acc = _acc(features.dtype)
+    device = features.device
+    _check_labels(labels, C, ignore_index)
+    if use_bank and (bank.dim() != 3 or bank.shape[0] != C or bank.shape[2] != D or bank_fill.shape != (C,)):
+        raise ValueError(f"{name}: bank must be [C, K, D] = [{C}, K, {D}] and bank_fill [{C}], got "
+                         f"{tuple(bank.shape)} and {tuple(bank_fill.shape)}")
+
+    x = _pixels_by_channel(features).to(acc)                       # queries: permuted copy, differentiable
+    keys = x.detach() if key_features is None else _pixels_by_channel(key_features).detach().to(acc)
+    N = x.shape[0]
     offsets, counts, hard_counts, perm = class_pools(labels, C, valid, prob, strong_threshold)
+
+    # prototypes of the key map over the valid pixels
     lab = labels.reshape(-1).long()
     ok = (lab >= 0) & (lab < C)
     if valid is not None:
         ok &= valid.reshape(-1) != 0
     idx = torch.where(ok, lab, torch.zeros_like(lab))
-    sums = torch.zeros(C, D, dtype=keys.dtype, device=keys.device).index_add_(0, idx[ok], keys[ok])
-    protos = sums / counts.clamp_min(1)[:, None].to(sums.dtype)
+    sums = torch.zeros(C, D, dtype=acc, device=device).index_add_(0, idx[ok], keys[ok])
+    protos = sums / counts.clamp_min(1)[:, None].to(acc)
     present = counts > 0
-    normed = F.normalize(protos, dim=1, eps=COS_EPS)
-    graph = (normed @ normed.T) / temperature
-    allowed = present[None, :] & ~torch.eye(C, dtype=torch.bool, device=keys.device)
-    graph = graph.masked_fill(~allowed, float("-inf"))
-    n_present = present.sum().clamp_min(1)
-    loss = x.new_zeros(())
-    for c in range(C):
-        if counts[c] == 0 or hard_counts[c] == 0 or not allowed[c].any():
-            continue
-        q_slot = (torch.rand(Q, generator=generator, device=keys.device) * hard_counts[c]).long()
-        anchors = F.normalize(x[perm[offsets[c] + q_slot]], dim=1, eps=COS_EPS)            # [Q, D]
-        neg_class = torch.multinomial(torch.softmax(graph[c], 0), Q * M, replacement=True, generator=generator)
-        slot = (torch.rand(Q * M, generator=generator, device=keys.device) * counts[neg_class]).long()
-        neg = keys.index_select(0, perm[offsets[neg_class] + slot]).view(Q, M, D)
+
+    # negative source: which classes have keys, how many in the batch / the bank, where the key rows lie
+    in_batch = counts if negatives != "bank" else torch.zeros_like(counts)
+    graph_protos = protos
+    if use_bank:
+        bank = bank.detach().to(acc)
+        K = bank.shape[1]
+        fill = bank_fill.to(device=device, dtype=torch.long)
+        filled = torch.arange(K, device=device)[None, :] < fill[:, None]
+        bank_protos = (bank * filled[..., None]).sum(1) / fill.clamp_min(1)[:, None].to(acc)
+        graph_protos = torch.where(present[:, None], protos, bank_protos)
+        in_bank = fill
+        bank_rows = bank.reshape(C * K, D)
+        table, bank_base = (bank_rows, 0) if negatives == "bank" else (torch.cat([keys, bank_rows]), N)
+    else:
+        K, in_bank, table, bank_base = 0, torch.zeros_like(counts), keys, N
+    available = (in_batch + in_bank) > 0
+
+    # class relation graph, masked softmax over the classes that can supply negatives
+    normed = F.normalize(graph_protos, dim=1, eps=COS_EPS)
+    allowed = available[None, :] & ~torch.eye(C, dtype=torch.bool, device=device)
+    graph = ((normed @ normed.T) / temperature).masked_fill(~allowed, float("-inf"))
+    has_queries = (hard_counts if query_mode == "hard" else counts) > 0
+    contributing = (has_queries & allowed.any(1)).nonzero().flatten().tolist()
+
+    loss = x[:0].sum()                                              # 0 with a gradient path
+    for c in contributing:
+        u = torch.rand(Q, generator=generator, device=device)
+        slot = _query_slots(query_mode, u, counts[c], hard_counts[c])
+        anchors = F.normalize(x.index_select(0, perm[offsets[c] + slot]), dim=1, eps=COS_EPS)   # [Q, D]
+        v = torch.multinomial(torch.softmax(graph[c], 0), Q * M, replacement=True, generator=generator)
+        nb = in_batch[v]
+        key_slot = _uniform_index(torch.rand(Q * M, generator=generator, device=device), nb + in_bank[v])
+        from_batch = perm[(offsets[v] + key_slot).clamp(0, max(N - 1, 0))] if N > 0 else key_slot
+        rows = torch.where(key_slot < nb, from_batch, bank_base + v * K + (key_slot - nb))
+        neg = table.index_select(0, rows).view(Q, M, D)
         all_keys = F.normalize(torch.cat([protos[c].expand(Q, 1, D), neg], 1), dim=2, eps=COS_EPS)
-        logits = torch.bmm(all_keys, anchors[:, :, None])[..., 0] / temperature            # [Q, M+1]
-        loss = loss + F.cross_entropy(logits, torch.zeros(Q, dtype=torch.long, device=keys.device))
-    return loss / n_present
+        logits = torch.bmm(all_keys, anchors[:, :, None])[..., 0] / temperature               # [Q, M+1]
+        loss = loss + F.cross_entropy(logits, torch.zeros(Q, dtype=torch.long, device=device))
+    return loss / present.sum().clamp_min(1)
