@@ -102,12 +102,20 @@ def _resolve_config(name: str) -> str:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .train import load_config, train
+    from .train import load_config, run_stages
 
     cfg = load_config(_resolve_config(args.config), args.overrides)
-    r = train(cfg, resume=args.resume, progress=not args.no_progress)
-    print(f"finished at iteration {r.iteration} in {r.seconds:.0f} s; best val mean Dice {r.best_dice:.4f} "
-          f"(iteration {r.best_iteration}); outputs in {r.out_dir} (best.pt, last.pt, model.pt, metrics.jsonl)")
+    results = run_stages(cfg, resume=args.resume, progress=not args.no_progress)
+    if not results:
+        print(f"nothing to do: every stage of {cfg.out_dir} has finished (train again without --resume, or "
+              f"raise `iterations`)")
+    for r in results:
+        if r.has_validation:
+            best = f"best val mean Dice {r.best_dice:.4f} (iteration {r.best_iteration})"
+        else:
+            best = "no validation patients in the cache: best.pt / model.pt are the final weights"
+        print(f"{r.out_dir}: finished at iteration {r.iteration} in {r.seconds:.0f} s; {best}; outputs: best.pt, "
+              f"last.pt, model.pt, metrics.jsonl")
     return 0
 
 
@@ -224,10 +232,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(handler=_cmd_prepare)
 
-    p = sub.add_parser("train", help="train (supervised baseline) from a YAML config with key=value overrides")
+    p = sub.add_parser("train", help="train (supervised, glcon, mona) from a YAML config with key=value overrides")
     p.add_argument("--config", required=True, help="YAML file, or a packaged config name (acdc_supervised, demo)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. optim.lr=0.02 data.labeled_patients=3")
-    p.add_argument("--resume", default=None, metavar="CHECKPOINT", help="continue exactly from a last.pt")
+    p.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CHECKPOINT",
+                   help="continue exactly: from this last.pt, or (no value) wherever out_dir's stages stopped")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(handler=_cmd_train)
 

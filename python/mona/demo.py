@@ -1,23 +1,37 @@
-"""``mona demo``: synthetic phantoms -> slice cache -> supervised training -> evaluation report.
+"""``mona demo``: the semi-supervised story on synthetic phantoms, on a CPU, in minutes.
 
-Runs on a fresh machine with no data, on CPU in a few minutes (defaults in ``configs/demo.yaml``:
-14 phantom patients (8 train, 2 val, 4 test) at 112-144 px, prepared at 96 x 96, 4 labeled
-patients, 400 iterations of batch 8, lr 0.05 with poly decay, 1 CPU thread).
+1. phantoms (ACDC layout) -> 2. slice cache -> 3. the supervised baseline trained on the labeled
+patient(s) alone -> 4. GLCon pre-training + MONA fine-tuning on the same labeled patient(s) plus the
+other train patients unlabeled, with the same total number of iterations -> 5. both evaluated on
+the held-out test phantoms in their original geometry: per-class Dice / ASD / HD95 side by side,
+overlays of both methods on the same slices, validation curves, ``summary.json``.
+
+Defaults (``configs/demo.yaml``, ``configs/demo_mona.yaml``): 14 phantom patients (8 train of which 1
+labeled, 2 val, 4 test = 8 test volumes) prepared at 96 x 96, 400 iterations each (MONA: 100 GLCon +
+300 fine-tuning), batch 8, 1 CPU thread per run. :func:`compare` is the same comparison as a function
+(``benchmarks/bench_semi_supervised.py`` runs it over seeds).
 """
 
 from __future__ import annotations
 
+import os
 import platform
 import time
 from importlib import resources
 from pathlib import Path
 
+import numpy as np
 import torch
+
 from .data.prepare import atomic_write_json, prepare
+from .data.readers import CaseRecord, load_case
 from .data.synth import SynthConfig, write_phantoms
-from .eval.report import evaluate_cache, learning_curve, write_report
+from .eval.report import (comparison_curves, evaluate_cache, spec_from_manifest, write_comparison_overlay,
+                          write_report)
 from .train.checkpoint import load_model
-from .train.loop import select_device, train
+from .train.loop import select_device
+
+METHOD_LABELS = {"supervised": "supervised (labeled only)", "mona": "GLCon + MONA"}
 
 
 def machine_description() -> str:
@@ -29,60 +43,146 @@ def machine_description() -> str:
                 break
     except OSError:
         pass
-    import os
-    return f"{cpu}, {os.cpu_count()} logical CPUs, torch {torch.__version__}, {torch.get_num_threads()} torch thread(s)"
+    return f"{cpu}, {os.cpu_count()} logical CPUs, torch {torch.__version__}"
 
 
-def run_demo(out_dir: str | Path = "runs/demo", *, iterations: int | None = None, seed: int = 0,
-             n_train: int = 8, n_val: int = 2, n_test: int = 4, size: int = 96, device: str = "auto",
-             progress: bool = True, overrides: list[str] | None = None) -> dict:
-    """Run the whole demo; returns the summary written to ``out_dir/report/summary.json``."""
-    from .train.config import load_config
+def _packaged(name: str) -> str:
+    return str(resources.files("mona").joinpath(f"configs/{name}.yaml"))
+
+
+def comparison_table(reports: dict) -> str:
+    """Per-class Dice / ASD / HD95 of both methods and the difference (MONA - supervised)."""
+    sup, mona = reports["supervised"], reports["mona"]
+    head = (f"{'class':<10}{'Dice sup':>10}{'Dice MONA':>11}{'diff':>8}{'ASD sup':>10}{'ASD MONA':>10}"
+            f"{'HD95 sup':>10}{'HD95 MONA':>11}")
+    lines = [head, "-" * len(head)]
+    for name in sup.summary:
+        a, b = sup.summary[name], mona.summary[name]
+        lines.append(f"{name:<10}{a['dice']:>10.4f}{b['dice']:>11.4f}{b['dice'] - a['dice']:>+8.4f}"
+                     f"{a['asd']:>10.2f}{b['asd']:>10.2f}{a['hd95']:>10.2f}{b['hd95']:>11.2f}")
+    lines.append("-" * len(head))
+    lines.append(f"{'mean':<10}{sup.mean_dice:>10.4f}{mona.mean_dice:>11.4f}{mona.mean_dice - sup.mean_dice:>+8.4f}"
+                 f"   (ASD / HD95 in mm; Dice: mean over the test volumes)")
+    return "\n".join(lines)
+
+
+def _method_summary(report) -> dict:
+    return {"mean_dice": report.mean_dice,
+            "dice": {name: s["dice"] for name, s in report.summary.items()},
+            "per_class": report.summary}
+
+
+def compare(out_dir: str | Path, *, iterations: int | None = None, pretrain_iterations: int | None = None,
+            seed: int = 0, train_seed: int = 1337, labeled_patients: int = 1, n_train: int = 8, n_val: int = 2,
+            n_test: int = 4, size: int = 96, device: str = "auto", progress: bool = True,
+            overrides: list[str] | None = None, overlays: int = 8, log=print) -> dict:
+    """Supervised vs GLCon + MONA on phantoms; returns the summary written to ``out_dir/report/summary.json``.
+
+    ``iterations``: the total budget of each method (default: the packaged demo configs', 400);
+    MONA spends ``pretrain_iterations`` (default: a quarter) of it in GLCon. ``seed``: phantom seed;
+    ``train_seed``: the training seed of both runs. ``overrides`` apply to both training configs.
+    """
+    from .train import load_config, run_stages
+
+    import matplotlib  # build matplotlib's font cache now, not inside a progress bar
+    matplotlib.use("Agg")
+    import matplotlib.pyplot  # noqa: F401
 
     t0 = time.time()
     out = Path(out_dir)
-    raw, cache, run, rep = out / "raw", out / "cache", out / "run", out / "report"
-    timings = {}
-    print(f"[1/4] synthesising {n_train + n_val + n_test} phantom patients (ACDC layout) -> {raw}")
+    raw, cache, rep = out / "raw", out / "cache", out / "report"
+    timings: dict[str, float] = {}
+    log(f"[1/5] synthesising {n_train + n_val + n_test} phantom patients (ACDC layout, seed {seed}) -> {raw}")
     write_phantoms(raw, SynthConfig(n_train=n_train, n_val=n_val, n_test=n_test, seed=seed), progress=progress)
     timings["synth_s"] = time.time() - t0
     t = time.time()
-    print(f"[2/4] preparing the slice cache at {size} x {size} -> {cache}")
+    log(f"[2/5] preparing the slice cache at {size} x {size} -> {cache}")
     prepare("acdc", raw, cache, size=size, progress=progress)
     timings["prepare_s"] = time.time() - t
-    cfg_path = resources.files("mona").joinpath("configs/demo.yaml")
-    ov = [f"data.cache={cache}", f"out_dir={run}", f"device={device}"]
-    if iterations is not None:
-        ov.append(f"iterations={iterations}")
-    cfg = load_config(str(cfg_path), ov + list(overrides or []))
+
+    common = [f"data.cache={cache}", f"device={device}", f"seed={train_seed}",
+              f"data.labeled_patients={labeled_patients}"]
+    mona_cfg = load_config(_packaged("demo_mona"), common + [f"out_dir={out / 'mona'}"] + list(overrides or []))
+    budget = iterations if iterations is not None else mona_cfg.pretrain_iterations + mona_cfg.iterations
+    pre = pretrain_iterations if pretrain_iterations is not None else budget // 4
+    if not 0 <= pre < budget:
+        raise ValueError(f"demo: pretrain_iterations must be in 0..{budget - 1} (the budget), got {pre}")
+    mona_cfg = load_config(_packaged("demo_mona"), common + [f"out_dir={out / 'mona'}", f"iterations={budget - pre}",
+                                                             f"pretrain_iterations={pre}"] + list(overrides or []))
+    sup_cfg = load_config(_packaged("demo"), common + [f"out_dir={out / 'supervised'}", f"iterations={budget}"]
+                          + list(overrides or []))
+
     t = time.time()
-    print(f"[3/4] training the supervised baseline ({cfg.iterations} iterations, batch {cfg.data.batch_size}, "
-          f"{cfg.data.labeled_patients} labeled patients) -> {run}")
-    result = train(cfg, progress=progress)
-    timings["train_s"] = time.time() - t
+    log(f"[3/5] supervised baseline: {budget} iterations, batch {sup_cfg.data.batch_size} labeled slices of "
+        f"{labeled_patients} labeled patient(s) -> {sup_cfg.out_dir}")
+    sup_result = run_stages(sup_cfg, progress=progress)[-1]
+    timings["train_supervised_s"] = time.time() - t
     t = time.time()
-    print(f"[4/4] evaluating the best checkpoint (iteration {result.best_iteration}, val Dice "
-          f"{result.best_dice:.3f}) on the {n_test} held-out test patients")
+    log(f"[4/5] GLCon ({pre} iterations) + MONA ({budget - pre} iterations), batch {mona_cfg.labeled_bs} labeled + "
+        f"{mona_cfg.data.batch_size - mona_cfg.labeled_bs} unlabeled; demo scale: {mona_cfg.model.embed_dim}-d "
+        f"embeddings, representation stride {mona_cfg.model.rep_stride}, {mona_cfg.mona.num_queries} queries x "
+        f"{mona_cfg.mona.num_negatives} negatives, {mona_cfg.glcon.mined_views} mined views -> {mona_cfg.out_dir}")
+    mona_result = run_stages(mona_cfg, progress=progress)[-1]
+    timings["train_mona_s"] = time.time() - t
+
+    t = time.time()
     dev = select_device(device)
-    model, meta = load_model(run / "model.pt", dev)
-    report = evaluate_cache(model, meta, cache, split="test", device=dev, overlay_dir=rep / "overlays",
-                            progress=progress)
+    log(f"[5/5] evaluating both best checkpoints on the {n_test} held-out test patients (original geometry)")
+    reports = {}
+    for name, run_dir in (("supervised", Path(sup_cfg.out_dir)), ("mona", Path(mona_cfg.out_dir))):
+        model, meta = load_model(run_dir / "model.pt", dev)
+        reports[name] = evaluate_cache(model, meta, cache, split="test", device=dev, progress=progress,
+                                       keep_predictions=True)
+        write_report(reports[name], rep / name, extra={"method": name, "run": str(run_dir)})
+    man = reports["supervised"]
+    spec = spec_from_manifest(__import__("json").loads((cache / "manifest.json").read_text()))
+    from .data.dataset import SliceCache
+    sc = SliceCache(cache)
+    overlay_paths = []
+    for ci in sc.cases_of_patients(sc.splits["test"])[:overlays]:
+        case = sc.cases[ci]
+        vol = load_case(CaseRecord(case["case_id"], case["patient_id"], case["image_path"], case["label_path"],
+                                   case["extra"]), spec)
+        preds = {METHOD_LABELS[n]: reports[n].predictions[case["case_id"]] for n in ("supervised", "mona")}
+        overlay_paths.append(write_comparison_overlay(vol, preds, rep / "overlays" / f"{case['case_id']}.png",
+                                                      man.class_names))
+    curve = comparison_curves({METHOD_LABELS["supervised"]: [(sup_cfg.out_dir, 0)],
+                               "GLCon (stage 1)": [(Path(mona_cfg.out_dir) / "pretrain_glcon", 0)],
+                               "MONA (stage 2)": [(mona_cfg.out_dir, pre)]}, rep / "validation_curves.png")
     timings["evaluate_s"] = time.time() - t
-    curve = learning_curve(run, rep / "learning_curve.png")
     timings["total_s"] = time.time() - t0
-    summary = {"command": "mona demo", "machine": machine_description(), "timings_s": timings,
-               "iterations": cfg.iterations, "best_iteration": result.best_iteration,
-               "best_val_dice": result.best_dice, "test_mean_dice": report.mean_dice,
-               "test_per_class": report.summary}
-    csv_path, json_path = write_report(report, rep, extra={"demo": summary})
+    diff = reports["mona"].mean_dice - reports["supervised"].mean_dice
+    summary = {
+        "command": "mona demo", "machine": machine_description(), "torch_threads_per_run": sup_cfg.threads,
+        "phantom_seed": seed, "train_seed": train_seed, "labeled_patients": labeled_patients,
+        "iterations": budget, "pretrain_iterations": pre, "size": size,
+        "demo_scale": {"embed_dim": mona_cfg.model.embed_dim, "rep_stride": mona_cfg.model.rep_stride,
+                       "num_queries": mona_cfg.mona.num_queries, "num_negatives": mona_cfg.mona.num_negatives,
+                       "mined_views": mona_cfg.glcon.mined_views, "local_crops": mona_cfg.glcon.local_crops},
+        "supervised": {**_method_summary(reports["supervised"]), "best_iteration": sup_result.best_iteration,
+                       "best_val_dice": sup_result.best_dice},
+        "mona": {**_method_summary(reports["mona"]), "best_iteration": mona_result.best_iteration,
+                 "best_val_dice": mona_result.best_dice},
+        "mean_dice_difference": diff, "timings_s": timings,
+    }
     atomic_write_json(rep / "summary.json", summary)
-    print()
-    print(report.table())
-    print()
-    print(f"mean foreground Dice on held-out phantoms: {report.mean_dice:.4f}")
-    print(f"wall time: {timings['total_s']:.0f} s (train {timings['train_s']:.0f} s) on {summary['machine']}")
-    print(f"report:         {json_path}  (+ {csv_path.name}, summary.json)")
-    print(f"overlays:       {rep / 'overlays'}")
-    print(f"learning curve: {curve}")
-    print(f"model:          {run / 'model.pt'}")
+    log("")
+    log(comparison_table(reports))
+    log("")
+    log(f"mean foreground Dice on {len(reports['mona'].predictions)} held-out test volumes: supervised "
+        f"{reports['supervised'].mean_dice:.4f}, GLCon + MONA {reports['mona'].mean_dice:.4f} ({diff:+.4f})")
+    log(f"wall time: {timings['total_s']:.0f} s (supervised {timings['train_supervised_s']:.0f} s, MONA "
+        f"{timings['train_mona_s']:.0f} s) on {summary['machine']}; results vary with the CPU / BLAS")
+    log(f"report:     {rep / 'summary.json'}  (+ supervised/ and mona/ metrics.json, metrics.csv)")
+    log(f"overlays:   {rep / 'overlays'}  ({len(overlay_paths)} test volumes, both methods on the same slice)")
+    log(f"curves:     {curve}")
+    log(f"models:     {Path(sup_cfg.out_dir) / 'model.pt'}, {Path(mona_cfg.out_dir) / 'model.pt'}")
     return summary
+
+
+def run_demo(out_dir: str | Path = "runs/demo", *, iterations: int | None = None, seed: int = 0, size: int = 96,
+             device: str = "auto", progress: bool = True, overrides: list[str] | None = None,
+             labeled_patients: int = 1) -> dict:
+    """``mona demo``: :func:`compare` with the packaged demo settings."""
+    return compare(out_dir, iterations=iterations, seed=seed, size=size, device=device, progress=progress,
+                   overrides=overrides, labeled_patients=labeled_patients)

@@ -23,7 +23,7 @@ CONVENTIONS = ("Dice/ASD/HD95 per foreground class on the original 3-D volume. A
                "(surfaces by binary erosion, connectivity 1; ASD = mean of the pooled distances of both "
                "directions; HD95 = 95th percentile of them), in mm using the header spacing (or voxels). "
                "Both masks empty: Dice 1, ASD 0, HD95 0. One empty: Dice 0, ASD/HD95 NaN, excluded from the "
-               "mean; n_asd counts the volumes that entered the mean.")
+               "mean; n_dist counts the volumes that entered the mean.")
 
 
 def spec_from_manifest(man: dict) -> DatasetSpec:
@@ -40,6 +40,7 @@ class EvalReport:
     summary: dict = field(default_factory=dict)          # per class name: means and counts
     mean_dice: float = float("nan")
     unit: str = "mm"
+    predictions: dict = field(default_factory=dict)      # case_id -> label volume (keep_predictions=True)
 
     def table(self) -> str:
         u = self.unit
@@ -57,7 +58,7 @@ class EvalReport:
 
 def evaluate_cache(model: torch.nn.Module, meta: dict, cache_dir: str | Path, *, split: str = "test",
                    device: str | torch.device = "cpu", voxels: bool = False, overlay_dir: str | Path | None = None,
-                   max_overlays: int = 4, progress: bool = True) -> EvalReport:
+                   max_overlays: int = 4, progress: bool = True, keep_predictions: bool = False) -> EvalReport:
     """Segment every volume of ``split`` of a prepared cache from its *raw* files (original geometry)
     and compute the metrics at the header spacing (``voxels=True``: also in voxels)."""
     cache = SliceCache(cache_dir)
@@ -76,6 +77,8 @@ def evaluate_cache(model: torch.nn.Module, meta: dict, cache_dir: str | Path, *,
         vol = load_case(rec, spec)
         assert vol.label is not None
         pred = predict_volume(model, vol.image, normalisation=meta["normalisation"], size=meta["size"], device=device)
+        if keep_predictions:
+            report.predictions[rec.case_id] = pred
         mm = volume_metrics(pred, vol.label, len(cache.class_names), vol.spacing)
         vx = volume_metrics(pred, vol.label, len(cache.class_names), None) if voxels else None
         for c, m in mm.items():
@@ -177,7 +180,78 @@ def learning_curve(run_dir: str | Path, path: str | Path) -> Path:
         ax2.plot(*zip(*va), "o-", label="val mean Dice", color="tab:orange")
         ax2.set_ylabel("val mean foreground Dice")
         ax2.set_ylim(0, 1)
-    fig.legend(loc="upper center", fontsize=8)
+    fig.legend(loc="lower center", ncol=2, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
+def _legend(fig, class_names: list[str]) -> None:
+    from matplotlib.patches import Patch
+
+    handles = [Patch(color=_COLORS[i % len(_COLORS)][:3], label=name) for i, name in enumerate(class_names) if i]
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
+
+
+def write_comparison_overlay(vol: Volume, predictions: dict[str, np.ndarray], path: str | Path,
+                             class_names: list[str], z: int | None = None) -> Path:
+    """PNG: image, ground truth and each method's prediction on the same slice (default: the slice with
+    the most ground-truth foreground), with a colour legend of the classes."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ref = vol.label if vol.label is not None else next(iter(predictions.values()))
+    if z is None:
+        z = int(np.argmax((ref > 0).reshape(-1, ref.shape[2]).sum(0)))
+    img = vol.image[:, :, z].T
+    panels = [("image", None)] + ([("ground truth", vol.label[:, :, z].T)] if vol.label is not None else []) \
+        + [(name, pred[:, :, z].T) for name, pred in predictions.items()]
+    aspect = vol.spacing[1] / vol.spacing[0]
+    fig, axes = plt.subplots(1, len(panels), figsize=(2.8 * len(panels), 3.5))
+    for ax, (title, lab) in zip(np.atleast_1d(axes), panels):
+        ax.imshow(img, cmap="gray", aspect=aspect)
+        if lab is not None:
+            ax.imshow(_rgba(lab.astype(np.int64)), aspect=aspect)
+        ax.set_title(title, fontsize=9)
+        ax.axis("off")
+    fig.suptitle(f"{vol.record.case_id}, slice z={z} of {vol.image.shape[2]}", fontsize=10)
+    _legend(fig, class_names)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
+def comparison_curves(runs: dict[str, list[tuple[str | Path, int]]], path: str | Path) -> Path:
+    """PNG: validation mean Dice against the iteration of the whole budget, one line per method.
+
+    ``runs``: method -> [(run directory, iteration offset)], e.g. GLCon's stage at offset 0 and the
+    MONA stage at offset ``pretrain_iterations``."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    for name, parts in runs.items():
+        pts = []
+        for run_dir, offset in parts:
+            p = Path(run_dir) / "metrics.jsonl"
+            if p.exists():
+                recs = [json.loads(l) for l in p.read_text().splitlines() if l.strip()]
+                pts += [(r["iteration"] + offset, r["mean_dice"]) for r in recs if r["kind"] == "val"]
+        if pts:
+            ax.plot(*zip(*pts), "o-", ms=3, label=name)
+    ax.set_xlabel("iteration (whole budget)")
+    ax.set_ylabel("val mean foreground Dice")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

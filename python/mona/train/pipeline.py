@@ -1,0 +1,83 @@
+"""Both MONA stages from one config: GLCon pre-training, then ACR fine-tuning initialised from it.
+
+``method: mona`` with ``pretrain_iterations: N > 0`` runs
+
+1. stage 1, ``method: glcon`` for N iterations into ``<out_dir>/pretrain_glcon`` (same data, model,
+   optimiser and augmentation settings);
+2. stage 2, ``method: mona`` into ``<out_dir>``, ``init_from: <out_dir>/pretrain_glcon/last.pt``.
+
+``resume="auto"`` continues wherever the previous invocation stopped: a finished stage (its
+``last.pt`` at its last iteration and its ``model.pt`` present) is skipped, an interrupted one is
+resumed from its ``last.pt``, a stage never started starts. Any other config runs as one stage.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+
+from .checkpoint import load_checkpoint
+from .config import TrainConfig
+from .loop import TrainResult, train
+
+log = logging.getLogger("mona.train")
+PRETRAIN_DIR = "pretrain_glcon"
+
+
+def stages(cfg: TrainConfig) -> list[TrainConfig]:
+    """The configs of the stages ``cfg`` stands for (one, or glcon then mona)."""
+    if cfg.method != "mona" or cfg.pretrain_iterations <= 0:
+        return [cfg]
+    stage1_dir = Path(cfg.out_dir) / PRETRAIN_DIR
+    stage1 = dataclasses.replace(cfg, method="glcon", iterations=cfg.pretrain_iterations, out_dir=str(stage1_dir),
+                                 pretrain_iterations=0, init_from=None)
+    stage2 = dataclasses.replace(cfg, pretrain_iterations=0, init_from=str(stage1_dir / "last.pt"))
+    return [stage1, stage2]
+
+
+def _stage_state(cfg: TrainConfig) -> str:
+    """``done``, ``partial`` (a last.pt to resume from) or ``new``."""
+    last = Path(cfg.out_dir) / "last.pt"
+    if not last.exists():
+        return "new"
+    ck = load_checkpoint(last)
+    if ck.get("method", "supervised") != cfg.method:
+        raise ValueError(f"{last}: written by method {ck.get('method')!r}, this stage is {cfg.method!r}; "
+                         f"use another out_dir")
+    done = ck["iteration"] >= cfg.iterations and (Path(cfg.out_dir) / "model.pt").exists()
+    return "done" if done else "partial"
+
+
+def run(cfg: TrainConfig, *, resume: str | Path | None = None, progress: bool = True) -> list[TrainResult]:
+    """Train every stage of ``cfg``; ``resume``: None (start fresh), ``"auto"``, or a checkpoint path."""
+    plan = stages(cfg)
+    results: list[TrainResult] = []
+    explicit = None if resume in (None, "auto") else Path(resume)
+    explicit_stage = None
+    if explicit is not None:
+        method = load_checkpoint(explicit).get("method", "supervised")
+        matches = [i for i, s in enumerate(plan) if s.method == method]
+        if not matches:
+            raise ValueError(f"--resume {explicit}: a {method!r} checkpoint, but this config trains "
+                             f"{[s.method for s in plan]}")
+        explicit_stage = matches[0]
+    for i, stage in enumerate(plan):
+        label = f"stage {i + 1}/{len(plan)} ({stage.method})" if len(plan) > 1 else stage.method
+        if explicit_stage is not None and i < explicit_stage:
+            if _stage_state(stage) != "done":
+                raise ValueError(f"--resume {explicit}: the earlier {label} in {stage.out_dir} is not finished")
+            continue
+        resume_from: str | Path | None = None
+        if explicit_stage == i:
+            resume_from = explicit
+        elif resume == "auto":
+            state = _stage_state(stage)
+            if state == "done":
+                log.info("%s: finished earlier in %s, skipped", label, stage.out_dir)
+                continue
+            resume_from = Path(stage.out_dir) / "last.pt" if state == "partial" else None
+        if len(plan) > 1:
+            log.info("%s -> %s", label, stage.out_dir)
+        results.append(train(stage, resume=resume_from, progress=progress))
+    return results
