@@ -187,8 +187,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    run_demo(args.out, iterations=args.iterations, seed=args.seed, size=args.size, device=args.device,
-                       progress=not args.no_progress, overrides=args.overrides)
+    run_demo(args.out, iterations=args.iterations, pretrain_iterations=args.pretrain_iterations, seed=args.seed,
+             size=args.size, device=args.device, progress=not args.no_progress, overrides=args.overrides,
+             labeled_patients=args.labeled_patients)
     return 0
 
 
@@ -260,13 +261,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.set_defaults(handler=_cmd_predict)
 
-    p = sub.add_parser("demo", help="one command: phantoms -> cache -> train -> evaluate -> report (CPU, minutes)")
+    p = sub.add_parser("demo", help="phantoms, 1 labeled patient: supervised vs GLCon + MONA, evaluated (CPU, minutes)")
     p.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
-    p.add_argument("--iterations", type=int, default=None, help="training iterations (default 400, configs/demo.yaml)")
+    p.add_argument("--iterations", type=int, default=None,
+                   help="iteration budget of each method (default 400: configs/demo.yaml, demo_mona.yaml)")
+    p.add_argument("--pretrain-iterations", type=int, default=None,
+                   help="MONA's share of the budget spent in GLCon (default: a quarter)")
+    p.add_argument("--labeled-patients", type=int, default=1, help="labeled train patients (default 1 of 8)")
     p.add_argument("--seed", type=int, default=0, help="phantom seed")
     p.add_argument("--size", type=int, default=96, help="slice size of the prepared cache (default 96)")
     p.add_argument("--device", default="auto")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="training config overrides")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides of both training configs")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(handler=_cmd_demo)
     return parser

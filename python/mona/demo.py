@@ -20,9 +20,9 @@ import time
 from importlib import resources
 from pathlib import Path
 
-import numpy as np
 import torch
 
+from .data.dataset import SliceCache
 from .data.prepare import atomic_write_json, prepare
 from .data.readers import CaseRecord, load_case
 from .data.synth import SynthConfig, write_phantoms
@@ -79,7 +79,7 @@ def compare(out_dir: str | Path, *, iterations: int | None = None, pretrain_iter
     """Supervised vs GLCon + MONA on phantoms; returns the summary written to ``out_dir/report/summary.json``.
 
     ``iterations``: the total budget of each method (default: the packaged demo configs', 400);
-    MONA spends ``pretrain_iterations`` (default: a quarter) of it in GLCon. ``seed``: phantom seed;
+    MONA spends ``pretrain_iterations`` of it in GLCon (default: the packaged share, a quarter). ``seed``: phantom seed;
     ``train_seed``: the training seed of both runs. ``overrides`` apply to both training configs.
     """
     from .train import load_config, run_stages
@@ -103,8 +103,11 @@ def compare(out_dir: str | Path, *, iterations: int | None = None, pretrain_iter
     common = [f"data.cache={cache}", f"device={device}", f"seed={train_seed}",
               f"data.labeled_patients={labeled_patients}"]
     mona_cfg = load_config(_packaged("demo_mona"), common + [f"out_dir={out / 'mona'}"] + list(overrides or []))
-    budget = iterations if iterations is not None else mona_cfg.pretrain_iterations + mona_cfg.iterations
-    pre = pretrain_iterations if pretrain_iterations is not None else budget // 4
+    packaged_total = mona_cfg.pretrain_iterations + mona_cfg.iterations
+    budget = iterations if iterations is not None else packaged_total
+    # default: GLCon takes the packaged configs' share of the budget (100 of 400)
+    pre = pretrain_iterations if pretrain_iterations is not None else \
+        round(budget * mona_cfg.pretrain_iterations / packaged_total)
     if not 0 <= pre < budget:
         raise ValueError(f"demo: pretrain_iterations must be in 0..{budget - 1} (the budget), got {pre}")
     mona_cfg = load_config(_packaged("demo_mona"), common + [f"out_dir={out / 'mona'}", f"iterations={budget - pre}",
@@ -134,10 +137,8 @@ def compare(out_dir: str | Path, *, iterations: int | None = None, pretrain_iter
         reports[name] = evaluate_cache(model, meta, cache, split="test", device=dev, progress=progress,
                                        keep_predictions=True)
         write_report(reports[name], rep / name, extra={"method": name, "run": str(run_dir)})
-    man = reports["supervised"]
-    spec = spec_from_manifest(__import__("json").loads((cache / "manifest.json").read_text()))
-    from .data.dataset import SliceCache
     sc = SliceCache(cache)
+    spec = spec_from_manifest(sc.manifest)
     overlay_paths = []
     for ci in sc.cases_of_patients(sc.splits["test"])[:overlays]:
         case = sc.cases[ci]
@@ -145,7 +146,7 @@ def compare(out_dir: str | Path, *, iterations: int | None = None, pretrain_iter
                                    case["extra"]), spec)
         preds = {METHOD_LABELS[n]: reports[n].predictions[case["case_id"]] for n in ("supervised", "mona")}
         overlay_paths.append(write_comparison_overlay(vol, preds, rep / "overlays" / f"{case['case_id']}.png",
-                                                      man.class_names))
+                                                      sc.class_names))
     curve = comparison_curves({METHOD_LABELS["supervised"]: [(sup_cfg.out_dir, 0)],
                                "GLCon (stage 1)": [(Path(mona_cfg.out_dir) / "pretrain_glcon", 0)],
                                "MONA (stage 2)": [(mona_cfg.out_dir, pre)]}, rep / "validation_curves.png")
@@ -180,9 +181,9 @@ def compare(out_dir: str | Path, *, iterations: int | None = None, pretrain_iter
     return summary
 
 
-def run_demo(out_dir: str | Path = "runs/demo", *, iterations: int | None = None, seed: int = 0, size: int = 96,
-             device: str = "auto", progress: bool = True, overrides: list[str] | None = None,
-             labeled_patients: int = 1) -> dict:
+def run_demo(out_dir: str | Path = "runs/demo", *, iterations: int | None = None,
+             pretrain_iterations: int | None = None, seed: int = 0, size: int = 96, device: str = "auto",
+             progress: bool = True, overrides: list[str] | None = None, labeled_patients: int = 1) -> dict:
     """``mona demo``: :func:`compare` with the packaged demo settings."""
-    return compare(out_dir, iterations=iterations, seed=seed, size=size, device=device, progress=progress,
-                   overrides=overrides, labeled_patients=labeled_patients)
+    return compare(out_dir, iterations=iterations, pretrain_iterations=pretrain_iterations, seed=seed, size=size,
+                   device=device, progress=progress, overrides=overrides, labeled_patients=labeled_patients)

@@ -77,3 +77,32 @@ def test_predict_writes_raw_label_values_for_mmwhs_models(tmp_path):
     values = set(np.unique(np.asarray(out.dataobj)).tolist())
     assert values <= set(meta["label_values"]) and values - {0}  # untrained net: some raw foreground values
     assert out.header.get_zooms() == nib.load(str(src)).header.get_zooms()
+
+
+def test_cli_trains_both_mona_stages_and_resumes(tiny_cache, tmp_path, capsys):
+    run = tmp_path / "mona"
+    args = ["train", "--config", "demo_mona", f"data.cache={tiny_cache}", f"out_dir={run}", "iterations=2",
+            "pretrain_iterations=2", "val_every=2", "checkpoint_every=2", "data.batch_size=2", "data.labeled_bs=1", "glcon.mined_views=2",
+            "glcon.local_crops=2", "model.embed_dim=8", "mona.num_queries=4", "mona.num_negatives=8",
+            "mona.bank_size=8", "mona.knn_queue=4", "mona.knn_k=2", "--no-progress"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert f"{run / 'pretrain_glcon'}: finished at iteration 2" in out and f"{run}: finished at iteration 2" in out
+    assert (run / "pretrain_glcon" / "model.pt").exists() and (run / "model.pt").exists()
+    assert main(args + ["--resume"]) == 0
+    assert "nothing to do: every stage" in capsys.readouterr().out
+
+
+def test_cli_says_when_the_cache_has_no_validation_patients(tiny_raw, tmp_path, capsys):
+    splits = tmp_path / "splits"
+    splits.mkdir()
+    patients = sorted(p.name for p in tiny_raw.iterdir() if p.is_dir())
+    (splits / "train.list").write_text("\n".join(patients[:-1]) + "\n")
+    (splits / "test.list").write_text(patients[-1] + "\n")
+    cache = tmp_path / "cache"
+    assert main(["prepare", "acdc", str(tiny_raw), str(cache), "--size", "32", "--splits", str(splits),
+                 "--no-progress"]) == 0
+    assert main(["train", "--config", "demo", f"data.cache={cache}", f"out_dir={tmp_path / 'run'}", "iterations=2",
+                 "data.batch_size=2", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "no validation patients in the cache" in out and "-1" not in out.split("finished")[1]

@@ -1,0 +1,44 @@
+"""The demo's comparison (supervised vs GLCon + MONA) end to end on a tiny budget."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mona.demo import compare
+
+
+def test_compare_writes_both_methods_summary_overlays_and_tables(tmp_path):
+    lines: list[str] = []
+    summary = compare(tmp_path / "demo", iterations=4, pretrain_iterations=1, n_train=3, n_val=1, n_test=1, size=32,
+                      device="cpu", progress=False, overlays=2, log=lines.append,
+                      overrides=["val_every=2", "checkpoint_every=2", "log_every=1"])
+    on_disk = json.loads((tmp_path / "demo" / "report" / "summary.json").read_text())
+    assert on_disk["mean_dice_difference"] == pytest.approx(summary["mean_dice_difference"])
+    for method in ("supervised", "mona"):
+        s = on_disk[method]
+        assert set(s["dice"]) == {"RV", "Myo", "LV"}
+        assert s["mean_dice"] == pytest.approx(sum(s["dice"].values()) / 3)
+        assert (tmp_path / "demo" / "report" / method / "metrics.csv").exists()
+    assert on_disk["mean_dice_difference"] == pytest.approx(on_disk["mona"]["mean_dice"]
+                                                            - on_disk["supervised"]["mean_dice"])
+    # both runs had the same budget; MONA split it into GLCon + fine-tuning
+    assert on_disk["iterations"] == 4 and on_disk["pretrain_iterations"] == 1
+    sup_log = (tmp_path / "demo" / "supervised" / "train_log.csv").read_text().splitlines()
+    mona_log = (tmp_path / "demo" / "mona" / "train_log.csv").read_text().splitlines()
+    glcon_log = (tmp_path / "demo" / "mona" / "pretrain_glcon" / "train_log.csv").read_text().splitlines()
+    assert (len(sup_log) - 1, len(glcon_log) - 1, len(mona_log) - 1) == (4, 1, 3)
+    overlays = sorted((tmp_path / "demo" / "report" / "overlays").glob("*.png"))
+    assert len(overlays) == 2  # the one test patient's two frames
+    assert (tmp_path / "demo" / "report" / "validation_curves.png").exists()
+    text = "\n".join(lines)
+    assert "Dice sup" in text and "Dice MONA" in text and "mean foreground Dice" in text
+    for name in ("RV", "Myo", "LV"):
+        assert any(l.startswith(name) for l in text.splitlines())
+
+
+def test_compare_rejects_a_pretrain_longer_than_the_budget(tmp_path):
+    with pytest.raises(ValueError, match=r"pretrain_iterations must be in 0..3"):
+        compare(tmp_path / "d", iterations=4, pretrain_iterations=4, n_train=3, n_val=1, n_test=1, size=32,
+                device="cpu", progress=False, log=lambda *a: None)
