@@ -126,6 +126,17 @@ _COLORS = [(0, 0, 0, 0), (1.0, 0.2, 0.2, 0.45), (0.2, 1.0, 0.2, 0.45), (0.2, 0.4
            (1, 0, 1, .45), (0, 1, 1, .45), (1, .6, 0, .45)]
 
 
+def _save_figure(fig, path: str | Path) -> Path:
+    """Write a matplotlib figure to ``path`` (PNG) and close it."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
 def _rgba(label: np.ndarray) -> np.ndarray:
     lut = np.array([_COLORS[i % len(_COLORS)] if i else _COLORS[0] for i in range(int(label.max()) + 1)])
     return lut[label]
@@ -154,11 +165,7 @@ def write_overlay(vol: Volume, pred: np.ndarray, path: str | Path, class_names: 
         ax.axis("off")
     fig.suptitle(vol.record.case_id, fontsize=10)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
+    return _save_figure(fig, path)
 
 
 def learning_curve(run_dir: str | Path, path: str | Path) -> Path:
@@ -182,11 +189,7 @@ def learning_curve(run_dir: str | Path, path: str | Path) -> Path:
         ax2.set_ylim(0, 1)
     fig.legend(loc="lower center", ncol=2, fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0.08, 1, 1))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
+    return _save_figure(fig, path)
 
 
 def _legend(fig, class_names: list[str]) -> None:
@@ -221,11 +224,7 @@ def write_comparison_overlay(vol: Volume, predictions: dict[str, np.ndarray], pa
     fig.suptitle(f"{vol.record.case_id}, slice z={z} of {vol.image.shape[2]}", fontsize=10)
     _legend(fig, class_names)
     fig.tight_layout(rect=(0, 0.07, 1, 1))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
+    return _save_figure(fig, path)
 
 
 def comparison_curves(runs: dict[str, list[tuple[str | Path, int]]], path: str | Path) -> Path:
@@ -253,8 +252,4 @@ def comparison_curves(runs: dict[str, list[tuple[str | Path, int]]], path: str |
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
+    return _save_figure(fig, path)

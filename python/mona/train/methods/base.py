@@ -143,5 +143,17 @@ class Method:
         if self.teacher is not None:
             ema_update(self.teacher, self.student, self.cfg.ema_decay)
 
+    def weak_views(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both halves under one weak geometric transform per image (rotation, crop, flip): the teacher's
+        view. Returns (images ``[bl + bu, 1, H, W]``, labels of the labeled half ``[bl, H, W]``)."""
+        from ...augment import random_transform
+
+        a, bl = self.cfg.augment, batch.x_l.shape[0]
+        x = torch.cat([batch.x_l, batch.x_u])
+        b, _, h, w = x.shape
+        t = random_transform(b, h, w, self.aug_gen, rotate_deg=a.rotate_deg, flip=a.flip, scale=a.crop_scale,
+                             device=x.device)
+        return t.apply_image(x), t[:bl].apply_label(batch.y_l)
+
     def autocast(self):
         return torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp)

@@ -23,7 +23,7 @@ import torch
 
 import mona_ext
 
-from ...augment import random_contrast_brightness, random_transform, weak
+from ...augment import random_contrast_brightness, weak
 from ...data.sampler import EpochShuffler
 from ..config import TrainConfig
 from ..losses import supervised_loss
@@ -73,11 +73,8 @@ class GLCon(Method):
     def step(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         cfg, g, a = self.cfg, self.cfg.glcon, self.cfg.augment
         bl = batch.x_l.shape[0]
-        x = torch.cat([batch.x_l, batch.x_u])
-        b, _, h, w = x.shape
-        t = random_transform(b, h, w, self.aug_gen, rotate_deg=a.rotate_deg, flip=a.flip, scale=a.crop_scale,
-                             device=x.device)
-        x_weak, y_l = t.apply_image(x), t[:bl].apply_label(batch.y_l)
+        x_weak, y_l = self.weak_views(batch)
+        b, _, h, w = x_weak.shape
         x_strong = random_contrast_brightness(x_weak, self.aug_gen, contrast=a.contrast, brightness=a.brightness)
         mined = [self.pool[i] for i in self.mined.take(g.mined_views)]
         x_mined, _ = self.ctx.cache.load_batch(mined)
@@ -97,7 +94,7 @@ class GLCon(Method):
             sv = self.student(x_strong)
             s_local = self.student.heads["local"](take_crops(sv.unet.decoder[-1], boxes, self.crop)).float()
         L = self.losses
-        loss = x.new_zeros(())
+        loss = x_weak.new_zeros(())
         parts: dict[str, float] = {}
         if g.global_weight > 0:
             lg = L.similarity_kl(sv.global_pred.float(), tv.global_proj.float(), self.queue_global.filled(),

@@ -79,24 +79,21 @@ class Mona(Method):
     def step(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         cfg, m, a = self.cfg, self.cfg.mona, self.cfg.augment
         bl = batch.x_l.shape[0]
-        x = torch.cat([batch.x_l, batch.x_u])
-        b, _, h, w = x.shape
-        t_weak = random_transform(b, h, w, self.aug_gen, rotate_deg=a.rotate_deg, flip=a.flip, scale=a.crop_scale,
-                                  device=x.device)
-        x_weak, y_l = t_weak.apply_image(x), t_weak[:bl].apply_label(batch.y_l)
+        x_weak, y_l = self.weak_views(batch)
+        b, _, h, w = x_weak.shape
         with torch.no_grad(), self.autocast():
             tv = self.teacher(x_weak)
         prob_t = torch.softmax(tv.logits[bl:].float(), dim=1)
         conf, pseudo = prob_t.max(dim=1)                                       # [bu, H, W]
         x_s = random_contrast_brightness(x_weak, self.aug_gen, contrast=a.contrast, brightness=a.brightness)
         perm, box = cutmix_boxes(b - bl, h, w, self.aug_gen, prob=a.cutmix_prob, area=a.cutmix_area,
-                                 device=x.device)
+                                 device=x_weak.device)
         x_s = torch.cat([x_s[:bl], apply_cutmix(x_s[bl:], perm, box)])
         pseudo, conf = apply_cutmix(pseudo, perm, box), apply_cutmix(conf, perm, box)
         t_eqv = None
         if m.eqv_weight > 0:  # drawn here so the RNG order does not depend on the other weights
             t_eqv = random_transform(b, h, w, self.aug_gen, rotate_deg=a.rotate_deg, flip=a.flip, scale=a.crop_scale,
-                                     deform=a.deform, deform_control=a.deform_control, device=x.device)
+                                     deform=a.deform, deform_control=a.deform_control, device=x_weak.device)
 
         with self.autocast():
             sv = self.student(x_s)
