@@ -115,9 +115,10 @@ class Mona(Method):
             valid = torch.cat([torch.ones_like(_subsample(y_l, stride), dtype=torch.bool),
                                _subsample(conf, stride) >= m.weak_threshold])
             prob = _subsample(torch.softmax(logits.detach(), dim=1), stride)
-            keys_t = tv.embedding.float()
-            keys = torch.cat([keys_t[:bl], apply_cutmix(keys_t[bl:], perm, box)]).contiguous(
-                memory_format=torch.channels_last)
+            # the teacher's key map (no grad, channels-last from the head) is mixed in place: at full
+            # resolution a concatenated copy would cost another B x D x H x W floats
+            keys = tv.embedding.float().contiguous(memory_format=torch.channels_last)
+            keys[bl:] = apply_cutmix(keys[bl:], perm, box)
             lc = L.contrast(sv.embedding.float(), labels, self.num_classes, valid=valid, prob=prob,
                             strong_threshold=m.strong_threshold, temperature=m.temperature,
                             num_queries=m.num_queries, num_negatives=m.num_negatives, key_features=keys,
