@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The README's main command: set up the environment, show what was built, tour the fused ops,
-# then run the training demo (synthetic phantoms -> supervised UNet -> evaluation; ~3 min on CPU).
+# then run the demo (phantoms, 1 labeled patient: supervised vs GLCon + MONA -> evaluation; ~10 min on 2 CPU cores).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh "${MONA_VENV:-.venv}"
