@@ -179,7 +179,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         zooms = img.header.get_zooms()
         spacing = tuple(float(z) for z in (list(zooms) + [1.0] * 3)[:3])
         v = Volume(CaseRecord(Path(args.input).name, "", args.input, None), vol, None, spacing, img.affine)
-        write_overlay(v, pred, png)
+        write_overlay(v, pred, png, meta["class_names"])
         print(f"wrote overlay {png}")
     return 0
 

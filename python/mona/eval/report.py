@@ -145,27 +145,9 @@ def _rgba(label: np.ndarray) -> np.ndarray:
 def write_overlay(vol: Volume, pred: np.ndarray, path: str | Path, class_names: list[str] | None = None,
                   z: int | None = None) -> Path:
     """PNG: image, ground truth (if any) and prediction overlaid on the slice with the most foreground."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ref = vol.label if vol.label is not None else pred
-    if z is None:
-        z = int(np.argmax((ref > 0).reshape(-1, ref.shape[2]).sum(0)))
-    img = vol.image[:, :, z].T
-    panels = [("image", None)] + ([("ground truth", vol.label[:, :, z].T)] if vol.label is not None else []) \
-        + [("prediction", pred[:, :, z].T)]
-    aspect = vol.spacing[1] / vol.spacing[0]
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4))
-    for ax, (title, lab) in zip(np.atleast_1d(axes), panels):
-        ax.imshow(img, cmap="gray", aspect=aspect)
-        if lab is not None:
-            ax.imshow(_rgba(lab.astype(np.int64)), aspect=aspect)
-        ax.set_title(f"{title} (z={z})", fontsize=9)
-        ax.axis("off")
-    fig.suptitle(vol.record.case_id, fontsize=10)
-    fig.tight_layout()
-    return _save_figure(fig, path)
+    if class_names is None:
+        class_names = ["background"] + [f"class {c}" for c in range(1, int(pred.max()) + 1)]
+    return write_comparison_overlay(vol, {"prediction": pred}, path, class_names, z)
 
 
 def learning_curve(run_dir: str | Path, path: str | Path) -> Path:
@@ -196,6 +178,8 @@ def _legend(fig, class_names: list[str]) -> None:
     from matplotlib.patches import Patch
 
     handles = [Patch(color=_COLORS[i % len(_COLORS)][:3], label=name) for i, name in enumerate(class_names) if i]
+    if not handles:
+        return
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
 
 
