@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from mona.train import load_config, run_stages, train
-from mona.train.checkpoint import load_checkpoint
+from mona.train.checkpoint import load_checkpoint, student_state
 from mona.train.loop import setup, train_one_iteration
 from mona.train.losses import confidence_weighted_ce
 
@@ -45,7 +45,7 @@ def test_resume_is_bit_identical_for_every_method(tiny_cache, tmp_path, method):
     assert part.losses + rest.losses == full.losses
     a = load_checkpoint(tmp_path / "full" / "last.pt")
     b = load_checkpoint(tmp_path / "part" / "last.pt")
-    assert _states_equal(a["model"], b["model"])
+    assert _states_equal(student_state(a), student_state(b))
     assert a["objects"].keys() == b["objects"].keys()
     if method != "supervised":  # the teacher, the queues and the bank continued exactly too
         assert _states_equal(a["objects"]["teacher"], b["objects"]["teacher"])
@@ -163,7 +163,7 @@ def test_init_from_loads_the_stage1_weights(tiny_cache, tmp_path):
     train(_cfg(tiny_cache, tmp_path / "s1", "glcon", iterations=2), progress=False)
     cfg = _cfg(tiny_cache, tmp_path / "s2", iterations=1, init_from=str(tmp_path / "s1" / "last.pt"))
     run = setup(cfg)
-    stage1 = load_checkpoint(tmp_path / "s1" / "last.pt")["model"]
+    stage1 = student_state(load_checkpoint(tmp_path / "s1" / "last.pt"))
     student = run.method.student.state_dict()
     for k, v in student.items():
         if k.startswith(("unet.", "heads.global.", "heads.predictor.")):
@@ -183,8 +183,8 @@ def test_two_stages_from_one_config_and_resume_at_either_stage(tiny_cache, tmp_p
     train(stages(cfg)[0], progress=False, stop_after=2)
     rest = run_stages(cfg, resume="auto", progress=False)
     assert [r.iteration for r in rest] == [3, 4]
-    a = load_checkpoint(tmp_path / "full" / "last.pt")["model"]
-    b = load_checkpoint(tmp_path / "part" / "last.pt")["model"]
+    a = student_state(load_checkpoint(tmp_path / "full" / "last.pt"))
+    b = student_state(load_checkpoint(tmp_path / "part" / "last.pt"))
     assert _states_equal(a, b)
     # everything finished: nothing to redo
     assert run_stages(cfg, resume="auto", progress=False) == []

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from mona.train import load_config, train
-from mona.train.checkpoint import load_checkpoint, load_model
+from mona.train.checkpoint import load_checkpoint, load_model, student_state
 from mona.train.losses import soft_dice_loss
 
 
@@ -40,8 +40,8 @@ def test_resume_continues_identically(tiny_cache, tmp_path):
     rest = train(_cfg(tiny_cache, tmp_path / "part", iterations=8), progress=False,
                  resume=tmp_path / "part" / "last.pt")
     assert part.losses + rest.losses == full.losses  # bit-identical on CPU
-    a = torch.load(tmp_path / "full" / "last.pt", weights_only=False)["model"]
-    b = torch.load(tmp_path / "part" / "last.pt", weights_only=False)["model"]
+    a = student_state(torch.load(tmp_path / "full" / "last.pt", weights_only=False))
+    b = student_state(torch.load(tmp_path / "part" / "last.pt", weights_only=False))
     assert all(torch.equal(a[k], b[k]) for k in a)
     # the logs were continued, not duplicated
     lines = (tmp_path / "part" / "train_log.csv").read_text().splitlines()

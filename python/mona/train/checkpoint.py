@@ -4,8 +4,8 @@ resume exactly and the metadata inference needs (classes, input size, normalisat
 A training checkpoint (``mona-checkpoint-v2``) stores ``objects``: the state of every named stateful
 object of the run (student, teacher, optimiser, scheduler, scaler, samplers, banks, queues, every
 ``torch.Generator``), produced by :func:`state_of` from the same dictionary that :func:`restore`
-loads it into, so nothing can be saved and forgotten on load (or the reverse). ``model`` is the
-student's state (what :func:`load_model` reads).
+loads it into, so nothing can be saved and forgotten on load (or the reverse). The student's
+weights are ``objects["student"]`` (:func:`student_state`), stored once.
 
 ``export_inference`` writes the UNet weights only (training heads excluded) + that metadata.
 """
@@ -115,8 +115,16 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Mo
     return model.to(device).eval(), meta
 
 
+def student_state(ck: dict) -> dict[str, torch.Tensor]:
+    """The student's ``MonaNet`` state of a loaded checkpoint: a training checkpoint's student (v1: its
+    ``model``), or an exported model's UNet (keys prefixed ``unet.``, no heads)."""
+    if ck["format"] == INFERENCE_FORMAT:
+        return {f"unet.{k}": v for k, v in ck["unet"].items()}
+    if ck["format"] in OLD_FORMATS:
+        return ck["model"]
+    return ck["objects"]["student"]
+
+
 def unet_state(ck: dict) -> dict[str, torch.Tensor]:
     """The UNet weights of a loaded training checkpoint or exported model."""
-    if ck["format"] == INFERENCE_FORMAT:
-        return ck["unet"]
-    return {k[len("unet."):]: v for k, v in ck["model"].items() if k.startswith("unet.")}
+    return {k[len("unet."):]: v for k, v in student_state(ck).items() if k.startswith("unet.")}

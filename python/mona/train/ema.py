@@ -34,7 +34,7 @@ def teacher_mode(teacher: nn.Module) -> nn.Module:
 def ema_update(teacher: nn.Module, student: nn.Module, decay: float) -> None:
     """Parameters and floating buffers (BN running mean / var): EMA with ``decay``; integer buffers
     (``num_batches_tracked``) copied. Called after every optimiser step."""
-    t_params = [p for p in teacher.parameters()]
+    t_params = list(teacher.parameters())
     s_params = [p.detach() for p in student.parameters()]
     if len(t_params) != len(s_params):
         raise RuntimeError("ema_update: teacher and student have different parameter lists")

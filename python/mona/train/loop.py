@@ -33,7 +33,7 @@ from ..data.sampler import LabeledUnlabeledSampler
 from ..eval.metrics import dice
 from ..models import MonaNet, build_model
 from .checkpoint import (FORMAT, atomic_torch_save, export_inference, load_checkpoint, model_meta, restore,
-                         rng_state, set_rng_state, states_of)
+                         rng_state, set_rng_state, states_of, unet_state)
 from .config import TrainConfig, config_from_dict
 from .methods import METHOD_CLASSES, Batch, Method, RunContext
 
@@ -155,7 +155,7 @@ class Run:
 
     def checkpoint(self, it: int) -> dict:
         return {"format": FORMAT, "iteration": it, "method": self.cfg.method, "config": self.cfg.to_dict(),
-                "meta": self.meta, "model": self.method.student.state_dict(), "objects": states_of(self.objects),
+                "meta": self.meta, "objects": states_of(self.objects),
                 "rng": rng_state(), "best_dice": self.best, "best_iteration": self.best_iteration,
                 "labeled_patients": self.split.labeled_patients}
 
@@ -294,8 +294,8 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, progress: bool 
             log.warning("no validation patients in %s: best.pt is the final model", run.cache.root)
             run.best_iteration = it
             atomic_torch_save(run.checkpoint(it), run.out / "best.pt")
-        best_model = build_model(run.meta, run.method.heads(cfg))
-        best_model.load_state_dict(load_checkpoint(run.out / "best.pt")["model"])
+        best_model = build_model(run.meta)
+        best_model.unet.load_state_dict(unet_state(load_checkpoint(run.out / "best.pt")))
         export_inference(best_model, run.meta, run.out / "model.pt")
     result.iteration, result.best_dice, result.best_iteration = it, run.best, run.best_iteration
     result.has_validation = bool(run.val_cases)

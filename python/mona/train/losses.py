@@ -64,18 +64,10 @@ def loss_impl(name: str) -> LossImpl:
     import mona_ext
     from mona_ext import reference
 
+    # both contrast functions take the same keywords and a ClassMemoryBank as ``bank``
     if name == "ext":
-        def contrast(features, labels, num_classes, *, bank, **kw):
-            return mona_ext.contrast_loss(features, labels, num_classes, bank=bank, **kw)
-        return LossImpl("ext", contrast, mona_ext.pixel_kl, mona_ext.similarity_kl, mona_ext.knn_loss)
+        return LossImpl("ext", mona_ext.contrast_loss, mona_ext.pixel_kl, mona_ext.similarity_kl, mona_ext.knn_loss)
     if name == "reference":
-        def contrast_ref(features, labels, num_classes, *, valid=None, prob=None, strong_threshold=0.97,
-                         temperature=0.5, num_queries=256, num_negatives=512, key_features=None, bank=None,
-                         negatives="batch", generator=None):
-            storage, fill = (bank.storage, bank.fill) if bank is not None else (None, None)
-            return reference.contrast_loss_vectorised(
-                features, labels, num_classes, valid, prob, strong_threshold, temperature, num_queries,
-                num_negatives, generator, key_features=key_features, bank=storage, bank_fill=fill,
-                negatives=negatives)
-        return LossImpl("reference", contrast_ref, reference.pixel_kl, reference.similarity_kl, reference.knn_loss)
+        return LossImpl("reference", reference.contrast_loss_vectorised, reference.pixel_kl, reference.similarity_kl,
+                        reference.knn_loss)
     raise ValueError(f"impl must be 'ext' or 'reference', got {name!r}")

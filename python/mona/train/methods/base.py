@@ -22,7 +22,7 @@ import torch
 from ...data.dataset import SliceCache
 from ...data.labeled import LabeledSplit
 from ...models import MonaNet, build_model
-from ..checkpoint import INFERENCE_FORMAT, load_checkpoint
+from ..checkpoint import load_checkpoint, student_state
 from ..config import TrainConfig
 from ..ema import ema_update, make_teacher
 from ..losses import loss_impl
@@ -61,14 +61,10 @@ def load_init_weights(student: MonaNet, path: str | Path, meta: dict) -> list[st
         raise FileNotFoundError(f"init_from: checkpoint {p} does not exist")
     ck = load_checkpoint(p)
     theirs = ck["meta"]
-    for key in ("num_classes", "channels"):
-        if list(map(int, [theirs[key]] if key == "num_classes" else theirs[key])) != \
-                list(map(int, [meta[key]] if key == "num_classes" else meta[key])):
+    for key, norm in (("num_classes", int), ("channels", lambda c: [int(x) for x in c])):
+        if norm(theirs[key]) != norm(meta[key]):
             raise ValueError(f"init_from {p}: incompatible checkpoint: {key} {theirs[key]} != this run's {meta[key]}")
-    if ck["format"] == INFERENCE_FORMAT:
-        state = {f"unet.{k}": v for k, v in ck["unet"].items()}
-    else:
-        state = ck["model"]
+    state = student_state(ck)
     own = student.state_dict()
     unet_missing = [k for k in own if k.startswith("unet.") and k not in state]
     if unet_missing:

@@ -60,7 +60,7 @@ class Mona(Method):
         # the contrastive sampler draws on the features' device (Philox on CUDA)
         self.contrast_gen = torch.Generator(device=dev).manual_seed(self.cfg.seed + 4)
         self.push_gen = torch.Generator(device=dev).manual_seed(self.cfg.seed + 5)
-        self._pending: dict[str, torch.Tensor] = {}
+        self._pending: dict[str, object] = {}   # pushes for after_step: "bank" (keys, labels, valid), "queue"
 
     def terms(self) -> tuple[str, ...]:
         m = self.cfg.mona
