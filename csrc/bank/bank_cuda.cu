@@ -161,25 +161,23 @@ void push_impl(at::Tensor& storage, at::Tensor& ptr, at::Tensor& fill, const at:
   at::Tensor counts = at::empty({C}, ptr.options());
   const auto stream = cuda::stream();
   C10_CUDA_CHECK(cudaMemsetAsync(rank.data_ptr<int64_t>(), 0xff, M * sizeof(int64_t), stream));  // -1
-  bank_rank_kernel<index_t><<<static_cast<unsigned int>(C), kRankThreads, 0, stream>>>(
-      labels, valid, priority, M, C, cap, ignore_index, rank.data_ptr<int64_t>(), counts.data_ptr<int64_t>());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  cuda::launch<bank_rank_kernel<index_t>>(static_cast<unsigned int>(C), kRankThreads, 0, stream,
+        labels, valid, priority, M, C, cap, ignore_index, rank.data_ptr<int64_t>(), counts.data_ptr<int64_t>());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, storage.scalar_type(), "bank_push_cuda", [&] {
-    bank_copy_kernel<scalar_t, index_t><<<cuda::blocks_for(M, cuda::kThreads / 32), cuda::kThreads, 0, stream>>>(
+    cuda::launch<bank_copy_kernel<scalar_t, index_t>>(cuda::blocks_for(M, cuda::kThreads / 32), cuda::kThreads, 0, stream,
         storage.data_ptr<scalar_t>(), ptr.data_ptr<int64_t>(), keys.data_ptr<scalar_t>(), labels,
         rank.data_ptr<int64_t>(), counts.data_ptr<int64_t>(), M, K, D);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  bank_state_kernel<<<cuda::blocks_for(C), cuda::kThreads, 0, stream>>>(
-      ptr.data_ptr<int64_t>(), fill.data_ptr<int64_t>(), counts.data_ptr<int64_t>(), C, K);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  cuda::launch<bank_state_kernel>(cuda::blocks_for(C), cuda::kThreads, 0, stream,
+        ptr.data_ptr<int64_t>(), fill.data_ptr<int64_t>(), counts.data_ptr<int64_t>(), C, K);
 }
 
 void bank_push_cuda(at::Tensor storage, at::Tensor ptr, at::Tensor fill, const at::Tensor& keys,
                     const at::Tensor& labels, const std::optional<at::Tensor>& valid,
                     const std::optional<at::Tensor>& priority, int64_t cap, int64_t ignore_index) {
   bank_checks::check_bank_push(storage, ptr, fill, keys, labels, valid, priority, cap);
-  const c10::cuda::CUDAGuard guard(storage.device());
+  const cuda::DeviceGuard guard("bank_push", {{"storage", storage}, {"ptr", ptr}, {"fill", fill}, {"keys", keys},
+                                              {"labels", labels}, {"valid", valid}, {"priority", priority}});
   TORCH_CHECK_VALUE(storage.size(0) <= 2147483647LL, "bank_push: too many classes");
   const at::Tensor lab = labels.contiguous();
   const at::Tensor v = valid.has_value() ? valid->contiguous() : at::Tensor();
@@ -192,14 +190,14 @@ void bank_push_cuda(at::Tensor storage, at::Tensor ptr, at::Tensor fill, const a
 
 void queue_push_cuda(at::Tensor queue, at::Tensor ptr, at::Tensor fill, const at::Tensor& keys) {
   bank_checks::check_queue_push(queue, ptr, fill, keys);
-  const c10::cuda::CUDAGuard guard(queue.device());
+  const cuda::DeviceGuard guard("queue_push", {{"queue", queue}, {"ptr", ptr}, {"fill", fill}, {"keys", keys}});
   at::Tensor storage = queue.unsqueeze(0);
   push_impl<int64_t>(storage, ptr, fill, keys, nullptr, nullptr, nullptr, -1, -1);
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(mona, CUDA, m) {
+MONA_REGISTER_CUDA_KERNELS(m) {
   m.impl("bank_push", &bank_push_cuda);
   m.impl("queue_push", &queue_push_cuda);
 }

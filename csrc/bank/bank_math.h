@@ -24,7 +24,7 @@ MONA_HD int64_t next_fill(int64_t fill, int64_t n, int64_t K) { return fill + n 
 // lower index. float -> uint32 monotone map (negative floats flipped), then inverted.
 MONA_HD uint64_t order_key(float priority, int64_t index) {
   uint32_t bits;
-#if defined(__CUDA_ARCH__)
+#if MONA_DEVICE_CODE
   bits = __float_as_uint(priority);
 #else
   std::memcpy(&bits, &priority, sizeof(bits));

@@ -36,17 +36,20 @@ constexpr size_t kMaxPartialBytes = 32 * 1024;  // shared memory for block-level
 // Block-level partial sums: a block accumulates into shared memory (cheap shared atomics) and
 // adds each nonzero partial to the global accumulator once at the end. Used when the partials fit
 // (`partials` true); otherwise run flushes go straight to global memory.
-template <typename acc_t>
-__device__ __forceinline__ void flush_run(acc_t* shared, acc_t* global, bool partials, int64_t shared_idx,
+template <typename shared_t, typename acc_t>
+__device__ __forceinline__ void flush_run(shared_t shared, acc_t* global, bool partials, int64_t shared_idx,
                                           int64_t global_idx, acc_t value) {
-  gpuAtomicAdd(partials ? shared + shared_idx : global + global_idx, value);
+  if (partials) {
+    gpuAtomicAdd(shared + shared_idx, value);
+  } else {
+    gpuAtomicAdd(global + global_idx, value);
+  }
 }
 
 template <typename index_t, typename acc_t>
 __global__ void class_counts_kernel(const index_t* __restrict__ labels, const acc_t* __restrict__ weight, int64_t N,
                                     int64_t C, int64_t ignore_index, bool partials, acc_t* __restrict__ counts) {
-  extern __shared__ __align__(16) unsigned char smem_raw[];
-  acc_t* part = reinterpret_cast<acc_t*>(smem_raw);  // [C] when partials
+  MONA_DYNAMIC_SHARED(acc_t, part);  // [C] when partials
   if (partials) {
     for (int64_t c = threadIdx.x; c < C; c += blockDim.x) part[c] = acc_t(0);
     __syncthreads();
@@ -83,13 +86,12 @@ __global__ void class_sums_kernel(PixelView<const scalar_t> f, const index_t* __
                                   const at::opmath_type<scalar_t>* __restrict__ weight, int64_t C, bool partials,
                                   at::opmath_type<scalar_t>* __restrict__ sums) {
   using acc_t = at::opmath_type<scalar_t>;
-  extern __shared__ __align__(16) unsigned char smem_raw[];
   // Work unit: (image b, pixel chunk, channel group). Chunk = kSeq * pixels_per_block_row pixels.
   const int64_t lanes = kChannelsFastest ? blockDim.x : 1;               // channels per block
   const int64_t pix_lanes = kChannelsFastest ? blockDim.y : blockDim.x;  // parallel pixel sequences
   const int64_t lane = kChannelsFastest ? threadIdx.x : 0;
   const int64_t tid = threadIdx.y * blockDim.x + threadIdx.x, nthreads = blockDim.x * blockDim.y;
-  acc_t* part = reinterpret_cast<acc_t*>(smem_raw);  // [C, lanes] when partials
+  MONA_DYNAMIC_SHARED(acc_t, part);  // [C, lanes] when partials
   const int64_t chunk = pix_lanes * kSeq;
   const int64_t chunks_per_image = (f.P + chunk - 1) / chunk;
   const int64_t d_groups = kChannelsFastest ? (f.D + lanes - 1) / lanes : f.D;
@@ -201,8 +203,7 @@ std::tuple<at::Tensor, at::Tensor> class_mean_cuda(const at::Tensor& features, c
                                                    const std::optional<at::Tensor>& weight, int64_t num_classes,
                                                    int64_t ignore_index) {
   check_features_labels("class_mean", features, labels, weight, num_classes);
-  TORCH_CHECK_VALUE(features.is_cuda(), "class_mean (CUDA kernel): features must be on a CUDA device");
-  const c10::cuda::CUDAGuard guard(features.device());
+  const cuda::DeviceGuard guard("class_mean", {{"features", features}, {"labels", labels}, {"weight", weight}});
   const at::Tensor f = view_features(features);
   const at::Tensor lab = labels.contiguous();
   const auto acc = acc_dtype(features.scalar_type());
@@ -219,10 +220,8 @@ std::tuple<at::Tensor, at::Tensor> class_mean_cuda(const at::Tensor& features, c
       const acc_t* wp = w.defined() ? w.data_ptr<acc_t>() : nullptr;
       const size_t count_smem = sizeof(acc_t) * num_classes;
       const bool count_partials = count_smem <= kMaxPartialBytes;
-      class_counts_kernel<index_t, acc_t><<<cuda::blocks_for((N + kSeq - 1) / kSeq), cuda::kThreads,
-                                            count_partials ? count_smem : 0, stream>>>(
-          lab.data_ptr<index_t>(), wp, N, num_classes, ignore_index, count_partials, counts.data_ptr<acc_t>());
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      cuda::launch<class_counts_kernel<index_t, acc_t>>(cuda::blocks_for((N + kSeq - 1) / kSeq), cuda::kThreads, count_partials ? count_smem : 0, stream,
+        lab.data_ptr<index_t>(), wp, N, num_classes, ignore_index, count_partials, counts.data_ptr<acc_t>());
       const auto view = make_pixel_view<const scalar_t>(f);
       if (view.channels_fastest()) {
         const dim3 block(32, cuda::kThreads / 32);
@@ -230,20 +229,18 @@ std::tuple<at::Tensor, at::Tensor> class_mean_cuda(const at::Tensor& features, c
         const dim3 grid(std::min<int64_t>(chunks, 65535), std::min<int64_t>((D + 31) / 32, 65535));
         const size_t smem = sizeof(acc_t) * num_classes * 32;
         const bool partials = smem <= kMaxPartialBytes;
-        class_sums_kernel<scalar_t, index_t, true><<<grid, block, partials ? smem : 0, stream>>>(
-            view, lab.data_ptr<index_t>(), wp, num_classes, partials, sums.data_ptr<acc_t>());
+        cuda::launch<class_sums_kernel<scalar_t, index_t, true>>(grid, block, partials ? smem : 0, stream,
+        view, lab.data_ptr<index_t>(), wp, num_classes, partials, sums.data_ptr<acc_t>());
       } else {
         const int64_t chunks = view.B * ((view.P + cuda::kThreads * kSeq - 1) / (cuda::kThreads * kSeq));
         const dim3 grid(std::min<int64_t>(chunks, 65535), std::min<int64_t>(D, 65535));
         const size_t smem = sizeof(acc_t) * num_classes;
         const bool partials = smem <= kMaxPartialBytes;
-        class_sums_kernel<scalar_t, index_t, false><<<grid, cuda::kThreads, partials ? smem : 0, stream>>>(
-            view, lab.data_ptr<index_t>(), wp, num_classes, partials, sums.data_ptr<acc_t>());
+        cuda::launch<class_sums_kernel<scalar_t, index_t, false>>(grid, cuda::kThreads, partials ? smem : 0, stream,
+        view, lab.data_ptr<index_t>(), wp, num_classes, partials, sums.data_ptr<acc_t>());
       }
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-      class_mean_finalize_kernel<scalar_t><<<cuda::blocks_for(num_classes * D), cuda::kThreads, 0, stream>>>(
-          sums.data_ptr<acc_t>(), counts.data_ptr<acc_t>(), num_classes, D, means.data_ptr<scalar_t>());
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      cuda::launch<class_mean_finalize_kernel<scalar_t>>(cuda::blocks_for(num_classes * D), cuda::kThreads, 0, stream,
+        sums.data_ptr<acc_t>(), counts.data_ptr<acc_t>(), num_classes, D, means.data_ptr<scalar_t>());
     });
   });
   return {means, counts};
@@ -254,10 +251,12 @@ std::tuple<at::Tensor, at::Tensor> class_mean_backward_cuda(
     const at::Tensor& labels, const std::optional<at::Tensor>& weight, const at::Tensor& means,
     const at::Tensor& counts, int64_t ignore_index, bool weight_requires_grad) {
   const int64_t C = means.size(0);
+  const cuda::DeviceGuard guard("class_mean_backward", {{"features", features}, {"grad_means", grad_means},
+                                                        {"grad_counts", grad_counts}, {"labels", labels},
+                                                        {"weight", weight}, {"means", means}, {"counts", counts}});
   check_features_labels("class_mean_backward", features, labels, weight, C);
   TORCH_CHECK_VALUE(!weight_requires_grad || weight.has_value(),
                     "class_mean_backward: weight_requires_grad=True needs a weight");
-  const c10::cuda::CUDAGuard guard(features.device());
   const at::Tensor f = view_features(features);
   const at::Tensor lab = labels.contiguous();
   const auto acc = acc_dtype(features.scalar_type());
@@ -278,18 +277,16 @@ std::tuple<at::Tensor, at::Tensor> class_mean_backward_cuda(
         const auto gview = make_pixel_view<scalar_t>(grad_features);
         const unsigned int blocks = cuda::blocks_for(N * D);
         if (gview.channels_fastest()) {
-          class_mean_grad_features_kernel<scalar_t, index_t, true><<<blocks, cuda::kThreads, 0, stream>>>(
-              gview, lab.data_ptr<index_t>(), wp, C, gm.data_ptr<acc_t>(), cnt.data_ptr<acc_t>());
+          cuda::launch<class_mean_grad_features_kernel<scalar_t, index_t, true>>(blocks, cuda::kThreads, 0, stream,
+        gview, lab.data_ptr<index_t>(), wp, C, gm.data_ptr<acc_t>(), cnt.data_ptr<acc_t>());
         } else {
-          class_mean_grad_features_kernel<scalar_t, index_t, false><<<blocks, cuda::kThreads, 0, stream>>>(
-              gview, lab.data_ptr<index_t>(), wp, C, gm.data_ptr<acc_t>(), cnt.data_ptr<acc_t>());
+          cuda::launch<class_mean_grad_features_kernel<scalar_t, index_t, false>>(blocks, cuda::kThreads, 0, stream,
+        gview, lab.data_ptr<index_t>(), wp, C, gm.data_ptr<acc_t>(), cnt.data_ptr<acc_t>());
         }
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
         if (weight_requires_grad) {
-          class_mean_grad_weight_kernel<scalar_t, index_t><<<cuda::blocks_for(N), cuda::kThreads, 0, stream>>>(
-              make_pixel_view<const scalar_t>(f), lab.data_ptr<index_t>(), C, gm.data_ptr<acc_t>(), gc.data_ptr<acc_t>(),
+          cuda::launch<class_mean_grad_weight_kernel<scalar_t, index_t>>(cuda::blocks_for(N), cuda::kThreads, 0, stream,
+        make_pixel_view<const scalar_t>(f), lab.data_ptr<index_t>(), C, gm.data_ptr<acc_t>(), gc.data_ptr<acc_t>(),
               mu.data_ptr<acc_t>(), cnt.data_ptr<acc_t>(), grad_weight.data_ptr<acc_t>());
-          C10_CUDA_KERNEL_LAUNCH_CHECK();
         }
       });
     });
@@ -300,7 +297,7 @@ std::tuple<at::Tensor, at::Tensor> class_mean_backward_cuda(
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(mona, CUDA, m) {
+MONA_REGISTER_CUDA_KERNELS(m) {
   m.impl("class_mean", &class_mean_cuda);
   m.impl("class_mean_backward", &class_mean_backward_cuda);
 }

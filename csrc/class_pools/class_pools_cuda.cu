@@ -42,7 +42,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> class_pools_cuda(
     const at::Tensor& labels, const std::optional<at::Tensor>& valid, const std::optional<at::Tensor>& prob,
     int64_t num_classes, double strong_threshold, int64_t ignore_index) {
   check_pools_args(labels, valid, prob, num_classes, ignore_index);
-  const c10::cuda::CUDAGuard guard(labels.device());
+  const cuda::DeviceGuard guard("class_pools", {{"labels", labels}, {"valid", valid}, {"prob", prob}});
   const at::Tensor lab = labels.contiguous();
   const int64_t N = lab.numel(), C = num_classes;
   const auto opts = labels.options().dtype(at::kLong);
@@ -55,10 +55,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> class_pools_cuda(
       AT_DISPATCH_INDEX_TYPES(lab.scalar_type(), "class_pools_cuda_labels", [&] {
         PixelView<const scalar_t> pv{};
         if (p.defined()) pv = make_pixel_view<const scalar_t>(p);
-        pool_keys_kernel<index_t, scalar_t><<<cuda::blocks_for(N), cuda::kThreads, 0, cuda::stream()>>>(
-            lab.data_ptr<index_t>(), v.defined() ? v.data_ptr<bool>() : nullptr, pv, p.defined(), N, C,
+        cuda::launch<pool_keys_kernel<index_t, scalar_t>>(cuda::blocks_for(N), cuda::kThreads, 0, cuda::stream(),
+        lab.data_ptr<index_t>(), v.defined() ? v.data_ptr<bool>() : nullptr, pv, p.defined(), N, C,
             strong_threshold, ignore_index, keys.data_ptr<int64_t>());
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
       });
     });
   }
@@ -74,6 +73,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> class_pools_cuda(
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(mona, CUDA, m) { m.impl("class_pools", &class_pools_cuda); }
+MONA_REGISTER_CUDA_KERNELS(m) { m.impl("class_pools", &class_pools_cuda); }
 
 }  // namespace mona

@@ -17,7 +17,7 @@ constexpr double kEps = 1e-12;
 
 template <typename acc_t>
 MONA_HD acc_t root(acc_t x) {
-#if defined(__CUDA_ARCH__)
+#if MONA_DEVICE_CODE
   return sqrt(x);
 #else
   return std::sqrt(x);
@@ -26,7 +26,7 @@ MONA_HD acc_t root(acc_t x) {
 
 template <typename acc_t>
 MONA_HD acc_t inv_norm(acc_t squared_norm) {
-#if defined(__CUDA_ARCH__)
+#if MONA_DEVICE_CODE
   // 1 / max(sqrt(x), eps) == rsqrt(max(x, eps^2)); avoids the IEEE-division slow path (and its spills).
   const acc_t eps2 = acc_t(kEps * kEps);
   return rsqrt(squared_norm > eps2 ? squared_norm : eps2);

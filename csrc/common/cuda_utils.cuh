@@ -1,16 +1,38 @@
-// Helpers shared by the CUDA kernels. Light headers only (see DESIGN.md section 6: the local
-// toolkit lacks cuSPARSE/cuBLAS headers, so ATen/cuda/CUDAContext.h is avoided).
+// Helpers shared by the CUDA kernels' host launchers. Light headers only (see DESIGN.md section 6:
+// the local toolkit lacks cuSPARSE/cuBLAS headers, so ATen/cuda/CUDAContext.h is avoided).
+//
+// The same sources also build as host C++ for the CPU emulation of the CUDA execution model
+// (csrc/emu, -DMONA_EMULATE_CUDA, test-only): every kernel is therefore launched through
+// cuda::launch (never `<<<...>>>` directly), declares dynamic shared memory with
+// MONA_DYNAMIC_SHARED, takes its device from cuda::DeviceGuard and registers with
+// MONA_REGISTER_CUDA_KERNELS. Under nvcc these are the plain CUDA constructs.
 #pragma once
 
+#include <ATen/core/Tensor.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <initializer_list>
+
+#include "common/tensor_utils.h"
+
+#ifdef MONA_EMULATE_CUDA
+#include "emu/cuda_emu.h"
+#else
 #include <ATen/cuda/Atomic.cuh>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
-
-#include <algorithm>
-#include <cstdint>
+#endif
 
 namespace mona {
+namespace emu {
+#ifdef MONA_EMULATE_CUDA
+void run_grid(const char* pretty, const void* kernel, dim3 grid, dim3 block, size_t dynamic_bytes,
+              void (*call)(void*), void* obj);
+#endif
+}  // namespace emu
+
 namespace cuda {
 
 constexpr int kThreads = 256;
@@ -18,7 +40,88 @@ constexpr int kThreads = 256;
 inline unsigned int blocks_for(int64_t n, int threads = kThreads, int64_t cap = 65535LL * 8) {
   return static_cast<unsigned int>(std::max<int64_t>(1, std::min<int64_t>((n + threads - 1) / threads, cap)));
 }
+
+#ifdef MONA_EMULATE_CUDA
+inline cudaStream_t stream() { return nullptr; }
+#else
 inline cudaStream_t stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
+#endif
+
+// Launches Kernel<<<grid, block, dynamic_shared_bytes, stream>>>(args...) and checks the launch.
+// Under the emulation: runs the whole grid on the CPU (see emu/cuda_emu.h).
+template <auto Kernel, typename... Args>
+void launch(dim3 grid, dim3 block, size_t dynamic_shared_bytes, cudaStream_t stream, const Args&... args) {
+#ifdef MONA_EMULATE_CUDA
+  (void)stream;
+  auto body = [&]() { Kernel(args...); };
+  emu::run_grid(__PRETTY_FUNCTION__, reinterpret_cast<const void*>(Kernel), grid, block, dynamic_shared_bytes,
+                [](void* obj) { (*static_cast<decltype(body)*>(obj))(); }, &body);
+#else
+  Kernel<<<grid, block, dynamic_shared_bytes, stream>>>(args...);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+#endif
+}
+
+// Largest dynamic shared memory a block of the current device may use once opted in.
+inline int max_dynamic_shared_optin() {
+  int device = 0, bytes = 0;
+  C10_CUDA_CHECK(cudaGetDevice(&device));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  return bytes;
+}
+
+// Lets Kernel use `bytes` of dynamic shared memory (above the default 48 KiB needs an opt-in).
+template <auto Kernel>
+void allow_dynamic_shared(size_t bytes) {
+  if (bytes > 48 * 1024) {
+    C10_CUDA_CHECK(cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
+  }
+}
+
+// Checks that every given tensor is on one device, and that it is a CUDA device (the emulation:
+// the CPU), with a ValueError naming the argument; then makes that device current. Constructed
+// before anything touches a device, so mixing devices never reaches a c10 internal error.
+class DeviceGuard {
+ public:
+  DeviceGuard(const char* op, std::initializer_list<NamedTensor> tensors)
+#ifdef MONA_EMULATE_CUDA
+  {
+    const c10::Device d = check_same_device(op, tensors);
+    TORCH_CHECK_VALUE(d.is_cpu(), op, " (emulated CUDA kernel): ", tensors.begin()->name,
+                      " must be on the CPU under the emulation, got ", d);
+  }
+#else
+      : guard_(checked(op, tensors)) {
+  }
+
+ private:
+  static c10::Device checked(const char* op, std::initializer_list<NamedTensor> tensors) {
+    const c10::Device d = check_same_device(op, tensors);
+    TORCH_CHECK_VALUE(d.is_cuda(), op, " (CUDA kernel): ", tensors.begin()->name, " must be on a CUDA device, got ", d);
+    return d;
+  }
+  c10::cuda::CUDAGuard guard_;
+#endif
+};
 
 }  // namespace cuda
 }  // namespace mona
+
+#ifdef MONA_EMULATE_CUDA
+// A pointer to the block's dynamic shared memory, bounds and race checked (emu/cuda_emu.h).
+#define MONA_DYNAMIC_SHARED(T, name) ::mona::emu::SharedPtr<T> name = ::mona::emu::dynamic_shared<T>()
+#define MONA_REGISTER_CUDA_KERNELS(m) TORCH_LIBRARY_IMPL(mona_emu, CPU, m)
+namespace mona {
+template <typename T>
+using smem_ptr = emu::SharedPtr<T>;
+}  // namespace mona
+#else
+#define MONA_DYNAMIC_SHARED(T, name)                                  \
+  extern __shared__ __align__(16) unsigned char name##_shared_bytes[]; \
+  T* name = reinterpret_cast<T*>(name##_shared_bytes)
+#define MONA_REGISTER_CUDA_KERNELS(m) TORCH_LIBRARY_IMPL(mona, CUDA, m)
+namespace mona {
+template <typename T>
+using smem_ptr = T*;
+}  // namespace mona
+#endif

@@ -2,6 +2,21 @@
 
 namespace mona {
 
+c10::Device check_same_device(const char* op, std::initializer_list<NamedTensor> tensors) {
+  const NamedTensor* first = nullptr;
+  for (const NamedTensor& t : tensors) {
+    if (t.tensor == nullptr || !t.tensor->defined()) continue;
+    if (first == nullptr) {
+      first = &t;
+      continue;
+    }
+    TORCH_CHECK_VALUE(t.tensor->device() == first->tensor->device(), op, ": ", t.name, " is on ", t.tensor->device(),
+                      " but ", first->name, " is on ", first->tensor->device(), "; all tensors must be on one device");
+  }
+  TORCH_CHECK_VALUE(first != nullptr, op, ": no tensor argument is defined");
+  return first->tensor->device();
+}
+
 void check_features_labels(const char* op, const at::Tensor& features, const at::Tensor& labels,
                            const std::optional<at::Tensor>& weight, int64_t num_classes) {
   TORCH_CHECK_VALUE(num_classes > 0, op, ": num_classes must be positive, got ", num_classes);

@@ -5,6 +5,8 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
+#include <initializer_list>
+#include <optional>
 #include <string>
 
 #include "common/pixel_view.h"
@@ -52,6 +54,18 @@ inline std::string shape_str(const at::Tensor& t) {
   for (int64_t i = 0; i < t.dim(); ++i) s += (i ? ", " : "") + std::to_string(t.size(i));
   return s + "]";
 }
+
+// An argument of an op, by name, for the device checks (an empty optional is skipped).
+struct NamedTensor {
+  const char* name;
+  const at::Tensor* tensor;
+  NamedTensor(const char* n, const at::Tensor& t) : name(n), tensor(&t) {}
+  NamedTensor(const char* n, const std::optional<at::Tensor>& t) : name(n), tensor(t.has_value() ? &*t : nullptr) {}
+};
+
+// Every defined tensor on the device of the first one, else a ValueError naming both arguments
+// ("op: labels is on cpu but features is on cuda:0"). Returns that device.
+c10::Device check_same_device(const char* op, std::initializer_list<NamedTensor> tensors);
 
 // Checks shared by ops that take (features [B,D,H,W] | [N,D], labels [B,H,W] | [N], weight?).
 // Returns nothing; throws c10::Error (ValueError/TypeError in Python) naming the argument.

@@ -1,7 +1,7 @@
 // Warp / block sum reductions shared by the CUDA kernels of similarity_kl and knn_loss.
 #pragma once
 
-#include <cuda_runtime.h>
+#include "common/cuda_utils.cuh"
 
 namespace mona {
 namespace cuda {

@@ -48,7 +48,7 @@ struct Inputs {
 
 // Stages the query vector in shared memory x[0..D) and returns |x| (eps-clamped), on all lanes.
 template <typename scalar_t, typename acc_t>
-__device__ acc_t stage_query(const PixelView<const scalar_t>& f, int64_t n, acc_t* x, int lane) {
+__device__ acc_t stage_query(const PixelView<const scalar_t>& f, int64_t n, smem_ptr<acc_t> x, int lane) {
   const int64_t b = n / f.P;
   const scalar_t* base = f.data + b * f.stride_b + (n - b * f.P) * f.stride_p;
   acc_t sq = 0;
@@ -62,7 +62,7 @@ __device__ acc_t stage_query(const PixelView<const scalar_t>& f, int64_t n, acc_
 }
 
 template <typename row_t, typename acc_t>
-__device__ void warp_dot_square(const row_t* row, int64_t stride, const acc_t* x, int64_t D, int lane, acc_t& dot,
+__device__ void warp_dot_square(const row_t* row, int64_t stride, smem_ptr<acc_t> x, int64_t D, int lane, acc_t& dot,
                                 acc_t& sq) {
   acc_t a = 0, b = 0;
   for (int64_t d = lane; d < D; d += 32) {
@@ -78,10 +78,10 @@ template <typename scalar_t>
 __global__ void infonce_forward_kernel(Inputs<scalar_t> in, at::opmath_type<scalar_t>* __restrict__ row_loss,
                                        at::opmath_type<scalar_t>* __restrict__ grad_rows) {
   using acc_t = at::opmath_type<scalar_t>;
-  extern __shared__ __align__(16) unsigned char smem_raw[];
+  MONA_DYNAMIC_SHARED(acc_t, smem);
   const bool with_grad = grad_rows != nullptr;
-  acc_t* x = reinterpret_cast<acc_t*>(smem_raw) + threadIdx.y * (with_grad ? 2 : 1) * in.D;
-  acc_t* acc = x + in.D;  // only used with_grad
+  const smem_ptr<acc_t> x = smem + threadIdx.y * (with_grad ? 2 : 1) * in.D;
+  const smem_ptr<acc_t> acc = x + in.D;  // only used with_grad
   const int lane = threadIdx.x;
   for (int64_t r = blockIdx.x * static_cast<int64_t>(kWarps) + threadIdx.y; r < in.C * in.Q;
        r += static_cast<int64_t>(gridDim.x) * kWarps) {
@@ -123,7 +123,7 @@ __global__ void infonce_forward_kernel(Inputs<scalar_t> in, at::opmath_type<scal
     if (out) {
       const acc_t scale = in.weight[c] / static_cast<acc_t>(in.Q) * in.inv_t / xn;
       for (int64_t d = lane; d < in.D; d += 32) {
-        out[d] = infonce::query_grad(scale, acc[d], s, proto[d] * inv0, wcos, cos0, x[d], xn);
+        out[d] = infonce::query_grad<acc_t>(scale, acc[d], s, proto[d] * inv0, wcos, cos0, x[d], xn);
       }
     }
     __syncwarp();
@@ -165,7 +165,10 @@ std::tuple<at::Tensor, at::Tensor> contrast_infonce_cuda(const at::Tensor& featu
                                                          const at::Tensor& negative_index,
                                                          const at::Tensor& class_weight, double temperature,
                                                          bool compute_grad) {
-  const c10::cuda::CUDAGuard guard(features.device());
+  const cuda::DeviceGuard guard("contrast_infonce", {{"features", features}, {"key_features", key_features},
+                                                     {"bank", bank}, {"prototypes", prototypes},
+                                                     {"query_index", query_index}, {"negative_index", negative_index},
+                                                     {"class_weight", class_weight}});
   InfonceArgs a = prepare_infonce("contrast_infonce", features, key_features, bank, prototypes, query_index,
                                   negative_index, class_weight, temperature);
   const auto opts = features.options().dtype(a.prototypes.scalar_type());
@@ -177,9 +180,8 @@ std::tuple<at::Tensor, at::Tensor> contrast_infonce_cuda(const at::Tensor& featu
     TORCH_CHECK_VALUE(smem <= 48 * 1024, "contrast_infonce (CUDA): D = ", a.D, " is too large (max ",
                       48 * 1024 / (sizeof(acc_t) * kWarps * (compute_grad ? 2 : 1)), ")");
     const auto blocks = static_cast<unsigned int>(std::min<int64_t>((a.C * a.Q + kWarps - 1) / kWarps, 65535));
-    infonce_forward_kernel<scalar_t><<<blocks, dim3(32, kWarps), smem, cuda::stream()>>>(
+    cuda::launch<infonce_forward_kernel<scalar_t>>(blocks, dim3(32, kWarps), smem, cuda::stream(),
         make_inputs<scalar_t>(a), row_loss.data_ptr<acc_t>(), compute_grad ? grad_rows.data_ptr<acc_t>() : nullptr);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {reduce_infonce_loss(row_loss, a.class_weight, a.Q), grad_rows};
 }
@@ -187,7 +189,8 @@ std::tuple<at::Tensor, at::Tensor> contrast_infonce_cuda(const at::Tensor& featu
 at::Tensor contrast_infonce_backward_cuda(const at::Tensor& grad_loss, const at::Tensor& features,
                                           const at::Tensor& query_index, const at::Tensor& class_weight,
                                           const at::Tensor& grad_rows) {
-  const c10::cuda::CUDAGuard guard(features.device());
+  const cuda::DeviceGuard guard("contrast_infonce_backward", {{"features", features}, {"query_index", query_index},
+                                                              {"class_weight", class_weight}, {"grad_rows", grad_rows}});
   check_backward_args("contrast_infonce_backward", features, query_index, class_weight, grad_rows);
   const at::Tensor f = view_features(features);
   at::Tensor grad = at::zeros_like(f);
@@ -200,17 +203,16 @@ at::Tensor contrast_infonce_backward_cuda(const at::Tensor& grad_loss, const at:
     const at::Tensor w = class_weight.to(rows.scalar_type()).contiguous();
     // grad_loss in the accumulation dtype, on the device (no host read)
     const at::Tensor g = grad_loss.to(features.device(), rows.scalar_type()).reshape({1}).contiguous();
-    infonce_scatter_grad_kernel<scalar_t><<<cuda::blocks_for(C * Q * D), cuda::kThreads, 0, cuda::stream()>>>(
+    cuda::launch<infonce_scatter_grad_kernel<scalar_t>>(cuda::blocks_for(C * Q * D), cuda::kThreads, 0, cuda::stream(),
         rows.data_ptr<acc_t>(), qidx.data_ptr<int64_t>(), w.data_ptr<acc_t>(), g.data_ptr<acc_t>(), C, Q,
         make_pixel_view<scalar_t>(grad));
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return grad;
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(mona, CUDA, m) {
+MONA_REGISTER_CUDA_KERNELS(m) {
   m.impl("contrast_infonce", &contrast_infonce_cuda);
   m.impl("contrast_infonce_backward", &contrast_infonce_backward_cuda);
 }

@@ -154,7 +154,7 @@ std::tuple<at::Tensor, at::Tensor> knn_loss_cuda(const at::Tensor& student, cons
   const int64_t B = student.size(0), K = queue.size(0), d = student.size(1);
   knn_loss_checks::check_k(op, k, K);
   TORCH_CHECK_VALUE(k <= kMaxK, op, ": the CUDA kernel supports k <= ", kMaxK, ", got k=", k);
-  const c10::cuda::CUDAGuard guard(student.device());
+  const cuda::DeviceGuard guard(op, {{"student", student}, {"teacher", teacher}, {"queue", queue}});
   const auto acc = acc_dtype(student.scalar_type());
   const at::Tensor s = student.contiguous(), t = teacher.contiguous(), q = queue.contiguous();
   at::Tensor indices = at::empty({B, k}, s.options().dtype(at::kLong));
@@ -164,13 +164,12 @@ std::tuple<at::Tensor, at::Tensor> knn_loss_cuda(const at::Tensor& student, cons
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, s.scalar_type(), "knn_loss_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     if (B > 0) {
-      knn_loss_forward_kernel<scalar_t><<<static_cast<unsigned int>(std::min<int64_t>(B, 65535)), kBlock, 0, stream>>>(
-          s.data_ptr<scalar_t>(), t.data_ptr<scalar_t>(), q.data_ptr<scalar_t>(), B, K, d, static_cast<int>(k),
+      cuda::launch<knn_loss_forward_kernel<scalar_t>>(static_cast<unsigned int>(std::min<int64_t>(B, 65535)), kBlock, 0, stream,
+        s.data_ptr<scalar_t>(), t.data_ptr<scalar_t>(), q.data_ptr<scalar_t>(), B, K, d, static_cast<int>(k),
           indices.data_ptr<int64_t>(), row_sums.data_ptr<acc_t>());
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
-    knn_loss_mean_kernel<scalar_t><<<1, 1, 0, stream>>>(row_sums.data_ptr<acc_t>(), B, k, loss.data_ptr<scalar_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    cuda::launch<knn_loss_mean_kernel<scalar_t>>(1, 1, 0, stream,
+        row_sums.data_ptr<acc_t>(), B, k, loss.data_ptr<scalar_t>());
   });
   return {loss, indices};
 }
@@ -183,25 +182,24 @@ at::Tensor knn_loss_backward_cuda(const at::Tensor& grad_loss, const at::Tensor&
   const int64_t B = student.size(0), d = student.size(1), k = indices.size(1);
   TORCH_CHECK_VALUE(k <= kMaxK, op, ": the CUDA kernel supports k <= ", kMaxK, ", got k=", k);
   if (B == 0 || k == 0) return at::zeros_like(student);
-  const c10::cuda::CUDAGuard guard(student.device());
+  const cuda::DeviceGuard guard(op, {{"student", student}, {"queue", queue}, {"indices", indices}});
   const auto acc = acc_dtype(student.scalar_type());
   const at::Tensor s = student.contiguous(), q = queue.contiguous(), idx = indices.contiguous();
   const at::Tensor g = grad_loss.to(student.device(), acc).reshape({1}).contiguous();
   at::Tensor grad = at::empty({B, d}, s.options().dtype(acc));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, s.scalar_type(), "knn_loss_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    knn_loss_backward_kernel<scalar_t><<<static_cast<unsigned int>(std::min<int64_t>(B, 65535)), kBlock, 0,
-                                         cuda::stream()>>>(g.data_ptr<acc_t>(), s.data_ptr<scalar_t>(),
+    cuda::launch<knn_loss_backward_kernel<scalar_t>>(static_cast<unsigned int>(std::min<int64_t>(B, 65535)), kBlock, 0, cuda::stream(),
+        g.data_ptr<acc_t>(), s.data_ptr<scalar_t>(),
                                                            q.data_ptr<scalar_t>(), idx.data_ptr<int64_t>(), B, d,
                                                            static_cast<int>(k), grad.data_ptr<acc_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return grad.to(student.scalar_type());
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(mona, CUDA, m) {
+MONA_REGISTER_CUDA_KERNELS(m) {
   m.impl("knn_loss", &knn_loss_cuda);
   m.impl("knn_loss_backward", &knn_loss_backward_cuda);
 }

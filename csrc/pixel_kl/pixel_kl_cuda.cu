@@ -153,8 +153,7 @@ __global__ void __launch_bounds__(cuda::kThreads)
 std::tuple<at::Tensor, at::Tensor> pixel_kl_cuda(const at::Tensor& logits_a, const at::Tensor& logits_b,
                                                  const std::optional<at::Tensor>& mask, bool symmetric) {
   pixel_kl_checks::check_inputs("pixel_kl", logits_a, logits_b, mask);
-  TORCH_CHECK_VALUE(logits_a.is_cuda(), "pixel_kl (CUDA kernel): logits must be on a CUDA device");
-  const c10::cuda::CUDAGuard guard(logits_a.device());
+  const cuda::DeviceGuard guard("pixel_kl", {{"logits_a", logits_a}, {"logits_b", logits_b}, {"mask", mask}});
   const at::Tensor a = view_features(logits_a), b = view_features(logits_b);
   const auto acc = acc_dtype(a.scalar_type());
   const at::Tensor w = mask.has_value() ? mask->to(acc).contiguous() : at::Tensor();
@@ -166,14 +165,12 @@ std::tuple<at::Tensor, at::Tensor> pixel_kl_cuda(const at::Tensor& logits_a, con
     using acc_t = at::opmath_type<scalar_t>;
     const auto va = make_pixel_view<const scalar_t>(a), vb = make_pixel_view<const scalar_t>(b);
     if (va.num_pixels() > 0) {
-      pixel_kl_forward_kernel<scalar_t><<<cuda::blocks_for(va.num_pixels(), cuda::kThreads, 65535LL * 4),
-                                          cuda::kThreads, 0, stream>>>(
-          va, vb, w.defined() ? w.data_ptr<acc_t>() : nullptr, symmetric, sums.data_ptr<acc_t>());
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      cuda::launch<pixel_kl_forward_kernel<scalar_t>>(cuda::blocks_for(va.num_pixels(), cuda::kThreads, 65535LL * 4), cuda::kThreads, 0, stream,
+        va, vb, w.defined() ? w.data_ptr<acc_t>() : nullptr, symmetric, sums.data_ptr<acc_t>());
     }
-    pixel_kl_finalize_kernel<scalar_t><<<1, 1, 0, stream>>>(sums.data_ptr<acc_t>(), loss.data_ptr<scalar_t>(),
+    cuda::launch<pixel_kl_finalize_kernel<scalar_t>>(1, 1, 0, stream,
+        sums.data_ptr<acc_t>(), loss.data_ptr<scalar_t>(),
                                                              wsum.data_ptr<acc_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {loss, wsum};
 }
@@ -184,7 +181,7 @@ std::tuple<at::Tensor, at::Tensor> pixel_kl_backward_cuda(const at::Tensor& grad
                                                           const at::Tensor& weight_sum, bool symmetric, bool need_a,
                                                           bool need_b) {
   pixel_kl_checks::check_inputs("pixel_kl_backward", logits_a, logits_b, mask);
-  const c10::cuda::CUDAGuard guard(logits_a.device());
+  const cuda::DeviceGuard guard("pixel_kl_backward", {{"logits_a", logits_a}, {"logits_b", logits_b}, {"mask", mask}});
   const at::Tensor a = view_features(logits_a), b = view_features(logits_b);
   const auto acc = acc_dtype(a.scalar_type());
   const at::Tensor w = mask.has_value() ? mask->to(acc).contiguous() : at::Tensor();
@@ -201,18 +198,17 @@ std::tuple<at::Tensor, at::Tensor> pixel_kl_backward_cuda(const at::Tensor& grad
     // An unused gradient gets the input's view (never written: need_* is false).
     const auto vga = need_a ? make_pixel_view<scalar_t>(ga) : PixelView<scalar_t>{};
     const auto vgb = need_b ? make_pixel_view<scalar_t>(gb) : PixelView<scalar_t>{};
-    pixel_kl_backward_kernel<scalar_t><<<cuda::blocks_for(va.num_pixels()), cuda::kThreads, 0,
-                                         cuda::stream()>>>(va, vb, w.defined() ? w.data_ptr<acc_t>() : nullptr,
+    cuda::launch<pixel_kl_backward_kernel<scalar_t>>(cuda::blocks_for(va.num_pixels()), cuda::kThreads, 0, cuda::stream(),
+        va, vb, w.defined() ? w.data_ptr<acc_t>() : nullptr,
                                                            symmetric, g.data_ptr<acc_t>(), den.data_ptr<acc_t>(), vga,
                                                            vgb, need_a, need_b);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {ga, gb};
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(mona, CUDA, m) {
+MONA_REGISTER_CUDA_KERNELS(m) {
   m.impl("pixel_kl", &pixel_kl_cuda);
   m.impl("pixel_kl_backward", &pixel_kl_backward_cuda);
 }

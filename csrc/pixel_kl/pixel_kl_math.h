@@ -24,7 +24,7 @@ namespace pixel_kl_math {
 // no-trapping-math so that the selects if-convert). On the device the CUDA expf / logf. In double
 // precision std::exp / std::log.
 MONA_HD float kl_exp(float x) {
-#if defined(__CUDA_ARCH__)
+#if MONA_DEVICE_CODE
   return expf(x);
 #else
   x = x < -87.0f ? -87.0f : x;
@@ -44,7 +44,7 @@ MONA_HD float kl_exp(float x) {
 #endif
 }
 MONA_HD double kl_exp(double x) {
-#if defined(__CUDA_ARCH__)
+#if MONA_DEVICE_CODE
   return ::exp(x);
 #else
   return std::exp(x);
@@ -54,7 +54,7 @@ MONA_HD double kl_exp(double x) {
 // log of a positive normal float: x = m 2^e with m in [sqrt(1/2), sqrt(2)), log m = 2 atanh(s),
 // s = (m - 1) / (m + 1), odd series to s^9.
 MONA_HD float kl_log(float x) {
-#if defined(__CUDA_ARCH__)
+#if MONA_DEVICE_CODE
   return logf(x);
 #else
   const int32_t bits = std::bit_cast<int32_t>(x);
@@ -74,7 +74,7 @@ MONA_HD float kl_log(float x) {
 #endif
 }
 MONA_HD double kl_log(double x) {
-#if defined(__CUDA_ARCH__)
+#if MONA_DEVICE_CODE
   return ::log(x);
 #else
   return std::log(x);

@@ -37,7 +37,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sample_negatives_cuda(
     const at::Tensor& prototypes, const std::optional<at::Tensor>& bank_fill, int64_t bank_size, int64_t num_queries,
     int64_t num_negatives, double temperature, c10::string_view negatives, c10::string_view query_mode,
     const std::optional<at::Generator>& generator) {
-  const c10::cuda::CUDAGuard guard(offsets.device());
+  const cuda::DeviceGuard guard("sample_negatives", {{"offsets", offsets}, {"counts", counts}, {"hard_counts", hard_counts},
+                                                     {"permutation", permutation}, {"prototypes", prototypes},
+                                                     {"bank_fill", bank_fill}});
   SamplerPlan plan = plan_sampling(offsets, counts, hard_counts, permutation, prototypes, bank_fill, bank_size,
                                    num_queries, num_negatives, temperature, std::string(negatives),
                                    std::string(query_mode), generator);
@@ -46,17 +48,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sample_negatives_cuda(
   at::Tensor qidx = at::empty({C, Q}, lopts), nidx = at::empty({C, Q, M}, lopts);
   const sampler::PoolRefs refs = pool_refs(plan);
   const auto stream = cuda::stream();
-  sample_queries_kernel<<<cuda::blocks_for(C * Q), cuda::kThreads, 0, stream>>>(
-      refs, plan.query_uniform.data_ptr<float>(), qidx.data_ptr<int64_t>());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  sample_negatives_kernel<<<cuda::blocks_for(C * Q * M), cuda::kThreads, 0, stream>>>(
-      refs, plan.negative_uniform.data_ptr<float>(), nidx.data_ptr<int64_t>());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  cuda::launch<sample_queries_kernel>(cuda::blocks_for(C * Q), cuda::kThreads, 0, stream,
+        refs, plan.query_uniform.data_ptr<float>(), qidx.data_ptr<int64_t>());
+  cuda::launch<sample_negatives_kernel>(cuda::blocks_for(C * Q * M), cuda::kThreads, 0, stream,
+        refs, plan.negative_uniform.data_ptr<float>(), nidx.data_ptr<int64_t>());
   return {qidx, nidx, plan.class_weight};
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(mona, CUDA, m) { m.impl("sample_negatives", &sample_negatives_cuda); }
+MONA_REGISTER_CUDA_KERNELS(m) { m.impl("sample_negatives", &sample_negatives_cuda); }
 
 }  // namespace mona

@@ -110,8 +110,7 @@ __global__ void __launch_bounds__(kBlock)
                                   at::opmath_type<scalar_t> inv_tau_s, at::opmath_type<scalar_t> inv_tau_t,
                                   at::opmath_type<scalar_t> inv_batch, at::opmath_type<scalar_t>* __restrict__ grad) {
   using acc_t = at::opmath_type<scalar_t>;
-  extern __shared__ __align__(16) unsigned char smem_raw[];
-  acc_t* accum = reinterpret_cast<acc_t*>(smem_raw);  // [kWarps, d]
+  MONA_DYNAMIC_SHARED(acc_t, accum);  // [kWarps, d]
   __shared__ acc_t red[kWarps];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const acc_t scale = grad_loss[0] * inv_batch;  // 1 / B from the host: no division slow path
@@ -123,7 +122,7 @@ __global__ void __launch_bounds__(kBlock)
     const acc_t is = cm::inv_norm(ns2);
     const acc_t it = cm::inv_norm(row_sq_norm(t, d, red)) * inv_tau_t;
     acc_t c = 0;
-    acc_t* my = accum + warp * d;
+    const smem_ptr<acc_t> my = accum + warp * d;
     for (int64_t j = warp; j < K; j += kWarps) {
       const scalar_t* q = queue + j * d;
       acc_t ds, dt, iq;
@@ -157,7 +156,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> similarity_kl_cuda(const at::Tens
   const char* op = "similarity_kl";
   check_student_teacher_queue(op, student, teacher, queue);
   check_taus(op, tau_s, tau_t);
-  const c10::cuda::CUDAGuard guard(student.device());
+  const cuda::DeviceGuard guard(op, {{"student", student}, {"teacher", teacher}, {"queue", queue}});
   const auto acc = acc_dtype(student.scalar_type());
   const int64_t B = student.size(0), K = queue.size(0), d = student.size(1);
   const at::Tensor s = student.contiguous(), t = teacher.contiguous(), q = queue.contiguous();
@@ -169,15 +168,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> similarity_kl_cuda(const at::Tens
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, s.scalar_type(), "similarity_kl_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     if (B > 0) {
-      similarity_kl_forward_kernel<scalar_t><<<static_cast<unsigned int>(std::min<int64_t>(B, 65535)), kBlock, 0,
-                                               stream>>>(
-          s.data_ptr<scalar_t>(), t.data_ptr<scalar_t>(), q.data_ptr<scalar_t>(), B, K, d,
+      cuda::launch<similarity_kl_forward_kernel<scalar_t>>(static_cast<unsigned int>(std::min<int64_t>(B, 65535)), kBlock, 0, stream,
+        s.data_ptr<scalar_t>(), t.data_ptr<scalar_t>(), q.data_ptr<scalar_t>(), B, K, d,
           static_cast<acc_t>(1.0 / tau_s), static_cast<acc_t>(1.0 / tau_t), kl_rows.data_ptr<acc_t>(),
           lse_s.data_ptr<acc_t>(), lse_t.data_ptr<acc_t>());
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
-    similarity_kl_mean_kernel<scalar_t><<<1, 1, 0, stream>>>(kl_rows.data_ptr<acc_t>(), B, loss.data_ptr<scalar_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    cuda::launch<similarity_kl_mean_kernel<scalar_t>>(1, 1, 0, stream,
+        kl_rows.data_ptr<acc_t>(), B, loss.data_ptr<scalar_t>());
   });
   return {loss, lse_s, lse_t};
 }
@@ -188,7 +185,8 @@ at::Tensor similarity_kl_backward_cuda(const at::Tensor& grad_loss, const at::Te
   const char* op = "similarity_kl_backward";
   check_student_teacher_queue(op, student, teacher, queue);
   check_taus(op, tau_s, tau_t);
-  const c10::cuda::CUDAGuard guard(student.device());
+  const cuda::DeviceGuard guard(op, {{"student", student}, {"teacher", teacher}, {"queue", queue},
+                                     {"lse_student", lse_student}, {"lse_teacher", lse_teacher}});
   const auto acc = acc_dtype(student.scalar_type());
   const int64_t B = student.size(0), K = queue.size(0), d = student.size(1);
   const size_t shared_bytes = static_cast<size_t>(kWarps) * d * c10::elementSize(acc);
@@ -202,19 +200,17 @@ at::Tensor similarity_kl_backward_cuda(const at::Tensor& grad_loss, const at::Te
   at::Tensor grad = at::empty({B, d}, s.options().dtype(acc));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, s.scalar_type(), "similarity_kl_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    similarity_kl_backward_kernel<scalar_t><<<static_cast<unsigned int>(std::min<int64_t>(B, 65535)), kBlock,
-                                              shared_bytes, cuda::stream()>>>(
+    cuda::launch<similarity_kl_backward_kernel<scalar_t>>(static_cast<unsigned int>(std::min<int64_t>(B, 65535)), kBlock, shared_bytes, cuda::stream(),
         g.data_ptr<acc_t>(), s.data_ptr<scalar_t>(), t.data_ptr<scalar_t>(), q.data_ptr<scalar_t>(),
         ls.data_ptr<acc_t>(), lt.data_ptr<acc_t>(), B, K, d, static_cast<acc_t>(1.0 / tau_s),
         static_cast<acc_t>(1.0 / tau_t), static_cast<acc_t>(1.0 / static_cast<double>(B)), grad.data_ptr<acc_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return grad.to(student.scalar_type());
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(mona, CUDA, m) {
+MONA_REGISTER_CUDA_KERNELS(m) {
   m.impl("similarity_kl", &similarity_kl_cuda);
   m.impl("similarity_kl_backward", &similarity_kl_backward_cuda);
 }

@@ -12,7 +12,7 @@ namespace similarity_kl_math {
 
 template <typename acc_t>
 MONA_HD acc_t ex(acc_t x) {
-#if defined(__CUDA_ARCH__)
+#if MONA_DEVICE_CODE
   return exp(x);
 #else
   return std::exp(x);
@@ -20,7 +20,7 @@ MONA_HD acc_t ex(acc_t x) {
 }
 template <typename acc_t>
 MONA_HD acc_t ln(acc_t x) {
-#if defined(__CUDA_ARCH__)
+#if MONA_DEVICE_CODE
   return log(x);
 #else
   return std::log(x);
