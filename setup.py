@@ -10,8 +10,12 @@ Build knobs (environment variables), all printed at configure time:
   MONA_FORCE_CUDA=1       fail unless the CUDA kernels can be built
   CUDA_HOME               CUDA toolkit root (default: /usr/local/cuda if it holds bin/nvcc,
                           else the directory above the first nvcc on PATH)
-  TORCH_CUDA_ARCH_LIST    CUDA archs (default: "7.5;8.0;8.6;8.9;9.0", i.e. Turing..Hopper,
-                          8.6 = RTX 3090); CI uses "8.6"
+  TORCH_CUDA_ARCH_LIST    CUDA archs (default: "7.5;8.0;8.6;8.9;9.0+PTX": machine code for
+                          Turing..Hopper (8.6 = RTX 3090) plus compute_90 PTX, which the driver
+                          JIT-compiles on a newer GPU (Blackwell, ...) at first use; without a
+                          "+PTX" entry a GPU newer than the newest listed arch has no kernel
+                          image). CI uses "8.6". mona_ext.build_info() reports the list
+                          ("cuda_arch_list"), the archs ("cuda_archs") and "ptx".
   MAX_JOBS                parallel compile jobs (default: number of CPUs)
   MONA_DEBUG=1            -O0 -g host code and -lineinfo device code
   MONA_VERBOSE_PTXAS=1    print nvcc's register / shared-memory report for every kernel
@@ -31,7 +35,8 @@ from pathlib import Path
 from setuptools import find_packages, setup
 
 ROOT = Path(__file__).resolve().parent
-DEFAULT_ARCH_LIST = "7.5;8.0;8.6;8.9;9.0"
+# "+PTX" on the newest arch: also embed its PTX, so GPUs newer than 9.0 can JIT-compile the kernels.
+DEFAULT_ARCH_LIST = "7.5;8.0;8.6;8.9;9.0+PTX"
 
 
 def _read_version() -> str:

@@ -42,8 +42,11 @@ def _cmd_info(args: argparse.Namespace) -> int:
     if "error" in ext:
         print(f"{'extension':<{width}}NOT LOADED: {ext['error']}")
         return 1
-    print(f"{'extension':<{width}}built against torch {ext['torch_version']}, "
-          f"CUDA kernels: {'yes (nvcc ' + ext['cuda_version'] + ', archs ' + ext['cuda_arch_list'] + ')' if ext['with_cuda'] else 'no'}")
+    cuda = "no"
+    if ext["with_cuda"]:
+        cuda = (f"yes (nvcc {ext['cuda_version']}, archs {' '.join(ext['cuda_archs']) or '?'}, "
+                f"PTX {'yes' if ext['ptx'] else 'no'}; TORCH_CUDA_ARCH_LIST={ext['cuda_arch_list']})")
+    print(f"{'extension':<{width}}built against torch {ext['torch_version']}, CUDA kernels: {cuda}")
     for name, keys in ext["ops"].items():
         print(f"  torch.ops.mona.{name:<24} kernels: {', '.join(keys) or 'none'}")
     return 0
