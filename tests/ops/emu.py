@@ -131,13 +131,25 @@ def load() -> None:
     _LOADED = path
 
 
+def _is_real(x) -> bool:
+    return not isinstance(x, torch.Tensor) or (type(x) is torch.Tensor or isinstance(x, torch.nn.Parameter)) \
+        and x.device.type == "cpu"
+
+
 class EmulatedCUDA(TorchDispatchMode):
-    """Sends every ``mona::*`` op to its emulated CUDA kernel (``mona_emu::*``); other ops run as usual."""
+    """Sends every ``mona::*`` op on real CPU tensors to its emulated CUDA kernel (``mona_emu::*``);
+    other ops, and mona ops on fake / meta tensors (torch.compile, opcheck), run as usual."""
+
+    supports_higher_order_operators = True
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if isinstance(func, torch._ops.HigherOrderOperator):
+            return func(*args, **kwargs)
         if func.namespace == "mona":
-            return getattr(torch.ops.mona_emu, func._schema.name.split("::", 1)[1])(*args, **kwargs)
+            flat = torch.utils._pytree.tree_leaves((args, kwargs))
+            if all(_is_real(x) for x in flat):
+                return getattr(torch.ops.mona_emu, func._schema.name.split("::", 1)[1])(*args, **kwargs)
         return func(*args, **kwargs)
 
 
