@@ -148,8 +148,12 @@ def _extensions():
     if cfg["with_cuda"]:
         cpp_ext.CUDA_HOME = cfg["cuda_home"]
     cuda_version = _cuda_version(cfg["cuda_home"]) if cfg["with_cuda"] else ""
-    cpp_sources = sorted(glob.glob("csrc/**/*.cpp", recursive=True))
-    cu_sources = sorted(glob.glob("csrc/**/*.cu", recursive=True)) if cfg["with_cuda"] else []
+    # csrc/emu is the test-only CPU emulation of the CUDA kernels (tests/ops/emu.py), never in the wheel.
+    def sources(pattern: str) -> list[str]:
+        return sorted(p for p in glob.glob(pattern, recursive=True) if not p.startswith("csrc/emu/"))
+
+    cpp_sources = sources("csrc/**/*.cpp")
+    cu_sources = sources("csrc/**/*.cu") if cfg["with_cuda"] else []
 
     print("=" * 72)
     print("mona build configuration")
