@@ -13,7 +13,14 @@
 // Backward: element-wise in the storage order of the gradient (coalesced writes); the optional
 // weight gradient is one thread per pixel reducing over D.
 // Labels outside [0, C) other than ignore_index trip a device-side assert (no host sync).
-// Summation order depends on atomics: results are not bitwise deterministic on CUDA.
+// Summation order depends on atomics: by default the results are not bitwise reproducible on
+// CUDA (last-bit differences between runs). Under torch.use_deterministic_algorithms(True) the
+// forward uses the ordered kernels instead: every thread owns (pixel segment s, channel d) and
+// sums its segment's pixels in index order into per-class accumulators, writing [S, C, D + 1]
+// partials (channel D = the counts); a second kernel adds the S partials of each (c, d) in
+// segment order. The same inputs then give the same bits on every run (slower: no atomics, fewer
+// coalesced reads in NCHW). The backward has no atomics: it is always reproducible.
+#include <ATen/Context.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
@@ -138,6 +145,55 @@ __global__ void class_sums_kernel(PixelView<const scalar_t> f, const index_t* __
   }
 }
 
+// Deterministic forward, pass 1: thread (segment s, channel d <= D) -> partial[s, c, d] for every
+// class c (d == D: the sum of weights). Classes are handled kClassGroup at a time (the accumulators
+// live in registers / local memory), re-reading the segment for each group when C is larger.
+constexpr int kClassGroup = 16;
+template <typename scalar_t, typename index_t>
+__global__ void class_sums_ordered_kernel(PixelView<const scalar_t> f, const index_t* __restrict__ labels,
+                                          const at::opmath_type<scalar_t>* __restrict__ weight, int64_t C,
+                                          int64_t ignore_index, int64_t seg_len, int64_t S,
+                                          at::opmath_type<scalar_t>* __restrict__ partial) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t N = f.num_pixels(), width = f.D + 1;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < S * width;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t s = i / width, d = i - s * width;
+    const int64_t n0 = s * seg_len, n1 = n0 + seg_len < N ? n0 + seg_len : N;
+    for (int64_t c0 = 0; c0 < C; c0 += kClassGroup) {
+      acc_t acc[kClassGroup];
+      for (int j = 0; j < kClassGroup; ++j) acc[j] = acc_t(0);
+      for (int64_t n = n0; n < n1; ++n) {
+        const index_t lab = labels[n];
+        CUDA_KERNEL_ASSERT(!cm::is_bad(lab, C, ignore_index) && "class_mean: label outside [0, num_classes) and not ignore_index");
+        const int64_t j = static_cast<int64_t>(lab) - c0;
+        if (!cm::is_valid(lab, C) || j < 0 || j >= kClassGroup) continue;
+        const acc_t w = weight ? weight[n] : acc_t(1);
+        acc[j] += d < f.D ? w * static_cast<acc_t>(f.at(n, d)) : w;
+      }
+      for (int j = 0; j < kClassGroup && c0 + j < C; ++j) partial[(s * C + c0 + j) * width + d] = acc[j];
+    }
+  }
+}
+
+// Deterministic forward, pass 2: sums[c, d] (counts[c] for d == D) = sum over s in order.
+template <typename acc_t>
+__global__ void class_sums_ordered_reduce_kernel(const acc_t* __restrict__ partial, int64_t S, int64_t C, int64_t D,
+                                                 acc_t* __restrict__ sums, acc_t* __restrict__ counts) {
+  const int64_t width = D + 1;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < C * width;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t c = i / width, d = i - c * width;
+    acc_t total = 0;
+    for (int64_t s = 0; s < S; ++s) total += partial[(s * C + c) * width + d];
+    if (d < D) {
+      sums[c * D + d] = total;
+    } else {
+      counts[c] = total;
+    }
+  }
+}
+
 template <typename scalar_t>
 __global__ void class_mean_finalize_kernel(const at::opmath_type<scalar_t>* __restrict__ sums,
                                            const at::opmath_type<scalar_t>* __restrict__ counts, int64_t C,
@@ -218,6 +274,19 @@ std::tuple<at::Tensor, at::Tensor> class_mean_cuda(const at::Tensor& features, c
     using acc_t = at::opmath_type<scalar_t>;
     AT_DISPATCH_INDEX_TYPES(lab.scalar_type(), "class_mean_cuda_labels", [&] {
       const acc_t* wp = w.defined() ? w.data_ptr<acc_t>() : nullptr;
+      if (at::globalContext().deterministicAlgorithms()) {
+        // Segments of >= 256 pixels, at most 1024 of them: S * (D + 1) threads, S partials per output.
+        const int64_t S = std::min<int64_t>(1024, (N + 255) / 256), seg_len = (N + S - 1) / S;
+        at::Tensor partial = at::empty({S, num_classes, D + 1}, features.options().dtype(acc));
+        cuda::launch<class_sums_ordered_kernel<scalar_t, index_t>>(cuda::blocks_for(S * (D + 1)), cuda::kThreads, 0,
+            stream, make_pixel_view<const scalar_t>(f), lab.data_ptr<index_t>(), wp, num_classes, ignore_index, seg_len, S,
+            partial.data_ptr<acc_t>());
+        cuda::launch<class_sums_ordered_reduce_kernel<acc_t>>(cuda::blocks_for(num_classes * (D + 1)), cuda::kThreads, 0,
+            stream, partial.data_ptr<acc_t>(), S, num_classes, D, sums.data_ptr<acc_t>(), counts.data_ptr<acc_t>());
+        cuda::launch<class_mean_finalize_kernel<scalar_t>>(cuda::blocks_for(num_classes * D), cuda::kThreads, 0, stream,
+            sums.data_ptr<acc_t>(), counts.data_ptr<acc_t>(), num_classes, D, means.data_ptr<scalar_t>());
+        return;
+      }
       const size_t count_smem = sizeof(acc_t) * num_classes;
       const bool count_partials = count_smem <= kMaxPartialBytes;
       cuda::launch<class_counts_kernel<index_t, acc_t>>(cuda::blocks_for((N + kSeq - 1) / kSeq), cuda::kThreads, count_partials ? count_smem : 0, stream,

@@ -204,7 +204,8 @@ void infonce_forward_kernel(const InfonceArgs& a, at::opmath_type<scalar_t>* row
         for (int64_t d = 0; d < D; ++d) out[d] = s * proto[d] * inv0[r];
       }
       for (const auto& st : states) {
-        if (!(st.s[r] > acc_t(0))) continue;
+        // An empty state (no key seen) has s == 0 exactly; a NaN state must reach the loss.
+        if (st.s[r] == acc_t(0)) continue;
         const acc_t scale = std::exp(st.m[r] - m);
         s += scale * st.s[r];
         wcos += scale * st.wcos[r];

@@ -8,8 +8,8 @@
 // online, into the warp's shared-memory D-vector (each lane owns its channels: no conflicts), so
 // d loss / d query comes out of the forward without a second read of the keys. No Q x M x D
 // tensor, no host sync.
-// Backward: one thread per (query, channel) adds grad_loss * grad_rows into the dense gradient
-// atomically (several queries may share a pixel); grad_loss is read on the device.
+// Backward: one thread per channel adds grad_loss * grad_rows into the dense gradient, rows in
+// order (several queries may share a pixel; no atomics: reproducible); grad_loss is read on the device.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
@@ -26,7 +26,7 @@ namespace mona {
 namespace {
 
 namespace cm = contrast_math;
-constexpr int kWarps = 4;
+constexpr int kWarps = 4;  // warps (queries) per block, fewer when D needs more shared memory
 
 template <typename acc_t>
 __device__ __forceinline__ acc_t warp_sum(acc_t v) {
@@ -83,8 +83,8 @@ __global__ void infonce_forward_kernel(Inputs<scalar_t> in, at::opmath_type<scal
   const smem_ptr<acc_t> x = smem + threadIdx.y * (with_grad ? 2 : 1) * in.D;
   const smem_ptr<acc_t> acc = x + in.D;  // only used with_grad
   const int lane = threadIdx.x;
-  for (int64_t r = blockIdx.x * static_cast<int64_t>(kWarps) + threadIdx.y; r < in.C * in.Q;
-       r += static_cast<int64_t>(gridDim.x) * kWarps) {
+  for (int64_t r = blockIdx.x * static_cast<int64_t>(blockDim.y) + threadIdx.y; r < in.C * in.Q;
+       r += static_cast<int64_t>(gridDim.x) * blockDim.y) {
     const int64_t c = r / in.Q;
     acc_t* out = with_grad ? grad_rows + r * in.D : nullptr;
     if (!(in.weight[c] > acc_t(0))) {
@@ -130,6 +130,9 @@ __global__ void infonce_forward_kernel(Inputs<scalar_t> in, at::opmath_type<scal
   }
 }
 
+// Backward: one thread per channel d walks the C*Q rows in order and adds grad_loss * grad_rows[r, d]
+// to the query pixel's gradient. Several queries may share a pixel; the fixed order (no atomics)
+// makes the gradient bitwise reproducible.
 template <typename scalar_t>
 __global__ void infonce_scatter_grad_kernel(const at::opmath_type<scalar_t>* __restrict__ grad_rows,
                                             const int64_t* __restrict__ qidx,
@@ -137,14 +140,15 @@ __global__ void infonce_scatter_grad_kernel(const at::opmath_type<scalar_t>* __r
                                             const at::opmath_type<scalar_t>* __restrict__ grad_loss, int64_t C, int64_t Q,
                                             PixelView<scalar_t> grad) {
   using acc_t = at::opmath_type<scalar_t>;
-  const int64_t total = C * Q * grad.D;
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t r = i / grad.D, d = i - r * grad.D;
-    if (!(weight[r / Q] > acc_t(0))) continue;
-    const int64_t n = qidx[r], b = n / grad.P;
-    scalar_t* dst = grad.data + b * grad.stride_b + (n - b * grad.P) * grad.stride_p + d * grad.stride_d;
-    gpuAtomicAdd(dst, static_cast<scalar_t>(static_cast<acc_t>(*grad_loss) * grad_rows[i]));
+  const acc_t g = *grad_loss;
+  for (int64_t d = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; d < grad.D;
+       d += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    for (int64_t r = 0; r < C * Q; ++r) {
+      if (!(weight[r / Q] > acc_t(0))) continue;
+      const int64_t n = qidx[r];
+      scalar_t& dst = grad.at(n, d);
+      dst = static_cast<scalar_t>(static_cast<acc_t>(dst) + g * grad_rows[r * grad.D + d]);
+    }
   }
 }
 
@@ -176,11 +180,20 @@ std::tuple<at::Tensor, at::Tensor> contrast_infonce_cuda(const at::Tensor& featu
   at::Tensor grad_rows = compute_grad ? at::empty({a.C, a.Q, a.D}, opts) : at::empty({0}, opts);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, features.scalar_type(), "contrast_infonce_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const size_t smem = sizeof(acc_t) * kWarps * (compute_grad ? 2 : 1) * a.D;
-    TORCH_CHECK_VALUE(smem <= 48 * 1024, "contrast_infonce (CUDA): D = ", a.D, " is too large (max ",
-                      48 * 1024 / (sizeof(acc_t) * kWarps * (compute_grad ? 2 : 1)), ")");
-    const auto blocks = static_cast<unsigned int>(std::min<int64_t>((a.C * a.Q + kWarps - 1) / kWarps, 65535));
-    cuda::launch<infonce_forward_kernel<scalar_t>>(blocks, dim3(32, kWarps), smem, cuda::stream(),
+    // Each warp stages its query (and, with compute_grad, its gradient accumulator) in shared
+    // memory: D values per vector. Blocks of 4 warps while that fits in 48 KiB, fewer warps up to
+    // the device's opt-in limit (99 KiB on an RTX 3090: D <= 12672 fp32 / 6336 fp64 with gradients).
+    const size_t per_warp = sizeof(acc_t) * (compute_grad ? 2 : 1) * a.D;
+    const size_t limit = static_cast<size_t>(cuda::max_dynamic_shared_optin());
+    TORCH_CHECK_VALUE(per_warp <= limit, "contrast_infonce (CUDA): D = ", a.D, " needs ", per_warp,
+                      " bytes of shared memory per query, above this GPU's ", limit, " (max D = ",
+                      limit / (sizeof(acc_t) * (compute_grad ? 2 : 1)), " for ", features.scalar_type(),
+                      compute_grad ? " with gradients)" : ")");
+    const int warps = static_cast<int>(std::max<size_t>(1, std::min<size_t>(kWarps, 48 * 1024 / std::max<size_t>(per_warp, 1))));
+    const size_t smem = per_warp * warps;
+    cuda::allow_dynamic_shared<infonce_forward_kernel<scalar_t>>(smem);
+    const auto blocks = static_cast<unsigned int>(std::min<int64_t>((a.C * a.Q + warps - 1) / warps, 65535));
+    cuda::launch<infonce_forward_kernel<scalar_t>>(blocks, dim3(32, warps), smem, cuda::stream(),
         make_inputs<scalar_t>(a), row_loss.data_ptr<acc_t>(), compute_grad ? grad_rows.data_ptr<acc_t>() : nullptr);
   });
   return {reduce_infonce_loss(row_loss, a.class_weight, a.Q), grad_rows};
@@ -203,7 +216,7 @@ at::Tensor contrast_infonce_backward_cuda(const at::Tensor& grad_loss, const at:
     const at::Tensor w = class_weight.to(rows.scalar_type()).contiguous();
     // grad_loss in the accumulation dtype, on the device (no host read)
     const at::Tensor g = grad_loss.to(features.device(), rows.scalar_type()).reshape({1}).contiguous();
-    cuda::launch<infonce_scatter_grad_kernel<scalar_t>>(cuda::blocks_for(C * Q * D), cuda::kThreads, 0, cuda::stream(),
+    cuda::launch<infonce_scatter_grad_kernel<scalar_t>>(cuda::blocks_for(D), cuda::kThreads, 0, cuda::stream(),
         rows.data_ptr<acc_t>(), qidx.data_ptr<int64_t>(), w.data_ptr<acc_t>(), g.data_ptr<acc_t>(), C, Q,
         make_pixel_view<scalar_t>(grad));
   });

@@ -6,8 +6,14 @@
 namespace mona {
 namespace knn_loss_checks {
 
+// Largest k on every device: the CUDA kernel keeps each warp's sorted top-k list in shared memory
+// (8 warps x k x (value + index) <= 32 KiB in float64). The CPU kernel applies the same limit so
+// that a configuration that runs on one device runs on the other.
+constexpr int64_t kMaxK = 256;
+
 inline void check_k(const char* op, int64_t k, int64_t K) {
   TORCH_CHECK_VALUE(k >= 1, op, ": k must be >= 1, got ", k);
+  TORCH_CHECK_VALUE(k <= kMaxK, op, ": k must be <= ", kMaxK, " (on every device), got k=", k);
   TORCH_CHECK_VALUE(k <= K, op, ": k=", k, " exceeds the queue size K=", K, " (need k <= K)");
 }
 
@@ -15,6 +21,7 @@ inline void check_indices(const char* op, const at::Tensor& student, const at::T
   TORCH_CHECK_VALUE(indices.dim() == 2 && indices.size(0) == student.size(0) && indices.scalar_type() == at::kLong,
                     op, ": indices must be [B, k] int64 with B = ", student.size(0), ", got ", shape_str(indices), " ",
                     indices.scalar_type());
+  TORCH_CHECK_VALUE(indices.size(1) <= kMaxK, op, ": indices has k=", indices.size(1), " columns, at most ", kMaxK);
 }
 
 }  // namespace knn_loss_checks

@@ -8,9 +8,13 @@
 namespace mona {
 namespace knn_loss_math {
 
-// Neighbour order: larger similarity first; equal similarities -> lower queue index first.
+// Neighbour order: larger similarity first; equal similarities -> lower queue index first. A NaN
+// similarity ranks above every number (torch.topk's order), so a NaN in the teacher or a queue
+// row is selected and reaches the loss on every device instead of being silently skipped.
 template <typename acc_t>
 MONA_HD bool better(acc_t v, int64_t j, acc_t w, int64_t i) {
+  const bool vn = v != v, wn = w != w;
+  if (vn || wn) return vn && (!wn || j < i);
   return v > w || (v == w && j < i);
 }
 

@@ -4,10 +4,10 @@
 // with the class stride; for NCHW, neighbouring threads read neighbouring pixels of the same
 // class, so every read is coalesced. Forward: pass 1 over the classes = online max + sum of
 // exponentials (the logsumexp), pass 2 = KL terms; per-thread sums are reduced in the block
-// (warp shuffles) and added with one atomicAdd per block into a 2-element fp32/fp64 accumulator
-// (w * kl and w); a 1-thread kernel divides. Backward: the same two passes recompute the
-// log-softmaxes, pass 3 writes each gradient element once (same layout as the logits).
-// Atomics make the forward sum order non-deterministic on CUDA (last-bit differences).
+// (warp shuffles, a fixed tree) into one (w * kl, w) partial per block; a one-block kernel adds the
+// partials in block order in float64 and divides. No atomics: the loss is bitwise reproducible.
+// Backward: the same two passes recompute the log-softmaxes, pass 3 writes each gradient element
+// once (same layout as the logits).
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
@@ -38,18 +38,8 @@ __device__ __forceinline__ PixelLse<acc_t> pixel_lse(const scalar_t* pa, const s
   for (int64_t c = 0; c < C; ++c) {
     const acc_t za = static_cast<acc_t>(pa[c * sc_a]);
     const acc_t zb = static_cast<acc_t>(pb[c * sc_b]);
-    if (za > ma) {
-      sa = sa * km::kl_exp(ma - za) + acc_t(1);
-      ma = za;
-    } else {
-      sa += km::kl_exp(za - ma);
-    }
-    if (zb > mb) {
-      sb = sb * km::kl_exp(mb - zb) + acc_t(1);
-      mb = zb;
-    } else {
-      sb += km::kl_exp(zb - mb);
-    }
+    km::lse_step(ma, sa, za);
+    km::lse_step(mb, sb, zb);
   }
   return {ma + km::kl_log(sa), mb + km::kl_log(sb)};
 }
@@ -86,7 +76,7 @@ template <typename scalar_t>
 __global__ void __launch_bounds__(cuda::kThreads)
     pixel_kl_forward_kernel(PixelView<const scalar_t> a, PixelView<const scalar_t> b,
                             const at::opmath_type<scalar_t>* __restrict__ w, bool symmetric,
-                            at::opmath_type<scalar_t>* __restrict__ sums) {
+                            at::opmath_type<scalar_t>* __restrict__ partials) {
   using acc_t = at::opmath_type<scalar_t>;
   __shared__ acc_t shared[32];
   acc_t ls = 0, ws = 0;
@@ -105,17 +95,27 @@ __global__ void __launch_bounds__(cuda::kThreads)
   ls = block_sum(ls, shared);
   ws = block_sum(ws, shared);
   if (threadIdx.x == 0) {
-    gpuAtomicAdd(&sums[0], ls);
-    gpuAtomicAdd(&sums[1], ws);
+    partials[2 * blockIdx.x] = ls;
+    partials[2 * blockIdx.x + 1] = ws;
   }
 }
 
+// One block: thread t adds partials t, t + blockDim, ... in order (float64), then a fixed tree.
 template <typename scalar_t>
-__global__ void pixel_kl_finalize_kernel(const at::opmath_type<scalar_t>* __restrict__ sums, scalar_t* __restrict__ loss,
-                                         at::opmath_type<scalar_t>* __restrict__ weight_sum) {
-  if (blockIdx.x == 0 && threadIdx.x == 0) {
-    loss[0] = static_cast<scalar_t>(km::safe_ratio(sums[0], sums[1]));
-    weight_sum[0] = sums[1];
+__global__ void __launch_bounds__(cuda::kThreads)
+    pixel_kl_finalize_kernel(const at::opmath_type<scalar_t>* __restrict__ partials, int64_t blocks,
+                             scalar_t* __restrict__ loss, at::opmath_type<scalar_t>* __restrict__ weight_sum) {
+  __shared__ double shared[32];
+  double ls = 0, ws = 0;
+  for (int64_t i = threadIdx.x; i < blocks; i += blockDim.x) {
+    ls += static_cast<double>(partials[2 * i]);
+    ws += static_cast<double>(partials[2 * i + 1]);
+  }
+  ls = block_sum(ls, shared);
+  ws = block_sum(ws, shared);
+  if (threadIdx.x == 0) {
+    loss[0] = static_cast<scalar_t>(km::safe_ratio(ls, ws));
+    weight_sum[0] = static_cast<at::opmath_type<scalar_t>>(ws);
   }
 }
 
@@ -157,20 +157,21 @@ std::tuple<at::Tensor, at::Tensor> pixel_kl_cuda(const at::Tensor& logits_a, con
   const at::Tensor a = view_features(logits_a), b = view_features(logits_b);
   const auto acc = acc_dtype(a.scalar_type());
   const at::Tensor w = mask.has_value() ? mask->to(acc).contiguous() : at::Tensor();
-  at::Tensor sums = at::zeros({2}, a.options().dtype(acc));
+  const int64_t N = a.size(0) * (a.dim() == 4 ? a.size(2) * a.size(3) : 1);
+  const unsigned int blocks = N > 0 ? cuda::blocks_for(N, cuda::kThreads, 65535LL * 4) : 0;
+  at::Tensor partials = at::empty({std::max<int64_t>(blocks, 1), 2}, a.options().dtype(acc));
   at::Tensor loss = at::empty({}, a.options());
   at::Tensor wsum = at::empty({}, a.options().dtype(acc));
   const auto stream = cuda::stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "pixel_kl_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const auto va = make_pixel_view<const scalar_t>(a), vb = make_pixel_view<const scalar_t>(b);
-    if (va.num_pixels() > 0) {
-      cuda::launch<pixel_kl_forward_kernel<scalar_t>>(cuda::blocks_for(va.num_pixels(), cuda::kThreads, 65535LL * 4), cuda::kThreads, 0, stream,
-        va, vb, w.defined() ? w.data_ptr<acc_t>() : nullptr, symmetric, sums.data_ptr<acc_t>());
+    if (blocks > 0) {
+      cuda::launch<pixel_kl_forward_kernel<scalar_t>>(blocks, cuda::kThreads, 0, stream, va, vb,
+          w.defined() ? w.data_ptr<acc_t>() : nullptr, symmetric, partials.data_ptr<acc_t>());
     }
-    cuda::launch<pixel_kl_finalize_kernel<scalar_t>>(1, 1, 0, stream,
-        sums.data_ptr<acc_t>(), loss.data_ptr<scalar_t>(),
-                                                             wsum.data_ptr<acc_t>());
+    cuda::launch<pixel_kl_finalize_kernel<scalar_t>>(1, cuda::kThreads, 0, stream, partials.data_ptr<acc_t>(),
+        static_cast<int64_t>(blocks), loss.data_ptr<scalar_t>(), wsum.data_ptr<acc_t>());
   });
   return {loss, wsum};
 }

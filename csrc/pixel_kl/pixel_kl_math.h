@@ -27,6 +27,7 @@ MONA_HD float kl_exp(float x) {
 #if MONA_DEVICE_CODE
   return expf(x);
 #else
+  const float x0 = x;
   x = x < -87.0f ? -87.0f : x;
   x = x > 88.0f ? 88.0f : x;
   const float shifted = x * 1.44269504088896341f + 12582912.0f;  // round(x / ln 2) in the low mantissa bits
@@ -40,7 +41,9 @@ MONA_HD float kl_exp(float x) {
   p = p * r + 1.0f;
   p = p * r + 1.0f;
   const int32_t n = std::bit_cast<int32_t>(shifted) - std::bit_cast<int32_t>(12582912.0f);
-  return p * std::bit_cast<float>((n + 127) << 23);
+  // Below -87 (a masked logit of -inf included) the result is 0, not exp(-87): a class of
+  // probability 0 must count as 0 in kl_term and the gradients.
+  return x0 < -87.0f ? 0.0f : p * std::bit_cast<float>((n + 127) << 23);
 #endif
 }
 MONA_HD double kl_exp(double x) {
@@ -88,14 +91,34 @@ MONA_HD acc_t kl_term(acc_t p, acc_t lp, acc_t lq) {
   return p > acc_t(0) ? term : acc_t(0);
 }
 
+// p * x with 0 * anything = 0 (log-probabilities of a class of probability 0 are -inf).
+template <typename acc_t>
+MONA_HD acc_t times_p(acc_t p, acc_t x) {
+  const acc_t v = p * x;
+  return p > acc_t(0) ? v : acc_t(0);
+}
+
 template <typename acc_t>
 MONA_HD acc_t grad_a(acc_t pa, acc_t pb, acc_t la, acc_t lb, acc_t kab, bool symmetric, acc_t scale) {
-  return scale * (pa * (la - lb - kab) + (symmetric ? pa - pb : acc_t(0)));
+  return scale * (times_p(pa, la - lb - kab) + (symmetric ? pa - pb : acc_t(0)));
 }
 
 template <typename acc_t>
 MONA_HD acc_t grad_b(acc_t pa, acc_t pb, acc_t la, acc_t lb, acc_t kba, bool symmetric, acc_t scale) {
-  return scale * ((pb - pa) + (symmetric ? pb * (lb - la - kba) : acc_t(0)));
+  return scale * ((pb - pa) + (symmetric ? times_p(pb, lb - la - kba) : acc_t(0)));
+}
+
+// One step of an online log-sum-exp (m + log s over the logits seen so far; start m = -inf, s = 0).
+// A logit of -inf (a masked class) adds exp(-inf) = 0 and is skipped explicitly: exp(z - m) with
+// z = m = -inf would be exp(NaN). A NaN logit fails both tests and makes s NaN (it propagates).
+template <typename acc_t>
+MONA_HD void lse_step(acc_t& m, acc_t& s, acc_t z) {
+  if (z > m) {
+    s = s * kl_exp(m - z) + acc_t(1);
+    m = z;
+  } else if (!(z == -static_cast<acc_t>(INFINITY))) {
+    s += kl_exp(z - m);
+  }
 }
 
 // loss = sum w kl / sum w, 0 for an empty mask.

@@ -28,7 +28,6 @@ namespace sk = similarity_kl_math;
 namespace cm = cosine_math;
 constexpr int kWarps = 8;
 constexpr int kBlock = kWarps * 32;
-constexpr size_t kMaxSharedBytes = 48 * 1024;
 
 // The warp's dot products of student and teacher rows with queue entry q, and q's inverse norm
 // (lanes stride over d; results on every lane).
@@ -189,10 +188,14 @@ at::Tensor similarity_kl_backward_cuda(const at::Tensor& grad_loss, const at::Te
                                      {"lse_student", lse_student}, {"lse_teacher", lse_teacher}});
   const auto acc = acc_dtype(student.scalar_type());
   const int64_t B = student.size(0), K = queue.size(0), d = student.size(1);
-  const size_t shared_bytes = static_cast<size_t>(kWarps) * d * c10::elementSize(acc);
-  // the kernel also has kWarps static acc_t (red[]): static + dynamic must fit
-  TORCH_CHECK_VALUE(shared_bytes + kWarps * c10::elementSize(acc) <= kMaxSharedBytes, op, ": the CUDA kernel supports d <= ",
-                    kMaxSharedBytes / (kWarps * c10::elementSize(acc)), " for ", student.scalar_type(), ", got d = ", d);
+  // Each of the 8 warps accumulates its d-vector in shared memory; the kernel also has 8 static
+  // acc_t (red[]), and static + dynamic must fit the device's opt-in limit (99 KiB on an RTX 3090:
+  // d <= 3167 in float32 / 1583 in float64).
+  const size_t elem = c10::elementSize(acc);
+  const size_t shared_bytes = static_cast<size_t>(kWarps) * d * elem;
+  const size_t limit = static_cast<size_t>(cuda::max_dynamic_shared_optin()) - kWarps * elem;
+  TORCH_CHECK_VALUE(shared_bytes <= limit, op, ": the CUDA kernel supports d <= ", limit / (kWarps * elem),
+                    " on this GPU for ", student.scalar_type(), " embeddings, got d = ", d);
   if (B == 0) return at::zeros_like(student);
   const at::Tensor s = student.contiguous(), t = teacher.contiguous(), q = queue.contiguous();
   const at::Tensor g = grad_loss.to(student.device(), acc).reshape({1}).contiguous();
@@ -200,6 +203,7 @@ at::Tensor similarity_kl_backward_cuda(const at::Tensor& grad_loss, const at::Te
   at::Tensor grad = at::empty({B, d}, s.options().dtype(acc));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, s.scalar_type(), "similarity_kl_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
+    cuda::allow_dynamic_shared<similarity_kl_backward_kernel<scalar_t>>(shared_bytes);
     cuda::launch<similarity_kl_backward_kernel<scalar_t>>(static_cast<unsigned int>(std::min<int64_t>(B, 65535)), kBlock, shared_bytes, cuda::stream(),
         g.data_ptr<acc_t>(), s.data_ptr<scalar_t>(), t.data_ptr<scalar_t>(), q.data_ptr<scalar_t>(),
         ls.data_ptr<acc_t>(), lt.data_ptr<acc_t>(), B, K, d, static_cast<acc_t>(1.0 / tau_s),

@@ -54,8 +54,10 @@ struct OnlineKL {
     }
   }
 
+  // An empty state (no entry seen) has z == 0 exactly and is skipped; any other state, a NaN one
+  // included, is combined, so that a NaN in the inputs reaches the loss on every device.
   MONA_HD void merge(const OnlineKL& o) {
-    if (o.z_s > acc_t(0)) {
+    if (!(o.z_s == acc_t(0))) {
       if (z_s == acc_t(0)) {
         m_s = o.m_s;
         z_s = o.z_s;
@@ -65,7 +67,7 @@ struct OnlineKL {
         m_s = m;
       }
     }
-    if (o.z_t > acc_t(0)) {
+    if (!(o.z_t == acc_t(0))) {
       if (z_t == acc_t(0)) {
         m_t = o.m_t;
         z_t = o.z_t;

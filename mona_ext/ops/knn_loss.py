@@ -15,8 +15,9 @@ def knn_loss(student: torch.Tensor, teacher: torch.Tensor, queue: torch.Tensor, 
     Args:
         student: ``[B, d]`` u_g (the gradient flows here — unlike the public code's version).
         teacher: ``[B, d]`` v'_g, used only to pick the neighbours (no gradient).
-        queue: ``[K, d]`` e.g. ``FeatureQueue.filled()`` (no gradient); ``1 <= k <= K`` (CUDA: k <= 64).
-        k: neighbours per row (DESIGN default 5). Ties between equal similarities go to the lower index.
+        queue: ``[K, d]`` e.g. ``FeatureQueue.filled()`` (no gradient); ``1 <= k <= min(K, 256)`` on every device.
+        k: neighbours per row (DESIGN default 5). Ties between equal similarities go to the lower index;
+            a NaN similarity ranks first (as in ``torch.topk``), so a NaN input reaches the loss.
 
     Returns:
         0-dim tensor in the student's dtype; 0 for ``B == 0``.
