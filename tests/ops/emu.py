@@ -8,13 +8,15 @@ that sends every ``mona::*`` call (after autograd, so the Python autograd formul
 ``contrast_loss`` and the banks run unchanged) to its emulated CUDA kernel, on CPU tensors.
 
 ``python tests/ops/emu.py`` builds it (CI does, to report the time); the tests build it on first
-use otherwise (ninja: only what changed is recompiled). ``MONA_EMU_SANITIZE=address`` builds and
+use otherwise (ninja: only what changed is recompiled). ``python tests/ops/emu.py --coverage-table``
+prints, as Markdown, which test first reached each kernel in the last emu test run. ``MONA_EMU_SANITIZE=address`` builds and
 loads an AddressSanitizer variant (the process must preload libasan; see .ci/run).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import sys
@@ -136,9 +138,23 @@ def _is_real(x) -> bool:
         and x.device.type == "cpu"
 
 
+def _on_meta(flat) -> bool:
+    """Plain tensors (no fake / functional subclass) on the meta device, alone or with CPU ones:
+    the emulation's picture of a call that puts a tensor on a device other than the "GPU"."""
+    tensors = [x for x in flat if isinstance(x, torch.Tensor)]
+    plain = all(type(x) is torch.Tensor or isinstance(x, torch.nn.Parameter) for x in tensors)
+    devices = {x.device.type for x in tensors}
+    return plain and "meta" in devices and devices <= {"cpu", "meta"}
+
+
 class EmulatedCUDA(TorchDispatchMode):
     """Sends every ``mona::*`` op on real CPU tensors to its emulated CUDA kernel (``mona_emu::*``);
-    other ops, and mona ops on fake / meta tensors (torch.compile, opcheck), run as usual."""
+    other ops, and mona ops on fake / meta tensors (torch.compile, opcheck), run as usual.
+
+    A mona op on plain tensors of which some are on the meta device (the stand-in for another device:
+    under the emulation the "GPU" is the CPU), alone or mixed with CPU tensors, also goes to the
+    emulated kernel, whose device checks raise as the CUDA kernel's do for cpu + cuda; the
+    dispatcher alone would pick the Meta kernel, which checks no devices. Fake tensors are not plain."""
 
     supports_higher_order_operators = True
 
@@ -148,8 +164,11 @@ class EmulatedCUDA(TorchDispatchMode):
             return func(*args, **kwargs)
         if func.namespace == "mona":
             flat = torch.utils._pytree.tree_leaves((args, kwargs))
+            op = getattr(torch.ops.mona_emu, func._schema.name.split("::", 1)[1])
             if all(_is_real(x) for x in flat):
-                return getattr(torch.ops.mona_emu, func._schema.name.split("::", 1)[1])(*args, **kwargs)
+                return op(*args, **kwargs)
+            if _on_meta(flat):
+                return getattr(op, func._overloadname)._op_dk(torch._C.DispatchKey.CPU, *args, **kwargs)
         return func(*args, **kwargs)
 
 
@@ -181,7 +200,55 @@ def base_name(kernel: str) -> str:
     return kernel.split("<", 1)[0].split("::")[-1]
 
 
+# ---------------------------------------------------------------------------------------- kernel coverage
+# tests/ops/conftest.py records, after every test, which kernels (with template arguments) the
+# emulation launched first in it; at the end of the session it writes the report below. With
+# MONA_EMU_COVERAGE=1 (CI) the session fails if a __global__ of csrc/*/*_cuda.cu never ran.
+
+def coverage_path() -> Path:
+    return build_dir() / "kernel_coverage.json"
+
+
+def coverage_report(first_test: dict[str, str], launches: dict[str, int]) -> dict:
+    """first_test: kernel with template arguments -> nodeid of the first test that launched it;
+    launches: the same kernels -> launches. Returns {"kernels": {base name: {"source", "first_test",
+    "instantiations": {kernel: {"first_test", "launches"}}}}, "unreached": [...], "not_in_sources": [...]}."""
+    sources = kernels_in_sources()
+    kernels = {name: {"source": str(path.relative_to(ROOT)), "first_test": None, "instantiations": {}}
+               for name, path in sources.items()}
+    other = set()
+    for full, test in first_test.items():  # in run order
+        entry = kernels.get(base_name(full))
+        if entry is None:
+            other.add(base_name(full))  # the harness's own test kernels (csrc/emu)
+            continue
+        entry["instantiations"][full] = {"first_test": test, "launches": launches.get(full, 0)}
+        if entry["first_test"] is None:
+            entry["first_test"] = test
+    for entry in kernels.values():
+        entry["instantiations"] = dict(sorted(entry["instantiations"].items()))
+    unreached = sorted(name for name, entry in kernels.items() if entry["first_test"] is None)
+    return {"kernels": kernels, "unreached": unreached, "not_in_sources": sorted(other)}
+
+
+def coverage_table(report: dict | None = None) -> str:
+    """Markdown table kernel | source | test that reaches it (from the last report if none given)."""
+    if report is None:
+        report = json.loads(coverage_path().read_text())
+    lines = ["| kernel | source | instantiations | test that reaches it |", "|---|---|---|---|"]
+    for name, entry in sorted(report["kernels"].items(), key=lambda kv: (kv[1]["source"], kv[0])):
+        test = f"`{entry['first_test']}`" if entry["first_test"] else "**not reached**"
+        lines.append(f"| `{name}` | `{entry['source']}` | {len(entry['instantiations'])} | {test} |")
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
+    if "--coverage-table" in sys.argv:
+        if not coverage_path().exists():
+            sys.exit(f"mona emu: no {coverage_path().relative_to(ROOT)}; run the emu tests first "
+                     "(python -m pytest tests/ops -m emu)")
+        print(coverage_table())
+        sys.exit(0)
     t0 = time.time()
     lib = build(verbose="-v" in sys.argv)
     print(f"mona emu: built {lib.relative_to(ROOT)} in {time.time() - t0:.0f}s "

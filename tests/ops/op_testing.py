@@ -41,6 +41,13 @@ def is_emulated(device) -> bool:
 def on(device):
     """Context in which mona ops run the kernels of `device` (the emulation for EMU)."""
     return emu.emulated() if is_emulated(device) else contextlib.nullcontext()
+
+
+def device_of(kernel_device) -> str:
+    """Where the tensors of a `kernel_device` row live: the CPU under the emulation, else the GPU."""
+    return "cpu" if is_emulated(kernel_device) else "cuda"
+
+
 FLOAT_DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 
 

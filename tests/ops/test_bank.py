@@ -14,7 +14,7 @@ import mona_ext
 from mona_ext import ClassMemoryBank, FeatureQueue
 from mona_ext.reference import DequeBank
 
-from op_testing import DEVICES
+from op_testing import DEVICES, KERNEL_DEVICES, device_of, on
 
 
 def random_push(g, M, C, D, ignore_frac=0.2, dtype=torch.float32):
@@ -174,9 +174,22 @@ def test_sample_is_uniform_over_filled_slots(device):
 def test_module_moves_with_to():
     bank = ClassMemoryBank(2, 3, 4).to(torch.float64)
     assert bank.storage.dtype == torch.float64 and bank.ptr.dtype == torch.int64
-    if torch.cuda.is_available():
-        bank = bank.to("cuda")
-        assert bank.storage.is_cuda and bank.ptr.is_cuda and bank.fill.is_cuda
+
+
+@pytest.mark.parametrize("kernel_device", KERNEL_DEVICES)
+def test_module_moved_to_device_pushes_there(kernel_device):
+    dev = device_of(kernel_device)
+    bank = ClassMemoryBank(2, 3, 4).to(torch.float64).to(dev)
+    assert bank.storage.device.type == dev and bank.ptr.device.type == dev and bank.fill.device.type == dev
+    assert bank.storage.dtype == torch.float64 and bank.ptr.dtype == torch.int64
+    model = DequeBank(2, 3, 4, dtype=torch.float64)
+    g = torch.Generator().manual_seed(8)
+    for M in [4, 9, 1]:
+        keys, labels, valid = random_push(g, M, 2, 4, dtype=torch.float64)
+        with on(kernel_device):
+            bank.push(keys.to(dev), labels.to(dev), valid.to(dev))
+        model.push(keys, labels, valid)
+        assert_bank_equals_model((bank.storage, bank.ptr, bank.fill), model)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -250,19 +263,47 @@ def test_queue_bad_input_messages():
         ClassMemoryBank(0, 3, 4)
 
 
-@pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("kernel_device", KERNEL_DEVICES)
 @pytest.mark.parametrize("cap", [-1, 0, 3, 40])
-def test_cuda_matches_cpu(cap):
+def test_device_matches_cpu(kernel_device, cap):
+    dev = device_of(kernel_device)
     g = torch.Generator().manual_seed(6)
     C, K, D = 5, 64, 33
     cpu = [torch.zeros(C, K, D), torch.zeros(C, dtype=torch.long), torch.zeros(C, dtype=torch.long)]
-    gpu = [t.cuda() for t in cpu]
+    gpu = [t.clone().to(dev) for t in cpu]
     for M in [10, 500, 3000, 0, 77]:
         keys, labels, valid = random_push(g, M, C, D)
         priority = torch.rand(M, generator=g) if cap >= 0 else None
         torch.ops.mona.bank_push(*cpu, keys, labels, valid, priority, cap)
-        torch.ops.mona.bank_push(*gpu, keys.cuda(), labels.cuda(), valid.cuda(),
-                                 priority.cuda() if priority is not None else None, cap)
+        with on(kernel_device):
+            torch.ops.mona.bank_push(*gpu, keys.to(dev), labels.to(dev), valid.to(dev),
+                                     priority.to(dev) if priority is not None else None, cap)
         for a, b in zip(cpu, gpu):
+            assert torch.equal(a, b.cpu())
+
+
+@pytest.mark.parametrize("kernel_device", KERNEL_DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("label_dtype", [torch.int64, torch.int32])
+def test_device_storage_dtypes_match_cpu(kernel_device, dtype, label_dtype):
+    # bank_copy_kernel<scalar_t, index_t> for every storage dtype; float32 keys are converted to the
+    # storage dtype exactly as on the CPU. Includes a capped push and the queue.
+    dev = device_of(kernel_device)
+    g = torch.Generator().manual_seed(11)
+    C, K, D = 3, 6, 35
+    cpu = [torch.zeros(C, K, D, dtype=dtype), torch.zeros(C, dtype=torch.long), torch.zeros(C, dtype=torch.long)]
+    gpu = [t.clone().to(dev) for t in cpu]
+    q_cpu = [torch.zeros(K, D, dtype=dtype), torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long)]
+    q_gpu = [t.clone().to(dev) for t in q_cpu]
+    for M, cap in [(7, -1), (20, 2), (0, -1), (13, -1)]:
+        keys, labels, valid = random_push(g, M, C, D)
+        labels = labels.to(label_dtype)
+        priority = torch.rand(M, generator=g) if cap >= 0 else None
+        torch.ops.mona.bank_push(*cpu, keys, labels, valid, priority, cap)
+        torch.ops.mona.queue_push(*q_cpu, keys)
+        with on(kernel_device):
+            torch.ops.mona.bank_push(*gpu, keys.to(dev), labels.to(dev), valid.to(dev),
+                                     priority.to(dev) if priority is not None else None, cap)
+            torch.ops.mona.queue_push(*q_gpu, keys.to(dev))
+        for a, b in zip(cpu + q_cpu, gpu + q_gpu):
             assert torch.equal(a, b.cpu())

@@ -1,18 +1,25 @@
 """Two-process torch.distributed (gloo, CPU) test: every rank ends with the same bank, equal to the
-single-process bank fed with the concatenation of the ranks' keys in rank order."""
+single-process bank fed with the concatenation of the ranks' keys in rank order. The "emu" row runs
+the pushes of every rank (and of the single process) on the CUDA kernels under the CPU emulation
+(gloo needs CPU tensors; a real GPU row would need one GPU per rank)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import tempfile
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from op_testing import EMU, is_emulated
+
 WORLD = 2
 C, K, D = 3, 6, 4
+ROWS = [pytest.param("cpu", id="cpu"), pytest.param(EMU, id="emu", marks=[pytest.mark.emu])]
 
 
 def _free_port() -> int:
@@ -33,32 +40,37 @@ def rank_pushes(rank: int):
     return steps
 
 
-def _worker(rank: int, port: int, out_dir: str) -> None:
+def _worker(rank: int, port: int, out_dir: str, emulated: bool = False) -> None:
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
     try:
         import mona_ext
 
+        if emulated:
+            import emu  # tests/ops is on the spawned process's sys.path (multiprocessing copies it)
         bank = mona_ext.ClassMemoryBank(C, K, D)
         queue = mona_ext.FeatureQueue(K, D)
         capped = mona_ext.ClassMemoryBank(C, K, D)
         g = torch.Generator().manual_seed(rank)  # different random streams per rank
-        for keys, labels, valid in rank_pushes(rank):
-            bank.push(keys, labels, valid)
-            queue.push(keys)
-            capped.push(keys, labels, valid, cap=1, generator=g)
+        with emu.emulated() if emulated else contextlib.nullcontext():
+            for keys, labels, valid in rank_pushes(rank):
+                bank.push(keys, labels, valid)
+                queue.push(keys)
+                capped.push(keys, labels, valid, cap=1, generator=g)
+        assert not emulated or emu.launched_kernels(), "no emulated kernel ran"
         torch.save({"bank": bank.state_dict(), "queue": queue.state_dict(), "capped": capped.state_dict()},
                    os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
 
 
-def test_two_ranks_hold_identical_banks():
+@pytest.mark.parametrize("device", ROWS)
+def test_two_ranks_hold_identical_banks(device):
     import mona_ext
 
     with tempfile.TemporaryDirectory() as out_dir:
-        mp.spawn(_worker, args=(_free_port(), out_dir), nprocs=WORLD, join=True)
+        mp.spawn(_worker, args=(_free_port(), out_dir, is_emulated(device)), nprocs=WORLD, join=True)
         states = [torch.load(os.path.join(out_dir, f"rank{r}.pt")) for r in range(WORLD)]
     for name in ("bank", "queue", "capped"):
         for key in states[0][name]:

@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 import mona_ext
 from mona_ext import reference
 
-from op_testing import DEVICES, FLOAT_DTYPES, assert_within_twice_torch_error
+from op_testing import (DEVICES, EMU, FLOAT_DTYPES, KERNEL_DEVICES, assert_within_twice_torch_error, device_of,
+                        is_emulated, on)
 
 
 def make_inputs(B=2, D=5, H=4, W=3, C=3, device="cpu", dtype=torch.float64, ignore_frac=0.2, weight=False,
@@ -198,16 +199,86 @@ def test_bad_input_messages(kwargs, message):
         mona_ext.class_mean(args["features"], args["labels"], args["num_classes"], weight=args["weight"])
 
 
-@pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_cuda_matches_cpu_large():
-    f, lab, w = make_inputs(B=4, D=64, H=64, W=64, C=6, dtype=torch.float32, weight=True, seed=5)
+@pytest.mark.parametrize("kernel_device", KERNEL_DEVICES)
+def test_device_matches_cpu_large(kernel_device):
+    dev = device_of(kernel_device)
+    # the emulation runs ~1-10 M thread-steps per second: a smaller image, the same code paths
+    size = dict(B=2, D=40, H=24, W=20) if is_emulated(kernel_device) else dict(B=4, D=64, H=64, W=64)
+    f, lab, w = make_inputs(**size, C=6, dtype=torch.float32, weight=True, seed=5)
     for layout in (torch.contiguous_format, torch.channels_last):
         fc = f.contiguous(memory_format=layout)
         m_cpu, c_cpu = mona_ext.class_mean(fc, lab, 6, weight=w)
-        m_gpu, c_gpu = mona_ext.class_mean(fc.cuda(), lab.cuda(), 6, weight=w.cuda())
+        with on(kernel_device):
+            m_gpu, c_gpu = mona_ext.class_mean(fc.to(dev), lab.to(dev), 6, weight=w.to(dev))
         torch.testing.assert_close(m_gpu.cpu(), m_cpu, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(c_gpu.cpu(), c_cpu, rtol=1e-5, atol=1e-3)
+
+
+@pytest.mark.parametrize("kernel_device", KERNEL_DEVICES)
+@pytest.mark.parametrize("layout, dtype, C", [
+    ("channels_last", torch.float32, 300),   # 4 * 300 * 32 B > 32 KiB of partials per block
+    ("flat", torch.float32, 300),
+    ("channels_last", torch.float64, 130),   # 8 * 130 * 32 B > 32 KiB
+    ("nchw", torch.float32, 8200),           # 4 * 8200 B > 32 KiB (sums and counts)
+    ("nchw", torch.float64, 4100),
+])
+def test_device_many_classes_use_global_accumulators(kernel_device, layout, dtype, C):
+    """More classes than the block's shared-memory partial sums hold: the run flushes go to the
+    global accumulators directly (forward), the backward is unchanged; results match the CPU kernels."""
+    dev = device_of(kernel_device)
+    f, lab, w = make_inputs(B=2, D=35, H=6, W=7, C=7, dtype=dtype, weight=True, layout=layout,
+                            flat=layout == "flat", seed=12)
+    lab = torch.where(lab >= 0, lab * (C // 7) + 3, lab)  # 7 classes spread over [0, C)
+    g = torch.Generator().manual_seed(13)
+    grad_means = torch.randn(C, 35, generator=g, dtype=torch.float64).to(dtype)
+    grad_counts = torch.randn(C, generator=g, dtype=torch.float64).to(w.dtype)
+
+    def run(device):
+        x = f.to(device).requires_grad_(True)
+        ww = w.to(device).requires_grad_(True)
+        means, counts = mona_ext.class_mean(x, lab.to(device), C, weight=ww)
+        ((means * grad_means.to(device)).sum() + (counts * grad_counts.to(device)).sum()).backward()
+        return [t.detach().cpu() for t in (means, counts, x.grad, ww.grad)]
+
+    expected = run("cpu")
+    with on(kernel_device):
+        got = run(dev)
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-12)
+    for name, a, b in zip(["means", "counts", "grad features", "grad weight"], got, expected):
+        torch.testing.assert_close(a, b, **tol, msg=lambda m: f"{name}: {m}")
+    assert int((expected[1] > 0).sum()) == 7
+
+
+@pytest.mark.parametrize("kernel_device", KERNEL_DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "flat"])
+@pytest.mark.parametrize("label_dtype", [torch.int64, torch.int32])
+def test_device_low_precision_forward_and_backward_match_cpu(kernel_device, dtype, layout, label_dtype):
+    """fp16 / bf16 features: forward and backward (features and weight gradients) of the device
+    kernels against the CPU kernels (both accumulate in fp32 and round once)."""
+    dev = device_of(kernel_device)
+    f, lab, w = make_inputs(B=2, D=37, H=5, W=9, C=4, dtype=dtype, weight=True, layout=layout,
+                            flat=layout == "flat", seed=14)
+    lab = lab.to(label_dtype)
+    g = torch.Generator().manual_seed(15)
+    grad_means = torch.randn(4, 37, generator=g).to(dtype)
+    grad_counts = torch.randn(4, generator=g)
+
+    def run(device):
+        x = f.to(device).requires_grad_(True)
+        ww = w.to(device).requires_grad_(True)
+        means, counts = mona_ext.class_mean(x, lab.to(device), 4, weight=ww)
+        ((means * grad_means.to(device)).float().sum() + (counts * grad_counts.to(device)).sum()).backward()
+        return [t.detach().cpu() for t in (means, counts, x.grad, ww.grad)]
+
+    expected = run("cpu")
+    with on(kernel_device):
+        got = run(dev)
+    eps = torch.finfo(dtype).eps
+    for name, a, b in zip(["means", "counts", "grad features", "grad weight"], got, expected):
+        assert a.dtype == b.dtype, name
+        torch.testing.assert_close(a.float(), b.float(), rtol=2 * eps, atol=2 * eps, msg=lambda m: f"{name}: {m}")
+    assert got[2].dtype == dtype and (layout != "channels_last" or got[2].is_contiguous(memory_format=torch.channels_last))
 
 
 @pytest.mark.cuda
@@ -216,3 +287,24 @@ def test_cuda_mismatched_device_message():
     f, lab, _ = make_inputs(dtype=torch.float32)
     with pytest.raises(ValueError, match="labels are on cpu but features are on cuda"):
         mona_ext.class_mean(f.cuda(), lab, 3)
+
+
+@pytest.mark.emu
+@pytest.mark.parametrize("on_meta, message", [
+    ("labels", "class_mean: labels are on meta but features are on cpu"),
+    ("weight", "class_mean: weight is on meta but features are on cpu"),
+    ("features", "class_mean: labels are on cpu but features are on meta"),
+    ("backward_means", "class_mean_backward: means is on meta but features is on cpu; all tensors must be on one device"),
+])
+def test_emu_mismatched_device_message(on_meta, message):
+    # Under the emulation the "GPU" is the CPU: a meta tensor plays the second device, and the
+    # emulated CUDA kernel's device checks (check_features_labels, cuda::DeviceGuard) must name it.
+    f, lab, w = make_inputs(dtype=torch.float32, weight=True)
+    meta = lambda name, t: t.to("meta") if name == on_meta else t
+    with on(EMU), pytest.raises(ValueError, match=message):
+        if on_meta == "backward_means":
+            means, counts = mona_ext.class_mean(f, lab, 3, weight=w)
+            torch.ops.mona.class_mean_backward(torch.ones_like(means), torch.ones_like(counts), f, lab, w,
+                                               means.to("meta"), counts, -1, True)
+        else:
+            mona_ext.class_mean(meta("features", f), meta("labels", lab), 3, weight=meta("weight", w))

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 import mona_ext
 from mona_ext import reference
 
-from op_testing import DEVICES, HAS_CUDA
+from op_testing import DEVICES, KERNEL_DEVICES, device_of, on
 
 
 def batch(B=2, D=16, H=12, W=12, C=4, seed=0, dtype=torch.float32, device="cpu", ignore_frac=0.1, sharp=2.0):
@@ -256,18 +256,20 @@ def test_property_finite_and_matches_parts(B, C, D, side, ignore_frac, threshold
         assert loss.item() == 0.0
 
 
-@pytest.mark.cuda
-@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
-def test_cuda_contrast_loss_matches_reference():
-    f, lab, prob = batch(D=32, H=32, W=32, device="cuda")
+@pytest.mark.parametrize("kernel_device", KERNEL_DEVICES)
+def test_device_contrast_loss_matches_reference(kernel_device):
+    dev = device_of(kernel_device)
+    f, lab, prob = batch(D=32, H=32, W=32, device=dev)
     x = f.clone().contiguous(memory_format=torch.channels_last).requires_grad_(True)
-    loss = mona_ext.contrast_loss(x, lab, 4, prob=prob, num_queries=32, num_negatives=64, generator=gen(0, "cuda"))
-    pools = mona_ext.class_pools(lab, 4, prob=prob, strong_threshold=0.97)
-    protos, _ = mona_ext.class_mean(f, lab, 4)
-    q, n, w = mona_ext.sample_negatives(pools, protos, 32, 64, generator=gen(0, "cuda"))
+    with on(kernel_device):
+        loss = mona_ext.contrast_loss(x, lab, 4, prob=prob, num_queries=32, num_negatives=64, generator=gen(0, dev))
+        pools = mona_ext.class_pools(lab, 4, prob=prob, strong_threshold=0.97)
+        protos, _ = mona_ext.class_mean(f, lab, 4)
+        q, n, w = mona_ext.sample_negatives(pools, protos, 32, 64, generator=gen(0, dev))
     x2 = f.clone().requires_grad_(True)
     ref = reference.contrast_infonce(x2, f, protos, q, n, w, 0.5)
     torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-5)
-    loss.backward()
+    with on(kernel_device):
+        loss.backward()
     ref.backward()
     torch.testing.assert_close(x.grad, x2.grad, rtol=1e-4, atol=1e-6)

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 import mona_ext
 from mona_ext import reference
 
-from op_testing import DEVICES, HAS_CUDA
+from op_testing import DEVICES, EMU, KERNEL_DEVICES, device_of, on
 
 
 def scene(B=2, D=8, H=6, W=7, C=3, device="cpu", dtype=torch.float64, seed=0, ignore_frac=0.1, channels_last=False):
@@ -350,20 +350,135 @@ def test_infonce_extreme_values_finite(temperature, D, seed, scale):
     torch.testing.assert_close(loss.double(), ref, rtol=1e-4, atol=1e-4 * max(1.0, 1 / temperature))
 
 
-@pytest.mark.cuda
-@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
+@pytest.mark.parametrize("kernel_device", KERNEL_DEVICES)
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_cuda_parts_match_cpu(channels_last):
+def test_device_parts_match_cpu(kernel_device, channels_last):
+    dev = device_of(kernel_device)
     f, lab, prob = scene(B=2, D=64, H=32, W=32, C=4, dtype=torch.float32, channels_last=channels_last)
     cpu_pools = mona_ext.class_pools(lab, 4, prob=prob, strong_threshold=0.5)
-    gpu_pools = mona_ext.class_pools(lab.cuda(), 4, prob=prob.cuda(), strong_threshold=0.5)
+    with on(kernel_device):
+        gpu_pools = mona_ext.class_pools(lab.to(dev), 4, prob=prob.to(dev), strong_threshold=0.5)
     assert all(torch.equal(a, b.cpu()) for a, b in zip(cpu_pools, gpu_pools))
     protos, _ = mona_ext.class_mean(f, lab, 4)
     q, n, w = mona_ext.sample_negatives(cpu_pools, protos, 32, 64, generator=torch.Generator().manual_seed(0))
-    x_cpu, x_gpu = f.clone().requires_grad_(True), f.cuda().requires_grad_(True)
+    x_cpu, x_gpu = f.clone().requires_grad_(True), f.to(dev).requires_grad_(True)
     l_cpu = mona_ext.contrast_infonce(x_cpu, f, protos, q, n, w, 0.5)
-    l_gpu = mona_ext.contrast_infonce(x_gpu, f.cuda(), protos.cuda(), q.cuda(), n.cuda(), w.cuda(), 0.5)
+    with on(kernel_device):
+        l_gpu = mona_ext.contrast_infonce(x_gpu, f.to(dev), protos.to(dev), q.to(dev), n.to(dev), w.to(dev), 0.5)
     torch.testing.assert_close(l_gpu.cpu(), l_cpu, rtol=1e-5, atol=1e-5)
     l_cpu.backward()
-    l_gpu.backward()
+    with on(kernel_device):
+        l_gpu.backward()
     torch.testing.assert_close(x_gpu.grad.cpu(), x_cpu.grad, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("kernel_device", KERNEL_DEVICES)
+@pytest.mark.parametrize("prob_dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_device_class_pools_int32_labels_many_pixels_match_cpu(kernel_device, prob_dtype):
+    """int32 labels, N = 4800 > 4096 pixels (several blocks of the key kernel; a multi-block stable
+    sort), a valid mask and prob in every floating dtype: the same pools as the CPU kernel."""
+    dev = device_of(kernel_device)
+    _, lab, prob = scene(B=2, H=48, W=50, C=5, seed=3)
+    lab = lab.to(torch.int32)
+    prob = prob.to(prob_dtype)
+    valid = torch.rand(lab.shape, generator=torch.Generator().manual_seed(4)) > 0.2
+    cpu = mona_ext.class_pools(lab, 5, valid=valid, prob=prob, strong_threshold=0.4)
+    with on(kernel_device):
+        ours = mona_ext.class_pools(lab.to(dev), 5, valid=valid.to(dev), prob=prob.to(dev), strong_threshold=0.4)
+        flat = mona_ext.class_pools(lab.reshape(-1).to(dev), 5, valid=valid.reshape(-1).to(dev))
+    for a, b, name in zip(ours, cpu, ["offsets", "counts", "hard_counts", "permutation"]):
+        assert torch.equal(a.cpu(), b), name
+    for a, b, name in zip(flat, mona_ext.class_pools(lab.reshape(-1), 5, valid=valid.reshape(-1)),
+                          ["offsets", "counts", "hard_counts", "permutation"]):
+        assert torch.equal(a.cpu(), b), name
+    assert 0 < int(cpu[2].sum()) < int(cpu[1].sum())  # hard and easy pixels
+
+
+@pytest.mark.parametrize("kernel_device", KERNEL_DEVICES)
+@pytest.mark.parametrize("negatives", ["batch", "bank", "both"])
+@pytest.mark.parametrize("query_mode", ["hard", "all", "balanced"])
+def test_device_sampler_matches_cpu(kernel_device, negatives, query_mode):
+    """The device sampler maps the same uniforms (drawn from the generator on the host side) to the
+    same indices as the CPU kernel, for every negative source and query mode."""
+    dev = device_of(kernel_device)
+    _, lab, prob = scene(B=2, H=8, W=9, C=4, seed=5)
+    pools = mona_ext.class_pools(lab, 4, prob=prob, strong_threshold=0.6)
+    protos = torch.randn(4, 8, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    fill = torch.tensor([3, 0, 5, 2]) if negatives != "batch" else None
+    kw = dict(temperature=0.3, negatives=negatives, query_mode=query_mode, bank_fill=fill,
+              bank_size=5 if fill is not None else 0)
+    cpu = mona_ext.sample_negatives(pools, protos, 16, 24, generator=torch.Generator().manual_seed(7), **kw)
+    kw["bank_fill"] = fill.to(dev) if fill is not None else None
+    with on(kernel_device):
+        ours = mona_ext.sample_negatives(tuple(t.to(dev) for t in pools), protos.to(dev), 16, 24,
+                                         generator=torch.Generator(dev).manual_seed(7), **kw)
+    if dev == "cpu":  # the emulation draws the same uniforms from the same CPU generator: same indices
+        for a, b, name in zip(ours, cpu, ["query_index", "negative_index", "class_weight"]):
+            assert torch.equal(a, b), name
+    # on any device: the sample is valid (queries of their class, negatives of other classes or the bank)
+    q, n, w = (t.cpu() for t in ours)
+    torch.testing.assert_close(w, cpu[2])
+    flat = lab.reshape(-1)
+    N = flat.numel()
+    for c in range(4):
+        if w[c] > 0:
+            assert torch.all(flat[q[c]] == c)
+            idx = n[c].reshape(-1)
+            assert torch.all(flat[idx[idx < N]] != c)
+            bank_rows = idx[idx >= N] - N
+            assert torch.all(bank_rows // 5 != c) and torch.all(bank_rows % 5 < torch.tensor([3, 0, 5, 2])[bank_rows // 5])
+            if negatives == "bank":
+                assert torch.all(idx >= N)
+            if negatives == "batch":
+                assert torch.all(idx < N)
+
+
+@pytest.mark.parametrize("kernel_device", KERNEL_DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+@pytest.mark.parametrize("flat", [False, True])
+@pytest.mark.parametrize("bank", [False, True])
+def test_device_infonce_dtypes_and_flat_features_match_cpu(kernel_device, dtype, flat, bank):
+    """contrast_infonce in every dtype, on [B, D, H, W] and [N, D] features, with and without bank
+    keys: loss and gradient of the device kernels against the CPU kernels."""
+    dev = device_of(kernel_device)
+    f, keys, protos, qidx, nidx, w, bank_t = sampled(dtype=torch.float64, Q=6, M=9, seed=2, bank=bank)
+    if flat:
+        f, keys = (t.permute(0, 2, 3, 1).reshape(-1, t.shape[1]) for t in (f, keys))
+    f, keys, protos = f.to(dtype), keys.to(dtype), protos.to(dtype)
+    bank_t = bank_t.to(dtype) if bank_t is not None else None
+    res = []
+    for dev_, ctx in (("cpu", on("cpu")), (dev, on(kernel_device))):
+        with ctx:
+            x = f.to(dev_).requires_grad_(True)
+            loss = mona_ext.contrast_infonce(x, keys.to(dev_), protos.to(dev_), qidx.to(dev_), nidx.to(dev_), w.to(dev_),
+                                             0.5, bank=bank_t.to(dev_) if bank_t is not None else None)
+            (loss * 2).backward()
+        res.append((loss.detach().cpu(), x.grad.cpu()))
+    if dtype == torch.float64:
+        tols = [dict(rtol=1e-12, atol=1e-12)] * 2
+    elif dtype == torch.float32:  # as test_infonce_float32_matches_reference
+        tols = [dict(rtol=1e-5, atol=1e-6), dict(rtol=1e-4, atol=1e-6)]
+    else:  # the loss is float32; the gradient is rounded to fp16 / bf16
+        tols = [dict(rtol=2 * torch.finfo(dtype).eps, atol=2 * torch.finfo(dtype).eps)] * 2
+    for name, u, v, tol in zip(["loss", "grad"], *res, tols):
+        assert u.dtype == v.dtype, name
+        torch.testing.assert_close(v, u, **tol, msg=lambda msg: f"{name}: {msg}")
+    assert res[1][1].dtype == dtype and res[0][1].abs().sum() > 0
+
+
+@pytest.mark.emu
+@pytest.mark.parametrize("case", ["class_pools", "sample_negatives", "contrast_infonce"])
+def test_emu_mismatched_device_message(case):
+    f, keys, protos, qidx, nidx, w, bank_t = sampled(bank=True)
+    _, lab, prob = scene()
+    with on(EMU):
+        if case == "class_pools":
+            with pytest.raises(ValueError, match="class_pools: prob is on meta but labels are on cpu"):
+                mona_ext.class_pools(lab, 3, prob=prob.to("meta"))
+        elif case == "sample_negatives":
+            pools = mona_ext.class_pools(lab, 3)
+            with pytest.raises(ValueError, match="sample_negatives: prototypes is on meta but offsets is on cpu"):
+                mona_ext.sample_negatives(pools, protos.to("meta"), 4, 4)
+        else:
+            with pytest.raises(ValueError, match="contrast_infonce: bank is on meta but features is on cpu"):
+                mona_ext.contrast_infonce(f, keys, protos, qidx, nidx, w, 0.5, bank=bank_t.to("meta"))

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 import mona_ext
 from mona_ext import reference
 
-from op_testing import DEVICES, assert_within_twice_torch_error
+from op_testing import DEVICES, EMU, KERNEL_DEVICES, assert_within_twice_torch_error, device_of, is_emulated, on
 
 
 def make_inputs(B=2, C=4, H=5, W=6, device="cpu", dtype=torch.float64, mask="none", layout="nchw", seed=0,
@@ -212,16 +212,47 @@ def test_bad_input_messages(change, message):
         mona_ext.pixel_kl(args["a"], args["b"], args["m"])
 
 
-@pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("kernel_device", KERNEL_DEVICES)
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
-def test_cuda_matches_cpu_large(layout):
-    a, b, m = make_inputs(B=4, C=8, H=64, W=64, dtype=torch.float32, mask="float", layout=layout, seed=9)
+def test_device_matches_cpu_large(kernel_device, layout):
+    dev = device_of(kernel_device)
+    # the emulation runs ~1-10 M thread-steps per second: a smaller image (still several blocks)
+    size = dict(B=2, C=8, H=40, W=30) if is_emulated(kernel_device) else dict(B=4, C=8, H=64, W=64)
+    a, b, m = make_inputs(**size, dtype=torch.float32, mask="float", layout=layout, seed=9)
     outs = []
-    for dev in ("cpu", "cuda"):
-        x, y = a.to(dev).requires_grad_(True), b.to(dev).requires_grad_(True)
-        loss = mona_ext.pixel_kl(x, y, m.to(dev))
-        loss.backward()
+    for dev_, ctx in (("cpu", on("cpu")), (dev, on(kernel_device))):
+        with ctx:
+            x, y = a.to(dev_).requires_grad_(True), b.to(dev_).requires_grad_(True)
+            loss = mona_ext.pixel_kl(x, y, m.to(dev_))
+            loss.backward()
         outs.append((loss.cpu(), x.grad.cpu(), y.grad.cpu()))
     for u, v in zip(*outs):
         torch.testing.assert_close(u, v, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("kernel_device", KERNEL_DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "flat"])
+def test_device_dtypes_match_cpu_with_backward(kernel_device, dtype, layout):
+    """Every dtype and layout, forward and backward (both inputs, bool mask), against the CPU kernels."""
+    dev = device_of(kernel_device)
+    a, b, m = make_inputs(B=2, C=5, H=9, W=7, dtype=dtype, mask="bool", layout=layout if layout != "flat" else "nchw",
+                          flat=layout == "flat", seed=10)
+    outs = []
+    for dev_, ctx in (("cpu", on("cpu")), (dev, on(kernel_device))):
+        with ctx:
+            x, y = a.to(dev_).requires_grad_(True), b.to(dev_).requires_grad_(True)
+            loss = mona_ext.pixel_kl(x, y, m.to(dev_), symmetric=False)
+            (loss * 2).backward()
+        outs.append((loss.detach().cpu(), x.grad.cpu(), y.grad.cpu()))
+    tol = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=2 * torch.finfo(dtype).eps, atol=1e-3)
+    for name, u, v in zip(["loss", "grad a", "grad b"], *outs):
+        assert u.dtype == v.dtype == dtype, name
+        torch.testing.assert_close(v, u, **tol, msg=lambda msg: f"{name}: {msg}")
+
+
+@pytest.mark.emu
+def test_emu_mismatched_device_message():
+    a, b, m = make_inputs(dtype=torch.float32, mask="float")
+    with on(EMU), pytest.raises(ValueError, match="pixel_kl: mask is on meta but logits_a is on cpu"):
+        mona_ext.pixel_kl(a, b, m.to("meta"))

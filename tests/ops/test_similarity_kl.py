@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 import mona_ext
 from mona_ext import reference
 
-from op_testing import DEVICES
+from op_testing import DEVICES, EMU, KERNEL_DEVICES, device_of, is_emulated, on
 
 
 def make_inputs(B=4, d=16, K=40, device="cpu", dtype=torch.float64, seed=0):
@@ -149,15 +149,43 @@ def test_bad_input_messages(change, message):
         mona_ext.similarity_kl(args["s"], args["t"], args["q"], args["tau_s"], args["tau_t"])
 
 
-@pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_cuda_matches_cpu_large():
-    s, t, q = make_inputs(B=6, d=512, K=4096, dtype=torch.float32, seed=7)
+@pytest.mark.parametrize("kernel_device", KERNEL_DEVICES)
+def test_device_matches_cpu_large(kernel_device):
+    dev = device_of(kernel_device)
+    # the emulation runs ~1-10 M thread-steps per second: a smaller queue, the same code paths
+    size = dict(B=3, d=80, K=500) if is_emulated(kernel_device) else dict(B=6, d=512, K=4096)
+    s, t, q = make_inputs(**size, dtype=torch.float32, seed=7)
     res = []
-    for dev in ("cpu", "cuda"):
-        x = s.to(dev).requires_grad_(True)
-        out = mona_ext.similarity_kl(x, t.to(dev), q.to(dev), 0.1, 0.01)
-        out.backward()
+    for dev_, ctx in (("cpu", on("cpu")), (dev, on(kernel_device))):
+        with ctx:
+            x = s.to(dev_).requires_grad_(True)
+            out = mona_ext.similarity_kl(x, t.to(dev_), q.to(dev_), 0.1, 0.01)
+            out.backward()
         res.append((out.cpu(), x.grad.cpu()))
     torch.testing.assert_close(res[1][0], res[0][0], rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(res[1][1], res[0][1], rtol=1e-3, atol=1e-6)
+
+
+@pytest.mark.parametrize("kernel_device", KERNEL_DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_device_dtypes_match_cpu_with_backward(kernel_device, dtype):
+    dev = device_of(kernel_device)
+    s, t, q = make_inputs(B=5, d=45, K=70, dtype=dtype, seed=8)
+    res = []
+    for dev_, ctx in (("cpu", on("cpu")), (dev, on(kernel_device))):
+        with ctx:
+            x = s.to(dev_).requires_grad_(True)
+            out = mona_ext.similarity_kl(x, t.to(dev_), q.to(dev_), 0.2, 0.1)
+            (out * 2).backward()
+        res.append((out.detach().cpu(), x.grad.cpu()))
+    tol = dict(rtol=1e-10, atol=1e-12) if dtype == torch.float64 else dict(rtol=4 * torch.finfo(dtype).eps, atol=1e-3)
+    for name, u, v in zip(["loss", "grad"], *res):
+        assert u.dtype == v.dtype == dtype, name
+        torch.testing.assert_close(v, u, **tol, msg=lambda msg: f"{name}: {msg}")
+
+
+@pytest.mark.emu
+def test_emu_mismatched_device_message():
+    s, t, q = make_inputs(B=3, d=8, K=9, dtype=torch.float32)
+    with on(EMU), pytest.raises(ValueError, match=r"similarity_kl: teacher \(meta\) and queue \(cpu\) must be on the student's device cpu"):
+        mona_ext.similarity_kl(s, t.to("meta"), q, 0.1, 0.1)
