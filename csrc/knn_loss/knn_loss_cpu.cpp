@@ -47,10 +47,11 @@ std::tuple<at::Tensor, at::Tensor> knn_loss_cpu(const at::Tensor& student, const
   at::Tensor loss = at::zeros({}, student.options().dtype(acc));
   if (B == 0) return {loss.to(student.scalar_type()), indices};
   const at::Tensor s = student.to(acc).contiguous(), t = teacher.to(acc).contiguous(), q = queue.to(acc).contiguous();
-  const at::Tensor T = at::mm(t, q.t());
   AT_DISPATCH_FLOATING_TYPES(acc, "knn_loss_cpu", [&] {
     using acc_t = scalar_t;
-    const acc_t *tp = T.data_ptr<acc_t>(), *sp = s.data_ptr<acc_t>(), *qp = q.data_ptr<acc_t>();
+    // teacher . queue row by row with the same loop for every entry (not a GEMM: its blocking can
+    // give an exact copy of a row a last-bit different dot product and break the tie rule).
+    const acc_t *tp = t.data_ptr<acc_t>(), *sp = s.data_ptr<acc_t>(), *qp = q.data_ptr<acc_t>();
     std::vector<acc_t> inq(K), row_sum(B);
     at::parallel_for(0, K, 256, [&](int64_t b, int64_t e) {
       for (int64_t j = b; j < e; ++j) inq[j] = cm::inv_norm(dot(qp + j * d, qp + j * d, d));
@@ -62,7 +63,7 @@ std::tuple<at::Tensor, at::Tensor> knn_loss_cpu(const at::Tensor& student, const
         int64_t* idx = out_idx + i * k;
         int count = 0;
         // the teacher's own norm is a positive per-row factor: it does not change the ranking
-        for (int64_t j = 0; j < K; ++j) km::insert_topk(vals.data(), idx, &count, static_cast<int>(k), tp[i * K + j] * inq[j], j);
+        for (int64_t j = 0; j < K; ++j) km::insert_topk(vals.data(), idx, &count, static_cast<int>(k), dot(tp + i * d, qp + j * d, d) * inq[j], j);
         const acc_t is = cm::inv_norm(dot(sp + i * d, sp + i * d, d));
         acc_t sum = 0;
         for (int64_t n = 0; n < k; ++n) sum += dot(sp + i * d, qp + idx[n] * d, d) * is * inq[idx[n]];

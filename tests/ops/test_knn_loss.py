@@ -167,13 +167,10 @@ def tied_queue(dtype, K=70, d=40, seed=21):
     return s.to(dtype), t.to(dtype), q.to(dtype), copies_a, copies_b
 
 
-# The CPU kernel ranks the teacher-queue dot products of at::mm (MKL): in float64 the last queue
-# row comes out of a different micro-kernel than the others and its dot product differs in the last
-# bit from that of an identical row elsewhere, so among exact copies the last entry ranks first.
-CPU_FP64_TIE_BUG = pytest.mark.xfail(
-    strict=True, reason="knn_loss CPU kernel, float64: at::mm gives identical queue rows different last bits, "
-                        "so the last copy (index K-1) ranks before the lower indices")
-TIE_DTYPES = [torch.float32, pytest.param(torch.float64, marks=CPU_FP64_TIE_BUG), torch.float16, torch.bfloat16]
+# Exact copies of a row must tie in every dtype: the CPU kernel once ranked at::mm's dot products,
+# whose GEMM blocking gave the last queue row (float64) a last-bit different value than an identical
+# row elsewhere, so the last copy ranked first. It now takes one dot-product loop for every entry.
+TIE_DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 # device vs CPU kernel: float32 as test_device_matches_cpu_large; fp16 / bf16 results are rounded
 # once from float32 (one unit in the last place)
 LOSS_TOLERANCE = {torch.float32: dict(rtol=1e-5, atol=1e-6), torch.float64: dict(rtol=1e-12, atol=1e-12),
@@ -201,9 +198,7 @@ def _tie_rows():
     for device in DEVICES:
         for dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
             value = device.values[0]
-            cpu_kernel = value == "cpu" and not is_emulated(value)
-            marks = list(device.marks) + ([CPU_FP64_TIE_BUG] if cpu_kernel and dtype == torch.float64 else [])
-            rows.append(pytest.param(value, dtype, id=f"{str(dtype)[6:]}-{device.id}", marks=marks))
+            rows.append(pytest.param(value, dtype, id=f"{str(dtype)[6:]}-{device.id}", marks=list(device.marks)))
     return rows
 
 
