@@ -31,6 +31,7 @@
 #endif
 
 #if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
 #include <sanitizer/common_interface_defs.h>
 #define MONA_EMU_ASAN 1
 #else
@@ -288,6 +289,10 @@ void fiber_entry_c() { fiber_entry(); }
 
 void init_fiber(ThreadState& t, char* stack) {
   t.stack = stack;
+#if MONA_EMU_ASAN
+  // A reused stack still carries the redzones of the frames its last fiber left behind.
+  ASAN_UNPOISON_MEMORY_REGION(stack, kStackBytes);
+#endif
 #if defined(__x86_64__)
   auto top = reinterpret_cast<uintptr_t>(stack + kStackBytes) & ~uintptr_t{15};
   auto* sp = reinterpret_cast<uint64_t*>(top);
