@@ -31,6 +31,11 @@ def class_mean(
         ``(means [C, D], counts [C])``: means in the features' dtype (zeros for an absent class),
         counts = sum of weights per class (float32; float64 for float64 features).
         Differentiable w.r.t. ``features`` and ``weight``.
+
+    Reproducibility: the CPU kernel gives the same bits on every run (for a thread count); the
+    CUDA forward adds with atomics (last-bit differences between runs) unless
+    ``torch.use_deterministic_algorithms(True)``, under which it sums in a fixed order (slower).
+    The backward is reproducible on both devices.
     """
     return torch.ops.mona.class_mean(features, labels, weight, num_classes, ignore_index)
 
