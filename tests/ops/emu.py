@@ -10,7 +10,7 @@ that sends every ``mona::*`` call (after autograd, so the Python autograd formul
 ``python tests/ops/emu.py`` builds it (CI does, to report the time); the tests build it on first
 use otherwise (ninja: only what changed is recompiled). ``python tests/ops/emu.py --coverage-table``
 prints, as Markdown, which test first reached each kernel in the last emu test run. ``MONA_EMU_SANITIZE=address`` builds and
-loads an AddressSanitizer variant (the process must preload libasan; see .ci/run).
+loads an AddressSanitizer variant (the process must preload libasan: scripts/test_emu_asan.sh).
 """
 
 from __future__ import annotations
