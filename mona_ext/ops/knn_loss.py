@@ -17,7 +17,8 @@ def knn_loss(student: torch.Tensor, teacher: torch.Tensor, queue: torch.Tensor, 
         teacher: ``[B, d]`` v'_g, used only to pick the neighbours (no gradient).
         queue: ``[K, d]`` e.g. ``FeatureQueue.filled()`` (no gradient); ``1 <= k <= min(K, 256)`` on every device.
         k: neighbours per row (DESIGN default 5). Ties between equal similarities go to the lower index;
-            a NaN similarity ranks first (as in ``torch.topk``), so a NaN input reaches the loss.
+            a NaN similarity ranks first (as in ``torch.topk``), so a NaN queue row reaches the
+            loss; a NaN teacher row ties everything and picks entries 0..k-1 (on every device).
 
     Returns:
         0-dim tensor in the student's dtype; 0 for ``B == 0``.
