@@ -129,15 +129,24 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .train.checkpoint import load_model
     from .train.loop import select_device
 
+    if args.overlay_volumes is not None and args.overlay_volumes < 0:
+        raise ValueError(f"--overlay-volumes must be >= 0, got {args.overlay_volumes}")
+    if args.overlay_slices < 1:
+        raise ValueError(f"--overlay-slices must be >= 1, got {args.overlay_slices}")
     dev = select_device(args.device)
     model, meta = load_model(args.checkpoint, dev)
     out = Path(args.out) if args.out else Path(args.checkpoint).resolve().parent / f"eval_{args.split}"
+    # nothing is written to `out` before the cache and the split have been checked (evaluate_cache raises first)
     report = evaluate_cache(model, meta, args.data, split=args.split, device=dev, voxels=args.voxels,
-                            overlay_dir=out / "overlays" if args.overlays else None, progress=not args.no_progress)
+                            overlay_dir=out / "overlays" if args.overlays else None,
+                            max_overlays=args.overlay_volumes, overlay_slices=args.overlay_slices,
+                            progress=not args.no_progress)
     csv_path, json_path = write_report(report, out, extra={"checkpoint": str(args.checkpoint), "split": args.split})
     print(report.table())
-    print(f"\nmean foreground Dice: {report.mean_dice:.4f}   (distances in mm; per-volume rows in {csv_path}, "
-          f"summary in {json_path})")
+    print(f"\nmean foreground Dice: {report.mean_dice:.4f}   (distances in mm; n_dist: volumes in the ASD/HD95 "
+          f"means; per-volume rows in {csv_path}, summary in {json_path})")
+    if report.overlays:
+        print(f"overlays: {len(report.overlays)} PNGs in {out / 'overlays'}")
     return 0
 
 
@@ -154,8 +163,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from .train.loop import select_device
 
     dev = select_device(args.device)
-    model, meta = load_model(args.checkpoint, dev)
     img, data = load_nifti(args.input)
+    model, meta = load_model(args.checkpoint, dev)
     squeeze = data.ndim == 2
     vol = data[..., None] if squeeze else data
     if vol.ndim != 3 or vol.size == 0:
@@ -192,8 +201,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     run_demo(args.out, iterations=args.iterations, pretrain_iterations=args.pretrain_iterations, seed=args.seed,
              size=args.size, device=args.device, progress=not args.no_progress, overrides=args.overrides,
-             labeled_patients=args.labeled_patients)
+             labeled_patients=args.labeled_patients, overlays=args.overlay_volumes, overlay_slices=args.overlay_slices)
     return 0
+
+
+OVERLAY_SLICES = 3  # = mona.eval.report.OVERLAY_SLICES (not imported here: --help stays fast)
+_DEVICE_HELP = "auto (CUDA when available, else CPU), cpu, cuda or cuda:N (default auto)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -205,23 +218,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_cmd_info)
 
     p = sub.add_parser("synth", help="write synthetic cardiac-MR phantoms in the ACDC layout")
-    p.add_argument("out_dir", metavar="OUT_DIR")
+    p.add_argument("out_dir", metavar="OUT_DIR",
+                   help="directory for the raw phantoms (patientXXX/ folders; created after the options are checked)")
     p.add_argument("--train", type=int, default=8, help="train patients (default 8)")
     p.add_argument("--val", type=int, default=2, help="validation patients (default 2)")
     p.add_argument("--test", type=int, default=4, help="test patients (default 4)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--size-min", type=int, default=112, help="smallest in-plane size in pixels")
-    p.add_argument("--size-max", type=int, default=144, help="largest in-plane size in pixels")
-    p.add_argument("--slices-min", type=int, default=5)
-    p.add_argument("--slices-max", type=int, default=9)
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--seed", type=int, default=0,
+                   help="phantom seed; the same seed writes the same phantoms (default 0)")
+    p.add_argument("--size-min", type=int, default=112, help="smallest in-plane size in pixels (default 112, >= 32)")
+    p.add_argument("--size-max", type=int, default=144, help="largest in-plane size in pixels (default 144)")
+    p.add_argument("--slices-min", type=int, default=5, help="fewest slices per volume (default 5)")
+    p.add_argument("--slices-max", type=int, default=9, help="most slices per volume (default 9)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(handler=_cmd_synth)
 
     p = sub.add_parser("prepare", help="raw volumes -> normalised, resized, memory-mapped slice cache")
     p.add_argument("dataset", metavar="DATASET", choices=["acdc", "lits", "mmwhs", "folder"],
                    help="acdc | lits | mmwhs | folder (RAW/images + RAW/labels)")
-    p.add_argument("raw_dir", metavar="RAW_DIR")
-    p.add_argument("out_dir", metavar="OUT_DIR")
+    p.add_argument("raw_dir", metavar="RAW_DIR", help="the dataset's raw files, in the layout DATASET names")
+    p.add_argument("out_dir", metavar="OUT_DIR",
+                   help="the cache directory to write (created once the raw files and splits are checked; "
+                        "re-running completes or verifies it)")
     p.add_argument("--size", type=int, default=256, help="slice size (default 256)")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the random patient split (folder, MMWHS-MR; LiTS/MMWHS-CT use the authors' lists)")
@@ -233,35 +250,47 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder layout: comma-separated class names incl. background, e.g. bg,liver,tumour "
                         "(implies --num-classes)")
     p.add_argument("--modality", choices=["MR", "CT"], default="MR", help="folder layout: MR (min-max) or CT (HU window)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(handler=_cmd_prepare)
 
     p = sub.add_parser("train", help="train (supervised, glcon, mona) from a YAML config with key=value overrides")
     p.add_argument("--config", required=True, help="YAML file, or a packaged config name (acdc_supervised, demo)")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. optim.lr=0.02 data.labeled_patients=3")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="config overrides, e.g. data.cache=runs/cache out_dir=runs/sup optim.lr=0.02 "
+                        "data.labeled_patients=3")
     p.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CHECKPOINT",
                    help="continue exactly: from this last.pt, or (no value) wherever out_dir's stages stopped")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(handler=_cmd_train)
 
     p = sub.add_parser("evaluate", help="per-class Dice/ASD/HD95 of a checkpoint on a split of a prepared cache")
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="best.pt / last.pt / model.pt")
     p.add_argument("data", metavar="DATA", help="a prepared cache directory (mona prepare)")
-    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--split", default="test", choices=["train", "val", "test"],
+                   help="the cache split to evaluate (default test)")
     p.add_argument("--out", default=None, help="report directory (default: next to the checkpoint, eval_SPLIT)")
     p.add_argument("--voxels", action="store_true", help="also report ASD/HD95 in voxels (no spacing)")
-    p.add_argument("--overlays", action="store_true", help="write PNG overlays of the first volumes")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--overlays", action="store_true",
+                   help="also write PNG overlays (image, ground truth, prediction, class legend) to OUT/overlays")
+    p.add_argument("--overlay-volumes", type=int, default=None, metavar="N",
+                   help="overlays for the first N volumes of the split (default: every volume)")
+    p.add_argument("--overlay-slices", type=int, default=OVERLAY_SLICES, metavar="K",
+                   help=f"overlays: the K slices with the most ground-truth foreground per volume, one PNG each "
+                        f"(default {OVERLAY_SLICES})")
+    p.add_argument("--device", default="auto", help=_DEVICE_HELP)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(handler=_cmd_evaluate)
 
     p = sub.add_parser("predict", help="segment a NIfTI volume; writes a label volume with the input's affine")
-    p.add_argument("checkpoint", metavar="CHECKPOINT")
-    p.add_argument("input", metavar="IN.nii.gz")
-    p.add_argument("output", metavar="OUT.nii.gz")
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="best.pt / last.pt / model.pt of a training run")
+    p.add_argument("input", metavar="IN.nii.gz", help="a 2-D or 3-D NIfTI image")
+    p.add_argument("output", metavar="OUT.nii.gz",
+                   help="the label volume to write (the input's affine; class indices, or the original label "
+                        "values of an MMWHS model)")
     p.add_argument("--overlay", nargs="?", const=True, default=None, metavar="PNG",
-                   help="also write a PNG overlay (default: OUT_overlay.png)")
-    p.add_argument("--device", default="auto")
+                   help="also write a PNG overlay of the slice with the most predicted foreground, with a class "
+                        "legend (default: OUT_overlay.png)")
+    p.add_argument("--device", default="auto", help=_DEVICE_HELP)
     p.set_defaults(handler=_cmd_predict)
 
     p = sub.add_parser("demo", help="phantoms, 1 labeled patient: supervised vs GLCon + MONA, evaluated (CPU, minutes)")
@@ -273,9 +302,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labeled-patients", type=int, default=1, help="labeled train patients (default 1 of 8)")
     p.add_argument("--seed", type=int, default=0, help="phantom seed")
     p.add_argument("--size", type=int, default=96, help="slice size of the prepared cache (default 96)")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--overlay-volumes", type=int, default=None, metavar="N",
+                   help="overlays for the first N test volumes (default: every test volume, 8)")
+    p.add_argument("--overlay-slices", type=int, default=OVERLAY_SLICES, metavar="K",
+                   help=f"overlays: the K slices with the most ground-truth foreground per volume, one PNG each "
+                        f"(default {OVERLAY_SLICES})")
+    p.add_argument("--device", default="auto", help=_DEVICE_HELP)
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides of both training configs")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(handler=_cmd_demo)
     return parser
 

@@ -4,7 +4,9 @@
 patient(s) alone -> 4. GLCon pre-training + MONA fine-tuning on the same labeled patient(s) plus the
 other train patients unlabeled, with the same total number of iterations -> 5. both evaluated on
 the held-out test phantoms in their original geometry: per-class Dice / ASD / HD95 side by side,
-overlays of both methods on the same slices, validation curves, ``summary.json``.
+overlays of both methods on the same slices (the 3 slices with the most ground-truth foreground of
+every test volume, with a colour legend of the classes), validation curves, ``summary.json``.
+Everything is checked (configs, overrides, budget, device) before anything is written.
 
 Defaults (``configs/demo.yaml``, ``configs/demo_mona.yaml``): 14 phantom patients (8 train of which 1
 labeled, 2 val, 4 test = 8 test volumes) prepared at 96 x 96, 400 iterations each (MONA: 100 GLCon +
@@ -25,9 +27,9 @@ import torch
 from .data.dataset import SliceCache
 from .data.prepare import atomic_write_json, prepare
 from .data.readers import CaseRecord, load_case
-from .data.synth import SynthConfig, write_phantoms
-from .eval.report import (comparison_curves, evaluate_cache, spec_from_manifest, write_comparison_overlay,
-                          write_report)
+from .data.synth import SynthConfig, synth_patient_ids, write_phantoms
+from .eval.report import (OVERLAY_SLICES, comparison_curves, evaluate_cache, prepare_matplotlib,
+                          spec_from_manifest, write_report, write_volume_overlays)
 from .train.checkpoint import load_model
 from .train.loop import select_device
 
@@ -75,30 +77,38 @@ def _method_summary(report) -> dict:
 def compare(out_dir: str | Path, *, iterations: int | None = None, pretrain_iterations: int | None = None,
             seed: int = 0, train_seed: int = 1337, labeled_patients: int = 1, n_train: int = 8, n_val: int = 2,
             n_test: int = 4, size: int = 96, device: str = "auto", progress: bool = True,
-            overrides: list[str] | None = None, overlays: int = 8, log=print) -> dict:
+            overrides: list[str] | None = None, overlays: int | None = None, overlay_slices: int = OVERLAY_SLICES,
+            log=print) -> dict:
     """Supervised vs GLCon + MONA on phantoms; returns the summary written to ``out_dir/report/summary.json``.
 
     ``iterations``: the total budget of each method (default: the packaged demo configs', 400);
     MONA spends ``pretrain_iterations`` of it in GLCon (default: the packaged share, a quarter). ``seed``: phantom seed;
     ``train_seed``: the training seed of both runs. ``overrides`` apply to both training configs.
+    ``overlays``: how many test volumes get overlays (default: every one); ``overlay_slices``: slices per
+    volume (the ones with the most ground-truth foreground). The configs, the budget, the device and
+    these numbers are checked before anything is written to ``out_dir``.
     """
     from .train import load_config, run_stages
 
-    import matplotlib  # build matplotlib's font cache now, not inside a progress bar
-    matplotlib.use("Agg")
-    import matplotlib.pyplot  # noqa: F401
+    prepare_matplotlib()  # builds matplotlib's font cache now (first run), not inside a progress bar
 
     t0 = time.time()
     out = Path(out_dir)
     raw, cache, rep = out / "raw", out / "cache", out / "report"
-    timings: dict[str, float] = {}
-    log(f"[1/5] synthesising {n_train + n_val + n_test} phantom patients (ACDC layout, seed {seed}) -> {raw}")
-    write_phantoms(raw, SynthConfig(n_train=n_train, n_val=n_val, n_test=n_test, seed=seed), progress=progress)
-    timings["synth_s"] = time.time() - t0
-    t = time.time()
-    log(f"[2/5] preparing the slice cache at {size} x {size} -> {cache}")
-    prepare("acdc", raw, cache, size=size, progress=progress)
-    timings["prepare_s"] = time.time() - t
+    if overlays is not None and overlays < 0:
+        raise ValueError(f"demo: overlays (test volumes with overlays) must be >= 0, got {overlays}")
+    if overlay_slices < 1:
+        raise ValueError(f"demo: overlay_slices must be >= 1, got {overlay_slices}")
+    if size < 16:
+        raise ValueError(f"demo: size must be >= 16, got {size}")
+    if n_test < 1:
+        raise ValueError(f"demo: n_test must be >= 1 (the evaluation needs test patients), got {n_test}")
+    if not 1 <= labeled_patients < n_train:
+        raise ValueError(f"demo: labeled_patients must be in 1..{n_train - 1} (MONA needs unlabeled train patients; "
+                         f"{n_train} train patients), got {labeled_patients}")
+    synth_cfg = SynthConfig(n_train=n_train, n_val=n_val, n_test=n_test, seed=seed)
+    synth_patient_ids(n_train, n_val, n_test)  # checks the counts
+    dev = select_device(device)
 
     common = [f"data.cache={cache}", f"device={device}", f"seed={train_seed}",
               f"data.labeled_patients={labeled_patients}"]
@@ -115,6 +125,15 @@ def compare(out_dir: str | Path, *, iterations: int | None = None, pretrain_iter
     sup_cfg = load_config(_packaged("demo"), common + [f"out_dir={out / 'supervised'}", f"iterations={budget}"]
                           + list(overrides or []))
 
+    timings: dict[str, float] = {}
+    log(f"[1/5] synthesising {n_train + n_val + n_test} phantom patients (ACDC layout, seed {seed}) -> {raw}")
+    write_phantoms(raw, synth_cfg, progress=progress)
+    timings["synth_s"] = time.time() - t0
+    t = time.time()
+    log(f"[2/5] preparing the slice cache at {size} x {size} -> {cache}")
+    prepare("acdc", raw, cache, size=size, progress=progress)
+    timings["prepare_s"] = time.time() - t
+
     t = time.time()
     log(f"[3/5] supervised baseline: {budget} iterations, batch {sup_cfg.data.batch_size} labeled slices of "
         f"{labeled_patients} labeled patient(s) -> {sup_cfg.out_dir}")
@@ -129,7 +148,6 @@ def compare(out_dir: str | Path, *, iterations: int | None = None, pretrain_iter
     timings["train_mona_s"] = time.time() - t
 
     t = time.time()
-    dev = select_device(device)
     log(f"[5/5] evaluating both best checkpoints on the {n_test} held-out test patients (original geometry)")
     reports = {}
     for name, run_dir in (("supervised", Path(sup_cfg.out_dir)), ("mona", Path(mona_cfg.out_dir))):
@@ -139,14 +157,13 @@ def compare(out_dir: str | Path, *, iterations: int | None = None, pretrain_iter
         write_report(reports[name], rep / name, extra={"method": name, "run": str(run_dir)})
     sc = SliceCache(cache)
     spec = spec_from_manifest(sc.manifest)
-    overlay_paths = []
-    for ci in sc.cases_of_patients(sc.splits["test"])[:overlays]:
+    overlay_paths, overlay_volumes = [], sc.cases_of_patients(sc.splits["test"])[:overlays]
+    for ci in overlay_volumes:
         case = sc.cases[ci]
         vol = load_case(CaseRecord(case["case_id"], case["patient_id"], case["image_path"], case["label_path"],
                                    case["extra"]), spec)
         preds = {METHOD_LABELS[n]: reports[n].predictions[case["case_id"]] for n in ("supervised", "mona")}
-        overlay_paths.append(write_comparison_overlay(vol, preds, rep / "overlays" / f"{case['case_id']}.png",
-                                                      sc.class_names))
+        overlay_paths += write_volume_overlays(vol, preds, rep / "overlays", sc.class_names, overlay_slices)
     curve = comparison_curves({METHOD_LABELS["supervised"]: [(sup_cfg.out_dir, 0)],
                                "GLCon (stage 1)": [(Path(mona_cfg.out_dir) / "pretrain_glcon", 0)],
                                "MONA (stage 2)": [(mona_cfg.out_dir, pre)]}, rep / "validation_curves.png")
@@ -175,7 +192,8 @@ def compare(out_dir: str | Path, *, iterations: int | None = None, pretrain_iter
     log(f"wall time: {timings['total_s']:.0f} s (supervised {timings['train_supervised_s']:.0f} s, MONA "
         f"{timings['train_mona_s']:.0f} s) on {summary['machine']}; results vary with the CPU / BLAS")
     log(f"report:     {rep / 'summary.json'}  (+ supervised/ and mona/ metrics.json, metrics.csv)")
-    log(f"overlays:   {rep / 'overlays'}  ({len(overlay_paths)} test volumes, both methods on the same slice)")
+    log(f"overlays:   {rep / 'overlays'}  ({len(overlay_paths)} PNGs: up to {overlay_slices} slices of each of "
+        f"{len(overlay_volumes)} test volumes, ground truth and both methods on the same slice)")
     log(f"curves:     {curve}")
     log(f"models:     {Path(sup_cfg.out_dir) / 'model.pt'}, {Path(mona_cfg.out_dir) / 'model.pt'}")
     return summary
@@ -183,7 +201,9 @@ def compare(out_dir: str | Path, *, iterations: int | None = None, pretrain_iter
 
 def run_demo(out_dir: str | Path = "runs/demo", *, iterations: int | None = None,
              pretrain_iterations: int | None = None, seed: int = 0, size: int = 96, device: str = "auto",
-             progress: bool = True, overrides: list[str] | None = None, labeled_patients: int = 1) -> dict:
+             progress: bool = True, overrides: list[str] | None = None, labeled_patients: int = 1,
+             overlays: int | None = None, overlay_slices: int = OVERLAY_SLICES) -> dict:
     """``mona demo``: :func:`compare` with the packaged demo settings."""
     return compare(out_dir, iterations=iterations, pretrain_iterations=pretrain_iterations, seed=seed, size=size,
-                   device=device, progress=progress, overrides=overrides, labeled_patients=labeled_patients)
+                   device=device, progress=progress, overrides=overrides, labeled_patients=labeled_patients,
+                   overlays=overlays, overlay_slices=overlay_slices)

@@ -12,7 +12,7 @@ from mona.demo import compare
 def test_compare_writes_both_methods_summary_overlays_and_tables(tmp_path):
     lines: list[str] = []
     summary = compare(tmp_path / "demo", iterations=4, pretrain_iterations=1, n_train=3, n_val=1, n_test=1, size=32,
-                      device="cpu", progress=False, overlays=2, log=lines.append,
+                      device="cpu", progress=False, overlay_slices=2, log=lines.append,
                       overrides=["val_every=2", "checkpoint_every=2", "log_every=1"])
     on_disk = json.loads((tmp_path / "demo" / "report" / "summary.json").read_text())
     assert on_disk["mean_dice_difference"] == pytest.approx(summary["mean_dice_difference"])
@@ -29,8 +29,12 @@ def test_compare_writes_both_methods_summary_overlays_and_tables(tmp_path):
     mona_log = (tmp_path / "demo" / "mona" / "train_log.csv").read_text().splitlines()
     glcon_log = (tmp_path / "demo" / "mona" / "pretrain_glcon" / "train_log.csv").read_text().splitlines()
     assert (len(sup_log) - 1, len(glcon_log) - 1, len(mona_log) - 1) == (4, 1, 3)
-    overlays = sorted((tmp_path / "demo" / "report" / "overlays").glob("*.png"))
-    assert len(overlays) == 2  # the one test patient's two frames
+    # every test volume (the one test patient's two frames), its 2 slices with the most foreground, one PNG each
+    overlays = sorted(p.name for p in (tmp_path / "demo" / "report" / "overlays").glob("*.png"))
+    cases = sorted({n.rsplit("_z", 1)[0] for n in overlays})
+    assert len(cases) == 2 and len(overlays) == 4, overlays
+    assert all(sum(n.startswith(c + "_z") for n in overlays) == 2 for c in cases)
+    assert any("overlays:" in l and "4 PNGs" in l and "2 test volumes" in l for l in lines)
     assert (tmp_path / "demo" / "report" / "validation_curves.png").exists()
     text = "\n".join(lines)
     assert "Dice sup" in text and "Dice MONA" in text and "mean foreground Dice" in text
@@ -42,3 +46,20 @@ def test_compare_rejects_a_pretrain_longer_than_the_budget(tmp_path):
     with pytest.raises(ValueError, match=r"pretrain_iterations must be in 0..3"):
         compare(tmp_path / "d", iterations=4, pretrain_iterations=4, n_train=3, n_val=1, n_test=1, size=32,
                 device="cpu", progress=False, log=lambda *a: None)
+    assert not (tmp_path / "d").exists()
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"overrides": ["no_such_key=1"]}, "unknown key"),
+    ({"overrides": ["optim.schedule=cosine"]}, "optim.schedule"),
+    ({"labeled_patients": 3}, "labeled_patients must be in 1..2"),
+    ({"n_test": 0}, "n_test must be >= 1"),
+    ({"n_train": 500}, "n_train must be in"),
+    ({"overlay_slices": 0}, "overlay_slices must be >= 1"),
+])
+def test_compare_checks_its_inputs_before_writing_anything(tmp_path, kwargs, message):
+    args = {"iterations": 4, "n_train": 3, "n_val": 1, "n_test": 1, "size": 32, "device": "cpu", "progress": False,
+            "log": lambda *a: None, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        compare(tmp_path / "d", **args)
+    assert not (tmp_path / "d").exists()

@@ -153,6 +153,7 @@ def test_contrast_term_has_the_same_distribution_with_either_implementation(tiny
 def test_init_from_errors_name_the_file(tiny_cache, tmp_path):
     with pytest.raises(FileNotFoundError, match=r"init_from: checkpoint .*nothing.pt does not exist"):
         train(_cfg(tiny_cache, tmp_path / "r", iterations=1, init_from=str(tmp_path / "nothing.pt")), progress=False)
+    assert not (tmp_path / "r").exists()  # the inputs are read before the output directory is created
     train(_cfg(tiny_cache, tmp_path / "other", "glcon", iterations=1, **{"model.channels": [8, 16, 32, 64, 128]}),
           progress=False)
     with pytest.raises(ValueError, match=r"init_from .*other/last.pt: incompatible checkpoint: channels"):

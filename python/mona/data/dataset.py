@@ -28,6 +28,12 @@ class SliceCache:
     def __init__(self, root: str | Path):
         self.root = Path(root)
         man = self.root / MANIFEST
+        if not self.root.exists():
+            raise DataError(f"{self.root}: the cache directory does not exist; create it with `mona prepare "
+                            f"DATASET RAW_DIR {self.root}` (phantoms: `mona synth RAW_DIR` first, then "
+                            f"`mona prepare acdc RAW_DIR {self.root}`), or point data.cache at an existing cache")
+        if not self.root.is_dir():
+            raise DataError(f"{self.root}: not a directory (data.cache must be a directory written by `mona prepare`)")
         if not man.exists():
             raise DataError(f"{self.root}: not a prepared cache (no {MANIFEST}; run `mona prepare`, "
                             f"or an earlier run was interrupted)")

@@ -143,9 +143,9 @@ def write_phantoms(out_dir: str | Path, cfg: SynthConfig = SynthConfig(), *, pro
         raise ValueError(f"synth: need 32 <= size_min <= size_max, got {cfg.size_min}, {cfg.size_max}")
     if cfg.slices_min < 1 or cfg.slices_max < cfg.slices_min:
         raise ValueError(f"synth: need 1 <= slices_min <= slices_max, got {cfg.slices_min}, {cfg.slices_max}")
+    ids = synth_patient_ids(cfg.n_train, cfg.n_val, cfg.n_test)  # checks the counts before writing anything
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    ids = synth_patient_ids(cfg.n_train, cfg.n_val, cfg.n_test)
     for pid in tqdm(ids, desc="synth phantoms", disable=not progress, unit="patient"):
         num = int(pid[len("patient"):])
         rng = np.random.default_rng([cfg.seed, num])  # per patient: independent of how many are written

@@ -168,6 +168,22 @@ def _seed_everything(seed: int) -> None:
     random.seed(seed)
 
 
+def open_inputs(cfg: TrainConfig, *,
+                check_init_from: bool = False) -> tuple[torch.device, SliceCache, LabeledSplit]:
+    """Check and open what a run reads, writing nothing: the device, the cache, the labeled split (and
+    that a semi-supervised method has unlabeled slices); ``check_init_from``: that ``init_from`` exists."""
+    device = select_device(cfg.device)
+    cache = SliceCache(cfg.data.cache)
+    split = labeled_split(cache, labeled_patients=cfg.data.labeled_patients, labeled_ratio=cfg.data.labeled_ratio,
+                          labeled_list=cfg.data.labeled_list)
+    if cfg.method != "supervised" and not split.unlabeled:
+        raise ValueError(f"method {cfg.method!r} needs unlabeled slices, but every train slice of {cache.root} is "
+                         f"labeled ({split.description}); label fewer patients or use method: supervised")
+    if check_init_from and cfg.init_from and not Path(cfg.init_from).exists():
+        raise FileNotFoundError(f"init_from: checkpoint {cfg.init_from} does not exist")
+    return device, cache, split
+
+
 def setup(cfg: TrainConfig, *, resume: str | Path | None = None) -> Run:
     """Build the run: config (the checkpoint's on resume), device, data, method, objects, logs."""
     cfg.validate()
@@ -184,22 +200,16 @@ def setup(cfg: TrainConfig, *, resume: str | Path | None = None) -> Run:
         cfg.validate()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    device = select_device(cfg.device)
-    cache = SliceCache(cfg.data.cache)
-    split = labeled_split(cache, labeled_patients=cfg.data.labeled_patients, labeled_ratio=cfg.data.labeled_ratio,
-                          labeled_list=cfg.data.labeled_list)
-    if cfg.method != "supervised" and not split.unlabeled:
-        raise ValueError(f"method {cfg.method!r} needs unlabeled slices, but every train slice of {cache.root} is "
-                         f"labeled ({split.description}); label fewer patients or use method: supervised")
+    device, cache, split = open_inputs(cfg)
     val_cases = cache.cases_of_patients(cache.splits["val"]) if cache.splits["val"] else []
-    out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
 
     _seed_everything(cfg.seed)
     meta = model_meta(cache.num_classes, cache.class_names, cache.size, cache.manifest["normalisation"],
                       cfg.model.channels, cfg.model.dropout, cfg.model.embed_dim, cfg.model.rep_stride,
                       cache.manifest.get("label_values"))
     method = METHOD_CLASSES[cfg.method](RunContext(cfg, device, cache, split, meta, resuming=ck is not None))
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)  # only now: every input (cache, split, init_from) has been read
     sample_gen = torch.Generator().manual_seed(cfg.seed + 1)
     labeled_bs = cfg.labeled_bs
     sampler = LabeledUnlabeledSampler(list(range(len(split.labeled))), list(range(len(split.unlabeled))),

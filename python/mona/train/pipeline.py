@@ -9,6 +9,8 @@
 ``resume="auto"`` continues wherever the previous invocation stopped: a finished stage (its
 ``last.pt`` at its last iteration and its ``model.pt`` present) is skipped, an interrupted one is
 resumed from its ``last.pt``, a stage never started starts. Any other config runs as one stage.
+A fresh start checks the inputs (cache, labeled split, device, ``init_from``) before any stage creates
+an output directory.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from pathlib import Path
 
 from .checkpoint import load_checkpoint
 from .config import TrainConfig
-from .loop import TrainResult, train
+from .loop import TrainResult, open_inputs, train
 
 log = logging.getLogger("mona.train")
 PRETRAIN_DIR = "pretrain_glcon"
@@ -52,6 +54,10 @@ def _stage_state(cfg: TrainConfig) -> str:
 def run(cfg: TrainConfig, *, resume: str | Path | None = None, progress: bool = True) -> list[TrainResult]:
     """Train every stage of ``cfg``; ``resume``: None (start fresh), ``"auto"``, or a checkpoint path."""
     plan = stages(cfg)
+    if resume is None or (resume == "auto" and not Path(cfg.out_dir).exists()):
+        # a fresh start: check every input of the run before any stage creates an output directory
+        # (a resumed stage trains with its checkpoint's config, checked by setup)
+        open_inputs(cfg, check_init_from=True)
     results: list[TrainResult] = []
     explicit = None if resume in (None, "auto") else Path(resume)
     explicit_stage = None
