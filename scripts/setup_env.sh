@@ -2,6 +2,7 @@
 # Create (or reuse) a virtual environment and install mona into it, compiling the extension.
 #   bash scripts/setup_env.sh [VENV_DIR]      (default: .venv)
 # Then: source VENV_DIR/bin/activate. Knobs: see README "Build knobs" (MONA_FORCE_CPU, ...).
+# The compile shows ninja's progress ([n/N] file); the full log is build.log.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${1:-${MONA_VENV:-.venv}}
@@ -9,13 +10,33 @@ PYTHON=${PYTHON:-python3}
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 # shellcheck disable=SC1091
 . "$VENV/bin/activate"
+echo "[setup] pip, setuptools, wheel"
 python -m pip install --quiet --upgrade pip "setuptools>=64" wheel
 # torch 2.14.1 (CUDA 13 build): builds CUDA kernels even on a machine without a GPU.
+echo "[setup] torch ${MONA_TORCH_VERSION:-2.14.1} (CUDA build, about 5.5 GB; skipped when present), ninja, cmake"
 python -m pip install --quiet "torch==${MONA_TORCH_VERSION:-2.14.1}" ninja "cmake>=3.26"
 if [ -z "${CUDA_HOME:-}" ] && [ -x /usr/local/cuda/bin/nvcc ]; then export CUDA_HOME=/usr/local/cuda; fi
-echo "building mona (log: build.log) ..."
-python -m pip install --no-build-isolation -v -e ".[train,test]" > build.log 2>&1 || { tail -n 80 build.log; exit 1; }
-sed -n '/^ *mona build configuration/,/^ *====/p' build.log | sed 's/^ *//' | head -12
+echo "[setup] compiling mona (full log: build.log)"
+start=$(date +%s)
+set +e
+python -m pip install --no-build-isolation -v -e ".[train,test]" 2>&1 | tee build.log | awk '
+  /^ *mona build configuration/ { show = 1 }
+  show { sub(/^ +/, ""); print "  " $0; fflush(); if (/^====/) show = 0; next }
+  /^\[[0-9]+\/[0-9]+\]/ {
+    src = ""
+    for (i = 2; i < NF; i++) if ($i == "-c") { src = $(i + 1); break }
+    if (src == "") src = "linking"
+    n = split(src, parts, "/")
+    print "  " $1 " " (n > 1 ? parts[n - 1] "/" parts[n] : src); fflush()
+  }'
+status=${PIPESTATUS[0]}
+set -e
+if [ "$status" -ne 0 ]; then
+  echo "[setup] the build failed; the end of build.log:"
+  tail -n 80 build.log
+  exit "$status"
+fi
+echo "[setup] compiled in $(( $(date +%s) - start ))s"
 # medpy is GPL: a test-time cross-check of the metrics only, never a runtime dependency.
 python -m pip install --quiet --no-deps medpy
 echo "ready: source $VENV/bin/activate"
