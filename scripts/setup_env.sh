@@ -20,11 +20,12 @@ echo "[setup] compiling mona (full log: build.log)"
 start=$(date +%s)
 set +e
 python -m pip install --no-build-isolation -v -e ".[train,test]" 2>&1 | tee build.log | awk '
-  /^ *mona build configuration/ { show = 1 }
+  /^ *mona build configuration/ && !shown { show = 1; shown = 1 }
   show { sub(/^ +/, ""); print "  " $0; fflush(); if (/^====/) show = 0; next }
-  /^\[[0-9]+\/[0-9]+\]/ {
+  /^ *\[[0-9]+\/[0-9]+\]/ {
+    sub(/^ +/, "")
     src = ""
-    for (i = 2; i < NF; i++) if ($i == "-c") { src = $(i + 1); break }
+    for (i = 2; i < NF; i++) if ($i ~ /\.(cpp|cu)$/) src = $i
     if (src == "") src = "linking"
     n = split(src, parts, "/")
     print "  " $1 " " (n > 1 ? parts[n - 1] "/" parts[n] : src); fflush()
