@@ -567,23 +567,21 @@ void shared_access(SharedBlock* b, int64_t offset, int64_t bytes, Access access,
   }
   const int me = L.cur->linear;
   if (access != kWrite) {
-    for (int64_t i = offset; i < offset + bytes; ++i) {
-      const int w = b->writer[i];
-      if (w < 0) {
-        fail(std::string("dynamic shared memory ") + verb + " of bytes [" + std::to_string(offset) + ", " +
-             std::to_string(offset + bytes) + ") before any thread of the block wrote them (uninitialised; a missing "
-             "__syncthreads() between the write and this read?)");
+    // A value's bytes are written together: its first byte's shadow stands for all of them.
+    const int w = b->writer[offset];
+    if (w < 0) {
+      fail(std::string("dynamic shared memory ") + verb + " of bytes [" + std::to_string(offset) + ", " +
+           std::to_string(offset + bytes) + ") before any thread of the block wrote them (uninitialised; a missing "
+           "__syncthreads() between the write and this read?)");
+    }
+    if (access == kRead && w != me) {
+      const ThreadState& wt = L.threads[w];
+      const bool block_ordered = b->epoch[offset] != L.epoch;
+      const bool warp_ordered = wt.warp == L.cur->warp && b->wepoch[offset] != L.warp_epoch[L.cur->warp];
+      if (!block_ordered && !warp_ordered) {
+        fail("shared memory race: this thread reads bytes [" + std::to_string(offset) + ", " + std::to_string(offset + bytes) +
+             ") that thread " + dim_str(wt.idx) + " wrote with no __syncthreads() (or __syncwarp() within a warp) in between");
       }
-      if (access == kRead && w != me) {
-        const ThreadState& wt = L.threads[w];
-        const bool block_ordered = b->epoch[i] != L.epoch;
-        const bool warp_ordered = wt.warp == L.cur->warp && b->wepoch[i] != L.warp_epoch[L.cur->warp];
-        if (!block_ordered && !warp_ordered) {
-          fail("shared memory race: this thread reads bytes [" + std::to_string(offset) + ", " + std::to_string(offset + bytes) +
-               ") that thread " + dim_str(wt.idx) + " wrote with no __syncthreads() (or __syncwarp() within a warp) in between");
-        }
-      }
-      break;  // one check per value (its bytes are written together)
     }
   }
   if (access != kRead) {

@@ -209,6 +209,14 @@ OVERLAY_SLICES = 3  # = mona.eval.report.OVERLAY_SLICES (not imported here: --he
 _DEVICE_HELP = "auto (CUDA when available, else CPU), cpu, cuda or cuda:N (default auto)"
 
 
+def _add_overlay_args(p: argparse.ArgumentParser, volumes: str) -> None:
+    """--overlay-volumes / --overlay-slices, shared by `evaluate` and `demo`."""
+    p.add_argument("--overlay-volumes", type=int, default=None, metavar="N", help=f"overlays for the first N {volumes}")
+    p.add_argument("--overlay-slices", type=int, default=OVERLAY_SLICES, metavar="K",
+                   help=f"overlays: the K slices with the most ground-truth foreground per volume, one PNG each "
+                        f"(default {OVERLAY_SLICES})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mona", description="MONA semi-supervised medical image segmentation.")
     parser.add_argument("--version", action="version", version=f"mona {__version__}")
@@ -272,11 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--voxels", action="store_true", help="also report ASD/HD95 in voxels (no spacing)")
     p.add_argument("--overlays", action="store_true",
                    help="also write PNG overlays (image, ground truth, prediction, class legend) to OUT/overlays")
-    p.add_argument("--overlay-volumes", type=int, default=None, metavar="N",
-                   help="overlays for the first N volumes of the split (default: every volume)")
-    p.add_argument("--overlay-slices", type=int, default=OVERLAY_SLICES, metavar="K",
-                   help=f"overlays: the K slices with the most ground-truth foreground per volume, one PNG each "
-                        f"(default {OVERLAY_SLICES})")
+    _add_overlay_args(p, "volumes of the split (default: every volume)")
     p.add_argument("--device", default="auto", help=_DEVICE_HELP)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(handler=_cmd_evaluate)
@@ -302,11 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labeled-patients", type=int, default=1, help="labeled train patients (default 1 of 8)")
     p.add_argument("--seed", type=int, default=0, help="phantom seed")
     p.add_argument("--size", type=int, default=96, help="slice size of the prepared cache (default 96)")
-    p.add_argument("--overlay-volumes", type=int, default=None, metavar="N",
-                   help="overlays for the first N test volumes (default: every test volume, 8)")
-    p.add_argument("--overlay-slices", type=int, default=OVERLAY_SLICES, metavar="K",
-                   help=f"overlays: the K slices with the most ground-truth foreground per volume, one PNG each "
-                        f"(default {OVERLAY_SLICES})")
+    _add_overlay_args(p, "test volumes (default: every test volume, 8)")
     p.add_argument("--device", default="auto", help=_DEVICE_HELP)
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides of both training configs")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
