@@ -1,13 +1,12 @@
-"""pixel_kl: the fused op vs the plain-PyTorch composite (two F.kl_div on log-softmaxes), forward + backward.
+"""pixel_kl: the fused op vs the plain-PyTorch composite (two F.kl_div on log-softmaxes), forward +
+backward, next to the streaming floor of the same bytes.
 
-    python -m benchmarks.bench_pixel_kl [--device cpu|cuda] [--repeats 5] [--quick]
+    python -m benchmarks.bench_pixel_kl [--device cpu|cuda] [--repeats 7] [--warmup 3] [--quick]
 
-Writes benchmarks/results/pixel_kl_<device>.{json,md}.
+Writes benchmarks/results/pixel_kl_<device>.{json,md}; method: benchmarks/harness.py.
 """
 
 from __future__ import annotations
-
-import argparse
 
 import torch
 import torch.nn.functional as F
@@ -48,37 +47,40 @@ def make_composite(device: str, B: int, C: int, H: int, masked: bool):
     return run
 
 
-def main() -> None:
-    from benchmarks.harness import machine_info, measure, write_results
+def make_floor(device: str, B: int, C: int, H: int, masked: bool):
+    """What any implementation must do: read both logit maps once and write two gradients of their
+    size into fresh tensors (``torch.empty_like`` + a copy of the same bytes)."""
+    a, b, _ = _inputs(device, B, C, H, masked)
+    a, b = a.detach(), b.detach()
+    out: list[torch.Tensor] = []
 
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--repeats", type=int, default=7)
-    ap.add_argument("--quick", action="store_true", help="one small configuration (smoke run)")
-    args = ap.parse_args()
-    configs = [dict(B=12, C=4, H=256, masked=False), dict(B=12, C=8, H=256, masked=False),
-               dict(B=12, C=4, H=256, masked=True)]
-    if args.quick:
-        configs = [dict(B=2, C=4, H=32, masked=False)]
-    rows = []
-    for cfg in configs:
-        ext = measure("benchmarks.bench_pixel_kl:make_ext", repeats=args.repeats, device=args.device, **cfg)
-        ref = measure("benchmarks.bench_pixel_kl:make_composite", repeats=args.repeats, device=args.device, **cfg)
-        row = {**cfg, "mask": "yes" if cfg["masked"] else "no", "ext_ms": ext["median_s"] * 1e3,
-               "ref_ms": ref["median_s"] * 1e3, "speedup": ref["median_s"] / ext["median_s"],
-               "ext_mb": ext["extra_peak_mb"], "ref_mb": ref["extra_peak_mb"],
-               "mem_ratio": ext["extra_peak_mb"] / max(ref["extra_peak_mb"], 1e-9)}
-        rows.append(row)
-        print(row, flush=True)
-    cols = [("B", "B"), ("C", "C"), ("H", "H=W"), ("mask", "mask"), ("ext_ms", "mona ms"),
-            ("ref_ms", "composite ms"), ("speedup", "speed-up"), ("ext_mb", "mona extra MB"),
-            ("ref_mb", "composite extra MB"), ("mem_ratio", "memory ratio")]
-    path = write_results(f"pixel_kl_{args.device}", rows, cols, machine_info(args.device),
-                         notes="Forward + backward of the symmetric per-pixel KL, both logits requiring grad "
-                               "(the two input gradients, 2 x B*C*H*W floats, are part of both columns' extra "
-                               "memory). Composite = F.log_softmax x 2 + F.kl_div(log_target=True) x 2, sum over "
-                               "classes, (masked) mean. Median of repeats, each variant in a fresh process.")
-    print(open(path).read())
+    def run():
+        out.clear()  # the previous call's "gradients" are freed first, as a.grad = None does
+        out.append(torch.empty_like(a).copy_(a))
+        out.append(torch.empty_like(b).copy_(b))
+
+    return run
+
+
+CONFIGS = [dict(B=12, C=4, H=256, masked=False), dict(B=12, C=8, H=256, masked=False),
+           dict(B=12, C=4, H=256, masked=True), dict(B=12, C=8, H=256, masked=True)]
+QUICK = [dict(B=2, C=4, H=32, masked=True)]
+NOTES = ("Forward + backward of the symmetric per-pixel KL, both logits requiring grad (the two input gradients, "
+         "2 x B*C*H*W floats, are part of every column's memory). Composite = F.log_softmax x 2 + "
+         "F.kl_div(log_target=True) x 2, sum over classes, (masked) mean. Floor = torch.empty_like + copy of both "
+         "logit maps (the bytes the op must read and write). composite/X time > 1: X is faster than the composite.")
+
+
+def main() -> None:
+    from benchmarks.harness import Variant, bench_arguments, compare
+
+    args = bench_arguments(__doc__).parse_args()
+    variants = [Variant("ref", "benchmarks.bench_pixel_kl:make_composite", "composite"),
+                Variant("ext", "benchmarks.bench_pixel_kl:make_ext", "mona"),
+                Variant("floor", "benchmarks.bench_pixel_kl:make_floor", "floor")]
+    compare("pixel_kl", variants, QUICK if args.quick else CONFIGS, args,
+            [("B", "B"), ("C", "C"), ("H", "H=W"), ("mask", "mask")], baseline="ref", notes=NOTES,
+            describe=lambda c: {"mask": "yes" if c["masked"] else "no"})
 
 
 if __name__ == "__main__":

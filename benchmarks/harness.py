@@ -1,21 +1,34 @@
-"""Benchmark harness: time and extra peak memory of a callable, each variant in a fresh process.
+"""Benchmark harness: steady-state time and extra peak memory of a callable, in separate passes.
 
 A benchmark module defines factories ``make_<variant>(device, **config) -> run`` that build the
-inputs and return a zero-argument ``run()`` (forward + backward). ``measure()`` runs one factory in
-a child process (``python -m benchmarks.harness child ...``) so that allocator caches of one variant
-never hide the memory of another, and reports:
+inputs and return a zero-argument ``run()`` (one training-loop iteration of the thing measured,
+usually forward + backward). Inputs, and the gradients ``run()`` produces, have the same sizes every
+call, as in a training loop.
 
-* ``median_s`` / ``times_s``: wall time of ``run()`` over ``repeats`` calls after one warm-up;
-* ``extra_peak_mb``: peak memory above what was resident right before the first call —
-  on CPU the process's peak RSS (VmHWM, reset through /proc/self/clear_refs), on CUDA
-  ``torch.cuda.max_memory_allocated`` above the allocated bytes before the call.
+``measure()`` runs a factory twice, each time in a fresh process (``python -m benchmarks.harness
+child ...``), so that nothing one variant cached can hide or inflate another's figures:
 
-Results are written by ``write_results`` as JSON + a markdown table under benchmarks/results/.
-Timings are medians of repeats on a possibly shared machine: compare ratios from one run.
+* **time pass** (the environment as the user has it: glibc's and PyTorch's allocators with their
+  defaults, which reuse memory between iterations): ``warmup`` calls, then ``repeats`` timed calls;
+  ``median_s`` is their median (``times_s`` all of them). This is what a training loop sees after its
+  first iterations.
+* **memory pass**: the peak of the first call above what was resident right before it, inputs built
+  (``extra_peak_mb``; the outputs a call keeps, e.g. the gradients, included — a later call frees the
+  previous call's outputs first, so measuring it would hide them). On CPU: the process's peak RSS (VmHWM, reset through /proc/self/clear_refs),
+  with ``MALLOC_MMAP_THRESHOLD_=65536`` in this pass only, so that freed blocks go back to the OS and
+  RSS follows live memory (in the time pass that setting would turn every large allocation into fresh
+  page faults, a cost no training loop pays). On CUDA: ``torch.cuda.max_memory_allocated`` above the
+  allocated bytes before the call (the caching allocator's defaults in both passes).
+
+``compare()`` runs several variants over a list of configurations and writes one table (time and
+memory side by side, ratios against a baseline variant, all from the same run) as JSON + markdown
+under benchmarks/results/. Timings are medians on a possibly shared machine: compare ratios within
+one run, not across runs. Method and results: benchmarks/README.md.
 """
 
 from __future__ import annotations
 
+import argparse
 import gc
 import importlib
 import json
@@ -25,6 +38,7 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -50,56 +64,131 @@ def _child(spec: str, config_json: str) -> None:
 
     module_name, factory_name = spec.split(":")
     config = json.loads(config_json)
-    repeats = config.pop("_repeats")
+    mode = config.pop("_mode")
+    repeats, warmup = config.pop("_repeats"), config.pop("_warmup")
     threads = config.pop("_threads", None)
     if threads:
         torch.set_num_threads(threads)
     device = config.get("device", "cpu")
     cuda = device.startswith("cuda")
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
     factory: Callable[..., Callable[[], Any]] = getattr(importlib.import_module(module_name), factory_name)
     run = factory(**config)
-    gc.collect()
-    if cuda:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-    else:
-        _reset_peak_rss()
-        base = _rss_kb("VmRSS") * 1024
-    t0 = time.perf_counter()
-    run()
-    if cuda:
-        torch.cuda.synchronize()
-        peak = torch.cuda.max_memory_allocated()
-    else:
-        peak = _rss_kb("VmHWM") * 1024
-    first = time.perf_counter() - t0
-    times = []
-    for _ in range(repeats):
+    if mode == "memory":
+        # The first call of a fresh process: run() frees the previous call's outputs (gradients)
+        # first, so a later call's peak above its starting point would miss their size.
         gc.collect()
+        sync()
         if cuda:
-            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+        else:
+            _reset_peak_rss()
+            base = _rss_kb("VmRSS") * 1024
+        run()
+        sync()
+        peak = torch.cuda.max_memory_allocated() if cuda else _rss_kb("VmHWM") * 1024
+        print(json.dumps({"extra_peak_mb": max(0, peak - base) / 2**20}))
+        return
+    times = []
+    for i in range(warmup + repeats):
+        sync()
         t0 = time.perf_counter()
         run()
-        if cuda:
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    print(json.dumps({"first_s": first, "times_s": times, "median_s": statistics.median(times) if times else first,
-                      "extra_peak_mb": max(0, peak - base) / 2**20}))
+        sync()
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    print(json.dumps({"times_s": times, "median_s": statistics.median(times)}))
 
 
-def measure(spec: str, repeats: int = 5, threads: int | None = None, timeout: float = 1800, **config: Any) -> dict:
-    """Run factory ``spec`` ("module:function") with ``config`` in a fresh process; see module doc."""
+def _spawn(spec: str, mode: str, payload: dict, timeout: float) -> dict:
     env = dict(os.environ)
-    # Large blocks come from mmap and go back to the OS when freed, so RSS follows live memory.
-    env.setdefault("MALLOC_MMAP_THRESHOLD_", "65536")
-    payload = json.dumps({**config, "_repeats": repeats, "_threads": threads})
+    if mode == "memory":
+        # Large blocks come from mmap and go back to the OS when freed, so RSS follows live memory.
+        env["MALLOC_MMAP_THRESHOLD_"] = "65536"
     root = Path(__file__).resolve().parent.parent
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.harness", "child", spec, payload], cwd=root, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.harness", "child", spec,
+                           json.dumps({**payload, "_mode": mode})], cwd=root, env=env, capture_output=True,
+                          text=True, timeout=timeout)
     if proc.returncode != 0:
-        raise RuntimeError(f"benchmark {spec} {config} failed:\n{proc.stderr[-4000:]}")
+        raise RuntimeError(f"benchmark {spec} {payload} ({mode} pass) failed:\n{proc.stderr[-4000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def measure(spec: str, repeats: int = 5, warmup: int = 3, threads: int | None = None, timeout: float = 1800,
+            memory: bool = True, **config: Any) -> dict:
+    """Time pass + memory pass of factory ``spec`` ("module:function") with ``config`` (module doc).
+
+    Returns ``{"median_s", "times_s", "extra_peak_mb"}`` (``extra_peak_mb`` is NaN with ``memory=False``).
+    """
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"measure: repeats must be >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}")
+    payload = {**config, "_repeats": repeats, "_warmup": warmup, "_threads": threads}
+    out = _spawn(spec, "time", payload, timeout)
+    out["extra_peak_mb"] = _spawn(spec, "memory", payload, timeout)["extra_peak_mb"] if memory else float("nan")
+    return out
+
+
+@dataclass
+class Variant:
+    """One side of a comparison: ``label`` (column prefix), ``spec`` ("module:factory"), ``title``
+    (column header), ``memory`` (run the memory pass)."""
+    label: str
+    spec: str
+    title: str
+    memory: bool = True
+
+
+def bench_arguments(doc: str, repeats: int = 7, warmup: int = 3) -> argparse.ArgumentParser:
+    """The arguments every benchmark takes: --device, --repeats, --warmup, --quick."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    ap.add_argument("--repeats", type=int, default=repeats, help=f"timed calls per variant (default {repeats})")
+    ap.add_argument("--warmup", type=int, default=warmup, help=f"untimed calls before them (default {warmup})")
+    ap.add_argument("--quick", action="store_true", help="one small configuration (CI's smoke run)")
+    return ap
+
+
+def compare(name: str, variants: list[Variant], configs: list[dict], args: argparse.Namespace,
+            config_columns: list[tuple[str, str]], baseline: str, notes: str = "",
+            describe: Callable[[dict], dict] | None = None, per: Callable[[dict], float] | None = None,
+            repeats: Callable[[dict], int] | None = None) -> list[dict]:
+    """Measure every variant on every configuration and write ``results/<name>_<device>.{json,md}``.
+
+    Per row: ``<label>_ms`` (median per call, divided by ``per(config)`` if given, e.g. per push) and
+    ``<label>_mb`` for every variant, ``x_<label>`` = baseline time / variant time (how many times
+    faster than the baseline) and ``m_<label>`` = variant memory / baseline memory. ``describe(config)``
+    adds display columns; ``repeats(config)`` overrides ``args.repeats`` for slow configurations.
+    Returns the rows; prints each as it is measured and the table at the end.
+    """
+    rows = []
+    for cfg in configs:
+        row = {**cfg, **(describe(cfg) if describe else {})}
+        scale = per(cfg) if per else 1.0
+        for v in variants:
+            r = measure(v.spec, repeats=repeats(cfg) if repeats else args.repeats, warmup=args.warmup,
+                        device=args.device, memory=v.memory, **cfg)
+            row[f"{v.label}_ms"] = r["median_s"] * 1e3 / scale
+            row[f"{v.label}_mb"] = r["extra_peak_mb"]
+        base = next(v for v in variants if v.label == baseline)
+        for v in variants:
+            if v.label != baseline:
+                row[f"x_{v.label}"] = row[f"{base.label}_ms"] / row[f"{v.label}_ms"]
+                if v.memory and base.memory:
+                    row[f"m_{v.label}"] = row[f"{v.label}_mb"] / max(row[f"{base.label}_mb"], 1e-9)
+        rows.append(row)
+        print(row, flush=True)
+    cols = list(config_columns)
+    cols += [(f"{v.label}_ms", f"{v.title} ms") for v in variants]
+    cols += [(f"x_{v.label}", f"{base.title}/{v.title} time") for v in variants if v.label != baseline]
+    cols += [(f"{v.label}_mb", f"{v.title} MB") for v in variants if v.memory]
+    cols += [(f"m_{v.label}", f"{v.title}/{base.title} memory") for v in variants
+             if v.label != baseline and v.memory and base.memory]
+    meta = machine_info(args.device)
+    meta["method"] = {"warmup": args.warmup, "repeats": args.repeats}
+    path = write_results(f"{name}_{args.device}", rows, cols, meta, notes)
+    print(path.read_text())
+    return rows
 
 
 def machine_info(device: str = "cpu") -> dict:
@@ -144,7 +233,12 @@ def write_results(name: str, rows: list[dict], columns: list[tuple[str, str]], m
     env = "".join(f", {k}={v}" for k, v in meta.get("env", {}).items())
     md = [f"# {name}", "", f"Machine: {meta.get('gpu') or meta['cpu']}, {meta['cores']} cores, "
           f"torch {meta['torch']} ({meta['torch_threads']} threads), device {meta['device']}{env}, {meta['date']}.",
-          "", markdown_table(rows, columns), ""]
+          ""]
+    if "method" in meta:
+        md += [f"Steady state: {meta['method']['warmup']} warm-up calls, then the median of {meta['method']['repeats']} "
+               "timed calls (allocator defaults); memory = peak of the first call above the resident set before it, "
+               "in a separate process (benchmarks/README.md).", ""]
+    md += [markdown_table(rows, columns), ""]
     if notes:
         md += [notes, ""]
     for suffix, text in ((".json", json.dumps(data, indent=2)), (".md", "\n".join(md))):

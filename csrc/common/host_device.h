@@ -8,6 +8,11 @@
 
 #if defined(__CUDACC__) || defined(__HIPCC__)
 #define MONA_HD __host__ __device__ __forceinline__
+#elif defined(__GNUC__)
+// Forced inline on the host as on the device: the CPU kernels' vector loops are compiled once per
+// vector ISA (MONA_MULTIVERSION, common/simd_cpu.h), and a call left in such a loop would stop its
+// vectorisation.
+#define MONA_HD __attribute__((always_inline)) inline
 #else
 #define MONA_HD inline
 #endif

@@ -1,9 +1,58 @@
-// Hot CPU loops of the gather kernels, compiled three times (AVX-512, AVX2+FMA, baseline x86-64) and picked at
-// load time by the CPU (GCC/Clang function multi-versioning): the wheel runs anywhere but uses
-// the vector units a machine has. Float32 contiguous rows only; other dtypes use the generic loop.
+// Hot CPU loops, compiled three times (AVX-512, AVX2+FMA, baseline x86-64) and picked at the first
+// call by the CPU's feature bits (MONA_MULTIVERSION below): the wheel runs anywhere but uses the
+// vector units a machine has. The row helpers here serve the gather kernels (float32 contiguous
+// rows; other dtypes use the generic loop); pixel_kl's tile loop uses the same macro.
 #pragma once
 
 #include <cstdint>
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#define MONA_X86_DISPATCH 1
+#define MONA_TARGET_AVX512 __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")))
+#define MONA_TARGET_AVX2 __attribute__((target("avx2,fma")))
+#define MONA_INLINE __attribute__((always_inline)) inline
+#else
+#define MONA_X86_DISPATCH 0
+#define MONA_INLINE inline
+#endif
+
+namespace mona {
+namespace simd {
+
+// The vector ISA the CPU kernels use on this machine, detected once: AVX-512 (F/VL/BW/DQ), AVX2 +
+// FMA, or baseline x86-64 (SSE2). MONA_CPU_ISA=baseline|avx2|avx512 selects a lower one (tests
+// compare the paths); asking for one the CPU lacks is an error.
+enum class Isa : int { kBaseline = 0, kAvx2 = 1, kAvx512 = 2 };
+Isa cpu_isa();
+const char* isa_name(Isa isa);
+
+}  // namespace simd
+}  // namespace mona
+
+// Defines `ret name params` that runs `body args` compiled for AVX-512, AVX2+FMA or baseline
+// x86-64, picked by cpu_isa(). `body` is a MONA_INLINE function (or template): its loops, and the
+// MONA_HD helpers it calls (force-inlined), are vectorised for each target. The dispatch is by
+// feature bits at the first call; GCC's target_clones resolver picks by CPU model and ran the
+// baseline clone on AMD EPYC (Zen), so it is not used.
+#if MONA_X86_DISPATCH
+#define MONA_MULTIVERSION(ret, name, params, args, body)                 \
+  MONA_TARGET_AVX512 static ret name##_avx512 params { return body args; } \
+  MONA_TARGET_AVX2 static ret name##_avx2 params { return body args; }     \
+  static ret name##_baseline params { return body args; }                  \
+  ret name params {                                                        \
+    switch (::mona::simd::cpu_isa()) {                                     \
+      case ::mona::simd::Isa::kAvx512:                                     \
+        return name##_avx512 args;                                         \
+      case ::mona::simd::Isa::kAvx2:                                       \
+        return name##_avx2 args;                                           \
+      default:                                                             \
+        return name##_baseline args;                                       \
+    }                                                                      \
+  }
+#else
+#define MONA_MULTIVERSION(ret, name, params, args, body) \
+  ret name params { return body args; }
+#endif
 
 namespace mona {
 namespace simd {

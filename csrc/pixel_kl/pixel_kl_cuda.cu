@@ -2,18 +2,23 @@
 //
 // Parallel strategy: one thread per pixel (grid-stride). A pixel's C logits of each input are read
 // with the class stride; for NCHW, neighbouring threads read neighbouring pixels of the same
-// class, so every read is coalesced. Forward: pass 1 over the classes = online max + sum of
-// exponentials (the logsumexp), pass 2 = KL terms; per-thread sums are reduced in the block
-// (warp shuffles, a fixed tree) into one (w * kl, w) partial per block; a one-block kernel adds the
-// partials in block order in float64 and divides. No atomics: the loss is bitwise reproducible.
-// Backward: the same two passes recompute the log-softmaxes, pass 3 writes each gradient element
-// once (same layout as the logits).
+// class, so every read is coalesced. Pass 1 over the classes = online max + sum of exponentials
+// (the logsumexp), pass 2 = KL terms, pass 3 (when gradients are wanted) writes each gradient
+// element once, in the logits' layout; passes 2 and 3 re-read the pixel's logits from L1/L2.
+// One kernel serves the forward (loss partials, and d loss / d logits for grad_loss = 1 when
+// requested: the single pass the autograd backward then only scales) and pixel_kl_backward
+// (gradients recomputed from the logits, scaled by grad_loss). The weight sum is reduced before
+// (ATen sum over the mask, on the device) because the gradients need it. Loss: per-thread sums
+// reduced in the block (warp shuffles, a fixed tree) into one partial per block; a one-block kernel
+// adds the partials in block order in float64 and divides. No atomics, no host sync: the loss is
+// bitwise reproducible.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
-#include <ATen/ops/zeros.h>
+#include <ATen/ops/full.h>
+#include <ATen/ops/sum.h>
 #include <torch/library.h>
 
 #include "common/cuda_utils.cuh"
@@ -72,63 +77,19 @@ __device__ __forceinline__ acc_t block_sum(acc_t v, acc_t* shared) {
   return total;  // valid in thread 0
 }
 
+// grad_loss == nullptr: gradients for grad_loss = 1; partials == nullptr: no loss partials.
 template <typename scalar_t>
 __global__ void __launch_bounds__(cuda::kThreads)
-    pixel_kl_forward_kernel(PixelView<const scalar_t> a, PixelView<const scalar_t> b,
-                            const at::opmath_type<scalar_t>* __restrict__ w, bool symmetric,
-                            at::opmath_type<scalar_t>* __restrict__ partials) {
+    pixel_kl_kernel(PixelView<const scalar_t> a, PixelView<const scalar_t> b,
+                    const at::opmath_type<scalar_t>* __restrict__ w, bool symmetric,
+                    const at::opmath_type<scalar_t>* __restrict__ grad_loss,
+                    const at::opmath_type<scalar_t>* __restrict__ weight_sum, PixelView<scalar_t> ga,
+                    PixelView<scalar_t> gb, bool need_a, bool need_b, at::opmath_type<scalar_t>* __restrict__ partials) {
   using acc_t = at::opmath_type<scalar_t>;
   __shared__ acc_t shared[32];
-  acc_t ls = 0, ws = 0;
-  const int64_t N = a.num_pixels();
-  for (int64_t n = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; n < N;
-       n += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const scalar_t* pa = a.data + a.offset(n, 0);
-    const scalar_t* pb = b.data + b.offset(n, 0);
-    const auto lse = pixel_lse<scalar_t, acc_t>(pa, pb, a.D, a.stride_d, b.stride_d);
-    acc_t kab, kba;
-    pixel_kls<scalar_t, acc_t>(pa, pb, a.D, a.stride_d, b.stride_d, lse, symmetric, &kab, &kba);
-    const acc_t wi = w ? w[n] : acc_t(1);
-    ls += wi * (kab + kba);
-    ws += wi;
-  }
-  ls = block_sum(ls, shared);
-  ws = block_sum(ws, shared);
-  if (threadIdx.x == 0) {
-    partials[2 * blockIdx.x] = ls;
-    partials[2 * blockIdx.x + 1] = ws;
-  }
-}
-
-// One block: thread t adds partials t, t + blockDim, ... in order (float64), then a fixed tree.
-template <typename scalar_t>
-__global__ void __launch_bounds__(cuda::kThreads)
-    pixel_kl_finalize_kernel(const at::opmath_type<scalar_t>* __restrict__ partials, int64_t blocks,
-                             scalar_t* __restrict__ loss, at::opmath_type<scalar_t>* __restrict__ weight_sum) {
-  __shared__ double shared[32];
-  double ls = 0, ws = 0;
-  for (int64_t i = threadIdx.x; i < blocks; i += blockDim.x) {
-    ls += static_cast<double>(partials[2 * i]);
-    ws += static_cast<double>(partials[2 * i + 1]);
-  }
-  ls = block_sum(ls, shared);
-  ws = block_sum(ws, shared);
-  if (threadIdx.x == 0) {
-    loss[0] = static_cast<scalar_t>(km::safe_ratio(ls, ws));
-    weight_sum[0] = static_cast<at::opmath_type<scalar_t>>(ws);
-  }
-}
-
-template <typename scalar_t>
-__global__ void __launch_bounds__(cuda::kThreads)
-    pixel_kl_backward_kernel(PixelView<const scalar_t> a, PixelView<const scalar_t> b,
-                             const at::opmath_type<scalar_t>* __restrict__ w, bool symmetric,
-                             const at::opmath_type<scalar_t>* __restrict__ grad_loss,
-                             const at::opmath_type<scalar_t>* __restrict__ weight_sum, PixelView<scalar_t> ga,
-                             PixelView<scalar_t> gb, bool need_a, bool need_b) {
-  using acc_t = at::opmath_type<scalar_t>;
-  const acc_t g = grad_loss[0], den = weight_sum[0];
+  const acc_t g = grad_loss ? grad_loss[0] : acc_t(1), den = weight_sum[0];
   const int64_t N = a.num_pixels(), C = a.D;
+  acc_t ls = 0;
   for (int64_t n = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; n < N;
        n += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const scalar_t* pa = a.data + a.offset(n, 0);
@@ -136,7 +97,10 @@ __global__ void __launch_bounds__(cuda::kThreads)
     const auto lse = pixel_lse<scalar_t, acc_t>(pa, pb, C, a.stride_d, b.stride_d);
     acc_t kab, kba;
     pixel_kls<scalar_t, acc_t>(pa, pb, C, a.stride_d, b.stride_d, lse, symmetric, &kab, &kba);
-    const acc_t scale = km::safe_ratio(g * (w ? w[n] : acc_t(1)), den);
+    const acc_t wi = w ? w[n] : acc_t(1);
+    ls += wi * (kab + kba);
+    if (!need_a && !need_b) continue;
+    const acc_t scale = km::safe_ratio(g * wi, den);
     scalar_t* oa = need_a ? ga.data + ga.offset(n, 0) : nullptr;
     scalar_t* ob = need_b ? gb.data + gb.offset(n, 0) : nullptr;
     for (int64_t c = 0; c < C; ++c) {
@@ -147,33 +111,77 @@ __global__ void __launch_bounds__(cuda::kThreads)
       if (ob) ob[c * gb.stride_d] = static_cast<scalar_t>(km::grad_b(p, q, la, lb, kba, symmetric, scale));
     }
   }
+  if (partials == nullptr) return;  // uniform over the grid: no thread reaches the barriers below
+  ls = block_sum(ls, shared);
+  if (threadIdx.x == 0) partials[blockIdx.x] = ls;
 }
 
+// One block: thread t adds partials t, t + blockDim, ... in order (float64), then a fixed tree.
+template <typename scalar_t>
+__global__ void __launch_bounds__(cuda::kThreads)
+    pixel_kl_finalize_kernel(const at::opmath_type<scalar_t>* __restrict__ partials, int64_t blocks,
+                             const at::opmath_type<scalar_t>* __restrict__ weight_sum, scalar_t* __restrict__ loss) {
+  __shared__ double shared[32];
+  double ls = 0;
+  for (int64_t i = threadIdx.x; i < blocks; i += blockDim.x) ls += static_cast<double>(partials[i]);
+  ls = block_sum(ls, shared);
+  if (threadIdx.x == 0) loss[0] = static_cast<scalar_t>(km::safe_ratio(ls, static_cast<double>(weight_sum[0])));
+}
 
-std::tuple<at::Tensor, at::Tensor> pixel_kl_cuda(const at::Tensor& logits_a, const at::Tensor& logits_b,
-                                                 const std::optional<at::Tensor>& mask, bool symmetric) {
+// The mask as acc-dtype weights and their sum, on the device (no host sync); no mask: every pixel
+// weighs 1 and the sum is the number of pixels.
+struct Weights {
+  at::Tensor w, sum;
+};
+
+Weights prepare_weights(const std::optional<at::Tensor>& mask, int64_t num_pixels, const at::TensorOptions& acc) {
+  if (!mask.has_value()) return {at::Tensor(), at::full({1}, static_cast<double>(num_pixels), acc)};
+  at::Tensor w = mask->to(acc.dtype()).contiguous();
+  return {w, w.sum(acc.dtype().toScalarType()).reshape({1})};
+}
+
+// Launches pixel_kl_kernel over all pixels (nothing for zero pixels).
+template <typename scalar_t>
+void launch_pixels(const at::Tensor& a, const at::Tensor& b, const Weights& weights, bool symmetric,
+                   const at::Tensor* grad_loss, at::Tensor* ga, at::Tensor* gb, at::Tensor* partials,
+                   unsigned int blocks) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const auto va = make_pixel_view<const scalar_t>(a), vb = make_pixel_view<const scalar_t>(b);
+  if (va.num_pixels() == 0) return;
+  // A gradient that is not wanted gets an empty view (never written: need_* is false).
+  const auto vga = ga ? make_pixel_view<scalar_t>(*ga) : PixelView<scalar_t>{};
+  const auto vgb = gb ? make_pixel_view<scalar_t>(*gb) : PixelView<scalar_t>{};
+  cuda::launch<pixel_kl_kernel<scalar_t>>(blocks, cuda::kThreads, 0, cuda::stream(), va, vb,
+      weights.w.defined() ? weights.w.data_ptr<acc_t>() : nullptr, symmetric,
+      grad_loss ? grad_loss->data_ptr<acc_t>() : nullptr, weights.sum.data_ptr<acc_t>(), vga, vgb, ga != nullptr,
+      gb != nullptr, partials ? partials->data_ptr<acc_t>() : nullptr);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> pixel_kl_cuda(const at::Tensor& logits_a,
+                                                                         const at::Tensor& logits_b,
+                                                                         const std::optional<at::Tensor>& mask,
+                                                                         bool symmetric, bool compute_grad_a,
+                                                                         bool compute_grad_b) {
   pixel_kl_checks::check_inputs("pixel_kl", logits_a, logits_b, mask);
   const cuda::DeviceGuard guard("pixel_kl", {{"logits_a", logits_a}, {"logits_b", logits_b}, {"mask", mask}});
   const at::Tensor a = view_features(logits_a), b = view_features(logits_b);
-  const auto acc = acc_dtype(a.scalar_type());
-  const at::Tensor w = mask.has_value() ? mask->to(acc).contiguous() : at::Tensor();
+  const auto acc = a.options().dtype(acc_dtype(a.scalar_type()));
   const int64_t N = a.size(0) * (a.dim() == 4 ? a.size(2) * a.size(3) : 1);
+  const Weights weights = prepare_weights(mask, N, acc);
   const unsigned int blocks = N > 0 ? cuda::blocks_for(N, cuda::kThreads, 65535LL * 4) : 0;
-  at::Tensor partials = at::empty({std::max<int64_t>(blocks, 1), 2}, a.options().dtype(acc));
+  at::Tensor partials = at::empty({std::max<int64_t>(blocks, 1)}, acc);
   at::Tensor loss = at::empty({}, a.options());
-  at::Tensor wsum = at::empty({}, a.options().dtype(acc));
-  const auto stream = cuda::stream();
+  // Gradients in the layout of the (pixel-mergeable) views, written through their own strides.
+  at::Tensor ga = compute_grad_a ? at::empty_like(a) : at::empty({0}, a.options());
+  at::Tensor gb = compute_grad_b ? at::empty_like(b) : at::empty({0}, b.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "pixel_kl_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const auto va = make_pixel_view<const scalar_t>(a), vb = make_pixel_view<const scalar_t>(b);
-    if (blocks > 0) {
-      cuda::launch<pixel_kl_forward_kernel<scalar_t>>(blocks, cuda::kThreads, 0, stream, va, vb,
-          w.defined() ? w.data_ptr<acc_t>() : nullptr, symmetric, partials.data_ptr<acc_t>());
-    }
-    cuda::launch<pixel_kl_finalize_kernel<scalar_t>>(1, cuda::kThreads, 0, stream, partials.data_ptr<acc_t>(),
-        static_cast<int64_t>(blocks), loss.data_ptr<scalar_t>(), wsum.data_ptr<acc_t>());
+    launch_pixels<scalar_t>(a, b, weights, symmetric, nullptr, compute_grad_a ? &ga : nullptr,
+                            compute_grad_b ? &gb : nullptr, &partials, blocks);
+    cuda::launch<pixel_kl_finalize_kernel<scalar_t>>(1, cuda::kThreads, 0, cuda::stream(), partials.data_ptr<acc_t>(),
+        static_cast<int64_t>(blocks), weights.sum.data_ptr<acc_t>(), loss.data_ptr<scalar_t>());
   });
-  return {loss, wsum};
+  return {loss, weights.sum.reshape({}), ga, gb};
 }
 
 std::tuple<at::Tensor, at::Tensor> pixel_kl_backward_cuda(const at::Tensor& grad_loss, const at::Tensor& logits_a,
@@ -184,25 +192,17 @@ std::tuple<at::Tensor, at::Tensor> pixel_kl_backward_cuda(const at::Tensor& grad
   pixel_kl_checks::check_inputs("pixel_kl_backward", logits_a, logits_b, mask);
   const cuda::DeviceGuard guard("pixel_kl_backward", {{"logits_a", logits_a}, {"logits_b", logits_b}, {"mask", mask}});
   const at::Tensor a = view_features(logits_a), b = view_features(logits_b);
-  const auto acc = acc_dtype(a.scalar_type());
-  const at::Tensor w = mask.has_value() ? mask->to(acc).contiguous() : at::Tensor();
+  const auto acc = a.options().dtype(acc_dtype(a.scalar_type()));
   // on the device whatever the caller passed (the kernel reads them; no host sync)
-  const at::Tensor g = grad_loss.to(a.device(), acc).reshape({1}).contiguous();
-  const at::Tensor den = weight_sum.to(a.device(), acc).reshape({1}).contiguous();
+  const at::Tensor g = grad_loss.to(a.device(), acc.dtype().toScalarType()).reshape({1}).contiguous();
+  Weights weights{mask.has_value() ? mask->to(acc.dtype()).contiguous() : at::Tensor(),
+                  weight_sum.to(a.device(), acc.dtype().toScalarType()).reshape({1}).contiguous()};
   at::Tensor ga = need_a ? at::empty_like(a) : at::empty({0}, a.options());
   at::Tensor gb = need_b ? at::empty_like(b) : at::empty({0}, b.options());
   if (!need_a && !need_b) return {ga, gb};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "pixel_kl_backward_cuda", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    const auto va = make_pixel_view<const scalar_t>(a), vb = make_pixel_view<const scalar_t>(b);
-    if (va.num_pixels() == 0) return;
-    // An unused gradient gets the input's view (never written: need_* is false).
-    const auto vga = need_a ? make_pixel_view<scalar_t>(ga) : PixelView<scalar_t>{};
-    const auto vgb = need_b ? make_pixel_view<scalar_t>(gb) : PixelView<scalar_t>{};
-    cuda::launch<pixel_kl_backward_kernel<scalar_t>>(cuda::blocks_for(va.num_pixels()), cuda::kThreads, 0, cuda::stream(),
-        va, vb, w.defined() ? w.data_ptr<acc_t>() : nullptr,
-                                                           symmetric, g.data_ptr<acc_t>(), den.data_ptr<acc_t>(), vga,
-                                                           vgb, need_a, need_b);
+    launch_pixels<scalar_t>(a, b, weights, symmetric, &g, need_a ? &ga : nullptr, need_b ? &gb : nullptr, nullptr,
+                            cuda::blocks_for(a.size(0) * (a.dim() == 4 ? a.size(2) * a.size(3) : 1)));
   });
   return {ga, gb};
 }

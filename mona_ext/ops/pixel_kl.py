@@ -33,7 +33,11 @@ def pixel_kl(
         0-dim tensor (logits' dtype): ``sum(mask * kl) / sum(mask)``; an all-zero mask gives 0 and zero
         gradients (never nan). Differentiable w.r.t. whichever logits require grad.
     """
-    loss, _ = torch.ops.mona.pixel_kl(logits_a, logits_b, mask, symmetric)
+    # Gradients in the same pass as the loss when autograd will ask for them (the backward then
+    # only scales them by grad_loss); the logits are read once.
+    grad = torch.is_grad_enabled()
+    loss, *_ = torch.ops.mona.pixel_kl(logits_a, logits_b, mask, symmetric, grad and logits_a.requires_grad,
+                                       grad and logits_b.requires_grad)
     return loss
 
 
@@ -43,9 +47,11 @@ def _check_fake(a, b, mask):
 
 
 @torch.library.register_fake("mona::pixel_kl")
-def _pixel_kl_fake(logits_a, logits_b, mask=None, symmetric=True):
+def _pixel_kl_fake(logits_a, logits_b, mask=None, symmetric=True, compute_grad_a=False, compute_grad_b=False):
     _check_fake(logits_a, logits_b, mask)
-    return logits_a.new_empty(()), logits_a.new_empty((), dtype=acc_dtype(logits_a.dtype))
+    ga = torch.empty_like(logits_a) if compute_grad_a else logits_a.new_empty((0,))
+    gb = torch.empty_like(logits_b) if compute_grad_b else logits_b.new_empty((0,))
+    return logits_a.new_empty(()), logits_a.new_empty((), dtype=acc_dtype(logits_a.dtype)), ga, gb
 
 
 @torch.library.register_fake("mona::pixel_kl_backward")
@@ -57,20 +63,39 @@ def _pixel_kl_backward_fake(grad_loss, logits_a, logits_b, mask, weight_sum, sym
 
 
 def _setup_context(ctx, inputs, output):
-    logits_a, logits_b, mask, symmetric = inputs
-    _, weight_sum = output
+    logits_a, logits_b, mask, symmetric, compute_a, compute_b = inputs
+    _, weight_sum, grad_a, grad_b = output
+    ctx.mark_non_differentiable(weight_sum, grad_a, grad_b)
+    ctx.set_materialize_grads(False)  # no zero-filled B x C x H x W "gradients" of grad_a / grad_b
     ctx.symmetric = symmetric
     ctx.need = (ctx.needs_input_grad[0], ctx.needs_input_grad[1])
+    # The forward's gradients are kept as attributes, not saved tensors: the first backward hands
+    # them on (scaled in place) and drops the reference, so autograd can take the buffer as .grad
+    # instead of copying it. A second backward through the same graph (retain_graph) recomputes.
+    ctx.fused = [grad_a if compute_a else None, grad_b if compute_b else None]
     ctx.save_for_backward(logits_a, logits_b, mask, weight_sum)
 
 
-def _backward(ctx, grad_loss, grad_weight_sum):
+def _backward(ctx, grad_loss, *_unused_grads):
     logits_a, logits_b, mask, weight_sum = ctx.saved_tensors
     if grad_loss is None:
         grad_loss = torch.zeros((), dtype=weight_sum.dtype, device=weight_sum.device)
+    fused, ctx.fused = ctx.fused, [None, None]
+    if all(g is not None for g, need in zip(fused, ctx.need) if need):
+        grads = [_scaled(g, grad_loss) if need else None for g, need in zip(fused, ctx.need)]
+        return grads[0], grads[1], None, None, None, None
     ga, gb = torch.ops.mona.pixel_kl_backward(grad_loss, logits_a, logits_b, mask, weight_sum, ctx.symmetric,
                                               ctx.need[0], ctx.need[1])
-    return (ga if ctx.need[0] else None, gb if ctx.need[1] else None, None, None)
+    return (ga if ctx.need[0] else None, gb if ctx.need[1] else None, None, None, None, None)
+
+
+def _scaled(grad: torch.Tensor, grad_loss: torch.Tensor) -> torch.Tensor:
+    """``grad * grad_loss`` in place (``grad`` is the forward's buffer, used once). The common
+    ``grad_loss == 1`` of a CPU loss is skipped (reading a CPU scalar costs no sync; x * 1 == x)."""
+    if (grad_loss.device.type == "cpu" and not torch.compiler.is_compiling() and grad_loss.numel() == 1
+            and grad_loss.item() == 1):
+        return grad
+    return grad.mul_(grad_loss.to(grad.dtype))
 
 
 torch.library.register_autograd("mona::pixel_kl", _backward, setup_context=_setup_context)
