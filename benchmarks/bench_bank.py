@@ -1,15 +1,14 @@
 """Class-aware bank push: the in-place ring buffer (mona.bank_push) vs the public code's
 concat-and-truncate (per class ``torch.cat([new, old])[:K]``, a new tensor every push).
 
-    python -m benchmarks.bench_bank [--device cpu|cuda] [--repeats 5] [--quick]
+    python -m benchmarks.bench_bank [--device cpu|cuda] [--repeats 7] [--warmup 3] [--quick]
 
-Two tables in benchmarks/results/bank_<device>.{json,md}: time + extra peak memory of one push
-of M keys (1k-100k), and 1000 consecutive pushes (does memory stay flat?).
+One table in benchmarks/results/bank_<device>.{json,md}: time per push + extra peak memory of one
+push of M keys (1k-100k), and of 1000 consecutive pushes (does memory stay flat?). Method:
+benchmarks/harness.py.
 """
 
 from __future__ import annotations
-
-import argparse
 
 import torch
 
@@ -51,37 +50,23 @@ def make_concat(device: str, M: int, pushes: int):
     return run
 
 
-def main() -> None:
-    from benchmarks.harness import machine_info, measure, write_results
+CONFIGS = [dict(M=1000, pushes=1), dict(M=10000, pushes=1), dict(M=100000, pushes=1), dict(M=1000, pushes=1000)]
+QUICK = [dict(M=1000, pushes=1), dict(M=1000, pushes=20)]
+NOTES = (f"Bank of C={C} classes x K={K} slots x D={D} float32 (41 MB), already full. Labels uniform over C classes "
+         "+ ignore. ms per push; MB = peak above the resident memory before the call's pushes (the bank itself "
+         "excluded): over 1000 pushes mona's stays flat (the storage is never reallocated: asserted), "
+         "concat+truncate allocates a new bank per push. concat/mona time > 1: the ring buffer is faster.")
 
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--quick", action="store_true")
-    args = ap.parse_args()
-    configs = [dict(M=1000, pushes=1), dict(M=10000, pushes=1), dict(M=100000, pushes=1), dict(M=1000, pushes=1000)]
-    if args.quick:
-        configs = [dict(M=1000, pushes=1), dict(M=1000, pushes=20)]
-    rows = []
-    for cfg in configs:
-        repeats = args.repeats if cfg["pushes"] == 1 else 1
-        ext = measure("benchmarks.bench_bank:make_ext", repeats=repeats, device=args.device, **cfg)
-        ref = measure("benchmarks.bench_bank:make_concat", repeats=repeats, device=args.device, **cfg)
-        row = {**cfg, "ext_ms": ext["median_s"] * 1e3 / cfg["pushes"], "ref_ms": ref["median_s"] * 1e3 / cfg["pushes"],
-               "speedup": ref["median_s"] / ext["median_s"], "ext_mb": ext["extra_peak_mb"],
-               "ref_mb": ref["extra_peak_mb"]}
-        rows.append(row)
-        print(row, flush=True)
-    cols = [("M", "keys per push"), ("pushes", "pushes"), ("ext_ms", "mona ms / push"),
-            ("ref_ms", "concat+truncate ms / push"), ("speedup", "speed-up"), ("ext_mb", "mona extra MB"),
-            ("ref_mb", "concat+truncate extra MB")]
-    path = write_results(f"bank_{args.device}", rows, cols, machine_info(args.device),
-                         notes=f"Bank of C={C} classes x K={K} slots x D={D} float32 (41 MB), already full. "
-                               "Labels uniform over C classes + ignore. Extra MB = peak above the resident memory "
-                               "before the pushes (the bank itself excluded): over 1000 pushes mona's stays flat "
-                               "(the storage is never reallocated: asserted), concat+truncate allocates a new bank "
-                               "per push. Median of repeats, each variant in a fresh process.")
-    print(open(path).read())
+
+def main() -> None:
+    from benchmarks.harness import Variant, bench_arguments, compare
+
+    args = bench_arguments(__doc__).parse_args()
+    variants = [Variant("ref", "benchmarks.bench_bank:make_concat", "concat+truncate"),
+                Variant("ext", "benchmarks.bench_bank:make_ext", "mona")]
+    compare("bank", variants, QUICK if args.quick else CONFIGS, args,
+            [("M", "keys per push"), ("pushes", "pushes")], baseline="ref", notes=NOTES,
+            per=lambda c: c["pushes"], repeats=lambda c: args.repeats if c["pushes"] == 1 else 1)
 
 
 if __name__ == "__main__":

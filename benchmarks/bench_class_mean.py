@@ -1,15 +1,15 @@
 """class_mean: the fused op vs the reference (permute + index_add_), forward only and forward + backward.
 
-    python -m benchmarks.bench_class_mean [--device cpu|cuda] [--repeats 5] [--quick]
+    python -m benchmarks.bench_class_mean [--device cpu|cuda] [--repeats 7] [--warmup 3] [--quick]
 
-Writes benchmarks/results/class_mean_<device>.{json,md}.
+Writes benchmarks/results/class_mean_<device>.{json,md}; method: benchmarks/harness.py.
 """
 
 from __future__ import annotations
 
-import argparse
-
 import torch
+
+from benchmarks.harness import releasing
 
 
 def _inputs(device: str, B: int, D: int, H: int, C: int, channels_last: bool, grad: bool = True):
@@ -32,7 +32,7 @@ def make_ext(device: str, B: int, D: int, H: int, C: int, channels_last: bool, g
         if grad:
             means.sum().backward()
 
-    return run
+    return releasing(run, f)
 
 
 def make_reference(device: str, B: int, D: int, H: int, C: int, channels_last: bool, grad: bool = True):
@@ -46,44 +46,30 @@ def make_reference(device: str, B: int, D: int, H: int, C: int, channels_last: b
         if grad:
             means.sum().backward()
 
-    return run
+    return releasing(run, f)
+
+
+MAIN = dict(B=12, D=512, H=128, C=4)
+CONFIGS = [dict(MAIN, channels_last=False, grad=False), dict(MAIN, channels_last=True, grad=False),
+           dict(MAIN, channels_last=False, grad=True), dict(MAIN, channels_last=True, grad=True),
+           dict(B=12, D=256, H=64, C=8, channels_last=False, grad=True)]
+QUICK = [dict(B=2, D=32, H=32, C=4, channels_last=False, grad=True)]
+NOTES = ("Class means of a feature map; reference = permute + index_add_ (mona_ext.reference.class_mean). "
+         "Forward + backward includes writing the dense gradient of the map (both variants). "
+         "reference/mona time > 1: the fused op is faster.")
 
 
 def main() -> None:
-    from benchmarks.harness import machine_info, measure, write_results
+    from benchmarks.harness import Variant, bench_arguments, compare
 
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--quick", action="store_true", help="one small configuration (smoke run)")
-    args = ap.parse_args()
-    main = dict(B=12, D=512, H=128, C=4)
-    configs = [dict(main, channels_last=False, grad=False), dict(main, channels_last=True, grad=False),
-               dict(main, channels_last=False, grad=True), dict(main, channels_last=True, grad=True),
-               dict(B=12, D=256, H=64, C=8, channels_last=False, grad=True)]
-    if args.quick:
-        configs = [dict(B=2, D=32, H=32, C=4, channels_last=False, grad=True)]
-    rows = []
-    for cfg in configs:
-        ext = measure("benchmarks.bench_class_mean:make_ext", repeats=args.repeats, device=args.device, **cfg)
-        ref = measure("benchmarks.bench_class_mean:make_reference", repeats=args.repeats, device=args.device, **cfg)
-        row = {**cfg, "layout": "channels_last" if cfg["channels_last"] else "NCHW",
-               "pass": "forward + backward" if cfg["grad"] else "forward (prototypes, no grad)",
-               "ext_ms": ext["median_s"] * 1e3, "ref_ms": ref["median_s"] * 1e3,
-               "speedup": ref["median_s"] / ext["median_s"],
-               "ext_mb": ext["extra_peak_mb"], "ref_mb": ref["extra_peak_mb"]}
-        rows.append(row)
-        print(row, flush=True)
-    cols = [("B", "B"), ("D", "D"), ("H", "H=W"), ("C", "C"), ("layout", "layout"), ("pass", "pass"),
-            ("ext_ms", "mona ms"),
-            ("ref_ms", "reference ms"), ("speedup", "speed-up"), ("ext_mb", "mona extra MB"),
-            ("ref_mb", "reference extra MB")]
-    path = write_results(f"class_mean_{args.device}", rows, cols, machine_info(args.device),
-                         notes="Class means of a feature map; reference = permute + index_add_ "
-                               "(mona_ext.reference.class_mean). Forward + backward includes writing the dense "
-                               "gradient of the map (both variants). Median of repeats, each variant in a fresh "
-                               "process.")
-    print(open(path).read())
+    args = bench_arguments(__doc__).parse_args()
+    variants = [Variant("ref", "benchmarks.bench_class_mean:make_reference", "reference"),
+                Variant("ext", "benchmarks.bench_class_mean:make_ext", "mona")]
+    compare("class_mean", variants, QUICK if args.quick else CONFIGS, args,
+            [("B", "B"), ("D", "D"), ("H", "H=W"), ("C", "C"), ("layout", "layout"), ("pass", "pass")],
+            baseline="ref", notes=NOTES,
+            describe=lambda c: {"layout": "channels_last" if c["channels_last"] else "NCHW",
+                                "pass": "forward + backward" if c["grad"] else "forward (no grad)"})
 
 
 if __name__ == "__main__":

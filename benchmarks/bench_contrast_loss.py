@@ -1,21 +1,23 @@
 """contrast_loss: the fused op vs (a) ReCo's published algorithm and (b) a vectorised PyTorch version.
 
-    python -m benchmarks.bench_contrast_loss [--device cpu|cuda] [--repeats 3] [--sweep] [--quick]
+    python -m benchmarks.bench_contrast_loss [--device cpu|cuda] [--repeats 5] [--warmup 2] [--sweep] [--quick]
 
 Forward + backward of the ACF loss (batch negatives, hard queries) with ReCo's defaults otherwise:
 B = 12 images, D = 512 channels, H = W = 128, C = 4 classes, Q = 256 queries, M = 512 negatives.
-Each variant runs in a fresh process (benchmarks/harness.py): median time over repeats and the
-extra peak memory above the inputs. `--sweep` adds D, H and C variations. Writes
+Each variant runs in fresh processes (benchmarks/harness.py): steady-state median time, and the
+extra peak memory above the inputs in a separate pass. `--sweep` adds D, H and C variations;
+`--breakdown` times the parts of the fused loss and the memory-bound floors. Writes
 benchmarks/results/contrast_loss_<device>.{json,md}.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 
 import torch
 import torch.nn.functional as F
+
+from benchmarks.harness import releasing
 
 MAIN = dict(B=12, D=512, H=128, C=4, Q=256, M=512)
 
@@ -41,7 +43,7 @@ def make_fused(device, B, D, H, C, Q, M, channels_last=True):
         loss = mona_ext.contrast_loss(f, labels, C, prob=prob, num_queries=Q, num_negatives=M, generator=gen)
         loss.backward()
 
-    return run
+    return releasing(run, f)
 
 
 def make_vectorised(device, B, D, H, C, Q, M, channels_last=True):
@@ -56,7 +58,7 @@ def make_vectorised(device, B, D, H, C, Q, M, channels_last=True):
                                                   generator=gen)
         loss.backward()
 
-    return run
+    return releasing(run, f)
 
 
 def make_published(device, B, D, H, C, Q, M, channels_last=True):
@@ -72,7 +74,7 @@ def make_published(device, B, D, H, C, Q, M, channels_last=True):
                                              num_negatives=M)
         loss.backward()
 
-    return run
+    return releasing(run, f)
 
 
 def breakdown(device: str, repeats: int, B=12, D=512, H=128, C=4, Q=256, M=512) -> list[dict]:
@@ -120,14 +122,11 @@ def breakdown(device: str, repeats: int, B=12, D=512, H=128, C=4, Q=256, M=512) 
     return rows
 
 
-COLUMNS = [("B", "B"), ("D", "D"), ("H", "H=W"), ("C", "C"), ("layout", "layout"), ("fused_s", "fused s"),
-           ("vec_s", "(b) vectorised s"), ("pub_s", "(a) ReCo published s"), ("x_vec", "x vs (b)"),
-           ("x_pub", "x vs (a)"), ("fused_mb", "fused extra MB"), ("vec_mb", "(b) extra MB"),
-           ("pub_mb", "(a) extra MB"), ("grad_mb", "of which dense grad MB"),
-           ("fused_beyond_grad_mb", "fused MB beyond grad"), ("vec_beyond_grad_mb", "(b) MB beyond grad")]
-NOTES = ("Forward + backward, Q = 256 queries, M = 512 negatives, median of repeats (ReCo published: fewer "
-         "repeats). Extra MB = peak above the inputs, including the dense gradient of the feature map that "
-         "autograd returns for every variant; 'beyond grad' subtracts it.")
+EXTRA_COLUMNS = [("grad_mb", "of which dense grad MB"), ("fused_beyond_grad_mb", "fused MB beyond grad"),
+                 ("vec_beyond_grad_mb", "(b) MB beyond grad")]
+NOTES = ("Forward + backward, Q = 256 queries, M = 512 negatives (ReCo published: one timed call after one warm-up, "
+         "it is slow). MB = peak above the inputs, including the dense gradient of the feature map that autograd "
+         "returns for every variant; 'beyond grad' subtracts it. X/fused time > 1: the fused op is faster.")
 
 
 def floor_estimate(B, D, H, C, Q, M, bytes_per=4):
@@ -140,30 +139,21 @@ def floor_estimate(B, D, H, C, Q, M, bytes_per=4):
 
 
 def main() -> None:
-    from benchmarks.harness import machine_info, measure, rerender, write_results
+    from benchmarks.harness import Variant, bench_arguments, machine_info, write_results, compare
 
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--published-repeats", type=int, default=1, help="ReCo as published is slow")
+    ap = bench_arguments(__doc__, repeats=5, warmup=2)
     ap.add_argument("--sweep", action="store_true", help="also vary D, H and C")
-    ap.add_argument("--quick", action="store_true", help="one small configuration (smoke run)")
-    ap.add_argument("--skip-published", action="store_true")
+    ap.add_argument("--skip-published", action="store_true", help="leave out (a), ReCo's published algorithm")
     ap.add_argument("--breakdown", action="store_true", help="time the parts of the fused loss at the main size")
-    ap.add_argument("--render", action="store_true", help="only rewrite the markdown from the JSON results")
     ap.add_argument("--tag", default="", help="suffix of the result files, e.g. 'thp' for a run with "
                                               "THP_MEM_ALLOC_ENABLE=1")
     args = ap.parse_args()
-    name = f"contrast_loss_{args.device}" + (f"_{args.tag}" if args.tag else "")
-    if args.render:
-        print(open(rerender(name, COLUMNS, NOTES)).read())
-        return
     if args.breakdown:
         rows = breakdown(args.device, args.repeats)
         path = write_results(f"contrast_loss_breakdown_{args.device}", rows, [("part", "part"), ("ms", "ms")],
                              machine_info(args.device),
                              notes="B = 12, D = 512, 128 x 128, C = 4, Q = 256, M = 512, channels-last, float32; "
-                                   "median of repeats in one process.")
+                                   "one warm-up, then the median of repeats in one process.")
         print(open(path).read())
         return
     configs = [dict(MAIN, channels_last=True), dict(MAIN, channels_last=False)]
@@ -172,29 +162,26 @@ def main() -> None:
                     dict(MAIN, C=8, channels_last=True)]
     if args.quick:
         configs = [dict(B=2, D=32, H=32, C=4, Q=32, M=64, channels_last=True)]
-    rows = []
-    for cfg in configs:
-        fused = measure("benchmarks.bench_contrast_loss:make_fused", repeats=args.repeats, device=args.device, **cfg)
-        vec = measure("benchmarks.bench_contrast_loss:make_vectorised", repeats=args.repeats, device=args.device, **cfg)
-        row = {**cfg, "layout": "channels_last" if cfg["channels_last"] else "NCHW",
-               "fused_s": fused["median_s"], "vec_s": vec["median_s"], "fused_mb": fused["extra_peak_mb"],
-               "vec_mb": vec["extra_peak_mb"], "x_vec": vec["median_s"] / fused["median_s"]}
-        if not args.skip_published:
-            pub = measure("benchmarks.bench_contrast_loss:make_published", repeats=args.published_repeats,
-                          device=args.device, **cfg)
-            row.update(pub_s=pub["median_s"], pub_mb=pub["extra_peak_mb"], x_pub=pub["median_s"] / fused["median_s"])
-        grad_mb = cfg["B"] * cfg["D"] * cfg["H"] ** 2 * 4 / 2**20
-        row["grad_mb"] = grad_mb  # the dense gradient of the map, which every variant must allocate
-        row["fused_beyond_grad_mb"] = max(0.0, row["fused_mb"] - grad_mb)
-        row["vec_beyond_grad_mb"] = max(0.0, row["vec_mb"] - grad_mb)
-        row.update({f"floor_{k}": v for k, v in floor_estimate(cfg["B"], cfg["D"], cfg["H"], cfg["C"], cfg["Q"],
-                                                               cfg["M"]).items()})
-        rows.append(row)
-        print(row, flush=True)
-    meta = machine_info(args.device)
-    meta["env"] = {k: v for k, v in os.environ.items() if k.startswith(("THP_", "OMP_", "MKL_"))}
-    path = write_results(name, rows, COLUMNS, meta, NOTES)
-    print(open(path).read())
+    variants = [Variant("fused", "benchmarks.bench_contrast_loss:make_fused", "fused"),
+                Variant("vec", "benchmarks.bench_contrast_loss:make_vectorised", "(b) vectorised")]
+    if not args.skip_published:
+        variants.append(Variant("pub", "benchmarks.bench_contrast_loss:make_published", "(a) ReCo published",
+                                repeats=1))
+
+    def derive(row: dict) -> dict:
+        grad_mb = row["B"] * row["D"] * row["H"] ** 2 * 4 / 2**20  # the dense gradient every variant returns
+        out = {"grad_mb": grad_mb, "fused_beyond_grad_mb": max(0.0, row["fused_mb"] - grad_mb),
+               "vec_beyond_grad_mb": max(0.0, row["vec_mb"] - grad_mb)}
+        floor = floor_estimate(row["B"], row["D"], row["H"], row["C"], row["Q"], row["M"])
+        out.update({f"floor_{k}": v for k, v in floor.items()})
+        return out
+
+    env = {k: v for k, v in os.environ.items() if k.startswith(("THP_", "OMP_", "MKL_"))}
+    compare("contrast_loss", variants, configs, args,
+            [("B", "B"), ("D", "D"), ("H", "H=W"), ("C", "C"), ("layout", "layout")], baseline="fused",
+            notes=NOTES, describe=lambda c: {"layout": "channels_last" if c["channels_last"] else "NCHW"},
+            derive=derive, extra_columns=EXTRA_COLUMNS, ratios=[(v.label, "fused") for v in variants[1:]], name_suffix=f"_{args.tag}" if args.tag else "",
+            meta_extra={"env": env} if env else None)
 
 
 if __name__ == "__main__":

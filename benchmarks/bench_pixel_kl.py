@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from benchmarks.harness import releasing
+
 
 def _inputs(device: str, B: int, C: int, H: int, masked: bool):
     g = torch.Generator().manual_seed(0)
@@ -29,7 +31,7 @@ def make_ext(device: str, B: int, C: int, H: int, masked: bool):
         a.grad = b.grad = None
         mona_ext.pixel_kl(a, b, m).backward()
 
-    return run
+    return releasing(run, a, b)
 
 
 def make_composite(device: str, B: int, C: int, H: int, masked: bool):
@@ -44,7 +46,7 @@ def make_composite(device: str, B: int, C: int, H: int, masked: bool):
         loss = kl.mean() if w is None else (kl * w).sum() / w.sum()
         loss.backward()
 
-    return run
+    return releasing(run, a, b)
 
 
 def make_floor(device: str, B: int, C: int, H: int, masked: bool):
@@ -59,7 +61,7 @@ def make_floor(device: str, B: int, C: int, H: int, masked: bool):
         out.append(torch.empty_like(a).copy_(a))
         out.append(torch.empty_like(b).copy_(b))
 
-    return run
+    return releasing(run, outputs=out)
 
 
 CONFIGS = [dict(B=12, C=4, H=256, masked=False), dict(B=12, C=8, H=256, masked=False),

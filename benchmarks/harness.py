@@ -12,9 +12,10 @@ child ...``), so that nothing one variant cached can hide or inflate another's f
   defaults, which reuse memory between iterations): ``warmup`` calls, then ``repeats`` timed calls;
   ``median_s`` is their median (``times_s`` all of them). This is what a training loop sees after its
   first iterations.
-* **memory pass**: the peak of the first call above what was resident right before it, inputs built
-  (``extra_peak_mb``; the outputs a call keeps, e.g. the gradients, included — a later call frees the
-  previous call's outputs first, so measuring it would hide them). On CPU: the process's peak RSS (VmHWM, reset through /proc/self/clear_refs),
+* **memory pass**: the peak of one call above what was resident right before it, inputs built
+  (``extra_peak_mb``; the outputs a call keeps, e.g. the gradients, included). If ``run`` has a
+  ``release()`` attribute (see :func:`releasing`), a warm-up call runs first and its outputs are
+  released before the measured call; otherwise the first call of the process is measured. On CPU: the process's peak RSS (VmHWM, reset through /proc/self/clear_refs),
   with ``MALLOC_MMAP_THRESHOLD_=65536`` in this pass only, so that freed blocks go back to the OS and
   RSS follows live memory (in the time pass that setting would turn every large allocation into fresh
   page faults, a cost no training loop pays). On CUDA: ``torch.cuda.max_memory_allocated`` above the
@@ -75,8 +76,13 @@ def _child(spec: str, config_json: str) -> None:
     factory: Callable[..., Callable[[], Any]] = getattr(importlib.import_module(module_name), factory_name)
     run = factory(**config)
     if mode == "memory":
-        # The first call of a fresh process: run() frees the previous call's outputs (gradients)
-        # first, so a later call's peak above its starting point would miss their size.
+        # After a warm-up call (lazy initialisation is not the step's memory), release() frees what
+        # that call kept (e.g. the gradients), so that the measured call's outputs count in full.
+        # A factory without release(): the first call of the fresh process is measured.
+        release = getattr(run, "release", None)
+        if release is not None:
+            run()
+            release()
         gc.collect()
         sync()
         if cuda:
@@ -99,6 +105,19 @@ def _child(spec: str, config_json: str) -> None:
         if i >= warmup:
             times.append(time.perf_counter() - t0)
     print(json.dumps({"times_s": times, "median_s": statistics.median(times)}))
+
+
+def releasing(run: Callable[[], Any], *tensors: Any, outputs: list | None = None) -> Callable[[], Any]:
+    """Gives ``run`` the ``release()`` of the memory pass: drops the ``.grad`` of ``tensors`` and
+    empties the list ``outputs`` (what a call keeps until the next one)."""
+    def release() -> None:
+        for t in tensors:
+            t.grad = None
+        if outputs is not None:
+            outputs.clear()
+
+    run.release = release  # type: ignore[attr-defined]
+    return run
 
 
 def _spawn(spec: str, mode: str, payload: dict, timeout: float) -> dict:
@@ -132,11 +151,13 @@ def measure(spec: str, repeats: int = 5, warmup: int = 3, threads: int | None = 
 @dataclass
 class Variant:
     """One side of a comparison: ``label`` (column prefix), ``spec`` ("module:factory"), ``title``
-    (column header), ``memory`` (run the memory pass)."""
+    (column header), ``memory`` (run the memory pass), ``repeats`` (overrides ``--repeats``, e.g.
+    for a very slow baseline)."""
     label: str
     spec: str
     title: str
     memory: bool = True
+    repeats: int | None = None
 
 
 def bench_arguments(doc: str, repeats: int = 7, warmup: int = 3) -> argparse.ArgumentParser:
@@ -152,41 +173,50 @@ def bench_arguments(doc: str, repeats: int = 7, warmup: int = 3) -> argparse.Arg
 def compare(name: str, variants: list[Variant], configs: list[dict], args: argparse.Namespace,
             config_columns: list[tuple[str, str]], baseline: str, notes: str = "",
             describe: Callable[[dict], dict] | None = None, per: Callable[[dict], float] | None = None,
-            repeats: Callable[[dict], int] | None = None) -> list[dict]:
+            repeats: Callable[[dict], int] | None = None, derive: Callable[[dict], dict] | None = None,
+            extra_columns: list[tuple[str, str]] = (), name_suffix: str = "",
+            meta_extra: dict | None = None, ratios: list[tuple[str, str]] | None = None) -> list[dict]:
     """Measure every variant on every configuration and write ``results/<name>_<device>.{json,md}``.
 
     Per row: ``<label>_ms`` (median per call, divided by ``per(config)`` if given, e.g. per push) and
-    ``<label>_mb`` for every variant, ``x_<label>`` = baseline time / variant time (how many times
-    faster than the baseline) and ``m_<label>`` = variant memory / baseline memory. ``describe(config)``
-    adds display columns; ``repeats(config)`` overrides ``args.repeats`` for slow configurations.
+    ``<label>_mb`` for every variant; for each pair ``(slow, fast)`` of ``ratios`` (default: the
+    baseline against every other variant) ``x_<slow>_<fast>`` = slow time / fast time (how many
+    times faster ``fast`` is) and ``m_<fast>_<slow>`` = fast memory / slow memory. ``describe(config)``
+    adds display columns; ``repeats(config)`` overrides ``args.repeats`` for slow configurations;
+    ``derive(row)`` adds columns computed from the measurements (shown as ``extra_columns``).
     Returns the rows; prints each as it is measured and the table at the end.
     """
+    by_label = {v.label: v for v in variants}
+    pairs = ratios or [(baseline, v.label) for v in variants if v.label != baseline]
     rows = []
     for cfg in configs:
         row = {**cfg, **(describe(cfg) if describe else {})}
         scale = per(cfg) if per else 1.0
         for v in variants:
-            r = measure(v.spec, repeats=repeats(cfg) if repeats else args.repeats, warmup=args.warmup,
+            n = v.repeats or (repeats(cfg) if repeats else args.repeats)
+            r = measure(v.spec, repeats=n, warmup=args.warmup if n > 1 or not v.repeats else 1,
                         device=args.device, memory=v.memory, **cfg)
             row[f"{v.label}_ms"] = r["median_s"] * 1e3 / scale
             row[f"{v.label}_mb"] = r["extra_peak_mb"]
-        base = next(v for v in variants if v.label == baseline)
-        for v in variants:
-            if v.label != baseline:
-                row[f"x_{v.label}"] = row[f"{base.label}_ms"] / row[f"{v.label}_ms"]
-                if v.memory and base.memory:
-                    row[f"m_{v.label}"] = row[f"{v.label}_mb"] / max(row[f"{base.label}_mb"], 1e-9)
+        for slow, fast in pairs:
+            row[f"x_{slow}_{fast}"] = row[f"{slow}_ms"] / row[f"{fast}_ms"]
+            if by_label[slow].memory and by_label[fast].memory:
+                row[f"m_{fast}_{slow}"] = row[f"{fast}_mb"] / max(row[f"{slow}_mb"], 1e-9)
+        if derive:
+            row.update(derive(row))
         rows.append(row)
         print(row, flush=True)
     cols = list(config_columns)
     cols += [(f"{v.label}_ms", f"{v.title} ms") for v in variants]
-    cols += [(f"x_{v.label}", f"{base.title}/{v.title} time") for v in variants if v.label != baseline]
+    cols += [(f"x_{s}_{f}", f"{by_label[s].title} / {by_label[f].title} time") for s, f in pairs]
     cols += [(f"{v.label}_mb", f"{v.title} MB") for v in variants if v.memory]
-    cols += [(f"m_{v.label}", f"{v.title}/{base.title} memory") for v in variants
-             if v.label != baseline and v.memory and base.memory]
+    cols += [(f"m_{f}_{s}", f"{by_label[f].title} / {by_label[s].title} memory") for s, f in pairs
+             if by_label[s].memory and by_label[f].memory]
+    cols += list(extra_columns)
     meta = machine_info(args.device)
     meta["method"] = {"warmup": args.warmup, "repeats": args.repeats}
-    path = write_results(f"{name}_{args.device}", rows, cols, meta, notes)
+    meta.update(meta_extra or {})
+    path = write_results(f"{name}_{args.device}{name_suffix}", rows, cols, meta, notes)
     print(path.read_text())
     return rows
 
@@ -236,7 +266,7 @@ def write_results(name: str, rows: list[dict], columns: list[tuple[str, str]], m
           ""]
     if "method" in meta:
         md += [f"Steady state: {meta['method']['warmup']} warm-up calls, then the median of {meta['method']['repeats']} "
-               "timed calls (allocator defaults); memory = peak of the first call above the resident set before it, "
+               "timed calls (allocator defaults); memory = peak of one call above the resident set before it, "
                "in a separate process (benchmarks/README.md).", ""]
     md += [markdown_table(rows, columns), ""]
     if notes:
