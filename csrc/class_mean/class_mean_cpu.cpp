@@ -1,8 +1,8 @@
 // mona::class_mean — CPU kernels.
 //
 // Parallel strategy (every read streams along the contiguous dimension):
-// forward, NCHW: parallel over channels, each thread reads whole rows f[b, d, :] and owns its
-//   columns of the sums; channels-last / [N, D]: parallel over tiles of kTile pixels of one image,
+// forward, NCHW: image by image, parallel over channels: each row f[b, d, :] is read once and its
+//   C class sums are vectorised select-and-add loops (labels as int32 codes); channels-last / [N, D]: parallel over tiles of kTile pixels of one image,
 //   each thread adds pixel rows into its own [C, D] partial sums (fp32, fp64 for double), reduced
 //   once at the end. No atomics; deterministic for a fixed thread count.
 // backward: NCHW without a weight gradient: parallel over channels, whole rows written in order;
@@ -11,6 +11,10 @@
 // Forward: each thread accumulates into its own [C, D] partial sums (fp32, fp64 for double),
 // reduced once at the end — no atomics, deterministic for a fixed thread count.
 // Backward: every output element is written by exactly one thread.
+// The select-and-add loops only vectorise without -ftrapping-math (exception flags are never read).
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC optimize("no-trapping-math")
+#endif
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -20,9 +24,11 @@
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
+#include <type_traits>
 #include <vector>
 
 #include "class_mean/class_mean_math.h"
+#include "common/simd_cpu.h"
 #include "common/tensor_utils.h"
 
 namespace mona {
@@ -41,6 +47,45 @@ inline Tile tile_at(int64_t t, int64_t tiles_per_image, int64_t P) {
   return {b, p0, std::min(P, p0 + kTile)};
 }
 
+// sum over the pixels p of class c of w[p] * row[p * stride]; pixels of other classes are skipped,
+// not multiplied by 0 (a NaN / inf feature must not reach another class's mean).
+template <typename scalar_t, typename acc_t>
+MONA_INLINE acc_t class_row_sum(const int32_t* cls, int32_t c, const acc_t* w, const scalar_t* row, int64_t stride,
+                                int64_t P) {
+  constexpr int U = 16;  // independent accumulators: the compiler vectorises the select + add
+  acc_t acc[U] = {};
+  int64_t p = 0;
+  if (stride == 1) {
+    for (; p + U <= P; p += U) {
+      for (int u = 0; u < U; ++u) {
+        // Written as a select then a plain add: GCC 12 at -O3 with AVX2 miscompiled the fused form
+        // `acc += cond ? w * x : 0` (a conditional FMA) here; tests/ops/test_cpu_isa.py checks it.
+        const acc_t v = w[p + u] * static_cast<acc_t>(row[p + u]);
+        const acc_t keep = cls[p + u] == c ? v : acc_t(0);
+        acc[u] = acc[u] + keep;
+      }
+    }
+  }
+  acc_t s = 0;
+  for (; p < P; ++p) s += cls[p] == c ? w[p] * static_cast<acc_t>(row[p * stride]) : acc_t(0);
+  for (int u = 0; u < U; ++u) s += acc[u];
+  return s;
+}
+
+MONA_MULTIVERSION(float, class_row_sum_f32,
+                  (const int32_t* cls, int32_t c, const float* w, const float* row, int64_t stride, int64_t P),
+                  (cls, c, w, row, stride, P), (class_row_sum<float, float>))
+
+template <typename scalar_t, typename acc_t>
+acc_t weighted_class_sum(const int32_t* cls, int32_t c, const acc_t* w, const scalar_t* row, int64_t stride,
+                         int64_t P) {
+  if constexpr (std::is_same_v<scalar_t, float> && std::is_same_v<acc_t, float>) {
+    return class_row_sum_f32(cls, c, w, row, stride, P);
+  } else {
+    return class_row_sum(cls, c, w, row, stride, P);
+  }
+}
+
 template <typename scalar_t, typename index_t>
 void class_mean_forward_kernel(const PixelView<const scalar_t>& f, const index_t* labels,
                                const at::opmath_type<scalar_t>* weight, int64_t C, int64_t ignore_index,
@@ -56,33 +101,29 @@ void class_mean_forward_kernel(const PixelView<const scalar_t>& f, const index_t
                       ") nor ignore_index=", ignore_index);
     if (cm::is_valid(lab, C)) counts[lab] += weight ? weight[n] : acc_t(1);
   }
-  // Pass 2, NCHW (pixels contiguous): parallel over channels; each thread streams whole rows
-  // f[b, d, :] and owns its columns of the sums (no partials, no atomics).
+  // Pass 2, NCHW (pixels contiguous): image by image, its labels as int32 class codes (-1: none)
+  // and its pixel weights, then, parallel over channels, every feature row f[b, d, :] is read once
+  // and its C class sums are vectorised select-and-add loops over the row (no label-dependent
+  // stores). Each thread owns its channels' sums.
   if (!f.channels_fastest()) {
-    constexpr int64_t kRows = 4;  // channels per sweep: independent accumulator chains share the label reads
-    at::parallel_for(0, (D + kRows - 1) / kRows, 1, [&](int64_t g0, int64_t g1) {
-      std::vector<acc_t> local(C * kRows);
-      for (int64_t g = g0; g < g1; ++g) {
-        const int64_t d0 = g * kRows, rows = std::min(kRows, D - d0);
-        std::fill(local.begin(), local.end(), acc_t(0));
-        for (int64_t b = 0; b < f.B; ++b) {
-          const scalar_t* row = f.data + b * f.stride_b + d0 * f.stride_d;
-          const index_t* lab = labels + b * P;
-          const acc_t* w = weight ? weight + b * P : nullptr;
-          for (int64_t p = 0; p < P; ++p) {
-            if (!cm::is_valid(lab[p], C)) continue;
-            const acc_t wp = w ? w[p] : acc_t(1);
-            acc_t* acc = local.data() + lab[p] * kRows;
-            for (int64_t k = 0; k < rows; ++k) acc[k] += wp * static_cast<acc_t>(row[k * f.stride_d + p * f.stride_p]);
-          }
-        }
-        for (int64_t c = 0; c < C; ++c) {
-          for (int64_t k = 0; k < rows; ++k) {
-            means[c * D + d0 + k] = static_cast<scalar_t>(cm::finalize(local[c * kRows + k], counts[c]));
-          }
-        }
+    std::vector<acc_t> sums(C * D, acc_t(0)), w_img(P);
+    std::vector<int32_t> cls(P);
+    for (int64_t b = 0; b < f.B; ++b) {
+      const index_t* lab = labels + b * P;
+      for (int64_t p = 0; p < P; ++p) {
+        cls[p] = cm::is_valid(lab[p], C) ? static_cast<int32_t>(lab[p]) : -1;
+        w_img[p] = weight ? weight[b * P + p] : acc_t(1);
       }
-    });
+      at::parallel_for(0, D, 8, [&](int64_t d0, int64_t d1) {
+        for (int64_t d = d0; d < d1; ++d) {
+          const scalar_t* row = f.data + b * f.stride_b + d * f.stride_d;
+          for (int64_t c = 0; c < C; ++c) {
+            sums[c * D + d] += weighted_class_sum(cls.data(), static_cast<int32_t>(c), w_img.data(), row, f.stride_p, P);
+          }
+        }
+      });
+    }
+    for (int64_t i = 0; i < C * D; ++i) means[i] = static_cast<scalar_t>(cm::finalize(sums[i], counts[i / D]));
     return;
   }
   // Pass 2, channels-last / [N, D] (channels contiguous): parallel over tiles of pixels, each

@@ -9,7 +9,8 @@
 // logsumexp — and, with compute_grad, the key into the query's online-softmax-weighted sum, which
 // yields d loss / d query without a second read of the keys. Each thread keeps its own per-query
 // state; states are merged (an associative log-sum-exp merge) at the end. Float32 rows use
-// AVX2/FMA-multiversioned loops. Nothing of size Q x M x D exists.
+// AVX2/FMA-multiversioned loops. Nothing of size Q x M x D exists. An NCHW key map is walked in
+// tiles of 16 channels instead of rows (walk_keys_channel_tiled), so no transposed copy is needed.
 // Backward: grad_loss * grad_rows [C*Q, D] added serially into the dense gradient (several
 // queries may share a pixel).
 #include <ATen/Dispatch.h>
@@ -88,6 +89,111 @@ struct QueryState {
       : m(R, -std::numeric_limits<acc_t>::infinity()), s(R, 0), wcos(R, 0), acc(grad ? R * D : 0, 0) {}
 };
 
+// The key walk of one thread over keys [k_lo, k_hi) when the map's channels are strided (NCHW): a
+// key's D values lie in D different rows, so reading it as a row would touch D cache lines for
+// D values. Instead the keys are read in tiles of kChannelTile channels: for each tile, the sorted
+// keys advance through kChannelTile rows in step (neighbouring keys share cache lines), and every
+// pair adds the tile's part of its dot product. Pass 1 (tiles): dot products and squared norms.
+// Pass 2 (pairs): the thread's softmax state per query (m = the largest logit, s, wcos), exactly
+// the state the row walk reaches. Pass 3 (tiles, with the gradient): acc += exp(l - m) / |k| * k.
+// Bank keys (rows of the bank, contiguous) go through the same tiles.
+constexpr int64_t kChannelTile = 16;
+
+// dot(v, x) over one tile: for a full tile, products then a fixed tree (vectorised; a running sum
+// would be a chain of dependent adds).
+template <typename acc_t>
+MONA_INLINE acc_t tile_dot(const acc_t* v, const acc_t* x, int64_t T) {
+  if (T == kChannelTile) {
+    acc_t prod[kChannelTile];
+    for (int64_t t = 0; t < kChannelTile; ++t) prod[t] = v[t] * x[t];
+    for (int64_t h = kChannelTile / 2; h > 0; h /= 2) {
+      for (int64_t t = 0; t < h; ++t) prod[t] += prod[t + h];
+    }
+    return prod[0];
+  }
+  acc_t s = 0;
+  for (int64_t t = 0; t < T; ++t) s += v[t] * x[t];
+  return s;
+}
+
+template <typename scalar_t, typename acc_t>
+MONA_INLINE void walk_keys_channel_tiled(const infonce::KeySource<scalar_t>& keys, const int64_t* start, const int32_t* pair_query,
+                             int64_t k_lo, int64_t k_hi, const acc_t* X, const acc_t* xn, int64_t D, acc_t inv_t,
+                             QueryState<acc_t>& st) {
+  const int64_t p0 = start[k_lo], np = start[k_hi] - p0;
+  if (np == 0) return;
+  std::vector<acc_t> dot(np, acc_t(0)), sq(k_hi - k_lo, acc_t(0));
+  acc_t v[kChannelTile];
+  // Pass 1: dots and norms, tile by tile.
+  for (int64_t d0 = 0; d0 < D; d0 += kChannelTile) {
+    const int64_t T = std::min(kChannelTile, D - d0);
+    for (int64_t k = k_lo; k < k_hi; ++k) {
+      if (start[k] == start[k + 1]) continue;
+      int64_t stride;
+      const scalar_t* row = keys.row(k, stride) + d0 * stride;
+      acc_t s2 = 0;
+      for (int64_t t = 0; t < T; ++t) {
+        v[t] = static_cast<acc_t>(row[t * stride]);
+        s2 += v[t] * v[t];
+      }
+      sq[k - k_lo] += s2;
+      for (int64_t p = start[k]; p < start[k + 1]; ++p) {
+        dot[p - p0] += tile_dot(v, X + static_cast<int64_t>(pair_query[p]) * D + d0, T);
+      }
+    }
+  }
+  // Pass 2: logits and the softmax state; dot[] becomes the logit.
+  for (int64_t k = k_lo; k < k_hi; ++k) {
+    if (start[k] == start[k + 1]) continue;
+    const acc_t inv_kn = acc_t(1) / cm::safe_norm(sq[k - k_lo]);
+    sq[k - k_lo] = inv_kn;
+    for (int64_t p = start[k]; p < start[k + 1]; ++p) {
+      const int64_t r = pair_query[p];
+      const acc_t cosine = dot[p - p0] * inv_kn / xn[r];
+      acc_t rescale, w;
+      infonce::online_step(st.m[r], cosine * inv_t, rescale, w);
+      st.s[r] = st.s[r] * rescale + w;
+      st.wcos[r] = st.wcos[r] * rescale + w * cosine;
+      dot[p - p0] = cosine * inv_t;
+    }
+  }
+  if (st.acc.empty()) return;
+  // Pass 3: acc[r] += exp(l - m[r]) / |k| * k, tile by tile (m[r] is final now: no rescaling).
+  for (int64_t p = 0; p < np; ++p) dot[p] = std::exp(dot[p] - st.m[pair_query[p0 + p]]);
+  for (int64_t d0 = 0; d0 < D; d0 += kChannelTile) {
+    const int64_t T = std::min(kChannelTile, D - d0);
+    for (int64_t k = k_lo; k < k_hi; ++k) {
+      if (start[k] == start[k + 1]) continue;
+      int64_t stride;
+      const scalar_t* row = keys.row(k, stride) + d0 * stride;
+      for (int64_t t = 0; t < T; ++t) v[t] = static_cast<acc_t>(row[t * stride]) * sq[k - k_lo];
+      for (int64_t p = start[k]; p < start[k + 1]; ++p) {
+        acc_t* acc = st.acc.data() + static_cast<int64_t>(pair_query[p]) * D + d0;
+        const acc_t w = dot[p - p0];
+        for (int64_t t = 0; t < T; ++t) acc[t] += w * v[t];
+      }
+    }
+  }
+}
+
+// float32: the tiled walk compiled per vector ISA (common/simd_cpu.h).
+MONA_MULTIVERSION(void, walk_keys_channel_tiled_f32,
+                  (const infonce::KeySource<float>& keys, const int64_t* start, const int32_t* pair_query,
+                   int64_t k_lo, int64_t k_hi, const float* X, const float* xn, int64_t D, float inv_t,
+                   QueryState<float>& st),
+                  (keys, start, pair_query, k_lo, k_hi, X, xn, D, inv_t, st), (walk_keys_channel_tiled<float, float>))
+
+template <typename scalar_t, typename acc_t>
+void walk_keys_channel_tiled_any(const infonce::KeySource<scalar_t>& keys, const int64_t* start,
+                                 const int32_t* pair_query, int64_t k_lo, int64_t k_hi, const acc_t* X,
+                                 const acc_t* xn, int64_t D, acc_t inv_t, QueryState<acc_t>& st) {
+  if constexpr (std::is_same_v<scalar_t, float> && std::is_same_v<acc_t, float>) {
+    walk_keys_channel_tiled_f32(keys, start, pair_query, k_lo, k_hi, X, xn, D, inv_t, st);
+  } else {
+    walk_keys_channel_tiled(keys, start, pair_query, k_lo, k_hi, X, xn, D, inv_t, st);
+  }
+}
+
 template <typename scalar_t>
 void infonce_forward_kernel(const InfonceArgs& a, at::opmath_type<scalar_t>* row_loss,
                             at::opmath_type<scalar_t>* grad_rows) {
@@ -142,19 +248,29 @@ void infonce_forward_kernel(const InfonceArgs& a, at::opmath_type<scalar_t>* row
     }
   }
 
-  // 3. Walk the keys in memory order, one contiguous range of pairs per thread.
+  // 3. Walk the keys in memory order, one contiguous range of pairs per thread. Keys whose channels
+  //    are contiguous (channels-last map, bank rows) are read row by row; an NCHW map is read in
+  //    channel tiles (walk_keys_channel_tiled), without a transposed copy.
   const int nthreads = std::max(1, at::get_num_threads());
   std::vector<QueryState<acc_t>> states;
   states.reserve(nthreads);
   for (int t = 0; t < nthreads; ++t) states.emplace_back(R, D, grad);
+  const bool channel_tiled = keys.stride_d != 1 && a.N > 0;
   at::parallel_for(0, nthreads, 1, [&](int64_t t_begin, int64_t t_end) {
     for (int64_t t = t_begin; t < t_end; ++t) {
       QueryState<acc_t>& st = states[t];
       // keys whose first pair falls in this thread's share of the pairs
       const int64_t p_lo = num_pairs * t / nthreads, p_hi = num_pairs * (t + 1) / nthreads;
-      int64_t k = std::upper_bound(start.begin(), start.end(), p_lo) - start.begin() - 1;
-      if (t > 0 && start[k] < p_lo) ++k;  // a key straddling the boundary belongs to the previous thread
-      for (; k < num_keys && start[k] < p_hi; ++k) {
+      int64_t k_lo = std::upper_bound(start.begin(), start.end(), p_lo) - start.begin() - 1;
+      if (t > 0 && start[k_lo] < p_lo) ++k_lo;  // a key straddling the boundary belongs to the previous thread
+      int64_t k_hi = k_lo;
+      while (k_hi < num_keys && start[k_hi] < p_hi) ++k_hi;
+      if (channel_tiled) {
+        walk_keys_channel_tiled_any(keys, start.data(), pair_query.data(), k_lo, k_hi, X.data(), xn.data(), D, inv_t,
+                                    st);
+        continue;
+      }
+      for (int64_t k = k_lo; k < k_hi; ++k) {
         if (start[k] == start[k + 1]) continue;
         int64_t stride;
         const scalar_t* row = keys.row(k, stride);

@@ -264,9 +264,10 @@ def _contrast_loss_composite(features, labels, valid, prob, num_classes, strong_
     if use_bank and (bank is None or bank_fill is None):
         raise ValueError(f"contrast_loss: negatives={negatives!r} needs bank [C, K, D] and bank_fill [C]")
     keys = (features if key_features is None else key_features).detach()
-    if keys.dim() == 4 and keys.shape[1] > 1 and keys.stride(1) != 1:
-        # Gathering D-vectors from NCHW touches one cache line per element: one transposed copy of
-        # the (no-grad) key map is far cheaper. Emit channels-last features to skip it.
+    if keys.dim() == 4 and keys.shape[1] > 1 and keys.stride(1) != 1 and keys.device.type != "cpu":
+        # A warp gathering D-vectors from NCHW reads one element per cache line: on the GPU one
+        # transposed copy of the (no-grad) key map is far cheaper. The CPU kernel reads NCHW keys in
+        # channel tiles instead (no copy). Channels-last features skip both.
         keys = keys.contiguous(memory_format=torch.channels_last)
     pools = torch.ops.mona.class_pools(labels, valid, prob, num_classes, strong_threshold, ignore_index)
     proto_labels = labels if valid is None else torch.where(valid != 0, labels, torch.full_like(labels, ignore_index))

@@ -261,6 +261,39 @@ def test_infonce_matches_reference_loss_and_grad(device, channels_last, bank):
     torch.testing.assert_close(f1.grad, f2.grad, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_infonce_nchw_keys_match_channels_last_keys(dtype, threads):
+    """The CPU kernel reads NCHW keys in 16-channel tiles (D = 40: two full tiles and a partial one,
+    bank rows included) and channels-last keys row by row: same loss and gradient."""
+    g = torch.Generator().manual_seed(3)
+    C, D, Q, M = 3, 40, 6, 9
+    f = torch.randn(2, D, 7, 8, generator=g, dtype=dtype)
+    keys = torch.randn(2, D, 7, 8, generator=g, dtype=dtype)
+    lab = torch.randint(0, C, (2, 7, 8), generator=g)
+    bank = torch.randn(C, 5, D, generator=g, dtype=dtype)
+    protos, _ = mona_ext.class_mean(keys, lab, C)
+    qidx, nidx, w = mona_ext.sample_negatives(mona_ext.class_pools(lab, C), protos, Q, M, negatives="both",
+                                              bank_fill=torch.tensor([5, 2, 4]), bank_size=5,
+                                              generator=torch.Generator().manual_seed(0))
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        out = {}
+        for layout in ("nchw", "channels_last"):
+            k = keys if layout == "nchw" else keys.contiguous(memory_format=torch.channels_last)
+            x = f.clone().requires_grad_(True)
+            loss = mona_ext.contrast_infonce(x, k, protos, qidx, nidx, w, 0.5, bank=bank)
+            loss.backward()
+            out[layout] = (loss.detach(), x.grad)
+    finally:
+        torch.set_num_threads(old)
+    tol = dict(rtol=1e-12, atol=1e-13) if dtype == torch.float64 else dict(rtol=2e-5, atol=1e-7)
+    torch.testing.assert_close(out["nchw"][0], out["channels_last"][0], **tol)
+    torch.testing.assert_close(out["nchw"][1], out["channels_last"][1], **tol)
+    assert out["nchw"][1].abs().sum() > 0
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_infonce_float32_matches_reference(device):
     f, keys, protos, qidx, nidx, w, _ = sampled(device=device, dtype=torch.float32, Q=16, M=32)

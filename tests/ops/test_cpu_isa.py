@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-# Fixed float32 inputs through the two multi-versioned kernels (pixel_kl's tile loop and the row
-# dot products of contrast_infonce); prints the results as JSON.
+# Fixed float32 inputs through the multi-versioned kernels (pixel_kl's tile loop, the row dot
+# products of contrast_infonce, class_mean's NCHW class sums); prints the results as JSON.
 SCRIPT = r"""
 import json, torch, mona_ext
 g = torch.Generator().manual_seed(0)
@@ -24,8 +24,9 @@ labels = torch.randint(0, 3, (2, 16, 16), generator=g)
 c = mona_ext.contrast_loss(f, labels, 3, query_mode="all", num_queries=16, num_negatives=32,
                            generator=torch.Generator().manual_seed(1))
 c.backward()
+means, _ = mona_ext.class_mean(torch.randn(3, 6, 19, 23, generator=g), torch.randint(-1, 4, (3, 19, 23), generator=g), 4)
 print(json.dumps({"kl": loss.item(), "ga": ga.flatten().tolist(), "gb": gb.flatten().tolist(),
-                  "contrast": c.item(), "gf": f.grad.flatten().tolist()}))
+                  "contrast": c.item(), "gf": f.grad.flatten().tolist(), "means": means.flatten().tolist()}))
 """
 
 
@@ -46,7 +47,7 @@ def test_native_path_matches_baseline_path():
     x, y = json.loads(native.stdout), json.loads(base.stdout)
     for key in ("kl", "contrast"):
         assert x[key] == pytest.approx(y[key], rel=1e-5)
-    for key in ("ga", "gb", "gf"):
+    for key in ("ga", "gb", "gf", "means"):
         # FMA contraction and vector widths change roundings, never more than float32 noise.
         torch.testing.assert_close(torch.tensor(x[key]), torch.tensor(y[key]), rtol=1e-4, atol=1e-7)
 
