@@ -105,10 +105,15 @@ def _resolve_config(name: str) -> str:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .train import load_config, run_stages
+    from .train import distributed, load_config, run_stages
 
     cfg = load_config(_resolve_config(args.config), args.overrides)
-    results = run_stages(cfg, resume=args.resume, progress=not args.no_progress)
+    try:  # under torchrun: one process of several (mona.train.distributed); only rank 0 reports
+        results = run_stages(cfg, resume=args.resume, progress=not args.no_progress)
+        if not distributed.current().is_main:
+            return 0
+    finally:
+        distributed.shutdown()
     if not results:
         print(f"nothing to do: every stage of {cfg.out_dir} has finished (train again without --resume, or "
               f"raise `iterations`)")
