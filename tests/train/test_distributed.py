@@ -127,7 +127,9 @@ def _spawn(job: str, args: dict) -> list[dict]:
 
 @pytest.mark.parametrize("method", ["glcon", "mona"])
 def test_ranks_hold_identical_weights_banks_and_queues_after_every_step(tiny_cache, tmp_path, method):
-    ov = _overrides(tiny_cache, tmp_path / "run", method, batch=4)
+    # mona with bf16 autocast and the channels-last model (the resume test below runs it in fp32)
+    extra = {"amp": "bf16", "model.channels_last": "true"} if method == "mona" else {}
+    ov = _overrides(tiny_cache, tmp_path / "run", method, batch=4, **extra)
     ranks = _spawn("steps", {"out": str(tmp_path), "overrides": ov, "steps": 4})
     assert ranks[0]["world"] == WORLD
     kinds = set()
