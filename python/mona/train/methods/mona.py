@@ -100,51 +100,63 @@ class Mona(Method):
                                      deform=a.deform, deform_control=a.deform_control, device=x_weak.device)
 
         use_nn = self.queue is not None and int(self.queue.fill) >= m.knn_k
+        L = self.losses
+        parts: dict[str, float] = {}
+
+        def main_terms(sv) -> tuple[torch.Tensor, torch.Tensor]:
+            """L_sup, L_unsup, L_contrast of the main pass (fp32, outside autocast). Returns (sum, logits)."""
+            logits = sv.logits.float()
+            loss = logits.new_zeros(())
+            if m.sup_weight > 0:
+                ls, sup_parts = supervised_loss(logits[:bl], y_l, cfg.dice_weight, cfg.ce_weight)
+                loss = loss + m.sup_weight * ls
+                parts.update(sup=float(ls.detach()), **sup_parts)
+            if m.unsup_weight > 0:
+                lu = confidence_weighted_ce(logits[bl:], pseudo, conf, m.strong_threshold)
+                loss = loss + m.unsup_weight * lu
+                parts["unsup"] = float(lu.detach())
+            if m.contrast_weight > 0:
+                stride = cfg.model.rep_stride
+                labels = torch.cat([_subsample(y_l, stride), _subsample(pseudo, stride)])
+                valid = torch.cat([torch.ones_like(_subsample(y_l, stride), dtype=torch.bool),
+                                   _subsample(conf, stride) >= m.weak_threshold])
+                prob = _subsample(torch.softmax(logits.detach(), dim=1), stride)
+                # the teacher's key map (no grad, channels-last from the head) is mixed in place: at full
+                # resolution a concatenated copy would cost another B x D x H x W floats
+                keys = tv.embedding.to(self.map_dtype).contiguous(memory_format=torch.channels_last)
+                keys[bl:] = apply_cutmix(keys[bl:], perm, box)
+                # the student's map as the head made it (channels-last; under autocast in its dtype, which
+                # the fused op accumulates in fp32): no converted copy of B x D x H x W values
+                lc = L.contrast(sv.embedding.to(self.map_dtype), labels, self.num_classes, valid=valid, prob=prob,
+                                strong_threshold=m.strong_threshold, temperature=m.temperature,
+                                num_queries=m.num_queries, num_negatives=m.num_negatives, key_features=keys,
+                                bank=self.bank, negatives=m.negatives, generator=self.contrast_gen)
+                loss = loss + m.contrast_weight * lc
+                parts["contrast"] = float(lc.detach())
+                if self.bank is not None:
+                    # [N, D] rows of the channels-last key map: a view, no copy
+                    self._pending["bank"] = (keys.permute(0, 2, 3, 1).reshape(-1, keys.shape[1]),
+                                             labels.reshape(-1), valid.reshape(-1))
+            return loss, logits
 
         def student_pass(model, x_s, x_t):
-            # the L_eqv pass on T(x_s) inside the same (DDP) forward as the main one
-            out = model(x_s)
+            """Every use of the student, as one (DDP) forward: the main pass, the terms that read it, then
+            the L_eqv pass on T(x_s). In this order the backward (newest first) frees the L_eqv pass's
+            activations before the contrastive term's B x D x H x W gradient map is allocated (the other
+            order measured 118 MB more peak per slice at 256 x 256, 512-d: benchmarks/memory_model.py)."""
+            with self.autocast():
+                sv = model(x_s)
             if not use_nn:  # DDP: an output no loss uses would wait for a gradient that never comes
-                out.global_proj = out.global_pred = None
-            return out, (model(x_t, with_heads=False).logits if x_t is not None else None)
+                sv.global_proj = sv.global_pred = None
+            loss, logits = main_terms(sv)
+            logits_t = None
+            if x_t is not None:
+                with self.autocast():
+                    logits_t = model(x_t, with_heads=False).logits
+            return sv, loss, logits, logits_t
 
-        with self.autocast():
-            sv, logits_t = self.forward_student(student_pass, x_s,
-                                                t_eqv.apply_image(x_s) if t_eqv is not None else None)
-        logits = sv.logits.float()
-        L = self.losses
-        loss = logits.new_zeros(())
-        parts: dict[str, float] = {}
-        if m.sup_weight > 0:
-            ls, sup_parts = supervised_loss(logits[:bl], y_l, cfg.dice_weight, cfg.ce_weight)
-            loss = loss + m.sup_weight * ls
-            parts.update(sup=float(ls.detach()), **sup_parts)
-        if m.unsup_weight > 0:
-            lu = confidence_weighted_ce(logits[bl:], pseudo, conf, m.strong_threshold)
-            loss = loss + m.unsup_weight * lu
-            parts["unsup"] = float(lu.detach())
-        if m.contrast_weight > 0:
-            stride = cfg.model.rep_stride
-            labels = torch.cat([_subsample(y_l, stride), _subsample(pseudo, stride)])
-            valid = torch.cat([torch.ones_like(_subsample(y_l, stride), dtype=torch.bool),
-                               _subsample(conf, stride) >= m.weak_threshold])
-            prob = _subsample(torch.softmax(logits.detach(), dim=1), stride)
-            # the teacher's key map (no grad, channels-last from the head) is mixed in place: at full
-            # resolution a concatenated copy would cost another B x D x H x W floats
-            keys = tv.embedding.to(self.map_dtype).contiguous(memory_format=torch.channels_last)
-            keys[bl:] = apply_cutmix(keys[bl:], perm, box)
-            # the student's map as the head made it (channels-last; under autocast in its dtype, which
-            # the fused op accumulates in fp32): no converted copy of B x D x H x W values
-            lc = L.contrast(sv.embedding.to(self.map_dtype), labels, self.num_classes, valid=valid, prob=prob,
-                            strong_threshold=m.strong_threshold, temperature=m.temperature,
-                            num_queries=m.num_queries, num_negatives=m.num_negatives, key_features=keys,
-                            bank=self.bank, negatives=m.negatives, generator=self.contrast_gen)
-            loss = loss + m.contrast_weight * lc
-            parts["contrast"] = float(lc.detach())
-            if self.bank is not None:
-                # [N, D] rows of the channels-last key map: a view, no copy
-                self._pending["bank"] = (keys.permute(0, 2, 3, 1).reshape(-1, keys.shape[1]), labels.reshape(-1),
-                                         valid.reshape(-1))
+        sv, loss, logits, logits_t = self.forward_student(student_pass, x_s,
+                                                          t_eqv.apply_image(x_s) if t_eqv is not None else None)
         if t_eqv is not None:
             le = L.pixel_kl(t_eqv.apply_image(logits), logits_t.float(), t_eqv.valid_mask(), m.eqv_symmetric)
             loss = loss + m.eqv_weight * le
