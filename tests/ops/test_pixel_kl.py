@@ -203,6 +203,8 @@ def test_opcheck(device, requires_grad, mask):
     b.requires_grad_(requires_grad)
     torch.library.opcheck(torch.ops.mona.pixel_kl.default, (a, b, m, True))
     torch.library.opcheck(torch.ops.mona.pixel_kl.default, (a, b, m, False))
+    # the fused gradients of the forward (what mona_ext.pixel_kl asks for under autograd)
+    torch.library.opcheck(torch.ops.mona.pixel_kl.default, (a, b, m, True, requires_grad, requires_grad))
 
 
 def test_compile_fullgraph_matches_eager():
