@@ -105,8 +105,12 @@ def _resolve_config(name: str) -> str:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    import logging
+
     from .train import distributed, load_config, run_stages
 
+    if distributed.env_from_environment().rank > 0:  # under torchrun: one copy of every info line, rank 0's
+        logging.getLogger("mona").setLevel(logging.WARNING)
     cfg = load_config(_resolve_config(args.config), args.overrides)
     try:  # under torchrun: one process of several (mona.train.distributed); only rank 0 reports
         results = run_stages(cfg, resume=args.resume, progress=not args.no_progress)
