@@ -125,11 +125,13 @@ def _spawn(job: str, args: dict) -> list[dict]:
     return [torch.load(Path(args["out"]) / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
 
 
-@pytest.mark.parametrize("method", ["glcon", "mona"])
-def test_ranks_hold_identical_weights_banks_and_queues_after_every_step(tiny_cache, tmp_path, method):
-    # mona with bf16 autocast and the channels-last model (the resume test below runs it in fp32)
+@pytest.mark.parametrize("method,sync_bn", [("glcon", True), ("glcon", False), ("mona", True)])
+def test_ranks_hold_identical_weights_banks_and_queues_after_every_step(tiny_cache, tmp_path, method, sync_bn):
+    # mona with bf16 autocast and the channels-last model (the resume test below runs it in fp32);
+    # without SyncBatchNorm the running statistics are averaged after every step
     extra = {"amp": "bf16", "model.channels_last": "true"} if method == "mona" else {}
-    ov = _overrides(tiny_cache, tmp_path / "run", method, batch=4, **extra)
+    ov = _overrides(tiny_cache, tmp_path / "run", method, batch=4, **extra,
+                    **{"distributed.sync_batchnorm": str(sync_bn).lower()})
     ranks = _spawn("steps", {"out": str(tmp_path), "overrides": ov, "steps": 4})
     assert ranks[0]["world"] == WORLD
     kinds = set()

@@ -223,13 +223,6 @@ def gather_rank_states(state: Any) -> list[Any]:
     return parts
 
 
-def any_rank(flag: bool) -> bool:
-    """True on every rank if ``flag`` is True on at least one (e.g. a non-finite loss somewhere)."""
-    if not current().enabled:
-        return flag
-    return bool(_all_reduce_host(torch.tensor([1.0 if flag else 0.0], dtype=torch.float64))[0] > 0)
-
-
 # ---------------------------------------------------------------------------------------------
 # checkpoints
 
