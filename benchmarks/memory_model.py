@@ -2,6 +2,7 @@
 and the largest batch at 256 x 256 with a 512-d embedding that fits a 24 GB card.
 
     python -m benchmarks.memory_model [--budget-gib 24] [--reserve-gib 1] [--threads 2] [--quick]
+                                      [--device cpu|cuda] [--amp off|bf16|fp16] [--variants ext,reference,public]
 
 Three variants of the same step (the real ``train_one_iteration`` of the packaged ``acdc_mona``
 config: every loss term on, 256 queries x 512 negatives, a 2048-key class bank, batch = half labeled,
@@ -36,7 +37,8 @@ CUDA differs in detail (cuDNN workspaces, the caching allocator's fragmentation,
 other buffers): on a GPU run the step with ``--device cuda`` of ``benchmarks/bench_train_step.py``
 and read ``max_memory_allocated``; those figures replace this extrapolation.
 
-Writes benchmarks/results/memory_model_cpu.{json,md}.
+Writes benchmarks/results/memory_model_<device>[_<amp>].{json,md} and ``..._points.json`` (every point);
+``--from-points`` refits a points file without measuring.
 """
 
 from __future__ import annotations
@@ -110,8 +112,10 @@ def _child(c: dict) -> None:
     if c.get("threads"):
         torch.set_num_threads(c["threads"])
     b = c["batch"]
+    device = c.get("device", "cpu")
+    cuda = device.startswith("cuda")
     cfg = load_config(str(ROOT / "python/mona/configs/acdc_mona.yaml"),
-                      [f"data.cache={c['cache']}", f"out_dir={c['out']}", "device=cpu",
+                      [f"data.cache={c['cache']}", f"out_dir={c['out']}", f"device={device}", f"amp={c.get('amp', 'off')}",
                        f"impl={'reference' if c['variant'] == 'reference' else 'ext'}", "pretrain_iterations=0",
                        "iterations=100000", "val_every=100000", "checkpoint_every=100000", "log_every=100000",
                        "data.labeled_patients=1", "data.labeled_ratio=null", f"data.batch_size={b}",
@@ -125,15 +129,23 @@ def _child(c: dict) -> None:
     run.method.student.train()
     train_one_iteration(run)  # warm-up: optimiser state, bank and queue filled, caches built
     gc.collect()
-    _reset_peak_rss()
-    base = _rss_kb("VmRSS") * 1024
-    train_one_iteration(run)
-    peak = _rss_kb("VmHWM") * 1024
+    if cuda:  # the caching allocator's live bytes (the reserved pool above them is allocator slack)
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        train_one_iteration(run)
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated()
+    else:
+        _reset_peak_rss()
+        base = _rss_kb("VmRSS") * 1024
+        train_one_iteration(run)
+        peak = _rss_kb("VmHWM") * 1024
     print(json.dumps({"extra_peak_bytes": max(0, peak - base), "persistent_bytes": persistent_bytes(run)}))
 
 
 def _measure(cfg: dict) -> dict:
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536",
+    env = {**os.environ, **({} if cfg["device"].startswith("cuda") else {"MALLOC_MMAP_THRESHOLD_": "65536"}),
            "PYTHONPATH": os.pathsep.join([str(ROOT / "python"), str(ROOT), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run([sys.executable, "-m", "benchmarks.memory_model", "--child", json.dumps(cfg)], cwd=ROOT,
                           env=env, capture_output=True, text=True)
@@ -193,7 +205,7 @@ def summarise(rows: list[dict], budget_gib: float, reserve_gib: float) -> list[d
     ext_coef = fit([r for r in rows if r["variant"] == "ext" and r["kind"] == "grid"])
     ext_at = {(r["batch"], r["size"], r["dim"]): r["extra_peak_bytes"] for r in rows if r["variant"] == "ext"}
     summary = []
-    for variant in VARIANTS:
+    for variant in [v for v in VARIANTS if any(r["variant"] == v for r in rows)]:
         mine = [r for r in rows if r["variant"] == variant]
         if variant == "ext":
             e = 0.0
@@ -230,6 +242,12 @@ def main() -> None:
                     help="kept free for the CUDA context, cuDNN workspaces and allocator slack (default 1 GiB)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--quick", action="store_true", help="a smoke run: tiny grid, no 256 x 256 points")
+    ap.add_argument("--device", default="cpu", help="cpu (peak RSS) or cuda (max_memory_allocated)")
+    ap.add_argument("--amp", default="off", choices=("off", "bf16", "fp16"),
+                    help="the step's autocast (config amp; fp16 needs CUDA). Default off (fp32)")
+    ap.add_argument("--variants", default=",".join(VARIANTS),
+                    help=f"comma-separated subset of {','.join(VARIANTS)} (ext is always measured: the others' "
+                         f"formula builds on it)")
     ap.add_argument("--from-points", default=None, metavar="JSON",
                     help="refit and rewrite the summary from a *_points.json of an earlier run (no measuring)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -252,16 +270,24 @@ def main() -> None:
         else:
             grid = [(b, s, d) for s in (64, 128) for d in (32, 128) for b in (2, 4)]
             target, direct = (256, 512), [2, 4, 6]
-        rows = _measure_all(grid, target, direct, args.threads)
-        meta = machine_info("cpu")
+        variants = [v for v in VARIANTS if v == "ext" or v in args.variants.split(",")]
+        unknown = set(args.variants.split(",")) - set(VARIANTS)
+        if unknown:
+            raise SystemExit(f"memory_model: --variants: unknown {sorted(unknown)}; choose from {VARIANTS}")
+        rows = _measure_all(grid, target, direct, args.threads, args.device, args.amp, variants)
+        meta = machine_info(args.device)
+        meta["amp"] = args.amp
     meta.update(budget_gib=args.budget_gib, reserve_gib=args.reserve_gib, target_size=target[0], target_dim=target[1])
     summary = summarise(rows, args.budget_gib, args.reserve_gib)
+    amp = meta.get("amp", "off")
+    device = meta.get("device", "cpu")
     for r in summary:
         print(f"{r['variant']}: {r['mb_per_slice']:.0f} MB per slice, persistent {r['persistent_mb']:.0f} MB -> "
               f"largest batch {r['largest_batch']} in {args.budget_gib:g} GiB (reserve {args.reserve_gib:g} GiB); "
               f"formula off by at most {100 * r['max_model_error']:.1f} % at {target[0]} x {target[0]}, {target[1]}-d",
               flush=True)
-    name = "memory_model_cpu" + ("_quick" if quick else "")
+    name = (f"memory_model_{device.split(':')[0]}" + (f"_{amp}" if amp != "off" else "")
+            + ("_quick" if quick else ""))
     s_, d_ = target
     b_cols = [(f"direct_b{b}_mb", f"B={b} measured MB") for b in direct]
     m_cols = [(f"model_b{b}_mb", f"B={b} formula MB") for b in direct]
@@ -269,22 +295,25 @@ def main() -> None:
                [("mb_per_slice", "MB per slice"), ("intercept_mb", "MB at B=0"), ("persistent_mb", "persistent MB"),
                 ("key_copies", "[C,Q,1+M,D] key copies"),
                 ("largest_batch", f"largest batch in {args.budget_gib:g} GiB"), ("at_largest_gib", "GiB at that batch")])
+    how = ("max_memory_allocated of the step above the allocated bytes before it" if device.startswith("cuda")
+           else "extra peak RSS of the step on the CPU")
     notes = (f"One stage-2 step (acdc_mona: every loss term, 256 queries x 512 negatives, 4 classes) at {s_} x {s_}, "
-             f"{d_}-d embeddings. Measured: extra peak RSS of the step on the CPU (fresh process per point). "
+             f"{d_}-d embeddings, amp {amp}. Measured: {how} (fresh process per point). "
              f"Formula: ext = a0 + a1 B S^2 + a2 B S^2 D + a3 D fitted on the grid "
              f"{sorted({(s, d) for _, s, d in grid})} (S, D) x B {sorted({b for b, _, _ in grid})} "
-             f"(a2 = {summary[0]['a2_maps']:.2f} fp32 B x D x S^2 maps at the peak, a1 = "
+             f"(a2 / 4 bytes = {summary[0]['a2_maps']:.2f} fp32-sized B x D x S^2 maps at the peak, a1 = "
              f"{summary[0]['a1_bytes_per_pixel']:.0f} bytes per pixel and slice); reference / public = the ext formula "
              f"+ e D (their materialised keys, in copies of the fp32 [C, Q, 1+M, D] key tensor). Largest batch: the "
              f"measured line in B + the persistent state (weights, gradients, momentum, teacher, bank, queue) <= "
              f"{args.budget_gib:g} - {args.reserve_gib:g} GiB. `python -m benchmarks.memory_model"
-             f"{' --quick' if quick else ''}`. Every point: {name}_points.json.")
+             f"{' --quick' if quick else ''}{f' --device {device}' if device != 'cpu' else ''}"
+             f"{f' --amp {amp}' if amp != 'off' else ''}`. Every point: {name}_points.json.")
     path = write_results(name, summary, columns, meta, notes)
     raw = _write_points(name, {"machine": meta, "points": rows})
     print(f"-> {path}, {raw}")
 
 
-def _measure_all(grid, target, direct, threads) -> list[dict]:
+def _measure_all(grid, target, direct, threads, device, amp, variants) -> list[dict]:
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="mona_memory_model_") as tmp:
         caches = {}
@@ -292,9 +321,9 @@ def _measure_all(grid, target, direct, threads) -> list[dict]:
             print(f"preparing phantom slices at {s} x {s} ...", flush=True)
             caches[s] = _make_cache(Path(tmp), s)
         points = [(b, s, d, "grid") for b, s, d in grid] + [(b, *target, "direct") for b in direct]
-        for variant in VARIANTS:
+        for variant in variants:
             for b, s, d, kind in points:
-                cfg = {"variant": variant, "batch": b, "dim": d, "cache": str(caches[s]),
+                cfg = {"variant": variant, "batch": b, "dim": d, "cache": str(caches[s]), "device": device, "amp": amp,
                        "out": str(Path(tmp) / f"run_{variant}_{b}_{s}_{d}"), "threads": threads}
                 m = _measure(cfg)
                 rows.append({"variant": variant, "kind": kind, "batch": b, "size": s, "dim": d, **m,
