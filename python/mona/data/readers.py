@@ -16,9 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-
-class DataError(ValueError):
-    """A raw or prepared data file is unusable; the message names the file and the problem."""
+from ..errors import DataError, UsageError  # DataError re-exported: mona.data.readers.DataError
 
 
 @dataclass(frozen=True)
@@ -255,20 +253,20 @@ def folder_spec(num_classes: int | None, modality: str = "MR", class_names=None)
     if class_names is not None:
         names = [str(n).strip() for n in class_names]
         if any(not n for n in names):
-            raise DataError(f"folder: --class-names {','.join(names)!r} has an empty name")
+            raise UsageError(f"folder: --class-names {','.join(names)!r} has an empty name")
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
-            raise DataError(f"folder: --class-names repeats {', '.join(dup)}")
+            raise UsageError(f"folder: --class-names repeats {', '.join(dup)}")
         if num_classes is not None and num_classes != len(names):
-            raise DataError(f"folder: --class-names gives {len(names)} names ({', '.join(names)}) but --num-classes "
+            raise UsageError(f"folder: --class-names gives {len(names)} names ({', '.join(names)}) but --num-classes "
                             f"is {num_classes}; they must agree (or omit --num-classes)")
         num_classes = len(names)
     if num_classes is None:
-        raise DataError("folder: --num-classes (or --class-names) is required for the generic layout")
+        raise UsageError("folder: --num-classes (or --class-names) is required for the generic layout")
     if num_classes < 2:
-        raise DataError(f"folder: num_classes must be >= 2 (background + at least one class), got {num_classes}")
+        raise UsageError(f"folder: num_classes must be >= 2 (background + at least one class), got {num_classes}")
     if modality not in ("MR", "CT"):
-        raise DataError(f"folder: modality must be MR or CT, got {modality!r}")
+        raise UsageError(f"folder: modality must be MR or CT, got {modality!r}")
     if class_names is None:
         names = ["background"] + [f"class{i}" for i in range(1, num_classes)]
     return DatasetSpec("folder", tuple(names), modality, hu_window=(-200.0, 250.0) if modality == "CT" else None)

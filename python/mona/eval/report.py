@@ -16,6 +16,7 @@ from tqdm import tqdm
 from ..data.dataset import SliceCache
 from ..data.prepare import atomic_write_json
 from ..data.readers import CaseRecord, DatasetSpec, Volume, load_case
+from ..errors import DataError, UsageError
 from .inference import predict_volume
 from .metrics import volume_metrics, nan_summary
 
@@ -69,16 +70,17 @@ def evaluate_cache(model: torch.nn.Module, meta: dict, cache_dir: str | Path, *,
     ``overlay_slices`` slices with the most ground-truth foreground of every volume (``max_overlays``:
     of the first that many volumes only), as ``overlay_dir/<case_id>_z<z>.png``."""
     if overlay_dir is not None and overlay_slices < 1:
-        raise ValueError(f"evaluate: overlay_slices must be >= 1, got {overlay_slices}")
+        raise UsageError(f"evaluate: overlay_slices must be >= 1, got {overlay_slices}")
     if max_overlays is not None and max_overlays < 0:
-        raise ValueError(f"evaluate: max_overlays must be >= 0, got {max_overlays}")
+        raise UsageError(f"evaluate: max_overlays must be >= 0, got {max_overlays}")
     cache = SliceCache(cache_dir)
     if split not in cache.splits:
         raise ValueError(f"evaluate: unknown split {split!r}; the cache has {sorted(cache.splits)}")
     if not cache.splits[split]:
-        raise ValueError(f"evaluate: split {split!r} of {cache.root} is empty")
+        raise DataError(f"{cache.root}: split {split!r} of the cache is empty")
     if list(meta["class_names"]) != list(cache.class_names):
-        raise ValueError(f"evaluate: model classes {meta['class_names']} != data classes {cache.class_names}")
+        raise DataError(f"checkpoint: model classes {meta['class_names']} ({len(meta['class_names'])}) differ from the "
+                        f"classes of the cache {cache.root}: {cache.class_names} ({len(cache.class_names)})")
     spec = spec_from_manifest(cache.manifest)
     report = EvalReport(list(cache.class_names))
     per_class: dict[int, list] = {c: [] for c in range(1, len(cache.class_names))}
