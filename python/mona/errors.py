@@ -38,3 +38,7 @@ class TrainingStopped(DataError):
 
 class LockedError(DataError):
     """Another live process holds the lock of an output directory or cache (exit code 1)."""
+
+
+class MissingFileError(DataError, FileNotFoundError):
+    """An input file does not exist (exit code 1); also a ``FileNotFoundError`` for API callers."""

@@ -21,7 +21,7 @@ import torch
 
 from .. import __version__
 from ..atomicio import atomic_write
-from ..errors import DataError
+from ..errors import DataError, MissingFileError
 from ..models import MonaNet, build_model
 
 FORMAT = "mona-checkpoint-v2"
@@ -103,7 +103,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     not a file, empty, truncated / corrupt, not a mona checkpoint, or of a format this version cannot read."""
     p = Path(path)
     if not p.exists():
-        raise DataError(f"checkpoint {p} does not exist")
+        raise MissingFileError(f"checkpoint {p} does not exist")
     if p.is_dir():
         raise DataError(f"checkpoint {p}: is a directory, not a checkpoint file (e.g. {p / 'last.pt'})")
     if p.stat().st_size == 0:

@@ -38,7 +38,7 @@ from ..eval.metrics import dice
 from ..models import MonaNet, build_model
 from .checkpoint import (FORMAT, atomic_torch_save, export_inference, load_checkpoint, model_meta, restore,
                          rng_state, set_rng_state, states_of, unet_state)
-from ..errors import DataError, TrainingStopped, UsageError
+from ..errors import DataError, MissingFileError, TrainingStopped, UsageError
 from ..lockfile import locked
 from .config import TrainConfig, config_from_dict
 from .methods import METHOD_CLASSES, Batch, Method, RunContext
@@ -225,6 +225,7 @@ class Run:
     t0: float = field(default_factory=time.time)
     nonfinite: "NonFinite" = field(default_factory=lambda: NonFinite())
     last_saved: int | None = None           # iteration of the newest last.pt (None: none yet)
+    step_nonfinite: list[str] = field(default_factory=list)  # what was non-finite in the last step
 
     def checkpoint(self, it: int) -> dict:
         return {"format": FORMAT, "iteration": it, "method": self.cfg.method, "config": self.cfg.to_dict(),
@@ -280,7 +281,7 @@ def open_inputs(cfg: TrainConfig, *,
         raise DataError(f"method {cfg.method!r} needs unlabeled slices, but every train slice of {cache.root} is "
                          f"labeled ({split.description}); label fewer patients or use method: supervised")
     if check_init_from and cfg.init_from and not Path(cfg.init_from).exists():
-        raise DataError(f"init_from: checkpoint {cfg.init_from} does not exist")
+        raise MissingFileError(f"init_from: checkpoint {cfg.init_from} does not exist")
     return device, cache, split
 
 
@@ -371,8 +372,9 @@ def _nonfinite_grads(m: Method) -> list[str]:
     return [f"gradient of {', '.join(bad[:3])}{f' (+{len(bad) - 3} more)' if len(bad) > 3 else ''}"]
 
 
-def train_one_iteration(run: Run) -> tuple[float, dict[str, float], float, list[str]]:
-    """One optimiser step. Returns (loss, parts, lr used, what was non-finite).
+def train_one_iteration(run: Run) -> tuple[float, dict[str, float], float]:
+    """One optimiser step. Returns (loss, parts, lr used); ``run.step_nonfinite`` lists what was
+    non-finite in it (empty: the step was applied).
 
     A non-finite loss (any term, or the total) or gradient skips the step: no optimiser step, no EMA
     update, no bank / queue push; the schedule, the data sampler and the generators advance as in any
@@ -402,7 +404,8 @@ def train_one_iteration(run: Run) -> tuple[float, dict[str, float], float, list[
         m.scaler.update()
         m.after_step()
     m.scheduler.step()
-    return lv, parts, lr, bad
+    run.step_nonfinite = bad
+    return lv, parts, lr
 
 
 def train(cfg: TrainConfig, *, resume: str | Path | None = None, progress: bool = True,
@@ -436,7 +439,8 @@ def _train(cfg: TrainConfig, *, resume: str | Path | None, progress: bool, stop_
     it = run.start
     try:
         while it < end:
-            lv, parts, lr, bad = train_one_iteration(run)
+            lv, parts, lr = train_one_iteration(run)
+            bad = run.step_nonfinite
             it += 1
             faults.point("train.after_step")
             run.nonfinite.update(it, bad)

@@ -21,7 +21,7 @@ import torch
 
 from ...data.dataset import SliceCache
 from ...data.labeled import LabeledSplit
-from ...errors import DataError
+from ...errors import DataError, MissingFileError
 from ...models import MonaNet, build_model
 from ..checkpoint import load_checkpoint, student_state
 from ..config import TrainConfig
@@ -59,7 +59,7 @@ def load_init_weights(student: MonaNet, path: str | Path, meta: dict) -> list[st
     are loaded, the others keep their fresh initialisation. Returns the names of the fresh heads."""
     p = Path(path)
     if not p.exists():
-        raise DataError(f"init_from: checkpoint {p} does not exist")
+        raise MissingFileError(f"init_from: checkpoint {p} does not exist")
     ck = load_checkpoint(p)
     theirs = ck["meta"]
     for key, norm in (("num_classes", int), ("channels", lambda c: [int(x) for x in c])):
