@@ -375,6 +375,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
+    if hasattr(args, "overrides"):
+        # KEY=VALUE overrides after an option (`--no-progress out_dir=x`): argparse leaves them over
+        args.overrides += [e for e in extra if "=" in e and not e.startswith("-")]
+        extra = [e for e in extra if not ("=" in e and not e.startswith("-"))]
     if extra:  # reported by the command's parser: "mona train: error: unrecognized arguments: ..."
         getattr(args, "parser", parser).error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(level=logging.INFO, format="mona: %(message)s")

@@ -181,7 +181,7 @@ def _prepare(dataset, records, plan, out: Path, raw_dir, spec, size, seed, progr
                     "shape": list(vol.image.shape), "affine": vol.affine.tolist(), "n_slices": int(image.shape[0]),
                     "class_voxels": np.bincount(vol.label.ravel(), minlength=spec.num_classes).tolist(),
                     "sources": sources, "options": options}
-            atomic_write_json(side, meta)
+            atomic_write_json(side, meta, tag="prepare")
             processed.append(rec.case_id)
         else:
             skipped.append(rec.case_id)
