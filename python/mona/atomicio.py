@@ -21,19 +21,26 @@ from . import faults
 TMP_SUFFIX = ".tmp"
 
 
-class _FaultFile:
-    """Wraps the temporary file while ``MONA_FAULT`` is set: ``TAG.mid_write`` fires after the first
+class _File:
+    """The temporary file as the writer sees it. Remembers an ``OSError`` of ``write`` (writers such as
+    ``torch.save`` turn it into a RuntimeError without the errno; :func:`atomic_write` re-raises the
+    original, naming the file). While ``MONA_FAULT`` is set, ``TAG.mid_write`` fires after the first
     write of at least 1 KiB, i.e. with part of the bytes on disk (a kill there leaves a partial file)."""
 
     def __init__(self, fh: IO[bytes], tag: str, path: Path):
-        self._fh, self._tag, self._path, self._done = fh, tag, path, False
+        self._fh, self._tag, self._path, self._done = fh, tag, path, not faults.active()
+        self.error: OSError | None = None
 
     def write(self, data) -> int:
-        n = self._fh.write(data)
-        if not self._done and len(data) >= 1024:
-            self._done = True
-            self._fh.flush()
-            faults.point(f"{self._tag}.mid_write", self._path)
+        try:
+            n = self._fh.write(data)
+            if not self._done and len(data) >= 1024:
+                self._done = True
+                self._fh.flush()
+                faults.point(f"{self._tag}.mid_write", self._path)
+        except OSError as err:
+            self.error = err
+            raise
         return n
 
     def __getattr__(self, name):
@@ -73,7 +80,13 @@ def atomic_write(path: str | os.PathLike, writer: Callable[[IO[bytes]], None], *
     try:
         with os.fdopen(fd, "wb") as fh:
             faults.point(f"{tag}.write", path)
-            writer(_FaultFile(fh, tag, path) if faults.active() else fh)  # type: ignore[arg-type]
+            guarded = _File(fh, tag, path)
+            try:
+                writer(guarded)  # type: ignore[arg-type]
+            except Exception as err:
+                if guarded.error is not None and guarded.error is not err:
+                    raise guarded.error from err
+                raise
             fh.flush()
             os.fsync(fh.fileno())
         faults.point(f"{tag}.before_rename", path)

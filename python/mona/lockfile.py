@@ -53,7 +53,7 @@ def locked(directory: str | os.PathLike, what: str) -> Iterator[Path]:
     try:
         d.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise LockedError(f"{d}: cannot create the output directory ({err.strerror or err})") from err
+        raise LockedError(f"{d}: cannot create the directory ({err.strerror or err})") from err
     path = d / LOCK_NAME
     key = str(path.resolve())
     if key in _HELD:
@@ -84,8 +84,8 @@ def _acquire(path: Path, what: str) -> int:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as err:
-            raise LockedError(f"{path}: cannot create the lock file ({err.strerror or err}); is the directory "
-                              f"writable?") from err
+            raise LockedError(f"{path.parent}: the directory is not writable (creating its lock file "
+                              f"{LOCK_NAME}: {err.strerror or err})") from err
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -30,7 +30,7 @@ import torch
 import yaml
 
 from .. import faults
-from ..atomicio import atomic_write_text, remove_stale_temps
+from ..atomicio import atomic_write_text, remove_stale_temps, write_error
 from ..data.dataset import SliceCache
 from ..data.labeled import LabeledSplit, labeled_split
 from ..data.sampler import LabeledUnlabeledSampler
@@ -128,18 +128,25 @@ class _Logger:
             log.info("tensorboard is not installed: metrics go to metrics.jsonl and CSV only")
 
     def write(self, kind: str, record: dict) -> None:
-        # appended (a kill can cut the last line short: a resume drops it, see _truncate_logs)
-        faults.point("log.append", self.out / "metrics.jsonl")
-        with (self.out / "metrics.jsonl").open("a") as fh:
-            fh.write(json.dumps({"kind": kind, **record}) + "\n")
-        path = self.out / f"{kind}_log.csv"
-        new = not path.exists()
+        # appended (a kill can cut the last line short: a resume drops it, see _truncate_logs); a
+        # failing write (disk full) names the log file
+        jl, path = self.out / "metrics.jsonl", self.out / f"{kind}_log.csv"
         flat = {k: (json.dumps(v) if isinstance(v, list) else v) for k, v in record.items()}
-        with path.open("a", newline="") as fh:
-            w = csv.writer(fh)
-            if new:
-                w.writerow(list(flat))
-            w.writerow(list(flat.values()))
+        try:
+            faults.point("log.append", jl)
+            with jl.open("a") as fh:
+                fh.write(json.dumps({"kind": kind, **record}) + "\n")
+        except OSError as err:
+            raise write_error(err, jl) from err
+        try:
+            new = not path.exists()
+            with path.open("a", newline="") as fh:
+                w = csv.writer(fh)
+                if new:
+                    w.writerow(list(flat))
+                w.writerow(list(flat.values()))
+        except OSError as err:
+            raise write_error(err, path) from err
         if self.tb is not None:
             for k, v in record.items():
                 if isinstance(v, (int, float)) and k != "iteration":
@@ -381,6 +388,10 @@ def train_one_iteration(run: Run) -> tuple[float, dict[str, float], float]:
     step (the run stays a function of the iteration). Under CUDA AMP the GradScaler handles gradient
     overflow itself (it skips the optimiser step and lowers its scale), so only the loss is checked."""
     m = run.method
+    # the forward pass updates BatchNorm running statistics; a skipped step must not keep them (a
+    # non-finite activation would poison them): keep a copy (per-channel vectors, a few KiB)
+    modules = [m.student] + ([m.teacher] if m.teacher is not None else [])
+    buffers = [[b.detach().clone() for b in mod.buffers()] for mod in modules]
     loss, parts = m.step(next_batch(run))
     if faults.active():
         loss = _inject_nonfinite(m, loss, parts)
@@ -399,6 +410,10 @@ def train_one_iteration(run: Run) -> tuple[float, dict[str, float], float]:
     if bad:
         m.optimizer.zero_grad(set_to_none=True)
         m.discard_step()
+        with torch.no_grad():
+            for mod, saved in zip(modules, buffers):
+                for b, old in zip(mod.buffers(), saved):
+                    b.copy_(old)
     else:
         m.scaler.step(m.optimizer)
         m.scaler.update()
@@ -474,6 +489,12 @@ def _train(cfg: TrainConfig, *, resume: str | Path | None, progress: bool, stop_
         bar.close()
         run.logger.close()
     if it >= cfg.iterations:
+        if run.val_cases and not (run.out / "best.pt").exists():
+            # resumed with `iterations` at or below the checkpoint's before any validation: validate now
+            v = validate(run.method.student, run.cache, run.val_cases, run.device)
+            run.logger.write("val", {"iteration": it, **v})
+            run.best, run.best_iteration = v["mean_dice"], it
+            atomic_torch_save(run.checkpoint(it), run.out / "best.pt")
         if not run.val_cases:
             log.warning("no validation patients in %s: best.pt is the final model", run.cache.root)
             run.best_iteration = it
