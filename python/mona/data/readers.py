@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DataError, UsageError  # DataError re-exported: mona.data.readers.DataError
+from ..errors import DataError, MissingFileError, UsageError  # DataError re-exported: mona.data.readers.DataError
 
 
 @dataclass(frozen=True)
@@ -272,18 +272,65 @@ def folder_spec(num_classes: int | None, modality: str = "MR", class_names=None)
     return DatasetSpec("folder", tuple(names), modality, hu_window=(-200.0, 250.0) if modality == "CT" else None)
 
 
+def _check_nifti_header(p: Path) -> None:
+    """The header's bytes: present (not cut short), gzip intact as far as it goes, size 348 and magic
+    ``n+1``/``ni1`` (NIfTI-1) or size 540 and ``n+2``/``ni2`` (NIfTI-2). DataError naming the file."""
+    import gzip
+    import zlib
+
+    try:
+        if p.name.endswith(".gz"):
+            with gzip.open(p, "rb") as fh:
+                head = fh.read(544)
+        else:
+            with open(p, "rb") as fh:
+                head = fh.read(544)
+    except gzip.BadGzipFile as err:
+        if p.stat().st_size < 18 and p.read_bytes()[:1] == b"\x1f":  # 18: the smallest complete gzip file
+            raise DataError(f"{p}: truncated gzip file ({p.stat().st_size} bytes)") from err
+        raise DataError(f"{p}: not a gzip file, but named .gz ({err})") from err
+    except (EOFError, zlib.error) as err:
+        raise DataError(f"{p}: truncated or corrupt gzip stream inside the NIfTI header ({type(err).__name__})") from err
+    except OSError as err:
+        raise DataError(f"{p}: cannot read ({err.strerror or err})") from err
+    sizes = {int.from_bytes(head[:4], "little"), int.from_bytes(head[:4], "big")} if len(head) >= 4 else set()
+    if 348 in sizes:
+        need, magic, ok = 348, head[344:348], (b"n+1\0", b"ni1\0")
+    elif 540 in sizes:
+        need, magic, ok = 540, head[4:8], (b"n+2\0", b"ni2\0")
+    else:
+        if len(head) < 4:
+            raise DataError(f"{p}: truncated NIfTI file ({len(head)} bytes, the header alone has 348)")
+        raise DataError(f"{p}: not a NIfTI file (header size field {head[:4].hex()}: neither 348 nor 540)")
+    if len(head) < need:
+        raise DataError(f"{p}: truncated NIfTI header ({len(head)} of {need} bytes)")
+    if magic not in ok:
+        raise DataError(f"{p}: not a NIfTI file (magic {magic!r}, expected {ok[0]!r} or {ok[1]!r})")
+
+
 def load_nifti(path: str):
-    """(nibabel image, array) of a NIfTI file; DataError naming the file if it is missing or unreadable."""
+    """(nibabel image, array) of a NIfTI file; :class:`DataError` naming the file if it is missing, a
+    directory, empty, not NIfTI (wrong magic), or truncated / corrupt."""
     import nibabel as nib
 
     p = Path(path)
     if not p.exists():
-        raise DataError(f"{path}: file does not exist")
+        raise MissingFileError(f"{path}: file does not exist")
+    if p.is_dir():
+        raise DataError(f"{path}: is a directory, not a NIfTI file")
+    if p.stat().st_size == 0:
+        raise DataError(f"{path}: empty file (0 bytes)")
+    _check_nifti_header(p)
     try:
         img = nib.load(str(p))
+    except Exception as err:  # nibabel raises many types for files it cannot parse
+        first = (str(err).strip().splitlines() or [""])[0]
+        raise DataError(f"{path}: unreadable NIfTI header, truncated or corrupt ({type(err).__name__}: {first})") from err
+    try:
         data = np.asarray(img.dataobj)
-    except Exception as err:  # nibabel raises many types for corrupt files
-        raise DataError(f"{path}: unreadable NIfTI file ({type(err).__name__}: {err})") from err
+    except Exception as err:  # gzip / zlib / numpy errors of a cut or damaged file
+        first = (str(err).strip().splitlines() or [""])[0]
+        raise DataError(f"{path}: truncated or corrupt NIfTI data ({type(err).__name__}: {first})") from err
     return img, data
 
 
