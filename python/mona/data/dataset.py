@@ -55,6 +55,10 @@ class SliceCache:
             raise DataError(f"{man}: corrupt manifest (no {err.args[0]!r} entry); re-run `mona prepare`") from None
         self.case_index = {c["case_id"]: i for i, c in enumerate(self.cases)}
         self._maps: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        # every volume file is opened (memory-mapped: headers and sizes only) now, so a missing or
+        # truncated file is reported when a run starts, not when it first draws that volume hours later
+        for i in range(len(self.cases)):
+            self.arrays(i)
 
     @property
     def num_classes(self) -> int:

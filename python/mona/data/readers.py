@@ -306,6 +306,17 @@ def _check_nifti_header(p: Path) -> None:
         raise DataError(f"{p}: truncated NIfTI header ({len(head)} of {need} bytes)")
     if magic not in ok:
         raise DataError(f"{p}: not a NIfTI file (magic {magic!r}, expected {ok[0]!r} or {ok[1]!r})")
+    # voxel spacing: nibabel silently replaces a zero pixdim by 1 (wrong distances in every metric)
+    order = "<" if int.from_bytes(head[:4], "little") == need else ">"
+    if need == 348:
+        ndim = int(np.frombuffer(head[40:42], order + "i2")[0])
+        pixdim = np.frombuffer(head[76:108], order + "f4")
+    else:
+        ndim = int(np.frombuffer(head[16:24], order + "i8")[0])
+        pixdim = np.frombuffer(head[104:168], order + "f8")
+    spacing = pixdim[1:1 + min(max(ndim, 0), 3)]
+    if not (np.isfinite(spacing).all() and (spacing > 0).all()):
+        raise DataError(f"{p}: invalid voxel spacing {tuple(float(x) for x in spacing)} in the header (pixdim)")
 
 
 def load_nifti(path: str):

@@ -111,7 +111,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         ck = torch.load(p, map_location=map_location, weights_only=False)
     except Exception as err:  # torch / pickle / zipfile raise many types for a damaged file
-        first = (str(err).strip().splitlines() or [""])[0]
+        first = (str(err).strip().splitlines() or [""])[0].split(". ")[0]
         raise DataError(f"checkpoint {p}: unreadable: truncated, corrupt or not a PyTorch file "
                         f"({type(err).__name__}: {first})") from err
     if not isinstance(ck, dict) or "format" not in ck:
@@ -128,7 +128,12 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Mo
     ck = load_checkpoint(path)
     meta = ck["meta"]
     model = build_model(meta)
-    model.unet.load_state_dict(unet_state(ck))
+    try:
+        model.unet.load_state_dict(unet_state(ck))
+    except (RuntimeError, KeyError) as err:
+        first = (str(err).strip().splitlines() or [""])[-1].strip()
+        raise DataError(f"checkpoint {path}: its weights do not fit its own metadata ({meta['num_classes']} classes, "
+                        f"channels {meta['channels']}): {first}") from err
     return model.to(device).eval(), meta
 
 

@@ -124,6 +124,10 @@ class TrainConfig:
         if len(given) > 1:
             raise UsageError(f"config: set at most one of data.labeled_patients, data.labeled_ratio and "
                              f"data.labeled_list, got {['data.' + g for g in given]}")
+        if self.data.labeled_ratio is not None and not 0 < self.data.labeled_ratio <= 1:
+            raise UsageError(f"config: data.labeled_ratio must be in (0, 1], got {self.data.labeled_ratio}")
+        if self.data.labeled_patients is not None and self.data.labeled_patients < 1:
+            raise UsageError(f"config: data.labeled_patients must be >= 1, got {self.data.labeled_patients}")
         if self.method == "supervised" and self.data.labeled_bs not in (None, self.data.batch_size):
             raise UsageError("config: supervised training uses labeled slices only; leave data.labeled_bs unset")
         if self.method != "supervised":
@@ -257,7 +261,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
         try:
             tree = yaml.safe_load(p.read_text()) or {}
         except yaml.YAMLError as err:
-            raise UsageError(f"config: {p} is not valid YAML ({err})") from err
+            mark = getattr(err, "problem_mark", None)
+            where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+            what = getattr(err, "problem", None) or str(err).splitlines()[0]
+            raise UsageError(f"config: {p} is not valid YAML ({where}{what})") from err
+        except (OSError, UnicodeDecodeError) as err:
+            raise UsageError(f"config: {p}: cannot read ({err})") from err
         if not isinstance(tree, dict):
             raise UsageError(f"config: {p} must hold a mapping at the top level")
     items = overrides.items() if isinstance(overrides, dict) else []
