@@ -192,19 +192,19 @@ ROWS: list[Row] = [
     Row("prepare: empty label file", with_file(lambda w: w.lab.write_bytes(b""), prep()), 1,
         "{lab}: empty file (0 bytes)"),
     Row("prepare: truncated image (.nii.gz cut in the data)", with_file(lambda w: _truncate(w.img, 0.9), prep()), 1,
-        "{img}: truncated or corrupt NIfTI data (EOFError: Compressed file ended before the end-of-stream marker "
+        "{img}: unreadable NIfTI file: truncated or corrupt data (EOFError: Compressed file ended before the end-of-stream marker "
         "was reached)"),
     Row("prepare: truncated image (cut in the header)", with_file(lambda w: _truncate(w.img, 40), prep()), 1,
-        "{img}: truncated or corrupt gzip stream inside the NIfTI header (EOFError)"),
+        "{img}: unreadable NIfTI file: header truncated or corrupt (gzip: EOFError)"),
     Row("prepare: not gzip but named .nii.gz", with_file(lambda w: w.img.write_bytes(b"hello world" * 40), prep()), 1,
-        "{img}: not a gzip file, but named .gz (Not a gzipped file (b'he'))"),
+        "{img}: unreadable NIfTI file: not a gzip file, but named .gz (Not a gzipped file (b'he'))"),
     Row("prepare: wrong NIfTI magic", with_file(
         lambda w: w.img.write_bytes(gzip.compress(gzip.decompress(w.img.read_bytes())[:344] + b"xyz\0" +
                                                  gzip.decompress(w.img.read_bytes())[348:])), prep()), 1,
-        "{img}: not a NIfTI file (magic b'xyz\\x00', expected b'n+1\\x00' or b'ni1\\x00')"),
+        "{img}: unreadable NIfTI file: wrong magic b'xyz\\x00' (expected b'n+1\\x00' or b'ni1\\x00'): not NIfTI"),
     Row("prepare: wrong header size field", with_file(
         lambda w: w.img.write_bytes(gzip.compress(b"\x01\x02\x03\x04" + gzip.decompress(w.img.read_bytes())[4:])),
-        prep()), 1, "{img}: not a NIfTI file (header size field 01020304: neither 348 nor 540)"),
+        prep()), 1, "{img}: unreadable NIfTI file: wrong header size field 01020304 (neither 348 nor 540): not NIfTI"),
     Row("prepare: 4-D image", with_file(lambda w: _img(w, np.zeros((16, 16, 3, 2), np.float32)), prep()), 1,
         "{img}: expected a 3-D image, got shape (16, 16, 3, 2)"),
     Row("prepare: 1-D image", with_file(lambda w: _img(w, np.zeros((16,), np.float32)), prep()), 1,
@@ -351,7 +351,7 @@ ROWS: list[Row] = [
     Row("predict: empty input", with_file(lambda w: w.img.write_bytes(b""), predict("{model}", "{img}", "{out}.nii.gz")),
         1, "{img}: empty file (0 bytes)"),
     Row("predict: truncated input", with_file(lambda w: _truncate(w.img, 0.9), predict("{model}", "{img}", "{out}.nii.gz")),
-        1, "{img}: truncated or corrupt NIfTI data (EOFError: Compressed file ended before the end-of-stream marker "
+        1, "{img}: unreadable NIfTI file: truncated or corrupt data (EOFError: Compressed file ended before the end-of-stream marker "
            "was reached)"),
     Row("predict: 4-D input", with_file(lambda w: _img(w, np.zeros((16, 16, 3, 2), np.float32)),
                                         predict("{model}", "{img}", "{out}.nii.gz")), 1,

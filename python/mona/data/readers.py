@@ -287,12 +287,12 @@ def _check_nifti_header(p: Path) -> None:
                 head = fh.read(544)
     except gzip.BadGzipFile as err:
         if p.stat().st_size < 18 and p.read_bytes()[:1] == b"\x1f":  # 18: the smallest complete gzip file
-            raise DataError(f"{p}: truncated gzip file ({p.stat().st_size} bytes)") from err
-        raise DataError(f"{p}: not a gzip file, but named .gz ({err})") from err
+            raise DataError(f"{p}: unreadable NIfTI file: truncated ({p.stat().st_size} bytes of gzip)") from err
+        raise DataError(f"{p}: unreadable NIfTI file: not a gzip file, but named .gz ({err})") from err
     except (EOFError, zlib.error) as err:
-        raise DataError(f"{p}: truncated or corrupt gzip stream inside the NIfTI header ({type(err).__name__})") from err
+        raise DataError(f"{p}: unreadable NIfTI file: header truncated or corrupt (gzip: {type(err).__name__})") from err
     except OSError as err:
-        raise DataError(f"{p}: cannot read ({err.strerror or err})") from err
+        raise DataError(f"{p}: unreadable NIfTI file: cannot read ({err.strerror or err})") from err
     sizes = {int.from_bytes(head[:4], "little"), int.from_bytes(head[:4], "big")} if len(head) >= 4 else set()
     if 348 in sizes:
         need, magic, ok = 348, head[344:348], (b"n+1\0", b"ni1\0")
@@ -300,12 +300,12 @@ def _check_nifti_header(p: Path) -> None:
         need, magic, ok = 540, head[4:8], (b"n+2\0", b"ni2\0")
     else:
         if len(head) < 4:
-            raise DataError(f"{p}: truncated NIfTI file ({len(head)} bytes, the header alone has 348)")
-        raise DataError(f"{p}: not a NIfTI file (header size field {head[:4].hex()}: neither 348 nor 540)")
+            raise DataError(f"{p}: unreadable NIfTI file: truncated ({len(head)} bytes, the header alone has 348)")
+        raise DataError(f"{p}: unreadable NIfTI file: wrong header size field {head[:4].hex()} (neither 348 nor 540): not NIfTI")
     if len(head) < need:
-        raise DataError(f"{p}: truncated NIfTI header ({len(head)} of {need} bytes)")
+        raise DataError(f"{p}: unreadable NIfTI file: header truncated ({len(head)} of {need} bytes)")
     if magic not in ok:
-        raise DataError(f"{p}: not a NIfTI file (magic {magic!r}, expected {ok[0]!r} or {ok[1]!r})")
+        raise DataError(f"{p}: unreadable NIfTI file: wrong magic {magic!r} (expected {ok[0]!r} or {ok[1]!r}): not NIfTI")
     # voxel spacing: nibabel silently replaces a zero pixdim by 1 (wrong distances in every metric)
     order = "<" if int.from_bytes(head[:4], "little") == need else ">"
     if need == 348:
@@ -336,12 +336,12 @@ def load_nifti(path: str):
         img = nib.load(str(p))
     except Exception as err:  # nibabel raises many types for files it cannot parse
         first = (str(err).strip().splitlines() or [""])[0]
-        raise DataError(f"{path}: unreadable NIfTI header, truncated or corrupt ({type(err).__name__}: {first})") from err
+        raise DataError(f"{path}: unreadable NIfTI file: header truncated or corrupt ({type(err).__name__}: {first})") from err
     try:
         data = np.asarray(img.dataobj)
     except Exception as err:  # gzip / zlib / numpy errors of a cut or damaged file
         first = (str(err).strip().splitlines() or [""])[0]
-        raise DataError(f"{path}: truncated or corrupt NIfTI data ({type(err).__name__}: {first})") from err
+        raise DataError(f"{path}: unreadable NIfTI file: truncated or corrupt data ({type(err).__name__}: {first})") from err
     return img, data
 
 
