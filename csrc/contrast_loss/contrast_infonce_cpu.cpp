@@ -9,8 +9,8 @@
 // logsumexp — and, with compute_grad, the key into the query's online-softmax-weighted sum, which
 // yields d loss / d query without a second read of the keys. Each thread keeps its own per-query
 // state; states are merged (an associative log-sum-exp merge) at the end. Float32 rows use
-// AVX2/FMA-multiversioned loops. Nothing of size Q x M x D exists. An NCHW key map is walked in
-// tiles of 16 channels instead of rows (walk_keys_channel_tiled), so no transposed copy is needed.
+// AVX2/FMA-multiversioned loops. Nothing of size Q x M x D exists. An NCHW key map is read in
+// blocks of 32 keys transposed into a small row buffer (gather_key_block), not copied as a whole.
 // Backward: grad_loss * grad_rows [C*Q, D] added serially into the dense gradient (several
 // queries may share a pixel).
 #include <ATen/Dispatch.h>
@@ -89,108 +89,50 @@ struct QueryState {
       : m(R, -std::numeric_limits<acc_t>::infinity()), s(R, 0), wcos(R, 0), acc(grad ? R * D : 0, 0) {}
 };
 
-// The key walk of one thread over keys [k_lo, k_hi) when the map's channels are strided (NCHW): a
-// key's D values lie in D different rows, so reading it as a row would touch D cache lines for
-// D values. Instead the keys are read in tiles of kChannelTile channels: for each tile, the sorted
-// keys advance through kChannelTile rows in step (neighbouring keys share cache lines), and every
-// pair adds the tile's part of its dot product. Pass 1 (tiles): dot products and squared norms.
-// Pass 2 (pairs): the thread's softmax state per query (m = the largest logit, s, wcos), exactly
-// the state the row walk reaches. Pass 3 (tiles, with the gradient): acc += exp(l - m) / |k| * k.
-// Bank keys (rows of the bank, contiguous) go through the same tiles.
-constexpr int64_t kChannelTile = 16;
+// An NCHW key map: a key's D values lie in D channel planes, so reading it as a row touches one
+// cache line per value — and the planes are a power of two apart (H*W values), so those lines
+// collide in a handful of cache sets and evict each other. The walk instead copies blocks of
+// kKeyBlock keys (neighbouring pixels: the keys are sorted) into a row-major buffer and runs the
+// row walk on the buffer. The copy reads each plane along the block's pixels (a short sequential
+// run, every line used up before the next plane) for kKeyTile keys at a time, whose output rows
+// (kChannels values each, one line) stay in L1; the buffer's rows are padded by one line
+// (key_row_stride) so that they do not collide in the same sets either. Same values in the same
+// order as the channels-last walk: bitwise the same result, and no transposed copy of the map.
+constexpr int64_t kKeyBlock = 1024;
+constexpr int64_t kKeyTile = 64;
+constexpr int64_t kChannels = 16;
 
-// dot(v, x) over one tile: for a full tile, products then a fixed tree (vectorised; a running sum
-// would be a chain of dependent adds).
-template <typename acc_t>
-MONA_INLINE acc_t tile_dot(const acc_t* v, const acc_t* x, int64_t T) {
-  if (T == kChannelTile) {
-    acc_t prod[kChannelTile];
-    for (int64_t t = 0; t < kChannelTile; ++t) prod[t] = v[t] * x[t];
-    for (int64_t h = kChannelTile / 2; h > 0; h /= 2) {
-      for (int64_t t = 0; t < h; ++t) prod[t] += prod[t + h];
-    }
-    return prod[0];
-  }
-  acc_t s = 0;
-  for (int64_t t = 0; t < T; ++t) s += v[t] * x[t];
-  return s;
-}
+inline int64_t key_row_stride(int64_t D) { return (D + kChannels - 1) / kChannels * kChannels + kChannels; }
 
-template <typename scalar_t, typename acc_t>
-MONA_INLINE void walk_keys_channel_tiled(const infonce::KeySource<scalar_t>& keys, const int64_t* start, const int32_t* pair_query,
-                             int64_t k_lo, int64_t k_hi, const acc_t* X, const acc_t* xn, int64_t D, acc_t inv_t,
-                             QueryState<acc_t>& st) {
-  const int64_t p0 = start[k_lo], np = start[k_hi] - p0;
-  if (np == 0) return;
-  std::vector<acc_t> dot(np, acc_t(0)), sq(k_hi - k_lo, acc_t(0));
-  acc_t v[kChannelTile];
-  // Pass 1: dots and norms, tile by tile.
-  for (int64_t d0 = 0; d0 < D; d0 += kChannelTile) {
-    const int64_t T = std::min(kChannelTile, D - d0);
-    for (int64_t k = k_lo; k < k_hi; ++k) {
-      if (start[k] == start[k + 1]) continue;
-      int64_t stride;
-      const scalar_t* row = keys.row(k, stride) + d0 * stride;
-      acc_t s2 = 0;
-      for (int64_t t = 0; t < T; ++t) {
-        v[t] = static_cast<acc_t>(row[t * stride]);
-        s2 += v[t] * v[t];
-      }
-      sq[k - k_lo] += s2;
-      for (int64_t p = start[k]; p < start[k + 1]; ++p) {
-        dot[p - p0] += tile_dot(v, X + static_cast<int64_t>(pair_query[p]) * D + d0, T);
-      }
-    }
-  }
-  // Pass 2: logits and the softmax state; dot[] becomes the logit.
-  for (int64_t k = k_lo; k < k_hi; ++k) {
-    if (start[k] == start[k + 1]) continue;
-    const acc_t inv_kn = acc_t(1) / cm::safe_norm(sq[k - k_lo]);
-    sq[k - k_lo] = inv_kn;
-    for (int64_t p = start[k]; p < start[k + 1]; ++p) {
-      const int64_t r = pair_query[p];
-      const acc_t cosine = dot[p - p0] * inv_kn / xn[r];
-      acc_t rescale, w;
-      infonce::online_step(st.m[r], cosine * inv_t, rescale, w);
-      st.s[r] = st.s[r] * rescale + w;
-      st.wcos[r] = st.wcos[r] * rescale + w * cosine;
-      dot[p - p0] = cosine * inv_t;
-    }
-  }
-  if (st.acc.empty()) return;
-  // Pass 3: acc[r] += exp(l - m[r]) / |k| * k, tile by tile (m[r] is final now: no rescaling).
-  for (int64_t p = 0; p < np; ++p) dot[p] = std::exp(dot[p] - st.m[pair_query[p0 + p]]);
-  for (int64_t d0 = 0; d0 < D; d0 += kChannelTile) {
-    const int64_t T = std::min(kChannelTile, D - d0);
-    for (int64_t k = k_lo; k < k_hi; ++k) {
-      if (start[k] == start[k + 1]) continue;
-      int64_t stride;
-      const scalar_t* row = keys.row(k, stride) + d0 * stride;
-      for (int64_t t = 0; t < T; ++t) v[t] = static_cast<acc_t>(row[t * stride]) * sq[k - k_lo];
-      for (int64_t p = start[k]; p < start[k + 1]; ++p) {
-        acc_t* acc = st.acc.data() + static_cast<int64_t>(pair_query[p]) * D + d0;
-        const acc_t w = dot[p - p0];
-        for (int64_t t = 0; t < T; ++t) acc[t] += w * v[t];
-      }
-    }
+struct KeyBlock {
+  int64_t key[kKeyBlock];
+  int64_t n = 0;
+};
+
+// Up to kKeyBlock keys of [k, k_hi) that have pairs; advances k past them.
+inline void next_key_block(const int64_t* start, int64_t& k, int64_t k_hi, KeyBlock& block) {
+  block.n = 0;
+  for (; k < k_hi && block.n < kKeyBlock; ++k) {
+    if (start[k] != start[k + 1]) block.key[block.n++] = k;
   }
 }
 
-// float32: the tiled walk compiled per vector ISA (common/simd_cpu.h).
-MONA_MULTIVERSION(void, walk_keys_channel_tiled_f32,
-                  (const infonce::KeySource<float>& keys, const int64_t* start, const int32_t* pair_query,
-                   int64_t k_lo, int64_t k_hi, const float* X, const float* xn, int64_t D, float inv_t,
-                   QueryState<float>& st),
-                  (keys, start, pair_query, k_lo, k_hi, X, xn, D, inv_t, st), (walk_keys_channel_tiled<float, float>))
-
-template <typename scalar_t, typename acc_t>
-void walk_keys_channel_tiled_any(const infonce::KeySource<scalar_t>& keys, const int64_t* start,
-                                 const int32_t* pair_query, int64_t k_lo, int64_t k_hi, const acc_t* X,
-                                 const acc_t* xn, int64_t D, acc_t inv_t, QueryState<acc_t>& st) {
-  if constexpr (std::is_same_v<scalar_t, float> && std::is_same_v<acc_t, float>) {
-    walk_keys_channel_tiled_f32(keys, start, pair_query, k_lo, k_hi, X, xn, D, inv_t, st);
-  } else {
-    walk_keys_channel_tiled(keys, start, pair_query, k_lo, k_hi, X, xn, D, inv_t, st);
+// rows[j * ld + d] = key(block.key[j])[d], ld = key_row_stride(D).
+template <typename scalar_t>
+void gather_key_block(const infonce::KeySource<scalar_t>& keys, const KeyBlock& block, int64_t D, scalar_t* rows) {
+  const int64_t ld = key_row_stride(D);
+  const scalar_t* base[kKeyTile];
+  int64_t stride[kKeyTile];
+  for (int64_t j0 = 0; j0 < block.n; j0 += kKeyTile) {
+    const int64_t nj = std::min(kKeyTile, block.n - j0);
+    for (int64_t j = 0; j < nj; ++j) base[j] = keys.row(block.key[j0 + j], stride[j]);
+    scalar_t* out = rows + j0 * ld;
+    for (int64_t d0 = 0; d0 < D; d0 += kChannels) {
+      const int64_t d1 = std::min(D, d0 + kChannels);
+      for (int64_t d = d0; d < d1; ++d) {
+        for (int64_t j = 0; j < nj; ++j) out[j * ld + d] = base[j][d * stride[j]];
+      }
+    }
   }
 }
 
@@ -250,12 +192,13 @@ void infonce_forward_kernel(const InfonceArgs& a, at::opmath_type<scalar_t>* row
 
   // 3. Walk the keys in memory order, one contiguous range of pairs per thread. Keys whose channels
   //    are contiguous (channels-last map, bank rows) are read row by row; an NCHW map is read in
-  //    channel tiles (walk_keys_channel_tiled), without a transposed copy.
+  //    blocks of keys transposed into a small buffer (gather_key_block), without a copy of the map.
   const int nthreads = std::max(1, at::get_num_threads());
   std::vector<QueryState<acc_t>> states;
   states.reserve(nthreads);
   for (int t = 0; t < nthreads; ++t) states.emplace_back(R, D, grad);
-  const bool channel_tiled = keys.stride_d != 1 && a.N > 0;
+  // Keys with strided channels (an NCHW map; bank rows are contiguous) go through row blocks.
+  const bool nchw_map = keys.stride_d != 1;
   at::parallel_for(0, nthreads, 1, [&](int64_t t_begin, int64_t t_end) {
     for (int64_t t = t_begin; t < t_end; ++t) {
       QueryState<acc_t>& st = states[t];
@@ -265,15 +208,8 @@ void infonce_forward_kernel(const InfonceArgs& a, at::opmath_type<scalar_t>* row
       if (t > 0 && start[k_lo] < p_lo) ++k_lo;  // a key straddling the boundary belongs to the previous thread
       int64_t k_hi = k_lo;
       while (k_hi < num_keys && start[k_hi] < p_hi) ++k_hi;
-      if (channel_tiled) {
-        walk_keys_channel_tiled_any(keys, start.data(), pair_query.data(), k_lo, k_hi, X.data(), xn.data(), D, inv_t,
-                                    st);
-        continue;
-      }
-      for (int64_t k = k_lo; k < k_hi; ++k) {
-        if (start[k] == start[k + 1]) continue;
-        int64_t stride;
-        const scalar_t* row = keys.row(k, stride);
+      // One key: its pairs' dot products, online softmax and (with the gradient) the weighted sum.
+      auto walk_key = [&](int64_t k, const scalar_t* row, int64_t stride) {
         acc_t inv_kn = 0;
         for (int64_t p = start[k]; p < start[k + 1]; ++p) {
           const int64_t r = pair_query[p];
@@ -298,6 +234,23 @@ void infonce_forward_kernel(const InfonceArgs& a, at::opmath_type<scalar_t>* row
             axpy(w * inv_kn, row, stride, acc, D);
           }
         }
+      };
+      if (!nchw_map) {
+        for (int64_t k = k_lo; k < k_hi; ++k) {
+          if (start[k] == start[k + 1]) continue;
+          int64_t stride;
+          const scalar_t* row = keys.row(k, stride);
+          walk_key(k, row, stride);
+        }
+        continue;
+      }
+      const int64_t ld = key_row_stride(D);
+      std::vector<scalar_t> rows(kKeyBlock * ld);
+      KeyBlock block;
+      for (int64_t k = k_lo; k < k_hi;) {
+        next_key_block(start.data(), k, k_hi, block);
+        gather_key_block(keys, block, D, rows.data());
+        for (int64_t j = 0; j < block.n; ++j) walk_key(block.key[j], rows.data() + j * ld, 1);
       }
     }
   });

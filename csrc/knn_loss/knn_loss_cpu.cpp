@@ -1,10 +1,16 @@
 // mona::knn_loss — CPU kernels.
 //
-// Parallel strategy: teacher-queue dot products are one BLAS product at::mm([B, d], [d, K])
-// (B x K floats, B small); cosines are formed with per-row inverse norms (no normalised copies).
-// at::parallel_for over rows then selects each row's top k with a k-long insertion list
-// (knn_loss_math.h, the same selection the CUDA kernel runs) and computes the k student cosines
-// (B x k dot products). Backward: B x k x d multiply-adds, parallel over rows.
+// Parallel strategy: the queue is cut into chunks of kQueueChunk rows; at::parallel_for hands
+// ranges of chunks to threads. A thread computes its chunk's inverse row norms, then scores every
+// teacher row against the chunk while the chunk (kQueueChunk x d values) stays in L2 and the
+// teacher row in L1 — the queue is read from memory once, not once per teacher row — and keeps a
+// top-k list per teacher row (knn_loss_math.h, the selection the CUDA kernel runs). The threads'
+// lists are merged per row at the end. The neighbour order is a strict total order (similarity,
+// then queue index), so the merged top k equals a sequential scan's whatever the split: the result
+// does not depend on the thread count. Dot products: one fixed-order vector loop for every pair
+// (simd::dot_f32; not a GEMM, whose blocking can give an exact copy of a queue row a last-bit
+// different dot product and break the tie rule). Then the k student cosines per row (B x k dots).
+// Backward: B x k x d multiply-adds, parallel over rows.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -15,9 +21,11 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
 #include "common/cosine_math.h"
+#include "common/simd_cpu.h"
 #include "common/tensor_utils.h"
 #include "knn_loss/knn_loss_checks.h"
 #include "knn_loss/knn_loss_math.h"
@@ -29,11 +37,20 @@ namespace km = knn_loss_math;
 namespace cm = cosine_math;
 
 
+// Queue rows per chunk: 128 x 512 fp32 values = 256 KB, which stays in L2 while all teacher rows
+// are scored against it.
+constexpr int64_t kQueueChunk = 128;
+
+// sum a[c] * b[c]: the same fixed-order loop for every pair of rows.
 template <typename acc_t>
 acc_t dot(const acc_t* a, const acc_t* b, int64_t d) {
-  acc_t s = 0;
-  for (int64_t k = 0; k < d; ++k) s += a[k] * b[k];
-  return s;
+  if constexpr (std::is_same_v<acc_t, float>) {
+    return simd::dot_f32(a, b, d);
+  } else {
+    acc_t s = 0;
+    for (int64_t c = 0; c < d; ++c) s += a[c] * b[c];
+    return s;
+  }
 }
 
 std::tuple<at::Tensor, at::Tensor> knn_loss_cpu(const at::Tensor& student, const at::Tensor& teacher,
@@ -49,12 +66,30 @@ std::tuple<at::Tensor, at::Tensor> knn_loss_cpu(const at::Tensor& student, const
   const at::Tensor s = student.to(acc).contiguous(), t = teacher.to(acc).contiguous(), q = queue.to(acc).contiguous();
   AT_DISPATCH_FLOATING_TYPES(acc, "knn_loss_cpu", [&] {
     using acc_t = scalar_t;
-    // teacher . queue row by row with the same loop for every entry (not a GEMM: its blocking can
-    // give an exact copy of a row a last-bit different dot product and break the tie rule).
     const acc_t *tp = t.data_ptr<acc_t>(), *sp = s.data_ptr<acc_t>(), *qp = q.data_ptr<acc_t>();
     std::vector<acc_t> inq(K), row_sum(B);
-    at::parallel_for(0, K, 256, [&](int64_t b, int64_t e) {
-      for (int64_t j = b; j < e; ++j) inq[j] = cm::inv_norm(dot(qp + j * d, qp + j * d, d));
+    // One top-k list per (thread, teacher row).
+    const int64_t threads = at::get_num_threads();
+    std::vector<acc_t> part_vals(threads * B * k);
+    std::vector<int64_t> part_idx(threads * B * k);
+    std::vector<int> part_count(threads * B, 0);
+    const int64_t chunks = (K + kQueueChunk - 1) / kQueueChunk;
+    at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+      const int64_t tid = at::get_thread_num();
+      acc_t* vals = part_vals.data() + tid * B * k;
+      int64_t* idx = part_idx.data() + tid * B * k;
+      int* count = part_count.data() + tid * B;
+      for (int64_t c = c0; c < c1; ++c) {
+        const int64_t j0 = c * kQueueChunk, j1 = std::min(K, j0 + kQueueChunk);
+        for (int64_t j = j0; j < j1; ++j) inq[j] = cm::inv_norm(dot(qp + j * d, qp + j * d, d));
+        // the teacher's own norm is a positive per-row factor: it does not change the ranking
+        for (int64_t i = 0; i < B; ++i) {
+          for (int64_t j = j0; j < j1; ++j) {
+            km::insert_topk(vals + i * k, idx + i * k, count + i, static_cast<int>(k),
+                            dot(tp + i * d, qp + j * d, d) * inq[j], j);
+          }
+        }
+      }
     });
     int64_t* out_idx = indices.data_ptr<int64_t>();
     at::parallel_for(0, B, 1, [&](int64_t b, int64_t e) {
@@ -62,8 +97,12 @@ std::tuple<at::Tensor, at::Tensor> knn_loss_cpu(const at::Tensor& student, const
       for (int64_t i = b; i < e; ++i) {
         int64_t* idx = out_idx + i * k;
         int count = 0;
-        // the teacher's own norm is a positive per-row factor: it does not change the ranking
-        for (int64_t j = 0; j < K; ++j) km::insert_topk(vals.data(), idx, &count, static_cast<int>(k), dot(tp + i * d, qp + j * d, d) * inq[j], j);
+        for (int64_t th = 0; th < threads; ++th) {
+          const int64_t o = (th * B + i) * k;
+          for (int n = 0; n < part_count[th * B + i]; ++n) {
+            km::insert_topk(vals.data(), idx, &count, static_cast<int>(k), part_vals[o + n], part_idx[o + n]);
+          }
+        }
         const acc_t is = cm::inv_norm(dot(sp + i * d, sp + i * d, d));
         acc_t sum = 0;
         for (int64_t n = 0; n < k; ++n) sum += dot(sp + i * d, qp + idx[n] * d, d) * is * inq[idx[n]];

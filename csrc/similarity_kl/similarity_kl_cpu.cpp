@@ -1,46 +1,68 @@
 // mona::similarity_kl — CPU kernels.
 //
-// Parallel strategy: the B x K dot products (student and teacher against the raw queue) are two
-// BLAS matrix products (at::mm, multi-threaded; by far the fastest way on a CPU, and only B x K
-// floats, B small); cosines are formed on the fly from per-row inverse norms — no normalised copy
-// of the queue. Then at::parallel_for over rows runs the online softmax / KL of
-// similarity_kl_math.h. Backward: the same two products, per-entry weights (ps - pt) / tau_s
-// scaled by 1 / |q_j|, and one more product [B, K] x [K, d] for sum_j a_j q_hat_j.
+// Parallel strategy: the B x K dot products of the student and the teacher against the raw queue
+// are ONE BLAS product at::mm([2B, d], [d, K]) (multi-threaded; the queue is read once for both,
+// and B x K values are small next to the K x d queue); cosines are formed by scaling with per-row
+// inverse norms (one parallel pass over the queue, simd::dot_f32) — no normalised copy of the queue.
+// The softmaxes over the queue are ATen's vectorised, multi-threaded row reductions on the B x K
+// logits. One pass: when the student needs a gradient, the forward computes it too (the entry
+// weights (ps - pt) / tau_s, then one more product [B, K] x [K, d]), so the queue is multiplied
+// three times per training step (as in plain PyTorch: two similarity matrices and the gradient),
+// never five. similarity_kl_backward recomputes everything from the inputs and the saved
+// logsumexps, for callers of the op that did not ask for the gradient in the forward.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/cat.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/logsumexp.h>
 #include <ATen/ops/mm.h>
+#include <ATen/ops/sum.h>
 #include <ATen/ops/zeros.h>
 #include <ATen/ops/zeros_like.h>
 #include <torch/library.h>
 
+#include <type_traits>
 #include <vector>
 
 #include "common/cosine_math.h"
-#include "common/tensor_utils.h"
 #include "common/embedding_checks.h"
-#include "similarity_kl/similarity_kl_math.h"
+#include "common/simd_cpu.h"
+#include "common/tensor_utils.h"
 
 namespace mona {
 namespace {
 
-namespace sk = similarity_kl_math;
 namespace cm = cosine_math;
 
-
+// Squared norms of the rows of a contiguous [R, d] matrix (fixed-order vector loop per row).
 template <typename acc_t>
-std::vector<acc_t> squared_norms(const at::Tensor& x) {
+at::Tensor squared_norms(const at::Tensor& x) {
   const int64_t R = x.size(0), d = x.size(1);
-  std::vector<acc_t> out(R);
+  at::Tensor out = at::empty({R}, x.options());
   const acc_t* p = x.data_ptr<acc_t>();
+  acc_t* o = out.data_ptr<acc_t>();
   at::parallel_for(0, R, 256, [&](int64_t b, int64_t e) {
     for (int64_t r = b; r < e; ++r) {
-      acc_t s = 0;
-      for (int64_t k = 0; k < d; ++k) s += p[r * d + k] * p[r * d + k];
-      out[r] = s;
+      if constexpr (std::is_same_v<acc_t, float>) {
+        o[r] = simd::dot_f32(p + r * d, p + r * d, d);
+      } else {
+        acc_t v = 0;
+        for (int64_t c = 0; c < d; ++c) v += p[r * d + c] * p[r * d + c];
+        o[r] = v;
+      }
     }
   });
+  return out;
+}
+
+template <typename acc_t>
+at::Tensor inv_norms(const at::Tensor& squared) {
+  at::Tensor out = at::empty_like(squared);
+  const acc_t* n = squared.data_ptr<acc_t>();
+  acc_t* o = out.data_ptr<acc_t>();
+  for (int64_t r = 0; r < squared.numel(); ++r) o[r] = cm::inv_norm(n[r]);
   return out;
 }
 
@@ -49,57 +71,82 @@ void check_taus(const char* op, double tau_s, double tau_t) {
                     " and tau_teacher=", tau_t);
 }
 
-struct Prepared {
-  at::Tensor s, t, q, S, T;
+// The logits of one call: us = cos(student, queue) / tau_s, ut = cos(teacher, queue) / tau_t, [B, K]
+// each (two views of one [2B, K] product), and what the gradient needs besides.
+struct Logits {
+  at::Tensor s, q;        // student [B, d], queue [K, d], acc dtype, contiguous
+  at::Tensor ns, iq;      // student squared norms [B], queue inverse norms [K]
+  at::Tensor st, us, ut;  // [2B, K] and its two halves
 };
 
-Prepared prepare(const at::Tensor& student, const at::Tensor& teacher, const at::Tensor& queue) {
+template <typename acc_t>
+Logits logits(const at::Tensor& student, const at::Tensor& teacher, const at::Tensor& queue, double tau_s,
+              double tau_t) {
   const auto acc = acc_dtype(student.scalar_type());
-  Prepared p;
-  p.s = student.to(acc).contiguous();
-  p.t = teacher.to(acc).contiguous();
-  p.q = queue.to(acc).contiguous();
-  p.S = at::mm(p.s, p.q.t());
-  p.T = at::mm(p.t, p.q.t());
-  return p;
+  const int64_t B = student.size(0);
+  Logits l;
+  l.s = student.to(acc).contiguous();
+  const at::Tensor t = teacher.to(acc).contiguous();
+  l.q = queue.to(acc).contiguous();
+  l.ns = squared_norms<acc_t>(l.s);
+  l.iq = inv_norms<acc_t>(squared_norms<acc_t>(l.q));
+  const at::Tensor row_scale = at::cat({inv_norms<acc_t>(l.ns).div_(tau_s), inv_norms<acc_t>(squared_norms<acc_t>(t)).div_(tau_t)});
+  l.st = at::mm(at::cat({l.s, t}), l.q.t());
+  l.st.mul_(l.iq.unsqueeze(0)).mul_(row_scale.unsqueeze(1));
+  l.us = l.st.narrow(0, 0, B);
+  l.ut = l.st.narrow(0, B, B);
+  return l;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> similarity_kl_cpu(const at::Tensor& student, const at::Tensor& teacher,
-                                                                 const at::Tensor& queue, double tau_s, double tau_t) {
+// d loss / d student for loss = scale * sum_i kl_i (scale = grad_loss / B), given the logits, the
+// logsumexps and pt = softmax(ut) (consumed: its buffer becomes the entry weights).
+template <typename acc_t>
+at::Tensor student_grad(const Logits& l, const at::Tensor& lse_s, at::Tensor pt, double scale, double tau_s) {
+  const int64_t B = l.s.size(0), d = l.s.size(1);
+  // a_ij = scale * (ps_ij - pt_ij) / tau_s; acos_i = sum_j a_ij cos_s_ij = tau_s * sum_j a_ij us_ij
+  at::Tensor a = l.us.sub(lse_s.unsqueeze(1)).exp_().sub_(pt).mul_(scale / tau_s);
+  pt.reset();
+  const at::Tensor acos = at::sum(a.mul(l.us), {1}).mul_(tau_s);
+  const at::Tensor G = at::mm(a.mul_(l.iq.unsqueeze(0)), l.q);  // sum_j a_ij q_hat_j
+  at::Tensor grad = at::empty({B, d}, l.s.options());
+  const acc_t *gq = G.data_ptr<acc_t>(), *sp = l.s.data_ptr<acc_t>(), *ac = acos.data_ptr<acc_t>();
+  const acc_t* ns = l.ns.data_ptr<acc_t>();
+  acc_t* out = grad.data_ptr<acc_t>();
+  for (int64_t i = 0; i < B; ++i) {
+    const acc_t is = cm::inv_norm(ns[i]), proj = cm::projection(ns[i]);
+    for (int64_t c = 0; c < d; ++c) out[i * d + c] = cm::grad_component(gq[i * d + c], ac[i], sp[i * d + c], is, proj);
+  }
+  return grad;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> similarity_kl_cpu(const at::Tensor& student,
+                                                                             const at::Tensor& teacher,
+                                                                             const at::Tensor& queue, double tau_s,
+                                                                             double tau_t, bool compute_grad) {
   const char* op = "similarity_kl";
   check_student_teacher_queue(op, student, teacher, queue);
   check_taus(op, tau_s, tau_t);
   const auto acc = acc_dtype(student.scalar_type());
-  const int64_t B = student.size(0), K = queue.size(0);
-  at::Tensor lse_s = at::empty({B}, student.options().dtype(acc));
-  at::Tensor lse_t = at::empty({B}, student.options().dtype(acc));
-  at::Tensor loss = at::zeros({}, student.options().dtype(acc));
-  if (B == 0) return {loss.to(student.scalar_type()), lse_s, lse_t};
-  const Prepared p = prepare(student, teacher, queue);
+  const int64_t B = student.size(0);
+  at::Tensor grad = at::empty({0}, student.options());
+  if (B == 0) {
+    if (compute_grad) grad = at::zeros_like(student, at::MemoryFormat::Contiguous);
+    return {at::zeros({}, student.options()), at::empty({0}, student.options().dtype(acc)),
+            at::empty({0}, student.options().dtype(acc)), grad};
+  }
+  at::Tensor loss, lse_s, lse_t;
   AT_DISPATCH_FLOATING_TYPES(acc, "similarity_kl_cpu", [&] {
     using acc_t = scalar_t;
-    const auto nq = squared_norms<acc_t>(p.q), ns = squared_norms<acc_t>(p.s), nt = squared_norms<acc_t>(p.t);
-    std::vector<acc_t> inq(K);
-    for (int64_t j = 0; j < K; ++j) inq[j] = cm::inv_norm(nq[j]);
-    const acc_t *S = p.S.data_ptr<acc_t>(), *T = p.T.data_ptr<acc_t>();
-    std::vector<acc_t> kl(B);
-    acc_t *ls = lse_s.data_ptr<acc_t>(), *lt = lse_t.data_ptr<acc_t>();
-    at::parallel_for(0, B, 1, [&](int64_t b, int64_t e) {
-      for (int64_t i = b; i < e; ++i) {
-        const acc_t cs = cm::inv_norm(ns[i]) / static_cast<acc_t>(tau_s);
-        const acc_t ct = cm::inv_norm(nt[i]) / static_cast<acc_t>(tau_t);
-        auto st = sk::OnlineKL<acc_t>::empty();
-        for (int64_t j = 0; j < K; ++j) st.update(S[i * K + j] * cs * inq[j], T[i * K + j] * ct * inq[j]);
-        kl[i] = st.kl();
-        ls[i] = st.lse_s();
-        lt[i] = st.lse_t();
-      }
-    });
-    acc_t total = 0;
-    for (int64_t i = 0; i < B; ++i) total += kl[i];
-    loss.fill_(total / static_cast<acc_t>(B));
+    Logits l = logits<acc_t>(student, teacher, queue, tau_s, tau_t);
+    lse_s = at::logsumexp(l.us, {1});
+    lse_t = at::logsumexp(l.ut, {1});
+    at::Tensor pt = l.ut.sub(lse_t.unsqueeze(1)).exp_();
+    // kl_i = sum_j pt_ij (ut_ij - us_ij) - lse_t_i + lse_s_i
+    const at::Tensor kl = at::sum(l.ut.sub(l.us).mul_(pt), {1}).sub_(lse_t).add_(lse_s);
+    loss = kl.mean();
+    if (compute_grad) grad = student_grad<acc_t>(l, lse_s, std::move(pt), 1.0 / static_cast<double>(B), tau_s).to(student.scalar_type());
   });
-  return {loss.to(student.scalar_type()), lse_s, lse_t};
+  return {loss.to(student.scalar_type()), lse_s, lse_t, grad};
 }
 
 at::Tensor similarity_kl_backward_cpu(const at::Tensor& grad_loss, const at::Tensor& student, const at::Tensor& teacher,
@@ -109,45 +156,18 @@ at::Tensor similarity_kl_backward_cpu(const at::Tensor& grad_loss, const at::Ten
   check_student_teacher_queue(op, student, teacher, queue);
   check_taus(op, tau_s, tau_t);
   const auto acc = acc_dtype(student.scalar_type());
-  const int64_t B = student.size(0), K = queue.size(0), d = student.size(1);
-  if (B == 0) return at::zeros_like(student);
-  const Prepared p = prepare(student, teacher, queue);
-  at::Tensor A = at::empty({B, K}, student.options().dtype(acc));
-  at::Tensor grad = at::empty({B, d}, student.options().dtype(acc));
-  const at::Tensor ls_t = lse_student.to(acc).contiguous(), lt_t = lse_teacher.to(acc).contiguous();
+  const int64_t B = student.size(0);
+  if (B == 0) return at::zeros_like(student, at::MemoryFormat::Contiguous);
   const double g = grad_loss.to(at::kDouble).item<double>();  // CPU scalar: no device sync
+  at::Tensor grad;
   AT_DISPATCH_FLOATING_TYPES(acc, "similarity_kl_backward_cpu", [&] {
     using acc_t = scalar_t;
-    const auto nq = squared_norms<acc_t>(p.q), ns = squared_norms<acc_t>(p.s), nt = squared_norms<acc_t>(p.t);
-    std::vector<acc_t> inq(K), acos(B);
-    for (int64_t j = 0; j < K; ++j) inq[j] = cm::inv_norm(nq[j]);
-    const acc_t *S = p.S.data_ptr<acc_t>(), *T = p.T.data_ptr<acc_t>();
-    const acc_t *ls = ls_t.data_ptr<acc_t>(), *lt = lt_t.data_ptr<acc_t>();
-    acc_t* a = A.data_ptr<acc_t>();
-    const acc_t scale = static_cast<acc_t>(g / static_cast<double>(B)), inv_tau_s = acc_t(1) / static_cast<acc_t>(tau_s);
-    at::parallel_for(0, B, 1, [&](int64_t b, int64_t e) {
-      for (int64_t i = b; i < e; ++i) {
-        const acc_t is = cm::inv_norm(ns[i]), it = cm::inv_norm(nt[i]);
-        acc_t c = 0;
-        for (int64_t j = 0; j < K; ++j) {
-          const acc_t cos_s = S[i * K + j] * is * inq[j];
-          const acc_t w = sk::entry_weight(cos_s * inv_tau_s, T[i * K + j] * it * inq[j] / static_cast<acc_t>(tau_t),
-                                           ls[i], lt[i], inv_tau_s, scale);
-          c += w * cos_s;
-          a[i * K + j] = w * inq[j];  // a_j / |q_j|: the product with q gives sum_j a_j q_hat_j
-        }
-        acos[i] = c;
-      }
-    });
-    const at::Tensor G = at::mm(A, p.q);
-    const acc_t *gq = G.data_ptr<acc_t>(), *s = p.s.data_ptr<acc_t>();
-    acc_t* out = grad.data_ptr<acc_t>();
-    for (int64_t i = 0; i < B; ++i) {
-      const acc_t is = cm::inv_norm(ns[i]), proj = cm::projection(ns[i]);
-      for (int64_t k = 0; k < d; ++k) out[i * d + k] = cm::grad_component(gq[i * d + k], acos[i], s[i * d + k], is, proj);
-    }
+    Logits l = logits<acc_t>(student, teacher, queue, tau_s, tau_t);
+    const at::Tensor lse_s = lse_student.to(acc).contiguous(), lse_t = lse_teacher.to(acc).contiguous();
+    at::Tensor pt = l.ut.sub(lse_t.unsqueeze(1)).exp_();
+    grad = student_grad<acc_t>(l, lse_s, std::move(pt), g / static_cast<double>(B), tau_s).to(student.scalar_type());
   });
-  return grad.to(student.scalar_type());
+  return grad;
 }
 
 }  // namespace

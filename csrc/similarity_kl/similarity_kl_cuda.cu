@@ -11,6 +11,7 @@
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/ones.h>
 #include <ATen/ops/zeros_like.h>
 #include <torch/library.h>
 
@@ -212,10 +213,22 @@ at::Tensor similarity_kl_backward_cuda(const at::Tensor& grad_loss, const at::Te
   return grad.to(student.scalar_type());
 }
 
+// compute_grad: the gradient for grad_loss = 1 right after the forward, on the stream (no sync).
+// The CPU kernel fuses the two (its BLAS products dominate); here the backward kernel re-reads the queue.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> similarity_kl_with_grad_cuda(
+    const at::Tensor& student, const at::Tensor& teacher, const at::Tensor& queue, double tau_s, double tau_t,
+    bool compute_grad) {
+  auto [loss, lse_s, lse_t] = similarity_kl_cuda(student, teacher, queue, tau_s, tau_t);
+  at::Tensor grad = compute_grad ? similarity_kl_backward_cuda(at::ones({}, loss.options()), student, teacher, queue,
+                                                               lse_s, lse_t, tau_s, tau_t)
+                                 : at::empty({0}, student.options());
+  return {loss, lse_s, lse_t, grad};
+}
+
 }  // namespace
 
 MONA_REGISTER_CUDA_KERNELS(m) {
-  m.impl("similarity_kl", &similarity_kl_cuda);
+  m.impl("similarity_kl", &similarity_kl_with_grad_cuda);
   m.impl("similarity_kl_backward", &similarity_kl_backward_cuda);
 }
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from ._common import acc_dtype
+from ._common import acc_dtype, scaled
 
 
 def pixel_kl(
@@ -82,20 +82,11 @@ def _backward(ctx, grad_loss, *_unused_grads):
         grad_loss = torch.zeros((), dtype=weight_sum.dtype, device=weight_sum.device)
     fused, ctx.fused = ctx.fused, [None, None]
     if all(g is not None for g, need in zip(fused, ctx.need) if need):
-        grads = [_scaled(g, grad_loss) if need else None for g, need in zip(fused, ctx.need)]
+        grads = [scaled(g, grad_loss) if need else None for g, need in zip(fused, ctx.need)]
         return grads[0], grads[1], None, None, None, None
     ga, gb = torch.ops.mona.pixel_kl_backward(grad_loss, logits_a, logits_b, mask, weight_sum, ctx.symmetric,
                                               ctx.need[0], ctx.need[1])
     return (ga if ctx.need[0] else None, gb if ctx.need[1] else None, None, None, None, None)
-
-
-def _scaled(grad: torch.Tensor, grad_loss: torch.Tensor) -> torch.Tensor:
-    """``grad * grad_loss`` in place (``grad`` is the forward's buffer, used once). The common
-    ``grad_loss == 1`` of a CPU loss is skipped (reading a CPU scalar costs no sync; x * 1 == x)."""
-    if (grad_loss.device.type == "cpu" and not torch.compiler.is_compiling() and grad_loss.numel() == 1
-            and grad_loss.item() == 1):
-        return grad
-    return grad.mul_(grad_loss.to(grad.dtype))
 
 
 torch.library.register_autograd("mona::pixel_kl", _backward, setup_context=_setup_context)

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import torch
 
+from ._common import scaled
+
 
 def similarity_kl(
     student: torch.Tensor,
@@ -34,7 +36,11 @@ def similarity_kl(
     in float64 on an RTX 3090 (99 KiB), more on an A100 / H100. The error names the limit. The CPU
     kernel has none.
     """
-    loss, _, _ = torch.ops.mona.similarity_kl(student, teacher, queue, float(tau_student), float(tau_teacher))
+    # The gradient in the same pass as the loss when autograd will ask for it (the backward then
+    # only scales it by grad_loss): on the CPU the queue is multiplied three times per step, not five.
+    compute_grad = torch.is_grad_enabled() and student.requires_grad
+    loss, *_ = torch.ops.mona.similarity_kl(student, teacher, queue, float(tau_student), float(tau_teacher),
+                                            compute_grad)
     return loss
 
 
@@ -49,11 +55,12 @@ def _check(student, teacher, queue):
 
 
 @torch.library.register_fake("mona::similarity_kl")
-def _similarity_kl_fake(student, teacher, queue, tau_student, tau_teacher):
+def _similarity_kl_fake(student, teacher, queue, tau_student, tau_teacher, compute_grad=False):
     _check(student, teacher, queue)
     B = student.shape[0]
     acc = _acc(student.dtype)
-    return student.new_empty(()), student.new_empty((B,), dtype=acc), student.new_empty((B,), dtype=acc)
+    grad = torch.empty_like(student, memory_format=torch.contiguous_format) if compute_grad else student.new_empty((0,))
+    return student.new_empty(()), student.new_empty((B,), dtype=acc), student.new_empty((B,), dtype=acc), grad
 
 
 @torch.library.register_fake("mona::similarity_kl_backward")
@@ -64,20 +71,29 @@ def _similarity_kl_backward_fake(grad_loss, student, teacher, queue, lse_student
 
 
 def _setup_context(ctx, inputs, output):
-    student, teacher, queue, tau_student, tau_teacher = inputs
-    _, lse_s, lse_t = output
+    student, teacher, queue, tau_student, tau_teacher, compute_grad = inputs
+    _, lse_s, lse_t, grad = output
+    ctx.mark_non_differentiable(lse_s, lse_t, grad)
+    ctx.set_materialize_grads(False)
     ctx.taus = (tau_student, tau_teacher)
+    # The forward's gradient is kept as an attribute, not a saved tensor: the first backward hands it
+    # on (scaled) and drops the reference; a second backward (retain_graph) recomputes.
+    ctx.fused = grad if compute_grad else None
     ctx.save_for_backward(student, teacher, queue, lse_s, lse_t)
 
 
-def _backward(ctx, grad_loss, _grad_lse_s, _grad_lse_t):
+def _backward(ctx, grad_loss, *_unused_grads):
     student, teacher, queue, lse_s, lse_t = ctx.saved_tensors
+    fused, ctx.fused = ctx.fused, None
     grad_student = None
     if ctx.needs_input_grad[0] and grad_loss is not None:
-        grad_student = torch.ops.mona.similarity_kl_backward(grad_loss, student, teacher, queue, lse_s, lse_t,
-                                                             *ctx.taus)
+        if fused is not None:
+            grad_student = scaled(fused, grad_loss)
+        else:
+            grad_student = torch.ops.mona.similarity_kl_backward(grad_loss, student, teacher, queue, lse_s, lse_t,
+                                                                 *ctx.taus)
     # teacher and queue are treated as constants (EMA teacher, queue of detached embeddings).
-    return grad_student, None, None, None, None
+    return grad_student, None, None, None, None, None
 
 
 torch.library.register_autograd("mona::similarity_kl", _backward, setup_context=_setup_context)

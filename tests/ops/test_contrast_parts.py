@@ -264,13 +264,15 @@ def test_infonce_matches_reference_loss_and_grad(device, channels_last, bank):
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("threads", [1, 2])
 def test_infonce_nchw_keys_match_channels_last_keys(dtype, threads):
-    """The CPU kernel reads NCHW keys in 16-channel tiles (D = 40: two full tiles and a partial one,
-    bank rows included) and channels-last keys row by row: same loss and gradient."""
+    """The CPU kernel copies NCHW keys in blocks of up to 1024 keys into a row buffer, 64 keys and 16
+    channels at a time (here ~1900 keys with pairs: two key blocks, the last tile partial; D = 40:
+    two full channel groups and a partial one; bank rows included), and reads channels-last keys row
+    by row: the same values in the same order, so bitwise the same loss and gradient."""
     g = torch.Generator().manual_seed(3)
-    C, D, Q, M = 3, 40, 6, 9
-    f = torch.randn(2, D, 7, 8, generator=g, dtype=dtype)
-    keys = torch.randn(2, D, 7, 8, generator=g, dtype=dtype)
-    lab = torch.randint(0, C, (2, 7, 8), generator=g)
+    C, D, Q, M = 3, 40, 32, 64
+    f = torch.randn(2, D, 32, 32, generator=g, dtype=dtype)
+    keys = torch.randn(2, D, 32, 32, generator=g, dtype=dtype)
+    lab = torch.randint(0, C, (2, 32, 32), generator=g)
     bank = torch.randn(C, 5, D, generator=g, dtype=dtype)
     protos, _ = mona_ext.class_mean(keys, lab, C)
     qidx, nidx, w = mona_ext.sample_negatives(mona_ext.class_pools(lab, C), protos, Q, M, negatives="both",
@@ -288,9 +290,8 @@ def test_infonce_nchw_keys_match_channels_last_keys(dtype, threads):
             out[layout] = (loss.detach(), x.grad)
     finally:
         torch.set_num_threads(old)
-    tol = dict(rtol=1e-12, atol=1e-13) if dtype == torch.float64 else dict(rtol=2e-5, atol=1e-7)
-    torch.testing.assert_close(out["nchw"][0], out["channels_last"][0], **tol)
-    torch.testing.assert_close(out["nchw"][1], out["channels_last"][1], **tol)
+    torch.testing.assert_close(out["nchw"][0], out["channels_last"][0], rtol=0, atol=0)
+    torch.testing.assert_close(out["nchw"][1], out["channels_last"][1], rtol=0, atol=0)
     assert out["nchw"][1].abs().sum() > 0
 
 

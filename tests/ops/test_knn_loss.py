@@ -235,3 +235,32 @@ def test_emu_mismatched_device_message():
     s, t, q = make_inputs(B=3, d=8, K=9, dtype=torch.float32)
     with on(EMU), pytest.raises(ValueError, match=r"knn_loss: teacher \(cpu\) and queue \(meta\) must be on the student's device cpu"):
         mona_ext.knn_loss(s, t, q.to("meta"), 3)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cpu_result_does_not_depend_on_the_thread_count(dtype):
+    """The CPU kernel scores the queue in chunks of 128 rows spread over threads and merges the
+    threads' top-k lists: exact copies of the teacher's row in different chunks (and at both ends
+    of the queue) still come out in index order, and 1 or 2 threads give the same indices and loss."""
+    g = torch.Generator().manual_seed(5)
+    K, d = 1000, 24
+    q = torch.randn(K, d, generator=g, dtype=torch.float64)
+    base = torch.randn(d, generator=g, dtype=torch.float64)
+    copies = [0, 127, 128, 500, 873, K - 1]
+    q[copies] = base * torch.tensor([1.0, 2.0, 0.5, 4.0, 1.0, 0.25], dtype=torch.float64)[:, None]
+    t = torch.stack([base, -base, torch.randn(d, generator=g, dtype=torch.float64)])
+    s = torch.randn(3, d, generator=g, dtype=torch.float64)
+    s, t, q = (x.to(dtype) for x in (s, t, q))
+    old = torch.get_num_threads()
+    out = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            out.append(torch.ops.mona.knn_loss(s, t, q, 8))
+    finally:
+        torch.set_num_threads(old)
+    assert out[0][1][0, :len(copies)].tolist() == copies  # power-of-two multiples: the same cosine exactly
+    assert torch.equal(out[0][1], out[1][1])
+    assert torch.equal(out[0][0], out[1][0])
+    ref_loss = reference.knn_loss(s.double(), t.double(), q.double(), 8)
+    torch.testing.assert_close(out[0][0].double(), ref_loss, rtol=1e-5 if dtype == torch.float32 else 1e-12, atol=1e-7)

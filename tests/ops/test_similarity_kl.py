@@ -95,10 +95,32 @@ def test_identical_student_and_teacher_distributions_give_zero():
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("requires_grad", [False, True])
-def test_opcheck(device, requires_grad):
+@pytest.mark.parametrize("compute_grad", [False, True])
+def test_opcheck(device, requires_grad, compute_grad):
     s, t, q = make_inputs(B=3, d=8, K=9, device=device)
     s.requires_grad_(requires_grad)
-    torch.library.opcheck(torch.ops.mona.similarity_kl.default, (s, t, q, 0.1, 0.05))
+    torch.library.opcheck(torch.ops.mona.similarity_kl.default, (s, t, q, 0.1, 0.05, compute_grad))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("B", [0, 5])
+def test_forward_gradient_equals_the_backward_op(device, B):
+    """The gradient the forward computes (compute_grad) is the backward op's for grad_loss = 1; through
+    autograd it is scaled by grad_loss, and a second backward of the same graph (recomputed by the
+    backward op) gives the same values."""
+    s, t, q = make_inputs(B=B, d=12, K=50, device=device, seed=4)
+    loss, lse_s, lse_t, grad = torch.ops.mona.similarity_kl(s, t, q, 0.1, 0.01, True)
+    _, _, _, none = torch.ops.mona.similarity_kl(s, t, q, 0.1, 0.01, False)
+    assert none.numel() == 0
+    recomputed = torch.ops.mona.similarity_kl_backward(torch.ones((), dtype=s.dtype, device=s.device), s, t, q,
+                                                        lse_s, lse_t, 0.1, 0.01)
+    torch.testing.assert_close(grad, recomputed, rtol=1e-12, atol=1e-14)
+    x = s.clone().requires_grad_(True)
+    out = mona_ext.similarity_kl(x, t, q, 0.1, 0.01) * 3.0
+    (g1,) = torch.autograd.grad(out, x, retain_graph=True)
+    (g2,) = torch.autograd.grad(out, x)
+    torch.testing.assert_close(g1, 3.0 * grad, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(g2, g1, rtol=1e-12, atol=1e-14)
 
 
 def test_compile_fullgraph_matches_eager():
