@@ -4,8 +4,8 @@ PNG overlays and the learning curve."""
 from __future__ import annotations
 
 import csv
+import io
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +16,7 @@ from tqdm import tqdm
 from ..data.dataset import SliceCache
 from ..data.prepare import atomic_write_json
 from ..data.readers import CaseRecord, DatasetSpec, Volume, load_case
+from ..atomicio import atomic_write, atomic_write_text
 from ..errors import DataError, UsageError
 from .inference import predict_volume
 from .metrics import volume_metrics, nan_summary
@@ -125,14 +126,13 @@ def write_report(report: EvalReport, out_dir: str | Path, extra: dict | None = N
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     csv_path, json_path = out / "metrics.csv", out / "metrics.json"
-    tmp = csv_path.with_name(".metrics.csv.tmp")
-    with tmp.open("w", newline="") as fh:
-        fields = [k for k in report.rows[0] if k != "spacing"] + ["spacing"]
-        w = csv.DictWriter(fh, fieldnames=fields)
-        w.writeheader()
-        for r in report.rows:
-            w.writerow({**r, "spacing": "x".join(f"{s:g}" for s in r["spacing"])})
-    os.replace(tmp, csv_path)
+    buf = io.StringIO()
+    fields = [k for k in report.rows[0] if k != "spacing"] + ["spacing"]
+    w = csv.DictWriter(buf, fieldnames=fields)
+    w.writeheader()
+    for r in report.rows:
+        w.writerow({**r, "spacing": "x".join(f"{s:g}" for s in r["spacing"])})
+    atomic_write_text(csv_path, buf.getvalue(), tag="report")
     atomic_write_json(json_path, {"conventions": CONVENTIONS, "unit": report.unit, "mean_dice": report.mean_dice,
                                   "summary": report.summary, "rows": report.rows, **(extra or {})})
     return csv_path, json_path
@@ -158,8 +158,10 @@ def _save_figure(fig, path: str | Path) -> Path:
     plt = prepare_matplotlib()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    try:
+        atomic_write(path, lambda fh: fig.savefig(fh, dpi=80, format="png"), tag="report")
+    finally:
+        plt.close(fig)
     return path
 
 
