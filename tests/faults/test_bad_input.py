@@ -10,7 +10,6 @@ status and stderr. Truncated ``.nii.gz`` files are cut at offsets drawn by hypot
 from __future__ import annotations
 
 import gzip
-import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path

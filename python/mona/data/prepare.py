@@ -142,7 +142,9 @@ def prepare(dataset: str, raw_dir: str | Path, out_dir: str | Path, *, size: int
         return _prepare(dataset, records, plan, Path(out_dir), raw_dir, spec, size, seed, progress, _after_volume)
 
 
-def _prepare(dataset, records, plan, out: Path, raw_dir, spec, size, seed, progress, _after_volume) -> PrepareResult:
+def _prepare(dataset: str, records: list[CaseRecord], plan, out: Path, raw_dir: str | Path, spec: DatasetSpec,
+             size: int, seed: int, progress: bool, _after_volume: Callable[[str], None] | None) -> PrepareResult:
+    """:func:`prepare` once the inputs are checked, holding the cache's lock."""
     from tqdm import tqdm
 
     vol_dir = out / "volumes"
