@@ -236,7 +236,7 @@ step cuda_tests "${MONA_GPU_CHECK_TIMEOUT_TESTS:-900}" "$OUT/pytest_cuda.log" cu
 # ---- 5. every benchmark on the GPU (results: $OUT/bench/*.json, *.md) ----------------------------
 bench_flags=(--device cuda)
 [ "$QUICK" -eq 0 ] || bench_flags+=(--quick)
-for b in bench_class_mean bench_contrast_loss bench_pixel_kl bench_bank bench_train_step; do
+for b in bench_class_mean bench_contrast_loss bench_pixel_kl bench_queue_kl bench_bank bench_train_step; do
   step "$b" "${MONA_GPU_CHECK_TIMEOUT_BENCH:-600}" "$OUT/bench/$b.log" \
     env MONA_BENCH_RESULTS="$OUT/bench" "$PY" -m "benchmarks.$b" "${bench_flags[@]}"
 done

@@ -9,9 +9,12 @@
 // layout so that a warp's 32 loads are one coalesced 128-byte transaction:
 //   NCHW (pixels fastest): a warp = 32 consecutive pixels of one channel;
 //   channels-last / [N, D] (channels fastest): a warp = 32 consecutive channels of one pixel.
-// Counts use the same run-length trick on labels. A finalize kernel divides sums by counts.
-// Backward: element-wise in the storage order of the gradient (coalesced writes); the optional
-// weight gradient is one thread per pixel reducing over D.
+// Counts use the same run-length trick on labels, a warp reading 32 consecutive labels per step. A
+// finalize kernel divides sums by counts.
+// Backward: element-wise in the storage order of the gradient (coalesced writes). The optional
+// weight gradient reduces over D per pixel, mapped by layout for coalesced reads as well: NCHW, a
+// thread per pixel (a warp = 32 consecutive pixels of one channel); channels-last / [N, D], a group
+// of up to 32 lanes per pixel over its contiguous channels, summed with shuffles.
 // Labels outside [0, C) other than ignore_index trip a device-side assert (no host sync).
 // Summation order depends on atomics: by default the results are not bitwise reproducible on
 // CUDA (last-bit differences between runs). Under torch.use_deterministic_algorithms(True) the
@@ -53,6 +56,9 @@ __device__ __forceinline__ void flush_run(shared_t shared, acc_t* global, bool p
   }
 }
 
+// Counts: a block takes chunks of blockDim.x * kSeq consecutive labels; thread t walks labels
+// t, t + blockDim.x, ... of the chunk (a warp's loads are 32 consecutive labels: coalesced), run-length
+// accumulated (neighbouring rows of an image carry the same classes, so the runs stay long).
 template <typename index_t, typename acc_t>
 __global__ void class_counts_kernel(const index_t* __restrict__ labels, const acc_t* __restrict__ weight, int64_t N,
                                     int64_t C, int64_t ignore_index, bool partials, acc_t* __restrict__ counts) {
@@ -61,13 +67,13 @@ __global__ void class_counts_kernel(const index_t* __restrict__ labels, const ac
     for (int64_t c = threadIdx.x; c < C; c += blockDim.x) part[c] = acc_t(0);
     __syncthreads();
   }
-  // Each thread: kSeq consecutive labels, run-length accumulated.
-  for (int64_t start = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) * kSeq; start < N;
-       start += static_cast<int64_t>(gridDim.x) * blockDim.x * kSeq) {
-    const int64_t stop = start + kSeq < N ? start + kSeq : N;
+  const int64_t chunk = static_cast<int64_t>(blockDim.x) * kSeq;
+  for (int64_t start = blockIdx.x * chunk; start < N; start += static_cast<int64_t>(gridDim.x) * chunk) {
     int64_t run_class = -1;
     acc_t run = 0;
-    for (int64_t n = start; n < stop; ++n) {
+    for (int k = 0; k < kSeq; ++k) {
+      const int64_t n = start + static_cast<int64_t>(k) * blockDim.x + threadIdx.x;
+      if (n >= N) break;
       const index_t lab = labels[n];
       CUDA_KERNEL_ASSERT(!cm::is_bad(lab, C, ignore_index) && "class_mean: label outside [0, num_classes) and not ignore_index");
       if (!cm::is_valid(lab, C)) continue;
@@ -231,6 +237,8 @@ __global__ void class_mean_grad_features_kernel(PixelView<scalar_t> gf, const in
   }
 }
 
+// Weight gradient, pixels fastest (NCHW): a thread per pixel sums over the channels; a warp's 32
+// lanes read 32 consecutive pixels of one channel at every step (coalesced).
 template <typename scalar_t, typename index_t>
 __global__ void class_mean_grad_weight_kernel(PixelView<const scalar_t> f, const index_t* __restrict__ labels, int64_t C,
                                               const at::opmath_type<scalar_t>* __restrict__ grad_means,
@@ -254,6 +262,44 @@ __global__ void class_mean_grad_weight_kernel(PixelView<const scalar_t> f, const
   }
 }
 
+// Lanes per pixel of the channels-fastest weight gradient: the power of two >= D, at most 32.
+inline int grad_weight_group(int64_t D) {
+  int g = 1;
+  while (g < 32 && g < D) g <<= 1;
+  return g;
+}
+
+// Weight gradient, channels fastest (channels-last maps, [N, D]): a group of `group` lanes
+// (grad_weight_group(D); 32 / group pixels per warp) per pixel, lane r of the group reading channels
+// r, r + group, ... of its pixel, so a warp's loads are 32 consecutive values of consecutive pixels
+// (coalesced; a thread per pixel would read D-strided). The group sums with butterfly shuffles (a
+// fixed order: reproducible). The loop bound is uniform across the block, so every lane reaches
+// every shuffle; lanes past the last pixel add zeros.
+template <typename scalar_t, typename index_t>
+__global__ void class_mean_grad_weight_channels_last_kernel(
+    PixelView<const scalar_t> f, const index_t* __restrict__ labels, int64_t C, int group,
+    const at::opmath_type<scalar_t>* __restrict__ grad_means, const at::opmath_type<scalar_t>* __restrict__ grad_counts,
+    const at::opmath_type<scalar_t>* __restrict__ means, const at::opmath_type<scalar_t>* __restrict__ counts,
+    at::opmath_type<scalar_t>* __restrict__ grad_weight) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t N = f.num_pixels(), per_block = blockDim.x / group;
+  const int r = threadIdx.x & (group - 1);
+  for (int64_t base = blockIdx.x * per_block; base < N; base += static_cast<int64_t>(gridDim.x) * per_block) {
+    const int64_t n = base + threadIdx.x / group;
+    const index_t lab = n < N ? labels[n] : index_t(-1);
+    const bool valid = cm::is_valid(lab, C);
+    acc_t g = 0;
+    if (valid) {
+      const acc_t inv = cm::inverse_count(counts[lab]);
+      const scalar_t* px = &f.at(n, 0);
+      for (int64_t d = r; d < f.D; d += group) {
+        g += cm::grad_weight_term(grad_means[lab * f.D + d], static_cast<acc_t>(px[d]), means[lab * f.D + d], inv);
+      }
+    }
+    for (int off = group >> 1; off > 0; off >>= 1) g += __shfl_xor_sync(0xffffffffu, g, off);
+    if (r == 0 && n < N) grad_weight[n] = valid ? g + grad_counts[lab] : acc_t(0);
+  }
+}
 
 std::tuple<at::Tensor, at::Tensor> class_mean_cuda(const at::Tensor& features, const at::Tensor& labels,
                                                    const std::optional<at::Tensor>& weight, int64_t num_classes,
@@ -353,9 +399,18 @@ std::tuple<at::Tensor, at::Tensor> class_mean_backward_cuda(
         gview, lab.data_ptr<index_t>(), wp, C, gm.data_ptr<acc_t>(), cnt.data_ptr<acc_t>());
         }
         if (weight_requires_grad) {
-          cuda::launch<class_mean_grad_weight_kernel<scalar_t, index_t>>(cuda::blocks_for(N), cuda::kThreads, 0, stream,
-        make_pixel_view<const scalar_t>(f), lab.data_ptr<index_t>(), C, gm.data_ptr<acc_t>(), gc.data_ptr<acc_t>(),
-              mu.data_ptr<acc_t>(), cnt.data_ptr<acc_t>(), grad_weight.data_ptr<acc_t>());
+          const auto view = make_pixel_view<const scalar_t>(f);
+          if (view.channels_fastest()) {
+            const int group = grad_weight_group(D);
+            cuda::launch<class_mean_grad_weight_channels_last_kernel<scalar_t, index_t>>(
+                cuda::blocks_for(N, cuda::kThreads / group), cuda::kThreads, 0, stream, view, lab.data_ptr<index_t>(), C,
+                group, gm.data_ptr<acc_t>(), gc.data_ptr<acc_t>(), mu.data_ptr<acc_t>(), cnt.data_ptr<acc_t>(),
+                grad_weight.data_ptr<acc_t>());
+          } else {
+            cuda::launch<class_mean_grad_weight_kernel<scalar_t, index_t>>(cuda::blocks_for(N), cuda::kThreads, 0, stream,
+                view, lab.data_ptr<index_t>(), C, gm.data_ptr<acc_t>(), gc.data_ptr<acc_t>(), mu.data_ptr<acc_t>(),
+                cnt.data_ptr<acc_t>(), grad_weight.data_ptr<acc_t>());
+          }
         }
       });
     });

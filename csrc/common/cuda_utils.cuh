@@ -41,6 +41,25 @@ inline unsigned int blocks_for(int64_t n, int threads = kThreads, int64_t cap = 
   return static_cast<unsigned int>(std::max<int64_t>(1, std::min<int64_t>((n + threads - 1) / threads, cap)));
 }
 
+// How a per-row scan over a queue of K entries is split across blocks (similarity_kl, knn_loss):
+// `count` splits of `len` consecutive entries (the last one may be shorter; none is empty), so that
+// rows * count is about kTargetBlocks (enough blocks to fill any current GPU even for a batch of a
+// few rows) while every split keeps >= min_len entries (the per-split setup, row norms and
+// partial-result write, stays small next to its work). A queue shorter than 2 * min_len is one split.
+struct QueueSplits {
+  int64_t count;  // number of splits, >= 1
+  int64_t len;    // entries per split: split s covers [s * len, min((s + 1) * len, K))
+};
+constexpr int64_t kTargetBlocks = 1024;
+constexpr int64_t kMinSplitLen = 256;
+inline QueueSplits queue_splits(int64_t rows, int64_t K, int64_t min_len = kMinSplitLen) {
+  const int64_t by_blocks = (kTargetBlocks + std::max<int64_t>(rows, 1) - 1) / std::max<int64_t>(rows, 1);
+  const int64_t by_len = K / min_len;
+  const int64_t wanted = std::max<int64_t>(1, std::min(by_blocks, by_len));
+  const int64_t len = std::max<int64_t>(1, (K + wanted - 1) / wanted);
+  return {std::max<int64_t>(1, (K + len - 1) / len), len};  // recount: no empty trailing split
+}
+
 #ifdef MONA_EMULATE_CUDA
 inline cudaStream_t stream() { return nullptr; }
 #else

@@ -156,6 +156,7 @@ Launch* g_launch = nullptr;
 int64_t g_schedule_seed = -1;  // < 0: in order
 std::map<const void*, int> g_max_dynamic_shared;
 std::map<std::string, int64_t> g_launches;  // kernel -> number of launches (coverage of the tests)
+std::map<std::string, dim3> g_last_grid;     // kernel -> grid of its latest launch (tests of launch shapes)
 std::vector<std::vector<char>> g_stacks;    // reused between launches
 
 std::string dim_str(const uint3& d) {
@@ -637,6 +638,7 @@ void run_grid(const char* pretty, const void* kernel_ptr, dim3 grid, dim3 block,
               " bytes (48 KiB unless raised with cudaFuncSetAttribute(cudaFuncAttributeMaxDynamicSharedMemorySize), "
               "at most ", kMaxSharedOptin, " on an RTX 3090)");
   ++g_launches[name];
+  g_last_grid[name] = grid;
 
   while (g_stacks.size() < threads) g_stacks.emplace_back(kStackBytes);
   Launch L;
@@ -688,6 +690,15 @@ std::vector<std::string> launched_kernels() {
   return names;
 }
 
+std::vector<std::string> last_grids() {
+  std::lock_guard<std::mutex> lock(g_mutex);
+  std::vector<std::string> out;
+  for (const auto& [name, g] : g_last_grid) {
+    out.push_back(name + "=" + std::to_string(g.x) + "," + std::to_string(g.y) + "," + std::to_string(g.z));
+  }
+  return out;
+}
+
 }  // namespace emu
 }  // namespace mona
 
@@ -698,4 +709,6 @@ TORCH_LIBRARY_FRAGMENT(mona_emu, m) {
   m.def("set_schedule(int seed) -> int", &mona::emu::set_schedule);
   // "kernel=launches" for every kernel launched so far in this process (test coverage).
   m.def("launched_kernels() -> str[]", &mona::emu::launched_kernels);
+  // "kernel=x,y,z": the grid of the latest launch of every kernel launched so far (launch shapes).
+  m.def("last_grids() -> str[]", &mona::emu::last_grids);
 }

@@ -195,6 +195,17 @@ def launched_kernels() -> dict[str, int]:
     return out
 
 
+def last_grids() -> dict[str, tuple[int, int, int]]:
+    """Kernel (with template arguments) -> grid (x, y, z) of its latest launch in this process."""
+    load()
+    out = {}
+    for item in torch.ops.mona_emu.last_grids():
+        name, grid = item.rsplit("=", 1)
+        x, y, z = (int(v) for v in grid.split(","))
+        out[name] = (x, y, z)
+    return out
+
+
 def base_name(kernel: str) -> str:
     """`class_sums_kernel<float, long int, true>` -> `class_sums_kernel`."""
     return kernel.split("<", 1)[0].split("::")[-1]

@@ -250,6 +250,36 @@ def test_device_many_classes_use_global_accumulators(kernel_device, layout, dtyp
 
 
 @pytest.mark.parametrize("kernel_device", KERNEL_DEVICES)
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "flat"])
+@pytest.mark.parametrize("D", [1, 2, 3, 8, 13, 32, 45])
+def test_device_weight_gradient_every_channel_count(kernel_device, layout, D):
+    """The weight gradient reduces over D per pixel; on channels-last / [N, D] maps the CUDA kernel
+    gives each pixel a group of lanes (the power of two >= D, at most 32; several pixels per warp
+    below 32 channels). Every group size, with a pixel count (2 x 11 x 13 = 286) that fills no
+    whole block: float64 against the CPU kernel and the reference's autograd."""
+    dev = device_of(kernel_device)
+    f, lab, w = make_inputs(B=2, D=D, H=11, W=13, C=5, dtype=torch.float64, weight=True, layout=layout,
+                            flat=layout == "flat", seed=30 + D)
+    g = torch.Generator().manual_seed(31)
+    grad_means = torch.randn(5, D, generator=g, dtype=torch.float64)
+    grad_counts = torch.randn(5, generator=g, dtype=torch.float64)
+
+    def run(device, fn):
+        ww = w.to(device).requires_grad_(True)
+        means, counts = fn(f.to(device), lab.to(device), 5, weight=ww)
+        ((means * grad_means.to(device)).sum() + (counts * grad_counts.to(device)).sum()).backward()
+        return ww.grad.cpu()
+
+    expected = run("cpu", mona_ext.class_mean)
+    reference_grad = run("cpu", reference.class_mean)
+    with on(kernel_device):
+        got = run(dev, mona_ext.class_mean)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(got, reference_grad, rtol=1e-10, atol=1e-12)
+    assert (got[lab < 0] == 0).all() and (got[lab >= 0] != 0).any()
+
+
+@pytest.mark.parametrize("kernel_device", KERNEL_DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("layout", ["nchw", "channels_last", "flat"])
 @pytest.mark.parametrize("label_dtype", [torch.int64, torch.int32])

@@ -264,3 +264,88 @@ def test_cpu_result_does_not_depend_on_the_thread_count(dtype):
     assert torch.equal(out[0][0], out[1][0])
     ref_loss = reference.knn_loss(s.double(), t.double(), q.double(), 8)
     torch.testing.assert_close(out[0][0].double(), ref_loss, rtol=1e-5 if dtype == torch.float32 else 1e-12, atol=1e-7)
+
+
+# The CUDA kernels split each row's queue scan across blocks (cuda::queue_splits in
+# csrc/common/cuda_utils.cuh: about 1024 blocks in all, at least 256 entries per split, so
+# splits = max(1, min(ceil(1024 / B), K // 256)) of ceil(K / splits) entries), select the top k of
+# every split, then merge the splits' lists. The launch shapes are worked out by hand from that rule.
+SPLIT_ROWS = [
+    pytest.param(5, 1000, 3, 40, id="B5-K1000-3splits-k40"),   # 334, 334, 332 entries
+    pytest.param(2, 1025, 4, 256, id="B2-K1025-4splits-k256"),  # 257 x 3, 254: the last split holds fewer than k
+    pytest.param(7, 513, 2, 9, id="B7-K513-2splits-k9"),       # 257, 256
+    pytest.param(3, 300, 1, 17, id="B3-K300-1split-k17"),
+]
+
+
+@pytest.mark.parametrize("kernel_device", KERNEL_DEVICES)
+@pytest.mark.parametrize("B, K, splits, k", SPLIT_ROWS)
+def test_device_queue_splits_match_cpu(kernel_device, B, K, splits, k):
+    """Indices (exactly), loss and gradient with the queue split across blocks: float64 against the
+    CPU kernel."""
+    import emu
+
+    dev = device_of(kernel_device)
+    s, t, q = make_inputs(B=B, d=20, K=K, seed=K)
+    res = []
+    for dev_, ctx in (("cpu", on("cpu")), (dev, on(kernel_device))):
+        with ctx:
+            x = s.to(dev_).requires_grad_(True)
+            loss, idx = torch.ops.mona.knn_loss(x, t.to(dev_), q.to(dev_), k)
+            (loss * 3).backward()
+        res.append((loss.detach().cpu(), idx.cpu(), x.grad.cpu()))
+    assert torch.equal(res[1][1], res[0][1])
+    torch.testing.assert_close(res[1][0], res[0][0], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(res[1][2], res[0][2], rtol=1e-10, atol=1e-12)
+    if is_emulated(kernel_device):
+        grids = emu.last_grids()
+        assert grids["knn_loss_topk_kernel<double>"] == (splits, B, 1)
+        assert grids["knn_loss_backward_dots_kernel<double>"] == ((k + 7) // 8, B, 1)
+
+
+@pytest.mark.parametrize("kernel_device", KERNEL_DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("with_nan", [False, True])
+def test_device_ties_across_splits_go_to_the_lower_index(kernel_device, dtype, with_nan):
+    """Exact copies of the teacher's row in different splits (K = 1030: splits [0, 258), [258, 516),
+    [516, 774), [774, 1030)), at a split's first and last entry too: the merge of the splits' lists
+    gives them in index order; a NaN queue row (split 2) ranks first, as torch.topk."""
+    dev = device_of(kernel_device)
+    g = torch.Generator().manual_seed(40)
+    K, d = 1030, 16
+    q = torch.randn(K, d, generator=g, dtype=torch.float64)
+    copies = [3, 257, 258, 600, 774, 1029]
+    row = torch.randn(d, generator=g, dtype=torch.float64)
+    q[copies] = row
+    t = torch.stack([row, torch.randn(d, generator=g, dtype=torch.float64)])
+    s = torch.randn(2, d, generator=g, dtype=torch.float64)
+    if with_nan:
+        q[700, 5] = float("nan")
+    s, t, q = s.to(dtype), t.to(dtype), q.to(dtype)
+    k = len(copies) + 2
+    _, idx_cpu = torch.ops.mona.knn_loss(s, t, q, k)
+    with on(kernel_device):
+        loss_dev, idx_dev = torch.ops.mona.knn_loss(s.to(dev), t.to(dev), q.to(dev), k)
+    expected = ([700] if with_nan else []) + copies
+    assert idx_dev[0].cpu().tolist()[:len(expected)] == expected
+    assert torch.equal(idx_dev.cpu(), idx_cpu)
+    assert torch.isnan(loss_dev).item() == with_nan
+
+
+@pytest.mark.emu
+def test_emu_split_queue_is_bitwise_reproducible_whatever_the_schedule():
+    """No float atomics and fixed merge orders: shuffling the order of blocks and threads (the
+    emulation's schedules) changes no bit of the indices, loss or gradient."""
+    import emu
+
+    s, t, q = make_inputs(B=3, d=20, K=800, dtype=torch.float32, seed=6)  # 3 splits per row
+    outs = []
+    for seed in (None, 0, 1):
+        with emu.emulated(schedule_seed=seed):
+            x = s.clone().requires_grad_(True)
+            loss, idx = torch.ops.mona.knn_loss(x, t, q, 20)
+            loss.backward()
+        outs.append((loss.detach(), idx, x.grad))
+    assert emu.last_grids()["knn_loss_topk_kernel<float>"] == (3, 3, 1)
+    for o in outs[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(o, outs[0]))

@@ -211,3 +211,58 @@ def test_emu_mismatched_device_message():
     s, t, q = make_inputs(B=3, d=8, K=9, dtype=torch.float32)
     with on(EMU), pytest.raises(ValueError, match=r"similarity_kl: teacher \(meta\) and queue \(cpu\) must be on the student's device cpu"):
         mona_ext.similarity_kl(s, t.to("meta"), q, 0.1, 0.1)
+
+
+# The CUDA kernels split each row's queue scan across blocks (cuda::queue_splits in
+# csrc/common/cuda_utils.cuh: about 1024 blocks in all, at least 256 entries per split, so
+# splits = max(1, min(ceil(1024 / B), K // 256)) of ceil(K / splits) entries). The launch shapes
+# below are worked out by hand from that rule; the emulation checks them against the real launch.
+SPLIT_ROWS = [
+    pytest.param(5, 1000, 3, id="B5-K1000-3splits"),  # 334, 334, 332 entries: the last split shorter
+    pytest.param(2, 1030, 4, id="B2-K1030-4splits"),  # 258, 258, 258, 256
+    pytest.param(7, 513, 2, id="B7-K513-2splits"),    # 257, 256
+    pytest.param(3, 511, 1, id="B3-K511-1split"),     # fewer than 2 x 256 entries: one split
+]
+
+
+@pytest.mark.parametrize("kernel_device", KERNEL_DEVICES)
+@pytest.mark.parametrize("B, K, splits", SPLIT_ROWS)
+def test_device_queue_splits_match_cpu(kernel_device, B, K, splits):
+    """Forward and backward with the queue split across blocks (partial last splits, B not a
+    multiple of anything): float64 against the CPU kernel, to rounding."""
+    import emu
+
+    dev = device_of(kernel_device)
+    s, t, q = make_inputs(B=B, d=24, K=K, seed=K)
+    res = []
+    for dev_, ctx in (("cpu", on("cpu")), (dev, on(kernel_device))):
+        with ctx:
+            x = s.to(dev_).requires_grad_(True)
+            out = mona_ext.similarity_kl(x, t.to(dev_), q.to(dev_), 0.1, 0.05)
+            (out * 3).backward()
+        res.append((out.detach().cpu(), x.grad.cpu()))
+    torch.testing.assert_close(res[1][0], res[0][0], rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(res[1][1], res[0][1], rtol=1e-9, atol=1e-12)
+    if is_emulated(kernel_device):
+        grids = emu.last_grids()
+        assert grids["similarity_kl_forward_kernel<double>"] == (splits, B, 1)
+        assert grids["similarity_kl_backward_kernel<double>"] == (splits, B, 1)
+
+
+@pytest.mark.emu
+def test_emu_split_queue_is_bitwise_reproducible_whatever_the_schedule():
+    """The splits' partial states and gradients are merged in a fixed order (no float atomics): the
+    order in which the GPU runs blocks and threads must not change a bit (the emulation shuffles it)."""
+    import emu
+
+    s, t, q = make_inputs(B=3, d=20, K=800, dtype=torch.float32, seed=4)  # 3 splits per row
+    outs = []
+    for seed in (None, 0, 1):
+        with emu.emulated(schedule_seed=seed):
+            x = s.clone().requires_grad_(True)
+            out = mona_ext.similarity_kl(x, t, q, 0.1, 0.01)
+            out.backward()
+        outs.append((out.detach(), x.grad))
+    assert emu.last_grids()["similarity_kl_forward_kernel<float>"] == (3, 3, 1)
+    for loss, grad in outs[1:]:
+        assert torch.equal(loss, outs[0][0]) and torch.equal(grad, outs[0][1])
