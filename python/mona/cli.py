@@ -138,10 +138,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .eval.report import evaluate_cache, write_report
+    from .data.dataset import SliceCache
     from .train.checkpoint import load_model
     from .train.loop import select_device
-
-    from .data.dataset import SliceCache
 
     if args.overlay_volumes is not None and args.overlay_volumes < 0:
         raise UsageError(f"--overlay-volumes must be >= 0, got {args.overlay_volumes}")

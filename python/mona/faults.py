@@ -52,7 +52,14 @@ def parse(spec: str) -> dict[str, Fault]:
     return out
 
 
-_FAULTS: dict[str, Fault] = parse(os.environ.get(ENV, ""))
+def _load() -> tuple[dict[str, Fault], str | None]:
+    try:
+        return parse(os.environ.get(ENV, "")), None
+    except ValueError as err:  # reported when a hook is reached (inside a command: one line, exit 2)
+        return {ENV: Fault(ENV, 1, None, "kill")}, str(err)
+
+
+_FAULTS, _ERROR = _load()
 _HITS: dict[str, int] = {}
 
 
@@ -62,13 +69,17 @@ def active() -> bool:
 
 def reload() -> None:
     """Re-read ``MONA_FAULT`` and reset the hit counts (tests that set it in-process)."""
-    global _FAULTS
-    _FAULTS = parse(os.environ.get(ENV, ""))
+    global _FAULTS, _ERROR
+    _FAULTS, _ERROR = _load()
     _HITS.clear()
 
 
 def fires(point: str) -> str | None:
     """Count an arrival at ``point``; return the action if the fault fires now, else None."""
+    if _ERROR is not None:
+        from .errors import UsageError
+
+        raise UsageError(_ERROR)
     f = _FAULTS.get(point)
     if f is None:
         return None
