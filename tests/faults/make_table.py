@@ -32,10 +32,10 @@ def tables(rows: dict) -> str:
     if "kill_prepare" in rows:
         out += ["### kill -9 in `mona prepare`", "",
                 "| situation | kills | after the kill: no cache | the previous cache | the new cache, complete | "
-                "re-runs equal to a clean cache | kills by point |", "|---|---|---|---|---|---|---|"]
+                "re-runs equal to a clean cache (of runs) | kills by point |", "|---|---|---|---|---|---|---|"]
         for r in rows["kill_prepare"]:
             out.append(f"| {r['situation']} | {r['kills']} | {r['absent_after_kill']} | {r['previous_after_kill']} | "
-                       f"{r['new_complete_after_kill']} | {r['completed_identical']} of {r['kills']} | "
+                       f"{r['new_complete_after_kill']} | {r['completed_identical']} of {r['runs']} | "
                        f"{_points(r['by_point'])} |")
         out.append("")
     for key, title in (("write_errors", "Write errors"), ("nonfinite", "Non-finite losses and gradients"),

@@ -50,14 +50,16 @@ def equal_states(a: dict, b: dict) -> bool:
             and all(np.array_equal(x, y) for k in a["arrays"] for x, y in zip(a["arrays"][k], b["arrays"][k])))
 
 
-def _killed_prepare(args: list, kind: str, rng: random.Random) -> int:
-    if kind == "time":
+def _killed_prepare(args: list, out: Path, kind: str, rng: random.Random) -> int:
+    if kind == "time":  # once the run holds the cache's lock (its inputs are checked, writing begins)
         import subprocess
         import sys
 
         p = subprocess.Popen([sys.executable, "-m", "mona", *map(str, args)], env=env(), stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(1.0, 3.0))  # interpreter start-up is ~1 s; the 10 volumes take ~1-2 s
+        while p.poll() is None and not (out / ".mona.lock").exists():
+            time.sleep(0.002)
+        time.sleep(rng.uniform(0.0, 0.3))  # the 10 volumes take about half a second
         p.send_signal(signal.SIGKILL)
         return p.wait()
     return mona(*args, fault=f"{kind}@{rng.randint(1, N_FILES)}:kill").returncode
@@ -70,16 +72,18 @@ def test_kill_prepare_leaves_the_old_cache_or_none(situation, fault_raw, tmp_pat
         assert mona("prepare", "acdc", fault_raw, tmp_path / f"ref{size}", "--size", size, "--no-progress").returncode == 0
         ref[size] = cache_state(tmp_path / f"ref{size}")
     rng = random.Random(f"prepare-{situation}")
-    kills, absent, previous, new, by_point = 0, 0, 0, 0, {}
-    for k in range(KILLS):
-        out = tmp_path / f"c{k}"
+    kills, runs, absent, previous, new, by_point = 0, 0, 0, 0, 0, {}
+    while kills < KILLS:
+        assert runs < 3 * KILLS + 4, f"only {kills} of {KILLS} kills landed in {runs} runs"
+        out = tmp_path / f"c{runs}"
         if situation == "reprepare":
             shutil.copytree(tmp_path / "ref32", out)
             old = ref["32"]
         else:
             old = None
-        kind = POINTS[k % len(POINTS)]
-        rc = _killed_prepare(["prepare", "acdc", fault_raw, out, "--size", "24", "--no-progress"], kind, rng)
+        kind = POINTS[runs % len(POINTS)]
+        runs += 1
+        rc = _killed_prepare(["prepare", "acdc", fault_raw, out, "--size", "24", "--no-progress"], out, kind, rng)
         state = cache_state(out)
         if rc == -9:
             kills += 1
@@ -98,4 +102,4 @@ def test_kill_prepare_leaves_the_old_cache_or_none(situation, fault_raw, tmp_pat
         assert equal_states(cache_state(out), ref["24"])
         assert sorted(p.name for p in out.rglob("*") if p.name.endswith(".tmp") or p.name == ".mona.lock") == []
     fault_report("kill_prepare", {"situation": situation, "kills": kills, "absent_after_kill": absent,
-                                  "previous_after_kill": previous, "new_complete_after_kill": new, "completed_identical": KILLS, "by_point": by_point})
+                                  "previous_after_kill": previous, "new_complete_after_kill": new, "runs": runs, "completed_identical": runs, "by_point": by_point})
