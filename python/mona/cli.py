@@ -9,6 +9,8 @@ import sys
 from typing import Callable, Sequence
 
 from . import __version__
+from .atomicio import atomic_write_bytes
+from .errors import EXIT_DATA, EXIT_USAGE, DataError, UsageError
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -65,13 +67,12 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
 def _cmd_prepare(args: argparse.Namespace) -> int:
     from .data.prepare import prepare
-    from .data.readers import DataError
 
     class_names = None
     if args.class_names is not None:
         class_names = [n.strip() for n in args.class_names.split(",")]
         if args.dataset != "folder":
-            raise DataError(f"--class-names applies to the folder layout only, not {args.dataset}")
+            raise UsageError(f"--class-names applies to the folder layout only, not {args.dataset}")
     r = prepare(args.dataset, args.raw_dir, args.out_dir, size=args.size, seed=args.seed,
                 num_classes=args.num_classes, modality=args.modality, progress=not args.no_progress,
                 splits_dir=args.splits, class_names=class_names)
@@ -94,6 +95,8 @@ def _resolve_config(name: str) -> str:
     from importlib import resources
     from pathlib import Path
 
+    if Path(name).is_dir():
+        raise UsageError(f"--config {name!r}: is a directory, not a YAML file")
     if Path(name).exists():
         return name
     packaged = resources.files("mona").joinpath(f"configs/{name}.yaml")
@@ -101,19 +104,27 @@ def _resolve_config(name: str) -> str:
         print(f"using the packaged config {name!r} ({packaged})")
         return str(packaged)
     names = sorted(p.name[:-5] for p in resources.files("mona").joinpath("configs").iterdir() if p.name.endswith(".yaml"))
-    raise FileNotFoundError(f"--config {name!r}: no such file, and not a packaged config name ({', '.join(names)})")
+    raise UsageError(f"--config {name!r}: no such file, and not a packaged config name ({', '.join(names)})")
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
     import logging
+    from pathlib import Path
 
     from .train import distributed, load_config, run_stages
 
     if distributed.env_from_environment().rank > 0:  # under torchrun: one copy of every info line, rank 0's
         logging.getLogger("mona").setLevel(logging.WARNING)
-    cfg = load_config(_resolve_config(args.config), args.overrides)
+    overrides, resume = list(args.overrides), args.resume
+    if resume not in (None, "auto") and "=" in resume and not Path(resume).exists():
+        # `--resume key=value`: argparse took an override as the optional CHECKPOINT value
+        overrides, resume = overrides + [resume], "auto"
+    override = tuple(k.strip() for k in (args.resume_override or "").split(",") if k.strip())
+    if override and resume is None:
+        raise UsageError("--resume-override applies with --resume only")
+    cfg = load_config(_resolve_config(args.config), overrides)
     try:  # under torchrun: one process of several (mona.train.distributed); only rank 0 reports
-        results = run_stages(cfg, resume=args.resume, progress=not args.no_progress)
+        results = run_stages(cfg, resume=resume, progress=not args.no_progress, resume_override=override)
         if not distributed.current().is_main:
             return 0
     finally:
@@ -135,15 +146,20 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .eval.report import evaluate_cache, write_report
+    from .data.dataset import SliceCache
     from .train.checkpoint import load_model
     from .train.loop import select_device
 
     if args.overlay_volumes is not None and args.overlay_volumes < 0:
-        raise ValueError(f"--overlay-volumes must be >= 0, got {args.overlay_volumes}")
+        raise UsageError(f"--overlay-volumes must be >= 0, got {args.overlay_volumes}")
     if args.overlay_slices < 1:
-        raise ValueError(f"--overlay-slices must be >= 1, got {args.overlay_slices}")
+        raise UsageError(f"--overlay-slices must be >= 1, got {args.overlay_slices}")
     dev = select_device(args.device)
     model, meta = load_model(args.checkpoint, dev)
+    cache = SliceCache(args.data)
+    if list(meta["class_names"]) != list(cache.class_names):
+        raise DataError(f"{args.checkpoint}: a model of {len(meta['class_names'])} classes ({', '.join(meta['class_names'])}), "
+                        f"but the cache {args.data} has {len(cache.class_names)} ({', '.join(cache.class_names)})")
     out = Path(args.out) if args.out else Path(args.checkpoint).resolve().parent / f"eval_{args.split}"
     # nothing is written to `out` before the cache and the split have been checked (evaluate_cache raises first)
     report = evaluate_cache(model, meta, args.data, split=args.split, device=dev, voxels=args.voxels,
@@ -165,7 +181,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     import nibabel as nib
     import numpy as np
 
-    from .data.readers import CaseRecord, DataError, Volume, load_nifti
+    from .data.readers import CaseRecord, Volume, load_nifti
     from .eval.inference import predict_volume
     from .eval.report import write_overlay
     from .train.checkpoint import load_model
@@ -179,6 +195,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     if vol.ndim != 3 or vol.size == 0:
         raise DataError(f"{args.input}: expected a non-empty 2-D or 3-D image, got shape {tuple(data.shape)}")
     vol = vol.astype(np.float32)
+    if not np.isfinite(vol).all():
+        raise DataError(f"{args.input}: image contains NaN or infinite values")
     pred = predict_volume(model, vol, normalisation=meta["normalisation"], size=meta["size"], device=dev)
     values = meta.get("label_values")
     out_labels = np.asarray(values)[pred] if values else pred
@@ -189,9 +207,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     out_img = nib.Nifti1Image(out_arr, img.affine, header)
     out_path = Path(args.output)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.tmp{''.join(out_path.suffixes)}")
-    nib.save(out_img, str(tmp))
-    tmp.replace(out_path)
+    atomic_write_bytes(out_path, out_img.to_bytes() if not out_path.name.endswith(".gz") else _gzip(out_img.to_bytes()),
+                       tag="predict")
     counts = {meta["class_names"][c]: int((pred == c).sum()) for c in range(1, meta["num_classes"])}
     print(f"wrote {out_path} (shape {tuple(out_arr.shape)}, affine of {args.input}); voxels per class: {counts}")
     if args.overlay:
@@ -203,6 +220,12 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         write_overlay(v, pred, png, meta["class_names"])
         print(f"wrote overlay {png}")
     return 0
+
+
+def _gzip(data: bytes) -> bytes:
+    import gzip
+
+    return gzip.compress(data, mtime=0)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -227,14 +250,19 @@ def _add_overlay_args(p: argparse.ArgumentParser, volumes: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mona", description="MONA semi-supervised medical image segmentation.")
+    parser = _Parser(prog="mona", description="MONA semi-supervised medical image segmentation. Exit codes: 0 done, "
+                                              "1 a data file / checkpoint / disk problem, 2 a usage error.")
     parser.add_argument("--version", action="version", version=f"mona {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    p = sub.add_parser("info", help="versions, build configuration and registered ops")
+    parser.add_argument("--debug", action="store_true", help="show the Python traceback of an error")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    common = _Parser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show the Python traceback of an error")
+    p = sub.add_parser("info", parents=[common], help="versions, build configuration and registered ops")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.set_defaults(handler=_cmd_info)
+    p.set_defaults(parser=p, handler=_cmd_info)
 
-    p = sub.add_parser("synth", help="write synthetic cardiac-MR phantoms in the ACDC layout")
+    p = sub.add_parser("synth", parents=[common], help="write synthetic cardiac-MR phantoms in the ACDC layout")
     p.add_argument("out_dir", metavar="OUT_DIR",
                    help="directory for the raw phantoms (patientXXX/ folders; created after the options are checked)")
     p.add_argument("--train", type=int, default=8, help="train patients (default 8)")
@@ -247,9 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--slices-min", type=int, default=5, help="fewest slices per volume (default 5)")
     p.add_argument("--slices-max", type=int, default=9, help="most slices per volume (default 9)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(handler=_cmd_synth)
+    p.set_defaults(parser=p, handler=_cmd_synth)
 
-    p = sub.add_parser("prepare", help="raw volumes -> normalised, resized, memory-mapped slice cache")
+    p = sub.add_parser("prepare", parents=[common], help="raw volumes -> normalised, resized, memory-mapped slice cache")
     p.add_argument("dataset", metavar="DATASET", choices=["acdc", "lits", "mmwhs", "folder"],
                    help="acdc | lits | mmwhs | folder (RAW/images + RAW/labels)")
     p.add_argument("raw_dir", metavar="RAW_DIR", help="the dataset's raw files, in the layout DATASET names")
@@ -268,19 +296,24 @@ def build_parser() -> argparse.ArgumentParser:
                         "(implies --num-classes)")
     p.add_argument("--modality", choices=["MR", "CT"], default="MR", help="folder layout: MR (min-max) or CT (HU window)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(handler=_cmd_prepare)
+    p.set_defaults(parser=p, handler=_cmd_prepare)
 
-    p = sub.add_parser("train", help="train (supervised, glcon, mona) from a YAML config with key=value overrides")
+    p = sub.add_parser("train", parents=[common], help="train (supervised, glcon, mona) from a YAML config with key=value overrides")
     p.add_argument("--config", required=True, help="YAML file, or a packaged config name (acdc_supervised, demo)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="config overrides, e.g. data.cache=runs/cache out_dir=runs/sup optim.lr=0.02 "
                         "data.labeled_patients=3")
     p.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CHECKPOINT",
-                   help="continue exactly: from this last.pt, or (no value) wherever out_dir's stages stopped")
+                   help="continue exactly: from this last.pt, or (no value) wherever out_dir's stages stopped; "
+                        "the config must equal the checkpoint's except iterations, intervals, out_dir, device, "
+                        "threads (a KEY=VALUE right after it is an override, not a checkpoint)")
+    p.add_argument("--resume-override", default=None, metavar="KEY[,KEY]",
+                   help="with --resume: config keys that may differ from the checkpoint's (e.g. optim.lr); "
+                        "without it a changed config is refused with the list of changes")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(handler=_cmd_train)
+    p.set_defaults(parser=p, handler=_cmd_train)
 
-    p = sub.add_parser("evaluate", help="per-class Dice/ASD/HD95 of a checkpoint on a split of a prepared cache")
+    p = sub.add_parser("evaluate", parents=[common], help="per-class Dice/ASD/HD95 of a checkpoint on a split of a prepared cache")
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="best.pt / last.pt / model.pt")
     p.add_argument("data", metavar="DATA", help="a prepared cache directory (mona prepare)")
     p.add_argument("--split", default="test", choices=["train", "val", "test"],
@@ -292,9 +325,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_overlay_args(p, "volumes of the split (default: every volume)")
     p.add_argument("--device", default="auto", help=_DEVICE_HELP)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(handler=_cmd_evaluate)
+    p.set_defaults(parser=p, handler=_cmd_evaluate)
 
-    p = sub.add_parser("predict", help="segment a NIfTI volume; writes a label volume with the input's affine")
+    p = sub.add_parser("predict", parents=[common], help="segment a NIfTI volume; writes a label volume with the input's affine")
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="best.pt / last.pt / model.pt of a training run")
     p.add_argument("input", metavar="IN.nii.gz", help="a 2-D or 3-D NIfTI image")
     p.add_argument("output", metavar="OUT.nii.gz",
@@ -304,9 +337,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write a PNG overlay of the slice with the most predicted foreground, with a class "
                         "legend (default: OUT_overlay.png)")
     p.add_argument("--device", default="auto", help=_DEVICE_HELP)
-    p.set_defaults(handler=_cmd_predict)
+    p.set_defaults(parser=p, handler=_cmd_predict)
 
-    p = sub.add_parser("demo", help="phantoms, 1 labeled patient: supervised vs GLCon + MONA, evaluated (CPU, minutes)")
+    p = sub.add_parser("demo", parents=[common], help="phantoms, 1 labeled patient: supervised vs GLCon + MONA, evaluated (CPU, minutes)")
     p.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
     p.add_argument("--iterations", type=int, default=None,
                    help="iteration budget of each method (default 400: configs/demo.yaml, demo_mona.yaml)")
@@ -319,27 +352,68 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help=_DEVICE_HELP)
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides of both training configs")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.set_defaults(handler=_cmd_demo)
+    p.set_defaults(parser=p, handler=_cmd_demo)
     return parser
 
 
+def _one_line(text: str) -> str:
+    return "; ".join(line.strip() for line in str(text).strip().splitlines() if line.strip())
+
+
+def _message(err: BaseException) -> str:
+    """One line naming the file or key and the problem."""
+    if isinstance(err, OSError) and not isinstance(err, (UsageError, DataError)):
+        what = err.strerror or str(err)
+        return f"{err.filename}: {what}" if err.filename else what
+    return _one_line(str(err))
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors: ``mona COMMAND: error: ...`` and exit code 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {_one_line(message)} (see {self.prog} --help)\n")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run a command; exit codes: 0 success, 1 data / file / runtime error, 2 usage error (see mona.errors)."""
     import logging
+    import os
 
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if hasattr(args, "overrides"):
+        # KEY=VALUE overrides after an option (`--no-progress out_dir=x`): argparse leaves them over
+        args.overrides += [e for e in extra if "=" in e and not e.startswith("-")]
+        extra = [e for e in extra if not ("=" in e and not e.startswith("-"))]
+    if extra:  # reported by the command's parser: "mona train: error: unrecognized arguments: ..."
+        getattr(args, "parser", parser).error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(level=logging.INFO, format="mona: %(message)s")
     handler: Handler | None = getattr(args, "handler", None)
     if handler is None:
         parser.print_help()
-        return 2
-    from .data.readers import DataError
-
+        return EXIT_USAGE
+    debug = getattr(args, "debug", False) or os.environ.get("MONA_DEBUG") == "1"
     try:
         return handler(args)
-    except (DataError, ValueError, FileNotFoundError, RuntimeError) as err:
-        print(f"mona {args.command}: error: {err}", file=sys.stderr)
-        return 1
+    except KeyboardInterrupt:
+        print(f"mona {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:
+        if debug:
+            raise
+        if isinstance(err, UsageError):
+            code = EXIT_USAGE
+            text = _message(err)
+        elif isinstance(err, (DataError, ValueError, OSError, RuntimeError)):
+            code = EXIT_DATA
+            text = _message(err)
+        else:  # a bug: say so, without hiding it
+            code = EXIT_DATA
+            text = (f"unexpected {type(err).__name__}: {_one_line(str(err))} (a bug in mona: please report it; "
+                    f"--debug shows the traceback)")
+        print(f"mona {args.command}: error: {text}", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

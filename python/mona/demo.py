@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from .data.dataset import SliceCache
+from .errors import UsageError
 from .data.prepare import atomic_write_json, prepare
 from .data.readers import CaseRecord, load_case
 from .data.synth import SynthConfig, synth_patient_ids, write_phantoms
@@ -96,15 +97,15 @@ def compare(out_dir: str | Path, *, iterations: int | None = None, pretrain_iter
     out = Path(out_dir)
     raw, cache, rep = out / "raw", out / "cache", out / "report"
     if overlays is not None and overlays < 0:
-        raise ValueError(f"demo: overlays (test volumes with overlays) must be >= 0, got {overlays}")
+        raise UsageError(f"demo: overlays (test volumes with overlays) must be >= 0, got {overlays}")
     if overlay_slices < 1:
-        raise ValueError(f"demo: overlay_slices must be >= 1, got {overlay_slices}")
+        raise UsageError(f"demo: overlay_slices must be >= 1, got {overlay_slices}")
     if size < 16:
-        raise ValueError(f"demo: size must be >= 16, got {size}")
+        raise UsageError(f"demo: size must be >= 16, got {size}")
     if n_test < 1:
-        raise ValueError(f"demo: n_test must be >= 1 (the evaluation needs test patients), got {n_test}")
+        raise UsageError(f"demo: n_test must be >= 1 (the evaluation needs test patients), got {n_test}")
     if not 1 <= labeled_patients < n_train:
-        raise ValueError(f"demo: labeled_patients must be in 1..{n_train - 1} (MONA needs unlabeled train patients; "
+        raise UsageError(f"demo: labeled_patients must be in 1..{n_train - 1} (MONA needs unlabeled train patients; "
                          f"{n_train} train patients), got {labeled_patients}")
     synth_cfg = SynthConfig(n_train=n_train, n_val=n_val, n_test=n_test, seed=seed)
     synth_patient_ids(n_train, n_val, n_test)  # checks the counts
@@ -119,7 +120,7 @@ def compare(out_dir: str | Path, *, iterations: int | None = None, pretrain_iter
     pre = pretrain_iterations if pretrain_iterations is not None else \
         round(budget * mona_cfg.pretrain_iterations / packaged_total)
     if not 0 <= pre < budget:
-        raise ValueError(f"demo: pretrain_iterations must be in 0..{budget - 1} (the budget), got {pre}")
+        raise UsageError(f"demo: pretrain_iterations must be in 0..{budget - 1} (the budget), got {pre}")
     mona_cfg = load_config(_packaged("demo_mona"), common + [f"out_dir={out / 'mona'}", f"iterations={budget - pre}",
                                                              f"pretrain_iterations={pre}"] + list(overrides or []))
     sup_cfg = load_config(_packaged("demo"), common + [f"out_dir={out / 'supervised'}", f"iterations={budget}"]

@@ -58,7 +58,7 @@ def test_cli_errors_are_clear(tmp_path, capsys):
     assert main(["prepare", "acdc", str(tmp_path / "missing"), str(tmp_path / "o"), "--no-progress"]) == 1
     assert "does not exist" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
-    assert main(["train", "--config", str(tmp_path / "nope.yaml")]) == 1
+    assert main(["train", "--config", str(tmp_path / "nope.yaml")]) == 2  # a usage error (mona.errors)
     assert "no such file" in capsys.readouterr().err
     assert main(["evaluate", str(tmp_path / "x.pt"), str(tmp_path)]) == 1
     assert "does not exist" in capsys.readouterr().err
@@ -172,7 +172,7 @@ def test_evaluate_synth_and_predict_create_nothing_on_bad_input(tiny_cache, tmp_
                      model_dir / "m.pt")
     work = tmp_path / "work"
     work.mkdir()
-    assert main(["synth", str(work / "raw"), "--train", "500", "--no-progress"]) == 1
+    assert main(["synth", str(work / "raw"), "--train", "500", "--no-progress"]) == 2  # usage error
     assert "n_train must be in 0..70" in capsys.readouterr().err
     assert main(["evaluate", str(work / "x.pt"), str(tiny_cache), "--out", str(work / "ev")]) == 1
     assert "x.pt does not exist" in capsys.readouterr().err
@@ -180,7 +180,7 @@ def test_evaluate_synth_and_predict_create_nothing_on_bad_input(tiny_cache, tmp_
                  "--overlays", "--no-progress"]) == 1
     assert "no_cache: the cache directory does not exist" in capsys.readouterr().err
     assert main(["evaluate", str(model_dir / "m.pt"), str(tiny_cache), "--out", str(work / "ev"), "--overlays",
-                 "--overlay-slices", "0"]) == 1
+                 "--overlay-slices", "0"]) == 2
     assert "--overlay-slices must be >= 1" in capsys.readouterr().err
     assert main(["predict", str(model_dir / "m.pt"), str(work / "in.nii.gz"), str(work / "o" / "p.nii.gz")]) == 1
     assert "in.nii.gz: file does not exist" in capsys.readouterr().err

@@ -12,6 +12,7 @@ import pytest
 from mona.data.dataset import SliceCache
 from mona.data.prepare import normalise_volume, prepare, resize_label_slices
 from mona.data.readers import DataError
+from mona.errors import UsageError
 
 from conftest import write_nifti
 
@@ -143,14 +144,14 @@ def test_folder_random_split_and_class_names(tmp_path):
     assert SliceCache(tmp_path / "a").class_names == ["bg", "liver", "tumour"]
     b = prepare("folder", raw, tmp_path / "b", size=16, seed=3, num_classes=3, progress=False).manifest
     assert b["splits"] == m["splits"] and b["class_names"] == ["background", "class1", "class2"]
-    with pytest.raises(DataError, match=r"--class-names gives 3 names \(bg, liver, tumour\) but --num-classes is 4"):
+    with pytest.raises(UsageError, match=r"--class-names gives 3 names \(bg, liver, tumour\) but --num-classes is 4"):
         prepare("folder", raw, tmp_path / "c", size=16, num_classes=4, class_names=["bg", "liver", "tumour"],
                 progress=False)
-    with pytest.raises(DataError, match="--class-names repeats liver"):
+    with pytest.raises(UsageError, match="--class-names repeats liver"):
         prepare("folder", raw, tmp_path / "c", size=16, class_names=["bg", "liver", "liver"], progress=False)
-    with pytest.raises(DataError, match="--num-classes \\(or --class-names\\) is required"):
+    with pytest.raises(UsageError, match="--num-classes \\(or --class-names\\) is required"):
         prepare("folder", raw, tmp_path / "c", size=16, progress=False)
-    with pytest.raises(DataError, match="--class-names applies to the folder layout only"):
+    with pytest.raises(UsageError, match="--class-names applies to the folder layout only"):
         prepare("lits", raw, tmp_path / "c", size=16, class_names=["bg", "liver", "tumour"], progress=False)
     # labels outside the named classes are caught, naming the file and the class names
     with pytest.raises(DataError, match=r"label values \[2\] outside the declared classes 0\.\.1 \(bg, fg\)"):
@@ -176,7 +177,7 @@ def test_cli_prepare_class_names_and_splits(tmp_path, capsys):
     (lists / "test.list").write_text("d\nb\n")
     assert main(args + ["--num-classes", "3", "--splits", str(lists)]) == 1
     assert "test.list: line 2: patient 'b' is also in train.list" in capsys.readouterr().err
-    assert main(args + ["--num-classes", "2", "--class-names", "bg,liver,tumour"]) == 1
+    assert main(args + ["--num-classes", "2", "--class-names", "bg,liver,tumour"]) == 2  # usage errors: exit 2
     assert "--num-classes is 2" in capsys.readouterr().err
-    assert main(["prepare", "lits", str(tmp_path / "raw"), str(tmp_path / "l"), "--class-names", "a,b"]) == 1
+    assert main(["prepare", "lits", str(tmp_path / "raw"), str(tmp_path / "l"), "--class-names", "a,b"]) == 2
     assert "--class-names applies to the folder layout only" in capsys.readouterr().err

@@ -39,16 +39,26 @@ class SliceCache:
                             f"or an earlier run was interrupted)")
         try:
             self.manifest = json.loads(man.read_text())
-        except json.JSONDecodeError as err:
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise DataError(f"{man}: corrupt manifest ({err})") from err
+        if not isinstance(self.manifest, dict):
+            raise DataError(f"{man}: corrupt manifest (a JSON object expected)")
         if self.manifest.get("cache_version") != CACHE_VERSION:
             raise DataError(f"{man}: cache version {self.manifest.get('cache_version')} != {CACHE_VERSION}; "
                             f"re-run `mona prepare`")
-        self.cases: list[dict] = self.manifest["cases"]
-        self.class_names: list[str] = self.manifest["class_names"]
-        self.size: int = self.manifest["size"]
+        try:
+            self.cases: list[dict] = self.manifest["cases"]
+            self.class_names: list[str] = self.manifest["class_names"]
+            self.size: int = self.manifest["size"]
+            self.manifest["splits"], self.manifest["normalisation"]
+        except KeyError as err:
+            raise DataError(f"{man}: corrupt manifest (no {err.args[0]!r} entry); re-run `mona prepare`") from None
         self.case_index = {c["case_id"]: i for i, c in enumerate(self.cases)}
         self._maps: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        # every volume file is opened (memory-mapped: headers and sizes only) now, so a missing or
+        # truncated file is reported when a run starts, not when it first draws that volume hours later
+        for i in range(len(self.cases)):
+            self.arrays(i)
 
     @property
     def num_classes(self) -> int:
@@ -66,7 +76,14 @@ class SliceCache:
             for p in paths:
                 if not p.exists():
                     raise DataError(f"{p}: missing from the cache (re-run `mona prepare`)")
-            img, lab = (np.load(p, mmap_mode="r") for p in paths)
+            arrs = []
+            for p in paths:
+                try:
+                    arrs.append(np.load(p, mmap_mode="r"))
+                except (ValueError, OSError, EOFError) as err:  # truncated / overwritten / not an .npy file
+                    raise DataError(f"{p}: unreadable cache volume ({type(err).__name__}: {err}); re-run "
+                                    f"`mona prepare`") from err
+            img, lab = arrs
             n = self.cases[case_index]["n_slices"]
             if img.shape != (n, self.size, self.size) or lab.shape != img.shape:
                 raise DataError(f"{paths[0]}: shape {img.shape}/{lab.shape} does not match the manifest")

@@ -10,13 +10,18 @@ Layout of ``OUT_DIR``::
 Each file is written to a temporary name and moved into place with ``os.replace``; a volume
 counts as done only once its sidecar exists and matches the source files and options, so an
 interrupted run resumes where it stopped and a finished cache is never rewritten (idempotent).
+
+A run that will change anything removes ``manifest.json`` *before* it writes the first file, so a
+run killed at any point leaves either the previous complete cache (nothing had changed yet) or no
+cache (no manifest: loading says so, a re-run completes it) -- never a mix of old and new volumes
+under a manifest. The run holds ``OUT_DIR/.mona.lock`` (:mod:`mona.lockfile`): a second
+``mona prepare`` into the same cache fails at once.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -25,6 +30,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..atomicio import atomic_write, remove_stale_temps
+from ..errors import UsageError
+from ..lockfile import locked
 from .readers import READERS, SPECS, CaseRecord, DataError, DatasetSpec, folder_spec, load_case
 from .splits import LABELED_LIST_FILES, plan_splits, resolve_labeled_names, shipped_list_path
 
@@ -61,6 +69,14 @@ def resize_label_slices(label: np.ndarray, size: int) -> np.ndarray:
     return out.round().to(torch.uint8).numpy()
 
 
+def _fsync_dir(d: Path) -> None:
+    fd = os.open(d, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _fingerprint(path: str | None) -> dict | None:
     if path is None:
         return None
@@ -68,27 +84,13 @@ def _fingerprint(path: str | None) -> dict | None:
     return {"path": os.path.abspath(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
-def _atomic_write_bytes(path: Path, writer: Callable[[Path], None]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        writer(Path(tmp))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def atomic_write_json(path: Path, obj) -> None:
-    """Write JSON to ``path`` via a temporary file + ``os.replace``."""
-    _atomic_write_bytes(path, lambda p: p.write_text(json.dumps(obj, indent=1)))
+def atomic_write_json(path: Path, obj, *, tag: str = "json") -> None:
+    """Write JSON to ``path`` atomically (:func:`mona.atomicio.atomic_write`)."""
+    atomic_write(path, lambda fh: fh.write(json.dumps(obj, indent=1).encode()), tag=tag)
 
 
 def _save_npy(path: Path, arr: np.ndarray) -> None:
-    def w(p: Path) -> None:
-        with open(p, "wb") as fh:
-            np.save(fh, arr)
-    _atomic_write_bytes(path, w)
+    atomic_write(path, lambda fh: np.save(fh, arr), tag="prepare")
 
 
 @dataclass
@@ -105,9 +107,9 @@ def resolve_spec(dataset: str, num_classes: int | None = None, modality: str = "
     if dataset == "folder":
         return folder_spec(num_classes, modality, class_names)
     if class_names is not None:
-        raise DataError(f"--class-names applies to the folder layout only; {dataset} has fixed classes")
+        raise UsageError(f"--class-names applies to the folder layout only; {dataset} has fixed classes")
     if dataset not in SPECS:
-        raise DataError(f"unknown dataset {dataset!r}; choose one of {sorted(READERS)}")
+        raise UsageError(f"unknown dataset {dataset!r}; choose one of {sorted(READERS)}")
     return SPECS[dataset]
 
 
@@ -130,17 +132,26 @@ def prepare(dataset: str, raw_dir: str | Path, out_dir: str | Path, *, size: int
     ``default_labeled`` (``{"source": labeled.list, "entries": [...]}`` or None). Entries: a patient
     id, ``{"case": id}`` or ``{"case": id, "slices": [k, ...]}``.
     """
-    from tqdm import tqdm
-
     if size < 16:
-        raise ValueError(f"prepare: size must be >= 16, got {size}")
+        raise UsageError(f"prepare: --size must be >= 16, got {size}")
     spec = resolve_spec(dataset, num_classes, modality, class_names)
     records: list[CaseRecord] = READERS[dataset](raw_dir)
     plan = plan_splits(dataset, sorted({r.patient_id for r in records}), seed=seed, splits_dir=splits_dir,
                        case_patient={r.case_id: r.patient_id for r in records})
-    out = Path(out_dir)
+    with locked(out_dir, "mona prepare"):
+        return _prepare(dataset, records, plan, Path(out_dir), raw_dir, spec, size, seed, progress, _after_volume)
+
+
+def _prepare(dataset: str, records: list[CaseRecord], plan, out: Path, raw_dir: str | Path, spec: DatasetSpec,
+             size: int, seed: int, progress: bool, _after_volume: Callable[[str], None] | None) -> PrepareResult:
+    """:func:`prepare` once the inputs are checked, holding the cache's lock."""
+    from tqdm import tqdm
+
     vol_dir = out / "volumes"
     vol_dir.mkdir(parents=True, exist_ok=True)
+    for d in (out, vol_dir):
+        remove_stale_temps(d)  # we hold the lock: these are an interrupted run's
+    man_path = out / MANIFEST
     options = {"cache_version": CACHE_VERSION, "dataset": dataset, "size": size,
                "normalisation": spec.normalisation, "class_names": list(spec.class_names),
                "label_values": list(spec.label_values) if spec.label_values else None}
@@ -162,6 +173,9 @@ def prepare(dataset: str, raw_dir: str | Path, out_dir: str | Path, *, size: int
             assert vol.label is not None
             image = resize_image_slices(normalise_volume(vol.image, spec.normalisation), size)
             label = resize_label_slices(vol.label, size)
+            if man_path.exists():  # about to change the cache: it stops being one until the new manifest
+                man_path.unlink()
+                _fsync_dir(out)
             _save_npy(img_file, image)
             _save_npy(lab_file, label)
             meta = {"case_id": rec.case_id, "patient_id": rec.patient_id, "image_path": rec.image_path,
@@ -169,7 +183,7 @@ def prepare(dataset: str, raw_dir: str | Path, out_dir: str | Path, *, size: int
                     "shape": list(vol.image.shape), "affine": vol.affine.tolist(), "n_slices": int(image.shape[0]),
                     "class_voxels": np.bincount(vol.label.ravel(), minlength=spec.num_classes).tolist(),
                     "sources": sources, "options": options}
-            atomic_write_json(side, meta)
+            atomic_write_json(side, meta, tag="prepare")
             processed.append(rec.case_id)
         else:
             skipped.append(rec.case_id)
@@ -201,7 +215,6 @@ def prepare(dataset: str, raw_dir: str | Path, out_dir: str | Path, *, size: int
                 "cases": [{k: c[k] for k in ("case_id", "patient_id", "image_path", "label_path", "extra", "spacing",
                                              "shape", "affine", "n_slices", "class_voxels", "sources")}
                           for c in cases]}
-    man_path = out / MANIFEST
     old_manifest = None
     if man_path.exists():
         try:
@@ -209,5 +222,5 @@ def prepare(dataset: str, raw_dir: str | Path, out_dir: str | Path, *, size: int
         except (json.JSONDecodeError, OSError):
             old_manifest = None
     if old_manifest != manifest:
-        atomic_write_json(man_path, manifest)
+        atomic_write_json(man_path, manifest, tag="prepare")
     return PrepareResult(out, processed, skipped, manifest, notes)

@@ -16,9 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-
-class DataError(ValueError):
-    """A raw or prepared data file is unusable; the message names the file and the problem."""
+from ..errors import DataError, MissingFileError, UsageError  # DataError re-exported: mona.data.readers.DataError
 
 
 @dataclass(frozen=True)
@@ -255,37 +253,95 @@ def folder_spec(num_classes: int | None, modality: str = "MR", class_names=None)
     if class_names is not None:
         names = [str(n).strip() for n in class_names]
         if any(not n for n in names):
-            raise DataError(f"folder: --class-names {','.join(names)!r} has an empty name")
+            raise UsageError(f"folder: --class-names {','.join(names)!r} has an empty name")
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
-            raise DataError(f"folder: --class-names repeats {', '.join(dup)}")
+            raise UsageError(f"folder: --class-names repeats {', '.join(dup)}")
         if num_classes is not None and num_classes != len(names):
-            raise DataError(f"folder: --class-names gives {len(names)} names ({', '.join(names)}) but --num-classes "
+            raise UsageError(f"folder: --class-names gives {len(names)} names ({', '.join(names)}) but --num-classes "
                             f"is {num_classes}; they must agree (or omit --num-classes)")
         num_classes = len(names)
     if num_classes is None:
-        raise DataError("folder: --num-classes (or --class-names) is required for the generic layout")
+        raise UsageError("folder: --num-classes (or --class-names) is required for the generic layout")
     if num_classes < 2:
-        raise DataError(f"folder: num_classes must be >= 2 (background + at least one class), got {num_classes}")
+        raise UsageError(f"folder: num_classes must be >= 2 (background + at least one class), got {num_classes}")
     if modality not in ("MR", "CT"):
-        raise DataError(f"folder: modality must be MR or CT, got {modality!r}")
+        raise UsageError(f"folder: modality must be MR or CT, got {modality!r}")
     if class_names is None:
         names = ["background"] + [f"class{i}" for i in range(1, num_classes)]
     return DatasetSpec("folder", tuple(names), modality, hu_window=(-200.0, 250.0) if modality == "CT" else None)
 
 
+def _check_nifti_header(p: Path) -> None:
+    """The header's bytes: present (not cut short), gzip intact as far as it goes, size 348 and magic
+    ``n+1``/``ni1`` (NIfTI-1) or size 540 and ``n+2``/``ni2`` (NIfTI-2). DataError naming the file."""
+    import gzip
+    import zlib
+
+    try:
+        if p.name.endswith(".gz"):
+            with gzip.open(p, "rb") as fh:
+                head = fh.read(544)
+        else:
+            with open(p, "rb") as fh:
+                head = fh.read(544)
+    except gzip.BadGzipFile as err:
+        if p.stat().st_size < 18 and p.read_bytes()[:1] == b"\x1f":  # 18: the smallest complete gzip file
+            raise DataError(f"{p}: unreadable NIfTI file: truncated ({p.stat().st_size} bytes of gzip)") from err
+        raise DataError(f"{p}: unreadable NIfTI file: not a gzip file, but named .gz ({err})") from err
+    except (EOFError, zlib.error) as err:
+        raise DataError(f"{p}: unreadable NIfTI file: header truncated or corrupt (gzip: {type(err).__name__})") from err
+    except OSError as err:
+        raise DataError(f"{p}: unreadable NIfTI file: cannot read ({err.strerror or err})") from err
+    sizes = {int.from_bytes(head[:4], "little"), int.from_bytes(head[:4], "big")} if len(head) >= 4 else set()
+    if 348 in sizes:
+        need, magic, ok = 348, head[344:348], (b"n+1\0", b"ni1\0")
+    elif 540 in sizes:
+        need, magic, ok = 540, head[4:8], (b"n+2\0", b"ni2\0")
+    else:
+        if len(head) < 4:
+            raise DataError(f"{p}: unreadable NIfTI file: truncated ({len(head)} bytes, the header alone has 348)")
+        raise DataError(f"{p}: unreadable NIfTI file: wrong header size field {head[:4].hex()} (neither 348 nor 540): not NIfTI")
+    if len(head) < need:
+        raise DataError(f"{p}: unreadable NIfTI file: header truncated ({len(head)} of {need} bytes)")
+    if magic not in ok:
+        raise DataError(f"{p}: unreadable NIfTI file: wrong magic {magic!r} (expected {ok[0]!r} or {ok[1]!r}): not NIfTI")
+    # voxel spacing: nibabel silently replaces a zero pixdim by 1 (wrong distances in every metric)
+    order = "<" if int.from_bytes(head[:4], "little") == need else ">"
+    if need == 348:
+        ndim = int(np.frombuffer(head[40:42], order + "i2")[0])
+        pixdim = np.frombuffer(head[76:108], order + "f4")
+    else:
+        ndim = int(np.frombuffer(head[16:24], order + "i8")[0])
+        pixdim = np.frombuffer(head[104:168], order + "f8")
+    spacing = pixdim[1:1 + min(max(ndim, 0), 3)]
+    if not (np.isfinite(spacing).all() and (spacing > 0).all()):
+        raise DataError(f"{p}: invalid voxel spacing {tuple(float(x) for x in spacing)} in the header (pixdim)")
+
+
 def load_nifti(path: str):
-    """(nibabel image, array) of a NIfTI file; DataError naming the file if it is missing or unreadable."""
+    """(nibabel image, array) of a NIfTI file; :class:`DataError` naming the file if it is missing, a
+    directory, empty, not NIfTI (wrong magic), or truncated / corrupt."""
     import nibabel as nib
 
     p = Path(path)
     if not p.exists():
-        raise DataError(f"{path}: file does not exist")
+        raise MissingFileError(f"{path}: file does not exist")
+    if p.is_dir():
+        raise DataError(f"{path}: is a directory, not a NIfTI file")
+    if p.stat().st_size == 0:
+        raise DataError(f"{path}: empty file (0 bytes)")
+    _check_nifti_header(p)
     try:
         img = nib.load(str(p))
+    except Exception as err:  # nibabel raises many types for files it cannot parse
+        first = (str(err).strip().splitlines() or [""])[0]
+        raise DataError(f"{path}: unreadable NIfTI file: header truncated or corrupt ({type(err).__name__}: {first})") from err
+    try:
         data = np.asarray(img.dataobj)
-    except Exception as err:  # nibabel raises many types for corrupt files
-        raise DataError(f"{path}: unreadable NIfTI file ({type(err).__name__}: {err})") from err
+    except Exception as err:  # gzip / zlib / numpy errors of a cut or damaged file
+        first = (str(err).strip().splitlines() or [""])[0]
+        raise DataError(f"{path}: unreadable NIfTI file: truncated or corrupt data ({type(err).__name__}: {first})") from err
     return img, data
 
 

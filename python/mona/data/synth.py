@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from ..errors import UsageError
 from .splits import acdc_patients
 
 
@@ -126,7 +127,7 @@ def synth_patient_ids(n_train: int, n_val: int, n_test: int) -> list[str]:
     lists = acdc_patients()
     for name, n in (("train", n_train), ("val", n_val), ("test", n_test)):
         if n < 0 or n > len(lists[name]):
-            raise ValueError(f"synth: n_{name} must be in 0..{len(lists[name])}, got {n}")
+            raise UsageError(f"synth: n_{name} must be in 0..{len(lists[name])}, got {n}")
     return lists["train"][:n_train] + lists["val"][:n_val] + lists["test"][:n_test]
 
 
@@ -140,9 +141,9 @@ def write_phantoms(out_dir: str | Path, cfg: SynthConfig = SynthConfig(), *, pro
     from tqdm import tqdm
 
     if cfg.size_min < 32 or cfg.size_max < cfg.size_min:
-        raise ValueError(f"synth: need 32 <= size_min <= size_max, got {cfg.size_min}, {cfg.size_max}")
+        raise UsageError(f"synth: need 32 <= size_min <= size_max, got {cfg.size_min}, {cfg.size_max}")
     if cfg.slices_min < 1 or cfg.slices_max < cfg.slices_min:
-        raise ValueError(f"synth: need 1 <= slices_min <= slices_max, got {cfg.slices_min}, {cfg.slices_max}")
+        raise UsageError(f"synth: need 1 <= slices_min <= slices_max, got {cfg.slices_min}, {cfg.slices_max}")
     ids = synth_patient_ids(cfg.n_train, cfg.n_val, cfg.n_test)  # checks the counts before writing anything
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

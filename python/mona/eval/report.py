@@ -4,8 +4,8 @@ PNG overlays and the learning curve."""
 from __future__ import annotations
 
 import csv
+import io
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +16,8 @@ from tqdm import tqdm
 from ..data.dataset import SliceCache
 from ..data.prepare import atomic_write_json
 from ..data.readers import CaseRecord, DatasetSpec, Volume, load_case
+from ..atomicio import atomic_write, atomic_write_text
+from ..errors import DataError, UsageError
 from .inference import predict_volume
 from .metrics import volume_metrics, nan_summary
 
@@ -69,16 +71,17 @@ def evaluate_cache(model: torch.nn.Module, meta: dict, cache_dir: str | Path, *,
     ``overlay_slices`` slices with the most ground-truth foreground of every volume (``max_overlays``:
     of the first that many volumes only), as ``overlay_dir/<case_id>_z<z>.png``."""
     if overlay_dir is not None and overlay_slices < 1:
-        raise ValueError(f"evaluate: overlay_slices must be >= 1, got {overlay_slices}")
+        raise UsageError(f"evaluate: overlay_slices must be >= 1, got {overlay_slices}")
     if max_overlays is not None and max_overlays < 0:
-        raise ValueError(f"evaluate: max_overlays must be >= 0, got {max_overlays}")
+        raise UsageError(f"evaluate: max_overlays must be >= 0, got {max_overlays}")
     cache = SliceCache(cache_dir)
     if split not in cache.splits:
         raise ValueError(f"evaluate: unknown split {split!r}; the cache has {sorted(cache.splits)}")
     if not cache.splits[split]:
-        raise ValueError(f"evaluate: split {split!r} of {cache.root} is empty")
+        raise DataError(f"{cache.root}: split {split!r} of the cache is empty")
     if list(meta["class_names"]) != list(cache.class_names):
-        raise ValueError(f"evaluate: model classes {meta['class_names']} != data classes {cache.class_names}")
+        raise DataError(f"checkpoint: model classes {meta['class_names']} ({len(meta['class_names'])}) differ from the "
+                        f"classes of the cache {cache.root}: {cache.class_names} ({len(cache.class_names)})")
     spec = spec_from_manifest(cache.manifest)
     report = EvalReport(list(cache.class_names))
     per_class: dict[int, list] = {c: [] for c in range(1, len(cache.class_names))}
@@ -123,14 +126,13 @@ def write_report(report: EvalReport, out_dir: str | Path, extra: dict | None = N
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     csv_path, json_path = out / "metrics.csv", out / "metrics.json"
-    tmp = csv_path.with_name(".metrics.csv.tmp")
-    with tmp.open("w", newline="") as fh:
-        fields = [k for k in report.rows[0] if k != "spacing"] + ["spacing"]
-        w = csv.DictWriter(fh, fieldnames=fields)
-        w.writeheader()
-        for r in report.rows:
-            w.writerow({**r, "spacing": "x".join(f"{s:g}" for s in r["spacing"])})
-    os.replace(tmp, csv_path)
+    buf = io.StringIO()
+    fields = [k for k in report.rows[0] if k != "spacing"] + ["spacing"]
+    w = csv.DictWriter(buf, fieldnames=fields)
+    w.writeheader()
+    for r in report.rows:
+        w.writerow({**r, "spacing": "x".join(f"{s:g}" for s in r["spacing"])})
+    atomic_write_text(csv_path, buf.getvalue(), tag="report")
     atomic_write_json(json_path, {"conventions": CONVENTIONS, "unit": report.unit, "mean_dice": report.mean_dice,
                                   "summary": report.summary, "rows": report.rows, **(extra or {})})
     return csv_path, json_path
@@ -156,8 +158,10 @@ def _save_figure(fig, path: str | Path) -> Path:
     plt = prepare_matplotlib()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    try:
+        atomic_write(path, lambda fh: fig.savefig(fh, dpi=80, format="png"), tag="report")
+    finally:
+        plt.close(fig)
     return path
 
 

@@ -12,15 +12,16 @@ weights are ``objects["student"]`` (:func:`student_state`), stored once.
 
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from .. import __version__
+from ..atomicio import atomic_write
+from ..errors import DataError, MissingFileError
 from ..models import MonaNet, build_model
 
 FORMAT = "mona-checkpoint-v2"
@@ -29,16 +30,13 @@ INFERENCE_FORMAT = "mona-inference-v1"
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    """``torch.save`` to ``path`` atomically (:func:`mona.atomicio.atomic_write`, fault points
+    ``checkpoint.*``): a reader sees the previous complete checkpoint or the new one, never a partial one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    if isinstance(obj, dict) and "format" in obj:
+        obj = {**obj, "mona_version": __version__}
+    atomic_write(path, lambda fh: torch.save(obj, fh), tag="checkpoint")
 
 
 def rng_state() -> dict:
@@ -79,13 +77,17 @@ def restore(objects: dict[str, Any], states: dict[str, Any], source: str | Path)
     """Load ``states`` (from :func:`states_of`) into ``objects``; the two key sets must be equal."""
     missing, extra = sorted(set(objects) - set(states)), sorted(set(states) - set(objects))
     if missing or extra:
-        raise ValueError(f"checkpoint {source}: its stateful objects do not match this run (missing {missing}, "
+        raise DataError(f"checkpoint {source}: its stateful objects do not match this run (missing {missing}, "
                          f"unexpected {extra}); was it written by another method or version?")
     for name, obj in objects.items():
-        if isinstance(obj, torch.Generator):
-            obj.set_state(states[name])
-        else:
-            obj.load_state_dict(states[name])
+        try:
+            if isinstance(obj, torch.Generator):
+                obj.set_state(states[name])
+            else:
+                obj.load_state_dict(states[name])
+        except (RuntimeError, ValueError, KeyError, TypeError) as err:
+            first = (str(err).strip().splitlines() or [""])[0]
+            raise DataError(f"checkpoint {source}: the saved state of {name!r} does not fit this run ({first})") from err
 
 
 def export_inference(model: MonaNet, meta: dict, path: str | Path) -> None:
@@ -93,16 +95,31 @@ def export_inference(model: MonaNet, meta: dict, path: str | Path) -> None:
     atomic_torch_save({"format": INFERENCE_FORMAT, "meta": meta, "unet": model.inference_state_dict()}, path)
 
 
+KNOWN_FORMATS = (FORMAT, INFERENCE_FORMAT, *OLD_FORMATS)
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """A checkpoint or exported model as a dict; :class:`DataError` naming the file if it is missing,
+    not a file, empty, truncated / corrupt, not a mona checkpoint, or of a format this version cannot read."""
     p = Path(path)
     if not p.exists():
-        raise FileNotFoundError(f"checkpoint {p} does not exist")
+        raise MissingFileError(f"checkpoint {p} does not exist")
+    if p.is_dir():
+        raise DataError(f"checkpoint {p}: is a directory, not a checkpoint file (e.g. {p / 'last.pt'})")
+    if p.stat().st_size == 0:
+        raise DataError(f"checkpoint {p}: empty file (0 bytes)")
     try:
         ck = torch.load(p, map_location=map_location, weights_only=False)
-    except Exception as err:
-        raise ValueError(f"checkpoint {p}: unreadable ({type(err).__name__}: {err})") from err
-    if not isinstance(ck, dict) or ck.get("format") not in (FORMAT, INFERENCE_FORMAT, *OLD_FORMATS):
-        raise ValueError(f"checkpoint {p}: not a mona checkpoint (format {ck.get('format') if isinstance(ck, dict) else type(ck)})")
+    except Exception as err:  # torch / pickle / zipfile raise many types for a damaged file
+        first = (str(err).strip().splitlines() or [""])[0].split(". ")[0]
+        raise DataError(f"checkpoint {p}: unreadable: truncated, corrupt or not a PyTorch file "
+                        f"({type(err).__name__}: {first})") from err
+    if not isinstance(ck, dict) or "format" not in ck:
+        raise DataError(f"checkpoint {p}: not a mona checkpoint (a saved {type(ck).__name__} without a 'format' key)")
+    fmt = ck["format"]
+    if fmt not in KNOWN_FORMATS:
+        raise DataError(f"checkpoint {p}: format {fmt!r} (written by mona {ck.get('mona_version', '?')}) is not "
+                        f"one mona {__version__} reads ({', '.join(KNOWN_FORMATS)})")
     return ck
 
 
@@ -111,7 +128,12 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Mo
     ck = load_checkpoint(path)
     meta = ck["meta"]
     model = build_model(meta)
-    model.unet.load_state_dict(unet_state(ck))
+    try:
+        model.unet.load_state_dict(unet_state(ck))
+    except (RuntimeError, KeyError) as err:
+        first = (str(err).strip().splitlines() or [""])[-1].strip()
+        raise DataError(f"checkpoint {path}: its weights do not fit its own metadata ({meta['num_classes']} classes, "
+                        f"channels {meta['channels']}): {first}") from err
     return model.to(device).eval(), meta
 
 

@@ -17,6 +17,7 @@ from typing import Any, get_type_hints
 import yaml
 
 from ..augment import AugmentConfig
+from ..errors import UsageError
 
 METHODS = ("supervised", "glcon", "mona")
 IMPLS = ("ext", "reference")
@@ -115,6 +116,7 @@ class TrainConfig:
     impl: str = "ext"                     # ext: fused mona_ext ops; reference: plain PyTorch (mona_ext.reference)
     init_from: str | None = None          # checkpoint whose student weights initialise this run (stage 1 -> 2)
     pretrain_iterations: int = 0          # mona: run a glcon stage of this length first (out_dir/pretrain_glcon)
+    max_nonfinite_steps: int = 10         # a non-finite loss/gradient skips the step; this many in a row stop the run
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -130,73 +132,77 @@ class TrainConfig:
 
     def validate(self) -> None:
         if self.method not in METHODS:
-            raise ValueError(f"config: method must be one of {METHODS}, got {self.method!r}")
+            raise UsageError(f"config: method must be one of {METHODS}, got {self.method!r}")
         if self.impl not in IMPLS:
-            raise ValueError(f"config: impl must be one of {IMPLS}, got {self.impl!r}")
+            raise UsageError(f"config: impl must be one of {IMPLS}, got {self.impl!r}")
         if self.amp not in AMP_MODES:
-            raise ValueError(f"config: amp must be one of {AMP_MODES}, got {self.amp!r}")
+            raise UsageError(f"config: amp must be one of {AMP_MODES}, got {self.amp!r}")
         if self.distributed.backend not in DIST_BACKENDS:
-            raise ValueError(f"config: distributed.backend must be one of {DIST_BACKENDS}, "
+            raise UsageError(f"config: distributed.backend must be one of {DIST_BACKENDS}, "
                              f"got {self.distributed.backend!r}")
         if not self.distributed.timeout_s > 0:
-            raise ValueError(f"config: distributed.timeout_s must be > 0, got {self.distributed.timeout_s}")
+            raise UsageError(f"config: distributed.timeout_s must be > 0, got {self.distributed.timeout_s}")
         if not self.data.cache:
-            raise ValueError("config: data.cache is required (a directory written by `mona prepare`)")
+            raise UsageError("config: data.cache is required (a directory written by `mona prepare`)")
         given = [k for k in ("labeled_patients", "labeled_ratio", "labeled_list") if getattr(self.data, k) is not None]
         if len(given) > 1:
-            raise ValueError(f"config: set at most one of data.labeled_patients, data.labeled_ratio and "
+            raise UsageError(f"config: set at most one of data.labeled_patients, data.labeled_ratio and "
                              f"data.labeled_list, got {['data.' + g for g in given]}")
+        if self.data.labeled_ratio is not None and not 0 < self.data.labeled_ratio <= 1:
+            raise UsageError(f"config: data.labeled_ratio must be in (0, 1], got {self.data.labeled_ratio}")
+        if self.data.labeled_patients is not None and self.data.labeled_patients < 1:
+            raise UsageError(f"config: data.labeled_patients must be >= 1, got {self.data.labeled_patients}")
         if self.method == "supervised" and self.data.labeled_bs not in (None, self.data.batch_size):
-            raise ValueError("config: supervised training uses labeled slices only; leave data.labeled_bs unset")
+            raise UsageError("config: supervised training uses labeled slices only; leave data.labeled_bs unset")
         if self.method != "supervised":
             lbs = self.labeled_bs
             if not 0 < lbs < self.data.batch_size:
-                raise ValueError(f"config: {self.method} needs a labeled and an unlabeled half: data.labeled_bs must be "
+                raise UsageError(f"config: {self.method} needs a labeled and an unlabeled half: data.labeled_bs must be "
                                  f"in 1..{self.data.batch_size - 1} (data.batch_size - 1), got {lbs}")
         if not 0 <= self.ema_decay < 1:
-            raise ValueError(f"config: ema_decay must be in [0, 1), got {self.ema_decay}")
+            raise UsageError(f"config: ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.pretrain_iterations < 0 or (self.pretrain_iterations and self.method != "mona"):
-            raise ValueError("config: pretrain_iterations (>= 0) applies to method: mona only")
+            raise UsageError("config: pretrain_iterations (>= 0) applies to method: mona only")
         if self.pretrain_iterations and self.init_from:
-            raise ValueError("config: give either pretrain_iterations (run stage 1 here) or init_from (a stage-1 "
+            raise UsageError("config: give either pretrain_iterations (run stage 1 here) or init_from (a stage-1 "
                              "checkpoint), not both")
         m, g = self.mona, self.glcon
         if m.negatives not in NEGATIVE_SOURCES:
-            raise ValueError(f"config: mona.negatives must be one of {NEGATIVE_SOURCES}, got {m.negatives!r}")
+            raise UsageError(f"config: mona.negatives must be one of {NEGATIVE_SOURCES}, got {m.negatives!r}")
         for key, val in (("mona.temperature", m.temperature), ("glcon.tau_student", g.tau_student),
                          ("glcon.tau_teacher", g.tau_teacher)):
             if val <= 0:
-                raise ValueError(f"config: {key} must be > 0, got {val}")
+                raise UsageError(f"config: {key} must be > 0, got {val}")
         for key, val in (("mona.num_queries", m.num_queries), ("mona.num_negatives", m.num_negatives),
                          ("mona.bank_size", m.bank_size), ("mona.bank_push_per_class", m.bank_push_per_class),
                          ("mona.knn_k", m.knn_k), ("mona.knn_queue", m.knn_queue), ("glcon.mined_views", g.mined_views),
                          ("glcon.local_crops", g.local_crops), ("glcon.local_crop_size", g.local_crop_size),
                          ("model.embed_dim", self.model.embed_dim)):
             if val <= 0:
-                raise ValueError(f"config: {key} must be > 0, got {val}")
+                raise UsageError(f"config: {key} must be > 0, got {val}")
         if g.mined_views < 2:
-            raise ValueError(f"config: glcon.mined_views must be >= 2 (the teacher's heads normalise over them), "
+            raise UsageError(f"config: glcon.mined_views must be >= 2 (the teacher's heads normalise over them), "
                              f"got {g.mined_views}")
         if m.knn_k > m.knn_queue:
-            raise ValueError(f"config: mona.knn_k ({m.knn_k}) must be <= mona.knn_queue ({m.knn_queue})")
+            raise UsageError(f"config: mona.knn_k ({m.knn_k}) must be <= mona.knn_queue ({m.knn_queue})")
         for key in ("sup_weight", "contrast_weight", "eqv_weight", "unsup_weight", "nn_weight"):
             if getattr(m, key) < 0:
-                raise ValueError(f"config: mona.{key} must be >= 0, got {getattr(m, key)}")
+                raise UsageError(f"config: mona.{key} must be >= 0, got {getattr(m, key)}")
         for key in ("global_weight", "local_weight", "sup_weight"):
             if getattr(g, key) < 0:
-                raise ValueError(f"config: glcon.{key} must be >= 0, got {getattr(g, key)}")
+                raise UsageError(f"config: glcon.{key} must be >= 0, got {getattr(g, key)}")
         for key in ("strong_threshold", "weak_threshold"):
             if not 0 <= getattr(m, key) <= 1:
-                raise ValueError(f"config: mona.{key} must be in [0, 1], got {getattr(m, key)}")
+                raise UsageError(f"config: mona.{key} must be in [0, 1], got {getattr(m, key)}")
         if self.model.rep_stride not in (1, 2, 4, 8):
-            raise ValueError(f"config: model.rep_stride must be 1, 2, 4 or 8, got {self.model.rep_stride}")
+            raise UsageError(f"config: model.rep_stride must be 1, 2, 4 or 8, got {self.model.rep_stride}")
         if self.optim.schedule not in ("step", "poly"):
-            raise ValueError(f"config: optim.schedule must be 'step' or 'poly', got {self.optim.schedule!r}")
-        for name in ("iterations", "val_every", "log_every", "checkpoint_every"):
+            raise UsageError(f"config: optim.schedule must be 'step' or 'poly', got {self.optim.schedule!r}")
+        for name in ("iterations", "val_every", "log_every", "checkpoint_every", "max_nonfinite_steps"):
             if getattr(self, name) <= 0:
-                raise ValueError(f"config: {name} must be > 0, got {getattr(self, name)}")
+                raise UsageError(f"config: {name} must be > 0, got {getattr(self, name)}")
         if self.data.batch_size <= 0:
-            raise ValueError(f"config: data.batch_size must be > 0, got {self.data.batch_size}")
+            raise UsageError(f"config: data.batch_size must be > 0, got {self.data.batch_size}")
 
     @property
     def labeled_bs(self) -> int:
@@ -215,18 +221,18 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
     args = getattr(typ, "__args__", ())
     if dataclasses.is_dataclass(typ):
         if not isinstance(value, dict):
-            raise ValueError(f"config: {key} must be a mapping, got {value!r}")
+            raise UsageError(f"config: {key} must be a mapping, got {value!r}")
         return _build(typ, value, key + ".")
     if value is None:
         if type(None) in args:
             return None
-        raise ValueError(f"config: {key} may not be null")
+        raise UsageError(f"config: {key} may not be null")
     if args and type(None) in args:  # Optional[X]
         inner = [a for a in args if a is not type(None)][0]
         return _coerce(value, inner, key)
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
-            raise ValueError(f"config: {key} must be a list, got {value!r}")
+            raise UsageError(f"config: {key} must be a list, got {value!r}")
         return tuple(_coerce(v, args[0], key) for v in value)
     try:
         if typ is bool:
@@ -246,7 +252,7 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
         if typ is str:
             return str(value)
     except (TypeError, ValueError):
-        raise ValueError(f"config: {key} must be {getattr(typ, '__name__', typ)}, got {value!r}") from None
+        raise UsageError(f"config: {key} must be {getattr(typ, '__name__', typ)}, got {value!r}") from None
     return value
 
 
@@ -255,7 +261,7 @@ def _build(cls, values: dict, prefix: str = ""):
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)
     if unknown:
-        raise ValueError(f"config: unknown key(s) {[prefix + u for u in unknown]}; valid: {sorted(names)}")
+        raise UsageError(f"config: unknown key(s) {[prefix + u for u in unknown]}; valid: {sorted(names)}")
     return cls(**{k: _coerce(v, hints[k], prefix + k) for k, v in values.items()})
 
 
@@ -265,7 +271,7 @@ def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
     for p in parts[:-1]:
         node = node.setdefault(p, {})
         if not isinstance(node, dict):
-            raise ValueError(f"config override {dotted!r}: {p} is not a section")
+            raise UsageError(f"config override {dotted!r}: {p} is not a section")
     node[parts[-1]] = value
 
 
@@ -275,19 +281,24 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
     if path is not None:
         p = Path(path)
         if not p.exists():
-            raise FileNotFoundError(f"config: {p} does not exist")
+            raise UsageError(f"config: {p} does not exist")
         try:
             tree = yaml.safe_load(p.read_text()) or {}
         except yaml.YAMLError as err:
-            raise ValueError(f"config: {p} is not valid YAML ({err})") from err
+            mark = getattr(err, "problem_mark", None)
+            where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+            what = getattr(err, "problem", None) or str(err).splitlines()[0]
+            raise UsageError(f"config: {p} is not valid YAML ({where}{what})") from err
+        except (OSError, UnicodeDecodeError) as err:
+            raise UsageError(f"config: {p}: cannot read ({err})") from err
         if not isinstance(tree, dict):
-            raise ValueError(f"config: {p} must hold a mapping at the top level")
+            raise UsageError(f"config: {p} must hold a mapping at the top level")
     items = overrides.items() if isinstance(overrides, dict) else []
     if isinstance(overrides, list):
         parsed = []
         for ov in overrides:
             if "=" not in ov:
-                raise ValueError(f"config override {ov!r} must look like key=value (e.g. optim.lr=0.02)")
+                raise UsageError(f"config override {ov!r} must look like key=value (e.g. optim.lr=0.02)")
             k, v = ov.split("=", 1)
             parsed.append((k.strip(), yaml.safe_load(v)))
         items = parsed

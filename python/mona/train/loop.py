@@ -17,8 +17,10 @@ if ``tensorboard`` is installed.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +29,8 @@ import numpy as np
 import torch
 import yaml
 
+from .. import faults
+from ..atomicio import atomic_write_text, remove_stale_temps, write_error
 from ..data.dataset import SliceCache
 from ..data.labeled import LabeledSplit, labeled_split
 from ..data.sampler import LabeledUnlabeledSampler
@@ -35,6 +39,8 @@ from ..models import MonaNet, build_model
 from . import distributed
 from .checkpoint import (FORMAT, atomic_torch_save, export_inference, load_checkpoint, model_meta, restore,
                          rng_state, set_rng_state, states_of, unet_state)
+from ..errors import DataError, MissingFileError, TrainingStopped, UsageError
+from ..lockfile import locked
 from .config import TrainConfig, config_from_dict
 from .methods import METHOD_CLASSES, Batch, Method, RunContext
 
@@ -84,20 +90,34 @@ def validate(model: MonaNet, cache: SliceCache, case_indices: list[int], device:
     return {"mean_dice": float(arr.mean()), "class_dice": arr.mean(0).tolist()}
 
 
+def _jsonl_iteration(line: str) -> int | None:
+    try:
+        rec = json.loads(line)
+        return int(rec["iteration"])
+    except (ValueError, KeyError, TypeError):
+        return None  # a line cut short by a kill or a full disk
+
+
 def _truncate_logs(out: Path, iteration: int) -> None:
-    """On resume: drop log records beyond the checkpoint's iteration (they will be redone)."""
+    """On resume: keep exactly the log records up to the checkpoint's iteration (the later ones are
+    redone) and drop any line a kill or a full disk cut short; each log is rewritten atomically."""
     jl = out / "metrics.jsonl"
     if jl.exists():
-        keep = [l for l in jl.read_text().splitlines() if l.strip() and json.loads(l)["iteration"] <= iteration]
-        jl.write_text("".join(l + "\n" for l in keep))
+        keep = [l for l in jl.read_text(errors="replace").splitlines()
+                if (i := _jsonl_iteration(l)) is not None and i <= iteration]
+        atomic_write_text(jl, "".join(l + "\n" for l in keep), tag="log")
     for name in ("train_log.csv", "val_log.csv"):
         p = out / name
-        if p.exists():
-            rows = list(csv.reader(p.open()))
-            if rows:
-                keep = [rows[0]] + [r for r in rows[1:] if int(r[0]) <= iteration]
-                with p.open("w", newline="") as fh:
-                    csv.writer(fh).writerows(keep)
+        if not p.exists():
+            continue
+        rows = list(csv.reader(io.StringIO(p.read_text(errors="replace"))))
+        if not rows or not rows[0] or rows[0][0] != "iteration":
+            p.unlink()  # not even a complete header: the next record starts the file again
+            continue
+        keep = [rows[0]] + [r for r in rows[1:] if len(r) == len(rows[0]) and r[0].isdigit() and int(r[0]) <= iteration]
+        buf = io.StringIO()
+        csv.writer(buf).writerows(keep)
+        atomic_write_text(p, buf.getvalue(), tag="log")
 
 
 class _Logger:
@@ -111,16 +131,25 @@ class _Logger:
             log.info("tensorboard is not installed: metrics go to metrics.jsonl and CSV only")
 
     def write(self, kind: str, record: dict) -> None:
-        with (self.out / "metrics.jsonl").open("a") as fh:
-            fh.write(json.dumps({"kind": kind, **record}) + "\n")
-        path = self.out / f"{kind}_log.csv"
-        new = not path.exists()
+        # appended (a kill can cut the last line short: a resume drops it, see _truncate_logs); a
+        # failing write (disk full) names the log file
+        jl, path = self.out / "metrics.jsonl", self.out / f"{kind}_log.csv"
         flat = {k: (json.dumps(v) if isinstance(v, list) else v) for k, v in record.items()}
-        with path.open("a", newline="") as fh:
-            w = csv.writer(fh)
-            if new:
-                w.writerow(list(flat))
-            w.writerow(list(flat.values()))
+        try:
+            faults.point("log.append", jl)
+            with jl.open("a") as fh:
+                fh.write(json.dumps({"kind": kind, **record}) + "\n")
+        except OSError as err:
+            raise write_error(err, jl) from err
+        try:
+            new = not path.exists()
+            with path.open("a", newline="") as fh:
+                w = csv.writer(fh)
+                if new:
+                    w.writerow(list(flat))
+                w.writerow(list(flat.values()))
+        except OSError as err:
+            raise write_error(err, path) from err
         if self.tb is not None:
             for k, v in record.items():
                 if isinstance(v, (int, float)) and k != "iteration":
@@ -142,8 +171,56 @@ class _NoLogger:
 
 
 # keys a resumed run may change: the length of the run and bookkeeping, never what it computes
+# (init_from only initialises a fresh run; a resumed one loads every weight from its checkpoint)
 RESUMABLE_KEYS = ("iterations", "val_every", "log_every", "checkpoint_every", "out_dir", "device", "threads",
-                  "distributed")
+                  "max_nonfinite_steps", "init_from", "distributed.backend", "distributed.timeout_s")
+# keys no --resume-override can change: the checkpoint's state would not fit the model
+FIXED_KEYS = ("method", "model.")
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
+def config_diff(saved: TrainConfig, new: TrainConfig) -> list[tuple[str, object, object]]:
+    """(key, saved value, new value) for every dotted key that differs, except :data:`RESUMABLE_KEYS`."""
+    a, b = _flatten(saved.to_dict()), _flatten(new.to_dict())
+    return [(k, a.get(k), b.get(k)) for k in sorted(set(a) | set(b))
+            if k not in RESUMABLE_KEYS and a.get(k) != b.get(k)]
+
+
+def resume_config(ck: dict, cfg: TrainConfig, source: str | Path, override: tuple[str, ...] = ()) -> TrainConfig:
+    """The config a resumed run trains with: ``cfg`` if it equals the checkpoint's except for
+    :data:`RESUMABLE_KEYS` and the keys listed in ``override`` (``--resume-override``); otherwise a
+    :class:`UsageError` listing every changed key with both values."""
+    try:
+        saved = config_from_dict(ck["config"])
+    except (UsageError, KeyError, TypeError) as err:
+        raise DataError(f"checkpoint {source}: its config does not fit this mona version ({err})") from err
+    diff = config_diff(saved, cfg)
+    keys = set(_flatten(cfg.to_dict()))
+    unknown = [k for k in override if k not in keys]
+    if unknown:
+        raise UsageError(f"--resume-override: unknown config key(s) {unknown}")
+    fixed = [k for k, _, _ in diff if k in override and k.startswith(FIXED_KEYS)]
+    if fixed:
+        raise UsageError(f"--resume-override {','.join(fixed)}: the method and model.* cannot change on resume (the "
+                         f"checkpoint's weights would not fit); start a new run with init_from={source}")
+    refused = [(k, a, b) for k, a, b in diff if k not in override]
+    if refused:
+        changes = "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in refused)
+        raise UsageError(f"--resume {source}: the config differs from the checkpoint's: {changes}; resume with the "
+                         f"checkpoint's values, or accept the change with --resume-override "
+                         f"{','.join(k for k, _, _ in refused)}")
+    for k, a, b in diff:
+        log.warning("resume: %s changed from %r to %r (--resume-override)", k, a, b)
+    return cfg
 
 
 @dataclass
@@ -166,6 +243,9 @@ class Run:
     best: float = -1.0
     best_iteration: int = -1
     t0: float = field(default_factory=time.time)
+    nonfinite: "NonFinite" = field(default_factory=lambda: NonFinite())
+    last_saved: int | None = None           # iteration of the newest last.pt (None: none yet)
+    step_nonfinite: list[str] = field(default_factory=list)  # what was non-finite in the last step
     dist: distributed.DistEnv = field(default_factory=distributed.DistEnv)
 
     def checkpoint(self, it: int) -> dict:
@@ -174,10 +254,37 @@ class Run:
         ck = {"format": FORMAT, "iteration": it, "method": self.cfg.method, "config": self.cfg.to_dict(),
               "meta": self.meta, "objects": states_of(self.objects),
               "rng": rng_state(), "best_dice": self.best, "best_iteration": self.best_iteration,
-              "labeled_patients": self.split.labeled_patients}
+              "labeled_patients": self.split.labeled_patients, "nonfinite": self.nonfinite.state_dict()}
         if self.dist.enabled:
             ck.update(distributed.rank_states(self.objects, rng_state()))
         return ck
+
+
+@dataclass
+class NonFinite:
+    """Bookkeeping of skipped steps: ``skipped`` in total, ``consecutive`` in the current streak (which
+    began at iteration ``first``), ``what``: the non-finite terms / gradients of the streak."""
+
+    skipped: int = 0
+    consecutive: int = 0
+    first: int = 0
+    what: list[str] = field(default_factory=list)
+
+    def state_dict(self) -> dict:
+        return {"skipped": self.skipped, "consecutive": self.consecutive, "first": self.first, "what": list(self.what)}
+
+    def load_state_dict(self, d: dict) -> None:
+        self.skipped, self.consecutive, self.first, self.what = d["skipped"], d["consecutive"], d["first"], list(d["what"])
+
+    def update(self, it: int, bad: list[str] | None) -> None:
+        if not bad:
+            self.consecutive, self.what = 0, []
+            return
+        self.skipped += 1
+        self.consecutive += 1
+        if self.consecutive == 1:
+            self.first = it
+        self.what += [b for b in bad if b not in self.what]
 
 
 def _seed_everything(seed: int) -> None:
@@ -197,27 +304,24 @@ def open_inputs(cfg: TrainConfig, *,
     split = labeled_split(cache, labeled_patients=cfg.data.labeled_patients, labeled_ratio=cfg.data.labeled_ratio,
                           labeled_list=cfg.data.labeled_list)
     if cfg.method != "supervised" and not split.unlabeled:
-        raise ValueError(f"method {cfg.method!r} needs unlabeled slices, but every train slice of {cache.root} is "
+        raise DataError(f"method {cfg.method!r} needs unlabeled slices, but every train slice of {cache.root} is "
                          f"labeled ({split.description}); label fewer patients or use method: supervised")
     if check_init_from and cfg.init_from and not Path(cfg.init_from).exists():
-        raise FileNotFoundError(f"init_from: checkpoint {cfg.init_from} does not exist")
+        raise MissingFileError(f"init_from: checkpoint {cfg.init_from} does not exist")
     return device, cache, split
 
 
-def setup(cfg: TrainConfig, *, resume: str | Path | None = None) -> Run:
-    """Build the run: config (the checkpoint's on resume), device, data, method, objects, logs."""
+def setup(cfg: TrainConfig, *, resume: str | Path | None = None, resume_override: tuple[str, ...] = ()) -> Run:
+    """Build the run: config (checked against the checkpoint's on resume), device, data, method,
+    objects, logs. ``resume_override``: config keys that may differ from the checkpoint's."""
     cfg.validate()
     ck = None
     if resume is not None:
         ck = load_checkpoint(resume)
         if ck["format"] != FORMAT:
-            raise ValueError(f"--resume {resume}: {ck['format']} is not a resumable training checkpoint "
-                             f"({FORMAT}); use the run's last.pt")
-        saved = config_from_dict(ck["config"])
-        for k in RESUMABLE_KEYS:  # the run is defined by the saved config
-            setattr(saved, k, getattr(cfg, k))
-        cfg = saved
-        cfg.validate()
+            raise DataError(f"--resume {resume}: {ck['format']} is not a resumable training checkpoint "
+                            f"({FORMAT}); use the run's last.pt")
+        cfg = resume_config(ck, cfg, resume, tuple(resume_override))
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     dist_env, device = distributed.init(cfg.device, cfg.distributed.backend, cfg.distributed.timeout_s)
@@ -238,6 +342,8 @@ def setup(cfg: TrainConfig, *, resume: str | Path | None = None) -> Run:
     main = dist_env.is_main  # under torchrun only rank 0 writes
     if main:
         out.mkdir(parents=True, exist_ok=True)  # only now: every input (cache, split, init_from) has been read
+        for tmp in remove_stale_temps(out):     # we hold out's lock: these are an interrupted run's
+            log.info("removed %s (a file an interrupted run was writing)", tmp)
     # every rank draws the same global batch and keeps its part (mona.train.distributed)
     sample_gen = torch.Generator().manual_seed(cfg.seed + 1)
     labeled_bs = cfg.labeled_bs
@@ -254,6 +360,9 @@ def setup(cfg: TrainConfig, *, resume: str | Path | None = None) -> Run:
         if dist_env.enabled:
             set_rng_state(distributed.restore_rank_state(objects, ck, dist_env))
         run.start, run.best, run.best_iteration = ck["iteration"], ck["best_dice"], ck["best_iteration"]
+        run.last_saved = run.start
+        if "nonfinite" in ck:  # absent in checkpoints of mona <= 0.2
+            run.nonfinite.load_state_dict(ck["nonfinite"])
         if main:
             _truncate_logs(out, run.start)
         log.info("resumed %s from %s at iteration %d", cfg.method, resume, run.start)
@@ -261,7 +370,7 @@ def setup(cfg: TrainConfig, *, resume: str | Path | None = None) -> Run:
         for name in ("metrics.jsonl", "train_log.csv", "val_log.csv"):
             (out / name).unlink(missing_ok=True)
     if main:
-        (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        atomic_write_text(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False), tag="config")
     run.logger = _Logger(out) if main else _NoLogger()  # type: ignore[assignment]
     log.info("%s: %s; batch %d (%d labeled + %d unlabeled)%s; device %s; impl %s; amp %s", cfg.method,
              split.description, cfg.data.batch_size, labeled_bs,
@@ -282,18 +391,75 @@ def next_batch(run: Run) -> Batch:
     return Batch(x_l.to(dev, non_blocking=True), y_l.to(dev, non_blocking=True), x_u.to(dev, non_blocking=True))
 
 
+def _inject_nonfinite(m: Method, loss: torch.Tensor, parts: dict[str, float]) -> torch.Tensor:
+    """Fault injection (``MONA_FAULT=loss.TERM@N:nan``): the term and the loss become non-finite, and so
+    do the gradients (the loss is multiplied, not shifted)."""
+    for term in m.terms():
+        bad = faults.poison(f"loss.{term}")
+        if bad is not None:
+            parts[term] = bad
+            loss = loss * bad
+    return loss
+
+
+def _nonfinite_grads(m: Method) -> list[str]:
+    """Names of the parameters whose gradient holds a NaN or inf (empty: all finite). One fused norm
+    over every gradient; the per-parameter search runs only when that is not finite."""
+    named = [(n, p.grad) for n, p in m.student.named_parameters() if p.grad is not None]
+    if not named:
+        return []
+    total = torch.stack(torch._foreach_norm([g for _, g in named])).sum()
+    if bool(torch.isfinite(total)):
+        return []
+    bad = [n for n, g in named if not bool(torch.isfinite(g).all())]
+    return [f"gradient of {', '.join(bad[:3])}{f' (+{len(bad) - 3} more)' if len(bad) > 3 else ''}"]
+
+
 def train_one_iteration(run: Run) -> tuple[float, dict[str, float], float]:
-    """One optimiser step. Returns (loss, parts, lr used)."""
+    """One optimiser step. Returns (loss, parts, lr used); ``run.step_nonfinite`` lists what was
+    non-finite in it (empty: the step was applied).
+
+    A non-finite loss (any term, or the total) or gradient skips the step: no optimiser step, no EMA
+    update, no bank / queue push; the schedule, the data sampler and the generators advance as in any
+    step (the run stays a function of the iteration). Under CUDA AMP the GradScaler handles gradient
+    overflow itself (it skips the optimiser step and lowers its scale), so only the loss is checked."""
     m = run.method
+    # the forward pass updates BatchNorm running statistics; a skipped step must not keep them (a
+    # non-finite activation would poison them): keep a copy (per-channel vectors, a few KiB)
+    modules = [m.student] + ([m.teacher] if m.teacher is not None else [])
+    buffers = [[b.detach().clone() for b in mod.buffers()] for mod in modules]
     loss, parts = m.step(next_batch(run))
-    m.optimizer.zero_grad(set_to_none=True)
-    m.scaler.scale(loss).backward()
-    m.scaler.step(m.optimizer)
-    m.scaler.update()
-    lr = m.optimizer.param_groups[0]["lr"]
-    m.scheduler.step()
-    m.after_step()
+    if faults.active():
+        loss = _inject_nonfinite(m, loss, parts)
     lv = float(loss.detach())
+    bad = [k for k, v in parts.items() if not math.isfinite(v)]
+    if not bad and not math.isfinite(lv):
+        bad = ["loss (total)"]
+    if run.dist.enabled and distributed.any_rank(bool(bad)) and not bad:
+        bad = ["loss on another process"]  # every rank skips the same steps
+    m.optimizer.zero_grad(set_to_none=True)
+    if not bad or run.dist.enabled:
+        # under DDP every forward needs its backward (its gradient reducer waits for it), a skipped
+        # step's too: the gradients (all-reduced, so the same on every rank) are then discarded
+        m.scaler.scale(loss).backward()
+        if faults.active() and (v := faults.poison("grad")) is not None:
+            next(p for p in m.student.parameters() if p.grad is not None).grad.view(-1)[0] = v
+        if not bad and not m.scaler.is_enabled():
+            bad = _nonfinite_grads(m)
+    lr = m.optimizer.param_groups[0]["lr"]
+    if bad:
+        m.optimizer.zero_grad(set_to_none=True)
+        m.discard_step()
+        with torch.no_grad():
+            for mod, saved in zip(modules, buffers):
+                for b, old in zip(mod.buffers(), saved):
+                    b.copy_(old)
+    else:
+        m.scaler.step(m.optimizer)
+        m.scaler.update()
+        m.after_step()
+    m.scheduler.step()
+    run.step_nonfinite = bad
     if run.dist.enabled:  # the figures of the global batch: means over the ranks
         reduced = distributed.mean_over_ranks({"loss": lv, **{k: parts.get(k) for k in m.terms()}})
         lv = reduced.pop("loss")
@@ -307,12 +473,28 @@ def _save(run: Run, ck: dict, name: str) -> None:
 
 
 def train(cfg: TrainConfig, *, resume: str | Path | None = None, progress: bool = True,
-          stop_after: int | None = None) -> TrainResult:
+          stop_after: int | None = None, resume_override: tuple[str, ...] = ()) -> TrainResult:
     """Run (or resume) training with ``cfg.method``. ``stop_after``: stop once this iteration is reached,
-    writing ``last.pt`` as an interruption would (for tests and time-boxed runs)."""
+    writing ``last.pt`` as an interruption would (for tests and time-boxed runs). The run holds the lock
+    of ``out_dir`` (a second run into it fails at once)."""
+    with distributed.locked_on_rank0(cfg.out_dir, "mona train"):
+        return _train(cfg, resume=resume, progress=progress, stop_after=stop_after, resume_override=resume_override)
+
+
+def _stop_message(run: Run, it: int) -> str:
+    nf, cfg = run.nonfinite, run.cfg
+    last = (f"{run.out / 'last.pt'} (iteration {run.last_saved}) is intact" if run.last_saved is not None
+            else "no checkpoint was written yet")
+    return (f"training stopped at iteration {it}: {nf.consecutive} consecutive steps (iterations {nf.first}-{it}) had "
+            f"a non-finite {'; '.join(nf.what)} (max_nonfinite_steps={cfg.max_nonfinite_steps}); the last good "
+            f"checkpoint {last}; lower optim.lr or check the data, then resume (--resume-override optim.lr)")
+
+
+def _train(cfg: TrainConfig, *, resume: str | Path | None, progress: bool, stop_after: int | None,
+           resume_override: tuple[str, ...]) -> TrainResult:
     from tqdm import tqdm
 
-    run = setup(cfg, resume=resume)
+    run = setup(cfg, resume=resume, resume_override=resume_override)
     cfg = run.cfg
     result = TrainResult(run.out, run.start)
     end = cfg.iterations if stop_after is None else min(cfg.iterations, stop_after)
@@ -324,18 +506,26 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, progress: bool 
     try:
         while it < end:
             lv, parts, lr = train_one_iteration(run)
+            bad = run.step_nonfinite
             it += 1
-            if not np.isfinite(lv):
-                raise FloatingPointError(f"training diverged: loss {lv} at iteration {it} (terms: {parts})")
+            faults.point("train.after_step")
+            run.nonfinite.update(it, bad)
             result.losses.append(lv)
             bar.update(1)
-            if it % cfg.log_every == 0 or it == end:
+            stop = run.nonfinite.consecutive >= cfg.max_nonfinite_steps
+            if bad and main:
+                log.warning("iteration %d: non-finite %s: step skipped (%d in a row, %d in this run)", it,
+                            ", ".join(bad), run.nonfinite.consecutive, run.nonfinite.skipped)
+            if it % cfg.log_every == 0 or it == end or stop:
                 # a fixed set of columns: a term not computed this step (e.g. L_nn before its queue
                 # holds k entries) is logged as empty / null, never shifting the CSV columns
                 terms = {k: parts.get(k) for k in run.method.terms()}
                 run.logger.write("train", {"iteration": it, "loss": lv, **terms, "lr": lr,
+                                           "skipped_steps": run.nonfinite.skipped,
                                            "elapsed_s": round(time.time() - run.t0, 2)})
                 bar.set_postfix(loss=f"{lv:.4f}", lr=f"{lr:.2e}")
+            if stop:
+                raise TrainingStopped(_stop_message(run, it))
             if run.val_cases and (it % cfg.val_every == 0 or it == cfg.iterations):
                 v = validate(run.method.student, run.cache, run.val_cases, run.device)
                 run.logger.write("val", {"iteration": it, **v})
@@ -345,10 +535,18 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, progress: bool 
                 bar.set_postfix(loss=f"{lv:.4f}", val_dice=f"{v['mean_dice']:.3f}", best=f"{run.best:.3f}")
             if it % cfg.checkpoint_every == 0 or it == end:
                 _save(run, run.checkpoint(it), "last.pt")
+                run.last_saved = it
     finally:
         bar.close()
         run.logger.close()
     if it >= cfg.iterations:
+        # (best_iteration < 0: no best.pt yet; a test every rank answers alike, unlike a file's existence)
+        if run.val_cases and run.best_iteration < 0:
+            # resumed with `iterations` at or below the checkpoint's before any validation: validate now
+            v = validate(run.method.student, run.cache, run.val_cases, run.device)
+            run.logger.write("val", {"iteration": it, **v})
+            run.best, run.best_iteration = v["mean_dice"], it
+            _save(run, run.checkpoint(it), "best.pt")
         if not run.val_cases:
             if main:
                 log.warning("no validation patients in %s: best.pt is the final model", run.cache.root)

@@ -19,6 +19,8 @@ import dataclasses
 import logging
 from pathlib import Path
 
+from ..errors import DataError
+from . import distributed
 from .checkpoint import load_checkpoint
 from .config import TrainConfig
 from .loop import TrainResult, open_inputs, train
@@ -45,19 +47,28 @@ def _stage_state(cfg: TrainConfig) -> str:
         return "new"
     ck = load_checkpoint(last)
     if ck.get("method", "supervised") != cfg.method:
-        raise ValueError(f"{last}: written by method {ck.get('method')!r}, this stage is {cfg.method!r}; "
+        raise DataError(f"{last}: written by method {ck.get('method')!r}, this stage is {cfg.method!r}; "
                          f"use another out_dir")
     done = ck["iteration"] >= cfg.iterations and (Path(cfg.out_dir) / "model.pt").exists()
     return "done" if done else "partial"
 
 
-def run(cfg: TrainConfig, *, resume: str | Path | None = None, progress: bool = True) -> list[TrainResult]:
-    """Train every stage of ``cfg``; ``resume``: None (start fresh), ``"auto"``, or a checkpoint path."""
+def run(cfg: TrainConfig, *, resume: str | Path | None = None, progress: bool = True,
+        resume_override: tuple[str, ...] = ()) -> list[TrainResult]:
+    """Train every stage of ``cfg``; ``resume``: None (start fresh), ``"auto"``, or a checkpoint path;
+    ``resume_override``: config keys a resumed stage may change (else a changed config is refused).
+    Holds the lock of ``cfg.out_dir`` throughout (a second run into it fails at once)."""
     plan = stages(cfg)
     if resume is None or (resume == "auto" and not Path(cfg.out_dir).exists()):
         # a fresh start: check every input of the run before any stage creates an output directory
         # (a resumed stage trains with its checkpoint's config, checked by setup)
         open_inputs(cfg, check_init_from=True)
+    with distributed.locked_on_rank0(cfg.out_dir, "mona train"):  # rank 0 alone writes there
+        return _run(plan, resume, progress, tuple(resume_override))
+
+
+def _run(plan: list[TrainConfig], resume: str | Path | None, progress: bool,
+         resume_override: tuple[str, ...]) -> list[TrainResult]:
     results: list[TrainResult] = []
     explicit = None if resume in (None, "auto") else Path(resume)
     explicit_stage = None
@@ -65,14 +76,14 @@ def run(cfg: TrainConfig, *, resume: str | Path | None = None, progress: bool = 
         method = load_checkpoint(explicit).get("method", "supervised")
         matches = [i for i, s in enumerate(plan) if s.method == method]
         if not matches:
-            raise ValueError(f"--resume {explicit}: a {method!r} checkpoint, but this config trains "
+            raise DataError(f"--resume {explicit}: a {method!r} checkpoint, but this config trains "
                              f"{[s.method for s in plan]}")
         explicit_stage = matches[0]
     for i, stage in enumerate(plan):
         label = f"stage {i + 1}/{len(plan)} ({stage.method})" if len(plan) > 1 else stage.method
         if explicit_stage is not None and i < explicit_stage:
             if _stage_state(stage) != "done":
-                raise ValueError(f"--resume {explicit}: the earlier {label} in {stage.out_dir} is not finished")
+                raise DataError(f"--resume {explicit}: the earlier {label} in {stage.out_dir} is not finished")
             continue
         resume_from: str | Path | None = None
         if explicit_stage == i:
@@ -85,5 +96,6 @@ def run(cfg: TrainConfig, *, resume: str | Path | None = None, progress: bool = 
             resume_from = Path(stage.out_dir) / "last.pt" if state == "partial" else None
         if len(plan) > 1:
             log.info("%s -> %s", label, stage.out_dir)
-        results.append(train(stage, resume=resume_from, progress=progress))
+        results.append(train(stage, resume=resume_from, progress=progress,
+                             resume_override=resume_override if resume_from is not None else ()))
     return results

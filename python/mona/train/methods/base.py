@@ -21,6 +21,7 @@ import torch
 
 from ...data.dataset import SliceCache
 from ...data.labeled import LabeledSplit
+from ...errors import DataError, MissingFileError
 from ...models import MonaNet, build_model
 from .. import distributed
 from ..checkpoint import load_checkpoint, student_state
@@ -60,23 +61,23 @@ def load_init_weights(student: MonaNet, path: str | Path, meta: dict) -> list[st
     are loaded, the others keep their fresh initialisation. Returns the names of the fresh heads."""
     p = Path(path)
     if not p.exists():
-        raise FileNotFoundError(f"init_from: checkpoint {p} does not exist")
+        raise MissingFileError(f"init_from: checkpoint {p} does not exist")
     ck = load_checkpoint(p)
     theirs = ck["meta"]
     for key, norm in (("num_classes", int), ("channels", lambda c: [int(x) for x in c])):
         if norm(theirs[key]) != norm(meta[key]):
-            raise ValueError(f"init_from {p}: incompatible checkpoint: {key} {theirs[key]} != this run's {meta[key]}")
+            raise DataError(f"init_from {p}: incompatible checkpoint: {key} {theirs[key]} != this run's {meta[key]}")
     state = student_state(ck)
     own = student.state_dict()
     unet_missing = [k for k in own if k.startswith("unet.") and k not in state]
     if unet_missing:
-        raise ValueError(f"init_from {p}: incompatible checkpoint: UNet weights missing ({unet_missing[:3]} ...)")
+        raise DataError(f"init_from {p}: incompatible checkpoint: UNet weights missing ({unet_missing[:3]} ...)")
     take, fresh = {}, set()
     for k, v in own.items():
         if k in state and state[k].shape == v.shape:
             take[k] = state[k]
         elif k.startswith("unet."):
-            raise ValueError(f"init_from {p}: incompatible checkpoint: {k} has shape {tuple(state[k].shape)}, "
+            raise DataError(f"init_from {p}: incompatible checkpoint: {k} has shape {tuple(state[k].shape)}, "
                              f"this model {tuple(v.shape)}")
         else:
             fresh.add(k.split(".")[1])
@@ -173,6 +174,10 @@ class Method:
             ema_update(self.teacher, self.student, self.cfg.ema_decay)
             if self.dist.enabled and not self.cfg.distributed.sync_batchnorm:
                 distributed.average_buffers(self.teacher)
+
+    def discard_step(self) -> None:
+        """The loop skips this step (a non-finite loss or gradient): forget what ``step`` prepared for
+        :meth:`after_step` (bank / queue pushes); nothing of this step may reach the run's state."""
 
     def weak_views(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """Both halves under one weak geometric transform per image (rotation, crop, flip): the teacher's

@@ -76,6 +76,10 @@ class GLCon(Method):
         return {**super().stateful(), "queue.global": self.queue_global, "queue.local": self.queue_local,
                 "sampler.mined": self.mined, "generator.method": self.method_gen}
 
+    def discard_step(self) -> None:
+        """Nothing to undo: the mined views entered the queues during ``step`` (this step's losses compare
+        against them) as embeddings of the teacher, which a skipped step leaves unchanged."""
+
     def step(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         cfg, g, a = self.cfg, self.cfg.glcon, self.cfg.augment
         bl = batch.x_l.shape[0]

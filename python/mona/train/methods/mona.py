@@ -170,6 +170,9 @@ class Mona(Method):
             self._pending["queue"] = teacher_global
         return loss, parts
 
+    def discard_step(self) -> None:
+        self._pending.clear()
+
     def after_step(self) -> None:
         """EMA update, then the pushes (after backward: the losses read the bank / queue in place)."""
         super().after_step()
