@@ -85,6 +85,20 @@ def _worker(rank: int, port: int, job: str, args: dict) -> None:
             batches = [run.sampler.next_batch() for _ in range(3)]  # what this rank would draw next
             torch.save({"snaps": snaps, "losses": losses, "batches": batches, "world": run.dist.world_size},
                        out / f"rank{rank}.pt")
+        elif job == "nonfinite":  # rank 1 alone sees a NaN loss term at its second step
+            if rank == 1:
+                from mona import faults
+
+                os.environ["MONA_FAULT"] = "loss.ce@2:nan"
+                faults.reload()
+            run = setup(load_config(None, args["overrides"]))
+            run.method.student.train()
+            snaps, skipped = [], []
+            for _ in range(4):
+                train_one_iteration(run)
+                skipped.append(list(run.step_nonfinite))
+                snaps.append(_snapshot(run))
+            torch.save({"snaps": snaps, "skipped": skipped}, out / f"rank{rank}.pt")
         elif job == "resume":  # uninterrupted vs stopped + resumed, both under DDP
             cfg_full = load_config(None, args["overrides"] + [f"out_dir={out / 'full'}", "iterations=5"])
             full = train(cfg_full, progress=False)
@@ -157,6 +171,20 @@ def test_ranks_hold_identical_weights_banks_and_queues_after_every_step(tiny_cac
     else:
         # the mined views are split over the ranks: the gathered queue holds the step's 4 views
         assert int(last["queue.global.fill"]) == 4
+
+
+def test_a_nonfinite_loss_on_one_rank_skips_the_step_on_every_rank(tiny_cache, tmp_path):
+    ov = _overrides(tiny_cache, tmp_path / "run", "mona", batch=4)
+    ranks = _spawn("nonfinite", {"out": str(tmp_path), "overrides": ov})
+    assert ranks[1]["skipped"] == [[], ["ce"], [], []]
+    assert ranks[0]["skipped"] == [[], ["loss on another process"], [], []]
+    for step in range(4):
+        a, b = ranks[0]["snaps"][step], ranks[1]["snaps"][step]
+        assert all(torch.equal(a[k], b[k]) for k in a), step
+    # the skipped step changed nothing (weights, teacher, momenta, bank, queue); the next ones train
+    before, skipped, after = ranks[0]["snaps"][0], ranks[0]["snaps"][1], ranks[0]["snaps"][2]
+    assert all(torch.equal(before[k], skipped[k]) for k in before)
+    assert not torch.equal(skipped["student.unet.inc.body.0.weight"], after["student.unet.inc.body.0.weight"])
 
 
 def test_two_ranks_with_batch_b_equal_one_rank_with_batch_2b(tiny_cache, tmp_path):
