@@ -108,10 +108,13 @@ def _resolve_config(name: str) -> str:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    import logging
     from pathlib import Path
 
-    from .train import load_config, run_stages
+    from .train import distributed, load_config, run_stages
 
+    if distributed.env_from_environment().rank > 0:  # under torchrun: one copy of every info line, rank 0's
+        logging.getLogger("mona").setLevel(logging.WARNING)
     overrides, resume = list(args.overrides), args.resume
     if resume not in (None, "auto") and "=" in resume and not Path(resume).exists():
         # `--resume key=value`: argparse took an override as the optional CHECKPOINT value
@@ -120,7 +123,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if override and resume is None:
         raise UsageError("--resume-override applies with --resume only")
     cfg = load_config(_resolve_config(args.config), overrides)
-    results = run_stages(cfg, resume=resume, progress=not args.no_progress, resume_override=override)
+    try:  # under torchrun: one process of several (mona.train.distributed); only rank 0 reports
+        results = run_stages(cfg, resume=resume, progress=not args.no_progress, resume_override=override)
+        if not distributed.current().is_main:
+            return 0
+    finally:
+        distributed.shutdown()
     if not results:
         print(f"nothing to do: every stage of {cfg.out_dir} has finished (train again without --resume, or "
               f"raise `iterations`)")

@@ -41,23 +41,36 @@ class LabeledUnlabeledSampler:
 
     ``labeled``/``unlabeled``: item ids (e.g. slice indices). Returns ``(labeled_ids, unlabeled_ids)``.
     With ``labeled_bs == batch_size`` the unlabeled pool may be empty (supervised training).
+
+    Sharded (``world_size > 1``, one sampler per rank, every one with a generator seeded alike): each
+    call draws the global batch, ``world_size`` times ``labeled_bs`` labeled and ``batch_size -
+    labeled_bs`` unlabeled items, and returns rank ``rank``'s contiguous part of each half. The ranks
+    thus see disjoint parts of every global batch (within an epoch of the shuffler), and the global
+    batch is the one a single process with ``world_size`` times the batch would draw. The state
+    (the shuffled epochs) is the same on every rank.
     """
 
     def __init__(self, labeled: list[int], unlabeled: list[int], batch_size: int, labeled_bs: int,
-                 generator: torch.Generator):
+                 generator: torch.Generator, rank: int = 0, world_size: int = 1):
         if not 0 < labeled_bs <= batch_size:
             raise ValueError(f"labeled_bs must be in 1..batch_size={batch_size}, got {labeled_bs}")
         if labeled_bs < batch_size and not unlabeled:
             raise ValueError("LabeledUnlabeledSampler: unlabeled half requested but no unlabeled items")
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"LabeledUnlabeledSampler: need 0 <= rank < world_size, got rank={rank}, "
+                             f"world_size={world_size}")
         self.labeled, self.unlabeled = list(labeled), list(unlabeled)
         self.batch_size, self.labeled_bs = batch_size, labeled_bs
+        self.rank, self.world_size = rank, world_size
         self._lab = EpochShuffler(len(self.labeled), generator)
         self._unl = EpochShuffler(len(self.unlabeled), generator) if self.unlabeled else None
 
     def next_batch(self) -> tuple[list[int], list[int]]:
-        lab = [self.labeled[i] for i in self._lab.take(self.labeled_bs)]
-        n_unl = self.batch_size - self.labeled_bs
-        unl = [self.unlabeled[i] for i in self._unl.take(n_unl)] if (self._unl and n_unl) else []
+        w, r = self.world_size, self.rank
+        lbs, n_unl = self.labeled_bs, self.batch_size - self.labeled_bs
+        lab = [self.labeled[i] for i in self._lab.take(w * lbs)[r * lbs:(r + 1) * lbs]]
+        unl = ([self.unlabeled[i] for i in self._unl.take(w * n_unl)[r * n_unl:(r + 1) * n_unl]]
+               if (self._unl and n_unl) else [])
         return lab, unl
 
     def state_dict(self) -> dict:

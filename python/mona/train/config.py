@@ -21,6 +21,8 @@ from ..errors import UsageError
 
 METHODS = ("supervised", "glcon", "mona")
 IMPLS = ("ext", "reference")
+AMP_MODES = ("auto", "off", "fp16", "bf16")
+DIST_BACKENDS = ("auto", "nccl", "gloo")
 NEGATIVE_SOURCES = ("batch", "bank", "both")
 
 
@@ -40,6 +42,7 @@ class ModelConfig:
     dropout: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3, 0.5)
     embed_dim: int = 512                  # projection / representation embedding dimension
     rep_stride: int = 1                   # representation head output stride (1: full resolution)
+    channels_last: bool = False           # student and teacher weights / activations in torch.channels_last
 
 
 @dataclass
@@ -88,6 +91,14 @@ class MonaConfig:
 
 
 @dataclass
+class DistributedConfig:
+    """Multi-process training under ``torchrun`` (read only when WORLD_SIZE > 1; see mona.train.distributed)."""
+    backend: str = "auto"                 # auto: nccl on CUDA, gloo on the CPU
+    timeout_s: float = 600.0              # a collective waiting longer (a rank died or hangs) ends the job
+    sync_batchnorm: bool = True           # BatchNorm statistics over the global batch (SyncBatchNorm)
+
+
+@dataclass
 class TrainConfig:
     method: str = "supervised"
     out_dir: str = "runs/supervised"
@@ -97,7 +108,7 @@ class TrainConfig:
     log_every: int = 10
     checkpoint_every: int = 500
     device: str = "auto"                  # auto | cpu | cuda | cuda:N
-    amp: bool = True                      # mixed precision (only used on CUDA)
+    amp: str = "auto"                     # auto (fp16 on CUDA, off on the CPU) | off | fp16 (CUDA) | bf16
     threads: int | None = None            # torch CPU threads (None: torch default)
     dice_weight: float = 0.5              # loss = dice_weight * Dice + ce_weight * CE
     ce_weight: float = 0.5
@@ -112,12 +123,25 @@ class TrainConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     glcon: GLConConfig = field(default_factory=GLConConfig)
     mona: MonaConfig = field(default_factory=MonaConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
+
+    def __post_init__(self) -> None:
+        # configs and checkpoints of mona <= 0.2 hold ``amp: true / false`` (true: fp16 on CUDA only)
+        if isinstance(self.amp, bool) or self.amp in ("True", "False"):
+            self.amp = "auto" if self.amp in (True, "True") else "off"
 
     def validate(self) -> None:
         if self.method not in METHODS:
             raise UsageError(f"config: method must be one of {METHODS}, got {self.method!r}")
         if self.impl not in IMPLS:
             raise UsageError(f"config: impl must be one of {IMPLS}, got {self.impl!r}")
+        if self.amp not in AMP_MODES:
+            raise UsageError(f"config: amp must be one of {AMP_MODES}, got {self.amp!r}")
+        if self.distributed.backend not in DIST_BACKENDS:
+            raise UsageError(f"config: distributed.backend must be one of {DIST_BACKENDS}, "
+                             f"got {self.distributed.backend!r}")
+        if not self.distributed.timeout_s > 0:
+            raise UsageError(f"config: distributed.timeout_s must be > 0, got {self.distributed.timeout_s}")
         if not self.data.cache:
             raise UsageError("config: data.cache is required (a directory written by `mona prepare`)")
         given = [k for k in ("labeled_patients", "labeled_ratio", "labeled_list") if getattr(self.data, k) is not None]

@@ -16,6 +16,8 @@ if ``tensorboard`` is installed.
 
 from __future__ import annotations
 
+import contextlib
+
 import csv
 import io
 import json
@@ -36,6 +38,7 @@ from ..data.labeled import LabeledSplit, labeled_split
 from ..data.sampler import LabeledUnlabeledSampler
 from ..eval.metrics import dice
 from ..models import MonaNet, build_model
+from . import distributed
 from .checkpoint import (FORMAT, atomic_torch_save, export_inference, load_checkpoint, model_meta, restore,
                          rng_state, set_rng_state, states_of, unet_state)
 from ..errors import DataError, MissingFileError, TrainingStopped, UsageError
@@ -75,7 +78,9 @@ def validate(model: MonaNet, cache: SliceCache, case_indices: list[int], device:
     was = model.training
     model.eval()
     per_class = []
-    for ci in case_indices:
+    # under torchrun each rank segments its part of the volumes; the gathered list is in volume order
+    env = distributed.current()
+    for ci in distributed.shard(case_indices, env.rank, env.world_size):
         img, lab = cache.arrays(ci)
         pred = np.empty(lab.shape, np.int64)
         for z0 in range(0, img.shape[0], batch_size):
@@ -83,7 +88,7 @@ def validate(model: MonaNet, cache: SliceCache, case_indices: list[int], device:
             pred[z0:z0 + x.shape[0]] = model(x, with_heads=False).logits.argmax(1).cpu().numpy()
         per_class.append([dice(pred == c, np.asarray(lab) == c) for c in range(1, cache.num_classes)])
     model.train(was)
-    arr = np.asarray(per_class)
+    arr = np.asarray(distributed.gather_lists(per_class))
     return {"mean_dice": float(arr.mean()), "class_dice": arr.mean(0).tolist()}
 
 
@@ -157,10 +162,20 @@ class _Logger:
             self.tb.close()
 
 
+class _NoLogger:
+    """The logger of ranks other than 0 under torchrun: only rank 0 writes."""
+
+    def write(self, kind: str, record: dict) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 # keys a resumed run may change: the length of the run and bookkeeping, never what it computes
 # (init_from only initialises a fresh run; a resumed one loads every weight from its checkpoint)
 RESUMABLE_KEYS = ("iterations", "val_every", "log_every", "checkpoint_every", "out_dir", "device", "threads",
-                  "max_nonfinite_steps", "init_from")
+                  "max_nonfinite_steps", "init_from", "distributed")
 # keys no --resume-override can change: the checkpoint's state would not fit the model
 FIXED_KEYS = ("method", "model.")
 
@@ -234,11 +249,18 @@ class Run:
     last_saved: int | None = None           # iteration of the newest last.pt (None: none yet)
     step_nonfinite: list[str] = field(default_factory=list)  # what was non-finite in the last step
 
+    dist: distributed.DistEnv = field(default_factory=distributed.DistEnv)
+
     def checkpoint(self, it: int) -> dict:
-        return {"format": FORMAT, "iteration": it, "method": self.cfg.method, "config": self.cfg.to_dict(),
-                "meta": self.meta, "objects": states_of(self.objects),
-                "rng": rng_state(), "best_dice": self.best, "best_iteration": self.best_iteration,
-                "labeled_patients": self.split.labeled_patients, "nonfinite": self.nonfinite.state_dict()}
+        """The checkpoint of iteration ``it``. Under torchrun a collective (every rank's RNG and generator
+        states are gathered into ``ranks``): call it on every rank, write it on rank 0."""
+        ck = {"format": FORMAT, "iteration": it, "method": self.cfg.method, "config": self.cfg.to_dict(),
+              "meta": self.meta, "objects": states_of(self.objects),
+              "rng": rng_state(), "best_dice": self.best, "best_iteration": self.best_iteration,
+              "labeled_patients": self.split.labeled_patients, "nonfinite": self.nonfinite.state_dict()}
+        if self.dist.enabled:
+            ck.update(distributed.rank_states(self.objects, rng_state()))
+        return ck
 
 
 @dataclass
@@ -305,42 +327,59 @@ def setup(cfg: TrainConfig, *, resume: str | Path | None = None, resume_override
         cfg = resume_config(ck, cfg, resume, tuple(resume_override))
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    device, cache, split = open_inputs(cfg)
+    dist_env, device = distributed.init(cfg.device, cfg.distributed.backend, cfg.distributed.timeout_s)
+    if ck is not None:
+        distributed.check_resume(ck, dist_env, resume)
+    _, cache, split = open_inputs(cfg)
     val_cases = cache.cases_of_patients(cache.splits["val"]) if cache.splits["val"] else []
 
     _seed_everything(cfg.seed)
     meta = model_meta(cache.num_classes, cache.class_names, cache.size, cache.manifest["normalisation"],
                       cfg.model.channels, cfg.model.dropout, cfg.model.embed_dim, cfg.model.rep_stride,
                       cache.manifest.get("label_values"))
-    method = METHOD_CLASSES[cfg.method](RunContext(cfg, device, cache, split, meta, resuming=ck is not None))
+    method = METHOD_CLASSES[cfg.method](RunContext(cfg, device, cache, split, meta, resuming=ck is not None,
+                                                   dist=dist_env))
+    if dist_env.rank > 0:
+        _seed_everything(distributed.rank_seed(cfg.seed, 0, dist_env.rank))  # dropout differs per rank
     out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)  # only now: every input (cache, split, init_from) has been read
-    for tmp in remove_stale_temps(out):     # we hold out's lock: these are an interrupted run's
-        log.info("removed %s (a file an interrupted run was writing)", tmp)
+    main = dist_env.is_main  # under torchrun only rank 0 writes
+    if main:
+        out.mkdir(parents=True, exist_ok=True)  # only now: every input (cache, split, init_from) has been read
+        for tmp in remove_stale_temps(out):     # we hold out's lock: these are an interrupted run's
+            log.info("removed %s (a file an interrupted run was writing)", tmp)
+    # every rank draws the same global batch and keeps its part (mona.train.distributed)
     sample_gen = torch.Generator().manual_seed(cfg.seed + 1)
     labeled_bs = cfg.labeled_bs
     sampler = LabeledUnlabeledSampler(list(range(len(split.labeled))), list(range(len(split.unlabeled))),
-                                      cfg.data.batch_size, labeled_bs, sample_gen)
+                                      cfg.data.batch_size, labeled_bs, sample_gen, rank=dist_env.rank,
+                                      world_size=dist_env.world_size)
     objects = {**method.stateful(), "sampler": sampler, "generator.sample": sample_gen}
 
-    run = Run(cfg, device, out, cache, split, method, sampler, meta, val_cases, None, objects)  # type: ignore[arg-type]
+    run = Run(cfg, device, out, cache, split, method, sampler, meta, val_cases, None, objects,  # type: ignore[arg-type]
+              dist=dist_env)
     if ck is not None:
         restore(objects, ck["objects"], resume)
         set_rng_state(ck["rng"])
+        if dist_env.enabled:
+            set_rng_state(distributed.restore_rank_state(objects, ck, dist_env))
         run.start, run.best, run.best_iteration = ck["iteration"], ck["best_dice"], ck["best_iteration"]
         run.last_saved = run.start
         if "nonfinite" in ck:  # absent in checkpoints of mona <= 0.2
             run.nonfinite.load_state_dict(ck["nonfinite"])
-        _truncate_logs(out, run.start)
+        if main:
+            _truncate_logs(out, run.start)
         log.info("resumed %s from %s at iteration %d", cfg.method, resume, run.start)
-    else:
+    elif main:
         for name in ("metrics.jsonl", "train_log.csv", "val_log.csv"):
             (out / name).unlink(missing_ok=True)
-    atomic_write_text(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False), tag="config")
-    run.logger = _Logger(out)
-    log.info("%s: %s; batch %d (%d labeled + %d unlabeled); device %s; impl %s", cfg.method, split.description,
-             cfg.data.batch_size, labeled_bs, cfg.data.batch_size - labeled_bs if cfg.method != "supervised" else 0,
-             device, cfg.impl)
+    if main:
+        atomic_write_text(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False), tag="config")
+    run.logger = _Logger(out) if main else _NoLogger()  # type: ignore[assignment]
+    log.info("%s: %s; batch %d (%d labeled + %d unlabeled)%s; device %s; impl %s; amp %s", cfg.method,
+             split.description, cfg.data.batch_size, labeled_bs,
+             cfg.data.batch_size - labeled_bs if cfg.method != "supervised" else 0,
+             f" per process, {dist_env.world_size} processes" if dist_env.enabled else "", device, cfg.impl,
+             method.amp_dtype or "off")
     return run
 
 
@@ -399,6 +438,8 @@ def train_one_iteration(run: Run) -> tuple[float, dict[str, float], float]:
     bad = [k for k, v in parts.items() if not math.isfinite(v)]
     if not bad and not math.isfinite(lv):
         bad = ["loss (total)"]
+    if run.dist.enabled:  # every rank must take the same branch: the backward is a collective (DDP)
+        bad = list(dict.fromkeys(distributed.gather_lists(bad)))
     m.optimizer.zero_grad(set_to_none=True)
     if not bad:
         m.scaler.scale(loss).backward()
@@ -420,7 +461,24 @@ def train_one_iteration(run: Run) -> tuple[float, dict[str, float], float]:
         m.after_step()
     m.scheduler.step()
     run.step_nonfinite = bad
+    if run.dist.enabled:  # the figures of the global batch: means over the ranks
+        reduced = distributed.mean_over_ranks({"loss": lv, **{k: parts.get(k) for k in m.terms()}})
+        lv = reduced.pop("loss")
+        parts = {k: v for k, v in reduced.items() if v is not None}
     return lv, parts, lr
+
+
+def run_lock(out_dir: str | Path) -> contextlib.AbstractContextManager:
+    """The output directory's lock (mona.lockfile). Under torchrun rank 0 holds it for the job: the
+    other ranks write nothing there, and would otherwise find it held by rank 0."""
+    if distributed.env_from_environment().rank > 0:
+        return contextlib.nullcontext()
+    return locked(out_dir, "mona train")
+
+
+def _save(run: Run, ck: dict, name: str) -> None:
+    if run.dist.is_main:
+        atomic_torch_save(ck, run.out / name)
 
 
 def train(cfg: TrainConfig, *, resume: str | Path | None = None, progress: bool = True,
@@ -428,7 +486,7 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, progress: bool 
     """Run (or resume) training with ``cfg.method``. ``stop_after``: stop once this iteration is reached,
     writing ``last.pt`` as an interruption would (for tests and time-boxed runs). The run holds the lock
     of ``out_dir`` (a second run into it fails at once)."""
-    with locked(cfg.out_dir, "mona train"):
+    with run_lock(cfg.out_dir):
         return _train(cfg, resume=resume, progress=progress, stop_after=stop_after, resume_override=resume_override)
 
 
@@ -450,7 +508,9 @@ def _train(cfg: TrainConfig, *, resume: str | Path | None, progress: bool, stop_
     result = TrainResult(run.out, run.start)
     end = cfg.iterations if stop_after is None else min(cfg.iterations, stop_after)
     run.method.student.train()
-    bar = tqdm(total=cfg.iterations, initial=run.start, desc=f"train {cfg.method}", disable=not progress, unit="it")
+    main = run.dist.is_main
+    bar = tqdm(total=cfg.iterations, initial=run.start, desc=f"train {cfg.method}", disable=not (progress and main),
+               unit="it")
     it = run.start
     try:
         while it < end:
@@ -478,30 +538,34 @@ def _train(cfg: TrainConfig, *, resume: str | Path | None, progress: bool, stop_
             if run.val_cases and (it % cfg.val_every == 0 or it == cfg.iterations):
                 v = validate(run.method.student, run.cache, run.val_cases, run.device)
                 run.logger.write("val", {"iteration": it, **v})
-                if v["mean_dice"] > run.best:
+                if v["mean_dice"] > run.best:  # the same decision on every rank (gathered Dice)
                     run.best, run.best_iteration = v["mean_dice"], it
-                    atomic_torch_save(run.checkpoint(it), run.out / "best.pt")
+                    _save(run, run.checkpoint(it), "best.pt")
                 bar.set_postfix(loss=f"{lv:.4f}", val_dice=f"{v['mean_dice']:.3f}", best=f"{run.best:.3f}")
             if it % cfg.checkpoint_every == 0 or it == end:
-                atomic_torch_save(run.checkpoint(it), run.out / "last.pt")
+                _save(run, run.checkpoint(it), "last.pt")
                 run.last_saved = it
     finally:
         bar.close()
         run.logger.close()
     if it >= cfg.iterations:
-        if run.val_cases and not (run.out / "best.pt").exists():
-            # resumed with `iterations` at or below the checkpoint's before any validation: validate now
+        if run.val_cases and run.best_iteration < 0:
+            # resumed with `iterations` at or below the checkpoint's before any validation (no best.pt
+            # yet; decided from the checkpointed state, so every rank agrees): validate now
             v = validate(run.method.student, run.cache, run.val_cases, run.device)
             run.logger.write("val", {"iteration": it, **v})
             run.best, run.best_iteration = v["mean_dice"], it
-            atomic_torch_save(run.checkpoint(it), run.out / "best.pt")
+            _save(run, run.checkpoint(it), "best.pt")
         if not run.val_cases:
-            log.warning("no validation patients in %s: best.pt is the final model", run.cache.root)
+            if main:
+                log.warning("no validation patients in %s: best.pt is the final model", run.cache.root)
             run.best_iteration = it
-            atomic_torch_save(run.checkpoint(it), run.out / "best.pt")
-        best_model = build_model(run.meta)
-        best_model.unet.load_state_dict(unet_state(load_checkpoint(run.out / "best.pt")))
-        export_inference(best_model, run.meta, run.out / "model.pt")
+            _save(run, run.checkpoint(it), "best.pt")
+        if main:
+            best_model = build_model(run.meta)
+            best_model.unet.load_state_dict(unet_state(load_checkpoint(run.out / "best.pt")))
+            export_inference(best_model, run.meta, run.out / "model.pt")
+    distributed.barrier()  # the other ranks go on (e.g. to stage 2, reading last.pt) once rank 0 has written
     result.iteration, result.best_dice, result.best_iteration = it, run.best, run.best_iteration
     result.has_validation = bool(run.val_cases)
     result.seconds = time.time() - run.t0

@@ -20,10 +20,9 @@ import logging
 from pathlib import Path
 
 from ..errors import DataError
-from ..lockfile import locked
 from .checkpoint import load_checkpoint
 from .config import TrainConfig
-from .loop import TrainResult, open_inputs, train
+from .loop import TrainResult, open_inputs, run_lock, train
 
 log = logging.getLogger("mona.train")
 PRETRAIN_DIR = "pretrain_glcon"
@@ -63,7 +62,7 @@ def run(cfg: TrainConfig, *, resume: str | Path | None = None, progress: bool = 
         # a fresh start: check every input of the run before any stage creates an output directory
         # (a resumed stage trains with its checkpoint's config, checked by setup)
         open_inputs(cfg, check_init_from=True)
-    with locked(cfg.out_dir, "mona train"):
+    with run_lock(cfg.out_dir):
         return _run(plan, resume, progress, tuple(resume_override))
 
 

@@ -13,9 +13,9 @@ restores exactly that dictionary (plus the global RNG states), so resume is exac
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -23,6 +23,7 @@ from ...data.dataset import SliceCache
 from ...data.labeled import LabeledSplit
 from ...errors import DataError, MissingFileError
 from ...models import MonaNet, build_model
+from .. import distributed
 from ..checkpoint import load_checkpoint, student_state
 from ..config import TrainConfig
 from ..ema import ema_update, make_teacher
@@ -51,6 +52,7 @@ class RunContext:
     split: LabeledSplit
     meta: dict
     resuming: bool = False
+    dist: distributed.DistEnv = field(default_factory=distributed.DistEnv)
 
 
 def load_init_weights(student: MonaNet, path: str | Path, meta: dict) -> list[str]:
@@ -103,21 +105,42 @@ class Method:
     def heads(self, cfg: TrainConfig) -> tuple[str, ...]:
         return ()
 
+    # DDP: a method whose loss may leave some student parameters without a gradient in a step
+    # (a head whose term is skipped) must let DDP look for them
+    find_unused_parameters = False
+
     def __init__(self, ctx: RunContext):
         cfg, dev = ctx.cfg, ctx.device
         self.ctx, self.cfg, self.device = ctx, cfg, dev
+        self.dist = ctx.dist
         self.num_classes = ctx.cache.num_classes
+        self.amp_dtype = amp_dtype(cfg.amp, dev)
+        self.amp = self.amp_dtype is not None
         self.student = build_model(ctx.meta, self.heads(cfg)).to(dev)
+        if cfg.model.channels_last:
+            self.student = self.student.to(memory_format=torch.channels_last)
         if cfg.init_from and not ctx.resuming:
             load_init_weights(self.student, cfg.init_from, ctx.meta)
+        if self.dist.enabled and cfg.distributed.sync_batchnorm:
+            self.student = distributed.convert_sync_batchnorm(self.student, dev)
         self.teacher = make_teacher(self.student) if self.uses_teacher else None
+        self.ddp = None
+        if self.dist.enabled:
+            # rank 0's weights everywhere (they are equal already: every rank seeds the same way)
+            self.ddp = distributed.wrap_ddp(self.student, dev, self.find_unused_parameters)
+            if self.teacher is not None:
+                distributed.broadcast_module(self.teacher)
         self.optimizer = torch.optim.SGD(self.student.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
                                          weight_decay=cfg.optim.weight_decay)
         self.scheduler = make_scheduler(self.optimizer, cfg)
-        self.amp = cfg.amp and dev.type == "cuda"
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
-        self.aug_gen = torch.Generator().manual_seed(cfg.seed + 2)
+        # fp16 needs loss scaling (its exponent range underflows small gradients); bf16 does not
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        self.aug_gen = torch.Generator().manual_seed(distributed.rank_seed(cfg.seed, 2, self.dist.rank))
         self.losses = loss_impl(cfg.impl)
+        # the dtype the fused losses read the big maps in: the autocast dtype (they accumulate in
+        # fp32, so the student's representation map reaches them without a converted copy); the
+        # plain-PyTorch reference computes in the dtype it is given, so it gets fp32
+        self.map_dtype = self.amp_dtype if (self.amp and cfg.impl == "ext") else torch.float32
 
     def stateful(self) -> dict[str, Any]:
         """Every object with state, by name (saved and restored from this one dictionary)."""
@@ -135,10 +158,22 @@ class Method:
         """Forward pass and losses of one iteration: (total loss, {term: value}). No backward."""
         raise NotImplementedError
 
+    def forward_student(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(student, *args)``: every use of the student in a step, as one forward (of the DDP
+        wrapper under torchrun, whose gradient averaging hooks need exactly that)."""
+        if self.ddp is None:
+            return fn(self.student, *args)
+        return self.ddp(fn, *args)
+
     def after_step(self) -> None:
         """After the optimiser step: EMA teacher update (subclasses add bank / queue pushes)."""
+        if self.dist.enabled and not self.cfg.distributed.sync_batchnorm:
+            # per-rank BatchNorm statistics: averaged, so that student and teacher stay identical
+            distributed.average_buffers(self.student)
         if self.teacher is not None:
             ema_update(self.teacher, self.student, self.cfg.ema_decay)
+            if self.dist.enabled and not self.cfg.distributed.sync_batchnorm:
+                distributed.average_buffers(self.teacher)
 
     def discard_step(self) -> None:
         """The loop skips this step (a non-finite loss or gradient): forget what ``step`` prepared for
@@ -157,4 +192,21 @@ class Method:
         return t.apply_image(x), t[:bl].apply_label(batch.y_l)
 
     def autocast(self):
-        return torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp)
+        return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.bfloat16, enabled=self.amp)
+
+
+def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of config ``amp`` on ``device`` (None: full precision).
+
+    ``auto``: fp16 on CUDA, none on the CPU (the default of every config); ``bf16`` on either device
+    (CPU autocast supports it); ``fp16`` on CUDA only (GradScaler's loss scaling is CUDA's)."""
+    if amp == "off" or (amp == "auto" and device.type != "cuda"):
+        return None
+    if amp in ("auto", "fp16"):
+        if device.type != "cuda":
+            raise ValueError(f"config: amp 'fp16' needs a CUDA device (this run is on {device}); "
+                             f"use amp: bf16 or off")
+        return torch.float16
+    if amp == "bf16":
+        return torch.bfloat16
+    raise ValueError(f"config: amp must be auto, off, fp16 or bf16, got {amp!r}")

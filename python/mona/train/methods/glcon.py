@@ -25,6 +25,7 @@ import mona_ext
 
 from ...augment import random_contrast_brightness, weak
 from ...data.sampler import EpochShuffler
+from ..distributed import shard
 from ..config import TrainConfig
 from ..losses import supervised_loss
 from .base import Batch, Method, RunContext
@@ -45,6 +46,7 @@ def take_crops(fmap: torch.Tensor, boxes: torch.Tensor, crop: int) -> torch.Tens
 class GLCon(Method):
     name = "glcon"
     uses_teacher = True
+    find_unused_parameters = True   # a zero global / local weight leaves its head without a gradient
 
     def heads(self, cfg: TrainConfig) -> tuple[str, ...]:
         return ("global", "local")
@@ -52,6 +54,10 @@ class GLCon(Method):
     def __init__(self, ctx: RunContext):
         super().__init__(ctx)
         g, dim = self.cfg.glcon, self.cfg.model.embed_dim
+        if g.mined_views < 2 * self.dist.world_size:
+            raise ValueError(f"config: glcon.mined_views ({g.mined_views}) is split over the "
+                             f"{self.dist.world_size} processes: it must be >= 2 per process "
+                             f"(>= {2 * self.dist.world_size})")
         self.queue_global = mona_ext.FeatureQueue(g.mined_views, dim, device=self.device)
         self.queue_local = mona_ext.FeatureQueue(g.mined_views, dim, device=self.device)
         # mined views: the unlabeled slices (all train slices when every slice is labeled)
@@ -80,12 +86,20 @@ class GLCon(Method):
         x_weak, y_l = self.weak_views(batch)
         b, _, h, w = x_weak.shape
         x_strong = random_contrast_brightness(x_weak, self.aug_gen, contrast=a.contrast, brightness=a.brightness)
-        mined = [self.pool[i] for i in self.mined.take(g.mined_views)]
+        # the mined views and crop boxes of the global step (method_gen is seeded alike on every rank),
+        # then this rank's part: under torchrun the gathered queue holds the step's mined_views views
+        r, world = self.dist.rank, self.dist.world_size
+        mined_all = self.mined.take(g.mined_views)
+        boxes_all = crop_boxes(len(mined_all), len(mined_all), h, self.crop, self.method_gen)
+        boxes_all[:, 0] = torch.arange(len(mined_all))
+        boxes = crop_boxes(g.local_crops * world, b, h, self.crop, self.method_gen)
+        boxes = boxes[r * g.local_crops:(r + 1) * g.local_crops]
+        part = shard(range(len(mined_all)), r, world)
+        mined = [self.pool[mined_all[i]] for i in part]
+        mined_boxes = boxes_all[part[0]:part[-1] + 1]
+        mined_boxes[:, 0] -= part[0]
         x_mined, _ = self.ctx.cache.load_batch(mined)
         x_mined, _ = weak(x_mined.to(self.device), None, self.aug_gen, a)
-        mined_boxes = crop_boxes(len(mined), len(mined), h, self.crop, self.method_gen)
-        mined_boxes[:, 0] = torch.arange(len(mined))
-        boxes = crop_boxes(g.local_crops, b, h, self.crop, self.method_gen)
 
         with self.autocast():
             with torch.no_grad():
@@ -95,8 +109,17 @@ class GLCon(Method):
                                                                              self.crop)).float())
                 tv = self.teacher(x_weak)
                 t_local = self.teacher.heads["local"](take_crops(tv.unet.decoder[-1], boxes, self.crop)).float()
-            sv = self.student(x_strong)
-            s_local = self.student.heads["local"](take_crops(sv.unet.decoder[-1], boxes, self.crop)).float()
+
+            def student_pass(model, x, boxes):
+                sv = model(x)
+                if g.global_weight == 0:  # DDP: no output that no loss uses (it would wait for its gradient)
+                    sv.global_proj = sv.global_pred = None
+                local = model.heads["local"](take_crops(sv.unet.decoder[-1], boxes, self.crop)) if g.local_weight > 0 \
+                    else None
+                return sv, local
+
+            sv, s_local = self.forward_student(student_pass, x_strong, boxes)
+            s_local = s_local.float() if s_local is not None else None
         L = self.losses
         loss = x_weak.new_zeros(())
         parts: dict[str, float] = {}

@@ -32,6 +32,7 @@ import mona_ext
 
 from ...augment import apply_cutmix, cutmix_boxes, random_contrast_brightness, random_transform
 from ..config import TrainConfig
+from ..distributed import rank_seed
 from ..losses import confidence_weighted_ce, supervised_loss
 from .base import Batch, Method, RunContext
 
@@ -44,6 +45,7 @@ def _subsample(t: torch.Tensor, stride: int) -> torch.Tensor:
 class Mona(Method):
     name = "mona"
     uses_teacher = True
+    find_unused_parameters = True   # the global head and predictor get no gradient before L_nn starts
 
     def heads(self, cfg: TrainConfig) -> tuple[str, ...]:
         m = cfg.mona
@@ -54,12 +56,14 @@ class Mona(Method):
         m, dim, dev = self.cfg.mona, self.cfg.model.embed_dim, self.device
         self.bank = None
         if m.contrast_weight > 0 and m.negatives != "batch":
-            self.bank = mona_ext.ClassMemoryBank(self.num_classes, m.bank_size, dim, device=dev,
+            # the bank in the key map's dtype (the fused loss reads features, keys and bank in one dtype)
+            self.bank = mona_ext.ClassMemoryBank(self.num_classes, m.bank_size, dim, dtype=self.map_dtype, device=dev,
                                                  cap_per_push=m.bank_push_per_class)
         self.queue = mona_ext.FeatureQueue(m.knn_queue, dim, device=dev) if m.nn_weight > 0 else None
         # the contrastive sampler draws on the features' device (Philox on CUDA)
-        self.contrast_gen = torch.Generator(device=dev).manual_seed(self.cfg.seed + 4)
-        self.push_gen = torch.Generator(device=dev).manual_seed(self.cfg.seed + 5)
+        rank = self.dist.rank
+        self.contrast_gen = torch.Generator(device=dev).manual_seed(rank_seed(self.cfg.seed, 4, rank))
+        self.push_gen = torch.Generator(device=dev).manual_seed(rank_seed(self.cfg.seed, 5, rank))
         self._pending: dict[str, object] = {}   # pushes for after_step: "bank" (keys, labels, valid), "queue"
 
     def terms(self) -> tuple[str, ...]:
@@ -95,49 +99,71 @@ class Mona(Method):
             t_eqv = random_transform(b, h, w, self.aug_gen, rotate_deg=a.rotate_deg, flip=a.flip, scale=a.crop_scale,
                                      deform=a.deform, deform_control=a.deform_control, device=x_weak.device)
 
-        with self.autocast():
-            sv = self.student(x_s)
-        logits = sv.logits.float()
+        use_nn = self.queue is not None and int(self.queue.fill) >= m.knn_k
         L = self.losses
-        loss = logits.new_zeros(())
         parts: dict[str, float] = {}
-        if m.sup_weight > 0:
-            ls, sup_parts = supervised_loss(logits[:bl], y_l, cfg.dice_weight, cfg.ce_weight)
-            loss = loss + m.sup_weight * ls
-            parts.update(sup=float(ls.detach()), **sup_parts)
-        if m.unsup_weight > 0:
-            lu = confidence_weighted_ce(logits[bl:], pseudo, conf, m.strong_threshold)
-            loss = loss + m.unsup_weight * lu
-            parts["unsup"] = float(lu.detach())
-        if m.contrast_weight > 0:
-            stride = cfg.model.rep_stride
-            labels = torch.cat([_subsample(y_l, stride), _subsample(pseudo, stride)])
-            valid = torch.cat([torch.ones_like(_subsample(y_l, stride), dtype=torch.bool),
-                               _subsample(conf, stride) >= m.weak_threshold])
-            prob = _subsample(torch.softmax(logits.detach(), dim=1), stride)
-            # the teacher's key map (no grad, channels-last from the head) is mixed in place: at full
-            # resolution a concatenated copy would cost another B x D x H x W floats
-            keys = tv.embedding.float().contiguous(memory_format=torch.channels_last)
-            keys[bl:] = apply_cutmix(keys[bl:], perm, box)
-            lc = L.contrast(sv.embedding.float(), labels, self.num_classes, valid=valid, prob=prob,
-                            strong_threshold=m.strong_threshold, temperature=m.temperature,
-                            num_queries=m.num_queries, num_negatives=m.num_negatives, key_features=keys,
-                            bank=self.bank, negatives=m.negatives, generator=self.contrast_gen)
-            loss = loss + m.contrast_weight * lc
-            parts["contrast"] = float(lc.detach())
-            if self.bank is not None:
-                # [N, D] rows of the channels-last key map: a view, no copy
-                self._pending["bank"] = (keys.permute(0, 2, 3, 1).reshape(-1, keys.shape[1]), labels.reshape(-1),
-                                         valid.reshape(-1))
-        if t_eqv is not None:
+
+        def main_terms(sv) -> tuple[torch.Tensor, torch.Tensor]:
+            """L_sup, L_unsup, L_contrast of the main pass (fp32, outside autocast). Returns (sum, logits)."""
+            logits = sv.logits.float()
+            loss = logits.new_zeros(())
+            if m.sup_weight > 0:
+                ls, sup_parts = supervised_loss(logits[:bl], y_l, cfg.dice_weight, cfg.ce_weight)
+                loss = loss + m.sup_weight * ls
+                parts.update(sup=float(ls.detach()), **sup_parts)
+            if m.unsup_weight > 0:
+                lu = confidence_weighted_ce(logits[bl:], pseudo, conf, m.strong_threshold)
+                loss = loss + m.unsup_weight * lu
+                parts["unsup"] = float(lu.detach())
+            if m.contrast_weight > 0:
+                stride = cfg.model.rep_stride
+                labels = torch.cat([_subsample(y_l, stride), _subsample(pseudo, stride)])
+                valid = torch.cat([torch.ones_like(_subsample(y_l, stride), dtype=torch.bool),
+                                   _subsample(conf, stride) >= m.weak_threshold])
+                prob = _subsample(torch.softmax(logits.detach(), dim=1), stride)
+                # the teacher's key map (no grad, channels-last from the head) is mixed in place: at full
+                # resolution a concatenated copy would cost another B x D x H x W floats
+                keys = tv.embedding.to(self.map_dtype).contiguous(memory_format=torch.channels_last)
+                keys[bl:] = apply_cutmix(keys[bl:], perm, box)
+                # the student's map as the head made it (channels-last; under autocast in its dtype, which
+                # the fused op accumulates in fp32): no converted copy of B x D x H x W values
+                lc = L.contrast(sv.embedding.to(self.map_dtype), labels, self.num_classes, valid=valid, prob=prob,
+                                strong_threshold=m.strong_threshold, temperature=m.temperature,
+                                num_queries=m.num_queries, num_negatives=m.num_negatives, key_features=keys,
+                                bank=self.bank, negatives=m.negatives, generator=self.contrast_gen)
+                loss = loss + m.contrast_weight * lc
+                parts["contrast"] = float(lc.detach())
+                if self.bank is not None:
+                    # [N, D] rows of the channels-last key map: a view, no copy
+                    self._pending["bank"] = (keys.permute(0, 2, 3, 1).reshape(-1, keys.shape[1]),
+                                             labels.reshape(-1), valid.reshape(-1))
+            return loss, logits
+
+        def student_pass(model, x_s, x_t):
+            """Every use of the student, as one (DDP) forward: the main pass, the terms that read it, then
+            the L_eqv pass on T(x_s). In this order the backward (newest first) frees the L_eqv pass's
+            activations before the contrastive term's B x D x H x W gradient map is allocated (the other
+            order measured 118 MB more peak per slice at 256 x 256, 512-d: benchmarks/memory_model.py)."""
             with self.autocast():
-                logits_t = self.student(t_eqv.apply_image(x_s), with_heads=False).logits.float()
-            le = L.pixel_kl(t_eqv.apply_image(logits), logits_t, t_eqv.valid_mask(), m.eqv_symmetric)
+                sv = model(x_s)
+            if not use_nn:  # DDP: an output no loss uses would wait for a gradient that never comes
+                sv.global_proj = sv.global_pred = None
+            loss, logits = main_terms(sv)
+            logits_t = None
+            if x_t is not None:
+                with self.autocast():
+                    logits_t = model(x_t, with_heads=False).logits
+            return sv, loss, logits, logits_t
+
+        sv, loss, logits, logits_t = self.forward_student(student_pass, x_s,
+                                                          t_eqv.apply_image(x_s) if t_eqv is not None else None)
+        if t_eqv is not None:
+            le = L.pixel_kl(t_eqv.apply_image(logits), logits_t.float(), t_eqv.valid_mask(), m.eqv_symmetric)
             loss = loss + m.eqv_weight * le
             parts["eqv"] = float(le.detach())
         if self.queue is not None:
             teacher_global = tv.global_proj.float()
-            if int(self.queue.fill) >= m.knn_k:
+            if use_nn:
                 ln = L.knn(sv.global_pred.float(), teacher_global, self.queue.filled(), m.knn_k)
                 loss = loss + m.nn_weight * ln
                 parts["nn"] = float(ln.detach())

@@ -18,5 +18,5 @@ class Supervised(Method):
         cfg = self.cfg
         x, y = weak(batch.x_l, batch.y_l, self.aug_gen, cfg.augment)
         with self.autocast():
-            logits = self.student(x, with_heads=False).logits
+            logits = self.forward_student(lambda model, x: model(x, with_heads=False).logits, x)
         return supervised_loss(logits, y, cfg.dice_weight, cfg.ce_weight)
