@@ -31,7 +31,11 @@ def similarity_kl(
     Returns:
         0-dim tensor in the student's dtype (fp32 accumulation); 0 for ``B == 0``.
 
-    Limit: on CUDA the backward keeps 8 partial d-vectors per row in shared memory, so ``d`` is at
+    Under autograd (the student requires grad) the gradient is computed in the same call
+    (``torch.ops.mona.similarity_kl(..., compute_grad=True)``; the backward only scales it): on the CPU
+    the queue is multiplied by the embeddings three times per step, as in plain PyTorch, not five.
+
+    Limit: on CUDA the gradient kernel keeps 8 partial d-vectors per row in shared memory, so ``d`` is at
     most (the GPU's opt-in shared memory per block - 8 words) / (8 words): 3167 in float32 / 1583
     in float64 on an RTX 3090 (99 KiB), more on an A100 / H100. The error names the limit. The CPU
     kernel has none.
