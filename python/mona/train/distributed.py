@@ -46,6 +46,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..errors import DataError, UsageError
+
 log = logging.getLogger("mona.train")
 
 # rank r > 0 draws its per-rank streams from seed + offset + RANK_SEED_STRIDE * r: far from the
@@ -77,7 +79,7 @@ def _env_int(name: str, default: int) -> int:
     try:
         return int(raw)
     except ValueError:
-        raise ValueError(f"environment variable {name}={raw!r} is not an integer (set by torchrun)") from None
+        raise UsageError(f"environment variable {name}={raw!r} is not an integer (set by torchrun)") from None
 
 
 def env_from_environment() -> DistEnv:
@@ -86,7 +88,7 @@ def env_from_environment() -> DistEnv:
     rank = _env_int("RANK", 0)
     local = _env_int("LOCAL_RANK", rank)
     if world < 1 or not 0 <= rank < world:
-        raise ValueError(f"RANK={rank} / WORLD_SIZE={world}: need 0 <= RANK < WORLD_SIZE (set by torchrun)")
+        raise UsageError(f"RANK={rank} / WORLD_SIZE={world}: need 0 <= RANK < WORLD_SIZE (set by torchrun)")
     return DistEnv(rank, world, local)
 
 
@@ -112,10 +114,10 @@ def init(device_spec: str, backend: str = "auto", timeout_s: float = 600.0) -> t
     if not env.enabled:
         return env, select_device(device_spec)
     if device_spec.startswith("cuda:"):
-        raise ValueError(f"device {device_spec!r}: under torchrun every process uses cuda:LOCAL_RANK; "
+        raise UsageError(f"device {device_spec!r}: under torchrun every process uses cuda:LOCAL_RANK; "
                          f"set device to auto, cuda or cpu")
     if device_spec not in ("auto", "cuda", "cpu"):
-        raise ValueError(f"device {device_spec!r}: under torchrun use auto, cuda or cpu")
+        raise UsageError(f"device {device_spec!r}: under torchrun use auto, cuda or cpu")
     use_cuda = device_spec == "cuda" or (device_spec == "auto" and torch.cuda.is_available())
     if use_cuda:
         if not torch.cuda.is_available():
@@ -129,7 +131,7 @@ def init(device_spec: str, backend: str = "auto", timeout_s: float = 600.0) -> t
         device = torch.device("cpu")
     chosen = backend if backend != "auto" else ("nccl" if device.type == "cuda" else "gloo")
     if chosen == "nccl" and device.type != "cuda":
-        raise ValueError("distributed.backend 'nccl' needs CUDA devices; use gloo (or auto) on the CPU")
+        raise UsageError("distributed.backend 'nccl' needs CUDA devices; use gloo (or auto) on the CPU")
     if dist.is_initialized():
         if dist.get_world_size() != env.world_size or dist.get_rank() != env.rank:
             raise RuntimeError(f"a process group is already initialised with rank {dist.get_rank()} of "
@@ -223,6 +225,24 @@ def gather_rank_states(state: Any) -> list[Any]:
     return parts
 
 
+def any_rank(flag: bool) -> bool:
+    """True on every rank if ``flag`` is True on at least one (a non-finite loss somewhere: every rank
+    skips that step)."""
+    if not current().enabled:
+        return flag
+    return bool(_all_reduce_host(torch.tensor([1.0 if flag else 0.0], dtype=torch.float64))[0] > 0)
+
+
+def locked_on_rank0(path: Any, what: str):
+    """The output directory's lock (:func:`mona.lockfile.locked`) on rank 0, which alone writes there;
+    nothing on the other ranks (read before the process group exists: torchrun's RANK)."""
+    import contextlib
+
+    from ..lockfile import locked
+
+    return locked(path, what) if env_from_environment().rank == 0 else contextlib.nullcontext()
+
+
 # ---------------------------------------------------------------------------------------------
 # checkpoints
 
@@ -241,7 +261,7 @@ def check_resume(ck: dict, env: DistEnv, source: Any) -> None:
     per-rank random streams and the global batch all depend on it."""
     saved = int(ck.get("world_size", 1))
     if saved != env.world_size:
-        raise ValueError(f"--resume {source}: written by a run of {saved} process(es), this run has "
+        raise UsageError(f"--resume {source}: written by a run of {saved} process(es), this run has "
                          f"{env.world_size}; resume with the same number (torchrun --nnodes x --nproc_per_node "
                          f"= {saved}), or start a new run from its weights with init_from={source}")
 
@@ -251,7 +271,7 @@ def restore_rank_state(objects: dict[str, Any], ck: dict, env: DistEnv) -> dict:
     mine = ck["ranks"][env.rank]
     for name, state in mine["generators"].items():
         if name not in objects or not isinstance(objects[name], torch.Generator):
-            raise ValueError(f"checkpoint: rank {env.rank}'s generator {name!r} is not a generator of this run")
+            raise DataError(f"checkpoint: rank {env.rank}'s generator {name!r} is not a generator of this run")
         objects[name].set_state(state)
     return mine["rng"]
 

@@ -16,8 +16,6 @@ if ``tensorboard`` is installed.
 
 from __future__ import annotations
 
-import contextlib
-
 import csv
 import io
 import json
@@ -175,7 +173,7 @@ class _NoLogger:
 # keys a resumed run may change: the length of the run and bookkeeping, never what it computes
 # (init_from only initialises a fresh run; a resumed one loads every weight from its checkpoint)
 RESUMABLE_KEYS = ("iterations", "val_every", "log_every", "checkpoint_every", "out_dir", "device", "threads",
-                  "max_nonfinite_steps", "init_from", "distributed")
+                  "max_nonfinite_steps", "init_from", "distributed.backend", "distributed.timeout_s")
 # keys no --resume-override can change: the checkpoint's state would not fit the model
 FIXED_KEYS = ("method", "model.")
 
@@ -248,7 +246,6 @@ class Run:
     nonfinite: "NonFinite" = field(default_factory=lambda: NonFinite())
     last_saved: int | None = None           # iteration of the newest last.pt (None: none yet)
     step_nonfinite: list[str] = field(default_factory=list)  # what was non-finite in the last step
-
     dist: distributed.DistEnv = field(default_factory=distributed.DistEnv)
 
     def checkpoint(self, it: int) -> dict:
@@ -438,14 +435,16 @@ def train_one_iteration(run: Run) -> tuple[float, dict[str, float], float]:
     bad = [k for k, v in parts.items() if not math.isfinite(v)]
     if not bad and not math.isfinite(lv):
         bad = ["loss (total)"]
-    if run.dist.enabled:  # every rank must take the same branch: the backward is a collective (DDP)
-        bad = list(dict.fromkeys(distributed.gather_lists(bad)))
+    if run.dist.enabled and distributed.any_rank(bool(bad)) and not bad:
+        bad = ["loss on another process"]  # every rank skips the same steps
     m.optimizer.zero_grad(set_to_none=True)
-    if not bad:
+    if not bad or run.dist.enabled:
+        # under DDP every forward needs its backward (its gradient reducer waits for it), a skipped
+        # step's too: the gradients (all-reduced, so the same on every rank) are then discarded
         m.scaler.scale(loss).backward()
         if faults.active() and (v := faults.poison("grad")) is not None:
             next(p for p in m.student.parameters() if p.grad is not None).grad.view(-1)[0] = v
-        if not m.scaler.is_enabled():
+        if not bad and not m.scaler.is_enabled():
             bad = _nonfinite_grads(m)
     lr = m.optimizer.param_groups[0]["lr"]
     if bad:
@@ -468,14 +467,6 @@ def train_one_iteration(run: Run) -> tuple[float, dict[str, float], float]:
     return lv, parts, lr
 
 
-def run_lock(out_dir: str | Path) -> contextlib.AbstractContextManager:
-    """The output directory's lock (mona.lockfile). Under torchrun rank 0 holds it for the job: the
-    other ranks write nothing there, and would otherwise find it held by rank 0."""
-    if distributed.env_from_environment().rank > 0:
-        return contextlib.nullcontext()
-    return locked(out_dir, "mona train")
-
-
 def _save(run: Run, ck: dict, name: str) -> None:
     if run.dist.is_main:
         atomic_torch_save(ck, run.out / name)
@@ -486,7 +477,7 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, progress: bool 
     """Run (or resume) training with ``cfg.method``. ``stop_after``: stop once this iteration is reached,
     writing ``last.pt`` as an interruption would (for tests and time-boxed runs). The run holds the lock
     of ``out_dir`` (a second run into it fails at once)."""
-    with run_lock(cfg.out_dir):
+    with distributed.locked_on_rank0(cfg.out_dir, "mona train"):
         return _train(cfg, resume=resume, progress=progress, stop_after=stop_after, resume_override=resume_override)
 
 
@@ -522,7 +513,7 @@ def _train(cfg: TrainConfig, *, resume: str | Path | None, progress: bool, stop_
             result.losses.append(lv)
             bar.update(1)
             stop = run.nonfinite.consecutive >= cfg.max_nonfinite_steps
-            if bad:
+            if bad and main:
                 log.warning("iteration %d: non-finite %s: step skipped (%d in a row, %d in this run)", it,
                             ", ".join(bad), run.nonfinite.consecutive, run.nonfinite.skipped)
             if it % cfg.log_every == 0 or it == end or stop:
@@ -549,9 +540,9 @@ def _train(cfg: TrainConfig, *, resume: str | Path | None, progress: bool, stop_
         bar.close()
         run.logger.close()
     if it >= cfg.iterations:
+        # (best_iteration < 0: no best.pt yet; a test every rank answers alike, unlike a file's existence)
         if run.val_cases and run.best_iteration < 0:
-            # resumed with `iterations` at or below the checkpoint's before any validation (no best.pt
-            # yet; decided from the checkpointed state, so every rank agrees): validate now
+            # resumed with `iterations` at or below the checkpoint's before any validation: validate now
             v = validate(run.method.student, run.cache, run.val_cases, run.device)
             run.logger.write("val", {"iteration": it, **v})
             run.best, run.best_iteration = v["mean_dice"], it

@@ -20,9 +20,10 @@ import logging
 from pathlib import Path
 
 from ..errors import DataError
+from . import distributed
 from .checkpoint import load_checkpoint
 from .config import TrainConfig
-from .loop import TrainResult, open_inputs, run_lock, train
+from .loop import TrainResult, open_inputs, train
 
 log = logging.getLogger("mona.train")
 PRETRAIN_DIR = "pretrain_glcon"
@@ -62,7 +63,7 @@ def run(cfg: TrainConfig, *, resume: str | Path | None = None, progress: bool = 
         # a fresh start: check every input of the run before any stage creates an output directory
         # (a resumed stage trains with its checkpoint's config, checked by setup)
         open_inputs(cfg, check_init_from=True)
-    with run_lock(cfg.out_dir):
+    with distributed.locked_on_rank0(cfg.out_dir, "mona train"):  # rank 0 alone writes there
         return _run(plan, resume, progress, tuple(resume_override))
 
 
