@@ -98,13 +98,13 @@ Logits logits(const at::Tensor& student, const at::Tensor& teacher, const at::Te
   return l;
 }
 
-// d loss / d student for loss = scale * sum_i kl_i (scale = grad_loss / B), given the logits, the
-// logsumexps and pt = softmax(ut) (consumed: its buffer becomes the entry weights).
+// d loss / d student for loss = scale * sum_i kl_i (scale = grad_loss / B), given the logits,
+// log ps = us - lse_s and pt = softmax(ut) (both consumed: log_ps's buffer becomes the entry weights).
 template <typename acc_t>
-at::Tensor student_grad(const Logits& l, const at::Tensor& lse_s, at::Tensor pt, double scale, double tau_s) {
+at::Tensor student_grad(const Logits& l, at::Tensor log_ps, at::Tensor pt, double scale, double tau_s) {
   const int64_t B = l.s.size(0), d = l.s.size(1);
   // a_ij = scale * (ps_ij - pt_ij) / tau_s; acos_i = sum_j a_ij cos_s_ij = tau_s * sum_j a_ij us_ij
-  at::Tensor a = l.us.sub(lse_s.unsqueeze(1)).exp_().sub_(pt).mul_(scale / tau_s);
+  at::Tensor a = log_ps.exp_().sub_(pt).mul_(scale / tau_s);
   pt.reset();
   const at::Tensor acos = at::sum(a.mul(l.us), {1}).mul_(tau_s);
   const at::Tensor G = at::mm(a.mul_(l.iq.unsqueeze(0)), l.q);  // sum_j a_ij q_hat_j
@@ -140,11 +140,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> similarity_kl_cpu(con
     Logits l = logits<acc_t>(student, teacher, queue, tau_s, tau_t);
     lse_s = at::logsumexp(l.us, {1});
     lse_t = at::logsumexp(l.ut, {1});
-    at::Tensor pt = l.ut.sub(lse_t.unsqueeze(1)).exp_();
-    // kl_i = sum_j pt_ij (ut_ij - us_ij) - lse_t_i + lse_s_i
-    const at::Tensor kl = at::sum(l.ut.sub(l.us).mul_(pt), {1}).sub_(lse_t).add_(lse_s);
-    loss = kl.mean();
-    if (compute_grad) grad = student_grad<acc_t>(l, lse_s, std::move(pt), 1.0 / static_cast<double>(B), tau_s).to(student.scalar_type());
+    at::Tensor log_pt = l.ut.sub(lse_t.unsqueeze(1));
+    at::Tensor pt = log_pt.exp();
+    at::Tensor log_ps = l.us.sub(lse_s.unsqueeze(1));
+    // kl_i = sum_j pt_ij (log pt_ij - log ps_ij), from the shifted logits: the two ~1/tau_t terms of
+    // sum_j pt_ij (ut_ij - us_ij) - lse_t_i + lse_s_i would cancel in float32
+    loss = at::sum(log_pt.sub_(log_ps).mul_(pt), {1}).mean();
+    log_pt.reset();
+    if (compute_grad) {
+      grad = student_grad<acc_t>(l, std::move(log_ps), std::move(pt), 1.0 / static_cast<double>(B), tau_s)
+                 .to(student.scalar_type());
+    }
   });
   return {loss.to(student.scalar_type()), lse_s, lse_t, grad};
 }
@@ -165,7 +171,8 @@ at::Tensor similarity_kl_backward_cpu(const at::Tensor& grad_loss, const at::Ten
     Logits l = logits<acc_t>(student, teacher, queue, tau_s, tau_t);
     const at::Tensor lse_s = lse_student.to(acc).contiguous(), lse_t = lse_teacher.to(acc).contiguous();
     at::Tensor pt = l.ut.sub(lse_t.unsqueeze(1)).exp_();
-    grad = student_grad<acc_t>(l, lse_s, std::move(pt), g / static_cast<double>(B), tau_s).to(student.scalar_type());
+    grad = student_grad<acc_t>(l, l.us.sub(lse_s.unsqueeze(1)), std::move(pt), g / static_cast<double>(B), tau_s)
+               .to(student.scalar_type());
   });
   return grad;
 }

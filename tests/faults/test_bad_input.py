@@ -298,8 +298,8 @@ ROWS: list[Row] = [
         _ckpt(w, w.last, w.tmp / "k.pt", lambda ck: ck["config"].update(future_key=1)),
         train("--resume", "{tmp}/k.pt")(w))[1], 1,
         "checkpoint {tmp}/k.pt: its config does not fit this mona version (config: unknown key(s) ['future_key']; "
-        "valid: ['amp', 'augment', 'ce_weight', 'checkpoint_every', 'data', 'device', 'dice_weight', 'distributed', "
-        "'ema_decay', 'glcon', 'impl', 'init_from', 'iterations', 'log_every', 'max_nonfinite_steps', 'method', 'model', 'mona', "
+        "valid: ['amp', 'augment', 'ce_weight', 'checkpoint_every', 'data', 'device', 'dice_weight', 'distributed', 'ema_decay', "
+        "'glcon', 'impl', 'init_from', 'iterations', 'log_every', 'max_nonfinite_steps', 'method', 'model', 'mona', "
         "'optim', 'out_dir', 'pretrain_iterations', 'seed', 'threads', 'val_every'])"),
     Row("train: --resume a checkpoint of another mona version", lambda w: (
         _ckpt(w, w.last, w.tmp / "v9.pt", lambda ck: ck.update(format="mona-checkpoint-v9", mona_version="9.0")),

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import nibabel as nib
-import numpy as np
 import pytest
 import torch
 
@@ -13,16 +11,6 @@ from mona.data.prepare import prepare
 from mona.data.synth import SynthConfig, write_phantoms
 
 TINY = SynthConfig(n_train=3, n_val=1, n_test=1, seed=7, size_min=48, size_max=60, slices_min=3, slices_max=4)
-
-
-def write_nifti(path: Path, arr: np.ndarray, spacing=(1.0, 1.0, 1.0), affine: np.ndarray | None = None) -> Path:
-    """Write ``arr`` with ``spacing`` in the header (affine = diag(spacing) unless given)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    aff = np.diag([*spacing[:3], 1.0]) if affine is None else affine
-    img = nib.Nifti1Image(arr, aff)
-    img.header.set_zooms(spacing[: arr.ndim])
-    nib.save(img, str(path))
-    return path
 
 
 @pytest.fixture(autouse=True)

@@ -76,7 +76,7 @@ def test_predict_writes_raw_label_values_for_mmwhs_models(tmp_path):
     from mona.models import MonaNet
     from mona.train.checkpoint import export_inference, model_meta
 
-    from conftest import write_nifti
+    from niftilib import write_nifti
 
     torch.manual_seed(0)
     model = MonaNet(num_classes=8)

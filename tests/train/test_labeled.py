@@ -15,7 +15,7 @@ from mona.data.prepare import prepare
 from mona.data.readers import DataError
 from mona.data.splits import mona_lists
 
-from conftest import write_nifti
+from niftilib import write_nifti
 
 MMWHS_1018_SLICES = 190  # the 1 % list names slices 42..186
 

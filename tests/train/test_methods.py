@@ -103,21 +103,21 @@ def test_a_zero_weight_switches_the_term_off(tiny_cache, tmp_path):
 def test_loss_values_do_not_depend_on_the_implementation(tiny_cache, tmp_path):
     """Every deterministic term (sup, unsup, eqv, nn; glcon global + local) is the same with the fused
     ops and with the plain-PyTorch references: equal at the first step (same weights, same batch), and
-    within 1 % after three optimiser steps (rounding differences only; the teacher's temperature
-    0.01 amplifies them)."""
+    at the second, which reads the weights after one optimiser step with either implementation's
+    gradients — so the gradients agree too. Later steps are not compared: rounding differences grow
+    about tenfold per step on the tiny phantoms (GLCon's teacher temperature 0.01, lr 0.05: measured
+    4e-6, 5e-4, 1e-2, 6e-2 at steps 1-4 of glcon global, 2026-12-02), which says nothing about the ops."""
     for method, kw in (("mona", {"mona.contrast_weight": 0}), ("glcon", {})):
         parts = {}
         for impl in ("ext", "reference"):
             run = setup(_cfg(tiny_cache, tmp_path / f"{method}_{impl}", method, iterations=5, impl=impl, **kw))
-            parts[impl] = [train_one_iteration(run)[1] for _ in range(4)]
+            parts[impl] = [train_one_iteration(run)[1] for _ in range(2)]
         for step, (ext, ref) in enumerate(zip(parts["ext"], parts["reference"])):
             assert ext.keys() == ref.keys()
             for k in ext:
-                # Step 0: the same weights and batch, equal to rounding. Later steps: the rounding
-                # differences have entered the weights and grow (GLCon's teacher temperature 0.01;
-                # the nn term picks among nearly equal neighbours on the tiny phantoms), so only
-                # "no drift" is asserted: measured up to 0.5 % at step 3 (glcon global, 2026-12-01).
-                tol, atol = (1e-5, 1e-6) if step == 0 else (1e-2, 1e-5)
+                # Step 0: the same weights and batch, equal to rounding. Step 1: one step of rounding
+                # differences in the weights (measured 4e-6 relative, glcon global).
+                tol, atol = (1e-5, 1e-6) if step == 0 else (1e-4, 1e-6)
                 assert ext[k] == pytest.approx(ref[k], rel=tol, abs=atol), (method, step, k)
 
 

@@ -14,7 +14,7 @@ from mona.data.prepare import normalise_volume, prepare, resize_label_slices
 from mona.data.readers import DataError
 from mona.errors import UsageError
 
-from conftest import write_nifti
+from niftilib import write_nifti
 
 
 def _snapshot(root):

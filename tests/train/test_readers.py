@@ -7,7 +7,7 @@ import pytest
 
 from mona.data.readers import ACDC, LITS, MMWHS, DataError, folder_spec, load_case, read_acdc, read_folder, read_lits, read_mmwhs
 
-from conftest import write_nifti
+from niftilib import write_nifti
 
 
 def _acdc_patient(root, pid="patient001", frames=(1, 12), shape=(20, 24, 5), spacing=(1.5, 1.25, 8.0), seed=0):

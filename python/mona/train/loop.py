@@ -40,7 +40,6 @@ from . import distributed
 from .checkpoint import (FORMAT, atomic_torch_save, export_inference, load_checkpoint, model_meta, restore,
                          rng_state, set_rng_state, states_of, unet_state)
 from ..errors import DataError, MissingFileError, TrainingStopped, UsageError
-from ..lockfile import locked
 from .config import TrainConfig, config_from_dict
 from .methods import METHOD_CLASSES, Batch, Method, RunContext
 
