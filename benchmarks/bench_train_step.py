@@ -75,29 +75,19 @@ def _child(cfg_json: str) -> None:
         return
     train_one_iteration(run)  # warm-up: optimiser state, bank and queue exist, caches built
     import gc
+
+    from benchmarks.harness import peak_of
     gc.collect()
-    if cuda:
-        sync()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-    else:
-        from benchmarks.harness import _reset_peak_rss, _rss_kb
-        _reset_peak_rss()
-        base = _rss_kb("VmRSS") * 1024
-    train_one_iteration(run)
-    if cuda:
-        sync()
-        peak = torch.cuda.max_memory_allocated()
-    else:
-        from benchmarks.harness import _rss_kb
-        peak = _rss_kb("VmHWM") * 1024
+    base, peak = peak_of(lambda: train_one_iteration(run), cuda)
     print(json.dumps({"extra_peak_mb": max(0, peak - base) / 2**20, "base_mb": base / 2**20}))
 
 
 def _spawn(cfg: dict, memory: bool) -> dict:
+    from benchmarks.harness import MEMORY_PASS_ENV
+
     env = dict(os.environ)
     if memory and not cfg["device"].startswith("cuda"):
-        env["MALLOC_MMAP_THRESHOLD_"] = "65536"  # memory pass only: RSS follows live memory
+        env.update(MEMORY_PASS_ENV)  # memory pass only: RSS follows live memory
     proc = subprocess.run([sys.executable, "-m", "benchmarks.bench_train_step", "--child", json.dumps(cfg)],
                           cwd=ROOT, env=env, capture_output=True, text=True)
     if proc.returncode != 0:

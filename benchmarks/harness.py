@@ -60,6 +60,31 @@ def _reset_peak_rss() -> None:
         fh.write("5")
 
 
+# The environment of a CPU memory pass: large blocks come from mmap and go back to the OS when freed,
+# so RSS follows live memory (in a time pass this would turn every large allocation into fresh page
+# faults, a cost no training loop pays).
+MEMORY_PASS_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536"}
+
+
+def peak_of(call: Callable[[], Any], cuda: bool) -> tuple[int, int]:
+    """(bytes in use before ``call()``, peak bytes during it): on CUDA the caching allocator's live
+    bytes and ``max_memory_allocated``; on the CPU the process's RSS and its peak (VmHWM, reset
+    first). The caller collects garbage and synchronises before, as its measurement requires."""
+    import torch
+
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        call()
+        torch.cuda.synchronize()
+        return base, torch.cuda.max_memory_allocated()
+    _reset_peak_rss()
+    base = _rss_kb("VmRSS") * 1024
+    call()
+    return base, _rss_kb("VmHWM") * 1024
+
+
 def _child(spec: str, config_json: str) -> None:
     import torch
 
@@ -84,16 +109,7 @@ def _child(spec: str, config_json: str) -> None:
             run()
             release()
         gc.collect()
-        sync()
-        if cuda:
-            torch.cuda.reset_peak_memory_stats()
-            base = torch.cuda.memory_allocated()
-        else:
-            _reset_peak_rss()
-            base = _rss_kb("VmRSS") * 1024
-        run()
-        sync()
-        peak = torch.cuda.max_memory_allocated() if cuda else _rss_kb("VmHWM") * 1024
+        base, peak = peak_of(run, cuda)
         print(json.dumps({"extra_peak_mb": max(0, peak - base) / 2**20}))
         return
     times = []
@@ -123,8 +139,7 @@ def releasing(run: Callable[[], Any], *tensors: Any, outputs: list | None = None
 def _spawn(spec: str, mode: str, payload: dict, timeout: float) -> dict:
     env = dict(os.environ)
     if mode == "memory":
-        # Large blocks come from mmap and go back to the OS when freed, so RSS follows live memory.
-        env["MALLOC_MMAP_THRESHOLD_"] = "65536"
+        env.update(MEMORY_PASS_ENV)
     root = Path(__file__).resolve().parent.parent
     proc = subprocess.run([sys.executable, "-m", "benchmarks.harness", "child", spec,
                            json.dumps({**payload, "_mode": mode})], cwd=root, env=env, capture_output=True,

@@ -52,6 +52,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from benchmarks.harness import MEMORY_PASS_ENV
+
 ROOT = Path(__file__).resolve().parent.parent
 VARIANTS = ("ext", "reference", "public")
 GIB = 2 ** 30
@@ -105,7 +107,7 @@ def _child(c: dict) -> None:
 
     import torch
 
-    from benchmarks.harness import _reset_peak_rss, _rss_kb
+    from benchmarks.harness import peak_of
     from mona.train import load_config
     from mona.train.loop import setup, train_one_iteration
 
@@ -129,23 +131,13 @@ def _child(c: dict) -> None:
     run.method.student.train()
     train_one_iteration(run)  # warm-up: optimiser state, bank and queue filled, caches built
     gc.collect()
-    if cuda:  # the caching allocator's live bytes (the reserved pool above them is allocator slack)
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        train_one_iteration(run)
-        torch.cuda.synchronize()
-        peak = torch.cuda.max_memory_allocated()
-    else:
-        _reset_peak_rss()
-        base = _rss_kb("VmRSS") * 1024
-        train_one_iteration(run)
-        peak = _rss_kb("VmHWM") * 1024
+    # CUDA: the caching allocator's live bytes (the reserved pool above them is allocator slack)
+    base, peak = peak_of(lambda: train_one_iteration(run), cuda)
     print(json.dumps({"extra_peak_bytes": max(0, peak - base), "persistent_bytes": persistent_bytes(run)}))
 
 
 def _measure(cfg: dict) -> dict:
-    env = {**os.environ, **({} if cfg["device"].startswith("cuda") else {"MALLOC_MMAP_THRESHOLD_": "65536"}),
+    env = {**os.environ, **({} if cfg["device"].startswith("cuda") else MEMORY_PASS_ENV),
            "PYTHONPATH": os.pathsep.join([str(ROOT / "python"), str(ROOT), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run([sys.executable, "-m", "benchmarks.memory_model", "--child", json.dumps(cfg)], cwd=ROOT,
                           env=env, capture_output=True, text=True)

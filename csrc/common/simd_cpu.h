@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #define MONA_X86_DISPATCH 1
@@ -63,6 +64,19 @@ float dot_and_square_f32(const float* row, const float* x, int64_t D, float* sq)
 float dot_f32(const float* row, const float* x, int64_t D);
 // y[d] += alpha * row[d].
 void axpy_f32(float alpha, const float* row, float* y, int64_t D);
+
+// sum a[c] * b[c] over D values: one fixed-order loop for every pair of rows (float32: the vector
+// dot_f32; other types: a plain loop), so identical rows give identical results wherever they lie.
+template <typename T>
+inline T dot(const T* a, const T* b, int64_t D) {
+  if constexpr (std::is_same_v<T, float>) {
+    return dot_f32(a, b, D);
+  } else {
+    T s = 0;
+    for (int64_t c = 0; c < D; ++c) s += a[c] * b[c];
+    return s;
+  }
+}
 
 // Asks the CPU to start loading a contiguous row (a key gathered a few iterations later): the
 // random gathers are latency-bound, and the hardware prefetcher cannot guess the next row.

@@ -21,7 +21,6 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <type_traits>
 #include <vector>
 
 #include "common/cosine_math.h"
@@ -41,17 +40,7 @@ namespace cm = cosine_math;
 // are scored against it.
 constexpr int64_t kQueueChunk = 128;
 
-// sum a[c] * b[c]: the same fixed-order loop for every pair of rows.
-template <typename acc_t>
-acc_t dot(const acc_t* a, const acc_t* b, int64_t d) {
-  if constexpr (std::is_same_v<acc_t, float>) {
-    return simd::dot_f32(a, b, d);
-  } else {
-    acc_t s = 0;
-    for (int64_t c = 0; c < d; ++c) s += a[c] * b[c];
-    return s;
-  }
-}
+using simd::dot;
 
 std::tuple<at::Tensor, at::Tensor> knn_loss_cpu(const at::Tensor& student, const at::Tensor& teacher,
                                                 const at::Tensor& queue, int64_t k) {

@@ -23,7 +23,6 @@
 #include <ATen/ops/zeros_like.h>
 #include <torch/library.h>
 
-#include <type_traits>
 #include <vector>
 
 #include "common/cosine_math.h"
@@ -44,15 +43,7 @@ at::Tensor squared_norms(const at::Tensor& x) {
   const acc_t* p = x.data_ptr<acc_t>();
   acc_t* o = out.data_ptr<acc_t>();
   at::parallel_for(0, R, 256, [&](int64_t b, int64_t e) {
-    for (int64_t r = b; r < e; ++r) {
-      if constexpr (std::is_same_v<acc_t, float>) {
-        o[r] = simd::dot_f32(p + r * d, p + r * d, d);
-      } else {
-        acc_t v = 0;
-        for (int64_t c = 0; c < d; ++c) v += p[r * d + c] * p[r * d + c];
-        o[r] = v;
-      }
-    }
+    for (int64_t r = b; r < e; ++r) o[r] = simd::dot(p + r * d, p + r * d, d);
   });
   return out;
 }
