@@ -1,7 +1,7 @@
-// mona::contrast_infonce (+ _backward) and mona::contrast_loss — schemas.
-// contrast_infonce CPU: contrast_infonce_cpu.cpp; CUDA: contrast_infonce_cuda.cu.
-// contrast_loss is a composite (class_pools -> class_mean -> sample_negatives -> contrast_infonce)
-// implemented in mona_ext/ops/contrast.py; tests: tests/ops/test_contrast_loss.py.
+// mona::contrast_infonce (+ _backward) — schemas. CPU kernel: contrast_infonce_cpu.cpp; CUDA kernel:
+// contrast_infonce_cuda.cu; autograd + fake kernel: mona_ext/ops/contrast_infonce.py;
+// tests: tests/ops/test_contrast_infonce.py. (mona::contrast_loss, the composite built from this op, is
+// defined and implemented in Python: mona_ext/ops/contrast_loss.py.)
 #include <torch/library.h>
 
 TORCH_LIBRARY_FRAGMENT(mona, m) {
@@ -22,9 +22,4 @@ TORCH_LIBRARY_FRAGMENT(mona, m) {
         " -> (Tensor loss, Tensor grad_rows)");
   m.def("contrast_infonce_backward(Tensor grad_loss, Tensor features, Tensor query_index, Tensor class_weight,"
         " Tensor grad_rows) -> Tensor grad_features");
-  // The whole anatomical contrastive (ACF) loss; see mona_ext.contrast_loss for the arguments.
-  m.def("contrast_loss(Tensor features, Tensor labels, Tensor? valid, Tensor? prob, int num_classes,"
-        " float strong_threshold=0.97, float temperature=0.5, int num_queries=256, int num_negatives=512,"
-        " Tensor? key_features=None, Tensor? bank=None, Tensor? bank_fill=None, str negatives=\"batch\","
-        " str query_mode=\"hard\", int ignore_index=-1, Generator? generator=None) -> Tensor");
 }

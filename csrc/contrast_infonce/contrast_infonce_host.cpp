@@ -1,4 +1,4 @@
-#include "contrast_loss/contrast_infonce_host.h"
+#include "contrast_infonce/contrast_infonce_host.h"
 
 #include <c10/util/Exception.h>
 

@@ -29,8 +29,8 @@
 
 #include "common/simd_cpu.h"
 #include "common/tensor_utils.h"
-#include "contrast_loss/contrast_infonce_host.h"
-#include "contrast_loss/contrast_infonce_math.h"
+#include "contrast_infonce/contrast_infonce_host.h"
+#include "contrast_infonce/contrast_infonce_math.h"
 
 namespace mona {
 namespace {
