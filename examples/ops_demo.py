@@ -12,7 +12,7 @@ features = torch.randn(2, 64, 32, 32, device=device).contiguous(memory_format=to
 features.requires_grad_(True)
 labels = torch.randint(-1, 4, (2, 32, 32), device=device)  # -1 = ignore
 
-means, counts = torch.ops.mona.class_mean(features, labels, None, 4, -1)
+means, counts = torch.ops.mona.class_mean(features, labels, 4, None, -1)
 ref_means, ref_counts = reference.class_mean(features, labels, 4)
 means.square().sum().backward()
 print(f"class_mean on {device}: prototypes {tuple(means.shape)}, pixels per class {counts.tolist()}")

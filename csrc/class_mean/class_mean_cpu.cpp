@@ -245,7 +245,7 @@ void class_mean_backward_kernel(const PixelView<const scalar_t>& f, const PixelV
 }
 
 std::tuple<at::Tensor, at::Tensor> class_mean_cpu(const at::Tensor& features, const at::Tensor& labels,
-                                                  const std::optional<at::Tensor>& weight, int64_t num_classes,
+                                                  int64_t num_classes, const std::optional<at::Tensor>& weight,
                                                   int64_t ignore_index) {
   check_features_labels("class_mean", features, labels, weight, num_classes);
   TORCH_CHECK_VALUE(features.device().is_cpu(), "class_mean (CPU kernel): features must be on the CPU");

@@ -302,7 +302,7 @@ __global__ void class_mean_grad_weight_channels_last_kernel(
 }
 
 std::tuple<at::Tensor, at::Tensor> class_mean_cuda(const at::Tensor& features, const at::Tensor& labels,
-                                                   const std::optional<at::Tensor>& weight, int64_t num_classes,
+                                                   int64_t num_classes, const std::optional<at::Tensor>& weight,
                                                    int64_t ignore_index) {
   check_features_labels("class_mean", features, labels, weight, num_classes);
   const cuda::DeviceGuard guard("class_mean", {{"features", features}, {"labels", labels}, {"weight", weight}});

@@ -50,8 +50,8 @@ void class_pools_kernel(const index_t* labels, const bool* valid, const PixelVie
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> class_pools_cpu(
-    const at::Tensor& labels, const std::optional<at::Tensor>& valid, const std::optional<at::Tensor>& prob,
-    int64_t num_classes, double strong_threshold, int64_t ignore_index) {
+    const at::Tensor& labels, int64_t num_classes, const std::optional<at::Tensor>& valid,
+    const std::optional<at::Tensor>& prob, double strong_threshold, int64_t ignore_index) {
   check_pools_args(labels, valid, prob, num_classes, ignore_index);
   const at::Tensor lab = labels.contiguous();
   const int64_t N = lab.numel();

@@ -39,8 +39,8 @@ __global__ void pool_keys_kernel(const index_t* __restrict__ labels, const bool*
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> class_pools_cuda(
-    const at::Tensor& labels, const std::optional<at::Tensor>& valid, const std::optional<at::Tensor>& prob,
-    int64_t num_classes, double strong_threshold, int64_t ignore_index) {
+    const at::Tensor& labels, int64_t num_classes, const std::optional<at::Tensor>& valid,
+    const std::optional<at::Tensor>& prob, double strong_threshold, int64_t ignore_index) {
   check_pools_args(labels, valid, prob, num_classes, ignore_index);
   const cuda::DeviceGuard guard("class_pools", {{"labels", labels}, {"valid", valid}, {"prob", prob}});
   const at::Tensor lab = labels.contiguous();

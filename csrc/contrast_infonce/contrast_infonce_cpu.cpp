@@ -296,11 +296,8 @@ void infonce_forward_kernel(const InfonceArgs& a, at::opmath_type<scalar_t>* row
 }
 
 std::tuple<at::Tensor, at::Tensor> contrast_infonce_cpu(const at::Tensor& features, const at::Tensor& key_features,
-                                                        const std::optional<at::Tensor>& bank,
-                                                        const at::Tensor& prototypes, const at::Tensor& query_index,
-                                                        const at::Tensor& negative_index,
-                                                        const at::Tensor& class_weight, double temperature,
-                                                        bool compute_grad) {
+    const at::Tensor& prototypes, const at::Tensor& query_index, const at::Tensor& negative_index,
+    const at::Tensor& class_weight, double temperature, const std::optional<at::Tensor>& bank, bool compute_grad) {
   InfonceArgs a = prepare_infonce("contrast_infonce", features, key_features, bank, prototypes, query_index,
                                   negative_index, class_weight, temperature);
   const auto opts = features.options().dtype(a.prototypes.scalar_type());

@@ -164,11 +164,8 @@ Inputs<scalar_t> make_inputs(const InfonceArgs& a) {
 }
 
 std::tuple<at::Tensor, at::Tensor> contrast_infonce_cuda(const at::Tensor& features, const at::Tensor& key_features,
-                                                         const std::optional<at::Tensor>& bank,
-                                                         const at::Tensor& prototypes, const at::Tensor& query_index,
-                                                         const at::Tensor& negative_index,
-                                                         const at::Tensor& class_weight, double temperature,
-                                                         bool compute_grad) {
+    const at::Tensor& prototypes, const at::Tensor& query_index, const at::Tensor& negative_index,
+    const at::Tensor& class_weight, double temperature, const std::optional<at::Tensor>& bank, bool compute_grad) {
   const cuda::DeviceGuard guard("contrast_infonce", {{"features", features}, {"key_features", key_features},
                                                      {"bank", bank}, {"prototypes", prototypes},
                                                      {"query_index", query_index}, {"negative_index", negative_index},

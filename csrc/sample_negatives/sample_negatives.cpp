@@ -1,6 +1,6 @@
 // mona::sample_negatives — schema. CPU: sample_negatives_cpu.cpp; CUDA: sample_negatives_cuda.cu;
 // shared host part (class distribution, class weights): sample_negatives_host.cpp;
-// fake kernel: mona_ext/ops/contrast.py; tests: tests/ops/test_contrast_parts.py.
+// fake kernel: mona_ext/ops/sample_negatives.py; tests: tests/ops/test_sample_negatives.py.
 #include <torch/library.h>
 
 TORCH_LIBRARY_FRAGMENT(mona, m) {
@@ -19,7 +19,7 @@ TORCH_LIBRARY_FRAGMENT(mona, m) {
   // and class_weight [C] (float32: 1 / #classes present in the batch for a class that contributes,
   // 0 otherwise), so that the loss is sum_c class_weight[c] * mean_q loss[c, q].
   m.def("sample_negatives(Tensor offsets, Tensor counts, Tensor hard_counts, Tensor permutation, Tensor prototypes,"
-        " Tensor? bank_fill, int bank_size, int num_queries, int num_negatives, float temperature,"
-        " str negatives=\"batch\", str query_mode=\"hard\", Generator? generator=None)"
+        " int num_queries=256, int num_negatives=512, float temperature=0.5, str negatives=\"batch\","
+        " str query_mode=\"hard\", Tensor? bank_fill=None, int bank_size=0, Generator? generator=None)"
         " -> (Tensor query_index, Tensor negative_index, Tensor class_weight)");
 }

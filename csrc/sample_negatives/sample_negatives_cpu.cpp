@@ -15,9 +15,9 @@ namespace {
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> sample_negatives_cpu(
     const at::Tensor& offsets, const at::Tensor& counts, const at::Tensor& hard_counts, const at::Tensor& permutation,
-    const at::Tensor& prototypes, const std::optional<at::Tensor>& bank_fill, int64_t bank_size, int64_t num_queries,
-    int64_t num_negatives, double temperature, c10::string_view negatives, c10::string_view query_mode,
-    const std::optional<at::Generator>& generator) {
+    const at::Tensor& prototypes, int64_t num_queries, int64_t num_negatives, double temperature,
+    c10::string_view negatives, c10::string_view query_mode, const std::optional<at::Tensor>& bank_fill,
+    int64_t bank_size, const std::optional<at::Generator>& generator) {
   SamplerPlan plan = plan_sampling(offsets, counts, hard_counts, permutation, prototypes, bank_fill, bank_size,
                                    num_queries, num_negatives, temperature, std::string(negatives),
                                    std::string(query_mode), generator);

@@ -34,9 +34,9 @@ __global__ void sample_negatives_kernel(sampler::PoolRefs refs, const float* __r
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> sample_negatives_cuda(
     const at::Tensor& offsets, const at::Tensor& counts, const at::Tensor& hard_counts, const at::Tensor& permutation,
-    const at::Tensor& prototypes, const std::optional<at::Tensor>& bank_fill, int64_t bank_size, int64_t num_queries,
-    int64_t num_negatives, double temperature, c10::string_view negatives, c10::string_view query_mode,
-    const std::optional<at::Generator>& generator) {
+    const at::Tensor& prototypes, int64_t num_queries, int64_t num_negatives, double temperature,
+    c10::string_view negatives, c10::string_view query_mode, const std::optional<at::Tensor>& bank_fill,
+    int64_t bank_size, const std::optional<at::Generator>& generator) {
   const cuda::DeviceGuard guard("sample_negatives", {{"offsets", offsets}, {"counts", counts}, {"hard_counts", hard_counts},
                                                      {"permutation", permutation}, {"prototypes", prototypes},
                                                      {"bank_fill", bank_fill}});

@@ -37,11 +37,11 @@ def class_mean(
     ``torch.use_deterministic_algorithms(True)``, under which it sums in a fixed order (slower).
     The backward is reproducible on both devices.
     """
-    return torch.ops.mona.class_mean(features, labels, weight, num_classes, ignore_index)
+    return torch.ops.mona.class_mean(features, labels, num_classes, weight, ignore_index)
 
 
 @torch.library.register_fake("mona::class_mean")
-def _class_mean_fake(features, labels, weight, num_classes, ignore_index=-1):
+def _class_mean_fake(features, labels, num_classes, weight=None, ignore_index=-1):
     torch._check(num_classes > 0, lambda: f"class_mean: num_classes must be positive, got {num_classes}")
     torch._check(features.dim() in (2, 4), lambda: "class_mean: features must be [B, D, H, W] or [N, D]")
     D = features.shape[1]
@@ -62,9 +62,9 @@ def _class_mean_backward_fake(grad_means, grad_counts, features, labels, weight,
 
 
 def _setup_context(ctx, inputs, output):
-    features, labels, weight, num_classes, ignore_index = inputs
+    features, labels, num_classes, weight, ignore_index = inputs
     means, counts = output
-    ctx.weight_requires_grad = weight is not None and ctx.needs_input_grad[2]
+    ctx.weight_requires_grad = weight is not None and ctx.needs_input_grad[3]
     ctx.ignore_index = ignore_index
     ctx.save_for_backward(features, labels, weight, means, counts)
 
@@ -82,8 +82,8 @@ def _backward(ctx, grad_means, grad_counts):
     return (
         grad_features if ctx.needs_input_grad[0] else None,
         None,
-        grad_weight if ctx.weight_requires_grad else None,
         None,
+        grad_weight if ctx.weight_requires_grad else None,
         None,
     )
 

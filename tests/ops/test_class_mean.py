@@ -132,7 +132,7 @@ def test_opcheck(device, requires_grad, weight):
     f.requires_grad_(requires_grad)
     if w is not None:
         w.requires_grad_(requires_grad)
-    torch.library.opcheck(torch.ops.mona.class_mean.default, (f, lab, w, 3, -1))
+    torch.library.opcheck(torch.ops.mona.class_mean.default, (f, lab, 3, w, -1))
 
 
 @pytest.mark.parametrize("device", DEVICES)

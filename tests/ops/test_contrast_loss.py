@@ -37,7 +37,7 @@ def test_composite_equals_parts(device):
                                   generator=gen(3, device))
     pools = mona_ext.class_pools(lab, 4, prob=prob, strong_threshold=0.9)
     protos, _ = mona_ext.class_mean(f, lab, 4)
-    q, n, w = mona_ext.sample_negatives(pools, protos, 32, 64, generator=gen(3, device))
+    q, n, w = mona_ext.sample_negatives(*pools, protos, 32, 64, generator=gen(3, device))
     ref = reference.contrast_infonce(f, f, protos, q, n, w, 0.5)
     torch.testing.assert_close(loss, ref, rtol=1e-12, atol=1e-12)
 
@@ -122,7 +122,7 @@ def test_class_without_hard_pixels_counts_in_denominator():
     with_easy = mona_ext.contrast_loss(f, lab, 3, prob=prob, num_queries=16, num_negatives=16, generator=gen(0))
     pools = mona_ext.class_pools(lab, 3, prob=prob, strong_threshold=0.97)
     protos, _ = mona_ext.class_mean(f, lab, 3)
-    _, _, w = mona_ext.sample_negatives(pools, protos, 16, 16, generator=gen(0))
+    _, _, w = mona_ext.sample_negatives(*pools, protos, 16, 16, generator=gen(0))
     assert w.tolist() == pytest.approx([1 / 3, 1 / 3, 0.0])
     assert with_easy.item() > 0
 
@@ -164,7 +164,7 @@ def test_low_precision_within_twice_torch_error(dtype):
     f, lab, prob = batch(D=32, H=16, W=16, seed=3)
     pools = mona_ext.class_pools(lab, 4, prob=prob, strong_threshold=0.97)
     protos, _ = mona_ext.class_mean(f, lab, 4)
-    q, n, w = mona_ext.sample_negatives(pools, protos, 32, 64, generator=gen(0))
+    q, n, w = mona_ext.sample_negatives(*pools, protos, 32, 64, generator=gen(0))
     exact = reference.contrast_infonce(f.double(), f.double(), protos.double(), q, n, w, 0.5)
     ours = mona_ext.contrast_infonce(f.to(dtype), f.to(dtype), protos.to(dtype), q, n, w, 0.5)
     # plain PyTorch in the same precision: gather, cosine, cross-entropy all in `dtype`
@@ -195,7 +195,7 @@ def test_contrast_loss_opcheck():
     f, lab, prob = batch(dtype=torch.float64)
     f.requires_grad_(True)
     torch.library.opcheck(torch.ops.mona.contrast_loss.default,
-                          (f, lab, None, prob, 4, 0.97, 0.5, 8, 16, None, None, None, "batch", "hard", -1, None),
+                          (f, lab, 4, None, prob, 0.97, 0.5, 8, 16, None, None, None, "batch", "hard", -1, None),
                           test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
 
 
@@ -248,7 +248,7 @@ def test_property_finite_and_matches_parts(B, C, D, side, ignore_frac, threshold
     assert torch.isfinite(loss) and torch.all(torch.isfinite(f.grad))
     pools = mona_ext.class_pools(lab, C, prob=prob, strong_threshold=threshold)
     protos, counts = mona_ext.class_mean(f.detach(), lab, C)
-    q, n, w = mona_ext.sample_negatives(pools, protos, 4, 5, temperature=temperature, query_mode=query_mode,
+    q, n, w = mona_ext.sample_negatives(*pools, protos, 4, 5, temperature=temperature, query_mode=query_mode,
                                         generator=gen(seed))
     ref = reference.contrast_infonce(f.detach(), f.detach(), protos, q, n, w, temperature)
     torch.testing.assert_close(loss, ref)
@@ -265,7 +265,7 @@ def test_device_contrast_loss_matches_reference(kernel_device):
         loss = mona_ext.contrast_loss(x, lab, 4, prob=prob, num_queries=32, num_negatives=64, generator=gen(0, dev))
         pools = mona_ext.class_pools(lab, 4, prob=prob, strong_threshold=0.97)
         protos, _ = mona_ext.class_mean(f, lab, 4)
-        q, n, w = mona_ext.sample_negatives(pools, protos, 32, 64, generator=gen(0, dev))
+        q, n, w = mona_ext.sample_negatives(*pools, protos, 32, 64, generator=gen(0, dev))
     x2 = f.clone().requires_grad_(True)
     ref = reference.contrast_infonce(x2, f, protos, q, n, w, 0.5)
     torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-5)

@@ -86,7 +86,7 @@ def test_class_pools_errors(kwargs, message):
 @pytest.mark.parametrize("device", DEVICES)
 def test_class_pools_opcheck(device):
     _, lab, prob = scene(device=device)
-    torch.library.opcheck(torch.ops.mona.class_pools.default, (lab, None, prob, 3, 0.5, -1))
+    torch.library.opcheck(torch.ops.mona.class_pools.default, (lab, 3, None, prob, 0.5, -1))
 
 
 # ---------------------------------------------------------------------------------------------- sample_negatives
@@ -117,7 +117,7 @@ def chi_square_pvalue(observed: torch.Tensor, expected_prob: torch.Tensor) -> fl
 def test_negative_classes_follow_softmax(device):
     lab = torch.arange(5).repeat_interleave(40).reshape(1, 10, 20).to(device)  # 5 classes, 40 px each
     pools, protos = pools_and_protos(lab, 5)
-    _, nidx, weight = mona_ext.sample_negatives(pools, protos, num_queries=64, num_negatives=256, temperature=0.5,
+    _, nidx, weight = mona_ext.sample_negatives(*pools, protos, num_queries=64, num_negatives=256, temperature=0.5,
                                                 generator=torch.Generator(device).manual_seed(0))
     flat = lab.reshape(-1)
     for c in range(5):
@@ -135,7 +135,7 @@ def test_negative_pixels_uniform_within_class_and_queries_hard_only():
     prob[0, 0] = torch.linspace(0, 1, 64).reshape(8, 8)  # class 0: some hard, some easy
     prob[0, 1] = 0.5
     pools, protos = pools_and_protos(lab, 2, prob=prob, threshold=0.5)
-    qidx, nidx, _ = mona_ext.sample_negatives(pools, protos, num_queries=4096, num_negatives=64,
+    qidx, nidx, _ = mona_ext.sample_negatives(*pools, protos, num_queries=4096, num_negatives=64,
                                               generator=torch.Generator().manual_seed(3))
     # negatives of class 0's queries are class-1 pixels, uniform over the 32 of them
     counts = torch.bincount(nidx[0].reshape(-1), minlength=64)[lab.reshape(-1) == 1]
@@ -155,13 +155,13 @@ def test_query_modes():
     pools, protos = pools_and_protos(lab, 2, prob=prob, threshold=0.97)
     g = torch.Generator().manual_seed(0)
     hard_px = set(((lab[0] == 0) & (prob[0, 0] < 0.97)).reshape(-1).nonzero()[:, 0].tolist())
-    q, _, w = mona_ext.sample_negatives(pools, protos, num_queries=64, num_negatives=4, query_mode="hard", generator=g)
+    q, _, w = mona_ext.sample_negatives(*pools, protos, num_queries=64, num_negatives=4, query_mode="hard", generator=g)
     assert set(q[0].tolist()) <= hard_px and torch.all(q[1] == -1)
     assert w.tolist() == [0.5, 0.0]  # class 1 has no hard pixel: contributes 0 but counts
-    q, _, w = mona_ext.sample_negatives(pools, protos, num_queries=64, num_negatives=4, query_mode="balanced", generator=g)
+    q, _, w = mona_ext.sample_negatives(*pools, protos, num_queries=64, num_negatives=4, query_mode="balanced", generator=g)
     assert set(q[0, :32].tolist()) <= hard_px and not (set(q[0, 32:].tolist()) & hard_px)
     assert w.tolist() == [0.5, 0.5]
-    q, _, _ = mona_ext.sample_negatives(pools, protos, num_queries=64, num_negatives=4, query_mode="all", generator=g)
+    q, _, _ = mona_ext.sample_negatives(*pools, protos, num_queries=64, num_negatives=4, query_mode="all", generator=g)
     assert set(q[0].tolist()) <= set((lab.reshape(-1) == 0).nonzero()[:, 0].tolist())
 
 
@@ -169,7 +169,7 @@ def test_query_modes():
 def test_sampler_deterministic_and_generator_driven(device):
     _, lab, prob = scene(B=2, H=8, W=8, C=3, device=device)
     pools, protos = pools_and_protos(lab, 3)
-    run = lambda seed: mona_ext.sample_negatives(pools, protos, 16, 32, generator=torch.Generator(device).manual_seed(seed))
+    run = lambda seed: mona_ext.sample_negatives(*pools, protos, 16, 32, generator=torch.Generator(device).manual_seed(seed))
     a, b, c = run(5), run(5), run(6)
     assert all(torch.equal(x, y) for x, y in zip(a, b))
     assert not torch.equal(a[1], c[1])
@@ -183,7 +183,7 @@ def test_bank_negatives_indices_and_absent_class():
     N, K = 16, 5
     fill = torch.tensor([0, 3, 5])
     for negatives in ("bank", "both"):
-        q, nidx, w = mona_ext.sample_negatives(pools, protos, 32, 64, negatives=negatives, bank_fill=fill, bank_size=K,
+        q, nidx, w = mona_ext.sample_negatives(*pools, protos, 32, 64, negatives=negatives, bank_fill=fill, bank_size=K,
                                                generator=torch.Generator().manual_seed(1))
         assert w.tolist() == [0.5, 0.5, 0.0]
         for c in range(2):
@@ -217,7 +217,7 @@ def test_sampler_errors(kwargs, message):
     args = dict(num_queries=4, num_negatives=4)
     args.update(kwargs)
     with pytest.raises(ValueError, match=message):
-        mona_ext.sample_negatives(pools, protos, **args)
+        mona_ext.sample_negatives(*pools, protos, **args)
 
 
 def test_sampler_opcheck():
@@ -225,7 +225,7 @@ def test_sampler_opcheck():
     pools, protos = pools_and_protos(lab, 3)
     # The op draws random numbers: opcheck compares repeated runs, so give each run its own
     # identically seeded generator via the fake/real consistency checks only.
-    torch.library.opcheck(torch.ops.mona.sample_negatives.default, (*pools, protos, None, 0, 4, 6, 0.5, "batch", "hard",
+    torch.library.opcheck(torch.ops.mona.sample_negatives.default, (*pools, protos, 4, 6, 0.5, "batch", "hard", None, 0,
                                                                    torch.Generator().manual_seed(0)),
                           test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
 
@@ -241,7 +241,7 @@ def sampled(device="cpu", dtype=torch.float64, C=3, Q=5, M=7, channels_last=Fals
     if bank:
         bank_t = torch.randn(C, 4, 6, dtype=dtype, device=device)
         fill = torch.tensor([4, 2, 3], device=device)
-    qidx, nidx, w = mona_ext.sample_negatives(pools, protos, Q, M, negatives="both" if bank else "batch",
+    qidx, nidx, w = mona_ext.sample_negatives(*pools, protos, Q, M, negatives="both" if bank else "batch",
                                               bank_fill=fill, bank_size=4 if bank else 0,
                                               generator=torch.Generator(device).manual_seed(seed))
     return f, keys, protos, qidx, nidx, w, bank_t
@@ -275,7 +275,7 @@ def test_infonce_nchw_keys_match_channels_last_keys(dtype, threads):
     lab = torch.randint(0, C, (2, 32, 32), generator=g)
     bank = torch.randn(C, 5, D, generator=g, dtype=dtype)
     protos, _ = mona_ext.class_mean(keys, lab, C)
-    qidx, nidx, w = mona_ext.sample_negatives(mona_ext.class_pools(lab, C), protos, Q, M, negatives="both",
+    qidx, nidx, w = mona_ext.sample_negatives(*mona_ext.class_pools(lab, C), protos, Q, M, negatives="both",
                                               bank_fill=torch.tensor([5, 2, 4]), bank_size=5,
                                               generator=torch.Generator().manual_seed(0))
     old = torch.get_num_threads()
@@ -321,24 +321,24 @@ def test_infonce_gradcheck(device, bank):
 def test_infonce_opcheck(device, requires_grad):
     f, keys, protos, qidx, nidx, w, bank_t = sampled(device=device, bank=True)
     f.requires_grad_(requires_grad)
-    torch.library.opcheck(torch.ops.mona.contrast_infonce.default, (f, keys, bank_t, protos, qidx, nidx, w, 0.5))
+    torch.library.opcheck(torch.ops.mona.contrast_infonce.default, (f, keys, protos, qidx, nidx, w, 0.5, bank_t))
 
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_infonce_backward_opcheck(device):
     f, keys, protos, qidx, nidx, w, bank_t = sampled(device=device, bank=True)
-    _, rows = torch.ops.mona.contrast_infonce(f, keys, bank_t, protos, qidx, nidx, w, 0.5, True)
+    _, rows = torch.ops.mona.contrast_infonce(f, keys, protos, qidx, nidx, w, 0.5, bank_t, True)
     torch.library.opcheck(torch.ops.mona.contrast_infonce_backward.default,
                           (torch.tensor(0.7, dtype=f.dtype, device=device), f, qidx, w, rows))
 
 
 def test_infonce_without_grad_rows():
     f, keys, protos, qidx, nidx, w, _ = sampled()
-    loss, rows = torch.ops.mona.contrast_infonce(f, keys, None, protos, qidx, nidx, w, 0.5, False)
+    loss, rows = torch.ops.mona.contrast_infonce(f, keys, protos, qidx, nidx, w, 0.5, None, False)
     assert rows.shape == (0,)
     torch.testing.assert_close(loss, reference.contrast_infonce(f, keys, protos, qidx, nidx, w, 0.5))
     x = f.clone().requires_grad_(True)
-    loss, _ = torch.ops.mona.contrast_infonce(x, keys, None, protos, qidx, nidx, w, 0.5, False)
+    loss, _ = torch.ops.mona.contrast_infonce(x, keys, protos, qidx, nidx, w, 0.5, None, False)
     with pytest.raises(RuntimeError, match="compute_grad=False"):
         loss.backward()
 
@@ -375,7 +375,7 @@ def test_infonce_extreme_values_finite(temperature, D, seed, scale):
     lab = torch.randint(0, 3, (2, 4, 4), generator=g)
     pools = mona_ext.class_pools(lab, 3)
     protos, _ = mona_ext.class_mean(f, lab, 3)
-    qidx, nidx, w = mona_ext.sample_negatives(pools, protos, 4, 8, temperature=temperature, generator=g)
+    qidx, nidx, w = mona_ext.sample_negatives(*pools, protos, 4, 8, temperature=temperature, generator=g)
     x = f.clone().requires_grad_(True)
     loss = mona_ext.contrast_infonce(x, f, protos, qidx, nidx, w, temperature)
     loss.backward()
@@ -441,7 +441,7 @@ def test_device_sampler_matches_cpu(kernel_device, negatives, query_mode):
     fill = torch.tensor([3, 0, 5, 2]) if negatives != "batch" else None
     kw = dict(temperature=0.3, negatives=negatives, query_mode=query_mode, bank_fill=fill,
               bank_size=5 if fill is not None else 0)
-    cpu = mona_ext.sample_negatives(pools, protos, 16, 24, generator=torch.Generator().manual_seed(7), **kw)
+    cpu = mona_ext.sample_negatives(*pools, protos, 16, 24, generator=torch.Generator().manual_seed(7), **kw)
     kw["bank_fill"] = fill.to(dev) if fill is not None else None
     with on(kernel_device):
         ours = mona_ext.sample_negatives(tuple(t.to(dev) for t in pools), protos.to(dev), 16, 24,
@@ -512,7 +512,7 @@ def test_emu_mismatched_device_message(case):
         elif case == "sample_negatives":
             pools = mona_ext.class_pools(lab, 3)
             with pytest.raises(ValueError, match="sample_negatives: prototypes is on meta but offsets is on cpu"):
-                mona_ext.sample_negatives(pools, protos.to("meta"), 4, 4)
+                mona_ext.sample_negatives(*pools, protos.to("meta"), 4, 4)
         else:
             with pytest.raises(ValueError, match="contrast_infonce: bank is on meta but features is on cpu"):
                 mona_ext.contrast_infonce(f, keys, protos, qidx, nidx, w, 0.5, bank=bank_t.to("meta"))

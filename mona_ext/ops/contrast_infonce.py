@@ -1,0 +1,90 @@
+"""``torch.ops.mona.contrast_infonce``: the fused InfoNCE over sampled indices (step 4 of ``contrast_loss``).
+
+Queries and keys are gathered from the feature maps by index: the Q x (M+1) x D key tensor is never
+built, and the backward only scatters the forward's per-query gradient into the query pixels.
+
+Kernels: ``csrc/contrast_infonce/`` (schema, CPU, CUDA). Reference: ``mona_ext.reference.contrast_infonce``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ._common import acc_dtype
+
+
+def contrast_infonce(
+    features: torch.Tensor,
+    key_features: torch.Tensor,
+    prototypes: torch.Tensor,
+    query_index: torch.Tensor,
+    negative_index: torch.Tensor,
+    class_weight: torch.Tensor,
+    temperature: float = 0.5,
+    bank: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Fused InfoNCE over sampled indices (0-dim loss); gradient to ``features`` only.
+
+    Args:
+        features: ``[B, D, H, W]`` / ``[N, D]`` the (student) map the queries come from.
+        key_features: the same shape: the map negatives are read from (no gradient).
+        prototypes: ``[C, D]`` positive key of each class (no gradient).
+        query_index, negative_index, class_weight: ``[C, Q]``, ``[C, Q, M]``, ``[C]`` from ``sample_negatives``.
+        temperature: t in ``cos(x, key) / t``.
+        bank: optional ``[C, K, D]`` memory bank (``negative_index >= N`` points into it).
+
+    Returns:
+        ``sum_c class_weight[c] * mean_q [logsumexp_j(l_j) - l_0]`` (0-dim, float32; float64 for float64).
+
+    ``torch.ops.mona.contrast_infonce`` takes one more argument, ``compute_grad``, and returns a tuple
+    ``(loss, grad_rows [C, Q, D])``: d loss / d query, computed in the same single pass over the keys
+    (the backward only scatters it). This wrapper asks for it when ``features`` needs a gradient and
+    returns the loss alone.
+
+    Limit: on CUDA each query's D-vector (and, with a gradient, its accumulator) is staged in shared
+    memory, so D is at most the GPU's opt-in shared memory per block / (4 or 8 bytes x 1 or 2):
+    12672 float32 / 6336 float64 with a gradient on an RTX 3090 (99 KiB). The error names the limit.
+    The CPU kernel has none.
+    """
+    return torch.ops.mona.contrast_infonce(features, key_features, prototypes, query_index, negative_index,
+                                           class_weight, temperature, bank, wants_grad(features))[0]
+
+
+def wants_grad(features: torch.Tensor) -> bool:
+    """Whether autograd will ask for d loss / d features (then the forward computes it)."""
+    return features.requires_grad and torch.is_grad_enabled()
+
+
+@torch.library.register_fake("mona::contrast_infonce")
+def _contrast_infonce_fake(features, key_features, prototypes, query_index, negative_index, class_weight,
+                           temperature=0.5, bank=None, compute_grad=True):
+    acc = acc_dtype(features.dtype)
+    rows = (*query_index.shape, features.shape[1]) if compute_grad else (0,)
+    return features.new_empty((), dtype=acc), features.new_empty(rows, dtype=acc)
+
+
+@torch.library.register_fake("mona::contrast_infonce_backward")
+def _contrast_infonce_backward_fake(grad_loss, features, query_index, class_weight, grad_rows):
+    return torch.empty_like(features)
+
+
+def _setup_context(ctx, inputs, output):
+    features, _, _, query_index, _, class_weight, _, _, compute_grad = inputs
+    _, grad_rows = output
+    ctx.mark_non_differentiable(grad_rows)
+    ctx.compute_grad = compute_grad
+    ctx.save_for_backward(features, query_index, class_weight, grad_rows)
+
+
+def _backward(ctx, grad_loss, _grad_rows):
+    features, query_index, class_weight, grad_rows = ctx.saved_tensors
+    grad = None
+    if ctx.needs_input_grad[0]:
+        if not ctx.compute_grad:
+            raise RuntimeError("contrast_infonce: backward through a forward called with compute_grad=False; "
+                               "call it with compute_grad=True when features need a gradient")
+        grad = torch.ops.mona.contrast_infonce_backward(grad_loss, features, query_index, class_weight, grad_rows)
+    return grad, None, None, None, None, None, None, None, None
+
+
+torch.library.register_autograd("mona::contrast_infonce", _backward, setup_context=_setup_context)
