@@ -394,7 +394,7 @@ def test_device_parts_match_cpu(kernel_device, channels_last):
         gpu_pools = mona_ext.class_pools(lab.to(dev), 4, prob=prob.to(dev), strong_threshold=0.5)
     assert all(torch.equal(a, b.cpu()) for a, b in zip(cpu_pools, gpu_pools))
     protos, _ = mona_ext.class_mean(f, lab, 4)
-    q, n, w = mona_ext.sample_negatives(cpu_pools, protos, 32, 64, generator=torch.Generator().manual_seed(0))
+    q, n, w = mona_ext.sample_negatives(*cpu_pools, protos, 32, 64, generator=torch.Generator().manual_seed(0))
     x_cpu, x_gpu = f.clone().requires_grad_(True), f.to(dev).requires_grad_(True)
     l_cpu = mona_ext.contrast_infonce(x_cpu, f, protos, q, n, w, 0.5)
     with on(kernel_device):
@@ -444,7 +444,7 @@ def test_device_sampler_matches_cpu(kernel_device, negatives, query_mode):
     cpu = mona_ext.sample_negatives(*pools, protos, 16, 24, generator=torch.Generator().manual_seed(7), **kw)
     kw["bank_fill"] = fill.to(dev) if fill is not None else None
     with on(kernel_device):
-        ours = mona_ext.sample_negatives(tuple(t.to(dev) for t in pools), protos.to(dev), 16, 24,
+        ours = mona_ext.sample_negatives(*(t.to(dev) for t in pools), protos.to(dev), 16, 24,
                                          generator=torch.Generator(dev).manual_seed(7), **kw)
     if dev == "cpu":  # the emulation draws the same uniforms from the same CPU generator: same indices
         for a, b, name in zip(ours, cpu, ["query_index", "negative_index", "class_weight"]):
