@@ -20,7 +20,7 @@ elif [ -n "$arch" ]; then
   kernels="CPU + CUDA kernels for this GPU (sm_${arch/./})"
 else
   export MONA_FORCE_CPU=1
-  kernels="CPU kernels only: no GPU is visible (for the CUDA kernels too, see the README's Build knobs)"
+  kernels="CPU kernels only: no GPU is visible (for the CUDA kernels too, see docs/install.md, Build knobs)"
 fi
 cat <<MSG
 mona quickstart

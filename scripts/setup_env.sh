@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Create (or reuse) a virtual environment and install mona into it, compiling the extension.
 #   bash scripts/setup_env.sh [VENV_DIR]      (default: .venv)
-# Then: source VENV_DIR/bin/activate. Knobs: see README "Build knobs" (MONA_FORCE_CPU, ...).
+# Then: source VENV_DIR/bin/activate. Knobs: see docs/install.md "Build knobs" (MONA_FORCE_CPU, ...).
 # The compile shows ninja's progress ([n/N] file); the full log is build.log.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -33,10 +33,10 @@ def test_cli_pipeline(tmp_path, capsys):
     assert len(rep["rows"]) == 2 * 3  # 1 test patient x 2 frames x 3 classes
     assert all("hd95_vox" in r for r in rep["rows"])
     assert (tmp_path / "ev" / "metrics.csv").read_text().count("\n") == 7
-    # the key counts the volumes in the distance (ASD and HD95) means, named as in CONVENTIONS and the README
+    # the key counts the volumes in the distance (ASD and HD95) means, named as in CONVENTIONS and the docs
     assert all(set(s) >= {"n_dist", "n_volumes"} and "n_asd" not in s for s in rep["summary"].values())
     assert "n_dist counts" in rep["conventions"] and "n_asd" not in json.dumps(rep)
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "docs" / "training.md").read_text()
     assert "`n_dist`" in readme and "n_asd" not in readme
     # overlays of every test volume (1 patient x 2 frames), 3 slices each (the phantoms have 3 slices with
     # foreground), one PNG per slice
