@@ -2,8 +2,9 @@
 
 weak: flip + rotation + crop (one affine warp). strong: weak + smooth diffeomorphic deformation,
 contrast, brightness, CutMix. Randomness comes from a CPU ``torch.Generator`` so runs are
-reproducible and resumable. Warps use ``torch.nn.functional.grid_sample`` (see docs/training.md for
-why not kornia).
+reproducible and resumable. Warps use ``torch.nn.functional.grid_sample`` on grids we compose
+ourselves (not kornia): the equivariance loss needs the sampling grid of an affine + a deformation
+whose exact inverse is known (``exp(-v)``), applied identically to images, labels and logit maps.
 """
 
 from __future__ import annotations
