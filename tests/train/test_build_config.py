@@ -41,14 +41,14 @@ def run_setup(tmp_path: Path, cuda_home: Path, torch_cuda: str) -> tuple[subproc
 def test_newer_torch_cuda_than_nvcc_fails_fast_with_the_fix(tmp_path):
     info = ROOT / "mona_ext" / "_build_info.py"
     before = info.read_bytes() if info.exists() else None
-    proc, seconds = run_setup(tmp_path, fake_toolkit(tmp_path, "13.0"), "13.2")
+    proc, _ = run_setup(tmp_path, fake_toolkit(tmp_path, "13.0"), "13.2")
     assert proc.returncode != 0
     err = proc.stderr
     assert "torch's CUDA 13.2 headers cannot be compiled by an older nvcc" in err
     assert "nvcc at " + str(tmp_path) in err and "is CUDA 13.0.0" in err
     assert "pip install --no-build-isolation ." in err and "MONA_FORCE_CPU=1" in err
-    assert seconds < 60, f"took {seconds:.0f}s: the check must come before compiling"
-    assert not (tmp_path / "tmp").exists() and not (tmp_path / "lib").exists()  # nothing compiled
+    # the check comes before compiling: nothing was compiled (a property, not a wall-clock limit)
+    assert not (tmp_path / "tmp").exists() and not (tmp_path / "lib").exists()
     assert (info.read_bytes() if info.exists() else None) == before  # build metadata untouched
 
 
