@@ -5,9 +5,9 @@ The ``nn.Module`` wrappers (``ClassMemoryBank``, ``FeatureQueue``) live in ``mon
 
 Representation (read by ``contrast_loss`` and any sampler):
 
-* ``storage [C, K, D]`` (any float dtype), ``ptr [C]`` int64 = next slot to write,
-  ``fill [C]`` int64 = filled slots (<= K). Slots form a ring per class: the newest entry of
-  class ``c`` is at ``(ptr[c] - 1) mod K``; the filled slots are ``[0, fill[c])`` (the ring only
+* ``storage [C, K, D]`` (any float dtype), ``ptr [C]`` int64 = the next slot written,
+  ``fill [C]`` int64 = the number of filled slots (<= K). Slots form a ring per class: the newest key
+  of class ``c`` is at ``(ptr[c] - 1) mod K``; the filled slots are ``[0, fill[c])`` (the ring only
   starts to overwrite once it is full), so "a uniform negative of class v" is slot
   ``randint(0, fill[v])``.
 * A push writes the selected keys of every class as if one by one in input order and never
@@ -58,7 +58,7 @@ def bank_push(
 def queue_push(queue: torch.Tensor, ptr: torch.Tensor, fill: torch.Tensor, keys: torch.Tensor) -> None:
     """Push ``keys [M, D]`` into the FIFO ``queue [K, D]`` (``ptr``/``fill`` are ``[1]`` int64), in place.
 
-    The last ``min(M, K)`` keys are kept; the newest entry is at ``(ptr - 1) mod K``.
+    The last ``min(M, K)`` keys are kept; the newest key is at ``(ptr - 1) mod K``.
     """
     torch.ops.mona.queue_push(queue, ptr, fill, keys.detach())
 
