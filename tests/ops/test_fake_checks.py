@@ -205,3 +205,29 @@ def test_fake_kernel_checks(op, make, message):
 def test_cpu_kernel_says_the_same(op, make, message):
     with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
         getattr(ops, op)(*make())
+
+
+# The checks hold for symbolic sizes too: torch.compile(dynamic=True) traces each op once for two
+# input sizes without a shape error or a data-dependent guard, and gives the eager values.
+DYNAMIC = [
+    ("class_mean", lambda f, lab: mona_ext.class_mean(f, lab, 3)[0].sum(),
+     lambda s: (torch.randn(2, 8, 5 + s, 6), torch.randint(-1, 3, (2, 5 + s, 6)))),
+    ("knn_loss", lambda s_, t, q: mona_ext.knn_loss(s_, t, q, 3),
+     lambda s: (torch.randn(4 + s, 16), torch.randn(4 + s, 16), torch.randn(20 + 3 * s, 16))),
+    # draws from the default generator (seeded before each call)
+    ("contrast_loss", lambda f, lab, p: mona_ext.contrast_loss(f, lab, 3, prob=p, num_queries=4, num_negatives=8),
+     lambda s: (torch.randn(2, 8, 5 + s, 6), torch.randint(0, 3, (2, 5 + s, 6)),
+                torch.softmax(torch.randn(2, 3, 5 + s, 6), 1))),
+]
+
+
+@pytest.mark.parametrize("fn, make", [pytest.param(fn, make, id=name) for name, fn, make in DYNAMIC])
+def test_checks_under_dynamic_shapes(fn, make):
+    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager", dynamic=True)
+    for s in (0, 1):
+        torch.manual_seed(s)
+        args = make(s)
+        torch.manual_seed(10 + s)
+        eager = fn(*args)
+        torch.manual_seed(10 + s)
+        torch.testing.assert_close(compiled(*args), eager)
