@@ -2,8 +2,10 @@
 
 weak: flip + rotation + crop (one affine warp). strong: weak + smooth diffeomorphic deformation,
 contrast, brightness, CutMix. Randomness comes from a CPU ``torch.Generator`` so runs are
-reproducible and resumable. Warps use ``torch.nn.functional.grid_sample`` (see docs/training.md for
-why not kornia).
+reproducible and resumable. Warps use ``torch.nn.functional.grid_sample`` (kornia's primitive too), not
+kornia: the equivariance loss needs the sampling grid itself, composed from an affine and a deformation
+whose exact inverse is known (``exp(-v)``) and applied identically to images, labels and logit maps
+with different interpolation; kornia's elastic transform is not invertible.
 """
 
 from __future__ import annotations
