@@ -163,7 +163,7 @@ def configure(bench: Benchmark, args) -> Benchmark | None:
                              machine_info(args.device),
                              notes="B = 12, D = 512, 128 x 128, C = 4, Q = 256, M = 512, channels-last, float32; "
                                    "one warm-up, then the median of repeats in one process.")
-        print(open(path).read())
+        print(path.read_text())
         return None
     variants = [v for v in bench.variants if not (args.skip_published and v.label == "pub")]
     env = {k: v for k, v in os.environ.items() if k.startswith(("THP_", "OMP_", "MKL_"))}

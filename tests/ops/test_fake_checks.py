@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-import mona_ext  # noqa: F401  (registers the ops)
+import mona_ext
 
 ops = torch.ops.mona
 
@@ -77,8 +77,8 @@ ROWS = [
     ("class_pools-valid", "class_pools", lambda: (i(2, 4, 4), 3, f(2, 4, 5), None, 1.0, -1),
      "class_pools: valid must have the labels' shape [2, 4, 4], got [2, 4, 5]", None),
     ("class_pools-prob", "class_pools", lambda: (i(2, 4, 4), 3, None, f(2, 4, 4, 4), 1.0, -1),
-     "class_pools: prob must be [B, C, H, W] (or [N, C]) with C = num_classes = 3 matching labels [2, 4, 4], "
-     "got [2, 4, 4, 4]", None),
+     ("class_pools: prob must be [B, C, H, W] (or [N, C]) with C = num_classes = 3 matching labels [2, 4, 4], "
+      "got [2, 4, 4, 4]"), None),
 
     ("sample_negatives-offsets", "sample_negatives", lambda: (*pools(offsets=(3, 1)), f(3, 8), 4, 4),
      "sample_negatives: offsets must be [C] with C > 0 (from class_pools), got [3, 1]", None),
@@ -127,8 +127,8 @@ ROWS = [
      "contrast_infonce_backward: class_weight must be [C] = [3], got [4]", None),
     ("contrast_infonce_backward-grad_rows", "contrast_infonce_backward",
      lambda: infonce_backward(grad_rows=(3, 5, 6)),
-     "contrast_infonce_backward: grad_rows must be [C, Q, D] = [3, 5, 8] (was the forward called with "
-     "compute_grad=False?), got [3, 5, 6]", None),
+     ("contrast_infonce_backward: grad_rows must be [C, Q, D] = [3, 5, 8] (was the forward called with "
+      "compute_grad=False?), got [3, 5, 6]"), None),
 
     ("pixel_kl-rank", "pixel_kl", lambda: (f(2, 3, 4), f(2, 3, 4), None, True, False, False),
      "pixel_kl: logits_a must be [B, C, H, W] or [N, C], got shape [2, 3, 4]", None),
