@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import torch
 
+from benchmarks.harness import Benchmark, Variant, main
+
 C, K, D = 4, 20000, 128
 
 
@@ -39,35 +41,33 @@ def make_ext(device: str, M: int, pushes: int):
 def make_concat(device: str, M: int, pushes: int):
     from mona_ext.reference import concat_truncate_push
 
-    state = {"bank": [torch.zeros(0, D, device=device) for _ in range(C)]}
+    state = {"storage": [torch.zeros(0, D, device=device) for _ in range(C)]}
     keys, labels = _keys(device, M)
-    state["bank"] = concat_truncate_push(state["bank"], keys, labels, K)
+    state["storage"] = concat_truncate_push(state["storage"], keys, labels, K)
 
     def run():
         for _ in range(pushes):
-            state["bank"] = concat_truncate_push(state["bank"], keys, labels, K)
+            state["storage"] = concat_truncate_push(state["storage"], keys, labels, K)
 
     return run
 
 
-CONFIGS = [dict(M=1000, pushes=1), dict(M=10000, pushes=1), dict(M=100000, pushes=1), dict(M=1000, pushes=1000)]
-QUICK = [dict(M=1000, pushes=1), dict(M=1000, pushes=20)]
-NOTES = (f"Bank of C={C} classes x K={K} slots x D={D} float32 (41 MB), already full. Labels uniform over C classes "
-         "+ ignore. ms per push; MB = peak above the resident memory before the call's pushes (the bank itself "
-         "excluded): over 1000 pushes mona's stays flat (the storage is never reallocated: asserted), "
-         "concat+truncate allocates a new bank per push. concat/mona time > 1: the ring buffer is faster.")
-
-
-def main() -> None:
-    from benchmarks.harness import Variant, bench_arguments, compare
-
-    args = bench_arguments(__doc__).parse_args()
-    variants = [Variant("ref", "benchmarks.bench_bank:make_concat", "concat+truncate"),
-                Variant("ext", "benchmarks.bench_bank:make_ext", "mona")]
-    compare("bank", variants, QUICK if args.quick else CONFIGS, args,
-            [("M", "keys per push"), ("pushes", "pushes")], baseline="ref", notes=NOTES,
-            per=lambda c: c["pushes"], repeats=lambda c: args.repeats if c["pushes"] == 1 else 1)
-
+BENCH = Benchmark(
+    name="bank",
+    doc=__doc__,
+    variants=[Variant("ref", "benchmarks.bench_bank:make_concat", "concat+truncate"),
+              Variant("ext", "benchmarks.bench_bank:make_ext", "mona")],
+    baseline="ref",
+    configs=[dict(M=1000, pushes=1), dict(M=10000, pushes=1), dict(M=100000, pushes=1), dict(M=1000, pushes=1000)],
+    quick=[dict(M=1000, pushes=1), dict(M=1000, pushes=20)],
+    columns=[("M", "keys per push"), ("pushes", "pushes")],
+    per=lambda c: c["pushes"],  # ms per push
+    repeats=lambda c: None if c["pushes"] == 1 else 1,  # one timed call of many pushes
+    notes=(f"Bank of C={C} classes x K={K} slots x D={D} float32 (41 MB), already full. Labels uniform over C classes "
+           "+ ignore. ms per push; MB = peak above the resident memory before the call's pushes (the bank itself "
+           "excluded): over 1000 pushes mona's stays flat (the storage is never reallocated: asserted), "
+           "concat+truncate allocates a new bank per push. concat/mona time > 1: the ring buffer is faster."),
+)
 
 if __name__ == "__main__":
-    main()
+    main(BENCH)

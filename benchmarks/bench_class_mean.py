@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from benchmarks.harness import releasing
+from benchmarks.harness import Benchmark, Variant, main, releasing
 
 
 def _inputs(device: str, B: int, D: int, H: int, C: int, channels_last: bool, grad: bool = True):
@@ -50,27 +50,24 @@ def make_reference(device: str, B: int, D: int, H: int, C: int, channels_last: b
 
 
 MAIN = dict(B=12, D=512, H=128, C=4)
-CONFIGS = [dict(MAIN, channels_last=False, grad=False), dict(MAIN, channels_last=True, grad=False),
-           dict(MAIN, channels_last=False, grad=True), dict(MAIN, channels_last=True, grad=True),
-           dict(B=12, D=256, H=64, C=8, channels_last=False, grad=True)]
-QUICK = [dict(B=2, D=32, H=32, C=4, channels_last=False, grad=True)]
-NOTES = ("Class means of a feature map; reference = permute + index_add_ (mona_ext.reference.class_mean). "
-         "Forward + backward includes writing the dense gradient of the map (both variants). "
-         "reference/mona time > 1: the fused op is faster.")
 
-
-def main() -> None:
-    from benchmarks.harness import Variant, bench_arguments, compare
-
-    args = bench_arguments(__doc__).parse_args()
-    variants = [Variant("ref", "benchmarks.bench_class_mean:make_reference", "reference"),
-                Variant("ext", "benchmarks.bench_class_mean:make_ext", "mona")]
-    compare("class_mean", variants, QUICK if args.quick else CONFIGS, args,
-            [("B", "B"), ("D", "D"), ("H", "H=W"), ("C", "C"), ("layout", "layout"), ("pass", "pass")],
-            baseline="ref", notes=NOTES,
-            describe=lambda c: {"layout": "channels_last" if c["channels_last"] else "NCHW",
-                                "pass": "forward + backward" if c["grad"] else "forward (no grad)"})
-
+BENCH = Benchmark(
+    name="class_mean",
+    doc=__doc__,
+    variants=[Variant("ref", "benchmarks.bench_class_mean:make_reference", "reference"),
+              Variant("ext", "benchmarks.bench_class_mean:make_ext", "mona")],
+    baseline="ref",
+    configs=[dict(MAIN, channels_last=False, grad=False), dict(MAIN, channels_last=True, grad=False),
+             dict(MAIN, channels_last=False, grad=True), dict(MAIN, channels_last=True, grad=True),
+             dict(B=12, D=256, H=64, C=8, channels_last=False, grad=True)],
+    quick=[dict(B=2, D=32, H=32, C=4, channels_last=False, grad=True)],
+    columns=[("B", "B"), ("D", "D"), ("H", "H=W"), ("C", "C"), ("layout", "layout"), ("pass", "pass")],
+    describe=lambda c: {"layout": "channels_last" if c["channels_last"] else "NCHW",
+                        "pass": "forward + backward" if c["grad"] else "forward (no grad)"},
+    notes=("Class means of a feature map; reference = permute + index_add_ (mona_ext.reference.class_mean). "
+           "Forward + backward includes writing the dense gradient of the map (both variants). "
+           "reference/mona time > 1: the fused op is faster."),
+)
 
 if __name__ == "__main__":
-    main()
+    main(BENCH)

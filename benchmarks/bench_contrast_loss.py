@@ -12,12 +12,13 @@ benchmarks/results/contrast_loss_<device>.{json,md}.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import torch
 import torch.nn.functional as F
 
-from benchmarks.harness import releasing
+from benchmarks.harness import Benchmark, Variant, machine_info, main, releasing, write_results
 
 MAIN = dict(B=12, D=512, H=128, C=4, Q=256, M=512)
 
@@ -138,51 +139,62 @@ def floor_estimate(B, D, H, C, Q, M, bytes_per=4):
             "total_mb": (map_bytes + 2 * gathered + map_bytes) / 2**20}
 
 
-def main() -> None:
-    from benchmarks.harness import Variant, bench_arguments, machine_info, write_results, compare
+def derive(row: dict) -> dict:
+    """The columns beyond the measurements: the dense gradient every variant returns, each variant's
+    memory beyond it, and the floor estimate."""
+    grad_mb = row["B"] * row["D"] * row["H"] ** 2 * 4 / 2**20  # the dense gradient every variant returns
+    out = {"grad_mb": grad_mb, "fused_beyond_grad_mb": max(0.0, row["fused_mb"] - grad_mb),
+           "vec_beyond_grad_mb": max(0.0, row["vec_mb"] - grad_mb)}
+    floor = floor_estimate(row["B"], row["D"], row["H"], row["C"], row["Q"], row["M"])
+    out.update({f"floor_{k}": v for k, v in floor.items()})
+    return out
 
-    ap = bench_arguments(__doc__, repeats=5, warmup=2)
-    ap.add_argument("--sweep", action="store_true", help="also vary D, H and C")
-    ap.add_argument("--skip-published", action="store_true", help="leave out (a), ReCo's published algorithm")
-    ap.add_argument("--breakdown", action="store_true", help="time the parts of the fused loss at the main size")
-    ap.add_argument("--tag", default="", help="suffix of the result files, e.g. 'thp' for a run with "
-                                              "THP_MEM_ALLOC_ENABLE=1")
-    args = ap.parse_args()
+
+SWEEP = [dict(MAIN, D=256, H=64, channels_last=True), dict(MAIN, D=512, H=64, channels_last=True),
+         dict(MAIN, C=8, channels_last=True)]
+
+
+def configure(bench: Benchmark, args) -> Benchmark | None:
+    """The options: --breakdown (another table, written here), --sweep, --skip-published, --tag; the
+    THP_* / OMP_* / MKL_* environment is recorded with the results."""
     if args.breakdown:
         rows = breakdown(args.device, args.repeats)
         path = write_results(f"contrast_loss_breakdown_{args.device}", rows, [("part", "part"), ("ms", "ms")],
                              machine_info(args.device),
                              notes="B = 12, D = 512, 128 x 128, C = 4, Q = 256, M = 512, channels-last, float32; "
                                    "one warm-up, then the median of repeats in one process.")
-        print(open(path).read())
-        return
-    configs = [dict(MAIN, channels_last=True), dict(MAIN, channels_last=False)]
-    if args.sweep:
-        configs += [dict(MAIN, D=256, H=64, channels_last=True), dict(MAIN, D=512, H=64, channels_last=True),
-                    dict(MAIN, C=8, channels_last=True)]
-    if args.quick:
-        configs = [dict(B=2, D=32, H=32, C=4, Q=32, M=64, channels_last=True)]
-    variants = [Variant("fused", "benchmarks.bench_contrast_loss:make_fused", "fused"),
-                Variant("vec", "benchmarks.bench_contrast_loss:make_vectorised", "(b) vectorised")]
-    if not args.skip_published:
-        variants.append(Variant("pub", "benchmarks.bench_contrast_loss:make_published", "(a) ReCo published",
-                                repeats=1))
-
-    def derive(row: dict) -> dict:
-        grad_mb = row["B"] * row["D"] * row["H"] ** 2 * 4 / 2**20  # the dense gradient every variant returns
-        out = {"grad_mb": grad_mb, "fused_beyond_grad_mb": max(0.0, row["fused_mb"] - grad_mb),
-               "vec_beyond_grad_mb": max(0.0, row["vec_mb"] - grad_mb)}
-        floor = floor_estimate(row["B"], row["D"], row["H"], row["C"], row["Q"], row["M"])
-        out.update({f"floor_{k}": v for k, v in floor.items()})
-        return out
-
+        print(path.read_text())
+        return None
+    variants = [v for v in bench.variants if not (args.skip_published and v.label == "pub")]
     env = {k: v for k, v in os.environ.items() if k.startswith(("THP_", "OMP_", "MKL_"))}
-    compare("contrast_loss", variants, configs, args,
-            [("B", "B"), ("D", "D"), ("H", "H=W"), ("C", "C"), ("layout", "layout")], baseline="fused",
-            notes=NOTES, describe=lambda c: {"layout": "channels_last" if c["channels_last"] else "NCHW"},
-            derive=derive, extra_columns=EXTRA_COLUMNS, ratios=[(v.label, "fused") for v in variants[1:]], name_suffix=f"_{args.tag}" if args.tag else "",
-            meta_extra={"env": env} if env else None)
+    return dataclasses.replace(bench, variants=variants, configs=bench.configs + (SWEEP if args.sweep else []),
+                               ratios=[(v.label, "fused") for v in variants[1:]],
+                               name_suffix=f"_{args.tag}" if args.tag else "", meta_extra={"env": env} if env else None)
 
+
+BENCH = Benchmark(
+    name="contrast_loss",
+    doc=__doc__,
+    variants=[Variant("fused", "benchmarks.bench_contrast_loss:make_fused", "fused"),
+              Variant("vec", "benchmarks.bench_contrast_loss:make_vectorised", "(b) vectorised"),
+              Variant("pub", "benchmarks.bench_contrast_loss:make_published", "(a) ReCo published", repeats=1)],
+    baseline="fused",
+    configs=[dict(MAIN, channels_last=True), dict(MAIN, channels_last=False)],
+    quick=[dict(B=2, D=32, H=32, C=4, Q=32, M=64, channels_last=True)],
+    columns=[("B", "B"), ("D", "D"), ("H", "H=W"), ("C", "C"), ("layout", "layout")],
+    describe=lambda c: {"layout": "channels_last" if c["channels_last"] else "NCHW"},
+    derive=derive,
+    extra_columns=EXTRA_COLUMNS,
+    notes=NOTES,
+    default_repeats=5,
+    default_warmup=2,
+    options=[(("--sweep",), dict(action="store_true", help="also vary D, H and C")),
+             (("--skip-published",), dict(action="store_true", help="leave out (a), ReCo's published algorithm")),
+             (("--breakdown",), dict(action="store_true", help="time the parts of the fused loss at the main size")),
+             (("--tag",), dict(default="", help="suffix of the result files, e.g. 'thp' for a run with "
+                                                 "THP_MEM_ALLOC_ENABLE=1"))],
+    configure=configure,
+)
 
 if __name__ == "__main__":
-    main()
+    main(BENCH)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from benchmarks.harness import releasing
+from benchmarks.harness import Benchmark, Variant, main, releasing
 
 
 def _inputs(device: str, B: int, C: int, H: int, masked: bool):
@@ -64,26 +64,23 @@ def make_floor(device: str, B: int, C: int, H: int, masked: bool):
     return releasing(run, outputs=out)
 
 
-CONFIGS = [dict(B=12, C=4, H=256, masked=False), dict(B=12, C=8, H=256, masked=False),
-           dict(B=12, C=4, H=256, masked=True), dict(B=12, C=8, H=256, masked=True)]
-QUICK = [dict(B=2, C=4, H=32, masked=True)]
-NOTES = ("Forward + backward of the symmetric per-pixel KL, both logits requiring grad (the two input gradients, "
-         "2 x B*C*H*W floats, are part of every column's memory). Composite = F.log_softmax x 2 + "
-         "F.kl_div(log_target=True) x 2, sum over classes, (masked) mean. Floor = torch.empty_like + copy of both "
-         "logit maps (the bytes the op must read and write). composite/X time > 1: X is faster than the composite.")
-
-
-def main() -> None:
-    from benchmarks.harness import Variant, bench_arguments, compare
-
-    args = bench_arguments(__doc__).parse_args()
-    variants = [Variant("ref", "benchmarks.bench_pixel_kl:make_composite", "composite"),
-                Variant("ext", "benchmarks.bench_pixel_kl:make_ext", "mona"),
-                Variant("floor", "benchmarks.bench_pixel_kl:make_floor", "floor")]
-    compare("pixel_kl", variants, QUICK if args.quick else CONFIGS, args,
-            [("B", "B"), ("C", "C"), ("H", "H=W"), ("mask", "mask")], baseline="ref", notes=NOTES,
-            describe=lambda c: {"mask": "yes" if c["masked"] else "no"})
-
+BENCH = Benchmark(
+    name="pixel_kl",
+    doc=__doc__,
+    variants=[Variant("ref", "benchmarks.bench_pixel_kl:make_composite", "composite"),
+              Variant("ext", "benchmarks.bench_pixel_kl:make_ext", "mona"),
+              Variant("floor", "benchmarks.bench_pixel_kl:make_floor", "floor")],
+    baseline="ref",
+    configs=[dict(B=12, C=4, H=256, masked=False), dict(B=12, C=8, H=256, masked=False),
+             dict(B=12, C=4, H=256, masked=True), dict(B=12, C=8, H=256, masked=True)],
+    quick=[dict(B=2, C=4, H=32, masked=True)],
+    columns=[("B", "B"), ("C", "C"), ("H", "H=W"), ("mask", "mask")],
+    describe=lambda c: {"mask": "yes" if c["masked"] else "no"},
+    notes=("Forward + backward of the symmetric per-pixel KL, both logits requiring grad (the two input gradients, "
+           "2 x B*C*H*W floats, are part of every column's memory). Composite = F.log_softmax x 2 + "
+           "F.kl_div(log_target=True) x 2, sum over classes, (masked) mean. Floor = torch.empty_like + copy of both "
+           "logit maps (the bytes the op must read and write). composite/X time > 1: X is faster than the composite."),
+)
 
 if __name__ == "__main__":
-    main()
+    main(BENCH)

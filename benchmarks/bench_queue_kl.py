@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from benchmarks.harness import releasing
+from benchmarks.harness import Benchmark, Variant, main, releasing
 
 
 def _inputs(device: str, B: int, d: int, K: int):
@@ -56,24 +56,21 @@ def _reference(op: str):
 make_ext = _factory(_ext)
 make_reference = _factory(_reference)
 
-CONFIGS = [dict(op=op, B=B, d=512, K=K) for op in ("similarity_kl", "knn_loss")
-           for B, K in ((6, 36), (24, 36), (12, 16384), (24, 65536), (24, 131072))]
-QUICK = [dict(op=op, B=4, d=32, K=K) for op in ("similarity_kl", "knn_loss") for K in (36, 1024)]
-NOTES = ("Forward + backward (gradient to the student embeddings). similarity_kl: KL(softmax(cos(teacher, queue) / "
-         "0.01) || softmax(cos(student, queue) / 0.1)), batch mean; knn_loss: minus the mean cosine of the student "
-         "to the k = 5 queue entries nearest the teacher. Reference = mona_ext.reference (normalised copies, "
-         "B x K similarity matrices, F.kl_div / topk). reference/mona time > 1: the fused op is faster.")
-
-
-def main() -> None:
-    from benchmarks.harness import Variant, bench_arguments, compare
-
-    args = bench_arguments(__doc__).parse_args()
-    variants = [Variant("ref", "benchmarks.bench_queue_kl:make_reference", "reference"),
-                Variant("ext", "benchmarks.bench_queue_kl:make_ext", "mona")]
-    compare("queue_kl", variants, QUICK if args.quick else CONFIGS, args,
-            [("op", "op"), ("B", "B"), ("d", "d"), ("K", "queue K")], baseline="ref", notes=NOTES)
-
+BENCH = Benchmark(
+    name="queue_kl",
+    doc=__doc__,
+    variants=[Variant("ref", "benchmarks.bench_queue_kl:make_reference", "reference"),
+              Variant("ext", "benchmarks.bench_queue_kl:make_ext", "mona")],
+    baseline="ref",
+    configs=[dict(op=op, B=B, d=512, K=K) for op in ("similarity_kl", "knn_loss")
+             for B, K in ((6, 36), (24, 36), (12, 16384), (24, 65536), (24, 131072))],
+    quick=[dict(op=op, B=4, d=32, K=K) for op in ("similarity_kl", "knn_loss") for K in (36, 1024)],
+    columns=[("op", "op"), ("B", "B"), ("d", "d"), ("K", "queue K")],
+    notes=("Forward + backward (gradient to the student embeddings). similarity_kl: KL(softmax(cos(teacher, queue) / "
+           "0.01) || softmax(cos(student, queue) / 0.1)), batch mean; knn_loss: minus the mean cosine of the student "
+           "to the k = 5 queue entries nearest the teacher. Reference = mona_ext.reference (normalised copies, "
+           "B x K similarity matrices, F.kl_div / topk). reference/mona time > 1: the fused op is faster."),
+)
 
 if __name__ == "__main__":
-    main()
+    main(BENCH)

@@ -25,6 +25,11 @@ child ...``), so that nothing one variant cached can hide or inflate another's f
 memory side by side, ratios against a baseline variant, all from the same run) as JSON + markdown
 under benchmarks/results/. Timings are medians on a possibly shared machine: compare ratios within
 one run, not across runs. Method and results: benchmarks/README.md.
+
+A comparison benchmark is data: its module declares ``BENCH = Benchmark(name=..., variants=[...],
+configs=[...], quick=[...], columns=[...], ...)`` and ends with ``if __name__ == "__main__":
+main(BENCH)``; :func:`main` parses the common arguments (:func:`bench_arguments` and the
+benchmark's ``options``) and calls :func:`compare`.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -185,13 +190,68 @@ def bench_arguments(doc: str, repeats: int = 7, warmup: int = 3) -> argparse.Arg
     return ap
 
 
-def compare(name: str, variants: list[Variant], configs: list[dict], args: argparse.Namespace,
-            config_columns: list[tuple[str, str]], baseline: str, notes: str = "",
-            describe: Callable[[dict], dict] | None = None, per: Callable[[dict], float] | None = None,
-            repeats: Callable[[dict], int] | None = None, derive: Callable[[dict], dict] | None = None,
-            extra_columns: list[tuple[str, str]] = (), name_suffix: str = "",
-            meta_extra: dict | None = None, ratios: list[tuple[str, str]] | None = None) -> list[dict]:
-    """Measure every variant on every configuration and write ``results/<name>_<device>.{json,md}``.
+@dataclass
+class Benchmark:
+    """A comparison benchmark, declared as data by its module (``BENCH = Benchmark(...)``).
+
+    name: results go to ``results/<name>_<device><name_suffix>.{json,md}``.
+    doc: the module's ``__doc__`` (the ``--help`` text).
+    variants: the sides compared; ``baseline``: the label the ratios are taken against.
+    configs, quick: the configurations (keyword arguments of every variant's factory) of a full run
+        and of ``--quick`` (CI's smoke run).
+    columns: ``[(key, header)]`` of the configuration columns (keys of a config or of ``describe``).
+    notes: the text under the table.
+    describe(config): display columns added to a row (e.g. "NCHW" for ``channels_last=False``).
+    per(config): divides a row's times (e.g. by the number of pushes).
+    repeats(config): timed calls for a slow configuration; None (or no ``repeats``): ``--repeats``.
+    derive(row): columns computed from the measurements, shown as ``extra_columns``.
+    ratios: ``[(slow, fast)]`` label pairs of the ratio columns (default: baseline vs every other).
+    default_repeats, default_warmup: the defaults of ``--repeats`` / ``--warmup``.
+    options: extra command-line options, ``[(flags, add_argument keywords)]``.
+    configure(bench, args): called with the parsed arguments when the options change the
+        benchmark; returns the benchmark to run (e.g. ``dataclasses.replace(bench, configs=...)``), or
+        None when it did the run itself (e.g. a different mode).
+    name_suffix, meta_extra: appended to the results' name / merged into their ``machine`` record.
+    """
+    name: str
+    doc: str
+    variants: list[Variant]
+    configs: list[dict]
+    quick: list[dict]
+    columns: list[tuple[str, str]]
+    baseline: str
+    notes: str = ""
+    describe: Callable[[dict], dict] | None = None
+    per: Callable[[dict], float] | None = None
+    repeats: Callable[[dict], int | None] | None = None
+    derive: Callable[[dict], dict] | None = None
+    extra_columns: list[tuple[str, str]] = field(default_factory=list)
+    ratios: list[tuple[str, str]] | None = None
+    default_repeats: int = 7
+    default_warmup: int = 3
+    options: list[tuple[tuple[str, ...], dict]] = field(default_factory=list)
+    configure: Callable[[Benchmark, argparse.Namespace], Benchmark | None] | None = None
+    name_suffix: str = ""
+    meta_extra: dict | None = None
+
+
+def main(bench: Benchmark, argv: list[str] | None = None) -> list[dict] | None:
+    """The command line of every comparison benchmark: ``python -m benchmarks.bench_X [--device cpu|cuda]
+    [--repeats N] [--warmup N] [--quick]`` and the benchmark's ``options``; runs :func:`compare`."""
+    ap = bench_arguments(bench.doc, repeats=bench.default_repeats, warmup=bench.default_warmup)
+    for flags, kwargs in bench.options:
+        ap.add_argument(*flags, **kwargs)
+    args = ap.parse_args(argv)
+    if bench.configure is not None:
+        bench = bench.configure(bench, args)
+        if bench is None:
+            return None
+    return compare(bench, args)
+
+
+def compare(bench: Benchmark, args: argparse.Namespace) -> list[dict]:
+    """Measure every variant of ``bench`` on every configuration (``bench.quick`` with ``args.quick``)
+    and write ``results/<name>_<device><name_suffix>.{json,md}``.
 
     Per row: ``<label>_ms`` (median per call, divided by ``per(config)`` if given, e.g. per push) and
     ``<label>_mb`` for every variant; for each pair ``(slow, fast)`` of ``ratios`` (default: the
@@ -201,14 +261,15 @@ def compare(name: str, variants: list[Variant], configs: list[dict], args: argpa
     ``derive(row)`` adds columns computed from the measurements (shown as ``extra_columns``).
     Returns the rows; prints each as it is measured and the table at the end.
     """
+    variants = bench.variants
     by_label = {v.label: v for v in variants}
-    pairs = ratios or [(baseline, v.label) for v in variants if v.label != baseline]
+    pairs = bench.ratios or [(bench.baseline, v.label) for v in variants if v.label != bench.baseline]
     rows = []
-    for cfg in configs:
-        row = {**cfg, **(describe(cfg) if describe else {})}
-        scale = per(cfg) if per else 1.0
+    for cfg in bench.quick if args.quick else bench.configs:
+        row = {**cfg, **(bench.describe(cfg) if bench.describe else {})}
+        scale = bench.per(cfg) if bench.per else 1.0
         for v in variants:
-            n = v.repeats or (repeats(cfg) if repeats else args.repeats)
+            n = v.repeats or (bench.repeats(cfg) if bench.repeats else None) or args.repeats
             r = measure(v.spec, repeats=n, warmup=args.warmup if n > 1 or not v.repeats else 1,
                         device=args.device, memory=v.memory, **cfg)
             row[f"{v.label}_ms"] = r["median_s"] * 1e3 / scale
@@ -217,21 +278,21 @@ def compare(name: str, variants: list[Variant], configs: list[dict], args: argpa
             row[f"x_{slow}_{fast}"] = row[f"{slow}_ms"] / row[f"{fast}_ms"]
             if by_label[slow].memory and by_label[fast].memory:
                 row[f"m_{fast}_{slow}"] = row[f"{fast}_mb"] / max(row[f"{slow}_mb"], 1e-9)
-        if derive:
-            row.update(derive(row))
+        if bench.derive:
+            row.update(bench.derive(row))
         rows.append(row)
         print(row, flush=True)
-    cols = list(config_columns)
+    cols = list(bench.columns)
     cols += [(f"{v.label}_ms", f"{v.title} ms") for v in variants]
     cols += [(f"x_{s}_{f}", f"{by_label[s].title} / {by_label[f].title} time") for s, f in pairs]
     cols += [(f"{v.label}_mb", f"{v.title} MB") for v in variants if v.memory]
     cols += [(f"m_{f}_{s}", f"{by_label[f].title} / {by_label[s].title} memory") for s, f in pairs
              if by_label[s].memory and by_label[f].memory]
-    cols += list(extra_columns)
+    cols += list(bench.extra_columns)
     meta = machine_info(args.device)
     meta["method"] = {"warmup": args.warmup, "repeats": args.repeats}
-    meta.update(meta_extra or {})
-    path = write_results(f"{name}_{args.device}{name_suffix}", rows, cols, meta, notes)
+    meta.update(bench.meta_extra or {})
+    path = write_results(f"{bench.name}_{args.device}{bench.name_suffix}", rows, cols, meta, bench.notes)
     print(path.read_text())
     return rows
 

@@ -4,6 +4,12 @@ Both are ring buffers updated in place by ``torch.ops.mona.bank_push`` / ``queue
 grow, never copy to the host in a push (outside ``torch.distributed``, see below), move with
 ``.to(device)`` and save / load with ``state_dict``.
 
+Names (the same in ``mona_ext.ops.bank``, ``mona_ext.reference.banks`` and the op schemas): a *key* is
+one stored ``D``-vector, a *slot* one place for a key; ``storage`` (``queue`` for ``FeatureQueue``)
+holds the slots, ``size`` = K slots (per class), ``dim`` = D, ``ptr`` = the next slot written (the
+newest key is at ``(ptr - 1) % K``), ``fill`` = the number of filled slots, always the prefix
+``[0, fill)``. The buffer names are the ``state_dict`` keys of saved training runs.
+
 Under ``torch.distributed`` (initialised, world size > 1, ``sync_distributed=True``) a push first
 gathers keys, labels, validity and the random priorities of every rank (``all_gather``, rank order)
 and then every rank pushes the same concatenation, so all ranks hold the same bank. Ranks may pass
@@ -50,8 +56,8 @@ class ClassMemoryBank(nn.Module):
 
     Buffers (read them directly, e.g. from a negative sampler):
         storage ``[C, K, D]``: slot ``s`` of class ``c`` is ``storage[c, s]``;
-        ptr ``[C]`` int64: the next slot written (the newest entry is at ``(ptr[c] - 1) % K``);
-        fill ``[C]`` int64: number of filled slots, always the prefix ``[0, fill[c])``.
+        ptr ``[C]`` int64: the next slot written (the newest key is at ``(ptr[c] - 1) % K``);
+        fill ``[C]`` int64: the number of filled slots, always the prefix ``[0, fill[c])``.
 
     Args:
         num_classes, size, dim: C, K, D.
@@ -119,7 +125,7 @@ class ClassMemoryBank(nn.Module):
         return keys * available.unsqueeze(-1).to(keys.dtype), available
 
     def class_keys(self, c: int) -> torch.Tensor:
-        """The filled entries of class ``c`` oldest first, ``[fill[c], D]`` (host sync: for inspection)."""
+        """The keys of class ``c`` oldest first, ``[fill[c], D]`` (host sync: for inspection)."""
         n, p = int(self.fill[c]), int(self.ptr[c])
         order = [(p - n + i) % self.size for i in range(n)]
         return self.storage[c, order]
@@ -136,10 +142,10 @@ class ClassMemoryBank(nn.Module):
 
 
 class FeatureQueue(nn.Module):
-    """FIFO queue of ``size`` embeddings of dimension ``dim`` (GLCon mined views, the L_nn queue).
+    """FIFO queue of ``size`` keys of dimension ``dim`` (embeddings: GLCon mined views, the L_nn queue).
 
-    Buffers: ``queue [K, D]``, ``ptr [1]`` int64 (next slot; newest at ``(ptr - 1) % K``),
-    ``fill [1]`` int64 (filled slots, the prefix ``[0, fill)``).
+    Buffers: ``queue [K, D]``, ``ptr [1]`` int64 (the next slot written; the newest key is at
+    ``(ptr - 1) % K``), ``fill [1]`` int64 (the number of filled slots, the prefix ``[0, fill)``).
     """
 
     def __init__(self, size: int, dim: int, dtype: torch.dtype = torch.float32,
@@ -165,11 +171,11 @@ class FeatureQueue(nn.Module):
         torch.ops.mona.queue_push(self.queue, self.ptr, self.fill, keys)
 
     def filled(self) -> torch.Tensor:
-        """The filled rows ``queue[:fill]`` (slot order; host sync to read ``fill``)."""
+        """The keys in the filled slots, ``queue[:fill]`` (slot order; host sync to read ``fill``)."""
         return self.queue[: int(self.fill)]
 
     def ordered(self) -> torch.Tensor:
-        """The filled entries oldest first (host sync: for inspection)."""
+        """The keys oldest first (host sync: for inspection)."""
         n, p = int(self.fill), int(self.ptr)
         return self.queue[[(p - n + i) % self.size for i in range(n)]]
 

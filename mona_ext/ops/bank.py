@@ -5,9 +5,9 @@ The ``nn.Module`` wrappers (``ClassMemoryBank``, ``FeatureQueue``) live in ``mon
 
 Representation (read by ``contrast_loss`` and any sampler):
 
-* ``storage [C, K, D]`` (any float dtype), ``ptr [C]`` int64 = next slot to write,
-  ``fill [C]`` int64 = filled slots (<= K). Slots form a ring per class: the newest entry of
-  class ``c`` is at ``(ptr[c] - 1) mod K``; the filled slots are ``[0, fill[c])`` (the ring only
+* ``storage [C, K, D]`` (any float dtype), ``ptr [C]`` int64 = the next slot written,
+  ``fill [C]`` int64 = the number of filled slots (<= K). Slots form a ring per class: the newest key
+  of class ``c`` is at ``(ptr[c] - 1) mod K``; the filled slots are ``[0, fill[c])`` (the ring only
   starts to overwrite once it is full), so "a uniform negative of class v" is slot
   ``randint(0, fill[v])``.
 * A push writes the selected keys of every class as if one by one in input order and never
@@ -17,6 +17,8 @@ Representation (read by ``contrast_loss`` and any sampler):
 from __future__ import annotations
 
 import torch
+
+from ._common import check, shape_str
 
 
 def bank_push(
@@ -56,20 +58,51 @@ def bank_push(
 def queue_push(queue: torch.Tensor, ptr: torch.Tensor, fill: torch.Tensor, keys: torch.Tensor) -> None:
     """Push ``keys [M, D]`` into the FIFO ``queue [K, D]`` (``ptr``/``fill`` are ``[1]`` int64), in place.
 
-    The last ``min(M, K)`` keys are kept; the newest entry is at ``(ptr - 1) mod K``.
+    The last ``min(M, K)`` keys are kept; the newest key is at ``(ptr - 1) mod K``.
     """
     torch.ops.mona.queue_push(queue, ptr, fill, keys.detach())
 
 
+def _check_state(op, name, storage, ptr, fill, C):
+    """The shape checks of ``bank_checks::check_state`` / ``check_keys`` (csrc/bank/bank_checks.h)."""
+    check(storage.shape[-2] > 0, op, lambda: f"{name} must have K > 0 slots, got shape {shape_str(storage)}")
+    check(ptr.numel() == C and fill.numel() == C, op,
+          lambda: f"ptr and fill must be contiguous with {C} element(s), got shapes {shape_str(ptr)} and "
+                  f"{shape_str(fill)}")
+
+
+def _check_keys(op, storage, keys):
+    D = storage.shape[-1]
+    check(keys.dim() == 2 and keys.shape[1] == D, op,
+          lambda: f"keys must be [M, D] with D = {D}, got shape {shape_str(keys)}")
+
+
 @torch.library.register_fake("mona::bank_push")
 def _bank_push_fake(storage, ptr, fill, keys, labels, valid=None, priority=None, cap=-1, ignore_index=-1):
-    torch._check(storage.dim() == 3, lambda: "bank_push: storage must be [C, K, D]")
-    torch._check(keys.dim() == 2, lambda: "bank_push: keys must be [M, D]")
+    op = "bank_push"
+    check(storage.dim() == 3, op, lambda: f"storage must be [C, K, D], got shape {shape_str(storage)}")
+    _check_state(op, "storage", storage, ptr, fill, storage.shape[0])
+    _check_keys(op, storage, keys)
+    M = keys.shape[0]
+    check(labels.dim() == 1 and labels.shape[0] == M, op,
+          lambda: f"labels must be [M] = [{M}] to match keys, got shape {shape_str(labels)}")
+    if valid is not None:
+        check(valid.dim() == 1 and valid.shape[0] == M, op,
+              lambda: f"valid must be [M] = [{M}], got shape {shape_str(valid)}")
+    check(cap >= -1, op, lambda: f"cap must be -1 (no cap) or >= 0, got {cap}")
+    if cap >= 0:
+        check(priority is not None, op,
+              lambda: f"cap={cap} needs a priority tensor (the random subset is the cap keys of highest priority)")
+    if priority is not None:
+        check(priority.dim() == 1 and priority.shape[0] == M, op,
+              lambda: f"priority must be [M] = [{M}], got shape {shape_str(priority)}")
     return None
 
 
 @torch.library.register_fake("mona::queue_push")
 def _queue_push_fake(queue, ptr, fill, keys):
-    torch._check(queue.dim() == 2, lambda: "queue_push: queue must be [K, D]")
-    torch._check(keys.dim() == 2, lambda: "queue_push: keys must be [M, D]")
+    op = "queue_push"
+    check(queue.dim() == 2, op, lambda: f"queue must be [K, D], got shape {shape_str(queue)}")
+    _check_state(op, "queue", queue, ptr, fill, 1)
+    _check_keys(op, queue, keys)
     return None

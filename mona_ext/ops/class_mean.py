@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from ._common import acc_dtype
+from ._common import acc_dtype, check, check_features_labels
 
 
 def class_mean(
@@ -42,8 +42,7 @@ def class_mean(
 
 @torch.library.register_fake("mona::class_mean")
 def _class_mean_fake(features, labels, num_classes, weight=None, ignore_index=-1):
-    torch._check(num_classes > 0, lambda: f"class_mean: num_classes must be positive, got {num_classes}")
-    torch._check(features.dim() in (2, 4), lambda: "class_mean: features must be [B, D, H, W] or [N, D]")
+    check_features_labels("class_mean", features, labels, weight, num_classes)
     D = features.shape[1]
     means = features.new_empty((num_classes, D))
     counts = features.new_empty((num_classes,), dtype=acc_dtype(features.dtype))
@@ -53,6 +52,9 @@ def _class_mean_fake(features, labels, num_classes, weight=None, ignore_index=-1
 @torch.library.register_fake("mona::class_mean_backward")
 def _class_mean_backward_fake(grad_means, grad_counts, features, labels, weight, means, counts, ignore_index,
                               weight_requires_grad):
+    op = "class_mean_backward"
+    check_features_labels(op, features, labels, weight, means.shape[0])
+    check(not weight_requires_grad or weight is not None, op, lambda: "weight_requires_grad=True needs a weight")
     grad_features = torch.empty_like(features)
     if weight_requires_grad:
         grad_weight = torch.empty_like(weight)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from ._common import acc_dtype
+from ._common import acc_dtype, check, shape_str
 
 
 def contrast_infonce(
@@ -36,10 +36,10 @@ def contrast_infonce(
     Returns:
         ``sum_c class_weight[c] * mean_q [logsumexp_j(l_j) - l_0]`` (0-dim, float32; float64 for float64).
 
-    ``torch.ops.mona.contrast_infonce`` takes one more argument, ``compute_grad``, and returns a tuple
-    ``(loss, grad_rows [C, Q, D])``: d loss / d query, computed in the same single pass over the keys
-    (the backward only scatters it). This wrapper asks for it when ``features`` needs a gradient and
-    returns the loss alone.
+    The op itself: ``torch.ops.mona.contrast_infonce`` takes one more argument, ``compute_grad``, and
+    returns a tuple ``(loss, grad_rows [C, Q, D])``: d loss / d query, computed in the same single pass
+    over the keys (the backward only scatters it; an empty ``[0]`` tensor without ``compute_grad``).
+    This wrapper asks for it when ``features`` needs a gradient and returns the loss alone.
 
     Limit: on CUDA each query's D-vector (and, with a gradient, its accumulator) is staged in shared
     memory, so D is at most the GPU's opt-in shared memory per block / (4 or 8 bytes x 1 or 2):
@@ -55,9 +55,34 @@ def wants_grad(features: torch.Tensor) -> bool:
     return features.requires_grad and torch.is_grad_enabled()
 
 
+def _check_features(op, features):
+    check(features.dim() in (4, 2), op,
+          lambda: f"features must be [B, D, H, W] or [N, D], got shape {shape_str(features)}")
+
+
 @torch.library.register_fake("mona::contrast_infonce")
 def _contrast_infonce_fake(features, key_features, prototypes, query_index, negative_index, class_weight,
                            temperature=0.5, bank=None, compute_grad=True):
+    op = "contrast_infonce"  # the checks of prepare_infonce (csrc/contrast_infonce/contrast_infonce_host.cpp)
+    _check_features(op, features)
+    check(key_features.shape == features.shape, op,
+          lambda: f"key_features must have the features' shape {shape_str(features)}, got {shape_str(key_features)}")
+    D = features.shape[1]
+    check(prototypes.dim() == 2 and prototypes.shape[1] == D, op,
+          lambda: f"prototypes must be [C, D] with D = {D}, got {shape_str(prototypes)}")
+    C = prototypes.shape[0]
+    check(C > 0, op, lambda: "prototypes must have at least one class")
+    check(query_index.dim() == 2 and query_index.shape[0] == C, op,
+          lambda: f"query_index must be int64 [C, Q] with C = {C}, got {shape_str(query_index)}")
+    Q = query_index.shape[1]
+    check(Q > 0, op, lambda: "num_queries must be positive, got 0 queries")
+    check(negative_index.dim() == 3 and negative_index.shape[0] == C and negative_index.shape[1] == Q, op,
+          lambda: f"negative_index must be int64 [C, Q, M] = [{C}, {Q}, M], got {shape_str(negative_index)}")
+    check(class_weight.dim() == 1 and class_weight.shape[0] == C, op,
+          lambda: f"class_weight must be [C] = [{C}], got {shape_str(class_weight)}")
+    if bank is not None:
+        check(bank.dim() == 3 and bank.shape[0] == C and bank.shape[2] == D, op,
+              lambda: f"bank must be [C, K, D] = [{C}, K, {D}], got {shape_str(bank)}")
     acc = acc_dtype(features.dtype)
     rows = (*query_index.shape, features.shape[1]) if compute_grad else (0,)
     return features.new_empty((), dtype=acc), features.new_empty(rows, dtype=acc)
@@ -65,6 +90,15 @@ def _contrast_infonce_fake(features, key_features, prototypes, query_index, nega
 
 @torch.library.register_fake("mona::contrast_infonce_backward")
 def _contrast_infonce_backward_fake(grad_loss, features, query_index, class_weight, grad_rows):
+    op = "contrast_infonce_backward"  # check_backward_args (contrast_infonce_host.cpp)
+    _check_features(op, features)
+    check(query_index.dim() == 2, op, lambda: f"query_index must be int64 [C, Q], got {shape_str(query_index)}")
+    (C, Q), D = query_index.shape, features.shape[1]
+    check(class_weight.dim() == 1 and class_weight.shape[0] == C, op,
+          lambda: f"class_weight must be [C] = [{C}], got {shape_str(class_weight)}")
+    check(grad_rows.dim() == 3 and tuple(grad_rows.shape) == (C, Q, D), op,
+          lambda: f"grad_rows must be [C, Q, D] = [{C}, {Q}, {D}] (was the forward called with compute_grad=False?), "
+                  f"got {shape_str(grad_rows)}")
     return torch.empty_like(features)
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from ._common import acc_dtype, scaled
+from ._common import acc_dtype, check, scaled, shape_str
 
 
 def pixel_kl(
@@ -32,6 +32,14 @@ def pixel_kl(
     Returns:
         0-dim tensor (logits' dtype): ``sum(mask * kl) / sum(mask)``; an all-zero mask gives 0 and zero
         gradients (never nan). Differentiable w.r.t. whichever logits require grad.
+
+    The op itself: ``torch.ops.mona.pixel_kl(logits_a, logits_b, mask, symmetric, compute_grad_a,
+    compute_grad_b)`` returns a tuple ``(loss, weight_sum, grad_a, grad_b)``, not the loss alone:
+    ``loss`` 0-dim (as above); ``weight_sum`` 0-dim float32 (float64 for float64 logits), ``sum(mask)``
+    or the number of pixels without a mask; ``grad_a`` / ``grad_b`` d loss / d logits_a / logits_b
+    (logits-shaped, for a unit upstream gradient) when ``compute_grad_a`` / ``compute_grad_b``, else
+    empty ``[0]`` tensors. Autograd flows through ``loss`` only. ``mona_ext.pixel_kl`` returns the loss
+    alone, asking for the gradients that autograd will need.
     """
     # Gradients in the same pass as the loss when autograd will ask for them (the backward then
     # only scales them by grad_loss); the logits are read once.
@@ -41,14 +49,20 @@ def pixel_kl(
     return loss
 
 
-def _check_fake(a, b, mask):
-    torch._check(a.dim() in (2, 4), lambda: "pixel_kl: logits_a must be [B, C, H, W] or [N, C]")
-    torch._check(a.shape == b.shape, lambda: "pixel_kl: logits_b must have logits_a's shape")
+def _check_fake(op, a, b, mask):
+    """The shape checks of ``pixel_kl_checks::check_inputs`` (csrc/pixel_kl/pixel_kl_checks.h)."""
+    check(a.dim() in (4, 2), op, lambda: f"logits_a must be [B, C, H, W] or [N, C], got shape {shape_str(a)}")
+    check(a.shape == b.shape, op, lambda: f"logits_b must have logits_a's shape {shape_str(a)}, got {shape_str(b)}")
+    check(a.shape[1] > 0, op, lambda: f"need at least one class, got logits of shape {shape_str(a)}")
+    if mask is not None:
+        pixels = a.select(1, 0)
+        check(mask.shape == pixels.shape, op, lambda: f"mask must be {'[B, H, W]' if a.dim() == 4 else '[N]'} = "
+                                                      f"{shape_str(pixels)}, got {shape_str(mask)}")
 
 
 @torch.library.register_fake("mona::pixel_kl")
 def _pixel_kl_fake(logits_a, logits_b, mask=None, symmetric=True, compute_grad_a=False, compute_grad_b=False):
-    _check_fake(logits_a, logits_b, mask)
+    _check_fake("pixel_kl", logits_a, logits_b, mask)
     ga = torch.empty_like(logits_a) if compute_grad_a else logits_a.new_empty((0,))
     gb = torch.empty_like(logits_b) if compute_grad_b else logits_b.new_empty((0,))
     return logits_a.new_empty(()), logits_a.new_empty((), dtype=acc_dtype(logits_a.dtype)), ga, gb
@@ -56,7 +70,7 @@ def _pixel_kl_fake(logits_a, logits_b, mask=None, symmetric=True, compute_grad_a
 
 @torch.library.register_fake("mona::pixel_kl_backward")
 def _pixel_kl_backward_fake(grad_loss, logits_a, logits_b, mask, weight_sum, symmetric, need_grad_a, need_grad_b):
-    _check_fake(logits_a, logits_b, mask)
+    _check_fake("pixel_kl_backward", logits_a, logits_b, mask)
     ga = torch.empty_like(logits_a) if need_grad_a else logits_a.new_empty((0,))
     gb = torch.empty_like(logits_b) if need_grad_b else logits_b.new_empty((0,))
     return ga, gb

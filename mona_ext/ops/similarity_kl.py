@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from ._common import scaled
+from ._common import acc_dtype, check_student_teacher_queue, scaled
 
 
 def similarity_kl(
@@ -26,10 +26,19 @@ def similarity_kl(
         student: ``[B, d]`` embeddings u (the gradient flows here).
         teacher: ``[B, d]`` teacher embeddings v' (no gradient: its ``.grad`` stays None).
         queue: ``[K, d]`` e.g. ``FeatureQueue.filled()`` (no gradient).
-        tau_student, tau_teacher: positive temperatures (DESIGN defaults 0.1 / 0.01).
+        tau_student, tau_teacher: positive temperatures (the training configs' ``glcon.tau_student`` /
+            ``glcon.tau_teacher`` default to 0.1 / 0.01, the paper's values).
 
     Returns:
         0-dim tensor in the student's dtype (fp32 accumulation); 0 for ``B == 0``.
+
+    The op itself: ``torch.ops.mona.similarity_kl(student, teacher, queue, tau_student, tau_teacher,
+    compute_grad)`` returns a tuple ``(loss, lse_student, lse_teacher, grad_student)``, not the loss
+    alone: ``loss`` 0-dim (as above); ``lse_student`` / ``lse_teacher`` ``[B]`` float32 (float64 for
+    float64 inputs), the log-sum-exp over the queue of each row's logits (saved for the backward);
+    ``grad_student`` d loss / d student ``[B, d]`` (for a unit upstream gradient) when
+    ``compute_grad``, else an empty ``[0]`` tensor. Autograd flows through ``loss`` only.
+    ``mona_ext.similarity_kl`` returns the loss alone.
 
     Under autograd (the student requires grad) the gradient is computed in the same call
     (``torch.ops.mona.similarity_kl(..., compute_grad=True)``; the backward only scales it): on the CPU
@@ -48,21 +57,11 @@ def similarity_kl(
     return loss
 
 
-def _acc(dtype):
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def _check(student, teacher, queue):
-    torch._check(student.dim() == 2, lambda: "similarity_kl: student must be [B, d]")
-    torch._check(teacher.shape == student.shape, lambda: "similarity_kl: teacher must have the student's shape")
-    torch._check(queue.dim() == 2, lambda: "similarity_kl: queue must be [K, d]")
-
-
 @torch.library.register_fake("mona::similarity_kl")
 def _similarity_kl_fake(student, teacher, queue, tau_student, tau_teacher, compute_grad=False):
-    _check(student, teacher, queue)
+    check_student_teacher_queue("similarity_kl", student, teacher, queue)
     B = student.shape[0]
-    acc = _acc(student.dtype)
+    acc = acc_dtype(student.dtype)
     grad = torch.empty_like(student, memory_format=torch.contiguous_format) if compute_grad else student.new_empty((0,))
     return student.new_empty(()), student.new_empty((B,), dtype=acc), student.new_empty((B,), dtype=acc), grad
 
@@ -70,7 +69,7 @@ def _similarity_kl_fake(student, teacher, queue, tau_student, tau_teacher, compu
 @torch.library.register_fake("mona::similarity_kl_backward")
 def _similarity_kl_backward_fake(grad_loss, student, teacher, queue, lse_student, lse_teacher, tau_student,
                                  tau_teacher):
-    _check(student, teacher, queue)
+    check_student_teacher_queue("similarity_kl_backward", student, teacher, queue)
     return torch.empty_like(student, memory_format=torch.contiguous_format)
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import torch
 
+from ..ops._common import acc_dtype
+
 
 def _pixels_by_channel(features: torch.Tensor) -> torch.Tensor:
     """``[B, D, H, W]`` -> ``[B*H*W, D]`` (a permuted copy), ``[N, D]`` unchanged."""
@@ -22,7 +24,7 @@ def class_mean(
     ignore_index: int = -1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Reference of ``mona.class_mean`` with ``index_add_`` (same arguments and outputs)."""
-    acc = torch.float64 if features.dtype == torch.float64 else torch.float32
+    acc = acc_dtype(features.dtype)
     x = _pixels_by_channel(features).to(acc)
     lab = labels.reshape(-1).long()
     w = torch.ones_like(lab, dtype=acc) if weight is None else weight.reshape(-1).to(acc)

@@ -17,13 +17,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..ops._common import acc_dtype
 from .class_mean import _pixels_by_channel
 
 COS_EPS = 1e-8
-
-
-def _acc(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def class_pools(labels, num_classes, valid=None, prob=None, strong_threshold=1.0, ignore_index=-1):
@@ -55,7 +52,7 @@ def cosine(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 def contrast_infonce(features, key_features, prototypes, query_index, negative_index, class_weight, temperature,
                      bank=None):
     """Reference of ``mona.contrast_infonce`` (loss only): materialises the keys, autograd gradient."""
-    acc = _acc(features.dtype)
+    acc = acc_dtype(features.dtype)
     x = _pixels_by_channel(features).to(acc)
     keys = _pixels_by_channel(key_features).detach().to(acc)
     if bank is not None:
@@ -203,7 +200,7 @@ def contrast_loss_vectorised(features, labels, num_classes, valid=None, prob=Non
                          f"got {tuple(key_features.shape)}")
     C, Q, M = num_classes, num_queries, num_negatives
     D = features.shape[1]
-    acc = _acc(features.dtype)
+    acc = acc_dtype(features.dtype)
     device = features.device
     _check_labels(labels, C, ignore_index)
     if use_bank and (bank.dim() != 3 or bank.shape[0] != C or bank.shape[2] != D or bank_fill.shape != (C,)):

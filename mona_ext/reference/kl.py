@@ -9,11 +9,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..ops._common import acc_dtype
+
 
 def pixel_kl(logits_a: torch.Tensor, logits_b: torch.Tensor, mask: torch.Tensor | None = None,
              symmetric: bool = True) -> torch.Tensor:
     """Reference of ``mona.pixel_kl``: ``F.kl_div`` on log-softmaxes over dim 1, masked mean over pixels."""
-    acc = torch.float64 if logits_a.dtype == torch.float64 else torch.float32
+    acc = acc_dtype(logits_a.dtype)
     la = F.log_softmax(logits_a.to(acc), dim=1)
     lb = F.log_softmax(logits_b.to(acc), dim=1)
     kl = F.kl_div(lb, la, reduction="none", log_target=True).sum(1)  # KL(p_a || p_b) per pixel
@@ -30,7 +32,7 @@ def similarity_kl(student: torch.Tensor, teacher: torch.Tensor, queue: torch.Ten
                   tau_teacher: float) -> torch.Tensor:
     """Reference of ``mona.similarity_kl`` (ISD / GLCon): mean over rows of
     KL(softmax(cos(teacher, queue) / tau_t) || softmax(cos(student, queue) / tau_s))."""
-    acc = torch.float64 if student.dtype == torch.float64 else torch.float32
+    acc = acc_dtype(student.dtype)
     q = F.normalize(queue.to(acc), dim=1)
     s = F.normalize(student.to(acc), dim=1) @ q.T / tau_student
     t = F.normalize(teacher.to(acc), dim=1) @ q.T / tau_teacher
@@ -43,7 +45,7 @@ def similarity_kl(student: torch.Tensor, teacher: torch.Tensor, queue: torch.Ten
 def knn_loss(student: torch.Tensor, teacher: torch.Tensor, queue: torch.Tensor, k: int) -> torch.Tensor:
     """Reference of ``mona.knn_loss``: the k queue entries nearest (cosine) to each teacher embedding;
     loss = -mean over rows and neighbours of cos(student, neighbour)."""
-    acc = torch.float64 if student.dtype == torch.float64 else torch.float32
+    acc = acc_dtype(student.dtype)
     q = F.normalize(queue.to(acc), dim=1)
     idx = (F.normalize(teacher.to(acc), dim=1) @ q.T).topk(k, dim=1).indices  # [B, k]
     s = F.normalize(student.to(acc), dim=1)
