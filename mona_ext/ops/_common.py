@@ -26,7 +26,7 @@ def scaled(grad: torch.Tensor, grad_loss: torch.Tensor) -> torch.Tensor:
 
 # ---- fake-kernel argument checks -----------------------------------------------------------------
 # Every fake kernel checks ranks, shape relations and the integer arguments that set output sizes
-# with ``torch._check``, worded like the C++ checks (messages "<op>: ..."), so that a wrong shape
+# with ``torch._check_value`` (a ValueError, as in C++), worded like the C++ checks (messages "<op>: ..."), so that a wrong shape
 # fails under torch.compile / meta tensors as it does in eager mode. Dtypes, devices and values that
 # need the data (labels in range, temperatures) are left to the kernels.
 
@@ -37,8 +37,9 @@ def shape_str(t: torch.Tensor) -> str:
 
 
 def check(cond, op: str, message) -> None:
-    """``torch._check(cond)`` with the message ``"<op>: " + message()`` (built only on failure)."""
-    torch._check(cond, lambda: f"{op}: {message()}")
+    """``torch._check_value(cond)`` with the message ``"<op>: " + message()`` (built only on failure):
+    a ``ValueError``, as the C++ ``TORCH_CHECK_VALUE`` raises in eager mode."""
+    torch._check_value(cond, lambda: f"{op}: {message()}")
 
 
 def check_features_labels(op: str, features: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor | None,
