@@ -2,7 +2,7 @@
 
 Each row calls an op with inputs of a wrong shape (or a wrong size-setting integer). Under
 ``FakeTensorMode`` the op's fake kernel runs and must raise ``"<op>: <what was wrong>"``; every row
-would pass silently (or fail with another error) without its ``torch._check``. The same row with
+would pass silently (or fail with another error) without its check. The same row with
 real CPU tensors of those shapes reaches the C++ argument checks, which must say the same thing
 (``cpp`` gives the C++ text where it names a dtype the fake check does not look at).
 """
