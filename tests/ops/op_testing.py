@@ -51,11 +51,6 @@ def device_of(kernel_device) -> str:
 FLOAT_DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 
 
-def low_precision_tolerance(dtype: torch.dtype) -> float:
-    """Machine epsilon of a dtype (the unit of the flash-attention style error budget)."""
-    return torch.finfo(dtype).eps
-
-
 def assert_within_twice_torch_error(ours: torch.Tensor, torch_same_dtype: torch.Tensor, reference64: torch.Tensor,
                                     floor: float = 0.0) -> None:
     """flash-attention style check: our error against the float64 reference may be at most twice
