@@ -156,6 +156,8 @@ class OpCase:
     mutates: tuple[int, ...] = ()  # positions of the arguments an in-place op updates
     op_only_args: Callable[[bool], tuple] | None = None
     opcheck_utils: tuple[str, ...] | None = None  # None: every torch.library.opcheck test
+    # floating dtypes of the reference and opcheck rows (gradcheck: float64; compile: float32)
+    dtypes: tuple[torch.dtype, ...] = (torch.float64,)
 
     def __repr__(self) -> str:
         return self.name
@@ -325,7 +327,7 @@ def _rows(B, d, K, device, dtype, seed):
 
 
 def similarity_kl_samples(device, dtype, requires_grad):
-    for B, d, K, taus in ((3, 5, 6, (0.5, 0.2)), (3, 8, 9, (0.1, 0.05)), (4, 3, 1, (1.0, 1.0))):
+    for B, d, K, taus in ((3, 5, 6, (0.5, 0.2)), (3, 8, 9, (0.1, 0.05)), (4, 16, 32, (0.1, 0.01)), (4, 3, 1, (1.0, 1.0))):
         s, t, q = _rows(B, d, K, device, dtype, seed=B * K)
         yield Sample(f"B{B}-d{d}-K{K}", (_leaf(s, requires_grad), t, q, *taus))
 
@@ -354,6 +356,8 @@ def bank_push_samples(device, dtype, requires_grad):
 
     keys, labels, valid = push(12)
     yield Sample("valid", (*_bank_state(C, K, D, device, dtype), keys, labels, valid, None, -1, -1))
+    keys, labels, _ = push(6)
+    yield Sample("all-keys", (*_bank_state(C, K, D, device, dtype), keys.to(dtype), labels, None, None, -1, -1))
     keys, labels, _ = push(12)
     priority = (torch.rand(12, generator=g) * 4).floor().to(device)  # ties: the lower index wins
     yield Sample("cap2-priority", (*_bank_state(C, K, D, device, dtype), keys, labels, None, priority, 2, -1))
@@ -413,7 +417,7 @@ OP_CASES = [
            reference=reference.knn_loss, tol=dict(rtol=1e-12, atol=1e-12), grad_tol=dict(rtol=1e-10, atol=1e-12),
            grad_inputs=(0,)),
     OpCase("bank_push", torch.ops.mona.bank_push.default, bank_push_samples, torch.ops.mona.bank_push,
-           reference=bank_push_reference, mutates=(0, 1, 2)),
+           reference=bank_push_reference, mutates=(0, 1, 2), dtypes=(torch.float64, torch.float32)),
     OpCase("queue_push", torch.ops.mona.queue_push.default, queue_push_samples, torch.ops.mona.queue_push,
-           reference=queue_push_reference, mutates=(0, 1, 2)),
+           reference=queue_push_reference, mutates=(0, 1, 2), dtypes=(torch.float64, torch.float32)),
 ]

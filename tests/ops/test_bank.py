@@ -192,38 +192,6 @@ def test_module_moved_to_device_pushes_there(kernel_device):
         assert_bank_equals_model((bank.storage, bank.ptr, bank.fill), model)
 
 
-@pytest.mark.parametrize("device", DEVICES)
-def test_opcheck(device):
-    g = torch.Generator().manual_seed(5)
-    keys, labels, valid = random_push(g, 12, 3, 4)
-    state = lambda: (torch.zeros(3, 5, 4, device=device), torch.zeros(3, dtype=torch.long, device=device),
-                     torch.zeros(3, dtype=torch.long, device=device))
-    torch.library.opcheck(torch.ops.mona.bank_push.default,
-                          (*state(), keys.to(device), labels.to(device), valid.to(device), None, -1, -1))
-    torch.library.opcheck(torch.ops.mona.bank_push.default,
-                          (*state(), keys.to(device), labels.to(device), None, torch.rand(12, device=device), 2, -1))
-    torch.library.opcheck(torch.ops.mona.queue_push.default,
-                          (torch.zeros(5, 4, device=device), torch.zeros(1, dtype=torch.long, device=device),
-                           torch.zeros(1, dtype=torch.long, device=device), keys.to(device)))
-
-
-def test_compile_fullgraph_push():
-    storage, ptr, fill = torch.zeros(2, 4, 3), torch.zeros(2, dtype=torch.long), torch.zeros(2, dtype=torch.long)
-    keys = torch.randn(6, 3)
-    labels = torch.tensor([0, 1, 1, 0, 0, 0])
-
-    def step(s, p, f, k, lab):
-        torch.ops.mona.bank_push(s, p, f, k * 2, lab, None, None, -1, -1)
-        return s.sum()
-
-    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
-    out = compiled(storage, ptr, fill, keys, labels)
-    model = DequeBank(2, 4, 3)
-    model.push(keys * 2, labels)
-    assert_bank_equals_model((storage, ptr, fill), model)
-    torch.testing.assert_close(out, (keys * 2).sum())
-
-
 @pytest.mark.parametrize(
     "change, message",
     [

@@ -65,12 +65,6 @@ def test_class_pools_errors(kwargs, message):
         mona_ext.class_pools(args["labels"], args["num_classes"], valid=args["valid"], prob=args["prob"])
 
 
-@pytest.mark.parametrize("device", DEVICES)
-def test_class_pools_opcheck(device):
-    _, lab, prob = scene(device=device)
-    torch.library.opcheck(torch.ops.mona.class_pools.default, (lab, 3, None, prob, 0.5, -1))
-
-
 @pytest.mark.parametrize("kernel_device", KERNEL_DEVICES)
 @pytest.mark.parametrize("prob_dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
 def test_device_class_pools_int32_labels_many_pixels_match_cpu(kernel_device, prob_dtype):

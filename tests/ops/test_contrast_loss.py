@@ -178,27 +178,6 @@ def test_low_precision_within_twice_torch_error(dtype):
     assert err_ours <= 2 * err_torch + 1e-6, (err_ours, err_torch)
 
 
-def test_compile_fullgraph_matches_eager():
-    f, lab, prob = batch()
-
-    def fn(x):  # the op draws from the default generator (an opaque C++ call: same stream compiled)
-        return mona_ext.contrast_loss(x, lab, 4, prob=prob, num_queries=8, num_negatives=16)
-
-    torch.manual_seed(0)
-    eager = fn(f)
-    torch.manual_seed(0)
-    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")(f)
-    torch.testing.assert_close(compiled, eager)
-
-
-def test_contrast_loss_opcheck():
-    f, lab, prob = batch(dtype=torch.float64)
-    f.requires_grad_(True)
-    torch.library.opcheck(torch.ops.mona.contrast_loss.default,
-                          (f, lab, 4, None, prob, 0.97, 0.5, 8, 16, None, None, None, "batch", "hard", -1, None),
-                          test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
-
-
 @pytest.mark.parametrize(
     "kwargs, message",
     [

@@ -79,30 +79,6 @@ def test_student_equal_to_its_single_neighbour_gives_minus_one():
     assert abs(mona_ext.knn_loss(s, q[3:4], q, 1).item() + 1.0) < 1e-12
 
 
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("requires_grad", [False, True])
-def test_opcheck(device, requires_grad):
-    s, t, q = make_inputs(B=3, d=8, K=9, device=device)
-    s.requires_grad_(requires_grad)
-    torch.library.opcheck(torch.ops.mona.knn_loss.default, (s, t, q, 4))
-
-
-def test_compile_fullgraph_matches_eager():
-    s, t, q = make_inputs(B=4, d=16, K=32, dtype=torch.float32)
-    s.requires_grad_(True)
-
-    def fn(x, y, z):
-        return mona_ext.knn_loss(x * 2, y, z, 5) + 1
-
-    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
-    out_c = compiled(s, t, q)
-    (g_c,) = torch.autograd.grad(out_c, s)
-    out_e = fn(s, t, q)
-    (g_e,) = torch.autograd.grad(out_e, s)
-    torch.testing.assert_close(out_c, out_e)
-    torch.testing.assert_close(g_c, g_e)
-
-
 @settings(max_examples=30, deadline=None)
 @given(B=st.integers(0, 5), d=st.integers(1, 9), K=st.integers(1, 40), data=st.data(), seed=st.integers(0, 2**16))
 def test_property_matches_reference(B, d, K, data, seed):

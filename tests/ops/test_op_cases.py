@@ -48,6 +48,13 @@ def fresh(case: OpCase, args: tuple, seed: int = 0) -> tuple:
     return tuple(out)
 
 
+def samples(case: OpCase, device, requires_grad: bool):
+    """The case's samples in each of its dtypes (the reference and opcheck rows)."""
+    for dtype in case.dtypes:
+        for sample in case.sample_inputs(device, dtype, requires_grad):
+            yield sample if dtype == torch.float64 else Sample(f"{sample.name}-{str(dtype)[6:]}", sample.args)
+
+
 def grad_leaves(case: OpCase, args: tuple) -> list[torch.Tensor]:
     return [args[i] for i in case.grad_inputs if isinstance(args[i], torch.Tensor) and args[i].requires_grad]
 
@@ -77,7 +84,7 @@ def test_matches_float64_reference(case, device):
     """Deterministic ops: outputs and gradients against the float64 reference. In-place ops: the
     updated state against the reference model. Random ops: the same seed gives the same outputs, another
     seed other outputs, and the outputs are valid (case.check)."""
-    for sample in case.sample_inputs(device, torch.float64, requires_grad=bool(case.grad_inputs)):
+    for sample in samples(case, device, requires_grad=bool(case.grad_inputs)):
         with naming(case, sample):
             if case.random:
                 a = case.outputs(case.fn(*fresh(case, sample.args, seed=5)))
@@ -130,7 +137,7 @@ def test_gradcheck(case, device):
 def test_opcheck(case, requires_grad, device):
     """torch.library.opcheck of the op overload (schema, fake kernel, autograd registration, AOT
     dispatch), with the public function's arguments and again with the op-only ones (compute_grad)."""
-    for sample in case.sample_inputs(device, torch.float64, requires_grad=requires_grad):
+    for sample in samples(case, device, requires_grad=requires_grad):
         variants = [sample.args]
         if case.op_only_args is not None:
             variants.append(sample.args + case.op_only_args(requires_grad))
