@@ -81,9 +81,10 @@ def grads(outputs, leaves) -> tuple:
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("case", CASES)
 def test_matches_float64_reference(case, device):
-    """Deterministic ops: outputs and gradients against the float64 reference. In-place ops: the
-    updated state against the reference model. Random ops: the same seed gives the same outputs, another
-    seed other outputs, and the outputs are valid (case.check)."""
+    """Deterministic ops: outputs (dtype, shape, values) and gradients against the float64 reference.
+    In-place ops: the updated state against the reference model (exact, in every dtype of case.dtypes).
+    Random ops: the same seed gives the same outputs, another seed other outputs, and the outputs are
+    valid (case.check)."""
     for sample in samples(case, device, requires_grad=bool(case.grad_inputs)):
         with naming(case, sample):
             if case.random:
@@ -150,7 +151,12 @@ def test_opcheck(case, requires_grad, device):
 # ---------------------------------------------------------------------------------------------- torch.compile
 
 def scalable(case: OpCase, i: int, a) -> bool:
+    """Floating inputs the graph computes (x * 2) before the op; not an in-place op's state."""
     return isinstance(a, torch.Tensor) and a.is_floating_point() and i not in case.mutates
+
+
+def as_outputs(case: OpCase, result) -> tuple:
+    return tuple(result) if case.mutates else case.outputs(result)
 
 
 @pytest.mark.parametrize("device", COMPILE_DEVICES)
@@ -174,7 +180,7 @@ def test_compile_fullgraph_matches_eager(case, device):
         torch._dynamo.reset()  # every sample compiles anew (no recompile limit, no dynamic shapes)
         compiled = torch.compile(graph, fullgraph=True, backend="aot_eager")
         with naming(case, sample):
-            eager_args, compiled_args = fresh(case, sample.args), None
+            eager_args = fresh(case, sample.args)
             eager = as_outputs(case, graph(*eager_args))
             compiled_args = fresh(case, sample.args)
             got = as_outputs(case, compiled(*compiled_args))
@@ -193,6 +199,3 @@ def test_compile_fullgraph_matches_eager(case, device):
                 for s, want in zip(got, expected):
                     torch.testing.assert_close(s.cpu(), want.sum().to(s.dtype))
 
-
-def as_outputs(case: OpCase, result) -> tuple:
-    return tuple(result) if case.mutates else case.outputs(result)
