@@ -107,7 +107,8 @@ def sampled(device="cpu", dtype=torch.float64, C=3, Q=5, M=7, channels_last=Fals
 # ---------------------------------------------------------------------------------------------- the op-case table
 # One OpCase per public op (as extension-cpp's sample_inputs and torchvision's OpTester):
 # test_op_cases.py runs, for every case and every DEVICES row, the float64 reference comparison,
-# gradcheck (differentiable ops), torch.library.opcheck and torch.compile(fullgraph=True) against eager.
+# gradcheck (differentiable ops), torch.library.opcheck and torch.compile(fullgraph=True) against eager
+# (compile on the cpu and cuda rows: it does not trace under the emulation's dispatch mode).
 # Op-specific behaviour (statistics of the samplers, kernel paths, error messages, device kernels
 # against the CPU kernels) stays in the op's own test file.
 
