@@ -135,17 +135,23 @@ def _check_cuda_compat(torch_version: str, torch_cuda: str | None, nvcc_version:
     ("CUDA compiler and CUDA toolkit headers are incompatible") and a different major version does
     not link: both are caught here, in a second, instead of after minutes of compiling.
     """
-    fix = ("If pip's build isolation installed a torch other than yours, build against your environment's "
-           "torch: `pip install --no-build-isolation .`. Otherwise install a matching CUDA toolkit (and set "
-           "CUDA_HOME), or build the CPU kernels only with MONA_FORCE_CPU=1.")
+    fix = (
+        "If pip's build isolation installed a torch other than yours, build against your environment's "
+        "torch: `pip install --no-build-isolation .`. Otherwise install a matching CUDA toolkit (and set "
+        "CUDA_HOME), or build the CPU kernels only with MONA_FORCE_CPU=1."
+    )
     if not torch_cuda:
-        return (f"torch {torch_version} is a CPU-only build, so the CUDA kernels cannot be built against it "
-                f"(nvcc {nvcc_version} was found at {cuda_home}). " + fix)
+        return (
+            f"torch {torch_version} is a CPU-only build, so the CUDA kernels cannot be built against it "
+            f"(nvcc {nvcc_version} was found at {cuda_home}). " + fix
+        )
     t, n = _version_tuple(torch_cuda), _version_tuple(nvcc_version)
     if t[0] != n[0] or t > n:
-        return (f"torch {torch_version} was built with CUDA {torch_cuda}, but nvcc at {cuda_home} is CUDA "
-                f"{nvcc_version}: torch's CUDA {torch_cuda} headers cannot be compiled by an "
-                f"{'other major' if t[0] != n[0] else 'older'} nvcc. " + fix)
+        return (
+            f"torch {torch_version} was built with CUDA {torch_cuda}, but nvcc at {cuda_home} is CUDA "
+            f"{nvcc_version}: torch's CUDA {torch_cuda} headers cannot be compiled by an "
+            f"{'other major' if t[0] != n[0] else 'older'} nvcc. " + fix
+        )
     return None
 
 
@@ -184,6 +190,7 @@ def _extensions():
         problem = _check_cuda_compat(torch.__version__, torch_cuda, cuda_version, cfg["cuda_home"])
         if problem:
             sys.exit("mona build: " + problem)
+
     # csrc/emu is the test-only CPU emulation of the CUDA kernels (tests/ops/emu.py), never in the wheel.
     def sources(pattern: str) -> list[str]:
         return sorted(p for p in glob.glob(pattern, recursive=True) if not p.startswith("csrc/emu/"))
@@ -194,8 +201,10 @@ def _extensions():
     print("=" * 72)
     print("mona build configuration")
     print(f"  torch           {torch.__version__} (CUDA build: {torch.version.cuda or 'no'})")
-    print(f"  CUDA kernels    {'yes' if cfg['with_cuda'] else 'no'}"
-          + ("" if cfg["with_cuda"] else "  (MONA_FORCE_CPU=1)" if _truthy("MONA_FORCE_CPU") else "  (no nvcc found)"))
+    print(
+        f"  CUDA kernels    {'yes' if cfg['with_cuda'] else 'no'}"
+        + ("" if cfg["with_cuda"] else "  (MONA_FORCE_CPU=1)" if _truthy("MONA_FORCE_CPU") else "  (no nvcc found)")
+    )
     if cfg["with_cuda"]:
         print(f"  CUDA_HOME       {cfg['cuda_home']} (nvcc {cuda_version})")
         print(f"  arch list       {cfg['arch_list']}")
@@ -211,17 +220,31 @@ def _extensions():
     cxx = opt + ["-std=c++20", "-fdiagnostics-color=always"]
     include_dirs = [str(ROOT / "csrc")]
     if not cfg["with_cuda"]:
-        return [CppExtension("mona_ext._C", cpp_sources, include_dirs=include_dirs,
-                             define_macros=define_macros, extra_compile_args={"cxx": cxx},
-                             py_limited_api=True)], cfg
+        return [
+            CppExtension(
+                "mona_ext._C",
+                cpp_sources,
+                include_dirs=include_dirs,
+                define_macros=define_macros,
+                extra_compile_args={"cxx": cxx},
+                py_limited_api=True,
+            )
+        ], cfg
     define_macros.append(("MONA_WITH_CUDA", "1"))
     nvcc = opt + ["-std=c++20", "--expt-relaxed-constexpr", "-DNDEBUG" if not cfg["debug"] else "-lineinfo"]
     if cfg["verbose_ptxas"]:
         nvcc.append("-Xptxas=-v")
     include_dirs += _torch_include_extras()
-    return [CUDAExtension("mona_ext._C", cpp_sources + cu_sources, include_dirs=include_dirs,
-                          define_macros=define_macros, extra_compile_args={"cxx": cxx, "nvcc": nvcc},
-                          py_limited_api=True)], cfg
+    return [
+        CUDAExtension(
+            "mona_ext._C",
+            cpp_sources + cu_sources,
+            include_dirs=include_dirs,
+            define_macros=define_macros,
+            extra_compile_args={"cxx": cxx, "nvcc": nvcc},
+            py_limited_api=True,
+        )
+    ], cfg
 
 
 def _cmdclass():

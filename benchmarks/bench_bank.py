@@ -55,18 +55,22 @@ def make_concat(device: str, M: int, pushes: int):
 BENCH = Benchmark(
     name="bank",
     doc=__doc__,
-    variants=[Variant("ref", "benchmarks.bench_bank:make_concat", "concat+truncate"),
-              Variant("ext", "benchmarks.bench_bank:make_ext", "mona")],
+    variants=[
+        Variant("ref", "benchmarks.bench_bank:make_concat", "concat+truncate"),
+        Variant("ext", "benchmarks.bench_bank:make_ext", "mona"),
+    ],
     baseline="ref",
     configs=[dict(M=1000, pushes=1), dict(M=10000, pushes=1), dict(M=100000, pushes=1), dict(M=1000, pushes=1000)],
     quick=[dict(M=1000, pushes=1), dict(M=1000, pushes=20)],
     columns=[("M", "keys per push"), ("pushes", "pushes")],
     per=lambda c: c["pushes"],  # ms per push
     repeats=lambda c: None if c["pushes"] == 1 else 1,  # one timed call of many pushes
-    notes=(f"Bank of C={C} classes x K={K} slots x D={D} float32 (41 MB), already full. Labels uniform over C classes "
-           "+ ignore. ms per push; MB = peak above the resident memory before the call's pushes (the bank itself "
-           "excluded): over 1000 pushes mona's stays flat (the storage is never reallocated: asserted), "
-           "concat+truncate allocates a new bank per push. concat/mona time > 1: the ring buffer is faster."),
+    notes=(
+        f"Bank of C={C} classes x K={K} slots x D={D} float32 (41 MB), already full. Labels uniform over C classes "
+        "+ ignore. ms per push; MB = peak above the resident memory before the call's pushes (the bank itself "
+        "excluded): over 1000 pushes mona's stays flat (the storage is never reallocated: asserted), "
+        "concat+truncate allocates a new bank per push. concat/mona time > 1: the ring buffer is faster."
+    ),
 )
 
 if __name__ == "__main__":

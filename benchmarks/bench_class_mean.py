@@ -54,19 +54,29 @@ MAIN = dict(B=12, D=512, H=128, C=4)
 BENCH = Benchmark(
     name="class_mean",
     doc=__doc__,
-    variants=[Variant("ref", "benchmarks.bench_class_mean:make_reference", "reference"),
-              Variant("ext", "benchmarks.bench_class_mean:make_ext", "mona")],
+    variants=[
+        Variant("ref", "benchmarks.bench_class_mean:make_reference", "reference"),
+        Variant("ext", "benchmarks.bench_class_mean:make_ext", "mona"),
+    ],
     baseline="ref",
-    configs=[dict(MAIN, channels_last=False, grad=False), dict(MAIN, channels_last=True, grad=False),
-             dict(MAIN, channels_last=False, grad=True), dict(MAIN, channels_last=True, grad=True),
-             dict(B=12, D=256, H=64, C=8, channels_last=False, grad=True)],
+    configs=[
+        dict(MAIN, channels_last=False, grad=False),
+        dict(MAIN, channels_last=True, grad=False),
+        dict(MAIN, channels_last=False, grad=True),
+        dict(MAIN, channels_last=True, grad=True),
+        dict(B=12, D=256, H=64, C=8, channels_last=False, grad=True),
+    ],
     quick=[dict(B=2, D=32, H=32, C=4, channels_last=False, grad=True)],
     columns=[("B", "B"), ("D", "D"), ("H", "H=W"), ("C", "C"), ("layout", "layout"), ("pass", "pass")],
-    describe=lambda c: {"layout": "channels_last" if c["channels_last"] else "NCHW",
-                        "pass": "forward + backward" if c["grad"] else "forward (no grad)"},
-    notes=("Class means of a feature map; reference = permute + index_add_ (mona_ext.reference.class_mean). "
-           "Forward + backward includes writing the dense gradient of the map (both variants). "
-           "reference/mona time > 1: the fused op is faster."),
+    describe=lambda c: {
+        "layout": "channels_last" if c["channels_last"] else "NCHW",
+        "pass": "forward + backward" if c["grad"] else "forward (no grad)",
+    },
+    notes=(
+        "Class means of a feature map; reference = permute + index_add_ (mona_ext.reference.class_mean). "
+        "Forward + backward includes writing the dense gradient of the map (both variants). "
+        "reference/mona time > 1: the fused op is faster."
+    ),
 )
 
 if __name__ == "__main__":

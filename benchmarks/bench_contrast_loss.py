@@ -55,8 +55,9 @@ def make_vectorised(device, B, D, H, C, Q, M, channels_last=True):
 
     def run():
         f.grad = None
-        loss = reference.contrast_loss_vectorised(f, labels, C, prob=prob, num_queries=Q, num_negatives=M,
-                                                  generator=gen)
+        loss = reference.contrast_loss_vectorised(
+            f, labels, C, prob=prob, num_queries=Q, num_negatives=M, generator=gen
+        )
         loss.backward()
 
     return releasing(run, f)
@@ -71,8 +72,9 @@ def make_published(device, B, D, H, C, Q, M, channels_last=True):
 
     def run():
         f.grad = None
-        loss = reference.reco_loss_published(f, onehot, mask, prob, strong_threshold=0.97, num_queries=Q,
-                                             num_negatives=M)
+        loss = reference.reco_loss_published(
+            f, onehot, mask, prob, strong_threshold=0.97, num_queries=Q, num_negatives=M
+        )
         loss.backward()
 
     return releasing(run, f)
@@ -123,11 +125,16 @@ def breakdown(device: str, repeats: int, B=12, D=512, H=128, C=4, Q=256, M=512) 
     return rows
 
 
-EXTRA_COLUMNS = [("grad_mb", "of which dense grad MB"), ("fused_beyond_grad_mb", "fused MB beyond grad"),
-                 ("vec_beyond_grad_mb", "(b) MB beyond grad")]
-NOTES = ("Forward + backward, Q = 256 queries, M = 512 negatives (ReCo published: one timed call after one warm-up, "
-         "it is slow). MB = peak above the inputs, including the dense gradient of the feature map that autograd "
-         "returns for every variant; 'beyond grad' subtracts it. X/fused time > 1: the fused op is faster.")
+EXTRA_COLUMNS = [
+    ("grad_mb", "of which dense grad MB"),
+    ("fused_beyond_grad_mb", "fused MB beyond grad"),
+    ("vec_beyond_grad_mb", "(b) MB beyond grad"),
+]
+NOTES = (
+    "Forward + backward, Q = 256 queries, M = 512 negatives (ReCo published: one timed call after one warm-up, "
+    "it is slow). MB = peak above the inputs, including the dense gradient of the feature map that autograd "
+    "returns for every variant; 'beyond grad' subtracts it. X/fused time > 1: the fused op is faster."
+)
 
 
 def floor_estimate(B, D, H, C, Q, M, bytes_per=4):
@@ -135,23 +142,32 @@ def floor_estimate(B, D, H, C, Q, M, bytes_per=4):
     query/key vectors, forward and backward, + writing the dense gradient."""
     map_bytes = B * D * H * H * bytes_per
     gathered = C * Q * (M + 2) * D * bytes_per
-    return {"map_mb": map_bytes / 2**20, "gathered_mb": gathered / 2**20,
-            "total_mb": (map_bytes + 2 * gathered + map_bytes) / 2**20}
+    return {
+        "map_mb": map_bytes / 2**20,
+        "gathered_mb": gathered / 2**20,
+        "total_mb": (map_bytes + 2 * gathered + map_bytes) / 2**20,
+    }
 
 
 def derive(row: dict) -> dict:
     """The columns beyond the measurements: the dense gradient every variant returns, each variant's
     memory beyond it, and the floor estimate."""
     grad_mb = row["B"] * row["D"] * row["H"] ** 2 * 4 / 2**20  # the dense gradient every variant returns
-    out = {"grad_mb": grad_mb, "fused_beyond_grad_mb": max(0.0, row["fused_mb"] - grad_mb),
-           "vec_beyond_grad_mb": max(0.0, row["vec_mb"] - grad_mb)}
+    out = {
+        "grad_mb": grad_mb,
+        "fused_beyond_grad_mb": max(0.0, row["fused_mb"] - grad_mb),
+        "vec_beyond_grad_mb": max(0.0, row["vec_mb"] - grad_mb),
+    }
     floor = floor_estimate(row["B"], row["D"], row["H"], row["C"], row["Q"], row["M"])
     out.update({f"floor_{k}": v for k, v in floor.items()})
     return out
 
 
-SWEEP = [dict(MAIN, D=256, H=64, channels_last=True), dict(MAIN, D=512, H=64, channels_last=True),
-         dict(MAIN, C=8, channels_last=True)]
+SWEEP = [
+    dict(MAIN, D=256, H=64, channels_last=True),
+    dict(MAIN, D=512, H=64, channels_last=True),
+    dict(MAIN, C=8, channels_last=True),
+]
 
 
 def configure(bench: Benchmark, args) -> Benchmark | None:
@@ -159,25 +175,36 @@ def configure(bench: Benchmark, args) -> Benchmark | None:
     THP_* / OMP_* / MKL_* environment is recorded with the results."""
     if args.breakdown:
         rows = breakdown(args.device, args.repeats)
-        path = write_results(f"contrast_loss_breakdown_{args.device}", rows, [("part", "part"), ("ms", "ms")],
-                             machine_info(args.device),
-                             notes="B = 12, D = 512, 128 x 128, C = 4, Q = 256, M = 512, channels-last, float32; "
-                                   "one warm-up, then the median of repeats in one process.")
+        path = write_results(
+            f"contrast_loss_breakdown_{args.device}",
+            rows,
+            [("part", "part"), ("ms", "ms")],
+            machine_info(args.device),
+            notes="B = 12, D = 512, 128 x 128, C = 4, Q = 256, M = 512, channels-last, float32; "
+            "one warm-up, then the median of repeats in one process.",
+        )
         print(path.read_text())
         return None
     variants = [v for v in bench.variants if not (args.skip_published and v.label == "pub")]
     env = {k: v for k, v in os.environ.items() if k.startswith(("THP_", "OMP_", "MKL_"))}
-    return dataclasses.replace(bench, variants=variants, configs=bench.configs + (SWEEP if args.sweep else []),
-                               ratios=[(v.label, "fused") for v in variants[1:]],
-                               name_suffix=f"_{args.tag}" if args.tag else "", meta_extra={"env": env} if env else None)
+    return dataclasses.replace(
+        bench,
+        variants=variants,
+        configs=bench.configs + (SWEEP if args.sweep else []),
+        ratios=[(v.label, "fused") for v in variants[1:]],
+        name_suffix=f"_{args.tag}" if args.tag else "",
+        meta_extra={"env": env} if env else None,
+    )
 
 
 BENCH = Benchmark(
     name="contrast_loss",
     doc=__doc__,
-    variants=[Variant("fused", "benchmarks.bench_contrast_loss:make_fused", "fused"),
-              Variant("vec", "benchmarks.bench_contrast_loss:make_vectorised", "(b) vectorised"),
-              Variant("pub", "benchmarks.bench_contrast_loss:make_published", "(a) ReCo published", repeats=1)],
+    variants=[
+        Variant("fused", "benchmarks.bench_contrast_loss:make_fused", "fused"),
+        Variant("vec", "benchmarks.bench_contrast_loss:make_vectorised", "(b) vectorised"),
+        Variant("pub", "benchmarks.bench_contrast_loss:make_published", "(a) ReCo published", repeats=1),
+    ],
     baseline="fused",
     configs=[dict(MAIN, channels_last=True), dict(MAIN, channels_last=False)],
     quick=[dict(B=2, D=32, H=32, C=4, Q=32, M=64, channels_last=True)],
@@ -188,11 +215,15 @@ BENCH = Benchmark(
     notes=NOTES,
     default_repeats=5,
     default_warmup=2,
-    options=[(("--sweep",), dict(action="store_true", help="also vary D, H and C")),
-             (("--skip-published",), dict(action="store_true", help="leave out (a), ReCo's published algorithm")),
-             (("--breakdown",), dict(action="store_true", help="time the parts of the fused loss at the main size")),
-             (("--tag",), dict(default="", help="suffix of the result files, e.g. 'thp' for a run with "
-                                                 "THP_MEM_ALLOC_ENABLE=1"))],
+    options=[
+        (("--sweep",), dict(action="store_true", help="also vary D, H and C")),
+        (("--skip-published",), dict(action="store_true", help="leave out (a), ReCo's published algorithm")),
+        (("--breakdown",), dict(action="store_true", help="time the parts of the fused loss at the main size")),
+        (
+            ("--tag",),
+            dict(default="", help="suffix of the result files, e.g. 'thp' for a run with THP_MEM_ALLOC_ENABLE=1"),
+        ),
+    ],
     configure=configure,
 )
 

@@ -41,8 +41,9 @@ def make_composite(device: str, B: int, C: int, H: int, masked: bool):
     def run():
         a.grad = b.grad = None
         la, lb = F.log_softmax(a, 1), F.log_softmax(b, 1)
-        kl = F.kl_div(lb, la, reduction="none", log_target=True).sum(1) + \
-            F.kl_div(la, lb, reduction="none", log_target=True).sum(1)
+        kl = F.kl_div(lb, la, reduction="none", log_target=True).sum(1) + F.kl_div(
+            la, lb, reduction="none", log_target=True
+        ).sum(1)
         loss = kl.mean() if w is None else (kl * w).sum() / w.sum()
         loss.backward()
 
@@ -67,19 +68,27 @@ def make_floor(device: str, B: int, C: int, H: int, masked: bool):
 BENCH = Benchmark(
     name="pixel_kl",
     doc=__doc__,
-    variants=[Variant("ref", "benchmarks.bench_pixel_kl:make_composite", "composite"),
-              Variant("ext", "benchmarks.bench_pixel_kl:make_ext", "mona"),
-              Variant("floor", "benchmarks.bench_pixel_kl:make_floor", "floor")],
+    variants=[
+        Variant("ref", "benchmarks.bench_pixel_kl:make_composite", "composite"),
+        Variant("ext", "benchmarks.bench_pixel_kl:make_ext", "mona"),
+        Variant("floor", "benchmarks.bench_pixel_kl:make_floor", "floor"),
+    ],
     baseline="ref",
-    configs=[dict(B=12, C=4, H=256, masked=False), dict(B=12, C=8, H=256, masked=False),
-             dict(B=12, C=4, H=256, masked=True), dict(B=12, C=8, H=256, masked=True)],
+    configs=[
+        dict(B=12, C=4, H=256, masked=False),
+        dict(B=12, C=8, H=256, masked=False),
+        dict(B=12, C=4, H=256, masked=True),
+        dict(B=12, C=8, H=256, masked=True),
+    ],
     quick=[dict(B=2, C=4, H=32, masked=True)],
     columns=[("B", "B"), ("C", "C"), ("H", "H=W"), ("mask", "mask")],
     describe=lambda c: {"mask": "yes" if c["masked"] else "no"},
-    notes=("Forward + backward of the symmetric per-pixel KL, both logits requiring grad (the two input gradients, "
-           "2 x B*C*H*W floats, are part of every column's memory). Composite = F.log_softmax x 2 + "
-           "F.kl_div(log_target=True) x 2, sum over classes, (masked) mean. Floor = torch.empty_like + copy of both "
-           "logit maps (the bytes the op must read and write). composite/X time > 1: X is faster than the composite."),
+    notes=(
+        "Forward + backward of the symmetric per-pixel KL, both logits requiring grad (the two input gradients, "
+        "2 x B*C*H*W floats, are part of every column's memory). Composite = F.log_softmax x 2 + "
+        "F.kl_div(log_target=True) x 2, sum over classes, (masked) mean. Floor = torch.empty_like + copy of both "
+        "logit maps (the bytes the op must read and write). composite/X time > 1: X is faster than the composite."
+    ),
 )
 
 if __name__ == "__main__":

@@ -59,17 +59,24 @@ make_reference = _factory(_reference)
 BENCH = Benchmark(
     name="queue_kl",
     doc=__doc__,
-    variants=[Variant("ref", "benchmarks.bench_queue_kl:make_reference", "reference"),
-              Variant("ext", "benchmarks.bench_queue_kl:make_ext", "mona")],
+    variants=[
+        Variant("ref", "benchmarks.bench_queue_kl:make_reference", "reference"),
+        Variant("ext", "benchmarks.bench_queue_kl:make_ext", "mona"),
+    ],
     baseline="ref",
-    configs=[dict(op=op, B=B, d=512, K=K) for op in ("similarity_kl", "knn_loss")
-             for B, K in ((6, 36), (24, 36), (12, 16384), (24, 65536), (24, 131072))],
+    configs=[
+        dict(op=op, B=B, d=512, K=K)
+        for op in ("similarity_kl", "knn_loss")
+        for B, K in ((6, 36), (24, 36), (12, 16384), (24, 65536), (24, 131072))
+    ],
     quick=[dict(op=op, B=4, d=32, K=K) for op in ("similarity_kl", "knn_loss") for K in (36, 1024)],
     columns=[("op", "op"), ("B", "B"), ("d", "d"), ("K", "queue K")],
-    notes=("Forward + backward (gradient to the student embeddings). similarity_kl: KL(softmax(cos(teacher, queue) / "
-           "0.01) || softmax(cos(student, queue) / 0.1)), batch mean; knn_loss: minus the mean cosine of the student "
-           "to the k = 5 queue entries nearest the teacher. Reference = mona_ext.reference (normalised copies, "
-           "B x K similarity matrices, F.kl_div / topk). reference/mona time > 1: the fused op is faster."),
+    notes=(
+        "Forward + backward (gradient to the student embeddings). similarity_kl: KL(softmax(cos(teacher, queue) / "
+        "0.01) || softmax(cos(student, queue) / 0.1)), batch mean; knn_loss: minus the mean cosine of the student "
+        "to the k = 5 queue entries nearest the teacher. Reference = mona_ext.reference (normalised copies, "
+        "B x K similarity matrices, F.kl_div / topk). reference/mona time > 1: the fused op is faster."
+    ),
 )
 
 if __name__ == "__main__":

@@ -50,10 +50,23 @@ def _child(cfg_json: str) -> None:
     if c.get("threads"):
         torch.set_num_threads(c["threads"])
     cuda = c["device"].startswith("cuda")
-    cfg = load_config(str(ROOT / "python/mona/configs/acdc_mona.yaml"),
-                      [f"data.cache={c['cache']}", f"out_dir={c['out']}", f"device={c['device']}", f"impl={c['impl']}",
-                       "pretrain_iterations=0", "iterations=100000", "val_every=100000", "checkpoint_every=100000",
-                       "log_every=100000", "data.labeled_patients=1", "data.labeled_ratio=null"] + c["overrides"])
+    cfg = load_config(
+        str(ROOT / "python/mona/configs/acdc_mona.yaml"),
+        [
+            f"data.cache={c['cache']}",
+            f"out_dir={c['out']}",
+            f"device={c['device']}",
+            f"impl={c['impl']}",
+            "pretrain_iterations=0",
+            "iterations=100000",
+            "val_every=100000",
+            "checkpoint_every=100000",
+            "log_every=100000",
+            "data.labeled_patients=1",
+            "data.labeled_ratio=null",
+        ]
+        + c["overrides"],
+    )
     run = setup(cfg)
     run.method.student.train()
 
@@ -77,6 +90,7 @@ def _child(cfg_json: str) -> None:
     import gc
 
     from benchmarks.harness import peak_of
+
     gc.collect()
     base, peak = peak_of(lambda: train_one_iteration(run), cuda)
     print(json.dumps({"extra_peak_mb": max(0, peak - base) / 2**20, "base_mb": base / 2**20}))
@@ -88,8 +102,13 @@ def _spawn(cfg: dict, memory: bool) -> dict:
     env = dict(os.environ)
     if memory and not cfg["device"].startswith("cuda"):
         env.update(MEMORY_PASS_ENV)  # memory pass only: RSS follows live memory
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.bench_train_step", "--child", json.dumps(cfg)],
-                          cwd=ROOT, env=env, capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.bench_train_step", "--child", json.dumps(cfg)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"train step {cfg['impl']} ({cfg['pass']} pass) failed:\n{proc.stderr[-4000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -110,36 +129,65 @@ def main() -> None:
         _child(args.child)
         return
     size = 64 if args.quick else 256
-    overrides = (["model.embed_dim=32", "mona.num_queries=16", "mona.num_negatives=32", "mona.bank_size=64"]
-                 if args.quick else [])
+    overrides = (
+        ["model.embed_dim=32", "mona.num_queries=16", "mona.num_negatives=32", "mona.bank_size=64"]
+        if args.quick
+        else []
+    )
     rows = []
     with tempfile.TemporaryDirectory(prefix="mona_bench_step_") as tmp:
         print(f"preparing phantom slices at {size} x {size} ...", flush=True)
         cache = _make_cache(Path(tmp), size)
         for impl in ("ext", "reference"):
-            base = {"cache": str(cache), "out": str(Path(tmp) / f"run_{impl}"), "device": args.device, "impl": impl,
-                    "threads": args.threads, "warmup": args.warmup, "repeats": args.repeats, "overrides": overrides}
+            base = {
+                "cache": str(cache),
+                "out": str(Path(tmp) / f"run_{impl}"),
+                "device": args.device,
+                "impl": impl,
+                "threads": args.threads,
+                "warmup": args.warmup,
+                "repeats": args.repeats,
+                "overrides": overrides,
+            }
             print(f"{impl}: time pass ({args.warmup} warm-up + {args.repeats} steps) ...", flush=True)
             t = _spawn({**base, "pass": "time"}, memory=False)
             print(f"{impl}: memory pass ...", flush=True)
             m = _spawn({**base, "pass": "memory"}, memory=True)
-            rows.append({"impl": impl, "size": size, "median_s": t["median_s"], "times_s": t["times_s"],
-                         "extra_peak_mb": m["extra_peak_mb"]})
+            rows.append(
+                {
+                    "impl": impl,
+                    "size": size,
+                    "median_s": t["median_s"],
+                    "times_s": t["times_s"],
+                    "extra_peak_mb": m["extra_peak_mb"],
+                }
+            )
             print(f"  {impl}: {t['median_s']:.3f} s/step (median), +{m['extra_peak_mb']:.0f} MB peak", flush=True)
     ext, ref = rows
     for r in rows:
         r["time_vs_reference"] = r["median_s"] / ref["median_s"]
         r["memory_vs_reference"] = r["extra_peak_mb"] / max(ref["extra_peak_mb"], 1e-9)
     meta = machine_info(args.device)
-    columns = [("impl", "impl"), ("size", "H=W"), ("median_s", "step s (median)"), ("extra_peak_mb", "extra peak MB"),
-               ("time_vs_reference", "time / reference"), ("memory_vs_reference", "memory / reference")]
-    notes = ("One stage-2 step of the packaged acdc_mona config (batch 3 + 3, 512-d at full resolution, all five "
-             "loss terms) on phantom slices; time: allocator defaults, warm-up then the median; memory: its own "
-             "process, peak above the resident memory before the step. `python -m benchmarks.bench_train_step"
-             + (" --quick" if args.quick else "") + f" --device {args.device}`.")
+    columns = [
+        ("impl", "impl"),
+        ("size", "H=W"),
+        ("median_s", "step s (median)"),
+        ("extra_peak_mb", "extra peak MB"),
+        ("time_vs_reference", "time / reference"),
+        ("memory_vs_reference", "memory / reference"),
+    ]
+    notes = (
+        "One stage-2 step of the packaged acdc_mona config (batch 3 + 3, 512-d at full resolution, all five "
+        "loss terms) on phantom slices; time: allocator defaults, warm-up then the median; memory: its own "
+        "process, peak above the resident memory before the step. `python -m benchmarks.bench_train_step"
+        + (" --quick" if args.quick else "")
+        + f" --device {args.device}`."
+    )
     path = write_results(f"train_step_{args.device}" + ("_quick" if args.quick else ""), rows, columns, meta, notes)
-    print(f"\next vs reference: {ext['median_s'] / ref['median_s']:.2f}x the time, "
-          f"{ext['extra_peak_mb'] / max(ref['extra_peak_mb'], 1e-9):.2f}x the peak memory -> {path}")
+    print(
+        f"\next vs reference: {ext['median_s'] / ref['median_s']:.2f}x the time, "
+        f"{ext['extra_peak_mb'] / max(ref['extra_peak_mb'], 1e-9):.2f}x the peak memory -> {path}"
+    )
 
 
 if __name__ == "__main__":

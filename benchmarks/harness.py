@@ -131,6 +131,7 @@ def _child(spec: str, config_json: str) -> None:
 def releasing(run: Callable[[], Any], *tensors: Any, outputs: list | None = None) -> Callable[[], Any]:
     """Gives ``run`` the ``release()`` of the memory pass: drops the ``.grad`` of ``tensors`` and
     empties the list ``outputs`` (what a call keeps until the next one)."""
+
     def release() -> None:
         for t in tensors:
             t.grad = None
@@ -146,16 +147,28 @@ def _spawn(spec: str, mode: str, payload: dict, timeout: float) -> dict:
     if mode == "memory":
         env.update(MEMORY_PASS_ENV)
     root = Path(__file__).resolve().parent.parent
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.harness", "child", spec,
-                           json.dumps({**payload, "_mode": mode})], cwd=root, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.harness", "child", spec, json.dumps({**payload, "_mode": mode})],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"benchmark {spec} {payload} ({mode} pass) failed:\n{proc.stderr[-4000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def measure(spec: str, repeats: int = 5, warmup: int = 3, threads: int | None = None, timeout: float = 1800,
-            memory: bool = True, **config: Any) -> dict:
+def measure(
+    spec: str,
+    repeats: int = 5,
+    warmup: int = 3,
+    threads: int | None = None,
+    timeout: float = 1800,
+    memory: bool = True,
+    **config: Any,
+) -> dict:
     """Time pass + memory pass of factory ``spec`` ("module:function") with ``config`` (module doc).
 
     Returns ``{"median_s", "times_s", "extra_peak_mb"}`` (``extra_peak_mb`` is NaN with ``memory=False``).
@@ -173,6 +186,7 @@ class Variant:
     """One side of a comparison: ``label`` (column prefix), ``spec`` ("module:factory"), ``title``
     (column header), ``memory`` (run the memory pass), ``repeats`` (overrides ``--repeats``, e.g.
     for a very slow baseline)."""
+
     label: str
     spec: str
     title: str
@@ -213,6 +227,7 @@ class Benchmark:
         None when it did the run itself (e.g. a different mode).
     name_suffix, meta_extra: appended to the results' name / merged into their ``machine`` record.
     """
+
     name: str
     doc: str
     variants: list[Variant]
@@ -270,8 +285,14 @@ def compare(bench: Benchmark, args: argparse.Namespace) -> list[dict]:
         scale = bench.per(cfg) if bench.per else 1.0
         for v in variants:
             n = v.repeats or (bench.repeats(cfg) if bench.repeats else None) or args.repeats
-            r = measure(v.spec, repeats=n, warmup=args.warmup if n > 1 or not v.repeats else 1,
-                        device=args.device, memory=v.memory, **cfg)
+            r = measure(
+                v.spec,
+                repeats=n,
+                warmup=args.warmup if n > 1 or not v.repeats else 1,
+                device=args.device,
+                memory=v.memory,
+                **cfg,
+            )
             row[f"{v.label}_ms"] = r["median_s"] * 1e3 / scale
             row[f"{v.label}_mb"] = r["extra_peak_mb"]
         for slow, fast in pairs:
@@ -286,8 +307,11 @@ def compare(bench: Benchmark, args: argparse.Namespace) -> list[dict]:
     cols += [(f"{v.label}_ms", f"{v.title} ms") for v in variants]
     cols += [(f"x_{s}_{f}", f"{by_label[s].title} / {by_label[f].title} time") for s, f in pairs]
     cols += [(f"{v.label}_mb", f"{v.title} MB") for v in variants if v.memory]
-    cols += [(f"m_{f}_{s}", f"{by_label[f].title} / {by_label[s].title} memory") for s, f in pairs
-             if by_label[s].memory and by_label[f].memory]
+    cols += [
+        (f"m_{f}_{s}", f"{by_label[f].title} / {by_label[s].title} memory")
+        for s, f in pairs
+        if by_label[s].memory and by_label[f].memory
+    ]
     cols += list(bench.extra_columns)
     meta = machine_info(args.device)
     meta["method"] = {"warmup": args.warmup, "repeats": args.repeats}
@@ -306,9 +330,15 @@ def machine_info(device: str = "cpu") -> dict:
             cpu = next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    info = {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "python": platform.python_version(), "device": device,
-            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    info = {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "device": device,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
     if device.startswith("cuda") and torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
@@ -316,6 +346,7 @@ def machine_info(device: str = "cpu") -> dict:
 
 def markdown_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
     """``columns`` = [(key, header)]; floats get 3 significant digits (no exponent below 1e6)."""
+
     def fmt(v: Any) -> str:
         if isinstance(v, float):
             return f"{v:.0f}" if 100 <= abs(v) < 1e6 else f"{v:.3g}"
@@ -337,13 +368,20 @@ def write_results(name: str, rows: list[dict], columns: list[tuple[str, str]], m
     RESULTS.mkdir(parents=True, exist_ok=True)
     data = {"benchmark": name, "machine": meta, "rows": rows}
     env = "".join(f", {k}={v}" for k, v in meta.get("env", {}).items())
-    md = [f"# {name}", "", f"Machine: {meta.get('gpu') or meta['cpu']}, {meta['cores']} cores, "
-          f"torch {meta['torch']} ({meta['torch_threads']} threads), device {meta['device']}{env}, {meta['date']}.",
-          ""]
+    md = [
+        f"# {name}",
+        "",
+        f"Machine: {meta.get('gpu') or meta['cpu']}, {meta['cores']} cores, "
+        f"torch {meta['torch']} ({meta['torch_threads']} threads), device {meta['device']}{env}, {meta['date']}.",
+        "",
+    ]
     if "method" in meta:
-        md += [f"Steady state: {meta['method']['warmup']} warm-up calls, then the median of {meta['method']['repeats']} "
-               "timed calls (allocator defaults); memory = peak of one call above the resident set before it, "
-               "in a separate process (benchmarks/README.md).", ""]
+        md += [
+            f"Steady state: {meta['method']['warmup']} warm-up calls, then the median of {meta['method']['repeats']} "
+            "timed calls (allocator defaults); memory = peak of one call above the resident set before it, "
+            "in a separate process (benchmarks/README.md).",
+            "",
+        ]
     md += [markdown_table(rows, columns), ""]
     if notes:
         md += [notes, ""]

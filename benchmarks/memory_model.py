@@ -56,7 +56,7 @@ from benchmarks.harness import MEMORY_PASS_ENV
 
 ROOT = Path(__file__).resolve().parent.parent
 VARIANTS = ("ext", "reference", "public")
-GIB = 2 ** 30
+GIB = 2**30
 
 
 def _make_cache(root: Path, size: int) -> Path:
@@ -71,9 +71,22 @@ def _make_cache(root: Path, size: int) -> Path:
     return out
 
 
-def public_contrast(features, labels, num_classes, *, valid=None, prob=None, strong_threshold=0.97, temperature=0.5,
-                    num_queries=256, num_negatives=512, key_features=None, bank=None, negatives="batch",
-                    generator=None):
+def public_contrast(
+    features,
+    labels,
+    num_classes,
+    *,
+    valid=None,
+    prob=None,
+    strong_threshold=0.97,
+    temperature=0.5,
+    num_queries=256,
+    num_negatives=512,
+    key_features=None,
+    bank=None,
+    negatives="batch",
+    generator=None,
+):
     """The step's contrastive term computed the public code's way (ReCo's published algorithm):
     one-hot labels, a ``[Q, 1 + M, D]`` key tensor per class. Negatives from the batch (the public
     code draws them from its host-side bank, which occupies no device memory)."""
@@ -84,8 +97,9 @@ def public_contrast(features, labels, num_classes, *, valid=None, prob=None, str
     onehot = F.one_hot(labels.clamp_min(0).long(), num_classes).permute(0, 3, 1, 2).float()
     onehot = onehot * (labels >= 0)[:, None].float()
     mask = valid.float() if valid is not None else onehot.new_ones(labels.shape)
-    return reco_loss_published(features.float(), onehot, mask, prob, strong_threshold, temperature, num_queries,
-                               num_negatives)
+    return reco_loss_published(
+        features.float(), onehot, mask, prob, strong_threshold, temperature, num_queries, num_negatives
+    )
 
 
 def persistent_bytes(run) -> int:
@@ -116,12 +130,26 @@ def _child(c: dict) -> None:
     b = c["batch"]
     device = c.get("device", "cpu")
     cuda = device.startswith("cuda")
-    cfg = load_config(str(ROOT / "python/mona/configs/acdc_mona.yaml"),
-                      [f"data.cache={c['cache']}", f"out_dir={c['out']}", f"device={device}", f"amp={c.get('amp', 'off')}",
-                       f"impl={'reference' if c['variant'] == 'reference' else 'ext'}", "pretrain_iterations=0",
-                       "iterations=100000", "val_every=100000", "checkpoint_every=100000", "log_every=100000",
-                       "data.labeled_patients=1", "data.labeled_ratio=null", f"data.batch_size={b}",
-                       f"data.labeled_bs={b // 2}", f"model.embed_dim={c['dim']}"])
+    cfg = load_config(
+        str(ROOT / "python/mona/configs/acdc_mona.yaml"),
+        [
+            f"data.cache={c['cache']}",
+            f"out_dir={c['out']}",
+            f"device={device}",
+            f"amp={c.get('amp', 'off')}",
+            f"impl={'reference' if c['variant'] == 'reference' else 'ext'}",
+            "pretrain_iterations=0",
+            "iterations=100000",
+            "val_every=100000",
+            "checkpoint_every=100000",
+            "log_every=100000",
+            "data.labeled_patients=1",
+            "data.labeled_ratio=null",
+            f"data.batch_size={b}",
+            f"data.labeled_bs={b // 2}",
+            f"model.embed_dim={c['dim']}",
+        ],
+    )
     run = setup(cfg)
     if c["variant"] == "public":
         if run.method.bank is not None:  # the public code's bank lives on the host
@@ -137,10 +165,18 @@ def _child(c: dict) -> None:
 
 
 def _measure(cfg: dict) -> dict:
-    env = {**os.environ, **({} if cfg["device"].startswith("cuda") else MEMORY_PASS_ENV),
-           "PYTHONPATH": os.pathsep.join([str(ROOT / "python"), str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.memory_model", "--child", json.dumps(cfg)], cwd=ROOT,
-                          env=env, capture_output=True, text=True)
+    env = {
+        **os.environ,
+        **({} if cfg["device"].startswith("cuda") else MEMORY_PASS_ENV),
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "python"), str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.memory_model", "--child", json.dumps(cfg)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"memory model step {cfg} failed:\n{proc.stderr[-4000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -203,8 +239,10 @@ def summarise(rows: list[dict], budget_gib: float, reserve_gib: float) -> list[d
             e = 0.0
         else:
             grid = [r for r in mine if r["kind"] == "grid"]
-            e = _lstsq([[r["dim"]] for r in grid],
-                       [r["extra_peak_bytes"] - ext_at[(r["batch"], r["size"], r["dim"])] for r in grid])[0]
+            e = _lstsq(
+                [[r["dim"]] for r in grid],
+                [r["extra_peak_bytes"] - ext_at[(r["batch"], r["size"], r["dim"])] for r in grid],
+            )[0]
         for r in mine:
             r["model_mb"] = (predict(ext_coef, r["batch"], r["size"], r["dim"]) + e * r["dim"]) / 2**20
             r["model_error"] = r["model_mb"] / max(r["extra_peak_mb"], 1e-9) - 1
@@ -213,15 +251,25 @@ def summarise(rows: list[dict], budget_gib: float, reserve_gib: float) -> list[d
         persistent = d_rows[0]["persistent_bytes"]
         best = largest_batch(intercept, slope, persistent, budget)
         dim = d_rows[0]["dim"]
-        summary.append({
-            "variant": variant, "a0_mb": ext_coef[0] / 2**20, "a1_bytes_per_pixel": ext_coef[1],
-            "a2_maps": ext_coef[2] / 4, "a3_mb_per_dim": ext_coef[3] / 2**20, "e_mb_per_dim": e / 2**20,
-            "key_copies": e * dim / key_tensor_bytes(4, 256, 512, dim),
-            **{f"direct_b{r['batch']}_mb": r["extra_peak_mb"] for r in d_rows},
-            **{f"model_b{r['batch']}_mb": r["model_mb"] for r in d_rows},
-            "max_model_error": max(abs(r["model_error"]) for r in d_rows),
-            "mb_per_slice": slope / 2**20, "intercept_mb": intercept / 2**20, "persistent_mb": persistent / 2**20,
-            "largest_batch": best, "at_largest_gib": (persistent + intercept + slope * best) / GIB})
+        summary.append(
+            {
+                "variant": variant,
+                "a0_mb": ext_coef[0] / 2**20,
+                "a1_bytes_per_pixel": ext_coef[1],
+                "a2_maps": ext_coef[2] / 4,
+                "a3_mb_per_dim": ext_coef[3] / 2**20,
+                "e_mb_per_dim": e / 2**20,
+                "key_copies": e * dim / key_tensor_bytes(4, 256, 512, dim),
+                **{f"direct_b{r['batch']}_mb": r["extra_peak_mb"] for r in d_rows},
+                **{f"model_b{r['batch']}_mb": r["model_mb"] for r in d_rows},
+                "max_model_error": max(abs(r["model_error"]) for r in d_rows),
+                "mb_per_slice": slope / 2**20,
+                "intercept_mb": intercept / 2**20,
+                "persistent_mb": persistent / 2**20,
+                "largest_batch": best,
+                "at_largest_gib": (persistent + intercept + slope * best) / GIB,
+            }
+        )
     return summary
 
 
@@ -230,18 +278,33 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--budget-gib", type=float, default=24.0, help="device memory (default 24 GiB)")
-    ap.add_argument("--reserve-gib", type=float, default=1.0,
-                    help="kept free for the CUDA context, cuDNN workspaces and allocator slack (default 1 GiB)")
+    ap.add_argument(
+        "--reserve-gib",
+        type=float,
+        default=1.0,
+        help="kept free for the CUDA context, cuDNN workspaces and allocator slack (default 1 GiB)",
+    )
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--quick", action="store_true", help="a smoke run: tiny grid, no 256 x 256 points")
     ap.add_argument("--device", default="cpu", help="cpu (peak RSS) or cuda (max_memory_allocated)")
-    ap.add_argument("--amp", default="off", choices=("off", "bf16", "fp16"),
-                    help="the step's autocast (config amp; fp16 needs CUDA). Default off (fp32)")
-    ap.add_argument("--variants", default=",".join(VARIANTS),
-                    help=f"comma-separated subset of {','.join(VARIANTS)} (ext is always measured: the others' "
-                         f"formula builds on it)")
-    ap.add_argument("--from-points", default=None, metavar="JSON",
-                    help="refit and rewrite the summary from a *_points.json of an earlier run (no measuring)")
+    ap.add_argument(
+        "--amp",
+        default="off",
+        choices=("off", "bf16", "fp16"),
+        help="the step's autocast (config amp; fp16 needs CUDA). Default off (fp32)",
+    )
+    ap.add_argument(
+        "--variants",
+        default=",".join(VARIANTS),
+        help=f"comma-separated subset of {','.join(VARIANTS)} (ext is always measured: the others' "
+        f"formula builds on it)",
+    )
+    ap.add_argument(
+        "--from-points",
+        default=None,
+        metavar="JSON",
+        help="refit and rewrite the summary from a *_points.json of an earlier run (no measuring)",
+    )
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child is not None:
@@ -274,32 +337,47 @@ def main() -> None:
     amp = meta.get("amp", "off")
     device = meta.get("device", "cpu")
     for r in summary:
-        print(f"{r['variant']}: {r['mb_per_slice']:.0f} MB per slice, persistent {r['persistent_mb']:.0f} MB -> "
-              f"largest batch {r['largest_batch']} in {args.budget_gib:g} GiB (reserve {args.reserve_gib:g} GiB); "
-              f"formula off by at most {100 * r['max_model_error']:.1f} % at {target[0]} x {target[0]}, {target[1]}-d",
-              flush=True)
-    name = (f"memory_model_{device.split(':')[0]}" + (f"_{amp}" if amp != "off" else "")
-            + ("_quick" if quick else ""))
+        print(
+            f"{r['variant']}: {r['mb_per_slice']:.0f} MB per slice, persistent {r['persistent_mb']:.0f} MB -> "
+            f"largest batch {r['largest_batch']} in {args.budget_gib:g} GiB (reserve {args.reserve_gib:g} GiB); "
+            f"formula off by at most {100 * r['max_model_error']:.1f} % at {target[0]} x {target[0]}, {target[1]}-d",
+            flush=True,
+        )
+    name = f"memory_model_{device.split(':')[0]}" + (f"_{amp}" if amp != "off" else "") + ("_quick" if quick else "")
     s_, d_ = target
     b_cols = [(f"direct_b{b}_mb", f"B={b} measured MB") for b in direct]
     m_cols = [(f"model_b{b}_mb", f"B={b} formula MB") for b in direct]
-    columns = ([("variant", "variant")] + b_cols + m_cols +
-               [("mb_per_slice", "MB per slice"), ("intercept_mb", "MB at B=0"), ("persistent_mb", "persistent MB"),
-                ("key_copies", "[C,Q,1+M,D] key copies"),
-                ("largest_batch", f"largest batch in {args.budget_gib:g} GiB"), ("at_largest_gib", "GiB at that batch")])
-    how = ("max_memory_allocated of the step above the allocated bytes before it" if device.startswith("cuda")
-           else "extra peak RSS of the step on the CPU")
-    notes = (f"One stage-2 step (acdc_mona: every loss term, 256 queries x 512 negatives, 4 classes) at {s_} x {s_}, "
-             f"{d_}-d embeddings, amp {amp}. Measured: {how} (fresh process per point). "
-             f"Formula: ext = a0 + a1 B S^2 + a2 B S^2 D + a3 D fitted on the grid "
-             f"{sorted({(s, d) for _, s, d in grid})} (S, D) x B {sorted({b for b, _, _ in grid})} "
-             f"(a2 / 4 bytes = {summary[0]['a2_maps']:.2f} fp32-sized B x D x S^2 maps at the peak, a1 = "
-             f"{summary[0]['a1_bytes_per_pixel']:.0f} bytes per pixel and slice); reference / public = the ext formula "
-             f"+ e D (their materialised keys, in copies of the fp32 [C, Q, 1+M, D] key tensor). Largest batch: the "
-             f"measured line in B + the persistent state (weights, gradients, momentum, teacher, bank, queue) <= "
-             f"{args.budget_gib:g} - {args.reserve_gib:g} GiB. `python -m benchmarks.memory_model"
-             f"{' --quick' if quick else ''}{f' --device {device}' if device != 'cpu' else ''}"
-             f"{f' --amp {amp}' if amp != 'off' else ''}`. Every point: {name}_points.json.")
+    columns = (
+        [("variant", "variant")]
+        + b_cols
+        + m_cols
+        + [
+            ("mb_per_slice", "MB per slice"),
+            ("intercept_mb", "MB at B=0"),
+            ("persistent_mb", "persistent MB"),
+            ("key_copies", "[C,Q,1+M,D] key copies"),
+            ("largest_batch", f"largest batch in {args.budget_gib:g} GiB"),
+            ("at_largest_gib", "GiB at that batch"),
+        ]
+    )
+    how = (
+        "max_memory_allocated of the step above the allocated bytes before it"
+        if device.startswith("cuda")
+        else "extra peak RSS of the step on the CPU"
+    )
+    notes = (
+        f"One stage-2 step (acdc_mona: every loss term, 256 queries x 512 negatives, 4 classes) at {s_} x {s_}, "
+        f"{d_}-d embeddings, amp {amp}. Measured: {how} (fresh process per point). "
+        f"Formula: ext = a0 + a1 B S^2 + a2 B S^2 D + a3 D fitted on the grid "
+        f"{sorted({(s, d) for _, s, d in grid})} (S, D) x B {sorted({b for b, _, _ in grid})} "
+        f"(a2 / 4 bytes = {summary[0]['a2_maps']:.2f} fp32-sized B x D x S^2 maps at the peak, a1 = "
+        f"{summary[0]['a1_bytes_per_pixel']:.0f} bytes per pixel and slice); reference / public = the ext formula "
+        f"+ e D (their materialised keys, in copies of the fp32 [C, Q, 1+M, D] key tensor). Largest batch: the "
+        f"measured line in B + the persistent state (weights, gradients, momentum, teacher, bank, queue) <= "
+        f"{args.budget_gib:g} - {args.reserve_gib:g} GiB. `python -m benchmarks.memory_model"
+        f"{' --quick' if quick else ''}{f' --device {device}' if device != 'cpu' else ''}"
+        f"{f' --amp {amp}' if amp != 'off' else ''}`. Every point: {name}_points.json."
+    )
     path = write_results(name, summary, columns, meta, notes)
     raw = _write_points(name, {"machine": meta, "points": rows})
     print(f"-> {path}, {raw}")
@@ -315,11 +393,28 @@ def _measure_all(grid, target, direct, threads, device, amp, variants) -> list[d
         points = [(b, s, d, "grid") for b, s, d in grid] + [(b, *target, "direct") for b in direct]
         for variant in variants:
             for b, s, d, kind in points:
-                cfg = {"variant": variant, "batch": b, "dim": d, "cache": str(caches[s]), "device": device, "amp": amp,
-                       "out": str(Path(tmp) / f"run_{variant}_{b}_{s}_{d}"), "threads": threads}
+                cfg = {
+                    "variant": variant,
+                    "batch": b,
+                    "dim": d,
+                    "cache": str(caches[s]),
+                    "device": device,
+                    "amp": amp,
+                    "out": str(Path(tmp) / f"run_{variant}_{b}_{s}_{d}"),
+                    "threads": threads,
+                }
                 m = _measure(cfg)
-                rows.append({"variant": variant, "kind": kind, "batch": b, "size": s, "dim": d, **m,
-                             "extra_peak_mb": m["extra_peak_bytes"] / 2**20})
+                rows.append(
+                    {
+                        "variant": variant,
+                        "kind": kind,
+                        "batch": b,
+                        "size": s,
+                        "dim": d,
+                        **m,
+                        "extra_peak_mb": m["extra_peak_bytes"] / 2**20,
+                    }
+                )
                 print(f"  {variant:9s} B={b} S={s} D={d}: +{m['extra_peak_bytes'] / 2**20:.0f} MB", flush=True)
     return rows
 

@@ -16,9 +16,11 @@ means, counts = torch.ops.mona.class_mean(features, labels, 4, None, -1)
 ref_means, ref_counts = reference.class_mean(features, labels, 4)
 means.square().sum().backward()
 print(f"class_mean on {device}: prototypes {tuple(means.shape)}, pixels per class {counts.tolist()}")
-print(f"  max |mona - reference| = {(means - ref_means).abs().max().item():.2e}, "
-      f"grad {tuple(features.grad.shape)} (channels-last kept: "
-      f"{features.grad.is_contiguous(memory_format=torch.channels_last)})")
+print(
+    f"  max |mona - reference| = {(means - ref_means).abs().max().item():.2e}, "
+    f"grad {tuple(features.grad.shape)} (channels-last kept: "
+    f"{features.grad.is_contiguous(memory_format=torch.channels_last)})"
+)
 
 # The anatomical contrastive loss (ReCo / MONA "tailness"), fused: prototypes, adaptive negative
 # sampling and InfoNCE without materialising the Q x (M+1) x D keys.

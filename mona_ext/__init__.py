@@ -13,9 +13,9 @@ from ._loader import build_info, load_library
 
 _C = load_library()
 
+from .banks import ClassMemoryBank, FeatureQueue  # noqa: E402,F401
 from .ops import *  # noqa: E402,F401,F403  (registers autograd + fake kernels)
 from .ops import __all__ as _ops_all  # noqa: E402
-from .banks import ClassMemoryBank, FeatureQueue  # noqa: E402,F401
 
 __version__ = build_info()["mona_version"]
 __all__ = ["build_info", "ClassMemoryBank", "FeatureQueue", *_ops_all]

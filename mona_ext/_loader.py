@@ -21,8 +21,7 @@ def load_library() -> ModuleType:
     except ImportError as err:
         raise ImportError(
             f"mona_ext: could not load the compiled library mona_ext._C ({err}). It is either not "
-            f"built or was built against a different torch than the installed {torch.__version__}. "
-            + _REBUILD
+            f"built or was built against a different torch than the installed {torch.__version__}. " + _REBUILD
         ) from err
     compiled = lib.compiled_with()
     if compiled["torch_version"] != torch.__version__:
@@ -35,10 +34,21 @@ def load_library() -> ModuleType:
 
 # torch.utils.cpp_extension's named archs (torch 2.14), combined names before single ones.
 _NAMED_ARCHES = (
-    ("Kepler+Tesla", "3.7"), ("Kepler", "3.5+PTX"), ("Maxwell+Tegra", "5.3"), ("Maxwell", "5.0;5.2+PTX"),
-    ("Pascal", "6.0;6.1+PTX"), ("Volta+Tegra", "7.2"), ("Volta", "7.0+PTX"), ("Turing", "7.5+PTX"),
-    ("Ampere+Tegra", "8.7"), ("Ampere", "8.0;8.6+PTX"), ("Ada", "8.9+PTX"), ("Hopper", "9.0+PTX"),
-    ("Blackwell+Tegra", "11.0"), ("Blackwell", "10.0;10.3;12.0;12.1+PTX"), ("Rubin", "10.7+PTX"),
+    ("Kepler+Tesla", "3.7"),
+    ("Kepler", "3.5+PTX"),
+    ("Maxwell+Tegra", "5.3"),
+    ("Maxwell", "5.0;5.2+PTX"),
+    ("Pascal", "6.0;6.1+PTX"),
+    ("Volta+Tegra", "7.2"),
+    ("Volta", "7.0+PTX"),
+    ("Turing", "7.5+PTX"),
+    ("Ampere+Tegra", "8.7"),
+    ("Ampere", "8.0;8.6+PTX"),
+    ("Ada", "8.9+PTX"),
+    ("Hopper", "9.0+PTX"),
+    ("Blackwell+Tegra", "11.0"),
+    ("Blackwell", "10.0;10.3;12.0;12.1+PTX"),
+    ("Rubin", "10.7+PTX"),
 )
 
 
@@ -76,8 +86,9 @@ def parse_arch_list(arch_list: str) -> tuple[list[str], bool]:
 
 def _op_names() -> list[str]:
     """Every operator registered in the ``mona`` namespace (schemas from csrc/)."""
-    return sorted({n.split("::", 1)[1].split(".")[0] for n in torch._C._dispatch_get_all_op_names()
-                   if n.startswith("mona::")})
+    return sorted(
+        {n.split("::", 1)[1].split(".")[0] for n in torch._C._dispatch_get_all_op_names() if n.startswith("mona::")}
+    )
 
 
 def build_info() -> dict[str, Any]:

@@ -67,13 +67,23 @@ class ClassMemoryBank(nn.Module):
         process_group: the group to gather over (default: the world).
     """
 
-    def __init__(self, num_classes: int, size: int, dim: int, dtype: torch.dtype = torch.float32,
-                 device: torch.device | str | None = None, cap_per_push: int | None = None,
-                 sync_distributed: bool = True, process_group=None):
+    def __init__(
+        self,
+        num_classes: int,
+        size: int,
+        dim: int,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
+        cap_per_push: int | None = None,
+        sync_distributed: bool = True,
+        process_group=None,
+    ):
         super().__init__()
         if num_classes <= 0 or size <= 0 or dim < 0:
-            raise ValueError(f"ClassMemoryBank: need num_classes > 0, size > 0, dim >= 0; got "
-                             f"num_classes={num_classes}, size={size}, dim={dim}")
+            raise ValueError(
+                f"ClassMemoryBank: need num_classes > 0, size > 0, dim >= 0; got "
+                f"num_classes={num_classes}, size={size}, dim={dim}"
+            )
         self.num_classes, self.size, self.dim = num_classes, size, dim
         self.cap_per_push = cap_per_push
         self.sync_distributed = sync_distributed
@@ -83,8 +93,15 @@ class ClassMemoryBank(nn.Module):
         self.register_buffer("fill", torch.zeros(num_classes, dtype=torch.int64, device=device))
 
     @torch.no_grad()
-    def push(self, keys: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor | None = None,
-             cap=_UNSET, generator: torch.Generator | None = None, ignore_index: int = -1) -> None:
+    def push(
+        self,
+        keys: torch.Tensor,
+        labels: torch.Tensor,
+        valid: torch.Tensor | None = None,
+        cap=_UNSET,
+        generator: torch.Generator | None = None,
+        ignore_index: int = -1,
+    ) -> None:
         """Push ``keys [M, D]`` (detached, cast to the bank dtype) with ``labels [M]``.
 
         ``valid [M]`` bool optionally masks keys out; ``cap`` (default ``cap_per_push``) keeps at most
@@ -106,11 +123,11 @@ class ClassMemoryBank(nn.Module):
             gathered = _all_gather_padded(tensors, pads, self.process_group)
             keys, labels, valid = gathered[:3]
             priority = gathered[3] if priority is not None else None
-        torch.ops.mona.bank_push(self.storage, self.ptr, self.fill, keys, labels, valid, priority, cap_i,
-                                 ignore_index)
+        torch.ops.mona.bank_push(self.storage, self.ptr, self.fill, keys, labels, valid, priority, cap_i, ignore_index)
 
-    def sample(self, classes: torch.Tensor, generator: torch.Generator | None = None
-               ) -> tuple[torch.Tensor, torch.Tensor]:
+    def sample(
+        self, classes: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """One key per entry of ``classes`` (int64, any shape), uniform over the class's filled slots.
 
         Returns ``(keys [*classes.shape, D], available [*classes.shape] bool)``; where the class has no
@@ -137,8 +154,10 @@ class ClassMemoryBank(nn.Module):
         self.fill.zero_()
 
     def extra_repr(self) -> str:
-        return (f"num_classes={self.num_classes}, size={self.size}, dim={self.dim}, dtype={self.storage.dtype}, "
-                f"cap_per_push={self.cap_per_push}")
+        return (
+            f"num_classes={self.num_classes}, size={self.size}, dim={self.dim}, dtype={self.storage.dtype}, "
+            f"cap_per_push={self.cap_per_push}"
+        )
 
 
 class FeatureQueue(nn.Module):
@@ -148,8 +167,15 @@ class FeatureQueue(nn.Module):
     ``(ptr - 1) % K``), ``fill [1]`` int64 (the number of filled slots, the prefix ``[0, fill)``).
     """
 
-    def __init__(self, size: int, dim: int, dtype: torch.dtype = torch.float32,
-                 device: torch.device | str | None = None, sync_distributed: bool = True, process_group=None):
+    def __init__(
+        self,
+        size: int,
+        dim: int,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
+        sync_distributed: bool = True,
+        process_group=None,
+    ):
         super().__init__()
         if size <= 0 or dim < 0:
             raise ValueError(f"FeatureQueue: need size > 0 and dim >= 0; got size={size}, dim={dim}")

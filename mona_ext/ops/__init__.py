@@ -13,5 +13,16 @@ from .pixel_kl import pixel_kl
 from .sample_negatives import sample_negatives
 from .similarity_kl import similarity_kl
 
-__all__ = ["class_mean", "class_pools", "contrast_infonce", "contrast_loss", "reco_loss", "sample_negatives",
-           "bank_push", "queue_push", "pixel_kl", "similarity_kl", "knn_loss"]
+__all__ = [
+    "class_mean",
+    "class_pools",
+    "contrast_infonce",
+    "contrast_loss",
+    "reco_loss",
+    "sample_negatives",
+    "bank_push",
+    "queue_push",
+    "pixel_kl",
+    "similarity_kl",
+    "knn_loss",
+]

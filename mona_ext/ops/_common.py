@@ -42,34 +42,55 @@ def check(cond, op: str, message) -> None:
     torch._check_value(cond, lambda: f"{op}: {message()}")
 
 
-def check_features_labels(op: str, features: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor | None,
-                          num_classes: int) -> None:
+def check_features_labels(
+    op: str, features: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor | None, num_classes: int
+) -> None:
     """Shapes of ``features [B, D, H, W] | [N, D]``, ``labels [B, H, W] | [N]``, ``weight`` (labels' shape)
     and ``num_classes > 0`` (C++ ``check_features_labels``: class_mean, class_mean_backward)."""
     check(num_classes > 0, op, lambda: f"num_classes must be positive, got {num_classes}")
-    check(features.dim() in (4, 2), op,
-          lambda: f"features must be [B, D, H, W] or [N, D], got shape {shape_str(features)}")
+    check(
+        features.dim() in (4, 2),
+        op,
+        lambda: f"features must be [B, D, H, W] or [N, D], got shape {shape_str(features)}",
+    )
     if features.dim() == 4:
         B, _, H, W = features.shape
-        check(labels.dim() == 3 and labels.shape[0] == B and labels.shape[1] == H and labels.shape[2] == W, op,
-              lambda: f"labels must be [B, H, W] = [{B}, {H}, {W}] to match features {shape_str(features)}, "
-                      f"got {shape_str(labels)}")
+        check(
+            labels.dim() == 3 and labels.shape[0] == B and labels.shape[1] == H and labels.shape[2] == W,
+            op,
+            lambda: (
+                f"labels must be [B, H, W] = [{B}, {H}, {W}] to match features {shape_str(features)}, "
+                f"got {shape_str(labels)}"
+            ),
+        )
     else:
         N = features.shape[0]
-        check(labels.dim() == 1 and labels.shape[0] == N, op,
-              lambda: f"labels must be [N] = [{N}] to match features {shape_str(features)}, got {shape_str(labels)}")
+        check(
+            labels.dim() == 1 and labels.shape[0] == N,
+            op,
+            lambda: f"labels must be [N] = [{N}] to match features {shape_str(features)}, got {shape_str(labels)}",
+        )
     if weight is not None:
-        check(weight.shape == labels.shape, op,
-              lambda: f"weight must have the labels' shape {shape_str(labels)}, got {shape_str(weight)}")
+        check(
+            weight.shape == labels.shape,
+            op,
+            lambda: f"weight must have the labels' shape {shape_str(labels)}, got {shape_str(weight)}",
+        )
 
 
 def check_student_teacher_queue(op: str, student: torch.Tensor, teacher: torch.Tensor, queue: torch.Tensor) -> None:
     """Shapes of ``student [B, d]``, ``teacher`` (student's shape) and ``queue [K, d]``, K > 0
     (C++ ``check_student_teacher_queue``: similarity_kl, knn_loss and their backwards)."""
     check(student.dim() == 2, op, lambda: f"student must be [B, d], got shape {shape_str(student)}")
-    check(teacher.shape == student.shape, op,
-          lambda: f"teacher must have the student's shape {shape_str(student)}, got {shape_str(teacher)}")
+    check(
+        teacher.shape == student.shape,
+        op,
+        lambda: f"teacher must have the student's shape {shape_str(student)}, got {shape_str(teacher)}",
+    )
     d = student.shape[1]
-    check(queue.dim() == 2 and queue.shape[1] == d, op,
-          lambda: f"queue must be [K, d] with d = {d}, got shape {shape_str(queue)}")
+    check(
+        queue.dim() == 2 and queue.shape[1] == d,
+        op,
+        lambda: f"queue must be [K, d] with d = {d}, got shape {shape_str(queue)}",
+    )
     check(queue.shape[0] > 0, op, lambda: f"queue must hold at least one entry, got shape {shape_str(queue)}")

@@ -66,15 +66,22 @@ def queue_push(queue: torch.Tensor, ptr: torch.Tensor, fill: torch.Tensor, keys:
 def _check_state(op, name, storage, ptr, fill, C):
     """The shape checks of ``bank_checks::check_state`` / ``check_keys`` (csrc/bank/bank_checks.h)."""
     check(storage.shape[-2] > 0, op, lambda: f"{name} must have K > 0 slots, got shape {shape_str(storage)}")
-    check(ptr.numel() == C and fill.numel() == C, op,
-          lambda: f"ptr and fill must be contiguous with {C} element(s), got shapes {shape_str(ptr)} and "
-                  f"{shape_str(fill)}")
+    check(
+        ptr.numel() == C and fill.numel() == C,
+        op,
+        lambda: (
+            f"ptr and fill must be contiguous with {C} element(s), got shapes {shape_str(ptr)} and {shape_str(fill)}"
+        ),
+    )
 
 
 def _check_keys(op, storage, keys):
     D = storage.shape[-1]
-    check(keys.dim() == 2 and keys.shape[1] == D, op,
-          lambda: f"keys must be [M, D] with D = {D}, got shape {shape_str(keys)}")
+    check(
+        keys.dim() == 2 and keys.shape[1] == D,
+        op,
+        lambda: f"keys must be [M, D] with D = {D}, got shape {shape_str(keys)}",
+    )
 
 
 @torch.library.register_fake("mona::bank_push")
@@ -84,18 +91,30 @@ def _bank_push_fake(storage, ptr, fill, keys, labels, valid=None, priority=None,
     _check_state(op, "storage", storage, ptr, fill, storage.shape[0])
     _check_keys(op, storage, keys)
     M = keys.shape[0]
-    check(labels.dim() == 1 and labels.shape[0] == M, op,
-          lambda: f"labels must be [M] = [{M}] to match keys, got shape {shape_str(labels)}")
+    check(
+        labels.dim() == 1 and labels.shape[0] == M,
+        op,
+        lambda: f"labels must be [M] = [{M}] to match keys, got shape {shape_str(labels)}",
+    )
     if valid is not None:
-        check(valid.dim() == 1 and valid.shape[0] == M, op,
-              lambda: f"valid must be [M] = [{M}], got shape {shape_str(valid)}")
+        check(
+            valid.dim() == 1 and valid.shape[0] == M,
+            op,
+            lambda: f"valid must be [M] = [{M}], got shape {shape_str(valid)}",
+        )
     check(cap >= -1, op, lambda: f"cap must be -1 (no cap) or >= 0, got {cap}")
     if cap >= 0:
-        check(priority is not None, op,
-              lambda: f"cap={cap} needs a priority tensor (the random subset is the cap keys of highest priority)")
+        check(
+            priority is not None,
+            op,
+            lambda: f"cap={cap} needs a priority tensor (the random subset is the cap keys of highest priority)",
+        )
     if priority is not None:
-        check(priority.dim() == 1 and priority.shape[0] == M, op,
-              lambda: f"priority must be [M] = [{M}], got shape {shape_str(priority)}")
+        check(
+            priority.dim() == 1 and priority.shape[0] == M,
+            op,
+            lambda: f"priority must be [M] = [{M}], got shape {shape_str(priority)}",
+        )
     return None
 
 

@@ -50,8 +50,9 @@ def _class_mean_fake(features, labels, num_classes, weight=None, ignore_index=-1
 
 
 @torch.library.register_fake("mona::class_mean_backward")
-def _class_mean_backward_fake(grad_means, grad_counts, features, labels, weight, means, counts, ignore_index,
-                              weight_requires_grad):
+def _class_mean_backward_fake(
+    grad_means, grad_counts, features, labels, weight, means, counts, ignore_index, weight_requires_grad
+):
     op = "class_mean_backward"
     check_features_labels(op, features, labels, weight, means.shape[0])
     check(not weight_requires_grad or weight is not None, op, lambda: "weight_requires_grad=True needs a weight")
@@ -78,7 +79,14 @@ def _backward(ctx, grad_means, grad_counts):
     if grad_counts is None:
         grad_counts = torch.zeros_like(counts)
     grad_features, grad_weight = torch.ops.mona.class_mean_backward(
-        grad_means, grad_counts, features, labels, weight, means, counts, ctx.ignore_index,
+        grad_means,
+        grad_counts,
+        features,
+        labels,
+        weight,
+        means,
+        counts,
+        ctx.ignore_index,
         ctx.weight_requires_grad,
     )
     return (

@@ -42,15 +42,24 @@ def _class_pools_fake(labels, num_classes, valid=None, prob=None, strong_thresho
     check(num_classes > 0, op, lambda: f"num_classes must be positive, got {num_classes}")
     check(labels.dim() in (3, 1), op, lambda: f"labels must be [B, H, W] or [N], got shape {shape_str(labels)}")
     if valid is not None:
-        check(valid.shape == labels.shape, op,
-              lambda: f"valid must have the labels' shape {shape_str(labels)}, got {shape_str(valid)}")
+        check(
+            valid.shape == labels.shape,
+            op,
+            lambda: f"valid must have the labels' shape {shape_str(labels)}, got {shape_str(valid)}",
+        )
     if prob is not None:
         if labels.dim() == 3:
             B, H, W = labels.shape
             ok = prob.dim() == 4 and tuple(prob.shape) == (B, num_classes, H, W)
         else:
             ok = prob.dim() == 2 and tuple(prob.shape) == (labels.shape[0], num_classes)
-        check(ok, op, lambda: f"prob must be [B, C, H, W] (or [N, C]) with C = num_classes = {num_classes} "
-                              f"matching labels {shape_str(labels)}, got {shape_str(prob)}")
+        check(
+            ok,
+            op,
+            lambda: (
+                f"prob must be [B, C, H, W] (or [N, C]) with C = num_classes = {num_classes} "
+                f"matching labels {shape_str(labels)}, got {shape_str(prob)}"
+            ),
+        )
     small = [labels.new_empty((num_classes,), dtype=torch.long) for _ in range(3)]
     return (*small, labels.new_empty((labels.numel(),), dtype=torch.long))

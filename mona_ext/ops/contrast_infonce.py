@@ -46,8 +46,17 @@ def contrast_infonce(
     12672 float32 / 6336 float64 with a gradient on an RTX 3090 (99 KiB). The error names the limit.
     The CPU kernel has none.
     """
-    return torch.ops.mona.contrast_infonce(features, key_features, prototypes, query_index, negative_index,
-                                           class_weight, temperature, bank, wants_grad(features))[0]
+    return torch.ops.mona.contrast_infonce(
+        features,
+        key_features,
+        prototypes,
+        query_index,
+        negative_index,
+        class_weight,
+        temperature,
+        bank,
+        wants_grad(features),
+    )[0]
 
 
 def wants_grad(features: torch.Tensor) -> bool:
@@ -56,33 +65,63 @@ def wants_grad(features: torch.Tensor) -> bool:
 
 
 def _check_features(op, features):
-    check(features.dim() in (4, 2), op,
-          lambda: f"features must be [B, D, H, W] or [N, D], got shape {shape_str(features)}")
+    check(
+        features.dim() in (4, 2),
+        op,
+        lambda: f"features must be [B, D, H, W] or [N, D], got shape {shape_str(features)}",
+    )
 
 
 @torch.library.register_fake("mona::contrast_infonce")
-def _contrast_infonce_fake(features, key_features, prototypes, query_index, negative_index, class_weight,
-                           temperature=0.5, bank=None, compute_grad=True):
+def _contrast_infonce_fake(
+    features,
+    key_features,
+    prototypes,
+    query_index,
+    negative_index,
+    class_weight,
+    temperature=0.5,
+    bank=None,
+    compute_grad=True,
+):
     op = "contrast_infonce"  # the checks of prepare_infonce (csrc/contrast_infonce/contrast_infonce_host.cpp)
     _check_features(op, features)
-    check(key_features.shape == features.shape, op,
-          lambda: f"key_features must have the features' shape {shape_str(features)}, got {shape_str(key_features)}")
+    check(
+        key_features.shape == features.shape,
+        op,
+        lambda: f"key_features must have the features' shape {shape_str(features)}, got {shape_str(key_features)}",
+    )
     D = features.shape[1]
-    check(prototypes.dim() == 2 and prototypes.shape[1] == D, op,
-          lambda: f"prototypes must be [C, D] with D = {D}, got {shape_str(prototypes)}")
+    check(
+        prototypes.dim() == 2 and prototypes.shape[1] == D,
+        op,
+        lambda: f"prototypes must be [C, D] with D = {D}, got {shape_str(prototypes)}",
+    )
     C = prototypes.shape[0]
     check(C > 0, op, lambda: "prototypes must have at least one class")
-    check(query_index.dim() == 2 and query_index.shape[0] == C, op,
-          lambda: f"query_index must be int64 [C, Q] with C = {C}, got {shape_str(query_index)}")
+    check(
+        query_index.dim() == 2 and query_index.shape[0] == C,
+        op,
+        lambda: f"query_index must be int64 [C, Q] with C = {C}, got {shape_str(query_index)}",
+    )
     Q = query_index.shape[1]
     check(Q > 0, op, lambda: "num_queries must be positive, got 0 queries")
-    check(negative_index.dim() == 3 and negative_index.shape[0] == C and negative_index.shape[1] == Q, op,
-          lambda: f"negative_index must be int64 [C, Q, M] = [{C}, {Q}, M], got {shape_str(negative_index)}")
-    check(class_weight.dim() == 1 and class_weight.shape[0] == C, op,
-          lambda: f"class_weight must be [C] = [{C}], got {shape_str(class_weight)}")
+    check(
+        negative_index.dim() == 3 and negative_index.shape[0] == C and negative_index.shape[1] == Q,
+        op,
+        lambda: f"negative_index must be int64 [C, Q, M] = [{C}, {Q}, M], got {shape_str(negative_index)}",
+    )
+    check(
+        class_weight.dim() == 1 and class_weight.shape[0] == C,
+        op,
+        lambda: f"class_weight must be [C] = [{C}], got {shape_str(class_weight)}",
+    )
     if bank is not None:
-        check(bank.dim() == 3 and bank.shape[0] == C and bank.shape[2] == D, op,
-              lambda: f"bank must be [C, K, D] = [{C}, K, {D}], got {shape_str(bank)}")
+        check(
+            bank.dim() == 3 and bank.shape[0] == C and bank.shape[2] == D,
+            op,
+            lambda: f"bank must be [C, K, D] = [{C}, K, {D}], got {shape_str(bank)}",
+        )
     acc = acc_dtype(features.dtype)
     rows = (*query_index.shape, features.shape[1]) if compute_grad else (0,)
     return features.new_empty((), dtype=acc), features.new_empty(rows, dtype=acc)
@@ -94,11 +133,19 @@ def _contrast_infonce_backward_fake(grad_loss, features, query_index, class_weig
     _check_features(op, features)
     check(query_index.dim() == 2, op, lambda: f"query_index must be int64 [C, Q], got {shape_str(query_index)}")
     (C, Q), D = query_index.shape, features.shape[1]
-    check(class_weight.dim() == 1 and class_weight.shape[0] == C, op,
-          lambda: f"class_weight must be [C] = [{C}], got {shape_str(class_weight)}")
-    check(grad_rows.dim() == 3 and tuple(grad_rows.shape) == (C, Q, D), op,
-          lambda: f"grad_rows must be [C, Q, D] = [{C}, {Q}, {D}] (was the forward called with compute_grad=False?), "
-                  f"got {shape_str(grad_rows)}")
+    check(
+        class_weight.dim() == 1 and class_weight.shape[0] == C,
+        op,
+        lambda: f"class_weight must be [C] = [{C}], got {shape_str(class_weight)}",
+    )
+    check(
+        grad_rows.dim() == 3 and tuple(grad_rows.shape) == (C, Q, D),
+        op,
+        lambda: (
+            f"grad_rows must be [C, Q, D] = [{C}, {Q}, {D}] (was the forward called with compute_grad=False?), "
+            f"got {shape_str(grad_rows)}"
+        ),
+    )
     return torch.empty_like(features)
 
 
@@ -115,8 +162,10 @@ def _backward(ctx, grad_loss, _grad_rows):
     grad = None
     if ctx.needs_input_grad[0]:
         if not ctx.compute_grad:
-            raise RuntimeError("contrast_infonce: backward through a forward called with compute_grad=False; "
-                               "call it with compute_grad=True when features need a gradient")
+            raise RuntimeError(
+                "contrast_infonce: backward through a forward called with compute_grad=False; "
+                "call it with compute_grad=True when features need a gradient"
+            )
         grad = torch.ops.mona.contrast_infonce_backward(grad_loss, features, query_index, class_weight, grad_rows)
     return grad, None, None, None, None, None, None, None, None
 

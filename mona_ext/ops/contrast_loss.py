@@ -15,19 +15,24 @@ Reference: ``mona_ext.reference.contrast_loss_vectorised``; tests: ``tests/ops/t
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from ._common import acc_dtype
 from .contrast_infonce import wants_grad
 from .sample_negatives import NEGATIVE_SOURCES
 
+if TYPE_CHECKING:
+    from ..banks import ClassMemoryBank
+
 # Kept alive at module level: the library object holds the registration.
 _lib = torch.library.Library("mona", "FRAGMENT")
 _lib.define(
     "contrast_loss(Tensor features, Tensor labels, int num_classes, Tensor? valid=None, Tensor? prob=None,"
     " float strong_threshold=0.97, float temperature=0.5, int num_queries=256, int num_negatives=512,"
-    " Tensor? key_features=None, Tensor? bank=None, Tensor? bank_fill=None, str negatives=\"batch\","
-    " str query_mode=\"hard\", int ignore_index=-1, Generator? generator=None) -> Tensor"
+    ' Tensor? key_features=None, Tensor? bank=None, Tensor? bank_fill=None, str negatives="batch",'
+    ' str query_mode="hard", int ignore_index=-1, Generator? generator=None) -> Tensor'
 )
 
 
@@ -42,7 +47,7 @@ def contrast_loss(
     num_queries: int = 256,
     num_negatives: int = 512,
     key_features: torch.Tensor | None = None,
-    bank: "torch.Tensor | ClassMemoryBank | None" = None,
+    bank: torch.Tensor | ClassMemoryBank | None = None,
     bank_fill: torch.Tensor | None = None,
     negatives: str = "batch",
     query_mode: str = "hard",
@@ -82,9 +87,24 @@ def contrast_loss(
         if bank_fill is not None:
             raise ValueError("contrast_loss: pass either a ClassMemoryBank or (bank tensor, bank_fill), not both")
         bank, bank_fill = bank.storage, bank.fill
-    return torch.ops.mona.contrast_loss(features, labels, num_classes, valid, prob, strong_threshold, temperature,
-                                        num_queries, num_negatives, key_features, bank, bank_fill, negatives,
-                                        query_mode, ignore_index, generator)
+    return torch.ops.mona.contrast_loss(
+        features,
+        labels,
+        num_classes,
+        valid,
+        prob,
+        strong_threshold,
+        temperature,
+        num_queries,
+        num_negatives,
+        key_features,
+        bank,
+        bank_fill,
+        negatives,
+        query_mode,
+        ignore_index,
+        generator,
+    )
 
 
 def reco_loss(
@@ -109,15 +129,26 @@ def reco_loss(
     Returns the same loss as ReCo (in distribution), on ``rep``'s device, with a gradient to ``rep``.
     """
     if label.dim() != 4 or label.shape[0] != rep.shape[0] or label.shape[2:] != rep.shape[2:]:
-        raise ValueError(f"reco_loss: label must be one-hot [B, C, H, W] matching rep {tuple(rep.shape)}, "
-                         f"got {tuple(label.shape)}")
+        raise ValueError(
+            f"reco_loss: label must be one-hot [B, C, H, W] matching rep {tuple(rep.shape)}, got {tuple(label.shape)}"
+        )
     if mask.dim() == 4:
         if mask.shape[1] != 1:
             raise ValueError(f"reco_loss: mask must be [B, H, W] or [B, 1, H, W], got {tuple(mask.shape)}")
         mask = mask[:, 0]
     labels = torch.where(label.sum(1) > 0, label.argmax(1), torch.full_like(label[:, 0], -1, dtype=torch.long))
-    return contrast_loss(rep, labels, label.shape[1], valid=mask, prob=prob, strong_threshold=strong_threshold,
-                         temperature=temp, num_queries=num_queries, num_negatives=num_negatives, generator=generator)
+    return contrast_loss(
+        rep,
+        labels,
+        label.shape[1],
+        valid=mask,
+        prob=prob,
+        strong_threshold=strong_threshold,
+        temperature=temp,
+        num_queries=num_queries,
+        num_negatives=num_negatives,
+        generator=generator,
+    )
 
 
 def _bank_prototypes(bank: torch.Tensor, bank_fill: torch.Tensor) -> torch.Tensor:
@@ -127,9 +158,24 @@ def _bank_prototypes(bank: torch.Tensor, bank_fill: torch.Tensor) -> torch.Tenso
     return sums / bank_fill.clamp_min(1)[:, None].to(sums.dtype)
 
 
-def _contrast_loss_composite(features, labels, num_classes, valid=None, prob=None, strong_threshold=0.97, temperature=0.5,
-                             num_queries=256, num_negatives=512, key_features=None, bank=None, bank_fill=None,
-                             negatives="batch", query_mode="hard", ignore_index=-1, generator=None):
+def _contrast_loss_composite(
+    features,
+    labels,
+    num_classes,
+    valid=None,
+    prob=None,
+    strong_threshold=0.97,
+    temperature=0.5,
+    num_queries=256,
+    num_negatives=512,
+    key_features=None,
+    bank=None,
+    bank_fill=None,
+    negatives="batch",
+    query_mode="hard",
+    ignore_index=-1,
+    generator=None,
+):
     if negatives not in NEGATIVE_SOURCES:
         raise ValueError(f"contrast_loss: negatives must be one of {NEGATIVE_SOURCES}, got {negatives!r}")
     use_bank = negatives != "batch"
@@ -147,13 +193,32 @@ def _contrast_loss_composite(features, labels, num_classes, valid=None, prob=Non
     graph_prototypes = prototypes
     if use_bank:
         bank = bank.detach()
-        graph_prototypes = torch.where((proto_counts > 0)[:, None], prototypes.to(proto_counts.dtype),
-                                       _bank_prototypes(bank, bank_fill))
+        graph_prototypes = torch.where(
+            (proto_counts > 0)[:, None], prototypes.to(proto_counts.dtype), _bank_prototypes(bank, bank_fill)
+        )
     query_index, negative_index, class_weight = torch.ops.mona.sample_negatives(
-        *pools, graph_prototypes, num_queries, num_negatives, temperature, negatives, query_mode,
-        bank_fill if use_bank else None, bank.shape[1] if use_bank else 0, generator)
-    loss, _ = torch.ops.mona.contrast_infonce(features, keys, prototypes, query_index, negative_index, class_weight,
-                                              temperature, bank if use_bank else None, wants_grad(features))
+        *pools,
+        graph_prototypes,
+        num_queries,
+        num_negatives,
+        temperature,
+        negatives,
+        query_mode,
+        bank_fill if use_bank else None,
+        bank.shape[1] if use_bank else 0,
+        generator,
+    )
+    loss, _ = torch.ops.mona.contrast_infonce(
+        features,
+        keys,
+        prototypes,
+        query_index,
+        negative_index,
+        class_weight,
+        temperature,
+        bank if use_bank else None,
+        wants_grad(features),
+    )
     return loss
 
 

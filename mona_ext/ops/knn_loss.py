@@ -60,8 +60,11 @@ def _knn_loss_backward_fake(grad_loss, student, queue, indices):
     op = "knn_loss_backward"
     check_student_teacher_queue(op, student, student, queue)
     B = student.shape[0]
-    check(indices.dim() == 2 and indices.shape[0] == B, op,
-          lambda: f"indices must be [B, k] int64 with B = {B}, got {shape_str(indices)}")
+    check(
+        indices.dim() == 2 and indices.shape[0] == B,
+        op,
+        lambda: f"indices must be [B, k] int64 with B = {B}, got {shape_str(indices)}",
+    )
     check(indices.shape[1] <= MAX_K, op, lambda: f"indices has k={indices.shape[1]} columns, at most {MAX_K}")
     return torch.empty_like(student, memory_format=torch.contiguous_format)
 

@@ -44,8 +44,9 @@ def pixel_kl(
     # Gradients in the same pass as the loss when autograd will ask for them (the backward then
     # only scales them by grad_loss); the logits are read once.
     grad = torch.is_grad_enabled()
-    loss, *_ = torch.ops.mona.pixel_kl(logits_a, logits_b, mask, symmetric, grad and logits_a.requires_grad,
-                                       grad and logits_b.requires_grad)
+    loss, *_ = torch.ops.mona.pixel_kl(
+        logits_a, logits_b, mask, symmetric, grad and logits_a.requires_grad, grad and logits_b.requires_grad
+    )
     return loss
 
 
@@ -56,8 +57,13 @@ def _check_fake(op, a, b, mask):
     check(a.shape[1] > 0, op, lambda: f"need at least one class, got logits of shape {shape_str(a)}")
     if mask is not None:
         pixels = a.select(1, 0)
-        check(mask.shape == pixels.shape, op, lambda: f"mask must be {'[B, H, W]' if a.dim() == 4 else '[N]'} = "
-                                                      f"{shape_str(pixels)}, got {shape_str(mask)}")
+        check(
+            mask.shape == pixels.shape,
+            op,
+            lambda: (
+                f"mask must be {'[B, H, W]' if a.dim() == 4 else '[N]'} = {shape_str(pixels)}, got {shape_str(mask)}"
+            ),
+        )
 
 
 @torch.library.register_fake("mona::pixel_kl")
@@ -98,8 +104,9 @@ def _backward(ctx, grad_loss, *_unused_grads):
     if all(g is not None for g, need in zip(fused, ctx.need) if need):
         grads = [scaled(g, grad_loss) if need else None for g, need in zip(fused, ctx.need)]
         return grads[0], grads[1], None, None, None, None
-    ga, gb = torch.ops.mona.pixel_kl_backward(grad_loss, logits_a, logits_b, mask, weight_sum, ctx.symmetric,
-                                              ctx.need[0], ctx.need[1])
+    ga, gb = torch.ops.mona.pixel_kl_backward(
+        grad_loss, logits_a, logits_b, mask, weight_sum, ctx.symmetric, ctx.need[0], ctx.need[1]
+    )
     return (ga if ctx.need[0] else None, gb if ctx.need[1] else None, None, None, None, None)
 
 

@@ -52,34 +52,75 @@ def sample_negatives(
         class v in the bank (-1 unused); class_weight (float32) is 1 / #classes present for a class
         that contributes, else 0.
     """
-    return torch.ops.mona.sample_negatives(offsets, counts, hard_counts, permutation, prototypes, num_queries,
-                                           num_negatives, temperature, negatives, query_mode, bank_fill, bank_size,
-                                           generator)
+    return torch.ops.mona.sample_negatives(
+        offsets,
+        counts,
+        hard_counts,
+        permutation,
+        prototypes,
+        num_queries,
+        num_negatives,
+        temperature,
+        negatives,
+        query_mode,
+        bank_fill,
+        bank_size,
+        generator,
+    )
 
 
 @torch.library.register_fake("mona::sample_negatives")
-def _sample_negatives_fake(offsets, counts, hard_counts, permutation, prototypes, num_queries=256, num_negatives=512,
-                           temperature=0.5, negatives="batch", query_mode="hard", bank_fill=None, bank_size=0,
-                           generator=None):
+def _sample_negatives_fake(
+    offsets,
+    counts,
+    hard_counts,
+    permutation,
+    prototypes,
+    num_queries=256,
+    num_negatives=512,
+    temperature=0.5,
+    negatives="batch",
+    query_mode="hard",
+    bank_fill=None,
+    bank_size=0,
+    generator=None,
+):
     op = "sample_negatives"
-    check(offsets.dim() == 1 and offsets.shape[0] > 0, op,
-          lambda: f"offsets must be [C] with C > 0 (from class_pools), got {shape_str(offsets)}")
+    check(
+        offsets.dim() == 1 and offsets.shape[0] > 0,
+        op,
+        lambda: f"offsets must be [C] with C > 0 (from class_pools), got {shape_str(offsets)}",
+    )
     C = offsets.shape[0]
-    check(counts.shape == offsets.shape and hard_counts.shape == offsets.shape, op,
-          lambda: f"offsets, counts and hard_counts must all be [C] = [{C}]")
+    check(
+        counts.shape == offsets.shape and hard_counts.shape == offsets.shape,
+        op,
+        lambda: f"offsets, counts and hard_counts must all be [C] = [{C}]",
+    )
     check(permutation.dim() == 1, op, lambda: f"permutation must be [N], got {shape_str(permutation)}")
-    check(prototypes.dim() == 2 and prototypes.shape[0] == C, op,
-          lambda: f"prototypes must be [C, D] with C = {C}, got {shape_str(prototypes)}")
+    check(
+        prototypes.dim() == 2 and prototypes.shape[0] == C,
+        op,
+        lambda: f"prototypes must be [C, D] with C = {C}, got {shape_str(prototypes)}",
+    )
     check(num_queries > 0, op, lambda: f"num_queries must be positive, got {num_queries}")
     check(num_negatives > 0, op, lambda: f"num_negatives must be positive, got {num_negatives}")
-    check(negatives in NEGATIVE_SOURCES, op,
-          lambda: f"negatives must be 'batch', 'bank' or 'both', got '{negatives}'")
-    check(query_mode in ("hard", "all", "balanced"), op,
-          lambda: f"query_mode must be 'hard', 'all' or 'balanced', got '{query_mode}'")
+    check(negatives in NEGATIVE_SOURCES, op, lambda: f"negatives must be 'batch', 'bank' or 'both', got '{negatives}'")
+    check(
+        query_mode in ("hard", "all", "balanced"),
+        op,
+        lambda: f"query_mode must be 'hard', 'all' or 'balanced', got '{query_mode}'",
+    )
     if negatives != "batch":
         check(bank_fill is not None, op, lambda: f"negatives='{negatives}' needs a memory bank (bank_fill)")
-        check(bank_fill.dim() == 1 and bank_fill.shape[0] == C, op,
-              lambda: f"bank_fill must be int64 [C] = [{C}], got {shape_str(bank_fill)}")
+        check(
+            bank_fill.dim() == 1 and bank_fill.shape[0] == C,
+            op,
+            lambda: f"bank_fill must be int64 [C] = [{C}], got {shape_str(bank_fill)}",
+        )
         check(bank_size > 0, op, lambda: f"bank_size must be positive with a bank, got {bank_size}")
-    return (offsets.new_empty((C, num_queries)), offsets.new_empty((C, num_queries, num_negatives)),
-            offsets.new_empty((C,), dtype=torch.float32))
+    return (
+        offsets.new_empty((C, num_queries)),
+        offsets.new_empty((C, num_queries, num_negatives)),
+        offsets.new_empty((C,), dtype=torch.float32),
+    )

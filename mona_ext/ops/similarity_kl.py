@@ -52,8 +52,9 @@ def similarity_kl(
     # The gradient in the same pass as the loss when autograd will ask for it (the backward then
     # only scales it by grad_loss): on the CPU the queue is multiplied three times per step, not five.
     compute_grad = torch.is_grad_enabled() and student.requires_grad
-    loss, *_ = torch.ops.mona.similarity_kl(student, teacher, queue, float(tau_student), float(tau_teacher),
-                                            compute_grad)
+    loss, *_ = torch.ops.mona.similarity_kl(
+        student, teacher, queue, float(tau_student), float(tau_teacher), compute_grad
+    )
     return loss
 
 
@@ -67,8 +68,9 @@ def _similarity_kl_fake(student, teacher, queue, tau_student, tau_teacher, compu
 
 
 @torch.library.register_fake("mona::similarity_kl_backward")
-def _similarity_kl_backward_fake(grad_loss, student, teacher, queue, lse_student, lse_teacher, tau_student,
-                                 tau_teacher):
+def _similarity_kl_backward_fake(
+    grad_loss, student, teacher, queue, lse_student, lse_teacher, tau_student, tau_teacher
+):
     check_student_teacher_queue("similarity_kl_backward", student, teacher, queue)
     return torch.empty_like(student, memory_format=torch.contiguous_format)
 
@@ -93,8 +95,9 @@ def _backward(ctx, grad_loss, *_unused_grads):
         if fused is not None:
             grad_student = scaled(fused, grad_loss)
         else:
-            grad_student = torch.ops.mona.similarity_kl_backward(grad_loss, student, teacher, queue, lse_s, lse_t,
-                                                                 *ctx.taus)
+            grad_student = torch.ops.mona.similarity_kl_backward(
+                grad_loss, student, teacher, queue, lse_s, lse_t, *ctx.taus
+            )
     # teacher and queue are treated as constants (EMA teacher, queue of detached embeddings).
     return grad_student, None, None, None, None, None
 

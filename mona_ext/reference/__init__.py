@@ -10,5 +10,16 @@ from .class_mean import class_mean
 from .contrast import class_pools, contrast_infonce, contrast_loss_vectorised, reco_loss_published
 from .kl import knn_loss, pixel_kl, similarity_kl
 
-__all__ = ["class_mean", "class_pools", "contrast", "contrast_infonce", "contrast_loss_vectorised",
-           "reco_loss_published", "DequeBank", "concat_truncate_push", "pixel_kl", "similarity_kl", "knn_loss"]
+__all__ = [
+    "class_mean",
+    "class_pools",
+    "contrast",
+    "contrast_infonce",
+    "contrast_loss_vectorised",
+    "reco_loss_published",
+    "DequeBank",
+    "concat_truncate_push",
+    "pixel_kl",
+    "similarity_kl",
+    "knn_loss",
+]

@@ -23,8 +23,15 @@ class DequeBank:
         self.keys = [deque(maxlen=size) for _ in range(num_classes)]  # the kept keys of each class, oldest first
         self.pushed = [0] * num_classes  # keys ever pushed per class: ptr = pushed mod K
 
-    def push(self, keys: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor | None = None,
-             priority: torch.Tensor | None = None, cap: int | None = None, ignore_index: int = -1) -> None:
+    def push(
+        self,
+        keys: torch.Tensor,
+        labels: torch.Tensor,
+        valid: torch.Tensor | None = None,
+        priority: torch.Tensor | None = None,
+        cap: int | None = None,
+        ignore_index: int = -1,
+    ) -> None:
         keys = keys.detach().cpu().to(self.dtype)
         labels = labels.cpu().tolist()
         valid_l = valid.cpu().tolist() if valid is not None else [True] * len(labels)
@@ -58,8 +65,9 @@ class DequeBank:
         return torch.stack(list(kept)) if kept else torch.zeros(0, self.dim, dtype=self.dtype)
 
 
-def concat_truncate_push(storage: list[torch.Tensor], keys: torch.Tensor, labels: torch.Tensor,
-                         size: int) -> list[torch.Tensor]:
+def concat_truncate_push(
+    storage: list[torch.Tensor], keys: torch.Tensor, labels: torch.Tensor, size: int
+) -> list[torch.Tensor]:
     """The public code's approach (for the benchmark): per class ``torch.cat`` new keys in front of the
     old ones and truncate to ``size`` keys (a new tensor every push). ``storage``: one ``[n_c, D]``
     tensor per class, newest first; returns the new list."""

@@ -1,6 +1,4 @@
-"""Reference of ``mona.class_mean``: ``index_add_`` over a permuted copy.
-
-"""
+"""Reference of ``mona.class_mean``: ``index_add_`` over a permuted copy."""
 
 from __future__ import annotations
 

@@ -41,7 +41,7 @@ def class_pools(labels, num_classes, valid=None, prob=None, strong_threshold=1.0
     bucket = torch.bincount(key, minlength=2 * C + 1)
     starts = torch.cumsum(bucket, 0) - bucket
     perm = torch.where(torch.sort(key, stable=True).values == 2 * C, torch.full_like(order, -1), order)
-    return starts[0:2 * C:2], bucket[0:2 * C:2] + bucket[1:2 * C:2], bucket[0:2 * C:2], perm
+    return starts[0 : 2 * C : 2], bucket[0 : 2 * C : 2] + bucket[1 : 2 * C : 2], bucket[0 : 2 * C : 2], perm
 
 
 def cosine(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -49,8 +49,9 @@ def cosine(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (x * y).sum(-1) / (x.norm(dim=-1).clamp_min(COS_EPS) * y.norm(dim=-1).clamp_min(COS_EPS))
 
 
-def contrast_infonce(features, key_features, prototypes, query_index, negative_index, class_weight, temperature,
-                     bank=None):
+def contrast_infonce(
+    features, key_features, prototypes, query_index, negative_index, class_weight, temperature, bank=None
+):
     """Reference of ``mona.contrast_infonce`` (loss only): materialises the keys, autograd gradient."""
     acc = acc_dtype(features.dtype)
     x = _pixels_by_channel(features).to(acc)
@@ -61,8 +62,8 @@ def contrast_infonce(features, key_features, prototypes, query_index, negative_i
     use = class_weight > 0
     if x.shape[0] == 0:  # zero-size batch: no class has queries
         return x.sum() * 0.0
-    q = x[query_index.clamp_min(0)]                                   # [C, Q, D]
-    neg = keys[negative_index.clamp_min(0)]                           # [C, Q, M, D]
+    q = x[query_index.clamp_min(0)]  # [C, Q, D]
+    neg = keys[negative_index.clamp_min(0)]  # [C, Q, M, D]
     pos = prototypes.detach().to(acc)[:, None, None, :].expand(C, Q, 1, -1)
     logits = cosine(q[:, :, None, :], torch.cat([pos, neg], 2)) / temperature  # [C, Q, M+1]
     row = torch.logsumexp(logits, -1) - logits[..., 0]
@@ -107,13 +108,13 @@ def reco_loss_published(rep, label, mask, prob, strong_threshold=1.0, temp=0.5, 
             class_prob = torch.softmax(sim / temp, dim=0)
             drawn = torch.distributions.Categorical(probs=class_prob).sample((num_queries, num_negatives))
             per_class = torch.stack([(drawn == k).sum(1) for k in range(len(class_prob))], dim=1)
-            neg_sizes = sizes[i + 1:] + sizes[:i]
+            neg_sizes = sizes[i + 1 :] + sizes[:i]
             starts = np.cumsum([0] + neg_sizes)
             index: list[int] = []
             for q in range(num_queries):
                 for k in range(len(neg_sizes)):
                     index += np.random.randint(starts[k], starts[k + 1], size=int(per_class[q, k])).tolist()
-            pool = torch.cat(members[i + 1:] + members[:i])
+            pool = torch.cat(members[i + 1 :] + members[:i])
             negatives = pool[index].reshape(num_queries, num_negatives, D)
             positive = protos[i][None, None].repeat(num_queries, 1, 1)
             keys = torch.cat((positive, negatives), dim=1)
@@ -149,14 +150,31 @@ def _check_labels(labels: torch.Tensor, num_classes: int, ignore_index: int) -> 
     lab = labels.reshape(-1)
     bad = ((lab < 0) | (lab >= num_classes)) & (lab != ignore_index)
     if bool(bad.any()):
-        raise ValueError(f"contrast_loss_vectorised: labels contain {int(lab[bad][0])}, which is neither in "
-                         f"[0, num_classes={num_classes}) nor ignore_index={ignore_index}")
+        raise ValueError(
+            f"contrast_loss_vectorised: labels contain {int(lab[bad][0])}, which is neither in "
+            f"[0, num_classes={num_classes}) nor ignore_index={ignore_index}"
+        )
 
 
-def contrast_loss_vectorised(features, labels, num_classes, valid=None, prob=None, strong_threshold=0.97,
-                             temperature=0.5, num_queries=256, num_negatives=512, generator=None, *,
-                             key_features=None, bank=None, bank_fill=None, negatives="batch", query_mode="hard",
-                             ignore_index=-1):
+def contrast_loss_vectorised(
+    features,
+    labels,
+    num_classes,
+    valid=None,
+    prob=None,
+    strong_threshold=0.97,
+    temperature=0.5,
+    num_queries=256,
+    num_negatives=512,
+    generator=None,
+    *,
+    key_features=None,
+    bank=None,
+    bank_fill=None,
+    negatives="batch",
+    query_mode="hard",
+    ignore_index=-1,
+):
     """The ACF loss of ``mona_ext.contrast_loss`` (same options, same semantics, same sampling
     distribution) as well-vectorised plain PyTorch: one permuted copy of the map, argsort pools,
     ``multinomial`` class draws, ``index_select`` of the materialised keys, ``bmm``; one class at a time.
@@ -196,18 +214,22 @@ def contrast_loss_vectorised(features, labels, num_classes, valid=None, prob=Non
     if not (temperature > 0 and np.isfinite(temperature)):
         raise ValueError(f"{name}: temperature must be positive and finite, got {temperature}")
     if key_features is not None and key_features.shape != features.shape:
-        raise ValueError(f"{name}: key_features must have the features' shape {tuple(features.shape)}, "
-                         f"got {tuple(key_features.shape)}")
+        raise ValueError(
+            f"{name}: key_features must have the features' shape {tuple(features.shape)}, "
+            f"got {tuple(key_features.shape)}"
+        )
     C, Q, M = num_classes, num_queries, num_negatives
     D = features.shape[1]
     acc = acc_dtype(features.dtype)
     device = features.device
     _check_labels(labels, C, ignore_index)
     if use_bank and (bank.dim() != 3 or bank.shape[0] != C or bank.shape[2] != D or bank_fill.shape != (C,)):
-        raise ValueError(f"{name}: bank must be [C, K, D] = [{C}, K, {D}] and bank_fill [{C}], got "
-                         f"{tuple(bank.shape)} and {tuple(bank_fill.shape)}")
+        raise ValueError(
+            f"{name}: bank must be [C, K, D] = [{C}, K, {D}] and bank_fill [{C}], got "
+            f"{tuple(bank.shape)} and {tuple(bank_fill.shape)}"
+        )
 
-    x = _pixels_by_channel(features).to(acc)                       # queries: permuted copy, differentiable
+    x = _pixels_by_channel(features).to(acc)  # queries: permuted copy, differentiable
     keys = x.detach() if key_features is None else _pixels_by_channel(key_features).detach().to(acc)
     N = x.shape[0]
     offsets, counts, hard_counts, perm = class_pools(labels, C, valid, prob, strong_threshold)
@@ -246,11 +268,11 @@ def contrast_loss_vectorised(features, labels, num_classes, valid=None, prob=Non
     has_queries = (hard_counts if query_mode == "hard" else counts) > 0
     contributing = (has_queries & allowed.any(1)).nonzero().flatten().tolist()
 
-    loss = x[:0].sum()                                              # 0 with a gradient path
+    loss = x[:0].sum()  # 0 with a gradient path
     for c in contributing:
         u = torch.rand(Q, generator=generator, device=device)
         slot = _query_slots(query_mode, u, counts[c], hard_counts[c])
-        anchors = F.normalize(x.index_select(0, perm[offsets[c] + slot]), dim=1, eps=COS_EPS)   # [Q, D]
+        anchors = F.normalize(x.index_select(0, perm[offsets[c] + slot]), dim=1, eps=COS_EPS)  # [Q, D]
         v = torch.multinomial(torch.softmax(graph[c], 0), Q * M, replacement=True, generator=generator)
         nb = in_batch[v]
         key_slot = _uniform_index(torch.rand(Q * M, generator=generator, device=device), nb + in_bank[v])
@@ -258,6 +280,6 @@ def contrast_loss_vectorised(features, labels, num_classes, valid=None, prob=Non
         rows = torch.where(key_slot < nb, from_batch, bank_base + v * K + (key_slot - nb))
         neg = table.index_select(0, rows).view(Q, M, D)
         all_keys = F.normalize(torch.cat([protos[c].expand(Q, 1, D), neg], 1), dim=2, eps=COS_EPS)
-        logits = torch.bmm(all_keys, anchors[:, :, None])[..., 0] / temperature               # [Q, M+1]
+        logits = torch.bmm(all_keys, anchors[:, :, None])[..., 0] / temperature  # [Q, M+1]
         loss = loss + F.cross_entropy(logits, torch.zeros(Q, dtype=torch.long, device=device))
     return loss / present.sum().clamp_min(1)

@@ -12,8 +12,9 @@ import torch.nn.functional as F
 from ..ops._common import acc_dtype
 
 
-def pixel_kl(logits_a: torch.Tensor, logits_b: torch.Tensor, mask: torch.Tensor | None = None,
-             symmetric: bool = True) -> torch.Tensor:
+def pixel_kl(
+    logits_a: torch.Tensor, logits_b: torch.Tensor, mask: torch.Tensor | None = None, symmetric: bool = True
+) -> torch.Tensor:
     """Reference of ``mona.pixel_kl``: ``F.kl_div`` on log-softmaxes over dim 1, masked mean over pixels."""
     acc = acc_dtype(logits_a.dtype)
     la = F.log_softmax(logits_a.to(acc), dim=1)
@@ -28,8 +29,9 @@ def pixel_kl(logits_a: torch.Tensor, logits_b: torch.Tensor, mask: torch.Tensor 
     return torch.where(den > 0, (kl * w).sum() / den.clamp_min(torch.finfo(acc).tiny), 0.0).to(logits_a.dtype)
 
 
-def similarity_kl(student: torch.Tensor, teacher: torch.Tensor, queue: torch.Tensor, tau_student: float,
-                  tau_teacher: float) -> torch.Tensor:
+def similarity_kl(
+    student: torch.Tensor, teacher: torch.Tensor, queue: torch.Tensor, tau_student: float, tau_teacher: float
+) -> torch.Tensor:
     """Reference of ``mona.similarity_kl`` (ISD / GLCon): mean over rows of
     KL(softmax(cos(teacher, queue) / tau_t) || softmax(cos(student, queue) / tau_s))."""
     acc = acc_dtype(student.dtype)

@@ -25,12 +25,19 @@ from pathlib import Path
 import torch
 
 from .data.dataset import SliceCache
-from .errors import UsageError
 from .data.prepare import atomic_write_json, prepare
 from .data.readers import CaseRecord, load_case
 from .data.synth import SynthConfig, synth_patient_ids, write_phantoms
-from .eval.report import (OVERLAY_SLICES, comparison_curves, evaluate_cache, prepare_matplotlib,
-                          spec_from_manifest, write_report, write_volume_overlays)
+from .errors import UsageError
+from .eval.report import (
+    OVERLAY_SLICES,
+    comparison_curves,
+    evaluate_cache,
+    prepare_matplotlib,
+    spec_from_manifest,
+    write_report,
+    write_volume_overlays,
+)
 from .train.checkpoint import load_model
 from .train.loop import select_device
 
@@ -56,30 +63,52 @@ def _packaged(name: str) -> str:
 def comparison_table(reports: dict) -> str:
     """Per-class Dice / ASD / HD95 of both methods and the difference (MONA - supervised)."""
     sup, mona = reports["supervised"], reports["mona"]
-    head = (f"{'class':<10}{'Dice sup':>10}{'Dice MONA':>11}{'diff':>8}{'ASD sup':>10}{'ASD MONA':>10}"
-            f"{'HD95 sup':>10}{'HD95 MONA':>11}")
+    head = (
+        f"{'class':<10}{'Dice sup':>10}{'Dice MONA':>11}{'diff':>8}{'ASD sup':>10}{'ASD MONA':>10}"
+        f"{'HD95 sup':>10}{'HD95 MONA':>11}"
+    )
     lines = [head, "-" * len(head)]
     for name in sup.summary:
         a, b = sup.summary[name], mona.summary[name]
-        lines.append(f"{name:<10}{a['dice']:>10.4f}{b['dice']:>11.4f}{b['dice'] - a['dice']:>+8.4f}"
-                     f"{a['asd']:>10.2f}{b['asd']:>10.2f}{a['hd95']:>10.2f}{b['hd95']:>11.2f}")
+        lines.append(
+            f"{name:<10}{a['dice']:>10.4f}{b['dice']:>11.4f}{b['dice'] - a['dice']:>+8.4f}"
+            f"{a['asd']:>10.2f}{b['asd']:>10.2f}{a['hd95']:>10.2f}{b['hd95']:>11.2f}"
+        )
     lines.append("-" * len(head))
-    lines.append(f"{'mean':<10}{sup.mean_dice:>10.4f}{mona.mean_dice:>11.4f}{mona.mean_dice - sup.mean_dice:>+8.4f}"
-                 f"   (ASD / HD95 in mm; Dice: mean over the test volumes)")
+    lines.append(
+        f"{'mean':<10}{sup.mean_dice:>10.4f}{mona.mean_dice:>11.4f}{mona.mean_dice - sup.mean_dice:>+8.4f}"
+        f"   (ASD / HD95 in mm; Dice: mean over the test volumes)"
+    )
     return "\n".join(lines)
 
 
 def _method_summary(report) -> dict:
-    return {"mean_dice": report.mean_dice,
-            "dice": {name: s["dice"] for name, s in report.summary.items()},
-            "per_class": report.summary}
+    return {
+        "mean_dice": report.mean_dice,
+        "dice": {name: s["dice"] for name, s in report.summary.items()},
+        "per_class": report.summary,
+    }
 
 
-def compare(out_dir: str | Path, *, iterations: int | None = None, pretrain_iterations: int | None = None,
-            seed: int = 0, train_seed: int = 1337, labeled_patients: int = 1, n_train: int = 8, n_val: int = 2,
-            n_test: int = 4, size: int = 96, device: str = "auto", progress: bool = True,
-            overrides: list[str] | None = None, overlays: int | None = None, overlay_slices: int = OVERLAY_SLICES,
-            log=print) -> dict:
+def compare(
+    out_dir: str | Path,
+    *,
+    iterations: int | None = None,
+    pretrain_iterations: int | None = None,
+    seed: int = 0,
+    train_seed: int = 1337,
+    labeled_patients: int = 1,
+    n_train: int = 8,
+    n_val: int = 2,
+    n_test: int = 4,
+    size: int = 96,
+    device: str = "auto",
+    progress: bool = True,
+    overrides: list[str] | None = None,
+    overlays: int | None = None,
+    overlay_slices: int = OVERLAY_SLICES,
+    log=print,
+) -> dict:
     """Supervised vs GLCon + MONA on phantoms; returns the summary written to ``out_dir/report/summary.json``.
 
     ``iterations``: the total budget of each method (default: the packaged demo configs', 400);
@@ -105,26 +134,40 @@ def compare(out_dir: str | Path, *, iterations: int | None = None, pretrain_iter
     if n_test < 1:
         raise UsageError(f"demo: n_test must be >= 1 (the evaluation needs test patients), got {n_test}")
     if not 1 <= labeled_patients < n_train:
-        raise UsageError(f"demo: labeled_patients must be in 1..{n_train - 1} (MONA needs unlabeled train patients; "
-                         f"{n_train} train patients), got {labeled_patients}")
+        raise UsageError(
+            f"demo: labeled_patients must be in 1..{n_train - 1} (MONA needs unlabeled train patients; "
+            f"{n_train} train patients), got {labeled_patients}"
+        )
     synth_cfg = SynthConfig(n_train=n_train, n_val=n_val, n_test=n_test, seed=seed)
     synth_patient_ids(n_train, n_val, n_test)  # checks the counts
     dev = select_device(device)
 
-    common = [f"data.cache={cache}", f"device={device}", f"seed={train_seed}",
-              f"data.labeled_patients={labeled_patients}"]
+    common = [
+        f"data.cache={cache}",
+        f"device={device}",
+        f"seed={train_seed}",
+        f"data.labeled_patients={labeled_patients}",
+    ]
     mona_cfg = load_config(_packaged("demo_mona"), common + [f"out_dir={out / 'mona'}"] + list(overrides or []))
     packaged_total = mona_cfg.pretrain_iterations + mona_cfg.iterations
     budget = iterations if iterations is not None else packaged_total
     # default: GLCon takes the packaged configs' share of the budget (100 of 400)
-    pre = pretrain_iterations if pretrain_iterations is not None else \
-        round(budget * mona_cfg.pretrain_iterations / packaged_total)
+    pre = (
+        pretrain_iterations
+        if pretrain_iterations is not None
+        else round(budget * mona_cfg.pretrain_iterations / packaged_total)
+    )
     if not 0 <= pre < budget:
         raise UsageError(f"demo: pretrain_iterations must be in 0..{budget - 1} (the budget), got {pre}")
-    mona_cfg = load_config(_packaged("demo_mona"), common + [f"out_dir={out / 'mona'}", f"iterations={budget - pre}",
-                                                             f"pretrain_iterations={pre}"] + list(overrides or []))
-    sup_cfg = load_config(_packaged("demo"), common + [f"out_dir={out / 'supervised'}", f"iterations={budget}"]
-                          + list(overrides or []))
+    mona_cfg = load_config(
+        _packaged("demo_mona"),
+        common
+        + [f"out_dir={out / 'mona'}", f"iterations={budget - pre}", f"pretrain_iterations={pre}"]
+        + list(overrides or []),
+    )
+    sup_cfg = load_config(
+        _packaged("demo"), common + [f"out_dir={out / 'supervised'}", f"iterations={budget}"] + list(overrides or [])
+    )
 
     timings: dict[str, float] = {}
     log(f"[1/5] synthesising {n_train + n_val + n_test} phantom patients (ACDC layout, seed {seed}) -> {raw}")
@@ -136,15 +179,19 @@ def compare(out_dir: str | Path, *, iterations: int | None = None, pretrain_iter
     timings["prepare_s"] = time.time() - t
 
     t = time.time()
-    log(f"[3/5] supervised baseline: {budget} iterations, batch {sup_cfg.data.batch_size} labeled slices of "
-        f"{labeled_patients} labeled patient(s) -> {sup_cfg.out_dir}")
+    log(
+        f"[3/5] supervised baseline: {budget} iterations, batch {sup_cfg.data.batch_size} labeled slices of "
+        f"{labeled_patients} labeled patient(s) -> {sup_cfg.out_dir}"
+    )
     sup_result = run_stages(sup_cfg, progress=progress)[-1]
     timings["train_supervised_s"] = time.time() - t
     t = time.time()
-    log(f"[4/5] GLCon ({pre} iterations) + MONA ({budget - pre} iterations), batch {mona_cfg.labeled_bs} labeled + "
+    log(
+        f"[4/5] GLCon ({pre} iterations) + MONA ({budget - pre} iterations), batch {mona_cfg.labeled_bs} labeled + "
         f"{mona_cfg.data.batch_size - mona_cfg.labeled_bs} unlabeled; demo scale: {mona_cfg.model.embed_dim}-d "
         f"embeddings, representation stride {mona_cfg.model.rep_stride}, {mona_cfg.mona.num_queries} queries x "
-        f"{mona_cfg.mona.num_negatives} negatives, {mona_cfg.glcon.mined_views} mined views -> {mona_cfg.out_dir}")
+        f"{mona_cfg.mona.num_negatives} negatives, {mona_cfg.glcon.mined_views} mined views -> {mona_cfg.out_dir}"
+    )
     mona_result = run_stages(mona_cfg, progress=progress)[-1]
     timings["train_mona_s"] = time.time() - t
 
@@ -153,58 +200,109 @@ def compare(out_dir: str | Path, *, iterations: int | None = None, pretrain_iter
     reports = {}
     for name, run_dir in (("supervised", Path(sup_cfg.out_dir)), ("mona", Path(mona_cfg.out_dir))):
         model, meta = load_model(run_dir / "model.pt", dev)
-        reports[name] = evaluate_cache(model, meta, cache, split="test", device=dev, progress=progress,
-                                       keep_predictions=True)
+        reports[name] = evaluate_cache(
+            model, meta, cache, split="test", device=dev, progress=progress, keep_predictions=True
+        )
         write_report(reports[name], rep / name, extra={"method": name, "run": str(run_dir)})
     sc = SliceCache(cache)
     spec = spec_from_manifest(sc.manifest)
     overlay_paths, overlay_volumes = [], sc.cases_of_patients(sc.splits["test"])[:overlays]
     for ci in overlay_volumes:
         case = sc.cases[ci]
-        vol = load_case(CaseRecord(case["case_id"], case["patient_id"], case["image_path"], case["label_path"],
-                                   case["extra"]), spec)
+        vol = load_case(
+            CaseRecord(case["case_id"], case["patient_id"], case["image_path"], case["label_path"], case["extra"]), spec
+        )
         preds = {METHOD_LABELS[n]: reports[n].predictions[case["case_id"]] for n in ("supervised", "mona")}
         overlay_paths += write_volume_overlays(vol, preds, rep / "overlays", sc.class_names, overlay_slices)
-    curve = comparison_curves({METHOD_LABELS["supervised"]: [(sup_cfg.out_dir, 0)],
-                               "GLCon (stage 1)": [(Path(mona_cfg.out_dir) / "pretrain_glcon", 0)],
-                               "MONA (stage 2)": [(mona_cfg.out_dir, pre)]}, rep / "validation_curves.png")
+    curve = comparison_curves(
+        {
+            METHOD_LABELS["supervised"]: [(sup_cfg.out_dir, 0)],
+            "GLCon (stage 1)": [(Path(mona_cfg.out_dir) / "pretrain_glcon", 0)],
+            "MONA (stage 2)": [(mona_cfg.out_dir, pre)],
+        },
+        rep / "validation_curves.png",
+    )
     timings["evaluate_s"] = time.time() - t
     timings["total_s"] = time.time() - t0
     diff = reports["mona"].mean_dice - reports["supervised"].mean_dice
     summary = {
-        "command": "mona demo", "machine": machine_description(), "torch_threads_per_run": sup_cfg.threads,
-        "phantom_seed": seed, "train_seed": train_seed, "labeled_patients": labeled_patients,
-        "iterations": budget, "pretrain_iterations": pre, "size": size,
-        "demo_scale": {"embed_dim": mona_cfg.model.embed_dim, "rep_stride": mona_cfg.model.rep_stride,
-                       "num_queries": mona_cfg.mona.num_queries, "num_negatives": mona_cfg.mona.num_negatives,
-                       "mined_views": mona_cfg.glcon.mined_views, "local_crops": mona_cfg.glcon.local_crops},
-        "supervised": {**_method_summary(reports["supervised"]), "best_iteration": sup_result.best_iteration,
-                       "best_val_dice": sup_result.best_dice},
-        "mona": {**_method_summary(reports["mona"]), "best_iteration": mona_result.best_iteration,
-                 "best_val_dice": mona_result.best_dice},
-        "mean_dice_difference": diff, "timings_s": timings,
+        "command": "mona demo",
+        "machine": machine_description(),
+        "torch_threads_per_run": sup_cfg.threads,
+        "phantom_seed": seed,
+        "train_seed": train_seed,
+        "labeled_patients": labeled_patients,
+        "iterations": budget,
+        "pretrain_iterations": pre,
+        "size": size,
+        "demo_scale": {
+            "embed_dim": mona_cfg.model.embed_dim,
+            "rep_stride": mona_cfg.model.rep_stride,
+            "num_queries": mona_cfg.mona.num_queries,
+            "num_negatives": mona_cfg.mona.num_negatives,
+            "mined_views": mona_cfg.glcon.mined_views,
+            "local_crops": mona_cfg.glcon.local_crops,
+        },
+        "supervised": {
+            **_method_summary(reports["supervised"]),
+            "best_iteration": sup_result.best_iteration,
+            "best_val_dice": sup_result.best_dice,
+        },
+        "mona": {
+            **_method_summary(reports["mona"]),
+            "best_iteration": mona_result.best_iteration,
+            "best_val_dice": mona_result.best_dice,
+        },
+        "mean_dice_difference": diff,
+        "timings_s": timings,
     }
     atomic_write_json(rep / "summary.json", summary)
     log("")
     log(comparison_table(reports))
     log("")
-    log(f"mean foreground Dice on {len(reports['mona'].predictions)} held-out test volumes: supervised "
-        f"{reports['supervised'].mean_dice:.4f}, GLCon + MONA {reports['mona'].mean_dice:.4f} ({diff:+.4f})")
-    log(f"wall time: {timings['total_s']:.0f} s (supervised {timings['train_supervised_s']:.0f} s, MONA "
-        f"{timings['train_mona_s']:.0f} s) on {summary['machine']}; results vary with the CPU / BLAS")
+    log(
+        f"mean foreground Dice on {len(reports['mona'].predictions)} held-out test volumes: supervised "
+        f"{reports['supervised'].mean_dice:.4f}, GLCon + MONA {reports['mona'].mean_dice:.4f} ({diff:+.4f})"
+    )
+    log(
+        f"wall time: {timings['total_s']:.0f} s (supervised {timings['train_supervised_s']:.0f} s, MONA "
+        f"{timings['train_mona_s']:.0f} s) on {summary['machine']}; results vary with the CPU / BLAS"
+    )
     log(f"report:     {rep / 'summary.json'}  (+ supervised/ and mona/ metrics.json, metrics.csv)")
-    log(f"overlays:   {rep / 'overlays'}  ({len(overlay_paths)} PNGs: up to {overlay_slices} slices of each of "
-        f"{len(overlay_volumes)} test volumes, ground truth and both methods on the same slice)")
+    log(
+        f"overlays:   {rep / 'overlays'}  ({len(overlay_paths)} PNGs: up to {overlay_slices} slices of each of "
+        f"{len(overlay_volumes)} test volumes, ground truth and both methods on the same slice)"
+    )
     log(f"curves:     {curve}")
     log(f"models:     {Path(sup_cfg.out_dir) / 'model.pt'}, {Path(mona_cfg.out_dir) / 'model.pt'}")
     return summary
 
 
-def run_demo(out_dir: str | Path = "runs/demo", *, iterations: int | None = None,
-             pretrain_iterations: int | None = None, seed: int = 0, size: int = 96, device: str = "auto",
-             progress: bool = True, overrides: list[str] | None = None, labeled_patients: int = 1,
-             overlays: int | None = None, overlay_slices: int = OVERLAY_SLICES) -> dict:
+def run_demo(
+    out_dir: str | Path = "runs/demo",
+    *,
+    iterations: int | None = None,
+    pretrain_iterations: int | None = None,
+    seed: int = 0,
+    size: int = 96,
+    device: str = "auto",
+    progress: bool = True,
+    overrides: list[str] | None = None,
+    labeled_patients: int = 1,
+    overlays: int | None = None,
+    overlay_slices: int = OVERLAY_SLICES,
+) -> dict:
     """``mona demo``: :func:`compare` with the packaged demo settings."""
-    return compare(out_dir, iterations=iterations, pretrain_iterations=pretrain_iterations, seed=seed, size=size,
-                   device=device, progress=progress, overrides=overrides, labeled_patients=labeled_patients,
-                   overlays=overlays, overlay_slices=overlay_slices)
+    return compare(
+        out_dir,
+        iterations=iterations,
+        pretrain_iterations=pretrain_iterations,
+        seed=seed,
+        size=size,
+        device=device,
+        progress=progress,
+        overrides=overrides,
+        labeled_patients=labeled_patients,
+        overlays=overlays,
+        overlay_slices=overlay_slices,
+    )

@@ -33,7 +33,7 @@ ACTIONS = ("kill", "enospc", "eio", "nan", "inf")
 class Fault:
     point: str
     first: int
-    last: int | None          # None: no upper bound
+    last: int | None  # None: no upper bound
     action: str
 
 
@@ -43,8 +43,9 @@ def parse(spec: str) -> dict[str, Fault]:
     for item in filter(None, (s.strip() for s in spec.split(","))):
         m = re.fullmatch(r"([A-Za-z_][\w.]*)(?:@(\d+)(?:(\+)|-(\d+))?)?(?::(\w+))?", item)
         if not m or (m.group(5) or "kill") not in ACTIONS:
-            raise ValueError(f"{ENV}={spec!r}: cannot parse {item!r} (POINT[@N|@N+|@N-M][:ACTION], "
-                             f"ACTION one of {ACTIONS})")
+            raise ValueError(
+                f"{ENV}={spec!r}: cannot parse {item!r} (POINT[@N|@N+|@N-M][:ACTION], ACTION one of {ACTIONS})"
+            )
         point, first, plus, last, action = m.groups()
         lo = int(first) if first else 1
         hi = None if (plus or not first) else int(last) if last else lo

@@ -22,7 +22,7 @@ from .errors import LockedError
 
 LOCK_NAME = ".mona.lock"
 log = logging.getLogger("mona")
-_HELD: dict[str, list] = {}   # resolved lock path -> [fd, depth]
+_HELD: dict[str, list] = {}  # resolved lock path -> [fd, depth]
 
 
 def _owner(path: Path) -> str:
@@ -84,15 +84,19 @@ def _acquire(path: Path, what: str) -> int:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as err:
-            raise LockedError(f"{path.parent}: the directory is not writable (creating its lock file "
-                              f"{LOCK_NAME}: {err.strerror or err})") from err
+            raise LockedError(
+                f"{path.parent}: the directory is not writable (creating its lock file "
+                f"{LOCK_NAME}: {err.strerror or err})"
+            ) from err
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             owner = _owner(path)
             os.close(fd)
-            raise LockedError(f"{path.parent}: in use by another {what} ({owner}, lock file {path}); wait for it "
-                              f"to finish or choose another directory") from None
+            raise LockedError(
+                f"{path.parent}: in use by another {what} ({owner}, lock file {path}); wait for it "
+                f"to finish or choose another directory"
+            ) from None
         # the holder may have unlinked the file between our open and flock: then lock the new one
         try:
             same = os.stat(path).st_ino == os.fstat(fd).st_ino
@@ -105,8 +109,12 @@ def _acquire(path: Path, what: str) -> int:
         if previous:
             pid = previous.split()[1] if previous.startswith("pid ") else ""
             dead = pid.isdigit() and not _pid_alive(int(pid))
-            log.warning("%s: taking over a stale lock (%s%s)", path.parent, previous,
-                        ", no longer running" if dead else ", its lock was released")
+            log.warning(
+                "%s: taking over a stale lock (%s%s)",
+                path.parent,
+                previous,
+                ", no longer running" if dead else ", its lock was released",
+            )
         os.lseek(fd, 0, os.SEEK_SET)
         os.ftruncate(fd, 0)
         os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())

@@ -31,14 +31,28 @@ def test_check_reports_stale_blocks_and_writes_nothing(tmp_path):
     (tmp_path / "a_cpu.md").write_text("# a_cpu\nnew\n")
     readme = tmp_path / "README.md"
     readme.write_text("<!-- results: a_cpu -->\nold\n<!-- /results -->\n")
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.update_readme", "--check", "--readme", str(readme),
-                           "--results", str(tmp_path)], cwd=ROOT, capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.update_readme",
+            "--check",
+            "--readme",
+            str(readme),
+            "--results",
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 1 and "stale tables" in proc.stdout and "a_cpu" in proc.stdout
     assert readme.read_text() == "<!-- results: a_cpu -->\nold\n<!-- /results -->\n"
 
 
 def test_the_repository_readme_matches_its_results():
     """The committed benchmarks/README.md shows exactly the committed results files."""
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.update_readme", "--check"], cwd=ROOT,
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.update_readme", "--check"], cwd=ROOT, capture_output=True, text=True
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -7,7 +7,6 @@ import os
 from pathlib import Path
 
 import pytest
-
 from faultlib import mona
 
 
@@ -15,8 +14,25 @@ from faultlib import mona
 def fault_raw(tmp_path_factory) -> Path:
     """5 phantom patients (3 train, 1 val, 1 test), 40-48 px, 3 slices: `mona synth`."""
     raw = tmp_path_factory.mktemp("fault_raw") / "raw"
-    r = mona("synth", raw, "--train", "3", "--val", "1", "--test", "1", "--size-min", "40", "--size-max", "48",
-             "--slices-min", "3", "--slices-max", "3", "--no-progress")
+    r = mona(
+        "synth",
+        raw,
+        "--train",
+        "3",
+        "--val",
+        "1",
+        "--test",
+        "1",
+        "--size-min",
+        "40",
+        "--size-max",
+        "48",
+        "--slices-min",
+        "3",
+        "--slices-max",
+        "3",
+        "--no-progress",
+    )
     assert r.returncode == 0, r.stderr
     return raw
 

@@ -29,11 +29,34 @@ TINY_MODEL = ["model.channels=[8,16,32,64,128]", "data.batch_size=2", "threads=1
 # the three methods on the tiny phantoms; mona runs both stages (GLCon, then MONA from its last.pt)
 METHOD_ARGS: dict[str, list[str]] = {
     "supervised": ["--config", "demo", "data.labeled_patients=1", *TINY_MODEL],
-    "glcon": ["--config", "demo_mona", "method=glcon", "pretrain_iterations=0", "data.labeled_patients=1",
-              "data.labeled_bs=1", "glcon.mined_views=2", "glcon.local_crops=2", "model.embed_dim=8", *TINY_MODEL],
-    "mona": ["--config", "demo_mona", "data.labeled_patients=1", "data.labeled_bs=1", "glcon.mined_views=2",
-             "glcon.local_crops=2", "model.embed_dim=8", "mona.num_queries=4", "mona.num_negatives=8",
-             "mona.bank_size=8", "mona.bank_push_per_class=4", "mona.knn_queue=4", "mona.knn_k=2", *TINY_MODEL],
+    "glcon": [
+        "--config",
+        "demo_mona",
+        "method=glcon",
+        "pretrain_iterations=0",
+        "data.labeled_patients=1",
+        "data.labeled_bs=1",
+        "glcon.mined_views=2",
+        "glcon.local_crops=2",
+        "model.embed_dim=8",
+        *TINY_MODEL,
+    ],
+    "mona": [
+        "--config",
+        "demo_mona",
+        "data.labeled_patients=1",
+        "data.labeled_bs=1",
+        "glcon.mined_views=2",
+        "glcon.local_crops=2",
+        "model.embed_dim=8",
+        "mona.num_queries=4",
+        "mona.num_negatives=8",
+        "mona.bank_size=8",
+        "mona.bank_push_per_class=4",
+        "mona.knn_queue=4",
+        "mona.knn_k=2",
+        *TINY_MODEL,
+    ],
 }
 
 
@@ -50,15 +73,23 @@ def env(fault: str | None = None, **extra: str) -> dict[str, str]:
     return e
 
 
-def mona(*args: str | Path, fault: str | None = None, cwd: Path | None = None, **kw: Any) -> subprocess.CompletedProcess:
+def mona(
+    *args: str | Path, fault: str | None = None, cwd: Path | None = None, **kw: Any
+) -> subprocess.CompletedProcess:
     """Run ``python -m mona ARGS`` to completion; returns the CompletedProcess (text stdout / stderr)."""
-    return subprocess.run([sys.executable, "-m", "mona", *map(str, args)], env=env(fault), cwd=cwd,
-                          capture_output=True, text=True, **kw)
+    return subprocess.run(
+        [sys.executable, "-m", "mona", *map(str, args)], env=env(fault), cwd=cwd, capture_output=True, text=True, **kw
+    )
 
 
 def start(*args: str | Path, fault: str | None = None) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "mona", *map(str, args)], env=env(fault),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "mona", *map(str, args)],
+        env=env(fault),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def kill_after_setup(p: subprocess.Popen, delay: float) -> tuple[int, str]:
@@ -99,8 +130,13 @@ def without(records: list[dict], *keys: str) -> list[dict]:
 def same(a: Any, b: Any, where: str = "") -> list[str]:
     """Every place where two loaded checkpoints (nested dicts / lists / tensors) differ; bitwise."""
     if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
-        ok = (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.dtype == b.dtype
-              and a.shape == b.shape and torch.equal(a, b))
+        ok = (
+            isinstance(a, torch.Tensor)
+            and isinstance(b, torch.Tensor)
+            and a.dtype == b.dtype
+            and a.shape == b.shape
+            and torch.equal(a, b)
+        )
         return [] if ok else [where]
     if isinstance(a, dict) and isinstance(b, dict):
         if a.keys() != b.keys():
@@ -140,9 +176,14 @@ def compare_runs(ref: Path, run: Path, method: str) -> list[str]:
         for name in ("train_log.csv", "val_log.csv"):
             ra, rb = without(read_csv(a / name), "elapsed_s"), without(read_csv(b / name), "elapsed_s")
             if ra != rb:
-                diffs.append(f"{b.name}/{name}: {len(ra)} rows vs {len(rb)} rows, first difference at "
-                             f"{next((i for i, (x, y) in enumerate(zip(ra, rb)) if x != y), min(len(ra), len(rb)))}")
-        ja, jb = without(read_jsonl(a / "metrics.jsonl"), "elapsed_s"), without(read_jsonl(b / "metrics.jsonl"), "elapsed_s")
+                diffs.append(
+                    f"{b.name}/{name}: {len(ra)} rows vs {len(rb)} rows, first difference at "
+                    f"{next((i for i, (x, y) in enumerate(zip(ra, rb)) if x != y), min(len(ra), len(rb)))}"
+                )
+        ja, jb = (
+            without(read_jsonl(a / "metrics.jsonl"), "elapsed_s"),
+            without(read_jsonl(b / "metrics.jsonl"), "elapsed_s"),
+        )
         if ja != jb:
             diffs.append(f"{b.name}/metrics.jsonl differs ({len(ja)} vs {len(jb)} records)")
         its = [int(r["iteration"]) for r in read_csv(b / "train_log.csv")]

@@ -22,24 +22,40 @@ def _points(d: dict) -> str:
 def tables(rows: dict) -> str:
     out = []
     if "kill_train" in rows:
-        out += ["### kill -9 in `mona train`, then `--resume`", "",
-                "| method | iterations | kills | runs | chains finished | bit-identical to the uninterrupted run | "
-                "kills by point |", "|---|---|---|---|---|---|---|"]
+        out += [
+            "### kill -9 in `mona train`, then `--resume`",
+            "",
+            "| method | iterations | kills | runs | chains finished | bit-identical to the uninterrupted run | "
+            "kills by point |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for r in rows["kill_train"]:
-            out.append(f"| {r['method']} | {r['iterations']} | {r['kills']} | {r['runs']} | {r['chains']} | "
-                       f"{r['identical']} of {r['chains']} | {_points(r['by_point'])} |")
+            out.append(
+                f"| {r['method']} | {r['iterations']} | {r['kills']} | {r['runs']} | {r['chains']} | "
+                f"{r['identical']} of {r['chains']} | {_points(r['by_point'])} |"
+            )
         out.append("")
     if "kill_prepare" in rows:
-        out += ["### kill -9 in `mona prepare`", "",
-                "| situation | kills | after the kill: no cache | the previous cache | the new cache, complete | "
-                "re-runs equal to a clean cache (of runs) | kills by point |", "|---|---|---|---|---|---|---|"]
+        out += [
+            "### kill -9 in `mona prepare`",
+            "",
+            "| situation | kills | after the kill: no cache | the previous cache | the new cache, complete | "
+            "re-runs equal to a clean cache (of runs) | kills by point |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for r in rows["kill_prepare"]:
-            out.append(f"| {r['situation']} | {r['kills']} | {r['absent_after_kill']} | {r['previous_after_kill']} | "
-                       f"{r['new_complete_after_kill']} | {r['completed_identical']} of {r['runs']} | "
-                       f"{_points(r['by_point'])} |")
+            out.append(
+                f"| {r['situation']} | {r['kills']} | {r['absent_after_kill']} | {r['previous_after_kill']} | "
+                f"{r['new_complete_after_kill']} | {r['completed_identical']} of {r['runs']} | "
+                f"{_points(r['by_point'])} |"
+            )
         out.append("")
-    for key, title in (("write_errors", "Write errors"), ("nonfinite", "Non-finite losses and gradients"),
-                       ("locks", "Locks"), ("resume_config", "Resume with a changed config")):
+    for key, title in (
+        ("write_errors", "Write errors"),
+        ("nonfinite", "Non-finite losses and gradients"),
+        ("locks", "Locks"),
+        ("resume_config", "Resume with a changed config"),
+    ):
         if key not in rows:
             continue
         out += [f"### {title}", "", "| fault | exit | message (last line of stderr) |", "|---|---|---|"]
@@ -47,8 +63,10 @@ def tables(rows: dict) -> str:
             what = r.get("fault") or r.get("case")
             extra = ""
             if r.get("previous_checkpoint") is not None:
-                extra = (f" — previous `last.pt` (iteration {r['previous_checkpoint']}) intact; `--resume` from it: "
-                         f"{'bit-identical' if r['resumed_identical'] else 'differs'}")
+                extra = (
+                    f" — previous `last.pt` (iteration {r['previous_checkpoint']}) intact; `--resume` from it: "
+                    f"{'bit-identical' if r['resumed_identical'] else 'differs'}"
+                )
             out.append(f"| `{what}` | {r['exit']} | `{r['message']}`{extra} |")
         out.append("")
     if "bad_input" in rows:

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from faultlib import env, mona
+
 from mona.data.dataset import SliceCache
 from mona.errors import DataError
 
@@ -45,9 +45,11 @@ def cache_state(root: Path) -> dict | None:
 
 
 def equal_states(a: dict, b: dict) -> bool:
-    return (json.dumps(a["manifest"], sort_keys=True) == json.dumps(b["manifest"], sort_keys=True)
-            and a["arrays"].keys() == b["arrays"].keys()
-            and all(np.array_equal(x, y) for k in a["arrays"] for x, y in zip(a["arrays"][k], b["arrays"][k])))
+    return (
+        json.dumps(a["manifest"], sort_keys=True) == json.dumps(b["manifest"], sort_keys=True)
+        and a["arrays"].keys() == b["arrays"].keys()
+        and all(np.array_equal(x, y) for k in a["arrays"] for x, y in zip(a["arrays"][k], b["arrays"][k]))
+    )
 
 
 def _killed_prepare(args: list, out: Path, kind: str, rng: random.Random) -> int:
@@ -55,8 +57,12 @@ def _killed_prepare(args: list, out: Path, kind: str, rng: random.Random) -> int
         import subprocess
         import sys
 
-        p = subprocess.Popen([sys.executable, "-m", "mona", *map(str, args)], env=env(), stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
+        p = subprocess.Popen(
+            [sys.executable, "-m", "mona", *map(str, args)],
+            env=env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         while p.poll() is None and not (out / ".mona.lock").exists():
             time.sleep(0.002)
         time.sleep(rng.uniform(0.0, 0.3))  # the 10 volumes take about half a second
@@ -69,7 +75,9 @@ def _killed_prepare(args: list, out: Path, kind: str, rng: random.Random) -> int
 def test_kill_prepare_leaves_the_old_cache_or_none(situation, fault_raw, tmp_path, fault_report):
     ref = {}
     for size in ("32", "24"):
-        assert mona("prepare", "acdc", fault_raw, tmp_path / f"ref{size}", "--size", size, "--no-progress").returncode == 0
+        assert (
+            mona("prepare", "acdc", fault_raw, tmp_path / f"ref{size}", "--size", size, "--no-progress").returncode == 0
+        )
         ref[size] = cache_state(tmp_path / f"ref{size}")
     rng = random.Random(f"prepare-{situation}")
     kills, runs, absent, previous, new, by_point = 0, 0, 0, 0, 0, {}
@@ -101,5 +109,16 @@ def test_kill_prepare_leaves_the_old_cache_or_none(situation, fault_raw, tmp_pat
         assert r.returncode == 0, r.stderr
         assert equal_states(cache_state(out), ref["24"])
         assert sorted(p.name for p in out.rglob("*") if p.name.endswith(".tmp") or p.name == ".mona.lock") == []
-    fault_report("kill_prepare", {"situation": situation, "kills": kills, "absent_after_kill": absent,
-                                  "previous_after_kill": previous, "new_complete_after_kill": new, "runs": runs, "completed_identical": runs, "by_point": by_point})
+    fault_report(
+        "kill_prepare",
+        {
+            "situation": situation,
+            "kills": kills,
+            "absent_after_kill": absent,
+            "previous_after_kill": previous,
+            "new_complete_after_kill": new,
+            "runs": runs,
+            "completed_identical": runs,
+            "by_point": by_point,
+        },
+    )

@@ -21,8 +21,8 @@ import random
 from pathlib import Path
 
 import pytest
-
 from faultlib import METHOD_ARGS, compare_runs, kill_after_setup, mona, read_csv, stage_dirs, start
+
 from mona.train.checkpoint import load_checkpoint
 
 KILLS = int(os.environ.get("MONA_FAULT_KILLS", "2"))
@@ -30,8 +30,18 @@ STEPS = {"supervised": ["iterations=8"], "glcon": ["iterations=8"], "mona": ["it
 TOTAL = {"supervised": 8, "glcon": 8, "mona": 10}
 COMMON = ["val_every=3", "log_every=1", "checkpoint_every=1", "--no-progress"]
 # named points (mona.faults); "time" = SIGKILL at a random time after set-up
-POINTS = ["checkpoint.mid_write", "checkpoint.before_rename", "train.after_step", "checkpoint.after_rename",
-          "time", "log.append", "checkpoint.write", "config.before_rename", "log.before_rename", "time"]
+POINTS = [
+    "checkpoint.mid_write",
+    "checkpoint.before_rename",
+    "train.after_step",
+    "checkpoint.after_rename",
+    "time",
+    "log.append",
+    "checkpoint.write",
+    "config.before_rename",
+    "log.before_rename",
+    "time",
+]
 
 
 def _progress(out: Path, method: str) -> int:
@@ -94,6 +104,15 @@ def test_kill_anywhere_then_resume_is_bit_identical(method, fault_cache, tmp_pat
         assert diffs == [], diffs
         assert _leftovers(out) == []
         identical += 1
-    fault_report("kill_train", {"method": method, "kills": kills, "runs": attempts + (1 if started else 0) + 1,
-                                "chains": chains, "identical": identical, "by_point": by_point,
-                                "iterations": TOTAL[method]})
+    fault_report(
+        "kill_train",
+        {
+            "method": method,
+            "kills": kills,
+            "runs": attempts + (1 if started else 0) + 1,
+            "chains": chains,
+            "identical": identical,
+            "by_point": by_point,
+            "iterations": TOTAL[method],
+        },
+    )

@@ -90,8 +90,16 @@ def build(verbose: bool = False) -> Path:
 
     out = build_dir()
     out.mkdir(parents=True, exist_ok=True)
-    flags = ["-std=c++20", "-DMONA_EMULATE_CUDA", "-include", str(CSRC / "emu" / "cuda_emu.h"),
-             "-fvisibility=hidden", "-fvisibility-inlines-hidden", "-Wno-unused-function", "-g0"]
+    flags = [
+        "-std=c++20",
+        "-DMONA_EMULATE_CUDA",
+        "-include",
+        str(CSRC / "emu" / "cuda_emu.h"),
+        "-fvisibility=hidden",
+        "-fvisibility-inlines-hidden",
+        "-Wno-unused-function",
+        "-g0",
+    ]
     ldflags = []
     if sanitizer():
         flags += [f"-fsanitize={sanitizer()}", "-fno-omit-frame-pointer", "-O1"]
@@ -99,9 +107,16 @@ def build(verbose: bool = False) -> Path:
     else:
         flags += ["-O2"]
     name = "mona_emu" + ("_" + sanitizer() if sanitizer() else "")
-    load(name=name, sources=_wrappers(out) + [str(p) for p in host_sources()], extra_cflags=flags,
-         extra_ldflags=ldflags, extra_include_paths=[str(CSRC)], build_directory=str(out),
-         is_python_module=False, verbose=verbose)
+    load(
+        name=name,
+        sources=_wrappers(out) + [str(p) for p in host_sources()],
+        extra_cflags=flags,
+        extra_ldflags=ldflags,
+        extra_include_paths=[str(CSRC)],
+        build_directory=str(out),
+        is_python_module=False,
+        verbose=verbose,
+    )
     return out / f"{name}.so"
 
 
@@ -109,8 +124,9 @@ def _define_schemas() -> None:
     """mona_emu::<op> gets the schema of mona::<op> for every op with device kernels."""
     global _LIB
     _LIB = torch.library.Library("mona_emu", "FRAGMENT")
-    names = sorted({n.split("::", 1)[1].split(".")[0] for n in torch._C._dispatch_get_all_op_names()
-                    if n.startswith("mona::")})
+    names = sorted(
+        {n.split("::", 1)[1].split(".")[0] for n in torch._C._dispatch_get_all_op_names() if n.startswith("mona::")}
+    )
     missing = []
     for name in names:
         if torch._C._dispatch_has_kernel_for_dispatch_key(f"mona::{name}", "CompositeImplicitAutograd"):
@@ -134,8 +150,11 @@ def load() -> None:
 
 
 def _is_real(x) -> bool:
-    return not isinstance(x, torch.Tensor) or (type(x) is torch.Tensor or isinstance(x, torch.nn.Parameter)) \
+    return (
+        not isinstance(x, torch.Tensor)
+        or (type(x) is torch.Tensor or isinstance(x, torch.nn.Parameter))
         and x.device.type == "cpu"
+    )
 
 
 def _on_meta(flat) -> bool:
@@ -216,6 +235,7 @@ def base_name(kernel: str) -> str:
 # emulation launched first in it; at the end of the session it writes the report below. With
 # MONA_EMU_COVERAGE=1 (CI) the session fails if a __global__ of csrc/*/*_cuda.cu never ran.
 
+
 def coverage_path() -> Path:
     return build_dir() / "kernel_coverage.json"
 
@@ -225,8 +245,10 @@ def coverage_report(first_test: dict[str, str], launches: dict[str, int]) -> dic
     launches: the same kernels -> launches. Returns {"kernels": {base name: {"source", "first_test",
     "instantiations": {kernel: {"first_test", "launches"}}}}, "unreached": [...], "not_in_sources": [...]}."""
     sources = kernels_in_sources()
-    kernels = {name: {"source": str(path.relative_to(ROOT)), "first_test": None, "instantiations": {}}
-               for name, path in sources.items()}
+    kernels = {
+        name: {"source": str(path.relative_to(ROOT)), "first_test": None, "instantiations": {}}
+        for name, path in sources.items()
+    }
     other = set()
     for full, test in first_test.items():  # in run order
         entry = kernels.get(base_name(full))
@@ -256,11 +278,15 @@ def coverage_table(report: dict | None = None) -> str:
 if __name__ == "__main__":
     if "--coverage-table" in sys.argv:
         if not coverage_path().exists():
-            sys.exit(f"mona emu: no {coverage_path().relative_to(ROOT)}; run the emu tests first "
-                     "(python -m pytest tests/ops -m emu)")
+            sys.exit(
+                f"mona emu: no {coverage_path().relative_to(ROOT)}; run the emu tests first "
+                "(python -m pytest tests/ops -m emu)"
+            )
         print(coverage_table())
         sys.exit(0)
     t0 = time.time()
     lib = build(verbose="-v" in sys.argv)
-    print(f"mona emu: built {lib.relative_to(ROOT)} in {time.time() - t0:.0f}s "
-          f"({len(cuda_sources())} CUDA sources, {len(kernels_in_sources())} kernels)")
+    print(
+        f"mona emu: built {lib.relative_to(ROOT)} in {time.time() - t0:.0f}s "
+        f"({len(cuda_sources())} CUDA sources, {len(kernels_in_sources())} kernels)"
+    )

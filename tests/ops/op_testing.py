@@ -6,10 +6,10 @@ import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+import emu
 import pytest
 import torch
 
-import emu
 import mona_ext  # registers torch.ops.mona.*
 from mona_ext import reference
 from mona_ext.reference import DequeBank
@@ -25,8 +25,9 @@ class EmulatedDevice(str):
 
 
 EMU = EmulatedDevice("cpu")
-_CUDA_ROW = pytest.param("cuda", id="cuda", marks=[pytest.mark.cuda,
-                                                   pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")])
+_CUDA_ROW = pytest.param(
+    "cuda", id="cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")]
+)
 _EMU_ROW = pytest.param(EMU, id="emu", marks=[pytest.mark.emu])
 
 # Every op test is table-driven over devices: the CPU kernels, the CUDA kernels on a GPU (skipped,
@@ -55,8 +56,9 @@ def device_of(kernel_device) -> str:
 FLOAT_DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 
 
-def assert_within_twice_torch_error(ours: torch.Tensor, torch_same_dtype: torch.Tensor, reference64: torch.Tensor,
-                                    floor: float = 0.0) -> None:
+def assert_within_twice_torch_error(
+    ours: torch.Tensor, torch_same_dtype: torch.Tensor, reference64: torch.Tensor, floor: float = 0.0
+) -> None:
     """flash-attention style check: our error against the float64 reference may be at most twice
     the error plain PyTorch makes in the same (low) precision, plus a tiny floor for exact cases."""
     ours_err = (ours.double() - reference64).abs().max().item()
@@ -66,6 +68,7 @@ def assert_within_twice_torch_error(ours: torch.Tensor, torch_same_dtype: torch.
 
 # ---------------------------------------------------------------------------------------------- contrast inputs
 # Shared by test_class_pools.py, test_sample_negatives.py, test_contrast_infonce.py and the op-case table.
+
 
 def scene(B=2, D=8, H=6, W=7, C=3, device="cpu", dtype=torch.float64, seed=0, ignore_frac=0.1, channels_last=False):
     """A contrast batch: features [B, D, H, W], labels [B, H, W] (ignore_frac of them -1) and
@@ -98,9 +101,16 @@ def sampled(device="cpu", dtype=torch.float64, C=3, Q=5, M=7, channels_last=Fals
     if bank:
         bank_t = torch.randn(C, 4, 6, dtype=dtype, device=device)
         fill = torch.tensor([4, 2, 3], device=device)
-    qidx, nidx, w = mona_ext.sample_negatives(*pools, protos, Q, M, negatives="both" if bank else "batch",
-                                              bank_fill=fill, bank_size=4 if bank else 0,
-                                              generator=torch.Generator(device).manual_seed(seed))
+    qidx, nidx, w = mona_ext.sample_negatives(
+        *pools,
+        protos,
+        Q,
+        M,
+        negatives="both" if bank else "batch",
+        bank_fill=fill,
+        bank_size=4 if bank else 0,
+        generator=torch.Generator(device).manual_seed(seed),
+    )
     return f, keys, protos, qidx, nidx, w, bank_t
 
 
@@ -194,11 +204,13 @@ def class_mean_samples(device, dtype, requires_grad):
             lab = (lab.reshape(-1) if layout == "flat" else lab).to(device)
             if w is not None:
                 w = (w.reshape(-1) if layout == "flat" else w).to(device=device, dtype=dtype)
-            yield Sample(f"{layout}{'-weight' if weight else ''}",
-                         (_leaf(f, requires_grad), lab, 3, _leaf(w, requires_grad), -1))
+            yield Sample(
+                f"{layout}{'-weight' if weight else ''}", (_leaf(f, requires_grad), lab, 3, _leaf(w, requires_grad), -1)
+            )
     f, lab, _ = scene(B=2, D=4, H=3, W=4, C=3, device=device, dtype=dtype, seed=2)
-    yield Sample("nchw-int32-labels-ignore255", (_leaf(f, requires_grad), torch.where(lab < 0, 255, lab).int(), 3,
-                                                 None, 255))
+    yield Sample(
+        "nchw-int32-labels-ignore255", (_leaf(f, requires_grad), torch.where(lab < 0, 255, lab).int(), 3, None, 255)
+    )
 
 
 def class_pools_samples(device, dtype, requires_grad):
@@ -208,8 +220,9 @@ def class_pools_samples(device, dtype, requires_grad):
     yield Sample("bhw", (lab, 3, None, None, 1.0, -1))
     yield Sample("bhw-prob", (lab, 3, None, prob, 0.5, -1))
     yield Sample("bhw-valid", (lab, 3, valid, None, 1.0, -1))
-    yield Sample("bhw-valid-prob_channels_last", (lab, 3, valid, prob.contiguous(memory_format=torch.channels_last),
-                                                  0.5, -1))
+    yield Sample(
+        "bhw-valid-prob_channels_last", (lab, 3, valid, prob.contiguous(memory_format=torch.channels_last), 0.5, -1)
+    )
     yield Sample("flat-valid-prob", (lab.reshape(-1), 3, valid.reshape(-1), _flat(prob), 0.5, -1))
     yield Sample("bhw-int32-labels-prob", (lab.int(), 3, None, prob, 0.5, -1))
 
@@ -219,14 +232,23 @@ def sample_negatives_samples(device, dtype, requires_grad):
     pools, protos = pools_and_protos(lab, 3, prob=prob, threshold=0.5)
     protos = protos.to(dtype)
     fill = torch.tensor([4, 0, 2], device=device)
-    for negatives, mode in (("batch", "hard"), ("batch", "all"), ("batch", "balanced"), ("bank", "hard"),
-                            ("both", "all")):
+    for negatives, mode in (
+        ("batch", "hard"),
+        ("batch", "all"),
+        ("batch", "balanced"),
+        ("bank", "hard"),
+        ("both", "all"),
+    ):
         bank = negatives != "batch"
-        yield Sample(f"{negatives}-{mode}", (*pools, protos, 4, 6, 0.5, negatives, mode, fill if bank else None,
-                                             4 if bank else 0, None))
+        yield Sample(
+            f"{negatives}-{mode}",
+            (*pools, protos, 4, 6, 0.5, negatives, mode, fill if bank else None, 4 if bank else 0, None),
+        )
     # an explicit generator (not traceable by torch.compile: the compile test skips this one)
-    yield Sample("batch-hard-generator", (*pools, protos, 4, 6, 0.5, "batch", "hard", None, 0,
-                                          torch.Generator(device).manual_seed(0)))
+    yield Sample(
+        "batch-hard-generator",
+        (*pools, protos, 4, 6, 0.5, "batch", "hard", None, 0, torch.Generator(device).manual_seed(0)),
+    )
 
 
 def _pixel_classes(offsets, counts, hard_counts, permutation):
@@ -234,9 +256,9 @@ def _pixel_classes(offsets, counts, hard_counts, permutation):
     cls = torch.full_like(permutation, -1)
     hard = torch.zeros_like(permutation, dtype=torch.bool)
     for c in range(offsets.numel()):
-        seg = permutation[offsets[c]:offsets[c] + counts[c]]
+        seg = permutation[offsets[c] : offsets[c] + counts[c]]
         cls[seg] = c
-        hard[seg[:hard_counts[c]]] = True
+        hard[seg[: hard_counts[c]]] = True
     return cls, hard
 
 
@@ -269,12 +291,15 @@ def sample_negatives_check(args, out):
 def contrast_infonce_samples(device, dtype, requires_grad):
     for layout in LAYOUTS:
         for bank in (False, True):
-            f, keys, protos, qidx, nidx, w, bank_t = sampled(device=device, dtype=dtype, Q=3, M=4, bank=bank,
-                                                             channels_last=layout == "channels_last")
+            f, keys, protos, qidx, nidx, w, bank_t = sampled(
+                device=device, dtype=dtype, Q=3, M=4, bank=bank, channels_last=layout == "channels_last"
+            )
             if layout == "flat":
                 f, keys = _flat(f), _flat(keys)
-            yield Sample(f"{layout}{'-bank' if bank else ''}",
-                         (_leaf(f, requires_grad), keys, protos, qidx, nidx, w, 0.5, bank_t))
+            yield Sample(
+                f"{layout}{'-bank' if bank else ''}",
+                (_leaf(f, requires_grad), keys, protos, qidx, nidx, w, 0.5, bank_t),
+            )
 
 
 def contrast_loss_samples(device, dtype, requires_grad):
@@ -286,12 +311,30 @@ def contrast_loss_samples(device, dtype, requires_grad):
     prob = prob.to(dtype)
 
     def args(f, lab, valid=None, prob=None, key_features=None, bank=None, fill=None, negatives="batch", mode="hard"):
-        return (_leaf(f, requires_grad), lab, 3, valid, prob, 0.97, 0.5, 8, 16, key_features, bank, fill, negatives,
-                mode, -1, None)
+        return (
+            _leaf(f, requires_grad),
+            lab,
+            3,
+            valid,
+            prob,
+            0.97,
+            0.5,
+            8,
+            16,
+            key_features,
+            bank,
+            fill,
+            negatives,
+            mode,
+            -1,
+            None,
+        )
 
     yield Sample("nchw-prob", args(f, lab, prob=prob))
-    yield Sample("channels_last-valid-prob-keys", args(f.contiguous(memory_format=torch.channels_last), lab, valid,
-                                                       prob, key_features=keys))
+    yield Sample(
+        "channels_last-valid-prob-keys",
+        args(f.contiguous(memory_format=torch.channels_last), lab, valid, prob, key_features=keys),
+    )
     yield Sample("flat-all", args(_flat(f), lab.reshape(-1), mode="all"))
     yield Sample("nchw-prob-bank-both", args(f, lab, prob=prob, bank=bank, fill=fill, negatives="both"))
 
@@ -303,20 +346,31 @@ def contrast_loss_check(args, out):
 
 
 def pixel_kl_samples(device, dtype, requires_grad):
-    for layout, mask, symmetric in (("nchw", "none", True), ("nchw", "none", False), ("nchw", "float", True),
-                                    ("nchw", "float", False), ("channels_last", "bool", True),
-                                    ("flat", "float", False)):
+    for layout, mask, symmetric in (
+        ("nchw", "none", True),
+        ("nchw", "none", False),
+        ("nchw", "float", True),
+        ("nchw", "float", False),
+        ("channels_last", "bool", True),
+        ("flat", "float", False),
+    ):
         g = torch.Generator().manual_seed(11)
         a = torch.randn(2, 3, 3, 2, generator=g, dtype=torch.float64)
         b = torch.randn(2, 3, 3, 2, generator=g, dtype=torch.float64)
-        m = {"none": None, "float": torch.rand(2, 3, 2, generator=g, dtype=torch.float64),
-             "bool": torch.rand(2, 3, 2, generator=g) > 0.4}[mask]
+        m = {
+            "none": None,
+            "float": torch.rand(2, 3, 2, generator=g, dtype=torch.float64),
+            "bool": torch.rand(2, 3, 2, generator=g) > 0.4,
+        }[mask]
         a, b = (_layout(t.to(device=device, dtype=dtype), layout) for t in (a, b))
         if m is not None:
-            m = (m.reshape(-1) if layout == "flat" else m).to(device=device,
-                                                               dtype=torch.bool if mask == "bool" else dtype)
-        yield Sample(f"{layout}-mask_{mask}-{'symmetric' if symmetric else 'forward'}",
-                     (_leaf(a, requires_grad), _leaf(b, requires_grad), m, symmetric))
+            m = (m.reshape(-1) if layout == "flat" else m).to(
+                device=device, dtype=torch.bool if mask == "bool" else dtype
+            )
+        yield Sample(
+            f"{layout}-mask_{mask}-{'symmetric' if symmetric else 'forward'}",
+            (_leaf(a, requires_grad), _leaf(b, requires_grad), m, symmetric),
+        )
 
 
 def _rows(B, d, K, device, dtype, seed):
@@ -328,7 +382,12 @@ def _rows(B, d, K, device, dtype, seed):
 
 
 def similarity_kl_samples(device, dtype, requires_grad):
-    for B, d, K, taus in ((3, 5, 6, (0.5, 0.2)), (3, 8, 9, (0.1, 0.05)), (4, 16, 32, (0.1, 0.01)), (4, 3, 1, (1.0, 1.0))):
+    for B, d, K, taus in (
+        (3, 5, 6, (0.5, 0.2)),
+        (3, 8, 9, (0.1, 0.05)),
+        (4, 16, 32, (0.1, 0.01)),
+        (4, 3, 1, (1.0, 1.0)),
+    ):
         s, t, q = _rows(B, d, K, device, dtype, seed=B * K)
         yield Sample(f"B{B}-d{d}-K{K}", (_leaf(s, requires_grad), t, q, *taus))
 
@@ -340,8 +399,11 @@ def knn_loss_samples(device, dtype, requires_grad):
 
 
 def _bank_state(C, K, D, device, dtype):
-    return (torch.zeros(C, K, D, device=device, dtype=dtype), torch.zeros(C, dtype=torch.long, device=device),
-            torch.zeros(C, dtype=torch.long, device=device))
+    return (
+        torch.zeros(C, K, D, device=device, dtype=dtype),
+        torch.zeros(C, dtype=torch.long, device=device),
+        torch.zeros(C, dtype=torch.long, device=device),
+    )
 
 
 def bank_push_samples(device, dtype, requires_grad):
@@ -363,8 +425,10 @@ def bank_push_samples(device, dtype, requires_grad):
     priority = (torch.rand(12, generator=g) * 4).floor().to(device)  # ties: the lower index wins
     yield Sample("cap2-priority", (*_bank_state(C, K, D, device, dtype), keys, labels, None, priority, 2, -1))
     keys, labels, valid = push(30, ignore=255)  # more keys of a class than slots: the ring wraps
-    yield Sample("wrap-int32-labels-ignore255", (*_bank_state(C, K, D, device, dtype), keys.to(dtype), labels.int(),
-                                                 valid, None, -1, 255))
+    yield Sample(
+        "wrap-int32-labels-ignore255",
+        (*_bank_state(C, K, D, device, dtype), keys.to(dtype), labels.int(), valid, None, -1, 255),
+    )
 
 
 def bank_push_reference(storage, ptr, fill, keys, labels, valid, priority, cap, ignore_index):
@@ -377,8 +441,11 @@ def bank_push_reference(storage, ptr, fill, keys, labels, valid, priority, cap, 
 def queue_push_samples(device, dtype, requires_grad):
     g = torch.Generator().manual_seed(6)
     for M in (3, 12):  # fewer and more keys than slots
-        state = (torch.zeros(5, 4, device=device, dtype=dtype), torch.zeros(1, dtype=torch.long, device=device),
-                 torch.zeros(1, dtype=torch.long, device=device))
+        state = (
+            torch.zeros(5, 4, device=device, dtype=dtype),
+            torch.zeros(1, dtype=torch.long, device=device),
+            torch.zeros(1, dtype=torch.long, device=device),
+        )
         yield Sample(f"M{M}-K5", (*state, torch.randn(M, 4, generator=g).to(device)))
 
 
@@ -393,32 +460,104 @@ def queue_push_reference(queue, ptr, fill, keys):
 _RANDOM_OPCHECK = ("test_schema", "test_faketensor", "test_autograd_registration")  # the op draws anew each call
 
 OP_CASES = [
-    OpCase("class_mean", torch.ops.mona.class_mean.default, class_mean_samples, mona_ext.class_mean,
-           reference=reference.class_mean, tol=dict(rtol=1e-12, atol=1e-12), grad_tol=dict(rtol=1e-10, atol=1e-12),
-           grad_inputs=(0, 3)),
-    OpCase("class_pools", torch.ops.mona.class_pools.default, class_pools_samples, mona_ext.class_pools,
-           reference=reference.class_pools),
-    OpCase("sample_negatives", torch.ops.mona.sample_negatives.default, sample_negatives_samples,
-           mona_ext.sample_negatives, random=True, check=sample_negatives_check, opcheck_utils=_RANDOM_OPCHECK),
-    OpCase("contrast_infonce", torch.ops.mona.contrast_infonce.default, contrast_infonce_samples,
-           mona_ext.contrast_infonce, reference=reference.contrast_infonce, tol=dict(rtol=1e-12, atol=1e-12),
-           grad_tol=dict(rtol=1e-10, atol=1e-12), grad_inputs=(0,),
-           op_only_args=lambda requires_grad: (requires_grad,)),  # compute_grad
+    OpCase(
+        "class_mean",
+        torch.ops.mona.class_mean.default,
+        class_mean_samples,
+        mona_ext.class_mean,
+        reference=reference.class_mean,
+        tol=dict(rtol=1e-12, atol=1e-12),
+        grad_tol=dict(rtol=1e-10, atol=1e-12),
+        grad_inputs=(0, 3),
+    ),
+    OpCase(
+        "class_pools",
+        torch.ops.mona.class_pools.default,
+        class_pools_samples,
+        mona_ext.class_pools,
+        reference=reference.class_pools,
+    ),
+    OpCase(
+        "sample_negatives",
+        torch.ops.mona.sample_negatives.default,
+        sample_negatives_samples,
+        mona_ext.sample_negatives,
+        random=True,
+        check=sample_negatives_check,
+        opcheck_utils=_RANDOM_OPCHECK,
+    ),
+    OpCase(
+        "contrast_infonce",
+        torch.ops.mona.contrast_infonce.default,
+        contrast_infonce_samples,
+        mona_ext.contrast_infonce,
+        reference=reference.contrast_infonce,
+        tol=dict(rtol=1e-12, atol=1e-12),
+        grad_tol=dict(rtol=1e-10, atol=1e-12),
+        grad_inputs=(0,),
+        op_only_args=lambda requires_grad: (requires_grad,),
+    ),  # compute_grad
     # Keys are a detached copy of the features: the op's gradient is by design not the derivative
     # through the prototypes and negatives, so no gradcheck (contrast_infonce's covers the gradient).
-    OpCase("contrast_loss", torch.ops.mona.contrast_loss.default, contrast_loss_samples, mona_ext.contrast_loss,
-           grad_inputs=(0,), gradcheck=False, random=True, check=contrast_loss_check, opcheck_utils=_RANDOM_OPCHECK),
-    OpCase("pixel_kl", torch.ops.mona.pixel_kl.default, pixel_kl_samples, mona_ext.pixel_kl,
-           reference=reference.pixel_kl, tol=dict(rtol=1e-12, atol=1e-12), grad_tol=dict(rtol=1e-10, atol=1e-12),
-           grad_inputs=(0, 1), op_only_args=lambda requires_grad: (True, True)),  # the fused gradients
-    OpCase("similarity_kl", torch.ops.mona.similarity_kl.default, similarity_kl_samples, mona_ext.similarity_kl,
-           reference=reference.similarity_kl, tol=dict(rtol=1e-10, atol=1e-12), grad_tol=dict(rtol=1e-9, atol=1e-12),
-           grad_inputs=(0,), op_only_args=lambda requires_grad: (True,)),  # compute_grad
-    OpCase("knn_loss", torch.ops.mona.knn_loss.default, knn_loss_samples, mona_ext.knn_loss,
-           reference=reference.knn_loss, tol=dict(rtol=1e-12, atol=1e-12), grad_tol=dict(rtol=1e-10, atol=1e-12),
-           grad_inputs=(0,)),
-    OpCase("bank_push", torch.ops.mona.bank_push.default, bank_push_samples, torch.ops.mona.bank_push,
-           reference=bank_push_reference, mutates=(0, 1, 2), dtypes=(torch.float64, torch.float32)),
-    OpCase("queue_push", torch.ops.mona.queue_push.default, queue_push_samples, torch.ops.mona.queue_push,
-           reference=queue_push_reference, mutates=(0, 1, 2), dtypes=(torch.float64, torch.float32)),
+    OpCase(
+        "contrast_loss",
+        torch.ops.mona.contrast_loss.default,
+        contrast_loss_samples,
+        mona_ext.contrast_loss,
+        grad_inputs=(0,),
+        gradcheck=False,
+        random=True,
+        check=contrast_loss_check,
+        opcheck_utils=_RANDOM_OPCHECK,
+    ),
+    OpCase(
+        "pixel_kl",
+        torch.ops.mona.pixel_kl.default,
+        pixel_kl_samples,
+        mona_ext.pixel_kl,
+        reference=reference.pixel_kl,
+        tol=dict(rtol=1e-12, atol=1e-12),
+        grad_tol=dict(rtol=1e-10, atol=1e-12),
+        grad_inputs=(0, 1),
+        op_only_args=lambda requires_grad: (True, True),
+    ),  # the fused gradients
+    OpCase(
+        "similarity_kl",
+        torch.ops.mona.similarity_kl.default,
+        similarity_kl_samples,
+        mona_ext.similarity_kl,
+        reference=reference.similarity_kl,
+        tol=dict(rtol=1e-10, atol=1e-12),
+        grad_tol=dict(rtol=1e-9, atol=1e-12),
+        grad_inputs=(0,),
+        op_only_args=lambda requires_grad: (True,),
+    ),  # compute_grad
+    OpCase(
+        "knn_loss",
+        torch.ops.mona.knn_loss.default,
+        knn_loss_samples,
+        mona_ext.knn_loss,
+        reference=reference.knn_loss,
+        tol=dict(rtol=1e-12, atol=1e-12),
+        grad_tol=dict(rtol=1e-10, atol=1e-12),
+        grad_inputs=(0,),
+    ),
+    OpCase(
+        "bank_push",
+        torch.ops.mona.bank_push.default,
+        bank_push_samples,
+        torch.ops.mona.bank_push,
+        reference=bank_push_reference,
+        mutates=(0, 1, 2),
+        dtypes=(torch.float64, torch.float32),
+    ),
+    OpCase(
+        "queue_push",
+        torch.ops.mona.queue_push.default,
+        queue_push_samples,
+        torch.ops.mona.queue_push,
+        reference=queue_push_reference,
+        mutates=(0, 1, 2),
+        dtypes=(torch.float64, torch.float32),
+    ),
 ]

@@ -9,12 +9,10 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from op_testing import DEVICES, KERNEL_DEVICES, device_of, on
 
-import mona_ext
 from mona_ext import ClassMemoryBank, FeatureQueue
 from mona_ext.reference import DequeBank
-
-from op_testing import DEVICES, KERNEL_DEVICES, device_of, on
 
 
 def random_push(g, M, C, D, ignore_frac=0.2, dtype=torch.float32):
@@ -64,9 +62,15 @@ def test_more_keys_than_slots_keeps_newest_in_order(device):
 
 
 @settings(max_examples=30, deadline=None)
-@given(C=st.integers(1, 4), K=st.integers(1, 6), D=st.integers(0, 3), cap=st.sampled_from([None, 0, 1, 2, 5]),
-       sizes=st.lists(st.integers(0, 20), min_size=1, max_size=6), seed=st.integers(0, 2**16),
-       dtype=st.sampled_from([torch.float32, torch.float64, torch.bfloat16]))
+@given(
+    C=st.integers(1, 4),
+    K=st.integers(1, 6),
+    D=st.integers(0, 3),
+    cap=st.sampled_from([None, 0, 1, 2, 5]),
+    sizes=st.lists(st.integers(0, 20), min_size=1, max_size=6),
+    seed=st.integers(0, 2**16),
+    dtype=st.sampled_from([torch.float32, torch.float64, torch.bfloat16]),
+)
 def test_property_op_matches_deque(C, K, D, cap, sizes, seed, dtype):
     g = torch.Generator().manual_seed(seed)
     storage = torch.zeros(C, K, D, dtype=dtype)
@@ -213,8 +217,16 @@ def test_module_moved_to_device_pushes_there(kernel_device):
     ],
 )
 def test_bad_input_messages(change, message):
-    args = dict(storage=torch.zeros(3, 5, 4), ptr=torch.zeros(3, dtype=torch.long), fill=torch.zeros(3, dtype=torch.long),
-                keys=torch.randn(3, 4), labels=torch.tensor([0, 1, 2]), valid=None, priority=None, cap=-1)
+    args = dict(
+        storage=torch.zeros(3, 5, 4),
+        ptr=torch.zeros(3, dtype=torch.long),
+        fill=torch.zeros(3, dtype=torch.long),
+        keys=torch.randn(3, 4),
+        labels=torch.tensor([0, 1, 2]),
+        valid=None,
+        priority=None,
+        cap=-1,
+    )
     args.update(change)
     with pytest.raises((ValueError, TypeError), match=message):
         torch.ops.mona.bank_push(*args.values())
@@ -222,11 +234,13 @@ def test_bad_input_messages(change, message):
 
 def test_queue_bad_input_messages():
     with pytest.raises(ValueError, match=r"queue must be \[K, D\]"):
-        torch.ops.mona.queue_push(torch.zeros(2, 3, 4), torch.zeros(1, dtype=torch.long),
-                                  torch.zeros(1, dtype=torch.long), torch.zeros(1, 4))
+        torch.ops.mona.queue_push(
+            torch.zeros(2, 3, 4), torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long), torch.zeros(1, 4)
+        )
     with pytest.raises(ValueError, match=r"keys must be \[M, D\] with D = 4"):
-        torch.ops.mona.queue_push(torch.zeros(3, 4), torch.zeros(1, dtype=torch.long),
-                                  torch.zeros(1, dtype=torch.long), torch.zeros(1, 3))
+        torch.ops.mona.queue_push(
+            torch.zeros(3, 4), torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long), torch.zeros(1, 3)
+        )
     with pytest.raises(ValueError, match="ClassMemoryBank: need num_classes > 0"):
         ClassMemoryBank(0, 3, 4)
 
@@ -244,8 +258,14 @@ def test_device_matches_cpu(kernel_device, cap):
         priority = torch.rand(M, generator=g) if cap >= 0 else None
         torch.ops.mona.bank_push(*cpu, keys, labels, valid, priority, cap)
         with on(kernel_device):
-            torch.ops.mona.bank_push(*gpu, keys.to(dev), labels.to(dev), valid.to(dev),
-                                     priority.to(dev) if priority is not None else None, cap)
+            torch.ops.mona.bank_push(
+                *gpu,
+                keys.to(dev),
+                labels.to(dev),
+                valid.to(dev),
+                priority.to(dev) if priority is not None else None,
+                cap,
+            )
         for a, b in zip(cpu, gpu):
             assert torch.equal(a, b.cpu())
 
@@ -270,8 +290,14 @@ def test_device_storage_dtypes_match_cpu(kernel_device, dtype, label_dtype):
         torch.ops.mona.bank_push(*cpu, keys, labels, valid, priority, cap)
         torch.ops.mona.queue_push(*q_cpu, keys)
         with on(kernel_device):
-            torch.ops.mona.bank_push(*gpu, keys.to(dev), labels.to(dev), valid.to(dev),
-                                     priority.to(dev) if priority is not None else None, cap)
+            torch.ops.mona.bank_push(
+                *gpu,
+                keys.to(dev),
+                labels.to(dev),
+                valid.to(dev),
+                priority.to(dev) if priority is not None else None,
+                cap,
+            )
             torch.ops.mona.queue_push(*q_gpu, keys.to(dev))
         for a, b in zip(cpu + q_cpu, gpu + q_gpu):
             assert torch.equal(a, b.cpu())

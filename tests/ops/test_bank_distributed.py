@@ -14,7 +14,6 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-
 from op_testing import EMU, is_emulated
 
 WORLD = 2
@@ -59,8 +58,10 @@ def _worker(rank: int, port: int, out_dir: str, emulated: bool = False) -> None:
                 queue.push(keys)
                 capped.push(keys, labels, valid, cap=1, generator=g)
         assert not emulated or emu.launched_kernels(), "no emulated kernel ran"
-        torch.save({"bank": bank.state_dict(), "queue": queue.state_dict(), "capped": capped.state_dict()},
-                   os.path.join(out_dir, f"rank{rank}.pt"))
+        torch.save(
+            {"bank": bank.state_dict(), "queue": queue.state_dict(), "capped": capped.state_dict()},
+            os.path.join(out_dir, f"rank{rank}.pt"),
+        )
     finally:
         dist.destroy_process_group()
 

@@ -6,16 +6,34 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from op_testing import (
+    DEVICES,
+    EMU,
+    KERNEL_DEVICES,
+    assert_within_twice_torch_error,
+    device_of,
+    is_emulated,
+    on,
+)
 
 import mona_ext
 from mona_ext import reference
 
-from op_testing import (DEVICES, EMU, FLOAT_DTYPES, KERNEL_DEVICES, assert_within_twice_torch_error, device_of,
-                        is_emulated, on)
 
-
-def make_inputs(B=2, D=5, H=4, W=3, C=3, device="cpu", dtype=torch.float64, ignore_frac=0.2, weight=False,
-                layout="nchw", seed=0, flat=False):
+def make_inputs(
+    B=2,
+    D=5,
+    H=4,
+    W=3,
+    C=3,
+    device="cpu",
+    dtype=torch.float64,
+    ignore_frac=0.2,
+    weight=False,
+    layout="nchw",
+    seed=0,
+    flat=False,
+):
     g = torch.Generator().manual_seed(seed)
     f = torch.randn(B, D, H, W, generator=g, dtype=torch.float64)
     lab = torch.randint(0, C, (B, H, W), generator=g)
@@ -34,7 +52,11 @@ def make_inputs(B=2, D=5, H=4, W=3, C=3, device="cpu", dtype=torch.float64, igno
             big[..., 1:-1] = f
             f = big[..., 1:-1]
     lab = lab.to(device)
-    w = w.to(device=device, dtype=dtype if dtype in (torch.float32, torch.float64) else torch.float32) if w is not None else None
+    w = (
+        w.to(device=device, dtype=dtype if dtype in (torch.float32, torch.float64) else torch.float32)
+        if w is not None
+        else None
+    )
     return f, lab, w
 
 
@@ -43,8 +65,9 @@ def make_inputs(B=2, D=5, H=4, W=3, C=3, device="cpu", dtype=torch.float64, igno
 @pytest.mark.parametrize("weight", [False, True])
 @pytest.mark.parametrize("label_dtype", [torch.int64, torch.int32])
 def test_matches_reference(device, layout, weight, label_dtype):
-    f, lab, w = make_inputs(B=3, D=7, H=9, W=11, C=4, device=device, weight=weight,
-                            layout=layout, flat=layout == "flat")
+    f, lab, w = make_inputs(
+        B=3, D=7, H=9, W=11, C=4, device=device, weight=weight, layout=layout, flat=layout == "flat"
+    )
     lab = lab.to(label_dtype)
     means, counts = mona_ext.class_mean(f, lab, 4, weight=w)
     ref_means, ref_counts = reference.class_mean(f, lab, 4, weight=w)
@@ -102,8 +125,9 @@ def test_low_precision_accumulates_in_fp32(device, dtype):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_gradient_matches_reference_layouts(device):
-    f, lab, w = make_inputs(B=2, D=6, H=5, W=5, C=3, device=device, dtype=torch.float32,
-                            layout="channels_last", weight=True)
+    f, lab, w = make_inputs(
+        B=2, D=6, H=5, W=5, C=3, device=device, dtype=torch.float32, layout="channels_last", weight=True
+    )
     f1 = f.clone().requires_grad_(True)
     f2 = f.clone().requires_grad_(True)
     g = torch.randn(3, 6, device=device)
@@ -124,8 +148,14 @@ def test_backward_opcheck(device, weight_grad):
 
 @settings(max_examples=40, deadline=None)
 @given(
-    B=st.integers(0, 3), D=st.integers(1, 6), H=st.integers(1, 6), W=st.integers(1, 6), C=st.integers(1, 5),
-    ignore_frac=st.sampled_from([0.0, 0.5, 1.0]), weight=st.booleans(), layout=st.sampled_from(["nchw", "channels_last"]),
+    B=st.integers(0, 3),
+    D=st.integers(1, 6),
+    H=st.integers(1, 6),
+    W=st.integers(1, 6),
+    C=st.integers(1, 5),
+    ignore_frac=st.sampled_from([0.0, 0.5, 1.0]),
+    weight=st.booleans(),
+    layout=st.sampled_from(["nchw", "channels_last"]),
     seed=st.integers(0, 2**16),
 )
 def test_property_matches_reference(B, D, H, W, C, ignore_frac, weight, layout, seed):
@@ -139,7 +169,9 @@ def test_property_matches_reference(B, D, H, W, C, ignore_frac, weight, layout, 
         sel = lab == c
         if counts[c] > 0:
             vals = f.permute(0, 2, 3, 1)[sel]
-            assert torch.all(means[c] <= vals.max(0).values + 1e-12) and torch.all(means[c] >= vals.min(0).values - 1e-12)
+            assert torch.all(means[c] <= vals.max(0).values + 1e-12) and torch.all(
+                means[c] >= vals.min(0).values - 1e-12
+            )
 
 
 @pytest.mark.parametrize(
@@ -156,8 +188,9 @@ def test_property_matches_reference(B, D, H, W, C, ignore_frac, weight, layout, 
     ],
 )
 def test_bad_input_messages(kwargs, message):
-    args = dict(features=torch.randn(2, 3, 4, 4), labels=torch.zeros(2, 4, 4, dtype=torch.long), num_classes=3,
-                weight=None)
+    args = dict(
+        features=torch.randn(2, 3, 4, 4), labels=torch.zeros(2, 4, 4, dtype=torch.long), num_classes=3, weight=None
+    )
     args.update(kwargs)
     with pytest.raises((ValueError, TypeError), match=message):
         mona_ext.class_mean(args["features"], args["labels"], args["num_classes"], weight=args["weight"])
@@ -179,19 +212,23 @@ def test_device_matches_cpu_large(kernel_device):
 
 
 @pytest.mark.parametrize("kernel_device", KERNEL_DEVICES)
-@pytest.mark.parametrize("layout, dtype, C", [
-    ("channels_last", torch.float32, 300),   # 4 * 300 * 32 B > 32 KiB of partials per block
-    ("flat", torch.float32, 300),
-    ("channels_last", torch.float64, 130),   # 8 * 130 * 32 B > 32 KiB
-    ("nchw", torch.float32, 8200),           # 4 * 8200 B > 32 KiB (sums and counts)
-    ("nchw", torch.float64, 4100),
-])
+@pytest.mark.parametrize(
+    "layout, dtype, C",
+    [
+        ("channels_last", torch.float32, 300),  # 4 * 300 * 32 B > 32 KiB of partials per block
+        ("flat", torch.float32, 300),
+        ("channels_last", torch.float64, 130),  # 8 * 130 * 32 B > 32 KiB
+        ("nchw", torch.float32, 8200),  # 4 * 8200 B > 32 KiB (sums and counts)
+        ("nchw", torch.float64, 4100),
+    ],
+)
 def test_device_many_classes_use_global_accumulators(kernel_device, layout, dtype, C):
     """More classes than the block's shared-memory partial sums hold: the run flushes go to the
     global accumulators directly (forward), the backward is unchanged; results match the CPU kernels."""
     dev = device_of(kernel_device)
-    f, lab, w = make_inputs(B=2, D=35, H=6, W=7, C=7, dtype=dtype, weight=True, layout=layout,
-                            flat=layout == "flat", seed=12)
+    f, lab, w = make_inputs(
+        B=2, D=35, H=6, W=7, C=7, dtype=dtype, weight=True, layout=layout, flat=layout == "flat", seed=12
+    )
     lab = torch.where(lab >= 0, lab * (C // 7) + 3, lab)  # 7 classes spread over [0, C)
     g = torch.Generator().manual_seed(13)
     grad_means = torch.randn(C, 35, generator=g, dtype=torch.float64).to(dtype)
@@ -222,8 +259,9 @@ def test_device_weight_gradient_every_channel_count(kernel_device, layout, D):
     below 32 channels). Every group size, with a pixel count (2 x 11 x 13 = 286) that fills no
     whole block: float64 against the CPU kernel and the reference's autograd."""
     dev = device_of(kernel_device)
-    f, lab, w = make_inputs(B=2, D=D, H=11, W=13, C=5, dtype=torch.float64, weight=True, layout=layout,
-                            flat=layout == "flat", seed=30 + D)
+    f, lab, w = make_inputs(
+        B=2, D=D, H=11, W=13, C=5, dtype=torch.float64, weight=True, layout=layout, flat=layout == "flat", seed=30 + D
+    )
     g = torch.Generator().manual_seed(31)
     grad_means = torch.randn(5, D, generator=g, dtype=torch.float64)
     grad_counts = torch.randn(5, generator=g, dtype=torch.float64)
@@ -251,8 +289,9 @@ def test_device_low_precision_forward_and_backward_match_cpu(kernel_device, dtyp
     """fp16 / bf16 features: forward and backward (features and weight gradients) of the device
     kernels against the CPU kernels (both accumulate in fp32 and round once)."""
     dev = device_of(kernel_device)
-    f, lab, w = make_inputs(B=2, D=37, H=5, W=9, C=4, dtype=dtype, weight=True, layout=layout,
-                            flat=layout == "flat", seed=14)
+    f, lab, w = make_inputs(
+        B=2, D=37, H=5, W=9, C=4, dtype=dtype, weight=True, layout=layout, flat=layout == "flat", seed=14
+    )
     lab = lab.to(label_dtype)
     g = torch.Generator().manual_seed(15)
     grad_means = torch.randn(4, 37, generator=g).to(dtype)
@@ -272,7 +311,9 @@ def test_device_low_precision_forward_and_backward_match_cpu(kernel_device, dtyp
     for name, a, b in zip(["means", "counts", "grad features", "grad weight"], got, expected):
         assert a.dtype == b.dtype, name
         torch.testing.assert_close(a.float(), b.float(), rtol=2 * eps, atol=2 * eps, msg=lambda m: f"{name}: {m}")
-    assert got[2].dtype == dtype and (layout != "channels_last" or got[2].is_contiguous(memory_format=torch.channels_last))
+    assert got[2].dtype == dtype and (
+        layout != "channels_last" or got[2].is_contiguous(memory_format=torch.channels_last)
+    )
 
 
 @pytest.mark.cuda
@@ -284,12 +325,18 @@ def test_cuda_mismatched_device_message():
 
 
 @pytest.mark.emu
-@pytest.mark.parametrize("on_meta, message", [
-    ("labels", "class_mean: labels are on meta but features are on cpu"),
-    ("weight", "class_mean: weight is on meta but features are on cpu"),
-    ("features", "class_mean: labels are on cpu but features are on meta"),
-    ("backward_means", "class_mean_backward: means is on meta but features is on cpu; all tensors must be on one device"),
-])
+@pytest.mark.parametrize(
+    "on_meta, message",
+    [
+        ("labels", "class_mean: labels are on meta but features are on cpu"),
+        ("weight", "class_mean: weight is on meta but features are on cpu"),
+        ("features", "class_mean: labels are on cpu but features are on meta"),
+        (
+            "backward_means",
+            "class_mean_backward: means is on meta but features is on cpu; all tensors must be on one device",
+        ),
+    ],
+)
 def test_emu_mismatched_device_message(on_meta, message):
     # Under the emulation the "GPU" is the CPU: a meta tensor plays the second device, and the
     # emulated CUDA kernel's device checks (check_features_labels, cuda::DeviceGuard) must name it.
@@ -298,7 +345,8 @@ def test_emu_mismatched_device_message(on_meta, message):
     with on(EMU), pytest.raises(ValueError, match=message):
         if on_meta == "backward_means":
             means, counts = mona_ext.class_mean(f, lab, 3, weight=w)
-            torch.ops.mona.class_mean_backward(torch.ones_like(means), torch.ones_like(counts), f, lab, w,
-                                               means.to("meta"), counts, -1, True)
+            torch.ops.mona.class_mean_backward(
+                torch.ones_like(means), torch.ones_like(counts), f, lab, w, means.to("meta"), counts, -1, True
+            )
         else:
             mona_ext.class_mean(meta("features", f), meta("labels", lab), 3, weight=meta("weight", w))

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from op_testing import DEVICES, EMU, KERNEL_DEVICES, device_of, on, scene
 
 import mona_ext
 from mona_ext import reference
-
-from op_testing import DEVICES, EMU, KERNEL_DEVICES, device_of, on, scene
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -30,11 +29,11 @@ def test_class_pools_properties():
     flat = lab.reshape(-1)
     pc = prob.permute(0, 2, 3, 1).reshape(-1, 3)
     for c in range(3):
-        seg = perm[offsets[c]:offsets[c] + counts[c]]
+        seg = perm[offsets[c] : offsets[c] + counts[c]]
         assert torch.all(flat[seg] == c) and counts[c] == (flat == c).sum()
-        assert torch.all(pc[seg[:hard[c]], c] < 0.6) and torch.all(pc[seg[hard[c]:], c] >= 0.6)
-        assert torch.all(seg[:hard[c]].diff() > 0) and torch.all(seg[hard[c]:].diff() > 0)  # pixel order
-    assert torch.all(perm[counts.sum():] == -1)
+        assert torch.all(pc[seg[: hard[c]], c] < 0.6) and torch.all(pc[seg[hard[c] :], c] >= 0.6)
+        assert torch.all(seg[: hard[c]].diff() > 0) and torch.all(seg[hard[c] :].diff() > 0)  # pixel order
+    assert torch.all(perm[counts.sum() :] == -1)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -81,8 +80,11 @@ def test_device_class_pools_int32_labels_many_pixels_match_cpu(kernel_device, pr
         flat = mona_ext.class_pools(lab.reshape(-1).to(dev), 5, valid=valid.reshape(-1).to(dev))
     for a, b, name in zip(ours, cpu, ["offsets", "counts", "hard_counts", "permutation"]):
         assert torch.equal(a.cpu(), b), name
-    for a, b, name in zip(flat, mona_ext.class_pools(lab.reshape(-1), 5, valid=valid.reshape(-1)),
-                          ["offsets", "counts", "hard_counts", "permutation"]):
+    for a, b, name in zip(
+        flat,
+        mona_ext.class_pools(lab.reshape(-1), 5, valid=valid.reshape(-1)),
+        ["offsets", "counts", "hard_counts", "permutation"],
+    ):
         assert torch.equal(a.cpu(), b), name
     assert 0 < int(cpu[2].sum()) < int(cpu[1].sum())  # hard and easy pixels
 

@@ -7,11 +7,10 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from op_testing import DEVICES, EMU, KERNEL_DEVICES, device_of, on, sampled, scene
 
 import mona_ext
 from mona_ext import reference
-
-from op_testing import DEVICES, EMU, KERNEL_DEVICES, device_of, on, sampled, scene
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -42,9 +41,16 @@ def test_infonce_nchw_keys_match_channels_last_keys(dtype, threads):
     lab = torch.randint(0, C, (2, 32, 32), generator=g)
     bank = torch.randn(C, 5, D, generator=g, dtype=dtype)
     protos, _ = mona_ext.class_mean(keys, lab, C)
-    qidx, nidx, w = mona_ext.sample_negatives(*mona_ext.class_pools(lab, C), protos, Q, M, negatives="both",
-                                              bank_fill=torch.tensor([5, 2, 4]), bank_size=5,
-                                              generator=torch.Generator().manual_seed(0))
+    qidx, nidx, w = mona_ext.sample_negatives(
+        *mona_ext.class_pools(lab, C),
+        protos,
+        Q,
+        M,
+        negatives="both",
+        bank_fill=torch.tensor([5, 2, 4]),
+        bank_size=5,
+        generator=torch.Generator().manual_seed(0),
+    )
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -78,8 +84,10 @@ def test_infonce_float32_matches_reference(device):
 def test_infonce_backward_opcheck(device):
     f, keys, protos, qidx, nidx, w, bank_t = sampled(device=device, bank=True)
     _, rows = torch.ops.mona.contrast_infonce(f, keys, protos, qidx, nidx, w, 0.5, bank_t, True)
-    torch.library.opcheck(torch.ops.mona.contrast_infonce_backward.default,
-                          (torch.tensor(0.7, dtype=f.dtype, device=device), f, qidx, w, rows))
+    torch.library.opcheck(
+        torch.ops.mona.contrast_infonce_backward.default,
+        (torch.tensor(0.7, dtype=f.dtype, device=device), f, qidx, w, rows),
+    )
 
 
 def test_infonce_without_grad_rows():
@@ -100,8 +108,10 @@ def test_infonce_without_grad_rows():
         (lambda a: a.update(key_features=a["key_features"][:, :3]), "key_features must have the features' shape"),
         (lambda a: a.update(prototypes=a["prototypes"][:, :3]), r"prototypes must be \[C, D\] with D = 6"),
         (lambda a: a.update(query_index=a["query_index"].int()), r"query_index must be int64 \[C, Q\]"),
-        (lambda a: a.update(query_index=a["query_index"][:, :0], negative_index=a["negative_index"][:, :0]),
-         "num_queries must be positive"),
+        (
+            lambda a: a.update(query_index=a["query_index"][:, :0], negative_index=a["negative_index"][:, :0]),
+            "num_queries must be positive",
+        ),
         (lambda a: a.update(negative_index=a["negative_index"][:2]), r"negative_index must be int64 \[C, Q, M\]"),
         (lambda a: a.update(bank=torch.zeros(3, 4, 5, dtype=torch.float64)), r"bank must be \[C, K, D\]"),
         (lambda a: a.update(features=a["features"].float()), "key_features dtype"),
@@ -109,16 +119,28 @@ def test_infonce_without_grad_rows():
 )
 def test_infonce_errors(change, message):
     f, keys, protos, qidx, nidx, w, _ = sampled()
-    args = dict(features=f, key_features=keys, prototypes=protos, query_index=qidx, negative_index=nidx,
-                class_weight=w, temperature=0.5, bank=None)
+    args = dict(
+        features=f,
+        key_features=keys,
+        prototypes=protos,
+        query_index=qidx,
+        negative_index=nidx,
+        class_weight=w,
+        temperature=0.5,
+        bank=None,
+    )
     change(args)
     with pytest.raises((ValueError, TypeError), match=message):
         mona_ext.contrast_infonce(**args)
 
 
 @settings(max_examples=25, deadline=None)
-@given(temperature=st.sampled_from([1e-3, 0.05, 0.5, 1e3]), D=st.integers(1, 9), seed=st.integers(0, 1000),
-       scale=st.sampled_from([0.0, 1e-6, 1.0, 1e4]))
+@given(
+    temperature=st.sampled_from([1e-3, 0.05, 0.5, 1e3]),
+    D=st.integers(1, 9),
+    seed=st.integers(0, 1000),
+    scale=st.sampled_from([0.0, 1e-6, 1.0, 1e4]),
+)
 def test_infonce_extreme_values_finite(temperature, D, seed, scale):
     g = torch.Generator().manual_seed(seed)
     f = torch.randn(2, D, 4, 4, generator=g) * scale
@@ -173,8 +195,16 @@ def test_device_infonce_dtypes_and_flat_features_match_cpu(kernel_device, dtype,
     for dev_, ctx in (("cpu", on("cpu")), (dev, on(kernel_device))):
         with ctx:
             x = f.to(dev_).requires_grad_(True)
-            loss = mona_ext.contrast_infonce(x, keys.to(dev_), protos.to(dev_), qidx.to(dev_), nidx.to(dev_), w.to(dev_),
-                                             0.5, bank=bank_t.to(dev_) if bank_t is not None else None)
+            loss = mona_ext.contrast_infonce(
+                x,
+                keys.to(dev_),
+                protos.to(dev_),
+                qidx.to(dev_),
+                nidx.to(dev_),
+                w.to(dev_),
+                0.5,
+                bank=bank_t.to(dev_) if bank_t is not None else None,
+            )
             (loss * 2).backward()
         res.append((loss.detach().cpu(), x.grad.cpu()))
     if dtype == torch.float64:

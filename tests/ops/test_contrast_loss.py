@@ -8,11 +8,10 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from op_testing import DEVICES, KERNEL_DEVICES, device_of, on
 
 import mona_ext
 from mona_ext import reference
-
-from op_testing import DEVICES, KERNEL_DEVICES, device_of, on
 
 
 def batch(B=2, D=16, H=12, W=12, C=4, seed=0, dtype=torch.float32, device="cpu", ignore_frac=0.1, sharp=2.0):
@@ -33,8 +32,9 @@ def gen(seed, device="cpu"):
 @pytest.mark.parametrize("device", DEVICES)
 def test_composite_equals_parts(device):
     f, lab, prob = batch(device=device, dtype=torch.float64)
-    loss = mona_ext.contrast_loss(f, lab, 4, prob=prob, strong_threshold=0.9, num_queries=32, num_negatives=64,
-                                  generator=gen(3, device))
+    loss = mona_ext.contrast_loss(
+        f, lab, 4, prob=prob, strong_threshold=0.9, num_queries=32, num_negatives=64, generator=gen(3, device)
+    )
     pools = mona_ext.class_pools(lab, 4, prob=prob, strong_threshold=0.9)
     protos, _ = mona_ext.class_mean(f, lab, 4)
     q, n, w = mona_ext.sample_negatives(*pools, protos, 32, 64, generator=gen(3, device))
@@ -45,7 +45,9 @@ def test_composite_equals_parts(device):
 @pytest.mark.parametrize("device", DEVICES)
 def test_deterministic_for_a_generator_state(device):
     f, lab, prob = batch(device=device)
-    run = lambda s: mona_ext.contrast_loss(f, lab, 4, prob=prob, num_queries=16, num_negatives=32, generator=gen(s, device))
+    run = lambda s: mona_ext.contrast_loss(
+        f, lab, 4, prob=prob, num_queries=16, num_negatives=32, generator=gen(s, device)
+    )
     assert torch.equal(run(1), run(1))
     assert not torch.equal(run(1), run(2))
 
@@ -57,12 +59,18 @@ def test_mean_over_seeds_agrees_with_published_reco():
     mask = torch.ones(2, 1, 10, 10)
     ours, theirs = [], []
     for seed in range(40):
-        ours.append(mona_ext.reco_loss(f, onehot, mask, prob, strong_threshold=0.8, num_queries=32, num_negatives=32,
-                                       generator=gen(seed)).item())
+        ours.append(
+            mona_ext.reco_loss(
+                f, onehot, mask, prob, strong_threshold=0.8, num_queries=32, num_negatives=32, generator=gen(seed)
+            ).item()
+        )
         torch.manual_seed(seed)
         np.random.seed(seed)
-        theirs.append(reference.reco_loss_published(f, onehot, mask, prob, strong_threshold=0.8, num_queries=32,
-                                                    num_negatives=32).item())
+        theirs.append(
+            reference.reco_loss_published(
+                f, onehot, mask, prob, strong_threshold=0.8, num_queries=32, num_negatives=32
+            ).item()
+        )
     ours, theirs = np.array(ours), np.array(theirs)
     stderr = np.sqrt(ours.var(ddof=1) / len(ours) + theirs.var(ddof=1) / len(theirs))
     assert abs(ours.mean() - theirs.mean()) < 4 * stderr + 1e-6, (ours.mean(), theirs.mean(), stderr)
@@ -71,10 +79,16 @@ def test_mean_over_seeds_agrees_with_published_reco():
 
 def test_mean_agrees_with_vectorised_pytorch():
     f, lab, prob = batch(B=2, D=8, H=10, W=10, C=4, seed=7)
-    ours = [mona_ext.contrast_loss(f, lab, 4, prob=prob, num_queries=32, num_negatives=32, generator=gen(s)).item()
-            for s in range(30)]
-    theirs = [reference.contrast_loss_vectorised(f, lab, 4, prob=prob, num_queries=32, num_negatives=32,
-                                                 generator=gen(s)).item() for s in range(30)]
+    ours = [
+        mona_ext.contrast_loss(f, lab, 4, prob=prob, num_queries=32, num_negatives=32, generator=gen(s)).item()
+        for s in range(30)
+    ]
+    theirs = [
+        reference.contrast_loss_vectorised(
+            f, lab, 4, prob=prob, num_queries=32, num_negatives=32, generator=gen(s)
+        ).item()
+        for s in range(30)
+    ]
     stderr = np.sqrt(np.var(ours, ddof=1) / 30 + np.var(theirs, ddof=1) / 30)
     assert abs(np.mean(ours) - np.mean(theirs)) < 4 * stderr + 1e-6
 
@@ -84,8 +98,9 @@ def test_reco_loss_is_contrast_loss_on_converted_labels():
     onehot = F.one_hot(lab.clamp_min(0), 4).permute(0, 3, 1, 2).float() * (lab >= 0)[:, None]
     mask = (torch.rand(2, 12, 12, generator=gen(0)) > 0.2).float()
     a = mona_ext.reco_loss(f, onehot, mask[:, None], prob, 0.97, 0.5, 16, 32, generator=gen(9))
-    b = mona_ext.contrast_loss(f, lab, 4, valid=mask, prob=prob, strong_threshold=0.97, num_queries=16,
-                               num_negatives=32, generator=gen(9))
+    b = mona_ext.contrast_loss(
+        f, lab, 4, valid=mask, prob=prob, strong_threshold=0.97, num_queries=16, num_negatives=32, generator=gen(9)
+    )
     assert torch.equal(a, b)
 
 
@@ -94,11 +109,12 @@ def test_gradient_only_to_query_pixels(device):
     f, lab, prob = batch(device=device)
     x = f.clone().requires_grad_(True)
     teacher = (f + 0.1).requires_grad_(True)
-    loss = mona_ext.contrast_loss(x, lab, 4, prob=prob, num_queries=8, num_negatives=16, key_features=teacher,
-                                  generator=gen(0, device))
+    loss = mona_ext.contrast_loss(
+        x, lab, 4, prob=prob, num_queries=8, num_negatives=16, key_features=teacher, generator=gen(0, device)
+    )
     loss.backward()
     assert teacher.grad is None  # keys carry no gradient
-    touched = (x.grad.abs().sum(1) > 0)
+    touched = x.grad.abs().sum(1) > 0
     assert 0 < touched.sum() <= 4 * 8  # at most C * Q query pixels
     assert torch.all(lab[touched] >= 0)
 
@@ -150,10 +166,21 @@ def test_class_memory_bank_object_as_negative_source():
     keys = f.permute(0, 2, 3, 1).reshape(-1, 16)
     bank.push(keys, lab.reshape(-1), generator=gen(0))
     assert torch.all(bank.fill == 16)
-    a = mona_ext.contrast_loss(f, lab, 3, prob=prob, num_queries=8, num_negatives=16, bank=bank, negatives="bank",
-                               generator=gen(1))
-    b = mona_ext.contrast_loss(f, lab, 3, prob=prob, num_queries=8, num_negatives=16, bank=bank.storage,
-                               bank_fill=bank.fill, negatives="bank", generator=gen(1))
+    a = mona_ext.contrast_loss(
+        f, lab, 3, prob=prob, num_queries=8, num_negatives=16, bank=bank, negatives="bank", generator=gen(1)
+    )
+    b = mona_ext.contrast_loss(
+        f,
+        lab,
+        3,
+        prob=prob,
+        num_queries=8,
+        num_negatives=16,
+        bank=bank.storage,
+        bank_fill=bank.fill,
+        negatives="bank",
+        generator=gen(1),
+    )
     assert torch.equal(a, b) and a > 0
     with pytest.raises(ValueError, match="either a ClassMemoryBank"):
         mona_ext.contrast_loss(f, lab, 3, bank=bank, bank_fill=bank.fill, negatives="bank")
@@ -209,9 +236,14 @@ def test_reco_loss_errors():
 
 @settings(max_examples=30, deadline=None)
 @given(
-    B=st.integers(0, 2), C=st.integers(1, 4), D=st.integers(1, 6), side=st.integers(1, 6),
-    ignore_frac=st.sampled_from([0.0, 0.5, 1.0]), threshold=st.sampled_from([0.0, 0.5, 1.0, 1.1]),
-    temperature=st.sampled_from([1e-3, 0.5, 1e3]), query_mode=st.sampled_from(["hard", "all", "balanced"]),
+    B=st.integers(0, 2),
+    C=st.integers(1, 4),
+    D=st.integers(1, 6),
+    side=st.integers(1, 6),
+    ignore_frac=st.sampled_from([0.0, 0.5, 1.0]),
+    threshold=st.sampled_from([0.0, 0.5, 1.0, 1.1]),
+    temperature=st.sampled_from([1e-3, 0.5, 1e3]),
+    query_mode=st.sampled_from(["hard", "all", "balanced"]),
     seed=st.integers(0, 10_000),
 )
 def test_property_finite_and_matches_parts(B, C, D, side, ignore_frac, threshold, temperature, query_mode, seed):
@@ -221,14 +253,25 @@ def test_property_finite_and_matches_parts(B, C, D, side, ignore_frac, threshold
     lab = torch.randint(0, C, (B, side, side), generator=g)
     lab[torch.rand(B, side, side, generator=g) < ignore_frac] = -1
     prob = torch.rand(B, C, side, side, generator=g, dtype=torch.float64)
-    loss = mona_ext.contrast_loss(f, lab, C, prob=prob, strong_threshold=threshold, temperature=temperature,
-                                  num_queries=4, num_negatives=5, query_mode=query_mode, generator=gen(seed))
+    loss = mona_ext.contrast_loss(
+        f,
+        lab,
+        C,
+        prob=prob,
+        strong_threshold=threshold,
+        temperature=temperature,
+        num_queries=4,
+        num_negatives=5,
+        query_mode=query_mode,
+        generator=gen(seed),
+    )
     loss.backward()
     assert torch.isfinite(loss) and torch.all(torch.isfinite(f.grad))
     pools = mona_ext.class_pools(lab, C, prob=prob, strong_threshold=threshold)
     protos, counts = mona_ext.class_mean(f.detach(), lab, C)
-    q, n, w = mona_ext.sample_negatives(*pools, protos, 4, 5, temperature=temperature, query_mode=query_mode,
-                                        generator=gen(seed))
+    q, n, w = mona_ext.sample_negatives(
+        *pools, protos, 4, 5, temperature=temperature, query_mode=query_mode, generator=gen(seed)
+    )
     ref = reference.contrast_infonce(f.detach(), f.detach(), protos, q, n, w, temperature)
     torch.testing.assert_close(loss, ref)
     if int((counts > 0).sum()) < 2:

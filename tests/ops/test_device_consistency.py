@@ -9,10 +9,10 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from op_testing import DEVICES, EMU, on
 
 import mona_ext
 from mona_ext import reference
-from op_testing import DEVICES, EMU, on
 
 # ---------------------------------------------------------------------------------------------- NaN in, NaN out
 
@@ -109,6 +109,7 @@ def test_class_mean_nan_reaches_its_class_only(device):
 
 # ---------------------------------------------------------------------------------------------- masked logits
 
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("masked_class", [0, 2])
 def test_pixel_kl_masked_logits_of_minus_inf(device, masked_class):
@@ -134,6 +135,7 @@ def test_pixel_kl_masked_logits_of_minus_inf(device, masked_class):
 
 
 # ---------------------------------------------------------------------------------------------- limits and errors
+
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_knn_k_limit_is_the_same_on_every_device(device):
@@ -172,8 +174,15 @@ def test_contrast_infonce_wide_features(device, D):
     nidx = torch.randint(0, N, (C, Q, M), generator=g)
     w = torch.full((C,), 0.5, dtype=torch.float64)
     x = f.float().to(device).requires_grad_(True)
-    loss = mona_ext.contrast_infonce(x, keys.float().to(device), protos.float().to(device), qidx.to(device),
-                                     nidx.to(device), w.float().to(device), 0.5)
+    loss = mona_ext.contrast_infonce(
+        x,
+        keys.float().to(device),
+        protos.float().to(device),
+        qidx.to(device),
+        nidx.to(device),
+        w.float().to(device),
+        0.5,
+    )
     x64 = f.clone().requires_grad_(True)
     ref = reference.contrast_infonce(x64, keys, protos, qidx, nidx, w, 0.5)
     torch.testing.assert_close(loss.double().cpu(), ref, rtol=1e-4, atol=1e-5)
@@ -201,8 +210,9 @@ def test_emulated_similarity_kl_beyond_the_device_limit_names_it():
     """Above the RTX 3090's opt-in limit the CUDA kernel refuses with the exact limit."""
     s = torch.randn(2, 3200)
     with on(EMU), pytest.raises(ValueError, match=r"supports d <= 3167 on this GPU for Float embeddings, got d = 3200"):
-        torch.ops.mona.similarity_kl_backward(torch.ones(()), s, s, torch.randn(4, 3200), torch.zeros(2),
-                                              torch.zeros(2), 0.1, 0.1)
+        torch.ops.mona.similarity_kl_backward(
+            torch.ones(()), s, s, torch.randn(4, 3200), torch.zeros(2), torch.zeros(2), 0.1, 0.1
+        )
 
 
 def test_emulated_kernels_check_devices_before_touching_one():
@@ -210,7 +220,9 @@ def test_emulated_kernels_check_devices_before_touching_one():
     the first tensor before the checks: a c10 internal error on a GPU)."""
     s = torch.randn(2, 8)
     with on(EMU):
-        with pytest.raises(ValueError, match=r"similarity_kl: teacher \(cpu\) and queue \(meta\) must be on the student's device"):
+        with pytest.raises(
+            ValueError, match=r"similarity_kl: teacher \(cpu\) and queue \(meta\) must be on the student's device"
+        ):
             torch.ops.mona.similarity_kl(s, s, torch.randn(4, 8, device="meta"), 0.1, 0.1)
         with pytest.raises(ValueError, match=r"must be on the CPU under the emulation, got meta"):
             torch.ops.mona.pixel_kl(torch.randn(2, 3, device="meta"), torch.randn(2, 3, device="meta"), None, True)
@@ -218,13 +230,15 @@ def test_emulated_kernels_check_devices_before_touching_one():
 
 # ---------------------------------------------------------------------------------------------- reproducibility
 
+
 def _contrast_step(device, schedule_seed=None):
     g = torch.Generator().manual_seed(10)
     f = torch.randn(2, 16, 12, 12, generator=g).to(device).contiguous(memory_format=torch.channels_last)
     lab = torch.randint(0, 4, (2, 12, 12), generator=g).to(device)
     x = f.clone().requires_grad_(True)
-    loss = mona_ext.contrast_loss(x, lab, 4, num_queries=16, num_negatives=32,
-                                  generator=torch.Generator(device=device).manual_seed(0))
+    loss = mona_ext.contrast_loss(
+        x, lab, 4, num_queries=16, num_negatives=32, generator=torch.Generator(device=device).manual_seed(0)
+    )
     loss.backward()
     return loss.detach(), x.grad
 

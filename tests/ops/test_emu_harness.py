@@ -3,10 +3,9 @@ warp operations, barriers and launch checks follow CUDA's semantics."""
 
 from __future__ import annotations
 
+import emu
 import pytest
 import torch
-
-import emu
 
 pytestmark = pytest.mark.emu
 
@@ -41,8 +40,11 @@ def test_missing_barrier_is_reported_under_a_shuffled_schedule_too():
 
 def test_shared_out_of_bounds_is_reported_and_fixed_twin_passes():
     x = x_of(32)
-    with pytest.raises(RuntimeError, match=r"out-of-bounds dynamic shared memory read: bytes \[128, 132\).*gave 128 bytes"
-                                           r".*kernel neighbour_kernel, block \(0, 0, 0\), thread \(31, 0, 0\)"):
+    with pytest.raises(
+        RuntimeError,
+        match=r"out-of-bounds dynamic shared memory read: bytes \[128, 132\).*gave 128 bytes"
+        r".*kernel neighbour_kernel, block \(0, 0, 0\), thread \(31, 0, 0\)",
+    ):
         torch.ops.mona_emu.planted_shared_oob(x, False)
     torch.testing.assert_close(torch.ops.mona_emu.planted_shared_oob(x, True), x.roll(-1))
 

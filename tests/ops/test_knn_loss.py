@@ -6,12 +6,11 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from op_testing import DEVICES, EMU, KERNEL_DEVICES, device_of, is_emulated, on
 
 import mona_ext
 from mona_ext import reference
 from mona_ext.ops.knn_loss import knn_indices
-
-from op_testing import DEVICES, EMU, KERNEL_DEVICES, device_of, is_emulated, on
 
 
 def make_inputs(B=4, d=16, K=40, device="cpu", dtype=torch.float64, seed=0):
@@ -36,6 +35,7 @@ def test_matches_reference(device, k):
     assert g.abs().sum() > 0  # the gradient reaches the student (the public code's has none)
     idx = knn_indices(s, t, q, k)
     from torch.nn.functional import normalize
+
     ref_idx = (normalize(t, dim=1) @ normalize(q, dim=1).T).topk(k, dim=1).indices
     assert torch.equal(idx, ref_idx)
 
@@ -99,8 +99,14 @@ def test_property_matches_reference(B, d, K, data, seed):
         (dict(k=0), "k must be >= 1, got 0"),
         (dict(q=torch.randn(5, 7)), r"queue must be \[K, d\] with d = 8"),
         (dict(t=torch.randn(4, 8, dtype=torch.float64)), r"teacher and queue must have the student's dtype"),
-        (dict(s=torch.zeros(4, 8, dtype=torch.long), t=torch.zeros(4, 8, dtype=torch.long),
-              q=torch.zeros(5, 8, dtype=torch.long)), "student must be float32"),
+        (
+            dict(
+                s=torch.zeros(4, 8, dtype=torch.long),
+                t=torch.zeros(4, 8, dtype=torch.long),
+                q=torch.zeros(5, 8, dtype=torch.long),
+            ),
+            "student must be float32",
+        ),
     ],
 )
 def test_bad_input_messages(change, message):
@@ -149,9 +155,12 @@ def tied_queue(dtype, K=70, d=40, seed=21):
 TIE_DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 # device vs CPU kernel: float32 as test_device_matches_cpu_large; fp16 / bf16 results are rounded
 # once from float32 (one unit in the last place)
-LOSS_TOLERANCE = {torch.float32: dict(rtol=1e-5, atol=1e-6), torch.float64: dict(rtol=1e-12, atol=1e-12),
-                  torch.float16: dict(rtol=2 * torch.finfo(torch.float16).eps, atol=1e-3),
-                  torch.bfloat16: dict(rtol=2 * torch.finfo(torch.bfloat16).eps, atol=1e-3)}
+LOSS_TOLERANCE = {
+    torch.float32: dict(rtol=1e-5, atol=1e-6),
+    torch.float64: dict(rtol=1e-12, atol=1e-12),
+    torch.float16: dict(rtol=2 * torch.finfo(torch.float16).eps, atol=1e-3),
+    torch.bfloat16: dict(rtol=2 * torch.finfo(torch.bfloat16).eps, atol=1e-3),
+}
 
 
 @pytest.mark.parametrize("kernel_device", KERNEL_DEVICES)
@@ -183,7 +192,7 @@ def test_exact_copies_in_the_queue_tie_to_the_lower_index(device, dtype):
     s, t, q, copies_a, copies_b = tied_queue(dtype)
     _, idx = torch.ops.mona.knn_loss(s.to(device), t.to(device), q.to(device), len(copies_a))
     assert idx[0].tolist() == copies_a  # the copies of the teacher's row, in index order
-    assert idx[1, :len(copies_b)].tolist() == copies_b
+    assert idx[1, : len(copies_b)].tolist() == copies_b
 
 
 @pytest.mark.parametrize("kernel_device", KERNEL_DEVICES)
@@ -209,7 +218,12 @@ def test_device_dtypes_match_cpu_with_backward(kernel_device, dtype):
 @pytest.mark.emu
 def test_emu_mismatched_device_message():
     s, t, q = make_inputs(B=3, d=8, K=9, dtype=torch.float32)
-    with on(EMU), pytest.raises(ValueError, match=r"knn_loss: teacher \(cpu\) and queue \(meta\) must be on the student's device cpu"):
+    with (
+        on(EMU),
+        pytest.raises(
+            ValueError, match=r"knn_loss: teacher \(cpu\) and queue \(meta\) must be on the student's device cpu"
+        ),
+    ):
         mona_ext.knn_loss(s, t, q.to("meta"), 3)
 
 
@@ -235,7 +249,7 @@ def test_cpu_result_does_not_depend_on_the_thread_count(dtype):
             out.append(torch.ops.mona.knn_loss(s, t, q, 8))
     finally:
         torch.set_num_threads(old)
-    assert out[0][1][0, :len(copies)].tolist() == copies  # power-of-two multiples: the same cosine exactly
+    assert out[0][1][0, : len(copies)].tolist() == copies  # power-of-two multiples: the same cosine exactly
     assert torch.equal(out[0][1], out[1][1])
     assert torch.equal(out[0][0], out[1][0])
     ref_loss = reference.knn_loss(s.double(), t.double(), q.double(), 8)
@@ -247,9 +261,9 @@ def test_cpu_result_does_not_depend_on_the_thread_count(dtype):
 # splits = max(1, min(ceil(1024 / B), K // 256)) of ceil(K / splits) entries), select the top k of
 # every split, then merge the splits' lists. The launch shapes are worked out by hand from that rule.
 SPLIT_ROWS = [
-    pytest.param(5, 1000, 3, 40, id="B5-K1000-3splits-k40"),   # 334, 334, 332 entries
+    pytest.param(5, 1000, 3, 40, id="B5-K1000-3splits-k40"),  # 334, 334, 332 entries
     pytest.param(2, 1025, 4, 256, id="B2-K1025-4splits-k256"),  # 257 x 3, 254: the last split holds fewer than k
-    pytest.param(7, 513, 2, 9, id="B7-K513-2splits-k9"),       # 257, 256
+    pytest.param(7, 513, 2, 9, id="B7-K513-2splits-k9"),  # 257, 256
     pytest.param(3, 300, 1, 17, id="B3-K300-1split-k17"),
 ]
 
@@ -303,7 +317,7 @@ def test_device_ties_across_splits_go_to_the_lower_index(kernel_device, dtype, w
     with on(kernel_device):
         loss_dev, idx_dev = torch.ops.mona.knn_loss(s.to(dev), t.to(dev), q.to(dev), k)
     expected = ([700] if with_nan else []) + copies
-    assert idx_dev[0].cpu().tolist()[:len(expected)] == expected
+    assert idx_dev[0].cpu().tolist()[: len(expected)] == expected
     assert torch.equal(idx_dev.cpu(), idx_cpu)
     assert torch.isnan(loss_dev).item() == with_nan
 

@@ -9,7 +9,6 @@ import contextlib
 
 import pytest
 import torch
-
 from op_testing import DEVICES, OP_CASES, OpCase, Sample
 
 CASES = [pytest.param(case, id=case.name) for case in OP_CASES]
@@ -18,8 +17,11 @@ CASES = [pytest.param(case, id=case.name) for case in OP_CASES]
 COMPILE_DEVICES = [row for row in DEVICES if row.id != "emu"]
 GRADCHECK_CASES = [pytest.param(case, id=case.name) for case in OP_CASES if case.grad_inputs and case.gradcheck]
 # requires_grad only where the op has differentiable inputs (else the rows would be the same)
-OPCHECK_ROWS = [pytest.param(case, requires_grad, id=f"{case.name}-{'grad' if requires_grad else 'nograd'}")
-                for case in OP_CASES for requires_grad in ((False, True) if case.grad_inputs else (False,))]
+OPCHECK_ROWS = [
+    pytest.param(case, requires_grad, id=f"{case.name}-{'grad' if requires_grad else 'nograd'}")
+    for case in OP_CASES
+    for requires_grad in ((False, True) if case.grad_inputs else (False,))
+]
 
 
 @contextlib.contextmanager
@@ -66,8 +68,10 @@ def floating(outputs) -> list[torch.Tensor]:
 def cotangent_loss(outputs) -> torch.Tensor:
     """A scalar of the differentiable outputs with fixed random weights (no cancellation by symmetry)."""
     g = torch.Generator().manual_seed(123)
-    return sum((o.double() * torch.randn(o.shape, generator=g, dtype=torch.float64).to(o.device)).sum()
-               for o in floating(outputs))
+    return sum(
+        (o.double() * torch.randn(o.shape, generator=g, dtype=torch.float64).to(o.device)).sum()
+        for o in floating(outputs)
+    )
 
 
 def grads(outputs, leaves) -> tuple:
@@ -77,6 +81,7 @@ def grads(outputs, leaves) -> tuple:
 
 
 # ---------------------------------------------------------------------------------------------- reference
+
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("case", CASES)
@@ -114,6 +119,7 @@ def test_matches_float64_reference(case, device):
 
 # ---------------------------------------------------------------------------------------------- gradcheck
 
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("case", GRADCHECK_CASES)
 def test_gradcheck(case, device):
@@ -133,6 +139,7 @@ def test_gradcheck(case, device):
 
 # ---------------------------------------------------------------------------------------------- opcheck
 
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("case, requires_grad", OPCHECK_ROWS)
 def test_opcheck(case, requires_grad, device):
@@ -144,11 +151,15 @@ def test_opcheck(case, requires_grad, device):
             variants.append(sample.args + case.op_only_args(requires_grad))
         for args in variants:
             with naming(case, sample):
-                torch.library.opcheck(case.op, fresh(case, args), **({} if case.opcheck_utils is None
-                                                                    else dict(test_utils=case.opcheck_utils)))
+                torch.library.opcheck(
+                    case.op,
+                    fresh(case, args),
+                    **({} if case.opcheck_utils is None else dict(test_utils=case.opcheck_utils)),
+                )
 
 
 # ---------------------------------------------------------------------------------------------- torch.compile
+
 
 def scalable(case: OpCase, i: int, a) -> bool:
     """Floating inputs the graph computes (x * 2) before the op; not an in-place op's state."""
@@ -191,11 +202,11 @@ def test_compile_fullgraph_matches_eager(case, device):
             for x, y in zip(grads(got, leaves), grads(eager, leaves)):
                 torch.testing.assert_close(x, y)
             if case.mutates:
-                expected = case.reference(*[a * 2 if scalable(case, i, a) else a
-                                            for i, a in enumerate(fresh(case, sample.args))])
+                expected = case.reference(
+                    *[a * 2 if scalable(case, i, a) else a for i, a in enumerate(fresh(case, sample.args))]
+                )
                 for i, want in zip(case.mutates, expected):
                     torch.testing.assert_close(compiled_args[i].cpu(), want.cpu(), rtol=0, atol=0)
                     torch.testing.assert_close(compiled_args[i], eager_args[i], rtol=0, atol=0)
                 for s, want in zip(got, expected):
                     torch.testing.assert_close(s.cpu(), want.sum().to(s.dtype))
-

@@ -7,15 +7,15 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from op_testing import DEVICES, EMU, KERNEL_DEVICES, assert_within_twice_torch_error, device_of, is_emulated, on
 
 import mona_ext
 from mona_ext import reference
 
-from op_testing import DEVICES, EMU, KERNEL_DEVICES, assert_within_twice_torch_error, device_of, is_emulated, on
 
-
-def make_inputs(B=2, C=4, H=5, W=6, device="cpu", dtype=torch.float64, mask="none", layout="nchw", seed=0,
-                scale=3.0, flat=False):
+def make_inputs(
+    B=2, C=4, H=5, W=6, device="cpu", dtype=torch.float64, mask="none", layout="nchw", seed=0, scale=3.0, flat=False
+):
     g = torch.Generator().manual_seed(seed)
     a = torch.randn(B, C, H, W, generator=g, dtype=torch.float64) * scale
     b = torch.randn(B, C, H, W, generator=g, dtype=torch.float64) * scale
@@ -104,8 +104,10 @@ def test_low_precision_accumulates_in_fp32(device, dtype):
     ref64 = reference.pixel_kl(al.double(), bl.double())
     # plain PyTorch in the same dtype
     la, lb = F.log_softmax(al, 1), F.log_softmax(bl, 1)
-    torch_same = (F.kl_div(lb, la, reduction="none", log_target=True).sum(1)
-                  + F.kl_div(la, lb, reduction="none", log_target=True).sum(1)).mean()
+    torch_same = (
+        F.kl_div(lb, la, reduction="none", log_target=True).sum(1)
+        + F.kl_div(la, lb, reduction="none", log_target=True).sum(1)
+    ).mean()
     out = mona_ext.pixel_kl(al, bl)
     assert out.dtype == dtype
     assert_within_twice_torch_error(out, torch_same, ref64, floor=torch.finfo(dtype).eps)
@@ -138,8 +140,9 @@ def test_forward_gradients_equal_the_recomputing_backward(device, layout, mask, 
         loss_only, wsum2, ga0, gb0 = torch.ops.mona.pixel_kl(a, b, m, sym)
         assert ga.shape == a.shape and gb.shape == b.shape and ga0.numel() == 0 and gb0.numel() == 0
         assert torch.equal(loss, loss_only) and torch.equal(wsum, wsum2)
-        ra, rb = torch.ops.mona.pixel_kl_backward(torch.ones((), dtype=dtype, device=a.device), a, b, m, wsum, sym,
-                                                  True, True)
+        ra, rb = torch.ops.mona.pixel_kl_backward(
+            torch.ones((), dtype=dtype, device=a.device), a, b, m, wsum, sym, True, True
+        )
         assert torch.equal(ga, ra) and torch.equal(gb, rb)
 
 
@@ -207,10 +210,17 @@ def test_extreme_logits_are_finite_and_match(device):
 
 
 @settings(max_examples=40, deadline=None)
-@given(B=st.integers(0, 3), C=st.integers(1, 6), H=st.integers(1, 6), W=st.integers(1, 6),
-       mask=st.sampled_from(["none", "bool", "float", "empty"]), symmetric=st.booleans(),
-       scale=st.sampled_from([0.01, 1.0, 30.0]), layout=st.sampled_from(["nchw", "channels_last"]),
-       seed=st.integers(0, 2**16))
+@given(
+    B=st.integers(0, 3),
+    C=st.integers(1, 6),
+    H=st.integers(1, 6),
+    W=st.integers(1, 6),
+    mask=st.sampled_from(["none", "bool", "float", "empty"]),
+    symmetric=st.booleans(),
+    scale=st.sampled_from([0.01, 1.0, 30.0]),
+    layout=st.sampled_from(["nchw", "channels_last"]),
+    seed=st.integers(0, 2**16),
+)
 def test_property_matches_reference(B, C, H, W, mask, symmetric, scale, layout, seed):
     a, b, m = make_inputs(B, C, H, W, mask=mask, layout=layout, seed=seed, scale=scale)
     out = mona_ext.pixel_kl(a, b, m, symmetric)
@@ -229,8 +239,10 @@ def test_property_matches_reference(B, C, H, W, mask, symmetric, scale, layout, 
     [
         (dict(a=torch.randn(2, 3, 4)), r"logits_a must be \[B, C, H, W\] or \[N, C\]"),
         (dict(b=torch.randn(2, 3, 4, 5)), r"logits_b must have logits_a's shape \[2, 3, 4, 4\]"),
-        (dict(a=torch.zeros(2, 3, 4, 4, dtype=torch.long), b=torch.zeros(2, 3, 4, 4, dtype=torch.long)),
-         "logits_a must be float32"),
+        (
+            dict(a=torch.zeros(2, 3, 4, 4, dtype=torch.long), b=torch.zeros(2, 3, 4, 4, dtype=torch.long)),
+            "logits_a must be float32",
+        ),
         (dict(b=torch.randn(2, 3, 4, 4, dtype=torch.float64)), "logits_b must have logits_a's dtype"),
         (dict(m=torch.ones(2, 4, 5)), r"mask must be \[B, H, W\] = \[2, 4, 4\], got \[2, 4, 5\]"),
         (dict(m=torch.ones(2, 4, 4, dtype=torch.long)), "mask must be floating or bool"),
@@ -268,8 +280,17 @@ def test_device_matches_cpu_large(kernel_device, layout):
 def test_device_dtypes_match_cpu_with_backward(kernel_device, dtype, layout):
     """Every dtype and layout, forward and backward (both inputs, bool mask), against the CPU kernels."""
     dev = device_of(kernel_device)
-    a, b, m = make_inputs(B=2, C=5, H=9, W=7, dtype=dtype, mask="bool", layout=layout if layout != "flat" else "nchw",
-                          flat=layout == "flat", seed=10)
+    a, b, m = make_inputs(
+        B=2,
+        C=5,
+        H=9,
+        W=7,
+        dtype=dtype,
+        mask="bool",
+        layout=layout if layout != "flat" else "nchw",
+        flat=layout == "flat",
+        seed=10,
+    )
     outs = []
     for dev_, ctx in (("cpu", on("cpu")), (dev, on(kernel_device))):
         with ctx:

@@ -12,11 +12,10 @@ import math
 import numpy as np
 import pytest
 import torch
+from op_testing import DEVICES
 
 import mona_ext
 from mona_ext import reference
-
-from op_testing import DEVICES
 
 torch.set_num_threads(1)
 
@@ -45,7 +44,7 @@ def two_class_map(device, B=2, D=6, H=4, W=4, seed=0):
     g = torch.Generator().manual_seed(seed)
     f = torch.randn(B, D, H, W, generator=g, dtype=torch.float64)
     lab = torch.zeros(B, H, W, dtype=torch.long)
-    lab[:, :, W // 2:] = 1
+    lab[:, :, W // 2 :] = 1
     prob = torch.full((B, 2, H, W), 0.99, dtype=torch.float64)
     prob[0, 0, 0, 0] = 0.5
     prob[1, 1, H - 1, W - 1] = 0.5
@@ -64,7 +63,7 @@ def test_batch_one_pixel_per_class_equals_op_and_closed_form(device, teacher):
     f = torch.randn(1, 5, 3, 3, generator=g, dtype=torch.float64).to(device)
     keys = torch.randn(1, 5, 3, 3, generator=g, dtype=torch.float64).to(device) if teacher else None
     lab = torch.tensor([[[0, 255, 1], [0, 1, 255], [1, 0, 0]]], device=device)  # 255 = ignore_index
-    valid = torch.tensor([[[1, 1, 0], [0, 1, 1], [0, 0, 0]]], device=device)     # keeps pixels 0 and 4 only
+    valid = torch.tensor([[[1, 1, 0], [0, 1, 1], [0, 0, 0]]], device=device)  # keeps pixels 0 and 4 only
     kw = dict(valid=valid, num_queries=3, num_negatives=5, ignore_index=255, temperature=0.3, key_features=keys)
     a, b = both_losses(f, lab, 2, device, **kw)
     assert_same(a, b)
@@ -93,8 +92,16 @@ def test_bank_negatives_forced_equals_op_with_gradient(device, teacher):
     fill = torch.tensor([1, 1], device=device)
     x1 = f.clone().requires_grad_(True)
     x2 = f.clone().requires_grad_(True)
-    kw = dict(valid=valid, prob=prob, num_queries=4, num_negatives=6, key_features=keys, bank=bank, bank_fill=fill,
-              negatives="bank")
+    kw = dict(
+        valid=valid,
+        prob=prob,
+        num_queries=4,
+        num_negatives=6,
+        key_features=keys,
+        bank=bank,
+        bank_fill=fill,
+        negatives="bank",
+    )
     a = mona_ext.contrast_loss(x1, lab, 2, generator=gen(0, device), **kw)
     b = ref_loss(x2, lab, 2, generator=gen(1, device), **kw)
     assert_same(a, b)
@@ -135,8 +142,19 @@ def test_both_batch_pixel_and_present_class_without_queries(device):
     valid[0, 2, 3] = 1  # the single class-1 pixel (easy)
     bank = torch.randn(2, 3, 6, dtype=torch.float64, generator=gen(7)).to(device)
     fill = torch.tensor([3, 0], device=device)
-    a, b = both_losses(f, lab, 2, device, valid=valid, prob=prob, num_queries=3, num_negatives=4, bank=bank,
-                       bank_fill=fill, negatives="both")
+    a, b = both_losses(
+        f,
+        lab,
+        2,
+        device,
+        valid=valid,
+        prob=prob,
+        num_queries=3,
+        num_negatives=4,
+        bank=bank,
+        bank_fill=fill,
+        negatives="both",
+    )
     assert_same(a, b)
     # the same value as "batch" (class 1 has no bank slots), i.e. half of class 0's loss
     a_batch, b_batch = both_losses(f, lab, 2, device, valid=valid, prob=prob, num_queries=3, num_negatives=4)
@@ -157,8 +175,16 @@ def test_query_modes_forced(device, mode, pixels):
         valid[0, 0, 0] = 1
     bank = torch.randn(2, 2, 6, dtype=torch.float64, generator=gen(8)).to(device)
     fill = torch.tensor([1, 1], device=device)
-    kw = dict(valid=valid, prob=prob, num_queries=3, num_negatives=5, bank=bank, bank_fill=fill, negatives="bank",
-              query_mode=mode)
+    kw = dict(
+        valid=valid,
+        prob=prob,
+        num_queries=3,
+        num_negatives=5,
+        bank=bank,
+        bank_fill=fill,
+        negatives="bank",
+        query_mode=mode,
+    )
     a, b = both_losses(f, lab, 2, device, **kw)
     assert_same(a, b)
     assert b.item() > 0
@@ -180,8 +206,18 @@ def test_three_present_classes_one_without_negative_classes(device):
     prob[0, 0, 0, 0] = prob[0, 1, 0, 2] = prob[0, 2, 0, 4] = 0.5
     bank = torch.randn(3, 2, 4, generator=g, dtype=torch.float64).to(device)
     fill = torch.tensor([0, 0, 1], device=device)
-    a, b = both_losses(f, lab, 3, device, prob=prob.to(device), num_queries=2, num_negatives=3, bank=bank,
-                       bank_fill=fill, negatives="bank")
+    a, b = both_losses(
+        f,
+        lab,
+        3,
+        device,
+        prob=prob.to(device),
+        num_queries=2,
+        num_negatives=3,
+        bank=bank,
+        bank_fill=fill,
+        negatives="bank",
+    )
     assert_same(a, b, tol=1e-6)
     assert b.item() > 0
 
@@ -269,8 +305,18 @@ def test_fewer_than_two_classes_gives_zero_with_grad_path(device, negatives):
     fill = torch.tensor([0, 3], device=device)  # the bank only holds the batch's own class
     for fn in (mona_ext.contrast_loss, ref_loss):
         x = f.clone().requires_grad_(True)
-        loss = fn(x, lab, 2, prob=None, num_queries=4, num_negatives=4, bank=bank, bank_fill=fill,
-                  negatives=negatives, generator=gen(0, device))
+        loss = fn(
+            x,
+            lab,
+            2,
+            prob=None,
+            num_queries=4,
+            num_negatives=4,
+            bank=bank,
+            bank_fill=fill,
+            negatives=negatives,
+            generator=gen(0, device),
+        )
         assert loss.item() == 0.0 and loss.requires_grad and loss.dtype == torch.float64
         loss.backward()
         assert torch.all(x.grad == 0)
@@ -304,6 +350,16 @@ def test_existing_positional_call_is_unchanged():
     # the benchmark / test_contrast_loss call: batch negatives, hard queries, positional generator
     f, lab, prob = two_class_map("cpu")
     a = ref_loss(f, lab, 2, None, prob, 0.97, 0.5, 4, 8, gen(3))
-    b = ref_loss(f, lab, 2, prob=prob, num_queries=4, num_negatives=8, generator=gen(3), negatives="batch",
-                 query_mode="hard", bank=torch.zeros(2, 1, 6, dtype=torch.float64))  # a bank is unused for "batch"
+    b = ref_loss(
+        f,
+        lab,
+        2,
+        prob=prob,
+        num_queries=4,
+        num_negatives=8,
+        generator=gen(3),
+        negatives="batch",
+        query_mode="hard",
+        bank=torch.zeros(2, 1, 6, dtype=torch.float64),
+    )  # a bank is unused for "batch"
     assert torch.equal(a, b) and a.dtype == torch.float64

@@ -8,10 +8,9 @@ import math
 
 import pytest
 import torch
+from op_testing import DEVICES, EMU, KERNEL_DEVICES, device_of, on, pools_and_protos, sampled, scene
 
 import mona_ext
-
-from op_testing import DEVICES, EMU, KERNEL_DEVICES, device_of, on, pools_and_protos, sampled, scene
 
 
 def expected_class_probs(protos, present, c, temperature):
@@ -35,8 +34,14 @@ def chi_square_pvalue(observed: torch.Tensor, expected_prob: torch.Tensor) -> fl
 def test_negative_classes_follow_softmax(device):
     lab = torch.arange(5).repeat_interleave(40).reshape(1, 10, 20).to(device)  # 5 classes, 40 px each
     pools, protos = pools_and_protos(lab, 5)
-    _, nidx, weight = mona_ext.sample_negatives(*pools, protos, num_queries=64, num_negatives=256, temperature=0.5,
-                                                generator=torch.Generator(device).manual_seed(0))
+    _, nidx, weight = mona_ext.sample_negatives(
+        *pools,
+        protos,
+        num_queries=64,
+        num_negatives=256,
+        temperature=0.5,
+        generator=torch.Generator(device).manual_seed(0),
+    )
     flat = lab.reshape(-1)
     for c in range(5):
         drawn = torch.bincount(flat[nidx[c].reshape(-1)].cpu(), minlength=5)
@@ -53,8 +58,9 @@ def test_negative_pixels_uniform_within_class_and_queries_hard_only():
     prob[0, 0] = torch.linspace(0, 1, 64).reshape(8, 8)  # class 0: some hard, some easy
     prob[0, 1] = 0.5
     pools, protos = pools_and_protos(lab, 2, prob=prob, threshold=0.5)
-    qidx, nidx, _ = mona_ext.sample_negatives(*pools, protos, num_queries=4096, num_negatives=64,
-                                              generator=torch.Generator().manual_seed(3))
+    qidx, nidx, _ = mona_ext.sample_negatives(
+        *pools, protos, num_queries=4096, num_negatives=64, generator=torch.Generator().manual_seed(3)
+    )
     # negatives of class 0's queries are class-1 pixels, uniform over the 32 of them
     counts = torch.bincount(nidx[0].reshape(-1), minlength=64)[lab.reshape(-1) == 1]
     assert chi_square_pvalue(counts, torch.full((32,), 1 / 32, dtype=torch.float64)) > 1e-4
@@ -62,7 +68,9 @@ def test_negative_pixels_uniform_within_class_and_queries_hard_only():
     hard_pixels = ((lab.reshape(-1) == 0) & (prob[0, 0].reshape(-1) < 0.5)).nonzero()[:, 0]
     assert set(qidx[0].tolist()) <= set(hard_pixels.tolist())
     q_counts = torch.bincount(qidx[0], minlength=64)[hard_pixels]
-    assert chi_square_pvalue(q_counts, torch.full((len(hard_pixels),), 1 / len(hard_pixels), dtype=torch.float64)) > 1e-4
+    assert (
+        chi_square_pvalue(q_counts, torch.full((len(hard_pixels),), 1 / len(hard_pixels), dtype=torch.float64)) > 1e-4
+    )
 
 
 def test_query_modes():
@@ -76,7 +84,9 @@ def test_query_modes():
     q, _, w = mona_ext.sample_negatives(*pools, protos, num_queries=64, num_negatives=4, query_mode="hard", generator=g)
     assert set(q[0].tolist()) <= hard_px and torch.all(q[1] == -1)
     assert w.tolist() == [0.5, 0.0]  # class 1 has no hard pixel: contributes 0 but counts
-    q, _, w = mona_ext.sample_negatives(*pools, protos, num_queries=64, num_negatives=4, query_mode="balanced", generator=g)
+    q, _, w = mona_ext.sample_negatives(
+        *pools, protos, num_queries=64, num_negatives=4, query_mode="balanced", generator=g
+    )
     assert set(q[0, :32].tolist()) <= hard_px and not (set(q[0, 32:].tolist()) & hard_px)
     assert w.tolist() == [0.5, 0.5]
     q, _, _ = mona_ext.sample_negatives(*pools, protos, num_queries=64, num_negatives=4, query_mode="all", generator=g)
@@ -87,7 +97,9 @@ def test_query_modes():
 def test_sampler_deterministic_and_generator_driven(device):
     _, lab, prob = scene(B=2, H=8, W=8, C=3, device=device)
     pools, protos = pools_and_protos(lab, 3)
-    run = lambda seed: mona_ext.sample_negatives(*pools, protos, 16, 32, generator=torch.Generator(device).manual_seed(seed))
+    run = lambda seed: mona_ext.sample_negatives(
+        *pools, protos, 16, 32, generator=torch.Generator(device).manual_seed(seed)
+    )
     a, b, c = run(5), run(5), run(6)
     assert all(torch.equal(x, y) for x, y in zip(a, b))
     assert not torch.equal(a[1], c[1])
@@ -101,8 +113,16 @@ def test_bank_negatives_indices_and_absent_class():
     N, K = 16, 5
     fill = torch.tensor([0, 3, 5])
     for negatives in ("bank", "both"):
-        q, nidx, w = mona_ext.sample_negatives(*pools, protos, 32, 64, negatives=negatives, bank_fill=fill, bank_size=K,
-                                               generator=torch.Generator().manual_seed(1))
+        q, nidx, w = mona_ext.sample_negatives(
+            *pools,
+            protos,
+            32,
+            64,
+            negatives=negatives,
+            bank_fill=fill,
+            bank_size=K,
+            generator=torch.Generator().manual_seed(1),
+        )
         assert w.tolist() == [0.5, 0.5, 0.0]
         for c in range(2):
             idx = nidx[c].reshape(-1)
@@ -149,13 +169,19 @@ def test_device_sampler_matches_cpu(kernel_device, negatives, query_mode):
     pools = mona_ext.class_pools(lab, 4, prob=prob, strong_threshold=0.6)
     protos = torch.randn(4, 8, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
     fill = torch.tensor([3, 0, 5, 2]) if negatives != "batch" else None
-    kw = dict(temperature=0.3, negatives=negatives, query_mode=query_mode, bank_fill=fill,
-              bank_size=5 if fill is not None else 0)
+    kw = dict(
+        temperature=0.3,
+        negatives=negatives,
+        query_mode=query_mode,
+        bank_fill=fill,
+        bank_size=5 if fill is not None else 0,
+    )
     cpu = mona_ext.sample_negatives(*pools, protos, 16, 24, generator=torch.Generator().manual_seed(7), **kw)
     kw["bank_fill"] = fill.to(dev) if fill is not None else None
     with on(kernel_device):
-        ours = mona_ext.sample_negatives(*(t.to(dev) for t in pools), protos.to(dev), 16, 24,
-                                         generator=torch.Generator(dev).manual_seed(7), **kw)
+        ours = mona_ext.sample_negatives(
+            *(t.to(dev) for t in pools), protos.to(dev), 16, 24, generator=torch.Generator(dev).manual_seed(7), **kw
+        )
     if dev == "cpu":  # the emulation draws the same uniforms from the same CPU generator: same indices
         for a, b, name in zip(ours, cpu, ["query_index", "negative_index", "class_weight"]):
             assert torch.equal(a, b), name
@@ -170,7 +196,9 @@ def test_device_sampler_matches_cpu(kernel_device, negatives, query_mode):
             idx = n[c].reshape(-1)
             assert torch.all(flat[idx[idx < N]] != c)
             bank_rows = idx[idx >= N] - N
-            assert torch.all(bank_rows // 5 != c) and torch.all(bank_rows % 5 < torch.tensor([3, 0, 5, 2])[bank_rows // 5])
+            assert torch.all(bank_rows // 5 != c) and torch.all(
+                bank_rows % 5 < torch.tensor([3, 0, 5, 2])[bank_rows // 5]
+            )
             if negatives == "bank":
                 assert torch.all(idx >= N)
             if negatives == "batch":

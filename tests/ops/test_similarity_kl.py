@@ -7,11 +7,10 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from op_testing import DEVICES, EMU, KERNEL_DEVICES, device_of, is_emulated, on
 
 import mona_ext
 from mona_ext import reference
-
-from op_testing import DEVICES, EMU, KERNEL_DEVICES, device_of, is_emulated, on
 
 
 def make_inputs(B=4, d=16, K=40, device="cpu", dtype=torch.float64, seed=0):
@@ -103,8 +102,9 @@ def test_forward_gradient_equals_the_backward_op(device, B):
     loss, lse_s, lse_t, grad = torch.ops.mona.similarity_kl(s, t, q, 0.1, 0.01, True)
     _, _, _, none = torch.ops.mona.similarity_kl(s, t, q, 0.1, 0.01, False)
     assert none.numel() == 0
-    recomputed = torch.ops.mona.similarity_kl_backward(torch.ones((), dtype=s.dtype, device=s.device), s, t, q,
-                                                        lse_s, lse_t, 0.1, 0.01)
+    recomputed = torch.ops.mona.similarity_kl_backward(
+        torch.ones((), dtype=s.dtype, device=s.device), s, t, q, lse_s, lse_t, 0.1, 0.01
+    )
     torch.testing.assert_close(grad, recomputed, rtol=1e-12, atol=1e-14)
     x = s.clone().requires_grad_(True)
     out = mona_ext.similarity_kl(x, t, q, 0.1, 0.01) * 3.0
@@ -115,8 +115,14 @@ def test_forward_gradient_equals_the_backward_op(device, B):
 
 
 @settings(max_examples=30, deadline=None)
-@given(B=st.integers(0, 5), d=st.integers(1, 9), K=st.integers(1, 40), tau_s=st.sampled_from([0.01, 0.1, 2.0]),
-       tau_t=st.sampled_from([0.01, 0.1, 2.0]), seed=st.integers(0, 2**16))
+@given(
+    B=st.integers(0, 5),
+    d=st.integers(1, 9),
+    K=st.integers(1, 40),
+    tau_s=st.sampled_from([0.01, 0.1, 2.0]),
+    tau_t=st.sampled_from([0.01, 0.1, 2.0]),
+    seed=st.integers(0, 2**16),
+)
 def test_property_matches_reference(B, d, K, tau_s, tau_t, seed):
     s, t, q = make_inputs(B, d, K, seed=seed)
     out = mona_ext.similarity_kl(s, t, q, tau_s, tau_t)
@@ -184,7 +190,12 @@ def test_device_dtypes_match_cpu_with_backward(kernel_device, dtype):
 @pytest.mark.emu
 def test_emu_mismatched_device_message():
     s, t, q = make_inputs(B=3, d=8, K=9, dtype=torch.float32)
-    with on(EMU), pytest.raises(ValueError, match=r"similarity_kl: teacher \(meta\) and queue \(cpu\) must be on the student's device cpu"):
+    with (
+        on(EMU),
+        pytest.raises(
+            ValueError, match=r"similarity_kl: teacher \(meta\) and queue \(cpu\) must be on the student's device cpu"
+        ),
+    ):
         mona_ext.similarity_kl(s, t.to("meta"), q, 0.1, 0.1)
 
 
@@ -195,8 +206,8 @@ def test_emu_mismatched_device_message():
 SPLIT_ROWS = [
     pytest.param(5, 1000, 3, id="B5-K1000-3splits"),  # 334, 334, 332 entries: the last split shorter
     pytest.param(2, 1030, 4, id="B2-K1030-4splits"),  # 258, 258, 258, 256
-    pytest.param(7, 513, 2, id="B7-K513-2splits"),    # 257, 256
-    pytest.param(3, 511, 1, id="B3-K511-1split"),     # fewer than 2 x 256 entries: one split
+    pytest.param(7, 513, 2, id="B7-K513-2splits"),  # 257, 256
+    pytest.param(3, 511, 1, id="B3-K511-1split"),  # fewer than 2 x 256 entries: one split
 ]
 
 

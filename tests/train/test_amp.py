@@ -19,14 +19,33 @@ import mona_ext
 from mona.train import load_config
 from mona.train.loop import setup, train_one_iteration
 
-SMALL = {"glcon.mined_views": 4, "glcon.local_crops": 4, "model.embed_dim": 16, "mona.num_queries": 8,
-         "mona.num_negatives": 16, "mona.bank_size": 32, "mona.bank_push_per_class": 8, "mona.knn_queue": 8,
-         "mona.knn_k": 3}
+SMALL = {
+    "glcon.mined_views": 4,
+    "glcon.local_crops": 4,
+    "model.embed_dim": 16,
+    "mona.num_queries": 8,
+    "mona.num_negatives": 16,
+    "mona.bank_size": 32,
+    "mona.bank_push_per_class": 8,
+    "mona.knn_queue": 8,
+    "mona.knn_k": 3,
+}
 
 
 def _cfg(cache, out, method="mona", **kw):
-    ov = [f"data.cache={cache}", f"out_dir={out}", "data.labeled_patients=1", "data.batch_size=4", "iterations=10",
-          "val_every=100", "log_every=1", "checkpoint_every=100", "threads=1", "device=cpu", f"method={method}"]
+    ov = [
+        f"data.cache={cache}",
+        f"out_dir={out}",
+        "data.labeled_patients=1",
+        "data.batch_size=4",
+        "iterations=10",
+        "val_every=100",
+        "log_every=1",
+        "checkpoint_every=100",
+        "threads=1",
+        "device=cpu",
+        f"method={method}",
+    ]
     return load_config(None, ov + [f"{k}={v}" for k, v in {**SMALL, **kw}.items()])
 
 
@@ -36,23 +55,30 @@ def _record_losses(run) -> list[tuple[str, list[torch.dtype], bool, torch.dtype]
 
     def wrap(name, fn):
         def inner(*args, **kw):
-            dtypes = [a.dtype for a in list(args) + list(kw.values())
-                      if isinstance(a, torch.Tensor) and a.is_floating_point()]
+            dtypes = [
+                a.dtype for a in list(args) + list(kw.values()) if isinstance(a, torch.Tensor) and a.is_floating_point()
+            ]
             out = fn(*args, **kw)
             calls.append((name, dtypes, torch.is_autocast_enabled("cpu"), out.dtype))
             return out
+
         return inner
 
     L = run.method.losses
-    run.method.losses = dataclasses.replace(L, contrast=wrap("contrast", L.contrast), pixel_kl=wrap("pixel_kl", L.pixel_kl),
-                                            similarity_kl=wrap("similarity_kl", L.similarity_kl), knn=wrap("knn", L.knn))
+    run.method.losses = dataclasses.replace(
+        L,
+        contrast=wrap("contrast", L.contrast),
+        pixel_kl=wrap("pixel_kl", L.pixel_kl),
+        similarity_kl=wrap("similarity_kl", L.similarity_kl),
+        knn=wrap("knn", L.knn),
+    )
     return calls
 
 
 def test_amp_values_legacy_booleans_and_fp16_on_the_cpu(tiny_cache, tmp_path):
     assert _cfg(tiny_cache, tmp_path).amp == "auto"
-    assert _cfg(tiny_cache, tmp_path, amp="true").amp == "auto"    # mona <= 0.2 configs: amp: true
-    assert _cfg(tiny_cache, tmp_path, amp="off").amp == "off"      # YAML reads `off` as false
+    assert _cfg(tiny_cache, tmp_path, amp="true").amp == "auto"  # mona <= 0.2 configs: amp: true
+    assert _cfg(tiny_cache, tmp_path, amp="off").amp == "off"  # YAML reads `off` as false
     with pytest.raises(ValueError, match=r"amp must be one of \('auto', 'off', 'fp16', 'bf16'\), got 'fp8'"):
         _cfg(tiny_cache, tmp_path, amp="fp8")
     with pytest.raises(ValueError, match="amp 'fp16' needs a CUDA device .* use amp: bf16 or off"):
@@ -72,18 +98,18 @@ def test_bf16_autocast_on_the_cpu_with_every_loss_in_fp32(tiny_cache, tmp_path, 
     for _ in range(3):
         loss, parts, _ = train_one_iteration(run)
         assert math.isfinite(loss) and all(math.isfinite(v) for v in parts.values()), parts
-    assert net_dtypes and set(net_dtypes) == {torch.bfloat16}          # the network ran under autocast
+    assert net_dtypes and set(net_dtypes) == {torch.bfloat16}  # the network ran under autocast
     expected = {"supervised": set(), "glcon": {"similarity_kl"}, "mona": {"contrast", "pixel_kl", "knn"}}[method]
     assert {c[0] for c in calls} == expected
     for name, dtypes, autocast_on, out_dtype in calls:
-        assert not autocast_on, name                                     # no loss runs under autocast
-        assert out_dtype == torch.float32, name                          # every loss value in fp32
+        assert not autocast_on, name  # no loss runs under autocast
+        assert out_dtype == torch.float32, name  # every loss value in fp32
         if name == "contrast":  # the representation map as the head wrote it (bf16), accumulated in fp32
             assert dtypes[0] == torch.bfloat16
         else:
             assert set(dtypes) == {torch.float32}, (name, dtypes)
     if method == "mona":
-        assert run.method.bank.storage.dtype == torch.bfloat16           # features, keys and bank: one dtype
+        assert run.method.bank.storage.dtype == torch.bfloat16  # features, keys and bank: one dtype
 
 
 def test_fp16_teacher_logits_at_temperature_001_overflow_and_our_path_does_not():
@@ -92,16 +118,16 @@ def test_fp16_teacher_logits_at_temperature_001_overflow_and_our_path_does_not()
     divided by 0.01) it is inf / nan; our losses get fp32 inputs (tested above) and the fused op
     normalises and accumulates in fp32 even from fp16 inputs."""
     g = torch.Generator().manual_seed(0)
-    student = torch.randn(6, 512, generator=g) * 4          # projection-head outputs are not unit vectors
+    student = torch.randn(6, 512, generator=g) * 4  # projection-head outputs are not unit vectors
     teacher = student + torch.randn(6, 512, generator=g)
     queue = torch.cat([teacher[:3] + 0.1 * torch.randn(3, 512, generator=g), 4 * torch.randn(33, 512, generator=g)])
     # the hazard
     cos = F.normalize(teacher, dim=1) @ F.normalize(queue, dim=1).T
     assert cos.max() > 0.9
-    assert torch.isinf(torch.exp(cos.half() / 0.01)).any()                       # exp(logit) in fp16
+    assert torch.isinf(torch.exp(cos.half() / 0.01)).any()  # exp(logit) in fp16
     naive = torch.exp(cos.half() / 0.01) / torch.exp(cos.half() / 0.01).sum(1, keepdim=True)
     assert torch.isnan(naive).any()
-    assert torch.isinf((teacher.half() @ queue.half().T) / 0.01).any()          # unnormalised dot / 0.01
+    assert torch.isinf((teacher.half() @ queue.half().T) / 0.01).any()  # unnormalised dot / 0.01
     # our path: the fused op, from fp32 (as GLCon passes them) or even fp16 inputs
     ref = mona_ext.reference.similarity_kl(student.double(), teacher.double(), queue.double(), 0.1, 0.01)
     for dtype, tol in ((torch.float32, 1e-5), (torch.float16, 1e-2)):

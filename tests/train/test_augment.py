@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mona.augment import cutmix, random_contrast_brightness, strong, weak
 from mona.augment.spatial import identity_grid, random_transform

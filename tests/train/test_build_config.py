@@ -32,9 +32,22 @@ def run_setup(tmp_path: Path, cuda_home: Path, torch_cuda: str) -> tuple[subproc
     env.update(CUDA_HOME=str(cuda_home), MONA_BUILD_SIMULATE_TORCH_CUDA=torch_cuda, TORCH_CUDA_ARCH_LIST="8.6")
     t0 = time.time()
     # build_ext into a scratch directory: a build that got past the check would not touch the tree
-    proc = subprocess.run([sys.executable, "setup.py", "build_ext", "--build-lib", str(tmp_path / "lib"),
-                           "--build-temp", str(tmp_path / "tmp")], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "setup.py",
+            "build_ext",
+            "--build-lib",
+            str(tmp_path / "lib"),
+            "--build-temp",
+            str(tmp_path / "tmp"),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     return proc, time.time() - t0
 
 

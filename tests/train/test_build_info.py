@@ -44,8 +44,11 @@ def test_default_arch_list_embeds_ptx():
     if not setup_py.exists():
         pytest.skip("not a source checkout")
     tree = ast.parse(setup_py.read_text())
-    default = next(node.value.value for node in tree.body if isinstance(node, ast.Assign)
-                   and any(getattr(t, "id", None) == "DEFAULT_ARCH_LIST" for t in node.targets))
+    default = next(
+        node.value.value
+        for node in tree.body
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "DEFAULT_ARCH_LIST" for t in node.targets)
+    )
     archs, ptx = parse_arch_list(default)
     assert ptx and default.endswith("+PTX")
     assert archs == ["7.5", "8.0", "8.6", "8.9", "9.0"]
@@ -76,8 +79,14 @@ def _info_output(monkeypatch, capsys, fake: dict | None, as_json: bool = False) 
 
 
 def test_mona_info_shows_archs_and_ptx(monkeypatch, capsys):
-    fake = dict(mona_ext.build_info(), with_cuda=True, cuda_version="13.0.88", cuda_arch_list="8.6;9.0+PTX",
-                cuda_archs=["8.6", "9.0"], ptx=True)
+    fake = dict(
+        mona_ext.build_info(),
+        with_cuda=True,
+        cuda_version="13.0.88",
+        cuda_arch_list="8.6;9.0+PTX",
+        cuda_archs=["8.6", "9.0"],
+        ptx=True,
+    )
     out = _info_output(monkeypatch, capsys, fake)
     line = next(line for line in out.splitlines() if line.startswith("extension"))
     assert "archs 8.6 9.0" in line and "PTX yes" in line and "TORCH_CUDA_ARCH_LIST=8.6;9.0+PTX" in line

@@ -16,16 +16,67 @@ from mona.cli import build_parser, main
 
 def test_cli_pipeline(tmp_path, capsys):
     raw, cache, run = tmp_path / "raw", tmp_path / "cache", tmp_path / "run"
-    assert main(["synth", str(raw), "--train", "2", "--val", "1", "--test", "1", "--size-min", "40",
-                 "--size-max", "48", "--slices-min", "3", "--slices-max", "3", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "synth",
+                str(raw),
+                "--train",
+                "2",
+                "--val",
+                "1",
+                "--test",
+                "1",
+                "--size-min",
+                "40",
+                "--size-max",
+                "48",
+                "--slices-min",
+                "3",
+                "--slices-max",
+                "3",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert sorted(p.name for p in raw.iterdir()) == ["patient011", "patient028", "patient038", "patient099"]
     assert main(["prepare", "acdc", str(raw), str(cache), "--size", "32", "--no-progress"]) == 0
     assert "8 volumes" in capsys.readouterr().out
-    assert main(["train", "--config", "demo", f"data.cache={cache}", f"out_dir={run}", "iterations=3",
-                 "val_every=3", "data.labeled_patients=1", "data.batch_size=2", "threads=1", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--config",
+                "demo",
+                f"data.cache={cache}",
+                f"out_dir={run}",
+                "iterations=3",
+                "val_every=3",
+                "data.labeled_patients=1",
+                "data.batch_size=2",
+                "threads=1",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert (run / "model.pt").exists()
-    assert main(["evaluate", str(run / "model.pt"), str(cache), "--out", str(tmp_path / "ev"), "--voxels",
-                 "--overlays", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                str(run / "model.pt"),
+                str(cache),
+                "--out",
+                str(tmp_path / "ev"),
+                "--voxels",
+                "--overlays",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "RV" in out and "Myo" in out and "LV" in out and "mean foreground Dice" in out
     rep = json.loads((tmp_path / "ev" / "metrics.json").read_text())
@@ -72,20 +123,26 @@ def test_help_lists_commands():
 
 def test_predict_writes_raw_label_values_for_mmwhs_models(tmp_path):
     import torch
+    from niftilib import write_nifti
 
     from mona.models import MonaNet
     from mona.train.checkpoint import export_inference, model_meta
 
-    from niftilib import write_nifti
-
     torch.manual_seed(0)
     model = MonaNet(num_classes=8)
-    meta = model_meta(8, ["background", "LV-myo", "LA", "LV", "RA", "RV", "AAo", "PA"], 32, {"kind": "minmax"},
-                      (16, 32, 64, 128, 256), (0.05, 0.1, 0.2, 0.3, 0.5))
+    meta = model_meta(
+        8,
+        ["background", "LV-myo", "LA", "LV", "RA", "RV", "AAo", "PA"],
+        32,
+        {"kind": "minmax"},
+        (16, 32, 64, 128, 256),
+        (0.05, 0.1, 0.2, 0.3, 0.5),
+    )
     meta["label_values"] = [0, 205, 420, 500, 550, 600, 820, 850]
     export_inference(model, meta, tmp_path / "m.pt")
-    src = write_nifti(tmp_path / "ct.nii.gz", np.random.default_rng(0).normal(size=(20, 28, 2)).astype(np.float32),
-                      (0.9, 0.9, 2.0))
+    src = write_nifti(
+        tmp_path / "ct.nii.gz", np.random.default_rng(0).normal(size=(20, 28, 2)).astype(np.float32), (0.9, 0.9, 2.0)
+    )
     assert main(["predict", str(tmp_path / "m.pt"), str(src), str(tmp_path / "out.nii.gz"), "--device", "cpu"]) == 0
     out = nib.load(str(tmp_path / "out.nii.gz"))
     values = set(np.unique(np.asarray(out.dataobj)).tolist())
@@ -95,10 +152,28 @@ def test_predict_writes_raw_label_values_for_mmwhs_models(tmp_path):
 
 def test_cli_trains_both_mona_stages_and_resumes(tiny_cache, tmp_path, capsys):
     run = tmp_path / "mona"
-    args = ["train", "--config", "demo_mona", f"data.cache={tiny_cache}", f"out_dir={run}", "iterations=2",
-            "pretrain_iterations=2", "val_every=2", "checkpoint_every=2", "data.batch_size=2", "data.labeled_bs=1", "glcon.mined_views=2",
-            "glcon.local_crops=2", "model.embed_dim=8", "mona.num_queries=4", "mona.num_negatives=8",
-            "mona.bank_size=8", "mona.knn_queue=4", "mona.knn_k=2", "--no-progress"]
+    args = [
+        "train",
+        "--config",
+        "demo_mona",
+        f"data.cache={tiny_cache}",
+        f"out_dir={run}",
+        "iterations=2",
+        "pretrain_iterations=2",
+        "val_every=2",
+        "checkpoint_every=2",
+        "data.batch_size=2",
+        "data.labeled_bs=1",
+        "glcon.mined_views=2",
+        "glcon.local_crops=2",
+        "model.embed_dim=8",
+        "mona.num_queries=4",
+        "mona.num_negatives=8",
+        "mona.bank_size=8",
+        "mona.knn_queue=4",
+        "mona.knn_k=2",
+        "--no-progress",
+    ]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert f"{run / 'pretrain_glcon'}: finished at iteration 2" in out and f"{run}: finished at iteration 2" in out
@@ -114,10 +189,25 @@ def test_cli_says_when_the_cache_has_no_validation_patients(tiny_raw, tmp_path, 
     (splits / "train.list").write_text("\n".join(patients[:-1]) + "\n")
     (splits / "test.list").write_text(patients[-1] + "\n")
     cache = tmp_path / "cache"
-    assert main(["prepare", "acdc", str(tiny_raw), str(cache), "--size", "32", "--splits", str(splits),
-                 "--no-progress"]) == 0
-    assert main(["train", "--config", "demo", f"data.cache={cache}", f"out_dir={tmp_path / 'run'}", "iterations=2",
-                 "data.batch_size=2", "--no-progress"]) == 0
+    assert (
+        main(["prepare", "acdc", str(tiny_raw), str(cache), "--size", "32", "--splits", str(splits), "--no-progress"])
+        == 0
+    )
+    assert (
+        main(
+            [
+                "train",
+                "--config",
+                "demo",
+                f"data.cache={cache}",
+                f"out_dir={tmp_path / 'run'}",
+                "iterations=2",
+                "data.batch_size=2",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "no validation patients in the cache" in out and "-1" not in out.split("finished")[1]
 
@@ -125,8 +215,12 @@ def test_cli_says_when_the_cache_has_no_validation_patients(tiny_raw, tmp_path, 
 def test_train_with_a_missing_cache_says_so_and_creates_no_output_directory(tmp_path, capsys):
     for config in ("demo", "demo_mona"):  # one stage, and GLCon + MONA (stage 1 writes into out_dir/pretrain_glcon)
         run = tmp_path / f"run_{config}"
-        assert main(["train", "--config", config, f"data.cache={tmp_path / 'no_cache'}", f"out_dir={run}",
-                     "--no-progress"]) == 1
+        assert (
+            main(
+                ["train", "--config", config, f"data.cache={tmp_path / 'no_cache'}", f"out_dir={run}", "--no-progress"]
+            )
+            == 1
+        )
         err = capsys.readouterr().err
         assert f"{tmp_path / 'no_cache'}: the cache directory does not exist" in err
         assert "mona prepare" in err and "manifest" not in err
@@ -136,8 +230,19 @@ def test_train_with_a_missing_cache_says_so_and_creates_no_output_directory(tmp_
 
 def test_train_with_a_cache_without_manifest_keeps_its_message(tmp_path, capsys):
     (tmp_path / "cache").mkdir()
-    assert main(["train", "--config", "demo", f"data.cache={tmp_path / 'cache'}", f"out_dir={tmp_path / 'run'}",
-                 "--no-progress"]) == 1
+    assert (
+        main(
+            [
+                "train",
+                "--config",
+                "demo",
+                f"data.cache={tmp_path / 'cache'}",
+                f"out_dir={tmp_path / 'run'}",
+                "--no-progress",
+            ]
+        )
+        == 1
+    )
     err = capsys.readouterr().err
     assert "not a prepared cache (no manifest.json; run `mona prepare`" in err and "does not exist" not in err
     assert not (tmp_path / "run").exists()
@@ -159,7 +264,6 @@ def test_train_checks_every_input_before_creating_the_output_directory(tiny_cach
 
 
 def test_evaluate_synth_and_predict_create_nothing_on_bad_input(tiny_cache, tmp_path, capsys):
-    import torch
 
     from mona.data.dataset import SliceCache
     from mona.models import MonaNet
@@ -167,20 +271,49 @@ def test_evaluate_synth_and_predict_create_nothing_on_bad_input(tiny_cache, tmp_
 
     man = SliceCache(tiny_cache).manifest
     model_dir = tmp_path / "model"
-    export_inference(MonaNet(num_classes=4), model_meta(4, man["class_names"], man["size"], man["normalisation"],
-                                                         (16, 32, 64, 128, 256), (0.05, 0.1, 0.2, 0.3, 0.5)),
-                     model_dir / "m.pt")
+    export_inference(
+        MonaNet(num_classes=4),
+        model_meta(
+            4, man["class_names"], man["size"], man["normalisation"], (16, 32, 64, 128, 256), (0.05, 0.1, 0.2, 0.3, 0.5)
+        ),
+        model_dir / "m.pt",
+    )
     work = tmp_path / "work"
     work.mkdir()
     assert main(["synth", str(work / "raw"), "--train", "500", "--no-progress"]) == 2  # usage error
     assert "n_train must be in 0..70" in capsys.readouterr().err
     assert main(["evaluate", str(work / "x.pt"), str(tiny_cache), "--out", str(work / "ev")]) == 1
     assert "x.pt does not exist" in capsys.readouterr().err
-    assert main(["evaluate", str(model_dir / "m.pt"), str(work / "no_cache"), "--out", str(work / "ev"),
-                 "--overlays", "--no-progress"]) == 1
+    assert (
+        main(
+            [
+                "evaluate",
+                str(model_dir / "m.pt"),
+                str(work / "no_cache"),
+                "--out",
+                str(work / "ev"),
+                "--overlays",
+                "--no-progress",
+            ]
+        )
+        == 1
+    )
     assert "no_cache: the cache directory does not exist" in capsys.readouterr().err
-    assert main(["evaluate", str(model_dir / "m.pt"), str(tiny_cache), "--out", str(work / "ev"), "--overlays",
-                 "--overlay-slices", "0"]) == 2
+    assert (
+        main(
+            [
+                "evaluate",
+                str(model_dir / "m.pt"),
+                str(tiny_cache),
+                "--out",
+                str(work / "ev"),
+                "--overlays",
+                "--overlay-slices",
+                "0",
+            ]
+        )
+        == 2
+    )
     assert "--overlay-slices must be >= 1" in capsys.readouterr().err
     assert main(["predict", str(model_dir / "m.pt"), str(work / "in.nii.gz"), str(work / "o" / "p.nii.gz")]) == 1
     assert "in.nii.gz: file does not exist" in capsys.readouterr().err
@@ -210,10 +343,14 @@ def test_help_describes_every_argument_of_every_command():
     from mona.eval import report
 
     assert cli.OVERLAY_SLICES == report.OVERLAY_SLICES  # the default --help states
-    missing = [f"{where}: {a.option_strings or a.dest}" for where, a in actions
-               if not (a.help and a.help.strip() and a.help != argparse.SUPPRESS)]
+    missing = [
+        f"{where}: {a.option_strings or a.dest}"
+        for where, a in actions
+        if not (a.help and a.help.strip() and a.help != argparse.SUPPRESS)
+    ]
     assert missing == []
     for cmd in sorted(commands):  # and argparse renders every one (no %-format errors in the strings)
-        text = subprocess.run([sys.executable, "-m", "mona", cmd, "--help"], capture_output=True, text=True,
-                              check=True).stdout
+        text = subprocess.run(
+            [sys.executable, "-m", "mona", cmd, "--help"], capture_output=True, text=True, check=True
+        ).stdout
         assert "usage: mona " + cmd in text

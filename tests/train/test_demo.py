@@ -11,9 +11,20 @@ from mona.demo import compare
 
 def test_compare_writes_both_methods_summary_overlays_and_tables(tmp_path):
     lines: list[str] = []
-    summary = compare(tmp_path / "demo", iterations=4, pretrain_iterations=1, n_train=3, n_val=1, n_test=1, size=32,
-                      device="cpu", progress=False, overlay_slices=2, log=lines.append,
-                      overrides=["val_every=2", "checkpoint_every=2", "log_every=1"])
+    summary = compare(
+        tmp_path / "demo",
+        iterations=4,
+        pretrain_iterations=1,
+        n_train=3,
+        n_val=1,
+        n_test=1,
+        size=32,
+        device="cpu",
+        progress=False,
+        overlay_slices=2,
+        log=lines.append,
+        overrides=["val_every=2", "checkpoint_every=2", "log_every=1"],
+    )
     on_disk = json.loads((tmp_path / "demo" / "report" / "summary.json").read_text())
     assert on_disk["mean_dice_difference"] == pytest.approx(summary["mean_dice_difference"])
     for method in ("supervised", "mona"):
@@ -21,8 +32,9 @@ def test_compare_writes_both_methods_summary_overlays_and_tables(tmp_path):
         assert set(s["dice"]) == {"RV", "Myo", "LV"}
         assert s["mean_dice"] == pytest.approx(sum(s["dice"].values()) / 3)
         assert (tmp_path / "demo" / "report" / method / "metrics.csv").exists()
-    assert on_disk["mean_dice_difference"] == pytest.approx(on_disk["mona"]["mean_dice"]
-                                                            - on_disk["supervised"]["mean_dice"])
+    assert on_disk["mean_dice_difference"] == pytest.approx(
+        on_disk["mona"]["mean_dice"] - on_disk["supervised"]["mean_dice"]
+    )
     # both runs had the same budget; MONA split it into GLCon + fine-tuning
     assert on_disk["iterations"] == 4 and on_disk["pretrain_iterations"] == 1
     sup_log = (tmp_path / "demo" / "supervised" / "train_log.csv").read_text().splitlines()
@@ -44,22 +56,44 @@ def test_compare_writes_both_methods_summary_overlays_and_tables(tmp_path):
 
 def test_compare_rejects_a_pretrain_longer_than_the_budget(tmp_path):
     with pytest.raises(ValueError, match=r"pretrain_iterations must be in 0..3"):
-        compare(tmp_path / "d", iterations=4, pretrain_iterations=4, n_train=3, n_val=1, n_test=1, size=32,
-                device="cpu", progress=False, log=lambda *a: None)
+        compare(
+            tmp_path / "d",
+            iterations=4,
+            pretrain_iterations=4,
+            n_train=3,
+            n_val=1,
+            n_test=1,
+            size=32,
+            device="cpu",
+            progress=False,
+            log=lambda *a: None,
+        )
     assert not (tmp_path / "d").exists()
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"overrides": ["no_such_key=1"]}, "unknown key"),
-    ({"overrides": ["optim.schedule=cosine"]}, "optim.schedule"),
-    ({"labeled_patients": 3}, "labeled_patients must be in 1..2"),
-    ({"n_test": 0}, "n_test must be >= 1"),
-    ({"n_train": 500}, "n_train must be in"),
-    ({"overlay_slices": 0}, "overlay_slices must be >= 1"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"overrides": ["no_such_key=1"]}, "unknown key"),
+        ({"overrides": ["optim.schedule=cosine"]}, "optim.schedule"),
+        ({"labeled_patients": 3}, "labeled_patients must be in 1..2"),
+        ({"n_test": 0}, "n_test must be >= 1"),
+        ({"n_train": 500}, "n_train must be in"),
+        ({"overlay_slices": 0}, "overlay_slices must be >= 1"),
+    ],
+)
 def test_compare_checks_its_inputs_before_writing_anything(tmp_path, kwargs, message):
-    args = {"iterations": 4, "n_train": 3, "n_val": 1, "n_test": 1, "size": 32, "device": "cpu", "progress": False,
-            "log": lambda *a: None, **kwargs}
+    args = {
+        "iterations": 4,
+        "n_train": 3,
+        "n_val": 1,
+        "n_test": 1,
+        "size": 32,
+        "device": "cpu",
+        "progress": False,
+        "log": lambda *a: None,
+        **kwargs,
+    }
     with pytest.raises(ValueError, match=message):
         compare(tmp_path / "d", **args)
     assert not (tmp_path / "d").exists()

@@ -13,7 +13,6 @@ torchrun itself. CI time: about a minute on 2 cores.
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -31,9 +30,16 @@ from mona.train.loop import setup, train_one_iteration
 WORLD = 2
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = {  # tiny model, heads and samplers: behaviour, not quality
-    "model.channels": "[4,8,16,32,64]", "model.embed_dim": 16, "glcon.mined_views": 4, "glcon.local_crops": 4,
-    "mona.num_queries": 8, "mona.num_negatives": 16, "mona.bank_size": 32, "mona.bank_push_per_class": 8,
-    "mona.knn_queue": 8, "mona.knn_k": 3,
+    "model.channels": "[4,8,16,32,64]",
+    "model.embed_dim": 16,
+    "glcon.mined_views": 4,
+    "glcon.local_crops": 4,
+    "mona.num_queries": 8,
+    "mona.num_negatives": 16,
+    "mona.bank_size": 32,
+    "mona.bank_push_per_class": 8,
+    "mona.knn_queue": 8,
+    "mona.knn_k": 3,
 }
 
 
@@ -44,9 +50,19 @@ def _free_port() -> int:
 
 
 def _overrides(cache, out, method, batch, **kw) -> list[str]:
-    ov = [f"data.cache={cache}", f"out_dir={out}", "data.labeled_patients=1", f"data.batch_size={batch}",
-          "val_every=100", "log_every=1", "checkpoint_every=100", "threads=1", "device=cpu", f"method={method}",
-          "iterations=100"]
+    ov = [
+        f"data.cache={cache}",
+        f"out_dir={out}",
+        "data.labeled_patients=1",
+        f"data.batch_size={batch}",
+        "val_every=100",
+        "log_every=1",
+        "checkpoint_every=100",
+        "threads=1",
+        "device=cpu",
+        f"method={method}",
+        "iterations=100",
+    ]
     return ov + [f"{k}={v}" for k, v in {**SMALL, **kw}.items()]
 
 
@@ -67,8 +83,9 @@ def _snapshot(run) -> dict[str, torch.Tensor]:
 
 
 def _worker(rank: int, port: int, job: str, args: dict) -> None:
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
+    os.environ.update(
+        RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
     torch.set_num_threads(1)
     from mona.train import distributed
 
@@ -83,8 +100,10 @@ def _worker(rank: int, port: int, job: str, args: dict) -> None:
                 losses.append((lv, parts))
                 snaps.append(_snapshot(run))
             batches = [run.sampler.next_batch() for _ in range(3)]  # what this rank would draw next
-            torch.save({"snaps": snaps, "losses": losses, "batches": batches, "world": run.dist.world_size},
-                       out / f"rank{rank}.pt")
+            torch.save(
+                {"snaps": snaps, "losses": losses, "batches": batches, "world": run.dist.world_size},
+                out / f"rank{rank}.pt",
+            )
         elif job == "nonfinite":  # rank 1 alone sees a NaN loss term at its second step
             if rank == 1:
                 from mona import faults
@@ -106,8 +125,15 @@ def _worker(rank: int, port: int, job: str, args: dict) -> None:
             part = train(cfg_part, progress=False, stop_after=3)
             torch.manual_seed(999 + rank)  # a fresh process's global RNG must not matter
             rest = train(cfg_part, progress=False, resume=out / "part" / "last.pt")
-            torch.save({"full": full.losses, "part": part.losses, "rest": rest.losses,
-                        "files": sorted(p.name for p in (out / "part").iterdir())}, out / f"rank{rank}.pt")
+            torch.save(
+                {
+                    "full": full.losses,
+                    "part": part.losses,
+                    "rest": rest.losses,
+                    "files": sorted(p.name for p in (out / "part").iterdir()),
+                },
+                out / f"rank{rank}.pt",
+            )
         elif job == "hang":  # rank 1 stops taking part (alive, e.g. stuck in I/O): rank 0 must not wait forever
             run = setup(load_config(None, args["overrides"]))
             run.method.student.train()
@@ -123,13 +149,22 @@ def _worker(rank: int, port: int, job: str, args: dict) -> None:
             with torch.no_grad():
                 bn[0].weight.copy_(torch.tensor([1.0, 2.0, 0.5]))
                 bn[0].bias.copy_(torch.tensor([0.0, -1.0, 3.0]))
-            mine = x[2 * rank:2 * rank + 2].clone().contiguous(memory_format=torch.channels_last).requires_grad_()
+            mine = x[2 * rank : 2 * rank + 2].clone().contiguous(memory_format=torch.channels_last).requires_grad_()
             y = bn(mine)
             (y * torch.arange(y.numel()).reshape(y.shape)).sum().backward()
-            torch.save({"y": y.detach(), "gx": mine.grad, "gw": bn[0].weight.grad, "gb": bn[0].bias.grad,
-                        "rm": bn[0].running_mean, "rv": bn[0].running_var, "cl":
-                        y.is_contiguous(memory_format=torch.channels_last), "type": type(bn[0]).__name__},
-                       out / f"rank{rank}.pt")
+            torch.save(
+                {
+                    "y": y.detach(),
+                    "gx": mine.grad,
+                    "gw": bn[0].weight.grad,
+                    "gb": bn[0].bias.grad,
+                    "rm": bn[0].running_mean,
+                    "rv": bn[0].running_var,
+                    "cl": y.is_contiguous(memory_format=torch.channels_last),
+                    "type": type(bn[0]).__name__,
+                },
+                out / f"rank{rank}.pt",
+            )
     finally:
         distributed.shutdown()
 
@@ -144,8 +179,9 @@ def test_ranks_hold_identical_weights_banks_and_queues_after_every_step(tiny_cac
     # mona with bf16 autocast and the channels-last model (the resume test below runs it in fp32);
     # without SyncBatchNorm the running statistics are averaged after every step
     extra = {"amp": "bf16", "model.channels_last": "true"} if method == "mona" else {}
-    ov = _overrides(tiny_cache, tmp_path / "run", method, batch=4, **extra,
-                    **{"distributed.sync_batchnorm": str(sync_bn).lower()})
+    ov = _overrides(
+        tiny_cache, tmp_path / "run", method, batch=4, **extra, **{"distributed.sync_batchnorm": str(sync_bn).lower()}
+    )
     ranks = _spawn("steps", {"out": str(tmp_path), "overrides": ov, "steps": 4})
     assert ranks[0]["world"] == WORLD
     kinds = set()
@@ -190,8 +226,15 @@ def test_a_nonfinite_loss_on_one_rank_skips_the_step_on_every_rank(tiny_cache, t
 def test_two_ranks_with_batch_b_equal_one_rank_with_batch_2b(tiny_cache, tmp_path):
     """Supervised, cross-entropy only (a mean over pixels: the mean over ranks of per-rank means is the
     global mean), no dropout, no random augmentation: the only differences are the reduction order."""
-    kw = {"dice_weight": 0.0, "ce_weight": 1.0, "model.dropout": "[0,0,0,0,0]", "augment.rotate_deg": 0,
-          "augment.flip": "false", "augment.crop_scale": "[1.0,1.0]", "optim.lr": 0.1}
+    kw = {
+        "dice_weight": 0.0,
+        "ce_weight": 1.0,
+        "model.dropout": "[0,0,0,0,0]",
+        "augment.rotate_deg": 0,
+        "augment.flip": "false",
+        "augment.crop_scale": "[1.0,1.0]",
+        "optim.lr": 0.1,
+    }
     ov2 = _overrides(tiny_cache, tmp_path / "two", "supervised", batch=2, **kw)
     ranks = _spawn("steps", {"out": str(tmp_path), "overrides": ov2, "steps": 2})
     # one process, twice the batch
@@ -228,8 +271,8 @@ def test_cpu_sync_batchnorm_equals_batchnorm_on_the_global_batch(tmp_path):
     (y * w).sum().backward()
     for r, st in enumerate(ranks):
         assert st["type"] == "SyncBatchNorm" and st["cl"]
-        torch.testing.assert_close(st["y"], y[2 * r:2 * r + 2].detach(), rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(st["gx"], x.grad[2 * r:2 * r + 2], rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(st["y"], y[2 * r : 2 * r + 2].detach(), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(st["gx"], x.grad[2 * r : 2 * r + 2], rtol=1e-4, atol=1e-4)
         torch.testing.assert_close(st["rm"], bn.running_mean)
         torch.testing.assert_close(st["rv"], bn.running_var)
         # DDP averages parameter gradients over ranks; a rank's own is the gradient of its own loss
@@ -251,8 +294,11 @@ def test_resume_under_ddp_is_exact_and_another_world_size_is_an_error(tiny_cache
     # only rank 0 wrote: one set of logs, each iteration once
     lines = (tmp_path / "part" / "train_log.csv").read_text().splitlines()
     assert [int(l.split(",")[0]) for l in lines[1:]] == [1, 2, 3, 4, 5]
-    with pytest.raises(ValueError, match=r"written by a run of 2 process\(es\), this run has 1; resume with the "
-                                         r"same number"):
+    with pytest.raises(
+        ValueError,
+        match=r"written by a run of 2 process\(es\), this run has 1; resume with the "
+        r"same number",
+    ):
         setup(load_config(None, ov + [f"out_dir={tmp_path / 'part'}"]), resume=tmp_path / "part" / "last.pt")
 
 
@@ -264,17 +310,43 @@ def test_a_rank_that_stops_responding_times_the_job_out(tiny_cache, tmp_path):
 
 
 def _torchrun(tmp_path: Path, script_args: list[str]) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'python'}{os.pathsep}{ROOT}", "OMP_NUM_THREADS": "1",
-           "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(WORLD), "--master_addr",
-           "127.0.0.1", "--master_port", str(_free_port()), "--monitor_interval", "0.2", *script_args]
+    env = {
+        **os.environ,
+        "PYTHONPATH": f"{ROOT / 'python'}{os.pathsep}{ROOT}",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONUNBUFFERED": "1",
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        str(WORLD),
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(_free_port()),
+        "--monitor_interval",
+        "0.2",
+        *script_args,
+    ]
     return subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def test_torchrun_cli_trains_and_only_rank0_writes(tiny_cache, tmp_path):
     out = tmp_path / "run"
-    proc = _torchrun(tmp_path, ["-m", "mona", "train", "--config", "demo", "--no-progress",
-                                *_overrides(tiny_cache, out, "supervised", batch=2, iterations=3, val_every=3)])
+    proc = _torchrun(
+        tmp_path,
+        [
+            "-m",
+            "mona",
+            "train",
+            "--config",
+            "demo",
+            "--no-progress",
+            *_overrides(tiny_cache, out, "supervised", batch=2, iterations=3, val_every=3),
+        ],
+    )
     text, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, text
     assert "distributed: 2 processes (gloo)" in text
@@ -303,9 +375,17 @@ sys.exit(main(sys.argv[1:]))
 def test_a_killed_rank_ends_the_job_with_an_error(tiny_cache, tmp_path):
     script = tmp_path / "killer.py"
     script.write_text(_KILLER)
-    proc = _torchrun(tmp_path, [str(script), "train", "--config", "demo", "--no-progress",
-                                *_overrides(tiny_cache, tmp_path / "run", "mona", batch=4, iterations=50,
-                                            **{"distributed.timeout_s": 60})])
+    proc = _torchrun(
+        tmp_path,
+        [
+            str(script),
+            "train",
+            "--config",
+            "demo",
+            "--no-progress",
+            *_overrides(tiny_cache, tmp_path / "run", "mona", batch=4, iterations=50, **{"distributed.timeout_s": 60}),
+        ],
+    )
     try:
         text, _ = proc.communicate(timeout=300)
     except subprocess.TimeoutExpired:

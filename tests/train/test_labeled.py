@@ -8,14 +8,13 @@ import shutil
 
 import numpy as np
 import pytest
+from niftilib import write_nifti
 
 from mona.data.dataset import SliceCache, SliceRef
 from mona.data.labeled import labeled_split
 from mona.data.prepare import prepare
 from mona.data.readers import DataError
 from mona.data.splits import mona_lists
-
-from niftilib import write_nifti
 
 MMWHS_1018_SLICES = 190  # the 1 % list names slices 42..186
 
@@ -57,16 +56,21 @@ def _check_partition(cache, ls):
     train = cache.slice_refs(cache.cases_of_patients(cache.splits["train"]))
     assert not set(ls.labeled) & set(ls.unlabeled)
     assert sorted(ls.labeled + ls.unlabeled, key=lambda r: (r.case_index, r.z)) == sorted(
-        train, key=lambda r: (r.case_index, r.z))
+        train, key=lambda r: (r.case_index, r.z)
+    )
 
 
 def test_lits_ratios_select_the_authors_lists(lits_cache):
     c = lits_cache
     assert c.splits == {"train": ["volume-2", "volume-0", "volume-58"], "val": [], "test": ["volume-100"]}
-    assert c.manifest["labeled_lists"] == {"0.01": ["volume-2"], "0.05": ["volume-2", "volume-0"],
-                                           "0.1": ["volume-2", "volume-0"]}
-    assert sorted(c.manifest["labeled_lists_absent"]["0.1"]) == sorted(set(mona_lists("lits")["labeled"]["0.1"])
-                                                                       - {"volume-2", "volume-0"})
+    assert c.manifest["labeled_lists"] == {
+        "0.01": ["volume-2"],
+        "0.05": ["volume-2", "volume-0"],
+        "0.1": ["volume-2", "volume-0"],
+    }
+    assert sorted(c.manifest["labeled_lists_absent"]["0.1"]) == sorted(
+        set(mona_lists("lits")["labeled"]["0.1"]) - {"volume-2", "volume-0"}
+    )
     one = labeled_split(c, labeled_ratio=0.01)
     assert one.labeled_patients == ["volume-2"] and len(one.labeled) == 3 and len(one.unlabeled) == 6
     assert "train_1_.list" in one.description and one.source == "mona:train_1_"
@@ -112,8 +116,10 @@ def test_acdc_ratio_and_patients_are_first_whole_patients(tiny_cache):
     assert c.manifest["labeled_lists"] == {} and c.manifest["default_labeled"] is None
     ls = labeled_split(c, labeled_ratio=0.01)
     assert ls.labeled_patients == c.splits["train"][:1]
-    assert {c.cases[r.case_index]["case_id"] for r in ls.labeled} == {f"{c.splits['train'][0]}_frame01",
-                                                                     f"{c.splits['train'][0]}_frame02"}
+    assert {c.cases[r.case_index]["case_id"] for r in ls.labeled} == {
+        f"{c.splits['train'][0]}_frame01",
+        f"{c.splits['train'][0]}_frame02",
+    }
     assert "no MONA" not in ls.description
     _check_partition(c, ls)
     assert labeled_split(c, labeled_patients=2).labeled_patients == c.splits["train"][:2]
@@ -130,8 +136,9 @@ def test_acdc_ratio_and_patients_are_first_whole_patients(tiny_cache):
 def test_user_labeled_list(lits_cache, tmp_path):
     c = lits_cache
     f = tmp_path / "lab.list"
-    f.write_text("# my labels\n\nvolume-58\ncase0001_slice_1   # authors' name, slice 1 of volume-0\n"
-                 "volume-0_slice_2\n")
+    f.write_text(
+        "# my labels\n\nvolume-58\ncase0001_slice_1   # authors' name, slice 1 of volume-0\nvolume-0_slice_2\n"
+    )
     ls = labeled_split(c, labeled_list=str(f))
     i0, i58 = c.case_index["volume-0"], c.case_index["volume-58"]
     assert ls.labeled == [SliceRef(i58, 0), SliceRef(i58, 1), SliceRef(i58, 2), SliceRef(i0, 1), SliceRef(i0, 2)]
@@ -140,12 +147,15 @@ def test_user_labeled_list(lits_cache, tmp_path):
     _check_partition(c, ls)
 
 
-@pytest.mark.parametrize("text, pattern", [
-    ("volume-2\nvolume-7\n", r"lab\.list: line 2: 'volume-7' is not a patient, case or CASE_slice_K"),
-    ("volume-2_slice_3\n", r"lab\.list: line 1: 'volume-2_slice_3' slice 3 is out of range: case 'volume-2' has 3"),
-    ("volume-100\n", r"lab\.list: line 1: 'volume-100' is not in the train split"),
-    ("# only a comment\n\n", r"lab\.list: the labeled list names no patient"),
-])
+@pytest.mark.parametrize(
+    "text, pattern",
+    [
+        ("volume-2\nvolume-7\n", r"lab\.list: line 2: 'volume-7' is not a patient, case or CASE_slice_K"),
+        ("volume-2_slice_3\n", r"lab\.list: line 1: 'volume-2_slice_3' slice 3 is out of range: case 'volume-2' has 3"),
+        ("volume-100\n", r"lab\.list: line 1: 'volume-100' is not in the train split"),
+        ("# only a comment\n\n", r"lab\.list: the labeled list names no patient"),
+    ],
+)
 def test_user_labeled_list_errors(lits_cache, tmp_path, text, pattern):
     f = tmp_path / "lab.list"
     f.write_text(text)
@@ -176,8 +186,10 @@ def test_splits_dir_default_labeled_list(tmp_path):
     r = prepare("folder", raw, tmp_path / "cache", size=16, num_classes=3, splits_dir=d, progress=False)
     man = r.manifest
     assert man["splits"] == {"train": ["b", "a", "d"], "val": [], "test": ["c"]}
-    assert man["default_labeled"] == {"source": str((d / "labeled.list").resolve()),
-                                      "entries": ["a", {"case": "b", "slices": [2]}]}
+    assert man["default_labeled"] == {
+        "source": str((d / "labeled.list").resolve()),
+        "entries": ["a", {"case": "b", "slices": [2]}],
+    }
     assert man["split_source"].startswith("user lists")
     c = SliceCache(tmp_path / "cache")
     ls = labeled_split(c)  # nothing given: the default list applies

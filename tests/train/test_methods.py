@@ -16,15 +16,31 @@ from mona.train.loop import setup, train_one_iteration
 from mona.train.losses import confidence_weighted_ce
 
 SMALL = {  # tiny heads and samplers: the tests check behaviour, not quality
-    "glcon.mined_views": 4, "glcon.local_crops": 4, "model.embed_dim": 16, "mona.num_queries": 8,
-    "mona.num_negatives": 16, "mona.bank_size": 32, "mona.bank_push_per_class": 8, "mona.knn_queue": 8,
+    "glcon.mined_views": 4,
+    "glcon.local_crops": 4,
+    "model.embed_dim": 16,
+    "mona.num_queries": 8,
+    "mona.num_negatives": 16,
+    "mona.bank_size": 32,
+    "mona.bank_push_per_class": 8,
+    "mona.knn_queue": 8,
     "mona.knn_k": 3,
 }
 
 
 def _cfg(cache, out, method="mona", **kw):
-    ov = [f"data.cache={cache}", f"out_dir={out}", "data.labeled_patients=1", "data.batch_size=4",
-          "val_every=3", "log_every=1", "checkpoint_every=3", "threads=1", "device=cpu", f"method={method}"]
+    ov = [
+        f"data.cache={cache}",
+        f"out_dir={out}",
+        "data.labeled_patients=1",
+        "data.batch_size=4",
+        "val_every=3",
+        "log_every=1",
+        "checkpoint_every=3",
+        "threads=1",
+        "device=cpu",
+        f"method={method}",
+    ]
     ov += [f"{k}={v}" for k, v in {**(SMALL if method != "supervised" else {}), **kw}.items()]
     return load_config(None, ov)
 
@@ -40,8 +56,9 @@ def test_resume_is_bit_identical_for_every_method(tiny_cache, tmp_path, method):
     assert part.iteration == 4 and not (tmp_path / "part" / "model.pt").exists()
     torch.manual_seed(999)  # a fresh process starts with another global RNG state: resume must not care
     np.random.seed(5)
-    rest = train(_cfg(tiny_cache, tmp_path / "part", method, iterations=7), progress=False,
-                 resume=tmp_path / "part" / "last.pt")
+    rest = train(
+        _cfg(tiny_cache, tmp_path / "part", method, iterations=7), progress=False, resume=tmp_path / "part" / "last.pt"
+    )
     assert part.losses + rest.losses == full.losses
     a = load_checkpoint(tmp_path / "full" / "last.pt")
     b = load_checkpoint(tmp_path / "part" / "last.pt")
@@ -59,8 +76,20 @@ def test_resume_is_bit_identical_for_every_method(tiny_cache, tmp_path, method):
 def test_every_stateful_object_is_in_the_checkpoint(tiny_cache, tmp_path):
     train(_cfg(tiny_cache, tmp_path / "r", iterations=2), progress=False)
     objs = load_checkpoint(tmp_path / "r" / "last.pt")["objects"]
-    assert {"student", "teacher", "optimizer", "scheduler", "scaler", "sampler", "bank", "queue.knn",
-            "generator.sample", "generator.augment", "generator.contrast", "generator.push"} == set(objs)
+    assert {
+        "student",
+        "teacher",
+        "optimizer",
+        "scheduler",
+        "scaler",
+        "sampler",
+        "bank",
+        "queue.knn",
+        "generator.sample",
+        "generator.augment",
+        "generator.contrast",
+        "generator.push",
+    } == set(objs)
     assert int(objs["bank"]["fill"].sum()) > 0 and int(objs["queue.knn"]["fill"]) == 8  # 2 steps x 4 images
     glcon = train(_cfg(tiny_cache, tmp_path / "g", "glcon", iterations=1), progress=False)
     objs = load_checkpoint(glcon.out_dir / "last.pt")["objects"]
@@ -91,8 +120,12 @@ def test_mona_learns_on_phantoms(tiny_cache, tmp_path):
 
 
 def test_a_zero_weight_switches_the_term_off(tiny_cache, tmp_path):
-    cfg = _cfg(tiny_cache, tmp_path / "r", iterations=3,
-               **{"mona.contrast_weight": 0, "mona.nn_weight": 0, "mona.eqv_weight": 0})
+    cfg = _cfg(
+        tiny_cache,
+        tmp_path / "r",
+        iterations=3,
+        **{"mona.contrast_weight": 0, "mona.nn_weight": 0, "mona.eqv_weight": 0},
+    )
     run = setup(cfg)
     m = run.method
     assert m.bank is None and m.queue is None and len(m.student.heads) == 0
@@ -140,6 +173,7 @@ def test_contrast_term_has_the_same_distribution_with_either_implementation(tiny
             torch.set_rng_state(rng)  # dropout
             m.contrast_gen.manual_seed(seed)
             from mona.train.loop import next_batch
+
             with torch.no_grad():
                 vals.append(m.step(next_batch(run))[1]["contrast"])
             m._pending.clear()
@@ -154,11 +188,15 @@ def test_init_from_errors_name_the_file(tiny_cache, tmp_path):
     with pytest.raises(FileNotFoundError, match=r"init_from: checkpoint .*nothing.pt does not exist"):
         train(_cfg(tiny_cache, tmp_path / "r", iterations=1, init_from=str(tmp_path / "nothing.pt")), progress=False)
     assert not (tmp_path / "r").exists()  # the inputs are read before the output directory is created
-    train(_cfg(tiny_cache, tmp_path / "other", "glcon", iterations=1, **{"model.channels": [8, 16, 32, 64, 128]}),
-          progress=False)
+    train(
+        _cfg(tiny_cache, tmp_path / "other", "glcon", iterations=1, **{"model.channels": [8, 16, 32, 64, 128]}),
+        progress=False,
+    )
     with pytest.raises(ValueError, match=r"init_from .*other/last.pt: incompatible checkpoint: channels"):
-        train(_cfg(tiny_cache, tmp_path / "r", iterations=1, init_from=str(tmp_path / "other" / "last.pt")),
-              progress=False)
+        train(
+            _cfg(tiny_cache, tmp_path / "r", iterations=1, init_from=str(tmp_path / "other" / "last.pt")),
+            progress=False,
+        )
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match=r"junk.pt: unreadable"):
         train(_cfg(tiny_cache, tmp_path / "r", iterations=1, init_from=str(tmp_path / "junk.pt")), progress=False)
@@ -185,6 +223,7 @@ def test_two_stages_from_one_config_and_resume_at_either_stage(tiny_cache, tmp_p
     # interrupted inside stage 1: --resume continues stage 1, then runs stage 2
     cfg = _cfg(tiny_cache, tmp_path / "part", **kw)
     from mona.train.pipeline import stages
+
     train(stages(cfg)[0], progress=False, stop_after=2)
     rest = run_stages(cfg, resume="auto", progress=False)
     assert [r.iteration for r in rest] == [3, 4]
@@ -215,8 +254,8 @@ def test_confidence_weighted_ce_weights_each_image_by_its_confident_fraction():
     logits = torch.randn(2, 3, 4, 4)
     pseudo = torch.randint(0, 3, (2, 4, 4))
     conf = torch.zeros(2, 4, 4)
-    conf[0, :2] = 0.99          # image 0: half of its pixels confident
-    conf[1] = 0.98              # image 1: all
+    conf[0, :2] = 0.99  # image 0: half of its pixels confident
+    conf[1] = 0.98  # image 1: all
     ce = torch.nn.functional.cross_entropy(logits, pseudo, reduction="none").mean(dim=(1, 2))
     expected = (ce[0] * 0.5 + ce[1] * 1.0) / 2
     assert confidence_weighted_ce(logits, pseudo, conf, 0.97).item() == pytest.approx(expected.item(), rel=1e-6)

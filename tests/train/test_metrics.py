@@ -22,10 +22,11 @@ def _cases():
     out = []
     for k in range(4):  # random masks, 2-D and 3-D
         shape = (24, 20, 7) if k % 2 else (30, 26)
-        out.append((rng.random(shape) > 0.6, rng.random(shape) > 0.7,
-                    (1.4, 0.7, 6.0)[: len(shape)]))
+        out.append((rng.random(shape) > 0.6, rng.random(shape) > 0.7, (1.4, 0.7, 6.0)[: len(shape)]))
     # structured: shifted / scaled ellipsoids, a ring vs a disc, a one-voxel object
-    out.append((_ball((40, 40, 10), (20, 20, 5), (8, 10, 3)), _ball((40, 40, 10), (22, 18, 5), (9, 8, 4)), (1.25, 1.25, 10.0)))
+    out.append(
+        (_ball((40, 40, 10), (20, 20, 5), (8, 10, 3)), _ball((40, 40, 10), (22, 18, 5), (9, 8, 4)), (1.25, 1.25, 10.0))
+    )
     ring = _ball((48, 48), (24, 24), (12, 12)) & ~_ball((48, 48), (24, 24), (7, 7))
     out.append((ring, _ball((48, 48), (25, 22), (12, 11)), (0.6, 1.8)))
     one = np.zeros((16, 16, 4), bool)

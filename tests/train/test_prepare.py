@@ -8,13 +8,12 @@ import os
 
 import numpy as np
 import pytest
+from niftilib import write_nifti
 
 from mona.data.dataset import SliceCache
 from mona.data.prepare import normalise_volume, prepare, resize_label_slices
 from mona.data.readers import DataError
 from mona.errors import UsageError
-
-from niftilib import write_nifti
 
 
 def _snapshot(root):
@@ -73,6 +72,7 @@ def test_interrupted_prepare_leaves_no_valid_cache_and_resumes(tiny_raw, tmp_pat
 
 def test_changed_source_is_reprocessed(tiny_raw, tmp_path):
     import shutil
+
     raw = tmp_path / "raw"
     shutil.copytree(tiny_raw, raw)
     out = tmp_path / "c"
@@ -125,8 +125,11 @@ def test_lits_prepare_uses_the_authors_lists(tmp_path):
 
 def test_lits_unlisted_volume_is_an_error_before_processing(tmp_path):
     raw = _lits_raw(tmp_path / "raw", (0, 131, 140))
-    with pytest.raises(DataError, match=r"volume-131, volume-140 are in neither train_all\.list nor test\.list"
-                                        r".*--splits DIR"):
+    with pytest.raises(
+        DataError,
+        match=r"volume-131, volume-140 are in neither train_all\.list nor test\.list"
+        r".*--splits DIR",
+    ):
         prepare("lits", raw, tmp_path / "c", size=16, progress=False)
     assert not (tmp_path / "c").exists()
 
@@ -145,8 +148,9 @@ def test_folder_random_split_and_class_names(tmp_path):
     b = prepare("folder", raw, tmp_path / "b", size=16, seed=3, num_classes=3, progress=False).manifest
     assert b["splits"] == m["splits"] and b["class_names"] == ["background", "class1", "class2"]
     with pytest.raises(UsageError, match=r"--class-names gives 3 names \(bg, liver, tumour\) but --num-classes is 4"):
-        prepare("folder", raw, tmp_path / "c", size=16, num_classes=4, class_names=["bg", "liver", "tumour"],
-                progress=False)
+        prepare(
+            "folder", raw, tmp_path / "c", size=16, num_classes=4, class_names=["bg", "liver", "tumour"], progress=False
+        )
     with pytest.raises(UsageError, match="--class-names repeats liver"):
         prepare("folder", raw, tmp_path / "c", size=16, class_names=["bg", "liver", "liver"], progress=False)
     with pytest.raises(UsageError, match="--num-classes \\(or --class-names\\) is required"):

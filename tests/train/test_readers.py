@@ -4,10 +4,20 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from mona.data.readers import ACDC, LITS, MMWHS, DataError, folder_spec, load_case, read_acdc, read_folder, read_lits, read_mmwhs
-
 from niftilib import write_nifti
+
+from mona.data.readers import (
+    ACDC,
+    LITS,
+    MMWHS,
+    DataError,
+    folder_spec,
+    load_case,
+    read_acdc,
+    read_folder,
+    read_lits,
+    read_mmwhs,
+)
 
 
 def _acdc_patient(root, pid="patient001", frames=(1, 12), shape=(20, 24, 5), spacing=(1.5, 1.25, 8.0), seed=0):
@@ -26,8 +36,12 @@ def test_acdc_layout_frames_roles_and_spacing(tmp_path):
     _acdc_patient(tmp_path, "patient001", frames=(1, 12), spacing=(1.5, 1.25, 8.0))
     _acdc_patient(tmp_path, "patient002", frames=(1, 9), spacing=(0.7, 0.7, 10.0), seed=1)
     recs = read_acdc(tmp_path)
-    assert [r.case_id for r in recs] == ["patient001_frame01", "patient001_frame02",
-                                         "patient002_frame01", "patient002_frame02"]
+    assert [r.case_id for r in recs] == [
+        "patient001_frame01",
+        "patient001_frame02",
+        "patient002_frame01",
+        "patient002_frame02",
+    ]
     assert recs[1].extra == {"frame": 12, "phase": "ES"} and recs[0].extra["phase"] == "ED"
     vol = load_case(recs[1], ACDC)
     assert vol.spacing == pytest.approx((1.5, 1.25, 8.0))
@@ -38,8 +52,12 @@ def test_acdc_layout_frames_roles_and_spacing(tmp_path):
 def test_lits_layout_and_spacing(tmp_path):
     rng = np.random.default_rng(0)
     for n in (0, 3):
-        write_nifti(tmp_path / f"volume-{n}.nii", rng.integers(-1000, 1000, (16, 16, 4)).astype(np.int16), (0.8, 0.8, 2.5))
-        write_nifti(tmp_path / f"segmentation-{n}.nii", rng.integers(0, 3, (16, 16, 4)).astype(np.uint8), (0.8, 0.8, 2.5))
+        write_nifti(
+            tmp_path / f"volume-{n}.nii", rng.integers(-1000, 1000, (16, 16, 4)).astype(np.int16), (0.8, 0.8, 2.5)
+        )
+        write_nifti(
+            tmp_path / f"segmentation-{n}.nii", rng.integers(0, 3, (16, 16, 4)).astype(np.uint8), (0.8, 0.8, 2.5)
+        )
     recs = read_lits(tmp_path)
     assert [r.case_id for r in recs] == ["volume-0", "volume-3"]
     vol = load_case(recs[1], LITS)

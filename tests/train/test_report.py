@@ -13,8 +13,14 @@ import numpy as np
 import pytest
 
 from mona.data.readers import CaseRecord, Volume
-from mona.eval.report import (comparison_curves_figure, comparison_overlay_figure, learning_curve_figure,
-                              overlay_slices, prepare_matplotlib, write_volume_overlays)
+from mona.eval.report import (
+    comparison_curves_figure,
+    comparison_overlay_figure,
+    learning_curve_figure,
+    overlay_slices,
+    prepare_matplotlib,
+    write_volume_overlays,
+)
 
 CLASSES = ["background", "RV", "Myo", "LV"]
 
@@ -86,7 +92,7 @@ def _assert_legend_outside_axes(fig, axes, labels):
     box = legend.get_window_extent()
     renderer = fig.canvas.get_renderer()
     for ax in axes:
-        assert not box.overlaps(ax.get_window_extent())   # the data area
+        assert not box.overlaps(ax.get_window_extent())  # the data area
         assert not box.overlaps(ax.get_tightbbox(renderer))  # nor the tick labels and axis labels
     assert box.y1 <= min(ax.get_tightbbox(renderer).y0 for ax in axes)  # below the axes
     fbox = fig.bbox
@@ -96,9 +102,11 @@ def _assert_legend_outside_axes(fig, axes, labels):
 def test_comparison_curve_legend_is_outside_the_plot(tmp_path):
     plt = prepare_matplotlib()
     # lines through the whole plotting area, including the lower right corner where the legend used to sit
-    runs = {"supervised (labeled only)": [(_write_metrics(tmp_path / "s", [(0, 0.05), (50, 0.5), (100, 0.02)]), 0)],
-            "GLCon (stage 1)": [(_write_metrics(tmp_path / "g", [(0, 0.9), (25, 0.1)]), 0)],
-            "MONA (stage 2)": [(_write_metrics(tmp_path / "m", [(0, 0.2), (75, 0.98)]), 25)]}
+    runs = {
+        "supervised (labeled only)": [(_write_metrics(tmp_path / "s", [(0, 0.05), (50, 0.5), (100, 0.02)]), 0)],
+        "GLCon (stage 1)": [(_write_metrics(tmp_path / "g", [(0, 0.9), (25, 0.1)]), 0)],
+        "MONA (stage 2)": [(_write_metrics(tmp_path / "m", [(0, 0.2), (75, 0.98)]), 25)],
+    }
     fig = comparison_curves_figure(runs)
     try:
         _assert_legend_outside_axes(fig, fig.axes, list(runs))
@@ -129,14 +137,36 @@ def test_font_cache_message_comes_before_the_progress_bar(tiny_cache, tmp_path):
     man = SliceCache(tiny_cache).manifest
     torch.manual_seed(0)
     model = MonaNet(num_classes=len(man["class_names"]))
-    meta = model_meta(len(man["class_names"]), man["class_names"], man["size"], man["normalisation"],
-                      (16, 32, 64, 128, 256), (0.05, 0.1, 0.2, 0.3, 0.5))
+    meta = model_meta(
+        len(man["class_names"]),
+        man["class_names"],
+        man["size"],
+        man["normalisation"],
+        (16, 32, 64, 128, 256),
+        (0.05, 0.1, 0.2, 0.3, 0.5),
+    )
     export_inference(model, meta, tmp_path / "m.pt")
     env = {**os.environ, "MPLCONFIGDIR": str(tmp_path / "mplconfig"), "OMP_NUM_THREADS": "1"}
     env.pop("MPLBACKEND", None)
-    r = subprocess.run([sys.executable, "-m", "mona", "evaluate", str(tmp_path / "m.pt"), str(tiny_cache),
-                        "--out", str(tmp_path / "ev"), "--overlays", "--device", "cpu"],
-                       capture_output=True, text=True, env=env, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mona",
+            "evaluate",
+            str(tmp_path / "m.pt"),
+            str(tiny_cache),
+            "--out",
+            str(tmp_path / "ev"),
+            "--overlays",
+            "--device",
+            "cpu",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     err = r.stderr
     if "generated new fontManager" not in err:

@@ -30,7 +30,11 @@ SHARED = Path("/work/shared/data/mona_splits")
 def test_shipped_acdc_counts_and_disjoint():
     p = acdc_patients()
     assert (len(p["train"]), len(p["val"]), len(p["test"])) == (70, 10, 20)
-    assert not set(p["train"]) & set(p["val"]) and not set(p["train"]) & set(p["test"]) and not set(p["val"]) & set(p["test"])
+    assert (
+        not set(p["train"]) & set(p["val"])
+        and not set(p["train"]) & set(p["test"])
+        and not set(p["val"]) & set(p["test"])
+    )
     assert len(set(p["train"]) | set(p["val"]) | set(p["test"])) == 100
     cases = acdc_case_lists()
     assert (len(cases["train"]), len(cases["val"]), len(cases["test"])) == (140, 20, 40)
@@ -126,8 +130,11 @@ def test_mmwhs_lists_counts_and_the_slice_list():
 def test_plan_lits_restricts_lists_and_rejects_unlisted_volumes():
     plan = plan_splits("lits", ["volume-0", "volume-2", "volume-58", "volume-100"])
     assert plan.splits == {"train": ["volume-2", "volume-0", "volume-58"], "val": [], "test": ["volume-100"]}
-    assert plan.labeled_names == {"0.01": ["volume-2"], "0.05": ["volume-2", "volume-0"],
-                                  "0.1": ["volume-2", "volume-0"]}
+    assert plan.labeled_names == {
+        "0.01": ["volume-2"],
+        "0.05": ["volume-2", "volume-0"],
+        "0.1": ["volume-2", "volume-0"],
+    }
     assert len(plan.labeled_absent["0.05"]) == 3 and "0.01" not in plan.labeled_absent
     assert "MONA authors' lists" in plan.source
     with pytest.raises(DataError, match=r"volume-131.*--splits DIR"):
@@ -166,8 +173,7 @@ def _write(d: Path, **files):
 
 def test_user_split_lists(tmp_path):
     pats = ["a", "b", "c", "d"]
-    d = _write(tmp_path / "ok", train="# mine\nb\n\na  # trailing comment\n", val="d\n", test="c\n",
-               labeled="a\n")
+    d = _write(tmp_path / "ok", train="# mine\nb\n\na  # trailing comment\n", val="d\n", test="c\n", labeled="a\n")
     plan = plan_splits("folder", pats, splits_dir=d)
     assert plan.splits == {"train": ["b", "a"], "val": ["d"], "test": ["c"]}
     assert plan.default_labeled == (str((d / "labeled.list").resolve()), [(1, "a")])
@@ -179,13 +185,16 @@ def test_user_split_lists(tmp_path):
     assert plan.splits == {"train": ["patient001"], "val": [], "test": ["patient002"]}
 
 
-@pytest.mark.parametrize("files, pattern", [
-    ({"train": "a\nb\nzz\n", "test": "c\nd\n"}, r"train\.list: line 3: 'zz' is not a patient"),
-    ({"train": "a\nb\n", "test": "c\nd\na\n"}, r"test\.list: line 3: patient 'a' is also in train\.list"),
-    ({"train": "a\nb\n", "test": "c\n"}, r"present patient\(s\) d are in none of"),
-    ({"train": "a\nb\nc\nd\n"}, r"missing test\.list"),
-    ({"train": "# nothing\n", "test": "a\nb\nc\nd\n"}, r"train\.list: names no patient"),
-])
+@pytest.mark.parametrize(
+    "files, pattern",
+    [
+        ({"train": "a\nb\nzz\n", "test": "c\nd\n"}, r"train\.list: line 3: 'zz' is not a patient"),
+        ({"train": "a\nb\n", "test": "c\nd\na\n"}, r"test\.list: line 3: patient 'a' is also in train\.list"),
+        ({"train": "a\nb\n", "test": "c\n"}, r"present patient\(s\) d are in none of"),
+        ({"train": "a\nb\nc\nd\n"}, r"missing test\.list"),
+        ({"train": "# nothing\n", "test": "a\nb\nc\nd\n"}, r"train\.list: names no patient"),
+    ],
+)
 def test_user_split_list_errors(tmp_path, files, pattern):
     d = _write(tmp_path / "s", **files)
     with pytest.raises(DataError, match=pattern):

@@ -42,6 +42,6 @@ def test_layout_spacing_and_class_frequencies(tmp_path):
         sizes.add(vol.image.shape)
         counts += np.bincount(vol.label.ravel(), minlength=4)
     freq = counts / counts.sum()
-    assert freq[0] > 0.85 and (freq[1:] > 0.002).all()    # long-tailed, every class present
-    assert freq[1] < freq[2]                               # RV is the rarest structure here
-    assert len(sizes) > 3 and len(spacings) > 3            # shapes and spacings vary per patient
+    assert freq[0] > 0.85 and (freq[1:] > 0.002).all()  # long-tailed, every class present
+    assert freq[1] < freq[2]  # RV is the rarest structure here
+    assert len(sizes) > 3 and len(spacings) > 3  # shapes and spacings vary per patient

@@ -12,8 +12,17 @@ from mona.train.losses import soft_dice_loss
 
 
 def _cfg(cache, out, **kw):
-    ov = [f"data.cache={cache}", f"out_dir={out}", "data.labeled_patients=2", "data.batch_size=4",
-          "val_every=4", "log_every=1", "checkpoint_every=4", "threads=1", "device=cpu"]
+    ov = [
+        f"data.cache={cache}",
+        f"out_dir={out}",
+        "data.labeled_patients=2",
+        "data.batch_size=4",
+        "val_every=4",
+        "log_every=1",
+        "checkpoint_every=4",
+        "threads=1",
+        "device=cpu",
+    ]
     ov += [f"{k}={v}" for k, v in kw.items()]
     return load_config(None, ov)
 
@@ -37,8 +46,9 @@ def test_resume_continues_identically(tiny_cache, tmp_path):
     assert part.iteration == 5 and not (tmp_path / "part" / "model.pt").exists()
     # a fresh process would start with a different global RNG state; resume must not depend on it
     torch.manual_seed(12345)
-    rest = train(_cfg(tiny_cache, tmp_path / "part", iterations=8), progress=False,
-                 resume=tmp_path / "part" / "last.pt")
+    rest = train(
+        _cfg(tiny_cache, tmp_path / "part", iterations=8), progress=False, resume=tmp_path / "part" / "last.pt"
+    )
     assert part.losses + rest.losses == full.losses  # bit-identical on CPU
     a = student_state(torch.load(tmp_path / "full" / "last.pt", weights_only=False))
     b = student_state(torch.load(tmp_path / "part" / "last.pt", weights_only=False))
@@ -51,8 +61,12 @@ def test_resume_continues_identically(tiny_cache, tmp_path):
 def test_poly_and_step_schedules(tiny_cache, tmp_path):
     r = train(_cfg(tiny_cache, tmp_path / "s", iterations=4, **{"optim.step_size": 2}), progress=False)
     import json
-    lrs = [json.loads(l)["lr"] for l in (tmp_path / "s" / "metrics.jsonl").read_text().splitlines()
-           if json.loads(l)["kind"] == "train"]
+
+    lrs = [
+        json.loads(l)["lr"]
+        for l in (tmp_path / "s" / "metrics.jsonl").read_text().splitlines()
+        if json.loads(l)["kind"] == "train"
+    ]
     assert lrs == pytest.approx([0.01, 0.01, 0.001, 0.001])
     assert r.iteration == 4
 

@@ -22,7 +22,7 @@ class AugmentConfig:
     rotate_deg: float = 20.0
     flip: bool = True
     crop_scale: tuple[float, float] = (0.8, 1.0)
-    deform: float = 0.03          # strong only: velocity std, normalised units
+    deform: float = 0.03  # strong only: velocity std, normalised units
     deform_control: int = 5
     contrast: tuple[float, float] = (0.75, 1.25)
     brightness: float = 0.1
@@ -30,26 +30,48 @@ class AugmentConfig:
     cutmix_area: tuple[float, float] = (0.1, 0.4)
 
 
-def weak(x: torch.Tensor, y: torch.Tensor | None, gen: torch.Generator, cfg: AugmentConfig = AugmentConfig()
-         ) -> tuple[torch.Tensor, torch.Tensor | None]:
+def weak(
+    x: torch.Tensor, y: torch.Tensor | None, gen: torch.Generator, cfg: AugmentConfig = AugmentConfig()
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """x ``[B, C, H, W]`` float, y ``[B, H, W]`` int or None -> the same shapes: flip, rotation, crop."""
     b, _, h, w = x.shape
-    t = random_transform(b, h, w, gen, rotate_deg=cfg.rotate_deg, flip=cfg.flip, scale=cfg.crop_scale,
-                         device=x.device)
+    t = random_transform(b, h, w, gen, rotate_deg=cfg.rotate_deg, flip=cfg.flip, scale=cfg.crop_scale, device=x.device)
     return t.apply_image(x), (t.apply_label(y) if y is not None else None)
 
 
-def strong(x: torch.Tensor, y: torch.Tensor | None, gen: torch.Generator, cfg: AugmentConfig = AugmentConfig()
-           ) -> tuple[torch.Tensor, torch.Tensor | None]:
+def strong(
+    x: torch.Tensor, y: torch.Tensor | None, gen: torch.Generator, cfg: AugmentConfig = AugmentConfig()
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Weak + deformation + contrast/brightness + CutMix. Same shapes as :func:`weak`."""
     b, _, h, w = x.shape
-    t = random_transform(b, h, w, gen, rotate_deg=cfg.rotate_deg, flip=cfg.flip, scale=cfg.crop_scale,
-                         deform=cfg.deform, deform_control=cfg.deform_control, device=x.device)
+    t = random_transform(
+        b,
+        h,
+        w,
+        gen,
+        rotate_deg=cfg.rotate_deg,
+        flip=cfg.flip,
+        scale=cfg.crop_scale,
+        deform=cfg.deform,
+        deform_control=cfg.deform_control,
+        device=x.device,
+    )
     x, y = t.apply_image(x), (t.apply_label(y) if y is not None else None)
     x = random_contrast_brightness(x, gen, contrast=cfg.contrast, brightness=cfg.brightness)
     x, y, _ = cutmix(x, y, gen, prob=cfg.cutmix_prob, area=cfg.cutmix_area)
     return x, y
 
 
-__all__ = ["AugmentConfig", "weak", "strong", "SpatialTransform", "random_transform", "random_affine",
-           "integrate_velocity", "cutmix", "cutmix_boxes", "apply_cutmix", "random_contrast_brightness"]
+__all__ = [
+    "AugmentConfig",
+    "weak",
+    "strong",
+    "SpatialTransform",
+    "random_transform",
+    "random_affine",
+    "integrate_velocity",
+    "cutmix",
+    "cutmix_boxes",
+    "apply_cutmix",
+    "random_contrast_brightness",
+]

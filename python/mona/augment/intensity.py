@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 
 
-def random_contrast_brightness(x: torch.Tensor, gen: torch.Generator, *, contrast: tuple[float, float] = (0.75, 1.25),
-                               brightness: float = 0.1) -> torch.Tensor:
+def random_contrast_brightness(
+    x: torch.Tensor, gen: torch.Generator, *, contrast: tuple[float, float] = (0.75, 1.25), brightness: float = 0.1
+) -> torch.Tensor:
     """x ``[B, C, H, W]``: per image ``(x - mean) * c + mean + b``, c uniform in ``contrast``, b in +-brightness."""
     b = x.shape[0]
     u = torch.rand(b, 2, generator=gen)
@@ -16,9 +17,16 @@ def random_contrast_brightness(x: torch.Tensor, gen: torch.Generator, *, contras
     return (x - mean) * c + mean + br
 
 
-def cutmix_boxes(bsz: int, h: int, w: int, gen: torch.Generator, *, prob: float = 0.5,
-                 area: tuple[float, float] = (0.1, 0.4), device: torch.device | str = "cpu"
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
+def cutmix_boxes(
+    bsz: int,
+    h: int,
+    w: int,
+    gen: torch.Generator,
+    *,
+    prob: float = 0.5,
+    area: tuple[float, float] = (0.1, 0.4),
+    device: torch.device | str = "cpu",
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Draw CutMix boxes for a batch: with probability ``prob`` image i receives a random box (area
     fraction uniform in ``area``) from image ``perm[i]``. Returns (perm ``[B]`` int64, box mask
     ``[B, H, W]`` bool), to be applied with :func:`apply_cutmix` to every tensor that must stay
@@ -30,9 +38,9 @@ def cutmix_boxes(bsz: int, h: int, w: int, gen: torch.Generator, *, prob: float 
         if u[i, 0] >= prob or bsz < 2:
             continue
         frac = area[0] + float(u[i, 1]) * (area[1] - area[0])
-        bh, bw = max(1, int(round(h * frac ** 0.5))), max(1, int(round(w * frac ** 0.5)))
+        bh, bw = max(1, int(round(h * frac**0.5))), max(1, int(round(w * frac**0.5)))
         top, left = int(float(u[i, 2]) * (h - bh + 1)), int(float(u[i, 3]) * (w - bw + 1))
-        mask[i, top:top + bh, left:left + bw] = True
+        mask[i, top : top + bh, left : left + bw] = True
     return perm.to(device), mask.to(device)
 
 
@@ -43,15 +51,22 @@ def apply_cutmix(t: torch.Tensor, perm: torch.Tensor, mask: torch.Tensor) -> tor
     if tuple(mask.shape[-2:]) != (h, w):
         sy, sx = mask.shape[-2] // h, mask.shape[-1] // w
         if sy * h != mask.shape[-2] or sx * w != mask.shape[-1]:
-            raise ValueError(f"apply_cutmix: tensor {tuple(t.shape)} is not a whole-stride view of mask "
-                             f"{tuple(mask.shape)}")
-        mask = mask[:, sy // 2::sy, sx // 2::sx]
+            raise ValueError(
+                f"apply_cutmix: tensor {tuple(t.shape)} is not a whole-stride view of mask {tuple(mask.shape)}"
+            )
+        mask = mask[:, sy // 2 :: sy, sx // 2 :: sx]
     m = mask if t.dim() == 3 else mask[:, None]
     return torch.where(m, t[perm], t)
 
 
-def cutmix(x: torch.Tensor, y: torch.Tensor | None, gen: torch.Generator, *, prob: float = 0.5,
-           area: tuple[float, float] = (0.1, 0.4)) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+def cutmix(
+    x: torch.Tensor,
+    y: torch.Tensor | None,
+    gen: torch.Generator,
+    *,
+    prob: float = 0.5,
+    area: tuple[float, float] = (0.1, 0.4),
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """CutMix within the batch (:func:`cutmix_boxes` + :func:`apply_cutmix`); labels ``[B, H, W]``
     follow the same box. Returns (images ``[B, C, H, W]``, labels or None, box mask ``[B, H, W]`` bool)."""
     bsz, _, h, w = x.shape

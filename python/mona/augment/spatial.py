@@ -37,7 +37,7 @@ def integrate_velocity(v: torch.Tensor, steps: int = 6) -> torch.Tensor:
     displacement u of phi = id + u, ``[B, H, W, 2]``."""
     b, h, w, _ = v.shape
     grid = identity_grid(b, h, w, v.device, v.dtype)
-    u = v / (2 ** steps)
+    u = v / (2**steps)
     for _ in range(steps):
         u = u + _sample_field(u, grid + u)
     return u
@@ -83,8 +83,9 @@ class SpatialTransform:
     def _check(self, x: torch.Tensor, name: str) -> None:
         b, h, w = self.shape
         if x.shape[0] != b or tuple(x.shape[-2:]) != (h, w):
-            raise ValueError(f"SpatialTransform: {name} has shape {tuple(x.shape)}, transform is for "
-                             f"batch {b} of {h}x{w}")
+            raise ValueError(
+                f"SpatialTransform: {name} has shape {tuple(x.shape)}, transform is for batch {b} of {h}x{w}"
+            )
 
     def apply_image(self, x: torch.Tensor) -> torch.Tensor:
         """Images or logit maps ``[B, C, H, W]`` (bilinear; outside the field: 0)."""
@@ -107,8 +108,15 @@ class SpatialTransform:
         return (g.abs() <= 1).all(dim=-1)
 
 
-def random_affine(b: int, gen: torch.Generator, *, rotate_deg: float = 20.0, flip: bool = True,
-                  scale: tuple[float, float] = (0.8, 1.0), shift: bool = True) -> torch.Tensor:
+def random_affine(
+    b: int,
+    gen: torch.Generator,
+    *,
+    rotate_deg: float = 20.0,
+    flip: bool = True,
+    scale: tuple[float, float] = (0.8, 1.0),
+    shift: bool = True,
+) -> torch.Tensor:
     """``[B, 2, 3]`` random affine (output -> input): horizontal/vertical flips (p = .5 each), rotation
     uniform in ``+-rotate_deg``, zoom by a crop fraction ``s`` in ``scale`` (< 1 zooms in, i.e. a crop
     resized to full size) and a shift keeping the crop inside the image."""
@@ -124,17 +132,28 @@ def random_affine(b: int, gen: torch.Generator, *, rotate_deg: float = 20.0, fli
     return torch.cat([lin, t[:, :, None]], dim=2).float()
 
 
-def random_velocity(b: int, h: int, w: int, gen: torch.Generator, *, amplitude: float = 0.03,
-                    control: int = 5) -> torch.Tensor:
+def random_velocity(
+    b: int, h: int, w: int, gen: torch.Generator, *, amplitude: float = 0.03, control: int = 5
+) -> torch.Tensor:
     """Smooth random velocity ``[B, H, W, 2]``: Gaussian noise on a ``control x control`` grid, bicubic
     upsampled; ``amplitude`` is the standard deviation in normalised units (1 = half the image)."""
     coarse = torch.randn(b, 2, control, control, generator=gen) * amplitude
     return F.interpolate(coarse, size=(h, w), mode="bicubic", align_corners=True).permute(0, 2, 3, 1).contiguous()
 
 
-def random_transform(b: int, h: int, w: int, gen: torch.Generator, *, rotate_deg: float = 20.0, flip: bool = True,
-                     scale: tuple[float, float] = (0.8, 1.0), deform: float = 0.0, deform_control: int = 5,
-                     device: torch.device | str = "cpu") -> SpatialTransform:
+def random_transform(
+    b: int,
+    h: int,
+    w: int,
+    gen: torch.Generator,
+    *,
+    rotate_deg: float = 20.0,
+    flip: bool = True,
+    scale: tuple[float, float] = (0.8, 1.0),
+    deform: float = 0.0,
+    deform_control: int = 5,
+    device: torch.device | str = "cpu",
+) -> SpatialTransform:
     """A random invertible T for a batch of ``b`` images of ``h x w``; parameters drawn on the CPU from
     ``gen`` (same generator state -> same T on any device)."""
     affine = random_affine(b, gen, rotate_deg=rotate_deg, flip=flip, scale=scale)

@@ -29,14 +29,18 @@ class SliceCache:
         self.root = Path(root)
         man = self.root / MANIFEST
         if not self.root.exists():
-            raise DataError(f"{self.root}: the cache directory does not exist; create it with `mona prepare "
-                            f"DATASET RAW_DIR {self.root}` (phantoms: `mona synth RAW_DIR` first, then "
-                            f"`mona prepare acdc RAW_DIR {self.root}`), or point data.cache at an existing cache")
+            raise DataError(
+                f"{self.root}: the cache directory does not exist; create it with `mona prepare "
+                f"DATASET RAW_DIR {self.root}` (phantoms: `mona synth RAW_DIR` first, then "
+                f"`mona prepare acdc RAW_DIR {self.root}`), or point data.cache at an existing cache"
+            )
         if not self.root.is_dir():
             raise DataError(f"{self.root}: not a directory (data.cache must be a directory written by `mona prepare`)")
         if not man.exists():
-            raise DataError(f"{self.root}: not a prepared cache (no {MANIFEST}; run `mona prepare`, "
-                            f"or an earlier run was interrupted)")
+            raise DataError(
+                f"{self.root}: not a prepared cache (no {MANIFEST}; run `mona prepare`, "
+                f"or an earlier run was interrupted)"
+            )
         try:
             self.manifest = json.loads(man.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -44,8 +48,9 @@ class SliceCache:
         if not isinstance(self.manifest, dict):
             raise DataError(f"{man}: corrupt manifest (a JSON object expected)")
         if self.manifest.get("cache_version") != CACHE_VERSION:
-            raise DataError(f"{man}: cache version {self.manifest.get('cache_version')} != {CACHE_VERSION}; "
-                            f"re-run `mona prepare`")
+            raise DataError(
+                f"{man}: cache version {self.manifest.get('cache_version')} != {CACHE_VERSION}; re-run `mona prepare`"
+            )
         try:
             self.cases: list[dict] = self.manifest["cases"]
             self.class_names: list[str] = self.manifest["class_names"]
@@ -81,8 +86,9 @@ class SliceCache:
                 try:
                     arrs.append(np.load(p, mmap_mode="r"))
                 except (ValueError, OSError, EOFError) as err:  # truncated / overwritten / not an .npy file
-                    raise DataError(f"{p}: unreadable cache volume ({type(err).__name__}: {err}); re-run "
-                                    f"`mona prepare`") from err
+                    raise DataError(
+                        f"{p}: unreadable cache volume ({type(err).__name__}: {err}); re-run `mona prepare`"
+                    ) from err
             img, lab = arrs
             n = self.cases[case_index]["n_slices"]
             if img.shape != (n, self.size, self.size) or lab.shape != img.shape:

@@ -26,8 +26,14 @@ from dataclasses import dataclass
 
 from .dataset import SliceCache, SliceRef
 from .readers import DataError
-from .splits import (LABELED_LIST_FILES, LIST_DATASETS, labeled_unlabeled, ratio_key, read_name_file,
-                     resolve_labeled_names)
+from .splits import (
+    LABELED_LIST_FILES,
+    LIST_DATASETS,
+    labeled_unlabeled,
+    ratio_key,
+    read_name_file,
+    resolve_labeled_names,
+)
 
 
 @dataclass
@@ -83,22 +89,37 @@ def _split(cache: SliceCache, labeled: list[SliceRef], what: str, source: str) -
     unl_p = list(dict.fromkeys(cache.cases[r.case_index]["patient_id"] for r in unl))
     n_whole = len(set(lab_p) - set(unl_p))
     kind = "whole" if n_whole == len(lab_p) else f"{n_whole} whole, {len(lab_p) - n_whole} partly"
-    desc = (f"{what}: {len(lab)} labeled slices of {len(lab_p)} patient(s) ({kind}), {len(unl)} unlabeled slices "
-            f"of {len(unl_p)} patient(s)")
+    desc = (
+        f"{what}: {len(lab)} labeled slices of {len(lab_p)} patient(s) ({kind}), {len(unl)} unlabeled slices "
+        f"of {len(unl_p)} patient(s)"
+    )
     return LabeledSplit(lab, unl, lab_p, desc, source)
 
 
-def labeled_split(cache: SliceCache, *, labeled_patients: int | None = None, labeled_ratio: float | None = None,
-                  labeled_list: str | None = None) -> LabeledSplit:
+def labeled_split(
+    cache: SliceCache,
+    *,
+    labeled_patients: int | None = None,
+    labeled_ratio: float | None = None,
+    labeled_list: str | None = None,
+) -> LabeledSplit:
     """The labeled / unlabeled slices of ``cache``'s train split (rules in the module docstring)."""
     train_patients = cache.splits["train"]
     if not train_patients:
         raise DataError(f"{cache.root}: the train split is empty")
-    given = [k for k, v in (("data.labeled_patients", labeled_patients), ("data.labeled_ratio", labeled_ratio),
-                            ("data.labeled_list", labeled_list)) if v is not None]
+    given = [
+        k
+        for k, v in (
+            ("data.labeled_patients", labeled_patients),
+            ("data.labeled_ratio", labeled_ratio),
+            ("data.labeled_list", labeled_list),
+        )
+        if v is not None
+    ]
     if len(given) > 1:
-        raise DataError(f"give at most one of data.labeled_patients, data.labeled_ratio, data.labeled_list "
-                        f"(got {', '.join(given)})")
+        raise DataError(
+            f"give at most one of data.labeled_patients, data.labeled_ratio, data.labeled_list (got {', '.join(given)})"
+        )
     man = cache.manifest
     dataset = man.get("dataset", "")
     if labeled_list is not None:
@@ -129,10 +150,18 @@ def labeled_split(cache: SliceCache, *, labeled_patients: int | None = None, lab
             lab_p, _ = labeled_unlabeled(train_patients, labeled_patients=labeled_patients)
         except ValueError as err:
             raise DataError(f"data.labeled_patients: {err}") from err
-        return _split(cache, cache.slice_refs(cache.cases_of_patients(lab_p)),
-                      f"labeled_patients {labeled_patients}: the first {len(lab_p)} train patient(s)", "first_patients")
+        return _split(
+            cache,
+            cache.slice_refs(cache.cases_of_patients(lab_p)),
+            f"labeled_patients {labeled_patients}: the first {len(lab_p)} train patient(s)",
+            "first_patients",
+        )
     default = man.get("default_labeled")
     if default:
-        return _split(cache, entries_to_slices(cache, default["entries"]),
-                      f"the cache's default labeled list {default['source']}", f"default:{default['source']}")
+        return _split(
+            cache,
+            entries_to_slices(cache, default["entries"]),
+            f"the cache's default labeled list {default['source']}",
+            f"default:{default['source']}",
+        )
     raise DataError("set data.labeled_patients, data.labeled_ratio or data.labeled_list")

@@ -102,8 +102,9 @@ class PrepareResult:
     notes: list[str] = field(default_factory=list)  # lines for the summary (split source, restricted lists, ...)
 
 
-def resolve_spec(dataset: str, num_classes: int | None = None, modality: str = "MR",
-                 class_names: Sequence[str] | None = None) -> DatasetSpec:
+def resolve_spec(
+    dataset: str, num_classes: int | None = None, modality: str = "MR", class_names: Sequence[str] | None = None
+) -> DatasetSpec:
     if dataset == "folder":
         return folder_spec(num_classes, modality, class_names)
     if class_names is not None:
@@ -113,10 +114,20 @@ def resolve_spec(dataset: str, num_classes: int | None = None, modality: str = "
     return SPECS[dataset]
 
 
-def prepare(dataset: str, raw_dir: str | Path, out_dir: str | Path, *, size: int = 256, seed: int = 0,
-            num_classes: int | None = None, modality: str = "MR", progress: bool = True,
-            splits_dir: str | Path | None = None, class_names: Sequence[str] | None = None,
-            _after_volume: Callable[[str], None] | None = None) -> PrepareResult:
+def prepare(
+    dataset: str,
+    raw_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    size: int = 256,
+    seed: int = 0,
+    num_classes: int | None = None,
+    modality: str = "MR",
+    progress: bool = True,
+    splits_dir: str | Path | None = None,
+    class_names: Sequence[str] | None = None,
+    _after_volume: Callable[[str], None] | None = None,
+) -> PrepareResult:
     """Build (or complete, or verify) the slice cache of ``dataset`` read from ``raw_dir``.
 
     Splits (see :func:`mona.data.splits.plan_splits`): ``splits_dir`` (the user's ``train.list`` /
@@ -136,14 +147,29 @@ def prepare(dataset: str, raw_dir: str | Path, out_dir: str | Path, *, size: int
         raise UsageError(f"prepare: --size must be >= 16, got {size}")
     spec = resolve_spec(dataset, num_classes, modality, class_names)
     records: list[CaseRecord] = READERS[dataset](raw_dir)
-    plan = plan_splits(dataset, sorted({r.patient_id for r in records}), seed=seed, splits_dir=splits_dir,
-                       case_patient={r.case_id: r.patient_id for r in records})
+    plan = plan_splits(
+        dataset,
+        sorted({r.patient_id for r in records}),
+        seed=seed,
+        splits_dir=splits_dir,
+        case_patient={r.case_id: r.patient_id for r in records},
+    )
     with locked(out_dir, "mona prepare"):
         return _prepare(dataset, records, plan, Path(out_dir), raw_dir, spec, size, seed, progress, _after_volume)
 
 
-def _prepare(dataset: str, records: list[CaseRecord], plan, out: Path, raw_dir: str | Path, spec: DatasetSpec,
-             size: int, seed: int, progress: bool, _after_volume: Callable[[str], None] | None) -> PrepareResult:
+def _prepare(
+    dataset: str,
+    records: list[CaseRecord],
+    plan,
+    out: Path,
+    raw_dir: str | Path,
+    spec: DatasetSpec,
+    size: int,
+    seed: int,
+    progress: bool,
+    _after_volume: Callable[[str], None] | None,
+) -> PrepareResult:
     """:func:`prepare` once the inputs are checked, holding the cache's lock."""
     from tqdm import tqdm
 
@@ -152,9 +178,14 @@ def _prepare(dataset: str, records: list[CaseRecord], plan, out: Path, raw_dir: 
     for d in (out, vol_dir):
         remove_stale_temps(d)  # we hold the lock: these are an interrupted run's
     man_path = out / MANIFEST
-    options = {"cache_version": CACHE_VERSION, "dataset": dataset, "size": size,
-               "normalisation": spec.normalisation, "class_names": list(spec.class_names),
-               "label_values": list(spec.label_values) if spec.label_values else None}
+    options = {
+        "cache_version": CACHE_VERSION,
+        "dataset": dataset,
+        "size": size,
+        "normalisation": spec.normalisation,
+        "class_names": list(spec.class_names),
+        "label_values": list(spec.label_values) if spec.label_values else None,
+    }
     cases, processed, skipped = [], [], []
     for rec in tqdm(records, desc=f"prepare {dataset}", disable=not progress, unit="vol"):
         sources = {"image": _fingerprint(rec.image_path), "label": _fingerprint(rec.label_path)}
@@ -178,11 +209,20 @@ def _prepare(dataset: str, records: list[CaseRecord], plan, out: Path, raw_dir: 
                 _fsync_dir(out)
             _save_npy(img_file, image)
             _save_npy(lab_file, label)
-            meta = {"case_id": rec.case_id, "patient_id": rec.patient_id, "image_path": rec.image_path,
-                    "label_path": rec.label_path, "extra": rec.extra, "spacing": list(vol.spacing),
-                    "shape": list(vol.image.shape), "affine": vol.affine.tolist(), "n_slices": int(image.shape[0]),
-                    "class_voxels": np.bincount(vol.label.ravel(), minlength=spec.num_classes).tolist(),
-                    "sources": sources, "options": options}
+            meta = {
+                "case_id": rec.case_id,
+                "patient_id": rec.patient_id,
+                "image_path": rec.image_path,
+                "label_path": rec.label_path,
+                "extra": rec.extra,
+                "spacing": list(vol.spacing),
+                "shape": list(vol.image.shape),
+                "affine": vol.affine.tolist(),
+                "n_slices": int(image.shape[0]),
+                "class_voxels": np.bincount(vol.label.ravel(), minlength=spec.num_classes).tolist(),
+                "sources": sources,
+                "options": options,
+            }
             atomic_write_json(side, meta, tag="prepare")
             processed.append(rec.case_id)
         else:
@@ -193,8 +233,14 @@ def _prepare(dataset: str, records: list[CaseRecord], plan, out: Path, raw_dir: 
     notes = [f"split: {plan.source}", *plan.notes]
     labeled_lists, labeled_absent = {}, {k: list(v) for k, v in plan.labeled_absent.items()}
     for key, names in plan.labeled_names.items():
-        entries, problems = resolve_labeled_names([(None, n) for n in names], cases, plan.splits["train"], dataset,
-                                                  shipped_list_path(dataset, LABELED_LIST_FILES[key]), strict=False)
+        entries, problems = resolve_labeled_names(
+            [(None, n) for n in names],
+            cases,
+            plan.splits["train"],
+            dataset,
+            shipped_list_path(dataset, LABELED_LIST_FILES[key]),
+            strict=False,
+        )
         for name, why in problems:
             notes.append(f"{LABELED_LIST_FILES[key]}.list: left out {name} ({why})")
             labeled_absent.setdefault(key, []).append(name)
@@ -208,13 +254,37 @@ def _prepare(dataset: str, records: list[CaseRecord], plan, out: Path, raw_dir: 
         entries, _ = resolve_labeled_names(lines, cases, plan.splits["train"], dataset, src)
         default_labeled = {"source": src, "entries": entries}
         notes.append(f"default labeled list: {src}")
-    manifest = {**options, "raw_dir": os.path.abspath(str(raw_dir)), "seed": seed,
-                "modality": spec.modality, "num_classes": spec.num_classes, "splits": plan.splits,
-                "split_source": plan.source, "labeled_lists": labeled_lists, "labeled_lists_absent": labeled_absent,
-                "default_labeled": default_labeled,
-                "cases": [{k: c[k] for k in ("case_id", "patient_id", "image_path", "label_path", "extra", "spacing",
-                                             "shape", "affine", "n_slices", "class_voxels", "sources")}
-                          for c in cases]}
+    manifest = {
+        **options,
+        "raw_dir": os.path.abspath(str(raw_dir)),
+        "seed": seed,
+        "modality": spec.modality,
+        "num_classes": spec.num_classes,
+        "splits": plan.splits,
+        "split_source": plan.source,
+        "labeled_lists": labeled_lists,
+        "labeled_lists_absent": labeled_absent,
+        "default_labeled": default_labeled,
+        "cases": [
+            {
+                k: c[k]
+                for k in (
+                    "case_id",
+                    "patient_id",
+                    "image_path",
+                    "label_path",
+                    "extra",
+                    "spacing",
+                    "shape",
+                    "affine",
+                    "n_slices",
+                    "class_voxels",
+                    "sources",
+                )
+            }
+            for c in cases
+        ],
+    }
     old_manifest = None
     if man_path.exists():
         try:

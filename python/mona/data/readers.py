@@ -157,11 +157,15 @@ def read_acdc(raw_dir: str | Path) -> list[CaseRecord]:
         if not frames:
             raise DataError(f"{pdir}: no annotated frame (patientXXX_frameYY.nii.gz with a _gt file)")
         for k, (frame, img, gt) in enumerate(sorted(frames)):
-            records.append(CaseRecord(
-                case_id=f"{pdir.name}_frame{k + 1:02d}", patient_id=pdir.name,
-                image_path=str(img), label_path=str(gt),
-                extra={"frame": frame, "phase": roles.get(frame, "unknown")},
-            ))
+            records.append(
+                CaseRecord(
+                    case_id=f"{pdir.name}_frame{k + 1:02d}",
+                    patient_id=pdir.name,
+                    image_path=str(img),
+                    label_path=str(gt),
+                    extra={"frame": frame, "phase": roles.get(frame, "unknown")},
+                )
+            )
     return records
 
 
@@ -258,8 +262,10 @@ def folder_spec(num_classes: int | None, modality: str = "MR", class_names=None)
         if dup:
             raise UsageError(f"folder: --class-names repeats {', '.join(dup)}")
         if num_classes is not None and num_classes != len(names):
-            raise UsageError(f"folder: --class-names gives {len(names)} names ({', '.join(names)}) but --num-classes "
-                            f"is {num_classes}; they must agree (or omit --num-classes)")
+            raise UsageError(
+                f"folder: --class-names gives {len(names)} names ({', '.join(names)}) but --num-classes "
+                f"is {num_classes}; they must agree (or omit --num-classes)"
+            )
         num_classes = len(names)
     if num_classes is None:
         raise UsageError("folder: --num-classes (or --class-names) is required for the generic layout")
@@ -290,7 +296,9 @@ def _check_nifti_header(p: Path) -> None:
             raise DataError(f"{p}: unreadable NIfTI file: truncated ({p.stat().st_size} bytes of gzip)") from err
         raise DataError(f"{p}: unreadable NIfTI file: not a gzip file, but named .gz ({err})") from err
     except (EOFError, zlib.error) as err:
-        raise DataError(f"{p}: unreadable NIfTI file: header truncated or corrupt (gzip: {type(err).__name__})") from err
+        raise DataError(
+            f"{p}: unreadable NIfTI file: header truncated or corrupt (gzip: {type(err).__name__})"
+        ) from err
     except OSError as err:
         raise DataError(f"{p}: unreadable NIfTI file: cannot read ({err.strerror or err})") from err
     sizes = {int.from_bytes(head[:4], "little"), int.from_bytes(head[:4], "big")} if len(head) >= 4 else set()
@@ -301,11 +309,15 @@ def _check_nifti_header(p: Path) -> None:
     else:
         if len(head) < 4:
             raise DataError(f"{p}: unreadable NIfTI file: truncated ({len(head)} bytes, the header alone has 348)")
-        raise DataError(f"{p}: unreadable NIfTI file: wrong header size field {head[:4].hex()} (neither 348 nor 540): not NIfTI")
+        raise DataError(
+            f"{p}: unreadable NIfTI file: wrong header size field {head[:4].hex()} (neither 348 nor 540): not NIfTI"
+        )
     if len(head) < need:
         raise DataError(f"{p}: unreadable NIfTI file: header truncated ({len(head)} of {need} bytes)")
     if magic not in ok:
-        raise DataError(f"{p}: unreadable NIfTI file: wrong magic {magic!r} (expected {ok[0]!r} or {ok[1]!r}): not NIfTI")
+        raise DataError(
+            f"{p}: unreadable NIfTI file: wrong magic {magic!r} (expected {ok[0]!r} or {ok[1]!r}): not NIfTI"
+        )
     # voxel spacing: nibabel silently replaces a zero pixdim by 1 (wrong distances in every metric)
     order = "<" if int.from_bytes(head[:4], "little") == need else ">"
     if need == 348:
@@ -314,7 +326,7 @@ def _check_nifti_header(p: Path) -> None:
     else:
         ndim = int(np.frombuffer(head[16:24], order + "i8")[0])
         pixdim = np.frombuffer(head[104:168], order + "f8")
-    spacing = pixdim[1:1 + min(max(ndim, 0), 3)]
+    spacing = pixdim[1 : 1 + min(max(ndim, 0), 3)]
     if not (np.isfinite(spacing).all() and (spacing > 0).all()):
         raise DataError(f"{p}: invalid voxel spacing {tuple(float(x) for x in spacing)} in the header (pixdim)")
 
@@ -336,12 +348,16 @@ def load_nifti(path: str):
         img = nib.load(str(p))
     except Exception as err:  # nibabel raises many types for files it cannot parse
         first = (str(err).strip().splitlines() or [""])[0]
-        raise DataError(f"{path}: unreadable NIfTI file: header truncated or corrupt ({type(err).__name__}: {first})") from err
+        raise DataError(
+            f"{path}: unreadable NIfTI file: header truncated or corrupt ({type(err).__name__}: {first})"
+        ) from err
     try:
         data = np.asarray(img.dataobj)
     except Exception as err:  # gzip / zlib / numpy errors of a cut or damaged file
         first = (str(err).strip().splitlines() or [""])[0]
-        raise DataError(f"{path}: unreadable NIfTI file: truncated or corrupt data ({type(err).__name__}: {first})") from err
+        raise DataError(
+            f"{path}: unreadable NIfTI file: truncated or corrupt data ({type(err).__name__}: {first})"
+        ) from err
     return img, data
 
 
@@ -353,8 +369,10 @@ def load_case(record: CaseRecord, spec: DatasetSpec, *, require_label: bool = Tr
     """
     img, data = load_nifti(record.image_path)
     if data.size == 0:
-        raise DataError(f"{record.image_path}: empty volume (shape {tuple(data.shape)}, header dims "
-                        f"{tuple(int(d) for d in img.header['dim'][1:img.header['dim'][0] + 1])})")
+        raise DataError(
+            f"{record.image_path}: empty volume (shape {tuple(data.shape)}, header dims "
+            f"{tuple(int(d) for d in img.header['dim'][1 : img.header['dim'][0] + 1])})"
+        )
     if data.ndim == 2:
         data = data[..., None]
     if data.ndim == 4 and data.shape[-1] == 1:
@@ -377,8 +395,10 @@ def load_case(record: CaseRecord, spec: DatasetSpec, *, require_label: bool = Tr
         if ldata.ndim == 4 and ldata.shape[-1] == 1:
             ldata = ldata[..., 0]
         if tuple(ldata.shape) != tuple(image.shape):
-            raise DataError(f"{record.label_path}: label shape {tuple(ldata.shape)} does not match image shape "
-                            f"{tuple(image.shape)} of {record.image_path}")
+            raise DataError(
+                f"{record.label_path}: label shape {tuple(ldata.shape)} does not match image shape "
+                f"{tuple(image.shape)} of {record.image_path}"
+            )
         if not np.allclose(np.asarray(limg.affine), affine, atol=1e-3):
             raise DataError(f"{record.label_path}: label affine differs from the affine of {record.image_path}")
         label = _map_labels(ldata, spec, record.label_path)
@@ -396,8 +416,10 @@ def _map_labels(raw: np.ndarray, spec: DatasetSpec, path: str) -> np.ndarray:
     if spec.label_values is None:
         bad = values[(values < 0) | (values >= spec.num_classes)]
         if bad.size:
-            raise DataError(f"{path}: label values {bad.tolist()} outside the declared classes "
-                            f"0..{spec.num_classes - 1} ({', '.join(spec.class_names)})")
+            raise DataError(
+                f"{path}: label values {bad.tolist()} outside the declared classes "
+                f"0..{spec.num_classes - 1} ({', '.join(spec.class_names)})"
+            )
         return raw
     lut = {v: i for i, v in enumerate(spec.label_values)}
     bad = [int(v) for v in values if int(v) not in lut]

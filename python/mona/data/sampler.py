@@ -23,7 +23,7 @@ class EpochShuffler:
                 self.perm = torch.randperm(self.n, generator=self.gen).tolist()
                 self.pos = 0
             take = min(k - len(out), len(self.perm) - self.pos)
-            out += self.perm[self.pos:self.pos + take]
+            out += self.perm[self.pos : self.pos + take]
             self.pos += take
         return out
 
@@ -50,15 +50,24 @@ class LabeledUnlabeledSampler:
     (the shuffled epochs) is the same on every rank.
     """
 
-    def __init__(self, labeled: list[int], unlabeled: list[int], batch_size: int, labeled_bs: int,
-                 generator: torch.Generator, rank: int = 0, world_size: int = 1):
+    def __init__(
+        self,
+        labeled: list[int],
+        unlabeled: list[int],
+        batch_size: int,
+        labeled_bs: int,
+        generator: torch.Generator,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
         if not 0 < labeled_bs <= batch_size:
             raise ValueError(f"labeled_bs must be in 1..batch_size={batch_size}, got {labeled_bs}")
         if labeled_bs < batch_size and not unlabeled:
             raise ValueError("LabeledUnlabeledSampler: unlabeled half requested but no unlabeled items")
         if world_size < 1 or not 0 <= rank < world_size:
-            raise ValueError(f"LabeledUnlabeledSampler: need 0 <= rank < world_size, got rank={rank}, "
-                             f"world_size={world_size}")
+            raise ValueError(
+                f"LabeledUnlabeledSampler: need 0 <= rank < world_size, got rank={rank}, world_size={world_size}"
+            )
         self.labeled, self.unlabeled = list(labeled), list(unlabeled)
         self.batch_size, self.labeled_bs = batch_size, labeled_bs
         self.rank, self.world_size = rank, world_size
@@ -68,9 +77,12 @@ class LabeledUnlabeledSampler:
     def next_batch(self) -> tuple[list[int], list[int]]:
         w, r = self.world_size, self.rank
         lbs, n_unl = self.labeled_bs, self.batch_size - self.labeled_bs
-        lab = [self.labeled[i] for i in self._lab.take(w * lbs)[r * lbs:(r + 1) * lbs]]
-        unl = ([self.unlabeled[i] for i in self._unl.take(w * n_unl)[r * n_unl:(r + 1) * n_unl]]
-               if (self._unl and n_unl) else [])
+        lab = [self.labeled[i] for i in self._lab.take(w * lbs)[r * lbs : (r + 1) * lbs]]
+        unl = (
+            [self.unlabeled[i] for i in self._unl.take(w * n_unl)[r * n_unl : (r + 1) * n_unl]]
+            if (self._unl and n_unl)
+            else []
+        )
         return lab, unl
 
     def state_dict(self) -> dict:

@@ -117,8 +117,9 @@ def canonical_name(dataset: str, name: str) -> str:
 def _mona_lists_cached(dataset: str):
     train = tuple(canonical_name(dataset, n) for n in _read_list("train_all", dataset))
     test = tuple(canonical_name(dataset, n) for n in _read_list("test", dataset))
-    labeled = tuple((k, tuple(canonical_name(dataset, n) for n in _read_list(f, dataset)))
-                    for k, f in LABELED_LIST_FILES.items())
+    labeled = tuple(
+        (k, tuple(canonical_name(dataset, n) for n in _read_list(f, dataset))) for k, f in LABELED_LIST_FILES.items()
+    )
     return train, test, labeled
 
 
@@ -169,8 +170,9 @@ def ratio_key(ratio: float, keys) -> str | None:
     return None
 
 
-def labeled_unlabeled(train_patients: list[str], *, labeled_patients: int | None = None,
-                      labeled_ratio: float | None = None) -> tuple[list[str], list[str]]:
+def labeled_unlabeled(
+    train_patients: list[str], *, labeled_patients: int | None = None, labeled_ratio: float | None = None
+) -> tuple[list[str], list[str]]:
     """Split the (ordered) train patients into labeled (the first n) and unlabeled (the rest)."""
     if (labeled_patients is None) == (labeled_ratio is None):
         raise ValueError("give exactly one of labeled_patients or labeled_ratio")
@@ -187,8 +189,9 @@ def labeled_unlabeled(train_patients: list[str], *, labeled_patients: int | None
 # ----------------------------------------------------------------------------- splits
 
 
-def split_patients(dataset: str, patients: list[str], *, seed: int = 0, n_val: int | None = None,
-                   n_test: int | None = None) -> dict[str, list[str]]:
+def split_patients(
+    dataset: str, patients: list[str], *, seed: int = 0, n_val: int | None = None, n_test: int | None = None
+) -> dict[str, list[str]]:
     """Assign the available patients to train/val/test (the lists-free part of :func:`plan_splits`).
 
     ``acdc``: the shipped lists restricted to the available patients (train kept in labeled order);
@@ -202,8 +205,10 @@ def split_patients(dataset: str, patients: list[str], *, seed: int = 0, n_val: i
         known = set(ship["train"]) | set(ship["val"]) | set(ship["test"])
         unknown = sorted(avail - known)
         if unknown:
-            raise DataError(f"acdc: patients {unknown[:5]} are in none of the shipped split lists "
-                            f"(mona/data/splits/acdc); pass `--splits DIR` with your own train.list/test.list")
+            raise DataError(
+                f"acdc: patients {unknown[:5]} are in none of the shipped split lists "
+                f"(mona/data/splits/acdc); pass `--splits DIR` with your own train.list/test.list"
+            )
         return {k: [p for p in ship[k] if p in avail] for k in SPLIT_NAMES}
     n = len(patients)
     if n_test is None:
@@ -213,7 +218,7 @@ def split_patients(dataset: str, patients: list[str], *, seed: int = 0, n_val: i
     if n_test + n_val >= n:
         raise ValueError(f"{dataset}: cannot hold out {n_test} test + {n_val} val of {n} patients")
     order = np.random.default_rng(seed).permutation(sorted(patients)).tolist()
-    return {"test": order[:n_test], "val": order[n_test:n_test + n_val], "train": order[n_test + n_val:]}
+    return {"test": order[:n_test], "val": order[n_test : n_test + n_val], "train": order[n_test + n_val :]}
 
 
 @dataclass
@@ -246,8 +251,14 @@ def _few(names, k: int = 5) -> str:
     return ", ".join(names[:k]) + (f", ... ({len(names)} in all)" if len(names) > k else "")
 
 
-def plan_splits(dataset: str, patients: list[str], *, seed: int = 0, splits_dir: str | Path | None = None,
-                case_patient: dict[str, str] | None = None) -> SplitPlan:
+def plan_splits(
+    dataset: str,
+    patients: list[str],
+    *,
+    seed: int = 0,
+    splits_dir: str | Path | None = None,
+    case_patient: dict[str, str] | None = None,
+) -> SplitPlan:
     """The train/val/test split of the present ``patients`` (and labeled lists) for ``mona prepare``.
 
     - ``splits_dir`` (any dataset): the user's ``train.list`` + ``test.list`` (+ optional ``val.list``,
@@ -275,26 +286,32 @@ def plan_splits(dataset: str, patients: list[str], *, seed: int = 0, splits_dir:
     where = f"mona/data/splits/{dataset}"
     notes: list[str] = []
     if in_scope and not any(p in listed for p in in_scope):
-        notes.append(f"none of the {len(in_scope)} volume(s) is named in the MONA authors' lists ({where}): "
-                     f"seeded random split (seed {seed})")
+        notes.append(
+            f"none of the {len(in_scope)} volume(s) is named in the MONA authors' lists ({where}): "
+            f"seeded random split (seed {seed})"
+        )
         rest, in_scope = list(patients), []
     plan = SplitPlan({k: [] for k in SPLIT_NAMES}, "", notes=notes)
     sources = []
     if in_scope:
         unknown = [p for p in in_scope if p not in listed]
         if unknown:
-            raise DataError(f"{dataset}: volume(s) {_few(unknown)} are in neither train_all.list nor test.list of the "
-                            f"MONA authors' lists ({where}); pass `--splits DIR` with your own train.list/test.list "
-                            f"(or remove those volumes from the raw directory)")
+            raise DataError(
+                f"{dataset}: volume(s) {_few(unknown)} are in neither train_all.list nor test.list of the "
+                f"MONA authors' lists ({where}); pass `--splits DIR` with your own train.list/test.list "
+                f"(or remove those volumes from the raw directory)"
+            )
         present = set(in_scope)
         plan.splits["train"] = [p for p in ml["train"] if p in present]
         plan.splits["test"] = [p for p in ml["test"] if p in present]
         n_all = len(ml["train"]) + len(ml["test"])
         sources.append(f"the MONA authors' lists ({where})")
         if len(present) < n_all:
-            notes.append(f"{len(present)} of the {n_all} listed volumes are present: the lists are restricted to them "
-                         f"({len(plan.splits['train'])} of {len(ml['train'])} train, "
-                         f"{len(plan.splits['test'])} of {len(ml['test'])} test)")
+            notes.append(
+                f"{len(present)} of the {n_all} listed volumes are present: the lists are restricted to them "
+                f"({len(plan.splits['train'])} of {len(ml['train'])} train, "
+                f"{len(plan.splits['test'])} of {len(ml['test'])} test)"
+            )
         for key, names in ml["labeled"].items():
             keep = [n for n in names if _list_patient(n) in present]
             absent = [n for n in names if n not in keep]
@@ -302,9 +319,14 @@ def plan_splits(dataset: str, patients: list[str], *, seed: int = 0, splits_dir:
                 plan.labeled_names[key] = keep
             if absent:
                 plan.labeled_absent[key] = absent
-                notes.append(f"labeled list {LABELED_LIST_FILES[key]}.list (ratio {key}): "
-                             + (f"{len(keep)} of {len(names)} names present" if keep else
-                                "none of its volumes is present; that ratio will use whole patients"))
+                notes.append(
+                    f"labeled list {LABELED_LIST_FILES[key]}.list (ratio {key}): "
+                    + (
+                        f"{len(keep)} of {len(names)} names present"
+                        if keep
+                        else "none of its volumes is present; that ratio will use whole patients"
+                    )
+                )
     if rest:
         r = split_patients(dataset, rest, seed=seed)
         for k in SPLIT_NAMES:
@@ -312,8 +334,10 @@ def plan_splits(dataset: str, patients: list[str], *, seed: int = 0, splits_dir:
         if dataset == "mmwhs" and any(not p.startswith("ct_") for p in rest):
             scope = f" for the {len(rest)} non-CT volume(s)" if in_scope else ""
             sources.append(f"seeded random split (seed {seed}){scope}")
-            notes.append(f"the MONA authors' MMWHS lists name CT volumes only: the {len(rest)} other (MR) volume(s) "
-                         f"got a seeded random split (seed {seed})")
+            notes.append(
+                f"the MONA authors' MMWHS lists name CT volumes only: the {len(rest)} other (MR) volume(s) "
+                f"got a seeded random split (seed {seed})"
+            )
         else:
             sources.append(f"seeded random split by patient (seed {seed})")
     plan.source = "; ".join(sources)
@@ -322,12 +346,15 @@ def plan_splits(dataset: str, patients: list[str], *, seed: int = 0, splits_dir:
 
 def _plan_user(dataset: str, patients: list[str], d: Path, case_patient: dict[str, str]) -> SplitPlan:
     if not d.is_dir():
-        raise DataError(f"--splits {d}: not a directory (it must hold train.list and test.list, optionally "
-                        f"val.list and labeled.list)")
+        raise DataError(
+            f"--splits {d}: not a directory (it must hold train.list and test.list, optionally "
+            f"val.list and labeled.list)"
+        )
     for req in ("train.list", "test.list"):
         if not (d / req).is_file():
-            raise DataError(f"--splits {d}: missing {req} (need train.list and test.list; val.list and "
-                            f"labeled.list are optional)")
+            raise DataError(
+                f"--splits {d}: missing {req} (need train.list and test.list; val.list and labeled.list are optional)"
+            )
     present = set(patients)
     splits: dict[str, list[str]] = {k: [] for k in SPLIT_NAMES}
     owner: dict[str, str] = {}
@@ -339,11 +366,14 @@ def _plan_user(dataset: str, patients: list[str], d: Path, case_patient: dict[st
             name = canonical_name(dataset, raw)
             pid = name if name in present else case_patient.get(name)
             if pid is None:
-                raise DataError(f"{f}: line {line}: {raw!r} is not a patient of this {dataset} data "
-                                f"(present patients: {_few(sorted(present), 3)})")
+                raise DataError(
+                    f"{f}: line {line}: {raw!r} is not a patient of this {dataset} data "
+                    f"(present patients: {_few(sorted(present), 3)})"
+                )
             if pid in owner and owner[pid] != split:
-                raise DataError(f"{f}: line {line}: patient {pid!r} is also in {owner[pid]}.list; a patient "
-                                f"belongs to one split")
+                raise DataError(
+                    f"{f}: line {line}: patient {pid!r} is also in {owner[pid]}.list; a patient belongs to one split"
+                )
             if pid not in owner:
                 owner[pid] = split
                 splits[split].append(pid)
@@ -351,8 +381,10 @@ def _plan_user(dataset: str, patients: list[str], d: Path, case_patient: dict[st
         raise DataError(f"{d / 'train.list'}: names no patient; the train split must not be empty")
     missing = [p for p in patients if p not in owner]
     if missing:
-        raise DataError(f"--splits {d}: present patient(s) {_few(missing)} are in none of train.list/val.list/"
-                        f"test.list; list every patient of the raw directory (or remove it from there)")
+        raise DataError(
+            f"--splits {d}: present patient(s) {_few(missing)} are in none of train.list/val.list/"
+            f"test.list; list every patient of the raw directory (or remove it from there)"
+        )
     lab = d / "labeled.list"
     default = (str(lab.resolve()), read_name_file(lab)) if lab.is_file() else None
     return SplitPlan(splits, f"user lists ({d.resolve()})", default_labeled=default)
@@ -361,8 +393,15 @@ def _plan_user(dataset: str, patients: list[str], d: Path, case_patient: dict[st
 # ----------------------------------------------------------------------------- labeled entries
 
 
-def resolve_labeled_names(names: list[tuple[int | None, str]], cases: list[dict], train_patients: list[str],
-                          dataset: str, source: str, *, strict: bool = True) -> tuple[list, list[tuple[str, str]]]:
+def resolve_labeled_names(
+    names: list[tuple[int | None, str]],
+    cases: list[dict],
+    train_patients: list[str],
+    dataset: str,
+    source: str,
+    *,
+    strict: bool = True,
+) -> tuple[list, list[tuple[str, str]]]:
     """Labeled-list names -> manifest entries (see the module docstring), validated against ``cases``.
 
     A name is a patient id, a case id or ``CASE_slice_K`` (``K`` < the case's slice count); the
@@ -403,13 +442,20 @@ def resolve_labeled_names(names: list[tuple[int | None, str]], cases: list[dict]
             elif m and m.group(1) in patients:
                 pcases = [c for c in cases if c["patient_id"] == m.group(1)]
                 if len(pcases) != 1:
-                    bad(line, raw, f"is ambiguous: patient {m.group(1)!r} has {len(pcases)} cases; name the case "
-                                   f"({pcases[0]['case_id']}_slice_K)")
+                    bad(
+                        line,
+                        raw,
+                        f"is ambiguous: patient {m.group(1)!r} has {len(pcases)} cases; name the case "
+                        f"({pcases[0]['case_id']}_slice_K)",
+                    )
                     continue
                 case, k = pcases[0]["case_id"], int(m.group(2))
             else:
-                bad(line, raw, f"is not a patient, case or CASE_slice_K of this cache (e.g. "
-                               f"{_few(sorted(patients), 3)})")
+                bad(
+                    line,
+                    raw,
+                    f"is not a patient, case or CASE_slice_K of this cache (e.g. {_few(sorted(patients), 3)})",
+                )
                 continue
         c = by_case[case]
         if c["patient_id"] not in train:

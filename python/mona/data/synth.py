@@ -49,8 +49,9 @@ def _ellipse(xx: np.ndarray, yy: np.ndarray, cx: float, cy: float, a: float, b: 
     return (u / max(a, 1e-3)) ** 2 + (v / max(b, 1e-3)) ** 2 <= 1.0
 
 
-def phantom_frame(rng: np.random.Generator, shape: tuple[int, int], n_slices: int, params: dict,
-                  contraction: float) -> tuple[np.ndarray, np.ndarray]:
+def phantom_frame(
+    rng: np.random.Generator, shape: tuple[int, int], n_slices: int, params: dict, contraction: float
+) -> tuple[np.ndarray, np.ndarray]:
     """One frame: image float32 ``[H, W, Z]`` (arbitrary MR-like units) and label uint8 ``[H, W, Z]``."""
     h, w = shape
     yy, xx = np.meshgrid(np.arange(h, dtype=np.float64), np.arange(w, dtype=np.float64), indexing="ij")
@@ -59,7 +60,7 @@ def phantom_frame(rng: np.random.Generator, shape: tuple[int, int], n_slices: in
     p = params
     for z in range(n_slices):
         t = z / max(n_slices - 1, 1)  # 0 = base, 1 = apex
-        shrink = 1.0 - 0.6 * t ** 1.5
+        shrink = 1.0 - 0.6 * t**1.5
         cx = p["cx"] + p["drift_x"] * t + rng.normal(0, 0.5)
         cy = p["cy"] + p["drift_y"] * t + rng.normal(0, 0.5)
         r_lv = p["r_lv"] * shrink * contraction
@@ -86,30 +87,51 @@ def phantom_frame(rng: np.random.Generator, shape: tuple[int, int], n_slices: in
         img[:, :, z] = sl
         lab[:, :, z] = np.where(lv, 3, np.where(myo, 2, np.where(rv, 1, 0)))
     # smooth multiplicative bias field over the whole stack + Rician-like noise
-    bias = np.exp(p["bias_amp"] * (p["bias_a"] * (xx / w - 0.5) + p["bias_b"] * (yy / h - 0.5)
-                                   + p["bias_c"] * ((xx / w - 0.5) ** 2 + (yy / h - 0.5) ** 2)))
+    bias = np.exp(
+        p["bias_amp"]
+        * (
+            p["bias_a"] * (xx / w - 0.5)
+            + p["bias_b"] * (yy / h - 0.5)
+            + p["bias_c"] * ((xx / w - 0.5) ** 2 + (yy / h - 0.5) ** 2)
+        )
+    )
     img = img * bias[..., None].astype(np.float32)
     n1 = rng.normal(0, p["noise"], img.shape)
     n2 = rng.normal(0, p["noise"], img.shape)
-    img = np.sqrt((img + n1) ** 2 + n2 ** 2).astype(np.float32)
+    img = np.sqrt((img + n1) ** 2 + n2**2).astype(np.float32)
     return img, lab
 
 
 def _patient_params(rng: np.random.Generator, h: int, w: int) -> dict:
     side = min(h, w)
     return {
-        "cx": w / 2 + rng.uniform(-0.1, 0.1) * w, "cy": h / 2 + rng.uniform(-0.1, 0.1) * h,
-        "drift_x": rng.uniform(-4, 4), "drift_y": rng.uniform(-4, 4),
-        "r_lv": rng.uniform(0.09, 0.13) * side, "ecc": rng.uniform(0.8, 1.2), "theta": rng.uniform(0, np.pi),
+        "cx": w / 2 + rng.uniform(-0.1, 0.1) * w,
+        "cy": h / 2 + rng.uniform(-0.1, 0.1) * h,
+        "drift_x": rng.uniform(-4, 4),
+        "drift_y": rng.uniform(-4, 4),
+        "r_lv": rng.uniform(0.09, 0.13) * side,
+        "ecc": rng.uniform(0.8, 1.2),
+        "theta": rng.uniform(0, np.pi),
         "thick": rng.uniform(0.045, 0.065) * side,
-        "rv_angle": np.pi + rng.uniform(-0.6, 0.6), "r_rv": rng.uniform(0.14, 0.19) * side,
-        "rv_ecc": rng.uniform(0.5, 0.75), "rv_extent": rng.uniform(0.55, 0.85), "rv_rel": rng.uniform(0.8, 1.0),
-        "body_dx": rng.uniform(-3, 3), "body_dy": rng.uniform(-3, 3), "body_theta": rng.uniform(-0.3, 0.3),
-        "texture_sigma": rng.uniform(2.0, 5.0), "texture_amp": rng.uniform(0.04, 0.10),
-        "i_tissue": rng.uniform(0.3, 0.45), "i_air": rng.uniform(0.0, 0.04), "i_myo": rng.uniform(0.15, 0.25),
+        "rv_angle": np.pi + rng.uniform(-0.6, 0.6),
+        "r_rv": rng.uniform(0.14, 0.19) * side,
+        "rv_ecc": rng.uniform(0.5, 0.75),
+        "rv_extent": rng.uniform(0.55, 0.85),
+        "rv_rel": rng.uniform(0.8, 1.0),
+        "body_dx": rng.uniform(-3, 3),
+        "body_dy": rng.uniform(-3, 3),
+        "body_theta": rng.uniform(-0.3, 0.3),
+        "texture_sigma": rng.uniform(2.0, 5.0),
+        "texture_amp": rng.uniform(0.04, 0.10),
+        "i_tissue": rng.uniform(0.3, 0.45),
+        "i_air": rng.uniform(0.0, 0.04),
+        "i_myo": rng.uniform(0.15, 0.25),
         "i_blood": rng.uniform(0.75, 0.95),
-        "noise": rng.uniform(0.02, 0.06), "bias_amp": rng.uniform(0.2, 0.6),
-        "bias_a": rng.normal(), "bias_b": rng.normal(), "bias_c": rng.normal(),
+        "noise": rng.uniform(0.02, 0.06),
+        "bias_amp": rng.uniform(0.2, 0.6),
+        "bias_a": rng.normal(),
+        "bias_b": rng.normal(),
+        "bias_c": rng.normal(),
     }
 
 
@@ -148,7 +170,7 @@ def write_phantoms(out_dir: str | Path, cfg: SynthConfig = SynthConfig(), *, pro
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for pid in tqdm(ids, desc="synth phantoms", disable=not progress, unit="patient"):
-        num = int(pid[len("patient"):])
+        num = int(pid[len("patient") :])
         rng = np.random.default_rng([cfg.seed, num])  # per patient: independent of how many are written
         h = int(rng.integers(cfg.size_min, cfg.size_max + 1))
         w = int(rng.integers(cfg.size_min, cfg.size_max + 1))
@@ -163,11 +185,15 @@ def write_phantoms(out_dir: str | Path, cfg: SynthConfig = SynthConfig(), *, pro
             for frame, contraction in ((1, 1.0), (es_frame, rng.uniform(0.6, 0.8))):
                 img, lab = phantom_frame(rng, (h, w), n_slices, params, contraction)
                 # NIfTI voxel order [X, Y, Z]: transpose the [H, W, Z] stack
-                _save_nifti(np.round(img.transpose(1, 0, 2) * scale).astype(np.int16), spacing,
-                            tmp / f"{pid}_frame{frame:02d}.nii.gz")
+                _save_nifti(
+                    np.round(img.transpose(1, 0, 2) * scale).astype(np.int16),
+                    spacing,
+                    tmp / f"{pid}_frame{frame:02d}.nii.gz",
+                )
                 _save_nifti(lab.transpose(1, 0, 2).astype(np.uint8), spacing, tmp / f"{pid}_frame{frame:02d}_gt.nii.gz")
             (tmp / "Info.cfg").write_text(
-                f"ED: 1\nES: {es_frame}\nGroup: SYNTH\nHeight: 170.0\nNbFrame: 30\nWeight: 70.0\n")
+                f"ED: 1\nES: {es_frame}\nGroup: SYNTH\nHeight: 170.0\nNbFrame: 30\nWeight: 70.0\n"
+            )
             dest = out / pid
             if dest.exists():
                 shutil.rmtree(dest)

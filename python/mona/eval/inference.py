@@ -10,8 +10,15 @@ from ..data.prepare import normalise_volume, resize_image_slices
 
 
 @torch.no_grad()
-def predict_volume(model: torch.nn.Module, image: np.ndarray, *, normalisation: dict, size: int,
-                   device: torch.device | str = "cpu", batch_size: int = 16) -> np.ndarray:
+def predict_volume(
+    model: torch.nn.Module,
+    image: np.ndarray,
+    *,
+    normalisation: dict,
+    size: int,
+    device: torch.device | str = "cpu",
+    batch_size: int = 16,
+) -> np.ndarray:
     """Segment a raw volume.
 
     image: ``[X, Y, Z]`` raw intensities. Each slice is normalised (per volume, as in ``prepare``),
@@ -28,10 +35,10 @@ def predict_volume(model: torch.nn.Module, image: np.ndarray, *, normalisation: 
     out = np.empty((X, Y, Z), np.int64)
     try:
         for z0 in range(0, Z, batch_size):
-            x = torch.from_numpy(x_all[z0:z0 + batch_size])[:, None].to(device)
+            x = torch.from_numpy(x_all[z0 : z0 + batch_size])[:, None].to(device)
             probs = torch.softmax(model(x).logits.float(), dim=1)
             probs = F.interpolate(probs, size=(X, Y), mode="bilinear", align_corners=False)
-            out[:, :, z0:z0 + x.shape[0]] = probs.argmax(1).permute(1, 2, 0).cpu().numpy()
+            out[:, :, z0 : z0 + x.shape[0]] = probs.argmax(1).permute(1, 2, 0).cpu().numpy()
     finally:
         model.train(was_training)
     return out

@@ -85,8 +85,14 @@ class ClassMetrics:
     gt_voxels: int
 
 
-def volume_metrics(pred: np.ndarray, gt: np.ndarray, num_classes: int, spacing: tuple[float, ...] | None = None,
-                   *, distances: bool = True) -> dict[int, ClassMetrics]:
+def volume_metrics(
+    pred: np.ndarray,
+    gt: np.ndarray,
+    num_classes: int,
+    spacing: tuple[float, ...] | None = None,
+    *,
+    distances: bool = True,
+) -> dict[int, ClassMetrics]:
     """Per foreground class (1..num_classes-1) metrics of integer label volumes ``pred``, ``gt`` (same shape)."""
     if pred.shape != gt.shape:
         raise ValueError(f"volume_metrics: prediction shape {pred.shape} != ground truth shape {gt.shape}")

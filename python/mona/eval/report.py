@@ -13,38 +13,44 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..atomicio import atomic_write, atomic_write_text
 from ..data.dataset import SliceCache
 from ..data.prepare import atomic_write_json
 from ..data.readers import CaseRecord, DatasetSpec, Volume, load_case
-from ..atomicio import atomic_write, atomic_write_text
 from ..errors import DataError, UsageError
 from .inference import predict_volume
-from .metrics import volume_metrics, nan_summary
+from .metrics import nan_summary, volume_metrics
 
-CONVENTIONS = ("Dice/ASD/HD95 per foreground class on the original 3-D volume. ASD and HD95 follow medpy "
-               "(surfaces by binary erosion, connectivity 1; ASD = mean of the pooled distances of both "
-               "directions; HD95 = 95th percentile of them), in mm using the header spacing (or voxels). "
-               "Both masks empty: Dice 1, ASD 0, HD95 0. One empty: Dice 0, ASD/HD95 NaN, excluded from the "
-               "mean; n_dist counts the volumes that entered the ASD/HD95 means.")
+CONVENTIONS = (
+    "Dice/ASD/HD95 per foreground class on the original 3-D volume. ASD and HD95 follow medpy "
+    "(surfaces by binary erosion, connectivity 1; ASD = mean of the pooled distances of both "
+    "directions; HD95 = 95th percentile of them), in mm using the header spacing (or voxels). "
+    "Both masks empty: Dice 1, ASD 0, HD95 0. One empty: Dice 0, ASD/HD95 NaN, excluded from the "
+    "mean; n_dist counts the volumes that entered the ASD/HD95 means."
+)
 OVERLAY_SLICES = 3  # slices per volume in the overlays of `mona evaluate` and `mona demo`
 
 
 def spec_from_manifest(man: dict) -> DatasetSpec:
     norm = man["normalisation"]
-    return DatasetSpec(man["dataset"], tuple(man["class_names"]), man["modality"],
-                       tuple(man["label_values"]) if man.get("label_values") else None,
-                       (norm["low"], norm["high"]) if norm["kind"] == "hu_window" else None)
+    return DatasetSpec(
+        man["dataset"],
+        tuple(man["class_names"]),
+        man["modality"],
+        tuple(man["label_values"]) if man.get("label_values") else None,
+        (norm["low"], norm["high"]) if norm["kind"] == "hu_window" else None,
+    )
 
 
 @dataclass
 class EvalReport:
     class_names: list[str]
-    rows: list[dict] = field(default_factory=list)      # one per (case, class)
-    summary: dict = field(default_factory=dict)          # per class name: means and counts
+    rows: list[dict] = field(default_factory=list)  # one per (case, class)
+    summary: dict = field(default_factory=dict)  # per class name: means and counts
     mean_dice: float = float("nan")
     unit: str = "mm"
-    predictions: dict = field(default_factory=dict)      # case_id -> label volume (keep_predictions=True)
-    overlays: list = field(default_factory=list)         # PNG paths written (overlay_dir given)
+    predictions: dict = field(default_factory=dict)  # case_id -> label volume (keep_predictions=True)
+    overlays: list = field(default_factory=list)  # PNG paths written (overlay_dir given)
 
     def table(self) -> str:
         u = self.unit
@@ -60,10 +66,20 @@ class EvalReport:
         return "\n".join(lines)
 
 
-def evaluate_cache(model: torch.nn.Module, meta: dict, cache_dir: str | Path, *, split: str = "test",
-                   device: str | torch.device = "cpu", voxels: bool = False, overlay_dir: str | Path | None = None,
-                   max_overlays: int | None = None, overlay_slices: int = OVERLAY_SLICES, progress: bool = True,
-                   keep_predictions: bool = False) -> EvalReport:
+def evaluate_cache(
+    model: torch.nn.Module,
+    meta: dict,
+    cache_dir: str | Path,
+    *,
+    split: str = "test",
+    device: str | torch.device = "cpu",
+    voxels: bool = False,
+    overlay_dir: str | Path | None = None,
+    max_overlays: int | None = None,
+    overlay_slices: int = OVERLAY_SLICES,
+    progress: bool = True,
+    keep_predictions: bool = False,
+) -> EvalReport:
     """Segment every volume of ``split`` of a prepared cache from its *raw* files (original geometry)
     and compute the metrics at the header spacing (``voxels=True``: also in voxels).
 
@@ -80,8 +96,10 @@ def evaluate_cache(model: torch.nn.Module, meta: dict, cache_dir: str | Path, *,
     if not cache.splits[split]:
         raise DataError(f"{cache.root}: split {split!r} of the cache is empty")
     if list(meta["class_names"]) != list(cache.class_names):
-        raise DataError(f"checkpoint: model classes {meta['class_names']} ({len(meta['class_names'])}) differ from the "
-                        f"classes of the cache {cache.root}: {cache.class_names} ({len(cache.class_names)})")
+        raise DataError(
+            f"checkpoint: model classes {meta['class_names']} ({len(meta['class_names'])}) differ from the "
+            f"classes of the cache {cache.root}: {cache.class_names} ({len(cache.class_names)})"
+        )
     spec = spec_from_manifest(cache.manifest)
     report = EvalReport(list(cache.class_names))
     per_class: dict[int, list] = {c: [] for c in range(1, len(cache.class_names))}
@@ -98,21 +116,35 @@ def evaluate_cache(model: torch.nn.Module, meta: dict, cache_dir: str | Path, *,
         mm = volume_metrics(pred, vol.label, len(cache.class_names), vol.spacing)
         vx = volume_metrics(pred, vol.label, len(cache.class_names), None) if voxels else None
         for c, m in mm.items():
-            row = {"case_id": rec.case_id, "patient_id": rec.patient_id, "class": cache.class_names[c],
-                   "dice": m.dice, "asd_mm": m.asd, "hd95_mm": m.hd95,
-                   "pred_voxels": m.pred_voxels, "gt_voxels": m.gt_voxels, "spacing": list(vol.spacing)}
+            row = {
+                "case_id": rec.case_id,
+                "patient_id": rec.patient_id,
+                "class": cache.class_names[c],
+                "dice": m.dice,
+                "asd_mm": m.asd,
+                "hd95_mm": m.hd95,
+                "pred_voxels": m.pred_voxels,
+                "gt_voxels": m.gt_voxels,
+                "spacing": list(vol.spacing),
+            }
             if vx is not None:
                 row["asd_vox"], row["hd95_vox"] = vx[c].asd, vx[c].hd95
             report.rows.append(row)
             per_class[c].append(row)
         if overlay_dir is not None and (max_overlays is None or k < max_overlays):
-            report.overlays += write_volume_overlays(vol, {"prediction": pred}, overlay_dir, cache.class_names,
-                                                     overlay_slices)
+            report.overlays += write_volume_overlays(
+                vol, {"prediction": pred}, overlay_dir, cache.class_names, overlay_slices
+            )
     for c, rows in per_class.items():
         asd, n = nan_summary([r["asd_mm"] for r in rows])
         hd, _ = nan_summary([r["hd95_mm"] for r in rows])
-        s = {"dice": float(np.mean([r["dice"] for r in rows])), "asd": asd, "hd95": hd, "n_dist": n,
-             "n_volumes": len(rows)}
+        s = {
+            "dice": float(np.mean([r["dice"] for r in rows])),
+            "asd": asd,
+            "hd95": hd,
+            "n_dist": n,
+            "n_volumes": len(rows),
+        }
         if voxels:
             s["asd_vox"] = nan_summary([r["asd_vox"] for r in rows])[0]
             s["hd95_vox"] = nan_summary([r["hd95_vox"] for r in rows])[0]
@@ -133,13 +165,30 @@ def write_report(report: EvalReport, out_dir: str | Path, extra: dict | None = N
     for r in report.rows:
         w.writerow({**r, "spacing": "x".join(f"{s:g}" for s in r["spacing"])})
     atomic_write_text(csv_path, buf.getvalue(), tag="report")
-    atomic_write_json(json_path, {"conventions": CONVENTIONS, "unit": report.unit, "mean_dice": report.mean_dice,
-                                  "summary": report.summary, "rows": report.rows, **(extra or {})})
+    atomic_write_json(
+        json_path,
+        {
+            "conventions": CONVENTIONS,
+            "unit": report.unit,
+            "mean_dice": report.mean_dice,
+            "summary": report.summary,
+            "rows": report.rows,
+            **(extra or {}),
+        },
+    )
     return csv_path, json_path
 
 
-_COLORS = [(0, 0, 0, 0), (1.0, 0.2, 0.2, 0.45), (0.2, 1.0, 0.2, 0.45), (0.2, 0.4, 1.0, 0.45), (1, 1, 0, .45),
-           (1, 0, 1, .45), (0, 1, 1, .45), (1, .6, 0, .45)]
+_COLORS = [
+    (0, 0, 0, 0),
+    (1.0, 0.2, 0.2, 0.45),
+    (0.2, 1.0, 0.2, 0.45),
+    (0.2, 0.4, 1.0, 0.45),
+    (1, 1, 0, 0.45),
+    (1, 0, 1, 0.45),
+    (0, 1, 1, 0.45),
+    (1, 0.6, 0, 0.45),
+]
 
 
 def prepare_matplotlib():
@@ -147,6 +196,7 @@ def prepare_matplotlib():
     environment builds matplotlib's font cache and logs "generated new fontManager": call this before a
     progress bar starts, not inside it."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -181,8 +231,9 @@ def overlay_slices(label: np.ndarray, n: int = OVERLAY_SLICES) -> list[int]:
     return sorted(chosen) if chosen else [label.shape[2] // 2]
 
 
-def write_overlay(vol: Volume, pred: np.ndarray, path: str | Path, class_names: list[str] | None = None,
-                  z: int | None = None) -> Path:
+def write_overlay(
+    vol: Volume, pred: np.ndarray, path: str | Path, class_names: list[str] | None = None, z: int | None = None
+) -> Path:
     """PNG: image, ground truth (if any) and prediction overlaid on slice ``z`` (default: the slice with
     the most foreground), with a colour legend of the classes."""
     if class_names is None:
@@ -199,8 +250,7 @@ def _curve_legend(fig, axes) -> None:
         handles += h
         labels += lab
     if handles:
-        fig.legend(handles, labels, loc="outside lower center", ncol=min(len(handles), 3), fontsize=8,
-                   frameon=False)
+        fig.legend(handles, labels, loc="outside lower center", ncol=min(len(handles), 3), fontsize=8, frameon=False)
 
 
 def learning_curve_figure(run_dir: str | Path):
@@ -238,12 +288,20 @@ def _legend(fig, class_names: list[str]) -> None:
     handles = [Patch(color=_COLORS[i % len(_COLORS)][:3], label=name) for i, name in enumerate(class_names) if i]
     if not handles:
         return
-    fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=8, frameon=False,
-               title="classes", title_fontsize=8)
+    fig.legend(
+        handles=handles,
+        loc="outside lower center",
+        ncol=len(handles),
+        fontsize=8,
+        frameon=False,
+        title="classes",
+        title_fontsize=8,
+    )
 
 
-def comparison_overlay_figure(vol: Volume, predictions: dict[str, np.ndarray], class_names: list[str],
-                              z: int | None = None):
+def comparison_overlay_figure(
+    vol: Volume, predictions: dict[str, np.ndarray], class_names: list[str], z: int | None = None
+):
     """The figure of :func:`write_comparison_overlay` (not saved): one panel each for the image, the
     ground truth (if any) and every prediction on slice ``z``, and a colour legend of ``class_names``."""
     plt = prepare_matplotlib()
@@ -251,8 +309,11 @@ def comparison_overlay_figure(vol: Volume, predictions: dict[str, np.ndarray], c
     if z is None:
         z = overlay_slices(ref, 1)[0]
     img = vol.image[:, :, z].T
-    panels = [("image", None)] + ([("ground truth", vol.label[:, :, z].T)] if vol.label is not None else []) \
+    panels = (
+        [("image", None)]
+        + ([("ground truth", vol.label[:, :, z].T)] if vol.label is not None else [])
         + [(name, pred[:, :, z].T) for name, pred in predictions.items()]
+    )
     aspect = vol.spacing[1] / vol.spacing[0]
     fig, axes = plt.subplots(1, len(panels), figsize=(2.8 * len(panels), 3.7), layout="constrained")
     for ax, (title, lab) in zip(np.atleast_1d(axes), panels):
@@ -266,22 +327,29 @@ def comparison_overlay_figure(vol: Volume, predictions: dict[str, np.ndarray], c
     return fig
 
 
-def write_comparison_overlay(vol: Volume, predictions: dict[str, np.ndarray], path: str | Path,
-                             class_names: list[str], z: int | None = None) -> Path:
+def write_comparison_overlay(
+    vol: Volume, predictions: dict[str, np.ndarray], path: str | Path, class_names: list[str], z: int | None = None
+) -> Path:
     """PNG: image, ground truth and each method's prediction on the same slice (default: the slice with
     the most ground-truth foreground), with a colour legend of the classes."""
     return _save_figure(comparison_overlay_figure(vol, predictions, class_names, z), path)
 
 
-def write_volume_overlays(vol: Volume, predictions: dict[str, np.ndarray], out_dir: str | Path,
-                          class_names: list[str], slices: int = OVERLAY_SLICES) -> list[Path]:
+def write_volume_overlays(
+    vol: Volume,
+    predictions: dict[str, np.ndarray],
+    out_dir: str | Path,
+    class_names: list[str],
+    slices: int = OVERLAY_SLICES,
+) -> list[Path]:
     """:func:`write_comparison_overlay` for the ``slices`` slices of the volume with the most ground-truth
     foreground (:func:`overlay_slices`; without ground truth: of the first prediction), one PNG each:
     ``out_dir/<case_id>_z<z>.png``. Returns the paths, in ascending z."""
     ref = vol.label if vol.label is not None else next(iter(predictions.values()))
-    return [write_comparison_overlay(vol, predictions, Path(out_dir) / f"{vol.record.case_id}_z{z:02d}.png",
-                                     class_names, z)
-            for z in overlay_slices(ref, slices)]
+    return [
+        write_comparison_overlay(vol, predictions, Path(out_dir) / f"{vol.record.case_id}_z{z:02d}.png", class_names, z)
+        for z in overlay_slices(ref, slices)
+    ]
 
 
 def comparison_curves_figure(runs: dict[str, list[tuple[str | Path, int]]]):

@@ -26,9 +26,16 @@ class ModelOutput:
 class MonaNet(nn.Module):
     """UNet + optional training-only heads. ``inference_state_dict()`` holds the UNet only."""
 
-    def __init__(self, num_classes: int = 4, in_channels: int = 1, channels: tuple[int, ...] = (16, 32, 64, 128, 256),
-                 dropout: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3, 0.5), heads: tuple[str, ...] = (),
-                 embed_dim: int = 512, rep_stride: int = 1):
+    def __init__(
+        self,
+        num_classes: int = 4,
+        in_channels: int = 1,
+        channels: tuple[int, ...] = (16, 32, 64, 128, 256),
+        dropout: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3, 0.5),
+        heads: tuple[str, ...] = (),
+        embed_dim: int = 512,
+        rep_stride: int = 1,
+    ):
         super().__init__()
         unknown = set(heads) - {"representation", "global", "local"}
         if unknown:
@@ -68,12 +75,26 @@ def build_model(meta: dict, heads: tuple[str, ...] = ()) -> MonaNet:
     ``heads``: training-only heads to add (inference uses none).
     """
     try:
-        return MonaNet(int(meta["num_classes"]), channels=tuple(meta["channels"]), dropout=tuple(meta["dropout"]),
-                       heads=tuple(heads), embed_dim=int(meta.get("embed_dim", 512)),
-                       rep_stride=int(meta.get("rep_stride", 1)))
+        return MonaNet(
+            int(meta["num_classes"]),
+            channels=tuple(meta["channels"]),
+            dropout=tuple(meta["dropout"]),
+            heads=tuple(heads),
+            embed_dim=int(meta.get("embed_dim", 512)),
+            rep_stride=int(meta.get("rep_stride", 1)),
+        )
     except KeyError as err:
         raise ValueError(f"model metadata lacks {err} (got keys {sorted(meta)})") from None
 
 
-__all__ = ["build_model", "UNet", "UNetOutput", "MonaNet", "ModelOutput", "RepresentationHead", "GlobalProjectionHead",
-           "Predictor", "LocalProjectionHead"]
+__all__ = [
+    "build_model",
+    "UNet",
+    "UNetOutput",
+    "MonaNet",
+    "ModelOutput",
+    "RepresentationHead",
+    "GlobalProjectionHead",
+    "Predictor",
+    "LocalProjectionHead",
+]

@@ -4,8 +4,8 @@ local projection (GLCon). None of them is part of the exported inference weights
 from __future__ import annotations
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 
 class RepresentationHead(nn.Module):
@@ -19,15 +19,21 @@ class RepresentationHead(nn.Module):
     (64 channels) is 8x cheaper than converting its 512-channel output.
     """
 
-    def __init__(self, in_channels: tuple[int, ...] = (128, 64, 32, 16), dim: int = 512, fpn_dim: int = 64,
-                 output_stride: int = 1):
+    def __init__(
+        self,
+        in_channels: tuple[int, ...] = (128, 64, 32, 16),
+        dim: int = 512,
+        fpn_dim: int = 64,
+        output_stride: int = 1,
+    ):
         super().__init__()
         if output_stride not in (1, 2, 4, 8):
             raise ValueError(f"RepresentationHead: output_stride must be 1, 2, 4 or 8, got {output_stride}")
         self.output_stride = output_stride
         self.lateral = nn.ModuleList(nn.Conv2d(c, fpn_dim, 1) for c in in_channels)
-        self.fuse = nn.Sequential(nn.Conv2d(fpn_dim, fpn_dim, 3, padding=1), nn.BatchNorm2d(fpn_dim), nn.ReLU(),
-                                  nn.Conv2d(fpn_dim, dim, 1))
+        self.fuse = nn.Sequential(
+            nn.Conv2d(fpn_dim, fpn_dim, 3, padding=1), nn.BatchNorm2d(fpn_dim), nn.ReLU(), nn.Conv2d(fpn_dim, dim, 1)
+        )
 
     def forward(self, decoder: list[torch.Tensor]) -> torch.Tensor:
         h, w = decoder[-1].shape[-2:]
@@ -72,8 +78,9 @@ class LocalProjectionHead(nn.Module):
 
     def __init__(self, in_channels: int = 16, dim: int = 512, hidden: int = 512, conv_channels: int = 64):
         super().__init__()
-        self.conv = nn.Sequential(nn.Conv2d(in_channels, conv_channels, 3, padding=1),
-                                  nn.BatchNorm2d(conv_channels), nn.ReLU())
+        self.conv = nn.Sequential(
+            nn.Conv2d(in_channels, conv_channels, 3, padding=1), nn.BatchNorm2d(conv_channels), nn.ReLU()
+        )
         self.mlp = _mlp(conv_channels, hidden, dim)
 
     def forward(self, crops: torch.Tensor) -> torch.Tensor:

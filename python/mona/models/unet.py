@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 
 @dataclass
@@ -29,9 +29,13 @@ class ConvBlock(nn.Module):
     def __init__(self, cin: int, cout: int, dropout: float):
         super().__init__()
         self.body = nn.Sequential(
-            nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.LeakyReLU(),
+            nn.Conv2d(cin, cout, 3, padding=1),
+            nn.BatchNorm2d(cout),
+            nn.LeakyReLU(),
             nn.Dropout(dropout),
-            nn.Conv2d(cout, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.LeakyReLU(),
+            nn.Conv2d(cout, cout, 3, padding=1),
+            nn.BatchNorm2d(cout),
+            nn.LeakyReLU(),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -52,9 +56,13 @@ class UpBlock(nn.Module):
 class UNet(nn.Module):
     """2-D UNet. Input ``[B, in_channels, H, W]`` with H, W divisible by 16."""
 
-    def __init__(self, in_channels: int = 1, num_classes: int = 4,
-                 channels: tuple[int, ...] = (16, 32, 64, 128, 256),
-                 dropout: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3, 0.5)):
+    def __init__(
+        self,
+        in_channels: int = 1,
+        num_classes: int = 4,
+        channels: tuple[int, ...] = (16, 32, 64, 128, 256),
+        dropout: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3, 0.5),
+    ):
         super().__init__()
         if len(channels) != 5 or len(dropout) != 5:
             raise ValueError(f"UNet: need 5 channels and 5 dropout rates, got {channels}, {dropout}")
@@ -64,7 +72,8 @@ class UNet(nn.Module):
         c = channels
         self.inc = ConvBlock(in_channels, c[0], dropout[0])
         self.downs = nn.ModuleList(
-            nn.Sequential(nn.MaxPool2d(2), ConvBlock(c[i], c[i + 1], dropout[i + 1])) for i in range(4))
+            nn.Sequential(nn.MaxPool2d(2), ConvBlock(c[i], c[i + 1], dropout[i + 1])) for i in range(4)
+        )
         self.ups = nn.ModuleList(UpBlock(c[4 - i], c[3 - i], c[3 - i]) for i in range(4))
         self.out_conv = nn.Conv2d(c[0], num_classes, 3, padding=1)
 

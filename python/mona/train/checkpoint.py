@@ -25,7 +25,7 @@ from ..errors import DataError, MissingFileError
 from ..models import MonaNet, build_model
 
 FORMAT = "mona-checkpoint-v2"
-OLD_FORMATS = ("mona-checkpoint-v1",)     # supervised checkpoints of mona 0.1: loadable for inference
+OLD_FORMATS = ("mona-checkpoint-v1",)  # supervised checkpoints of mona 0.1: loadable for inference
 INFERENCE_FORMAT = "mona-inference-v1"
 
 
@@ -54,12 +54,29 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def model_meta(num_classes: int, class_names: list[str], size: int, normalisation: dict, channels, dropout,
-               embed_dim: int = 512, rep_stride: int = 1, label_values: list[int] | None = None) -> dict:
+def model_meta(
+    num_classes: int,
+    class_names: list[str],
+    size: int,
+    normalisation: dict,
+    channels,
+    dropout,
+    embed_dim: int = 512,
+    rep_stride: int = 1,
+    label_values: list[int] | None = None,
+) -> dict:
     """What :func:`mona.models.build_model` and inference need to rebuild the network."""
-    return {"num_classes": num_classes, "class_names": list(class_names), "size": int(size),
-            "normalisation": dict(normalisation), "channels": list(channels), "dropout": list(dropout),
-            "embed_dim": int(embed_dim), "rep_stride": int(rep_stride), "label_values": label_values}
+    return {
+        "num_classes": num_classes,
+        "class_names": list(class_names),
+        "size": int(size),
+        "normalisation": dict(normalisation),
+        "channels": list(channels),
+        "dropout": list(dropout),
+        "embed_dim": int(embed_dim),
+        "rep_stride": int(rep_stride),
+        "label_values": label_values,
+    }
 
 
 def state_of(obj: Any) -> Any:
@@ -77,8 +94,10 @@ def restore(objects: dict[str, Any], states: dict[str, Any], source: str | Path)
     """Load ``states`` (from :func:`states_of`) into ``objects``; the two key sets must be equal."""
     missing, extra = sorted(set(objects) - set(states)), sorted(set(states) - set(objects))
     if missing or extra:
-        raise DataError(f"checkpoint {source}: its stateful objects do not match this run (missing {missing}, "
-                         f"unexpected {extra}); was it written by another method or version?")
+        raise DataError(
+            f"checkpoint {source}: its stateful objects do not match this run (missing {missing}, "
+            f"unexpected {extra}); was it written by another method or version?"
+        )
     for name, obj in objects.items():
         try:
             if isinstance(obj, torch.Generator):
@@ -87,7 +106,9 @@ def restore(objects: dict[str, Any], states: dict[str, Any], source: str | Path)
                 obj.load_state_dict(states[name])
         except (RuntimeError, ValueError, KeyError, TypeError) as err:
             first = (str(err).strip().splitlines() or [""])[0]
-            raise DataError(f"checkpoint {source}: the saved state of {name!r} does not fit this run ({first})") from err
+            raise DataError(
+                f"checkpoint {source}: the saved state of {name!r} does not fit this run ({first})"
+            ) from err
 
 
 def export_inference(model: MonaNet, meta: dict, path: str | Path) -> None:
@@ -112,14 +133,17 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         ck = torch.load(p, map_location=map_location, weights_only=False)
     except Exception as err:  # torch / pickle / zipfile raise many types for a damaged file
         first = (str(err).strip().splitlines() or [""])[0].split(". ")[0]
-        raise DataError(f"checkpoint {p}: unreadable: truncated, corrupt or not a PyTorch file "
-                        f"({type(err).__name__}: {first})") from err
+        raise DataError(
+            f"checkpoint {p}: unreadable: truncated, corrupt or not a PyTorch file ({type(err).__name__}: {first})"
+        ) from err
     if not isinstance(ck, dict) or "format" not in ck:
         raise DataError(f"checkpoint {p}: not a mona checkpoint (a saved {type(ck).__name__} without a 'format' key)")
     fmt = ck["format"]
     if fmt not in KNOWN_FORMATS:
-        raise DataError(f"checkpoint {p}: format {fmt!r} (written by mona {ck.get('mona_version', '?')}) is not "
-                        f"one mona {__version__} reads ({', '.join(KNOWN_FORMATS)})")
+        raise DataError(
+            f"checkpoint {p}: format {fmt!r} (written by mona {ck.get('mona_version', '?')}) is not "
+            f"one mona {__version__} reads ({', '.join(KNOWN_FORMATS)})"
+        )
     return ck
 
 
@@ -132,8 +156,10 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Mo
         model.unet.load_state_dict(unet_state(ck))
     except (RuntimeError, KeyError) as err:
         first = (str(err).strip().splitlines() or [""])[-1].strip()
-        raise DataError(f"checkpoint {path}: its weights do not fit its own metadata ({meta['num_classes']} classes, "
-                        f"channels {meta['channels']}): {first}") from err
+        raise DataError(
+            f"checkpoint {path}: its weights do not fit its own metadata ({meta['num_classes']} classes, "
+            f"channels {meta['channels']}): {first}"
+        ) from err
     return model.to(device).eval(), meta
 
 
@@ -149,4 +175,4 @@ def student_state(ck: dict) -> dict[str, torch.Tensor]:
 
 def unet_state(ck: dict) -> dict[str, torch.Tensor]:
     """The UNet weights of a loaded training checkpoint or exported model."""
-    return {k[len("unet."):]: v for k, v in student_state(ck).items() if k.startswith("unet.")}
+    return {k[len("unet.") :]: v for k, v in student_state(ck).items() if k.startswith("unet.")}

@@ -28,21 +28,21 @@ NEGATIVE_SOURCES = ("batch", "bank", "both")
 
 @dataclass
 class DataConfig:
-    cache: str = ""                       # a prepared cache (``mona prepare``)
-    labeled_patients: int | None = None   # whole labeled patients (first n of the train split) ...
-    labeled_ratio: float | None = None    # ... or a ratio of the train patients (ACDC: 0.01/0.05/0.1 -> 1/3/7)
-    batch_size: int = 12                  # the paper's 6 is labeled + unlabeled halves; supervised uses all labeled
-    labeled_bs: int | None = None         # labeled half; None: batch_size (supervised) or batch_size // 2
-    labeled_list: str | None = None       # a file of labeled patient ids / patient_slice_K entries
+    cache: str = ""  # a prepared cache (``mona prepare``)
+    labeled_patients: int | None = None  # whole labeled patients (first n of the train split) ...
+    labeled_ratio: float | None = None  # ... or a ratio of the train patients (ACDC: 0.01/0.05/0.1 -> 1/3/7)
+    batch_size: int = 12  # the paper's 6 is labeled + unlabeled halves; supervised uses all labeled
+    labeled_bs: int | None = None  # labeled half; None: batch_size (supervised) or batch_size // 2
+    labeled_list: str | None = None  # a file of labeled patient ids / patient_slice_K entries
 
 
 @dataclass
 class ModelConfig:
     channels: tuple[int, ...] = (16, 32, 64, 128, 256)
     dropout: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3, 0.5)
-    embed_dim: int = 512                  # projection / representation embedding dimension
-    rep_stride: int = 1                   # representation head output stride (1: full resolution)
-    channels_last: bool = False           # student and teacher weights / activations in torch.channels_last
+    embed_dim: int = 512  # projection / representation embedding dimension
+    rep_stride: int = 1  # representation head output stride (1: full resolution)
+    channels_last: bool = False  # student and teacher weights / activations in torch.channels_last
 
 
 @dataclass
@@ -50,7 +50,7 @@ class OptimConfig:
     lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 1e-4
-    schedule: str = "step"                # "step" (lr/10 every step_size iterations) or "poly"
+    schedule: str = "step"  # "step" (lr/10 every step_size iterations) or "poly"
     step_size: int = 2500
     gamma: float = 0.1
     poly_power: float = 0.9
@@ -59,11 +59,12 @@ class OptimConfig:
 @dataclass
 class GLConConfig:
     """Stage 1 (GLCon): ISD-style relational KL, global (bottleneck) + local (decoder crops)."""
-    mined_views: int = 36                 # unlabeled views per step for the teacher; = queue size
+
+    mined_views: int = 36  # unlabeled views per step for the teacher; = queue size
     tau_student: float = 0.1
     tau_teacher: float = 0.01
-    local_crops: int = 36                 # crops per step (over the batch), same location in student/teacher
-    local_crop_size: int = 64             # at a 256-px input; scaled with the input size
+    local_crops: int = 36  # crops per step (over the batch), same location in student/teacher
+    local_crop_size: int = 64  # at a 256-px input; scaled with the input size
     global_weight: float = 1.0
     local_weight: float = 1.0
     sup_weight: float = 1.0
@@ -72,6 +73,7 @@ class GLConConfig:
 @dataclass
 class MonaConfig:
     """Stage 2 (ACR fine-tuning): L_sup + 0.01 L_contrast + L_eqv + L_unsup + L_nn (a weight 0 skips the term)."""
+
     sup_weight: float = 1.0
     contrast_weight: float = 0.01
     eqv_weight: float = 1.0
@@ -80,22 +82,23 @@ class MonaConfig:
     temperature: float = 0.5
     num_queries: int = 256
     num_negatives: int = 512
-    strong_threshold: float = 0.97        # easy/hard query split and the L_unsup image weight
-    weak_threshold: float = 0.7           # teacher confidence for a valid pseudo-label pixel
-    negatives: str = "both"               # batch | bank | both
-    bank_size: int = 2048                 # keys per class in the ClassMemoryBank
-    bank_push_per_class: int = 256        # capped random subset of confident teacher keys per class and step
+    strong_threshold: float = 0.97  # easy/hard query split and the L_unsup image weight
+    weak_threshold: float = 0.7  # teacher confidence for a valid pseudo-label pixel
+    negatives: str = "both"  # batch | bank | both
+    bank_size: int = 2048  # keys per class in the ClassMemoryBank
+    bank_push_per_class: int = 256  # capped random subset of confident teacher keys per class and step
     knn_k: int = 5
-    knn_queue: int = 36                   # FIFO of teacher global embeddings (the paper's 36)
+    knn_queue: int = 36  # FIFO of teacher global embeddings (the paper's 36)
     eqv_symmetric: bool = True
 
 
 @dataclass
 class DistributedConfig:
     """Multi-process training under ``torchrun`` (read only when WORLD_SIZE > 1; see mona.train.distributed)."""
-    backend: str = "auto"                 # auto: nccl on CUDA, gloo on the CPU
-    timeout_s: float = 600.0              # a collective waiting longer (a rank died or hangs) ends the job
-    sync_batchnorm: bool = True           # BatchNorm statistics over the global batch (SyncBatchNorm)
+
+    backend: str = "auto"  # auto: nccl on CUDA, gloo on the CPU
+    timeout_s: float = 600.0  # a collective waiting longer (a rank died or hangs) ends the job
+    sync_batchnorm: bool = True  # BatchNorm statistics over the global batch (SyncBatchNorm)
 
 
 @dataclass
@@ -107,16 +110,16 @@ class TrainConfig:
     val_every: int = 500
     log_every: int = 10
     checkpoint_every: int = 500
-    device: str = "auto"                  # auto | cpu | cuda | cuda:N
-    amp: str = "auto"                     # auto (fp16 on CUDA, off on the CPU) | off | fp16 (CUDA) | bf16
-    threads: int | None = None            # torch CPU threads (None: torch default)
-    dice_weight: float = 0.5              # loss = dice_weight * Dice + ce_weight * CE
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: str = "auto"  # auto (fp16 on CUDA, off on the CPU) | off | fp16 (CUDA) | bf16
+    threads: int | None = None  # torch CPU threads (None: torch default)
+    dice_weight: float = 0.5  # loss = dice_weight * Dice + ce_weight * CE
     ce_weight: float = 0.5
-    ema_decay: float = 0.99               # teacher = EMA of the student (glcon, mona)
-    impl: str = "ext"                     # ext: fused mona_ext ops; reference: plain PyTorch (mona_ext.reference)
-    init_from: str | None = None          # checkpoint whose student weights initialise this run (stage 1 -> 2)
-    pretrain_iterations: int = 0          # mona: run a glcon stage of this length first (out_dir/pretrain_glcon)
-    max_nonfinite_steps: int = 10         # a non-finite loss/gradient skips the step; this many in a row stop the run
+    ema_decay: float = 0.99  # teacher = EMA of the student (glcon, mona)
+    impl: str = "ext"  # ext: fused mona_ext ops; reference: plain PyTorch (mona_ext.reference)
+    init_from: str | None = None  # checkpoint whose student weights initialise this run (stage 1 -> 2)
+    pretrain_iterations: int = 0  # mona: run a glcon stage of this length first (out_dir/pretrain_glcon)
+    max_nonfinite_steps: int = 10  # a non-finite loss/gradient skips the step; this many in a row stop the run
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -138,16 +141,19 @@ class TrainConfig:
         if self.amp not in AMP_MODES:
             raise UsageError(f"config: amp must be one of {AMP_MODES}, got {self.amp!r}")
         if self.distributed.backend not in DIST_BACKENDS:
-            raise UsageError(f"config: distributed.backend must be one of {DIST_BACKENDS}, "
-                             f"got {self.distributed.backend!r}")
+            raise UsageError(
+                f"config: distributed.backend must be one of {DIST_BACKENDS}, got {self.distributed.backend!r}"
+            )
         if not self.distributed.timeout_s > 0:
             raise UsageError(f"config: distributed.timeout_s must be > 0, got {self.distributed.timeout_s}")
         if not self.data.cache:
             raise UsageError("config: data.cache is required (a directory written by `mona prepare`)")
         given = [k for k in ("labeled_patients", "labeled_ratio", "labeled_list") if getattr(self.data, k) is not None]
         if len(given) > 1:
-            raise UsageError(f"config: set at most one of data.labeled_patients, data.labeled_ratio and "
-                             f"data.labeled_list, got {['data.' + g for g in given]}")
+            raise UsageError(
+                f"config: set at most one of data.labeled_patients, data.labeled_ratio and "
+                f"data.labeled_list, got {['data.' + g for g in given]}"
+            )
         if self.data.labeled_ratio is not None and not 0 < self.data.labeled_ratio <= 1:
             raise UsageError(f"config: data.labeled_ratio must be in (0, 1], got {self.data.labeled_ratio}")
         if self.data.labeled_patients is not None and self.data.labeled_patients < 1:
@@ -157,32 +163,47 @@ class TrainConfig:
         if self.method != "supervised":
             lbs = self.labeled_bs
             if not 0 < lbs < self.data.batch_size:
-                raise UsageError(f"config: {self.method} needs a labeled and an unlabeled half: data.labeled_bs must be "
-                                 f"in 1..{self.data.batch_size - 1} (data.batch_size - 1), got {lbs}")
+                raise UsageError(
+                    f"config: {self.method} needs a labeled and an unlabeled half: data.labeled_bs must be "
+                    f"in 1..{self.data.batch_size - 1} (data.batch_size - 1), got {lbs}"
+                )
         if not 0 <= self.ema_decay < 1:
             raise UsageError(f"config: ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.pretrain_iterations < 0 or (self.pretrain_iterations and self.method != "mona"):
             raise UsageError("config: pretrain_iterations (>= 0) applies to method: mona only")
         if self.pretrain_iterations and self.init_from:
-            raise UsageError("config: give either pretrain_iterations (run stage 1 here) or init_from (a stage-1 "
-                             "checkpoint), not both")
+            raise UsageError(
+                "config: give either pretrain_iterations (run stage 1 here) or init_from (a stage-1 "
+                "checkpoint), not both"
+            )
         m, g = self.mona, self.glcon
         if m.negatives not in NEGATIVE_SOURCES:
             raise UsageError(f"config: mona.negatives must be one of {NEGATIVE_SOURCES}, got {m.negatives!r}")
-        for key, val in (("mona.temperature", m.temperature), ("glcon.tau_student", g.tau_student),
-                         ("glcon.tau_teacher", g.tau_teacher)):
+        for key, val in (
+            ("mona.temperature", m.temperature),
+            ("glcon.tau_student", g.tau_student),
+            ("glcon.tau_teacher", g.tau_teacher),
+        ):
             if val <= 0:
                 raise UsageError(f"config: {key} must be > 0, got {val}")
-        for key, val in (("mona.num_queries", m.num_queries), ("mona.num_negatives", m.num_negatives),
-                         ("mona.bank_size", m.bank_size), ("mona.bank_push_per_class", m.bank_push_per_class),
-                         ("mona.knn_k", m.knn_k), ("mona.knn_queue", m.knn_queue), ("glcon.mined_views", g.mined_views),
-                         ("glcon.local_crops", g.local_crops), ("glcon.local_crop_size", g.local_crop_size),
-                         ("model.embed_dim", self.model.embed_dim)):
+        for key, val in (
+            ("mona.num_queries", m.num_queries),
+            ("mona.num_negatives", m.num_negatives),
+            ("mona.bank_size", m.bank_size),
+            ("mona.bank_push_per_class", m.bank_push_per_class),
+            ("mona.knn_k", m.knn_k),
+            ("mona.knn_queue", m.knn_queue),
+            ("glcon.mined_views", g.mined_views),
+            ("glcon.local_crops", g.local_crops),
+            ("glcon.local_crop_size", g.local_crop_size),
+            ("model.embed_dim", self.model.embed_dim),
+        ):
             if val <= 0:
                 raise UsageError(f"config: {key} must be > 0, got {val}")
         if g.mined_views < 2:
-            raise UsageError(f"config: glcon.mined_views must be >= 2 (the teacher's heads normalise over them), "
-                             f"got {g.mined_views}")
+            raise UsageError(
+                f"config: glcon.mined_views must be >= 2 (the teacher's heads normalise over them), got {g.mined_views}"
+            )
         if m.knn_k > m.knn_queue:
             raise UsageError(f"config: mona.knn_k ({m.knn_k}) must be <= mona.knn_queue ({m.knn_queue})")
         for key in ("sup_weight", "contrast_weight", "eqv_weight", "unsup_weight", "nn_weight"):

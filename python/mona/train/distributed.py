@@ -114,8 +114,10 @@ def init(device_spec: str, backend: str = "auto", timeout_s: float = 600.0) -> t
     if not env.enabled:
         return env, select_device(device_spec)
     if device_spec.startswith("cuda:"):
-        raise UsageError(f"device {device_spec!r}: under torchrun every process uses cuda:LOCAL_RANK; "
-                         f"set device to auto, cuda or cpu")
+        raise UsageError(
+            f"device {device_spec!r}: under torchrun every process uses cuda:LOCAL_RANK; "
+            f"set device to auto, cuda or cpu"
+        )
     if device_spec not in ("auto", "cuda", "cpu"):
         raise UsageError(f"device {device_spec!r}: under torchrun use auto, cuda or cpu")
     use_cuda = device_spec == "cuda" or (device_spec == "auto" and torch.cuda.is_available())
@@ -123,8 +125,10 @@ def init(device_spec: str, backend: str = "auto", timeout_s: float = 600.0) -> t
         if not torch.cuda.is_available():
             raise RuntimeError("device 'cuda' requested but CUDA is not available")
         if env.local_rank >= torch.cuda.device_count():
-            raise RuntimeError(f"LOCAL_RANK={env.local_rank} but this machine has {torch.cuda.device_count()} "
-                               f"GPU(s): start at most that many processes per node (--nproc_per_node)")
+            raise RuntimeError(
+                f"LOCAL_RANK={env.local_rank} but this machine has {torch.cuda.device_count()} "
+                f"GPU(s): start at most that many processes per node (--nproc_per_node)"
+            )
         device = torch.device("cuda", env.local_rank)
         torch.cuda.set_device(device)
     else:
@@ -134,8 +138,10 @@ def init(device_spec: str, backend: str = "auto", timeout_s: float = 600.0) -> t
         raise UsageError("distributed.backend 'nccl' needs CUDA devices; use gloo (or auto) on the CPU")
     if dist.is_initialized():
         if dist.get_world_size() != env.world_size or dist.get_rank() != env.rank:
-            raise RuntimeError(f"a process group is already initialised with rank {dist.get_rank()} of "
-                               f"{dist.get_world_size()}, but RANK={env.rank} WORLD_SIZE={env.world_size}")
+            raise RuntimeError(
+                f"a process group is already initialised with rank {dist.get_rank()} of "
+                f"{dist.get_world_size()}, but RANK={env.rank} WORLD_SIZE={env.world_size}"
+            )
         return env, device
     kwargs: dict[str, Any] = {"backend": chosen, "timeout": datetime.timedelta(seconds=timeout_s)}
     if device.type == "cuda":
@@ -143,8 +149,14 @@ def init(device_spec: str, backend: str = "auto", timeout_s: float = 600.0) -> t
     dist.init_process_group(**kwargs)
     if env.rank != 0:
         logging.getLogger("mona").setLevel(logging.WARNING)  # one copy of every info line: rank 0's
-    log.info("distributed: %d processes (%s), this is rank %d on %s; collective timeout %.0f s",
-             env.world_size, chosen, env.rank, device, timeout_s)
+    log.info(
+        "distributed: %d processes (%s), this is rank %d on %s; collective timeout %.0f s",
+        env.world_size,
+        chosen,
+        env.rank,
+        device,
+        timeout_s,
+    )
     return env, device
 
 
@@ -251,8 +263,10 @@ def rank_states(objects: dict[str, Any], rng: dict) -> dict:
     """The per-rank part of a checkpoint (a collective: call on every rank): ``{"world_size": W,
     "ranks": [{"rng": .., "generators": {name: state}} for each rank]}``. The generators are the
     ones with per-rank streams (and the shared ones, which are small and equal)."""
-    mine = {"rng": rng, "generators": {name: obj.get_state() for name, obj in objects.items()
-                                       if isinstance(obj, torch.Generator)}}
+    mine = {
+        "rng": rng,
+        "generators": {name: obj.get_state() for name, obj in objects.items() if isinstance(obj, torch.Generator)},
+    }
     return {"world_size": current().world_size, "ranks": gather_rank_states(mine)}
 
 
@@ -261,9 +275,11 @@ def check_resume(ck: dict, env: DistEnv, source: Any) -> None:
     per-rank random streams and the global batch all depend on it."""
     saved = int(ck.get("world_size", 1))
     if saved != env.world_size:
-        raise UsageError(f"--resume {source}: written by a run of {saved} process(es), this run has "
-                         f"{env.world_size}; resume with the same number (torchrun --nnodes x --nproc_per_node "
-                         f"= {saved}), or start a new run from its weights with init_from={source}")
+        raise UsageError(
+            f"--resume {source}: written by a run of {saved} process(es), this run has "
+            f"{env.world_size}; resume with the same number (torchrun --nnodes x --nproc_per_node "
+            f"= {saved}), or start a new run from its weights with init_from={source}"
+        )
 
 
 def restore_rank_state(objects: dict[str, Any], ck: dict, env: DistEnv) -> dict:
@@ -369,8 +385,15 @@ def convert_sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module
 def _convert_cpu(module: nn.Module) -> nn.Module:
     out = module
     if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, SyncBatchNorm):
-        out = SyncBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
-                            module.track_running_stats, device=None, dtype=None)
+        out = SyncBatchNorm(
+            module.num_features,
+            module.eps,
+            module.momentum,
+            module.affine,
+            module.track_running_stats,
+            device=None,
+            dtype=None,
+        )
         out.load_state_dict(module.state_dict())
         out = out.to(next(itertools.chain(module.parameters(), module.buffers()), torch.empty(0)).device)
         out.train(module.training)
@@ -400,5 +423,9 @@ def wrap_ddp(model: nn.Module, device: torch.device, find_unused_parameters: boo
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     ids = [device.index] if device.type == "cuda" else None
-    return DDP(_Call(model), device_ids=ids, output_device=ids[0] if ids else None,
-               find_unused_parameters=find_unused_parameters)
+    return DDP(
+        _Call(model),
+        device_ids=ids,
+        output_device=ids[0] if ids else None,
+        find_unused_parameters=find_unused_parameters,
+    )

@@ -34,12 +34,22 @@ from ..atomicio import atomic_write_text, remove_stale_temps, write_error
 from ..data.dataset import SliceCache
 from ..data.labeled import LabeledSplit, labeled_split
 from ..data.sampler import LabeledUnlabeledSampler
+from ..errors import DataError, MissingFileError, TrainingStopped, UsageError
 from ..eval.metrics import dice
 from ..models import MonaNet, build_model
 from . import distributed
-from .checkpoint import (FORMAT, atomic_torch_save, export_inference, load_checkpoint, model_meta, restore,
-                         rng_state, set_rng_state, states_of, unet_state)
-from ..errors import DataError, MissingFileError, TrainingStopped, UsageError
+from .checkpoint import (
+    FORMAT,
+    atomic_torch_save,
+    export_inference,
+    load_checkpoint,
+    model_meta,
+    restore,
+    rng_state,
+    set_rng_state,
+    states_of,
+    unet_state,
+)
 from .config import TrainConfig, config_from_dict
 from .methods import METHOD_CLASSES, Batch, Method, RunContext
 
@@ -60,16 +70,17 @@ def select_device(spec: str) -> torch.device:
 class TrainResult:
     out_dir: Path
     iteration: int
-    losses: list[float] = field(default_factory=list)   # per iteration run in this call
+    losses: list[float] = field(default_factory=list)  # per iteration run in this call
     best_dice: float = float("nan")
     best_iteration: int = -1
     seconds: float = 0.0
-    has_validation: bool = True             # False: no val patients, best.pt is the final model
+    has_validation: bool = True  # False: no val patients, best.pt is the final model
 
 
 @torch.no_grad()
-def validate(model: MonaNet, cache: SliceCache, case_indices: list[int], device: torch.device,
-             batch_size: int = 16) -> dict:
+def validate(
+    model: MonaNet, cache: SliceCache, case_indices: list[int], device: torch.device, batch_size: int = 16
+) -> dict:
     """Volume Dice per foreground class on cached slices (prepared resolution). Returns
     ``{"mean_dice": float, "class_dice": [..per class 1..C-1..]}`` averaged over volumes."""
     was = model.training
@@ -81,8 +92,8 @@ def validate(model: MonaNet, cache: SliceCache, case_indices: list[int], device:
         img, lab = cache.arrays(ci)
         pred = np.empty(lab.shape, np.int64)
         for z0 in range(0, img.shape[0], batch_size):
-            x = torch.from_numpy(np.array(img[z0:z0 + batch_size]))[:, None].to(device)
-            pred[z0:z0 + x.shape[0]] = model(x, with_heads=False).logits.argmax(1).cpu().numpy()
+            x = torch.from_numpy(np.array(img[z0 : z0 + batch_size]))[:, None].to(device)
+            pred[z0 : z0 + x.shape[0]] = model(x, with_heads=False).logits.argmax(1).cpu().numpy()
         per_class.append([dice(pred == c, np.asarray(lab) == c) for c in range(1, cache.num_classes)])
     model.train(was)
     arr = np.asarray(distributed.gather_lists(per_class))
@@ -102,8 +113,11 @@ def _truncate_logs(out: Path, iteration: int) -> None:
     redone) and drop any line a kill or a full disk cut short; each log is rewritten atomically."""
     jl = out / "metrics.jsonl"
     if jl.exists():
-        keep = [l for l in jl.read_text(errors="replace").splitlines()
-                if (i := _jsonl_iteration(l)) is not None and i <= iteration]
+        keep = [
+            l
+            for l in jl.read_text(errors="replace").splitlines()
+            if (i := _jsonl_iteration(l)) is not None and i <= iteration
+        ]
         atomic_write_text(jl, "".join(l + "\n" for l in keep), tag="log")
     for name in ("train_log.csv", "val_log.csv"):
         p = out / name
@@ -125,6 +139,7 @@ class _Logger:
         self.tb = None
         try:
             from torch.utils.tensorboard import SummaryWriter
+
             self.tb = SummaryWriter(str(out / "tensorboard"))
         except ImportError:
             log.info("tensorboard is not installed: metrics go to metrics.jsonl and CSV only")
@@ -171,8 +186,19 @@ class _NoLogger:
 
 # keys a resumed run may change: the length of the run and bookkeeping, never what it computes
 # (init_from only initialises a fresh run; a resumed one loads every weight from its checkpoint)
-RESUMABLE_KEYS = ("iterations", "val_every", "log_every", "checkpoint_every", "out_dir", "device", "threads",
-                  "max_nonfinite_steps", "init_from", "distributed.backend", "distributed.timeout_s")
+RESUMABLE_KEYS = (
+    "iterations",
+    "val_every",
+    "log_every",
+    "checkpoint_every",
+    "out_dir",
+    "device",
+    "threads",
+    "max_nonfinite_steps",
+    "init_from",
+    "distributed.backend",
+    "distributed.timeout_s",
+)
 # keys no --resume-override can change: the checkpoint's state would not fit the model
 FIXED_KEYS = ("method", "model.")
 
@@ -190,8 +216,9 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 def config_diff(saved: TrainConfig, new: TrainConfig) -> list[tuple[str, object, object]]:
     """(key, saved value, new value) for every dotted key that differs, except :data:`RESUMABLE_KEYS`."""
     a, b = _flatten(saved.to_dict()), _flatten(new.to_dict())
-    return [(k, a.get(k), b.get(k)) for k in sorted(set(a) | set(b))
-            if k not in RESUMABLE_KEYS and a.get(k) != b.get(k)]
+    return [
+        (k, a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if k not in RESUMABLE_KEYS and a.get(k) != b.get(k)
+    ]
 
 
 def resume_config(ck: dict, cfg: TrainConfig, source: str | Path, override: tuple[str, ...] = ()) -> TrainConfig:
@@ -209,14 +236,18 @@ def resume_config(ck: dict, cfg: TrainConfig, source: str | Path, override: tupl
         raise UsageError(f"--resume-override: unknown config key(s) {unknown}")
     fixed = [k for k, _, _ in diff if k in override and k.startswith(FIXED_KEYS)]
     if fixed:
-        raise UsageError(f"--resume-override {','.join(fixed)}: the method and model.* cannot change on resume (the "
-                         f"checkpoint's weights would not fit); start a new run with init_from={source}")
+        raise UsageError(
+            f"--resume-override {','.join(fixed)}: the method and model.* cannot change on resume (the "
+            f"checkpoint's weights would not fit); start a new run with init_from={source}"
+        )
     refused = [(k, a, b) for k, a, b in diff if k not in override]
     if refused:
         changes = "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in refused)
-        raise UsageError(f"--resume {source}: the config differs from the checkpoint's: {changes}; resume with the "
-                         f"checkpoint's values, or accept the change with --resume-override "
-                         f"{','.join(k for k, _, _ in refused)}")
+        raise UsageError(
+            f"--resume {source}: the config differs from the checkpoint's: {changes}; resume with the "
+            f"checkpoint's values, or accept the change with --resume-override "
+            f"{','.join(k for k, _, _ in refused)}"
+        )
     for k, a, b in diff:
         log.warning("resume: %s changed from %r to %r (--resume-override)", k, a, b)
     return cfg
@@ -243,17 +274,26 @@ class Run:
     best_iteration: int = -1
     t0: float = field(default_factory=time.time)
     nonfinite: "NonFinite" = field(default_factory=lambda: NonFinite())
-    last_saved: int | None = None           # iteration of the newest last.pt (None: none yet)
+    last_saved: int | None = None  # iteration of the newest last.pt (None: none yet)
     step_nonfinite: list[str] = field(default_factory=list)  # what was non-finite in the last step
     dist: distributed.DistEnv = field(default_factory=distributed.DistEnv)
 
     def checkpoint(self, it: int) -> dict:
         """The checkpoint of iteration ``it``. Under torchrun a collective (every rank's RNG and generator
         states are gathered into ``ranks``): call it on every rank, write it on rank 0."""
-        ck = {"format": FORMAT, "iteration": it, "method": self.cfg.method, "config": self.cfg.to_dict(),
-              "meta": self.meta, "objects": states_of(self.objects),
-              "rng": rng_state(), "best_dice": self.best, "best_iteration": self.best_iteration,
-              "labeled_patients": self.split.labeled_patients, "nonfinite": self.nonfinite.state_dict()}
+        ck = {
+            "format": FORMAT,
+            "iteration": it,
+            "method": self.cfg.method,
+            "config": self.cfg.to_dict(),
+            "meta": self.meta,
+            "objects": states_of(self.objects),
+            "rng": rng_state(),
+            "best_dice": self.best,
+            "best_iteration": self.best_iteration,
+            "labeled_patients": self.split.labeled_patients,
+            "nonfinite": self.nonfinite.state_dict(),
+        }
         if self.dist.enabled:
             ck.update(distributed.rank_states(self.objects, rng_state()))
         return ck
@@ -273,7 +313,12 @@ class NonFinite:
         return {"skipped": self.skipped, "consecutive": self.consecutive, "first": self.first, "what": list(self.what)}
 
     def load_state_dict(self, d: dict) -> None:
-        self.skipped, self.consecutive, self.first, self.what = d["skipped"], d["consecutive"], d["first"], list(d["what"])
+        self.skipped, self.consecutive, self.first, self.what = (
+            d["skipped"],
+            d["consecutive"],
+            d["first"],
+            list(d["what"]),
+        )
 
     def update(self, it: int, bad: list[str] | None) -> None:
         if not bad:
@@ -294,17 +339,22 @@ def _seed_everything(seed: int) -> None:
     random.seed(seed)
 
 
-def open_inputs(cfg: TrainConfig, *,
-                check_init_from: bool = False) -> tuple[torch.device, SliceCache, LabeledSplit]:
+def open_inputs(cfg: TrainConfig, *, check_init_from: bool = False) -> tuple[torch.device, SliceCache, LabeledSplit]:
     """Check and open what a run reads, writing nothing: the device, the cache, the labeled split (and
     that a semi-supervised method has unlabeled slices); ``check_init_from``: that ``init_from`` exists."""
     device = select_device(cfg.device)
     cache = SliceCache(cfg.data.cache)
-    split = labeled_split(cache, labeled_patients=cfg.data.labeled_patients, labeled_ratio=cfg.data.labeled_ratio,
-                          labeled_list=cfg.data.labeled_list)
+    split = labeled_split(
+        cache,
+        labeled_patients=cfg.data.labeled_patients,
+        labeled_ratio=cfg.data.labeled_ratio,
+        labeled_list=cfg.data.labeled_list,
+    )
     if cfg.method != "supervised" and not split.unlabeled:
-        raise DataError(f"method {cfg.method!r} needs unlabeled slices, but every train slice of {cache.root} is "
-                         f"labeled ({split.description}); label fewer patients or use method: supervised")
+        raise DataError(
+            f"method {cfg.method!r} needs unlabeled slices, but every train slice of {cache.root} is "
+            f"labeled ({split.description}); label fewer patients or use method: supervised"
+        )
     if check_init_from and cfg.init_from and not Path(cfg.init_from).exists():
         raise MissingFileError(f"init_from: checkpoint {cfg.init_from} does not exist")
     return device, cache, split
@@ -318,8 +368,10 @@ def setup(cfg: TrainConfig, *, resume: str | Path | None = None, resume_override
     if resume is not None:
         ck = load_checkpoint(resume)
         if ck["format"] != FORMAT:
-            raise DataError(f"--resume {resume}: {ck['format']} is not a resumable training checkpoint "
-                            f"({FORMAT}); use the run's last.pt")
+            raise DataError(
+                f"--resume {resume}: {ck['format']} is not a resumable training checkpoint "
+                f"({FORMAT}); use the run's last.pt"
+            )
         cfg = resume_config(ck, cfg, resume, tuple(resume_override))
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -330,29 +382,56 @@ def setup(cfg: TrainConfig, *, resume: str | Path | None = None, resume_override
     val_cases = cache.cases_of_patients(cache.splits["val"]) if cache.splits["val"] else []
 
     _seed_everything(cfg.seed)
-    meta = model_meta(cache.num_classes, cache.class_names, cache.size, cache.manifest["normalisation"],
-                      cfg.model.channels, cfg.model.dropout, cfg.model.embed_dim, cfg.model.rep_stride,
-                      cache.manifest.get("label_values"))
-    method = METHOD_CLASSES[cfg.method](RunContext(cfg, device, cache, split, meta, resuming=ck is not None,
-                                                   dist=dist_env))
+    meta = model_meta(
+        cache.num_classes,
+        cache.class_names,
+        cache.size,
+        cache.manifest["normalisation"],
+        cfg.model.channels,
+        cfg.model.dropout,
+        cfg.model.embed_dim,
+        cfg.model.rep_stride,
+        cache.manifest.get("label_values"),
+    )
+    method = METHOD_CLASSES[cfg.method](
+        RunContext(cfg, device, cache, split, meta, resuming=ck is not None, dist=dist_env)
+    )
     if dist_env.rank > 0:
         _seed_everything(distributed.rank_seed(cfg.seed, 0, dist_env.rank))  # dropout differs per rank
     out = Path(cfg.out_dir)
     main = dist_env.is_main  # under torchrun only rank 0 writes
     if main:
         out.mkdir(parents=True, exist_ok=True)  # only now: every input (cache, split, init_from) has been read
-        for tmp in remove_stale_temps(out):     # we hold out's lock: these are an interrupted run's
+        for tmp in remove_stale_temps(out):  # we hold out's lock: these are an interrupted run's
             log.info("removed %s (a file an interrupted run was writing)", tmp)
     # every rank draws the same global batch and keeps its part (mona.train.distributed)
     sample_gen = torch.Generator().manual_seed(cfg.seed + 1)
     labeled_bs = cfg.labeled_bs
-    sampler = LabeledUnlabeledSampler(list(range(len(split.labeled))), list(range(len(split.unlabeled))),
-                                      cfg.data.batch_size, labeled_bs, sample_gen, rank=dist_env.rank,
-                                      world_size=dist_env.world_size)
+    sampler = LabeledUnlabeledSampler(
+        list(range(len(split.labeled))),
+        list(range(len(split.unlabeled))),
+        cfg.data.batch_size,
+        labeled_bs,
+        sample_gen,
+        rank=dist_env.rank,
+        world_size=dist_env.world_size,
+    )
     objects = {**method.stateful(), "sampler": sampler, "generator.sample": sample_gen}
 
-    run = Run(cfg, device, out, cache, split, method, sampler, meta, val_cases, None, objects,  # type: ignore[arg-type]
-              dist=dist_env)
+    run = Run(
+        cfg,
+        device,
+        out,
+        cache,
+        split,
+        method,
+        sampler,
+        meta,
+        val_cases,
+        None,
+        objects,  # type: ignore[arg-type]
+        dist=dist_env,
+    )
     if ck is not None:
         restore(objects, ck["objects"], resume)
         set_rng_state(ck["rng"])
@@ -371,11 +450,18 @@ def setup(cfg: TrainConfig, *, resume: str | Path | None = None, resume_override
     if main:
         atomic_write_text(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False), tag="config")
     run.logger = _Logger(out) if main else _NoLogger()  # type: ignore[assignment]
-    log.info("%s: %s; batch %d (%d labeled + %d unlabeled)%s; device %s; impl %s; amp %s", cfg.method,
-             split.description, cfg.data.batch_size, labeled_bs,
-             cfg.data.batch_size - labeled_bs if cfg.method != "supervised" else 0,
-             f" per process, {dist_env.world_size} processes" if dist_env.enabled else "", device, cfg.impl,
-             method.amp_dtype or "off")
+    log.info(
+        "%s: %s; batch %d (%d labeled + %d unlabeled)%s; device %s; impl %s; amp %s",
+        cfg.method,
+        split.description,
+        cfg.data.batch_size,
+        labeled_bs,
+        cfg.data.batch_size - labeled_bs if cfg.method != "supervised" else 0,
+        f" per process, {dist_env.world_size} processes" if dist_env.enabled else "",
+        device,
+        cfg.impl,
+        method.amp_dtype or "off",
+    )
     return run
 
 
@@ -471,8 +557,14 @@ def _save(run: Run, ck: dict, name: str) -> None:
         atomic_torch_save(ck, run.out / name)
 
 
-def train(cfg: TrainConfig, *, resume: str | Path | None = None, progress: bool = True,
-          stop_after: int | None = None, resume_override: tuple[str, ...] = ()) -> TrainResult:
+def train(
+    cfg: TrainConfig,
+    *,
+    resume: str | Path | None = None,
+    progress: bool = True,
+    stop_after: int | None = None,
+    resume_override: tuple[str, ...] = (),
+) -> TrainResult:
     """Run (or resume) training with ``cfg.method``. ``stop_after``: stop once this iteration is reached,
     writing ``last.pt`` as an interruption would (for tests and time-boxed runs). The run holds the lock
     of ``out_dir`` (a second run into it fails at once)."""
@@ -482,15 +574,26 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, progress: bool 
 
 def _stop_message(run: Run, it: int) -> str:
     nf, cfg = run.nonfinite, run.cfg
-    last = (f"{run.out / 'last.pt'} (iteration {run.last_saved}) is intact" if run.last_saved is not None
-            else "no checkpoint was written yet")
-    return (f"training stopped at iteration {it}: {nf.consecutive} consecutive steps (iterations {nf.first}-{it}) had "
-            f"a non-finite {'; '.join(nf.what)} (max_nonfinite_steps={cfg.max_nonfinite_steps}); the last good "
-            f"checkpoint {last}; lower optim.lr or check the data, then resume (--resume-override optim.lr)")
+    last = (
+        f"{run.out / 'last.pt'} (iteration {run.last_saved}) is intact"
+        if run.last_saved is not None
+        else "no checkpoint was written yet"
+    )
+    return (
+        f"training stopped at iteration {it}: {nf.consecutive} consecutive steps (iterations {nf.first}-{it}) had "
+        f"a non-finite {'; '.join(nf.what)} (max_nonfinite_steps={cfg.max_nonfinite_steps}); the last good "
+        f"checkpoint {last}; lower optim.lr or check the data, then resume (--resume-override optim.lr)"
+    )
 
 
-def _train(cfg: TrainConfig, *, resume: str | Path | None, progress: bool, stop_after: int | None,
-           resume_override: tuple[str, ...]) -> TrainResult:
+def _train(
+    cfg: TrainConfig,
+    *,
+    resume: str | Path | None,
+    progress: bool,
+    stop_after: int | None,
+    resume_override: tuple[str, ...],
+) -> TrainResult:
     from tqdm import tqdm
 
     run = setup(cfg, resume=resume, resume_override=resume_override)
@@ -499,8 +602,9 @@ def _train(cfg: TrainConfig, *, resume: str | Path | None, progress: bool, stop_
     end = cfg.iterations if stop_after is None else min(cfg.iterations, stop_after)
     run.method.student.train()
     main = run.dist.is_main
-    bar = tqdm(total=cfg.iterations, initial=run.start, desc=f"train {cfg.method}", disable=not (progress and main),
-               unit="it")
+    bar = tqdm(
+        total=cfg.iterations, initial=run.start, desc=f"train {cfg.method}", disable=not (progress and main), unit="it"
+    )
     it = run.start
     try:
         while it < end:
@@ -513,15 +617,28 @@ def _train(cfg: TrainConfig, *, resume: str | Path | None, progress: bool, stop_
             bar.update(1)
             stop = run.nonfinite.consecutive >= cfg.max_nonfinite_steps
             if bad and main:
-                log.warning("iteration %d: non-finite %s: step skipped (%d in a row, %d in this run)", it,
-                            ", ".join(bad), run.nonfinite.consecutive, run.nonfinite.skipped)
+                log.warning(
+                    "iteration %d: non-finite %s: step skipped (%d in a row, %d in this run)",
+                    it,
+                    ", ".join(bad),
+                    run.nonfinite.consecutive,
+                    run.nonfinite.skipped,
+                )
             if it % cfg.log_every == 0 or it == end or stop:
                 # a fixed set of columns: a term not computed this step (e.g. L_nn before its queue
                 # holds k entries) is logged as empty / null, never shifting the CSV columns
                 terms = {k: parts.get(k) for k in run.method.terms()}
-                run.logger.write("train", {"iteration": it, "loss": lv, **terms, "lr": lr,
-                                           "skipped_steps": run.nonfinite.skipped,
-                                           "elapsed_s": round(time.time() - run.t0, 2)})
+                run.logger.write(
+                    "train",
+                    {
+                        "iteration": it,
+                        "loss": lv,
+                        **terms,
+                        "lr": lr,
+                        "skipped_steps": run.nonfinite.skipped,
+                        "elapsed_s": round(time.time() - run.t0, 2),
+                    },
+                )
                 bar.set_postfix(loss=f"{lv:.4f}", lr=f"{lr:.2e}")
             if stop:
                 raise TrainingStopped(_stop_message(run, it))

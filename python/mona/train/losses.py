@@ -21,24 +21,26 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1e-5
     return (1 - (2 * inter + eps) / (denom + eps)).mean()
 
 
-def supervised_loss(logits: torch.Tensor, target: torch.Tensor, dice_weight: float = 0.5,
-                    ce_weight: float = 0.5) -> tuple[torch.Tensor, dict[str, float]]:
+def supervised_loss(
+    logits: torch.Tensor, target: torch.Tensor, dice_weight: float = 0.5, ce_weight: float = 0.5
+) -> tuple[torch.Tensor, dict[str, float]]:
     """``dice_weight * Dice + ce_weight * CE``. Returns (loss, {"dice": .., "ce": ..})."""
     ce = F.cross_entropy(logits.float(), target.long())
     dl = soft_dice_loss(logits, target)
     return dice_weight * dl + ce_weight * ce, {"ce": float(ce.detach()), "dice_loss": float(dl.detach())}
 
 
-def confidence_weighted_ce(logits: torch.Tensor, pseudo: torch.Tensor, confidence: torch.Tensor,
-                           threshold: float) -> torch.Tensor:
+def confidence_weighted_ce(
+    logits: torch.Tensor, pseudo: torch.Tensor, confidence: torch.Tensor, threshold: float
+) -> torch.Tensor:
     """L_unsup: cross-entropy against teacher pseudo-labels, each image weighted by its fraction of
     pixels with teacher confidence >= ``threshold`` (ReCo / MONA practice).
 
     logits ``[B, C, H, W]``, pseudo int ``[B, H, W]``, confidence ``[B, H, W]``; returns a scalar
     ``mean_b(w_b * mean_pixels(CE_b))``.
     """
-    ce = F.cross_entropy(logits.float(), pseudo.long(), reduction="none")      # [B, H, W]
-    weight = (confidence >= threshold).float().mean(dim=(1, 2))                # [B]
+    ce = F.cross_entropy(logits.float(), pseudo.long(), reduction="none")  # [B, H, W]
+    weight = (confidence >= threshold).float().mean(dim=(1, 2))  # [B]
     return (ce.mean(dim=(1, 2)) * weight).mean()
 
 
@@ -68,6 +70,11 @@ def loss_impl(name: str) -> LossImpl:
     if name == "ext":
         return LossImpl("ext", mona_ext.contrast_loss, mona_ext.pixel_kl, mona_ext.similarity_kl, mona_ext.knn_loss)
     if name == "reference":
-        return LossImpl("reference", reference.contrast_loss_vectorised, reference.pixel_kl, reference.similarity_kl,
-                        reference.knn_loss)
+        return LossImpl(
+            "reference",
+            reference.contrast_loss_vectorised,
+            reference.pixel_kl,
+            reference.similarity_kl,
+            reference.knn_loss,
+        )
     raise ValueError(f"impl must be 'ext' or 'reference', got {name!r}")

@@ -34,8 +34,14 @@ def stages(cfg: TrainConfig) -> list[TrainConfig]:
     if cfg.method != "mona" or cfg.pretrain_iterations <= 0:
         return [cfg]
     stage1_dir = Path(cfg.out_dir) / PRETRAIN_DIR
-    stage1 = dataclasses.replace(cfg, method="glcon", iterations=cfg.pretrain_iterations, out_dir=str(stage1_dir),
-                                 pretrain_iterations=0, init_from=None)
+    stage1 = dataclasses.replace(
+        cfg,
+        method="glcon",
+        iterations=cfg.pretrain_iterations,
+        out_dir=str(stage1_dir),
+        pretrain_iterations=0,
+        init_from=None,
+    )
     stage2 = dataclasses.replace(cfg, pretrain_iterations=0, init_from=str(stage1_dir / "last.pt"))
     return [stage1, stage2]
 
@@ -47,14 +53,16 @@ def _stage_state(cfg: TrainConfig) -> str:
         return "new"
     ck = load_checkpoint(last)
     if ck.get("method", "supervised") != cfg.method:
-        raise DataError(f"{last}: written by method {ck.get('method')!r}, this stage is {cfg.method!r}; "
-                         f"use another out_dir")
+        raise DataError(
+            f"{last}: written by method {ck.get('method')!r}, this stage is {cfg.method!r}; use another out_dir"
+        )
     done = ck["iteration"] >= cfg.iterations and (Path(cfg.out_dir) / "model.pt").exists()
     return "done" if done else "partial"
 
 
-def run(cfg: TrainConfig, *, resume: str | Path | None = None, progress: bool = True,
-        resume_override: tuple[str, ...] = ()) -> list[TrainResult]:
+def run(
+    cfg: TrainConfig, *, resume: str | Path | None = None, progress: bool = True, resume_override: tuple[str, ...] = ()
+) -> list[TrainResult]:
     """Train every stage of ``cfg``; ``resume``: None (start fresh), ``"auto"``, or a checkpoint path;
     ``resume_override``: config keys a resumed stage may change (else a changed config is refused).
     Holds the lock of ``cfg.out_dir`` throughout (a second run into it fails at once)."""
@@ -67,8 +75,9 @@ def run(cfg: TrainConfig, *, resume: str | Path | None = None, progress: bool = 
         return _run(plan, resume, progress, tuple(resume_override))
 
 
-def _run(plan: list[TrainConfig], resume: str | Path | None, progress: bool,
-         resume_override: tuple[str, ...]) -> list[TrainResult]:
+def _run(
+    plan: list[TrainConfig], resume: str | Path | None, progress: bool, resume_override: tuple[str, ...]
+) -> list[TrainResult]:
     results: list[TrainResult] = []
     explicit = None if resume in (None, "auto") else Path(resume)
     explicit_stage = None
@@ -76,8 +85,9 @@ def _run(plan: list[TrainConfig], resume: str | Path | None, progress: bool,
         method = load_checkpoint(explicit).get("method", "supervised")
         matches = [i for i, s in enumerate(plan) if s.method == method]
         if not matches:
-            raise DataError(f"--resume {explicit}: a {method!r} checkpoint, but this config trains "
-                             f"{[s.method for s in plan]}")
+            raise DataError(
+                f"--resume {explicit}: a {method!r} checkpoint, but this config trains {[s.method for s in plan]}"
+            )
         explicit_stage = matches[0]
     for i, stage in enumerate(plan):
         label = f"stage {i + 1}/{len(plan)} ({stage.method})" if len(plan) > 1 else stage.method
@@ -96,6 +106,12 @@ def _run(plan: list[TrainConfig], resume: str | Path | None, progress: bool,
             resume_from = Path(stage.out_dir) / "last.pt" if state == "partial" else None
         if len(plan) > 1:
             log.info("%s -> %s", label, stage.out_dir)
-        results.append(train(stage, resume=resume_from, progress=progress,
-                             resume_override=resume_override if resume_from is not None else ()))
+        results.append(
+            train(
+                stage,
+                resume=resume_from,
+                progress=progress,
+                resume_override=resume_override if resume_from is not None else (),
+            )
+        )
     return results

@@ -77,8 +77,10 @@ def load_init_weights(student: MonaNet, path: str | Path, meta: dict) -> list[st
         if k in state and state[k].shape == v.shape:
             take[k] = state[k]
         elif k.startswith("unet."):
-            raise DataError(f"init_from {p}: incompatible checkpoint: {k} has shape {tuple(state[k].shape)}, "
-                             f"this model {tuple(v.shape)}")
+            raise DataError(
+                f"init_from {p}: incompatible checkpoint: {k} has shape {tuple(state[k].shape)}, "
+                f"this model {tuple(v.shape)}"
+            )
         else:
             fresh.add(k.split(".")[1])
     student.load_state_dict({**own, **take})
@@ -130,8 +132,9 @@ class Method:
             self.ddp = distributed.wrap_ddp(self.student, dev, self.find_unused_parameters)
             if self.teacher is not None:
                 distributed.broadcast_module(self.teacher)
-        self.optimizer = torch.optim.SGD(self.student.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
-                                         weight_decay=cfg.optim.weight_decay)
+        self.optimizer = torch.optim.SGD(
+            self.student.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay
+        )
         self.scheduler = make_scheduler(self.optimizer, cfg)
         # fp16 needs loss scaling (its exponent range underflows small gradients); bf16 does not
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
@@ -144,8 +147,13 @@ class Method:
 
     def stateful(self) -> dict[str, Any]:
         """Every object with state, by name (saved and restored from this one dictionary)."""
-        objs: dict[str, Any] = {"student": self.student, "optimizer": self.optimizer, "scheduler": self.scheduler,
-                                "scaler": self.scaler, "generator.augment": self.aug_gen}
+        objs: dict[str, Any] = {
+            "student": self.student,
+            "optimizer": self.optimizer,
+            "scheduler": self.scheduler,
+            "scaler": self.scaler,
+            "generator.augment": self.aug_gen,
+        }
         if self.teacher is not None:
             objs["teacher"] = self.teacher
         return objs
@@ -187,8 +195,9 @@ class Method:
         a, bl = self.cfg.augment, batch.x_l.shape[0]
         x = torch.cat([batch.x_l, batch.x_u])
         b, _, h, w = x.shape
-        t = random_transform(b, h, w, self.aug_gen, rotate_deg=a.rotate_deg, flip=a.flip, scale=a.crop_scale,
-                             device=x.device)
+        t = random_transform(
+            b, h, w, self.aug_gen, rotate_deg=a.rotate_deg, flip=a.flip, scale=a.crop_scale, device=x.device
+        )
         return t.apply_image(x), t[:bl].apply_label(batch.y_l)
 
     def autocast(self):
@@ -204,8 +213,7 @@ def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
         return None
     if amp in ("auto", "fp16"):
         if device.type != "cuda":
-            raise ValueError(f"config: amp 'fp16' needs a CUDA device (this run is on {device}); "
-                             f"use amp: bf16 or off")
+            raise ValueError(f"config: amp 'fp16' needs a CUDA device (this run is on {device}); use amp: bf16 or off")
         return torch.float16
     if amp == "bf16":
         return torch.bfloat16

@@ -25,8 +25,8 @@ import mona_ext
 
 from ...augment import random_contrast_brightness, weak
 from ...data.sampler import EpochShuffler
-from ..distributed import shard
 from ..config import TrainConfig
+from ..distributed import shard
 from ..losses import supervised_loss
 from .base import Batch, Method, RunContext
 
@@ -40,13 +40,13 @@ def crop_boxes(n: int, batch: int, size: int, crop: int, gen: torch.Generator) -
 
 def take_crops(fmap: torch.Tensor, boxes: torch.Tensor, crop: int) -> torch.Tensor:
     """``fmap [B, C, H, W]`` -> ``[n, C, crop, crop]`` at ``boxes`` (from :func:`crop_boxes`)."""
-    return torch.stack([fmap[b, :, t:t + crop, l:l + crop] for b, t, l in boxes.tolist()])
+    return torch.stack([fmap[b, :, t : t + crop, l : l + crop] for b, t, l in boxes.tolist()])
 
 
 class GLCon(Method):
     name = "glcon"
     uses_teacher = True
-    find_unused_parameters = True   # a zero global / local weight leaves its head without a gradient
+    find_unused_parameters = True  # a zero global / local weight leaves its head without a gradient
 
     def heads(self, cfg: TrainConfig) -> tuple[str, ...]:
         return ("global", "local")
@@ -55,9 +55,11 @@ class GLCon(Method):
         super().__init__(ctx)
         g, dim = self.cfg.glcon, self.cfg.model.embed_dim
         if g.mined_views < 2 * self.dist.world_size:
-            raise ValueError(f"config: glcon.mined_views ({g.mined_views}) is split over the "
-                             f"{self.dist.world_size} processes: it must be >= 2 per process "
-                             f"(>= {2 * self.dist.world_size})")
+            raise ValueError(
+                f"config: glcon.mined_views ({g.mined_views}) is split over the "
+                f"{self.dist.world_size} processes: it must be >= 2 per process "
+                f"(>= {2 * self.dist.world_size})"
+            )
         self.queue_global = mona_ext.FeatureQueue(g.mined_views, dim, device=self.device)
         self.queue_local = mona_ext.FeatureQueue(g.mined_views, dim, device=self.device)
         # mined views: the unlabeled slices (all train slices when every slice is labeled)
@@ -70,11 +72,17 @@ class GLCon(Method):
     def terms(self) -> tuple[str, ...]:
         g = self.cfg.glcon
         return tuple(n for n, w in (("global", g.global_weight), ("local", g.local_weight)) if w > 0) + (
-            ("sup", "ce", "dice_loss") if g.sup_weight > 0 else ())
+            ("sup", "ce", "dice_loss") if g.sup_weight > 0 else ()
+        )
 
     def stateful(self):
-        return {**super().stateful(), "queue.global": self.queue_global, "queue.local": self.queue_local,
-                "sampler.mined": self.mined, "generator.method": self.method_gen}
+        return {
+            **super().stateful(),
+            "queue.global": self.queue_global,
+            "queue.local": self.queue_local,
+            "sampler.mined": self.mined,
+            "generator.method": self.method_gen,
+        }
 
     def discard_step(self) -> None:
         """Nothing to undo: the mined views entered the queues during ``step`` (this step's losses compare
@@ -93,10 +101,10 @@ class GLCon(Method):
         boxes_all = crop_boxes(len(mined_all), len(mined_all), h, self.crop, self.method_gen)
         boxes_all[:, 0] = torch.arange(len(mined_all))
         boxes = crop_boxes(g.local_crops * world, b, h, self.crop, self.method_gen)
-        boxes = boxes[r * g.local_crops:(r + 1) * g.local_crops]
+        boxes = boxes[r * g.local_crops : (r + 1) * g.local_crops]
         part = shard(range(len(mined_all)), r, world)
         mined = [self.pool[mined_all[i]] for i in part]
-        mined_boxes = boxes_all[part[0]:part[-1] + 1]
+        mined_boxes = boxes_all[part[0] : part[-1] + 1]
         mined_boxes[:, 0] -= part[0]
         x_mined, _ = self.ctx.cache.load_batch(mined)
         x_mined, _ = weak(x_mined.to(self.device), None, self.aug_gen, a)
@@ -105,8 +113,9 @@ class GLCon(Method):
             with torch.no_grad():
                 tm = self.teacher(x_mined)
                 self.queue_global.push(tm.global_proj.float())
-                self.queue_local.push(self.teacher.heads["local"](take_crops(tm.unet.decoder[-1], mined_boxes,
-                                                                             self.crop)).float())
+                self.queue_local.push(
+                    self.teacher.heads["local"](take_crops(tm.unet.decoder[-1], mined_boxes, self.crop)).float()
+                )
                 tv = self.teacher(x_weak)
                 t_local = self.teacher.heads["local"](take_crops(tv.unet.decoder[-1], boxes, self.crop)).float()
 
@@ -114,8 +123,11 @@ class GLCon(Method):
                 sv = model(x)
                 if g.global_weight == 0:  # DDP: no output that no loss uses (it would wait for its gradient)
                     sv.global_proj = sv.global_pred = None
-                local = model.heads["local"](take_crops(sv.unet.decoder[-1], boxes, self.crop)) if g.local_weight > 0 \
+                local = (
+                    model.heads["local"](take_crops(sv.unet.decoder[-1], boxes, self.crop))
+                    if g.local_weight > 0
                     else None
+                )
                 return sv, local
 
             sv, s_local = self.forward_student(student_pass, x_strong, boxes)
@@ -124,8 +136,9 @@ class GLCon(Method):
         loss = x_weak.new_zeros(())
         parts: dict[str, float] = {}
         if g.global_weight > 0:
-            lg = L.similarity_kl(sv.global_pred.float(), tv.global_proj.float(), self.queue_global.filled(),
-                                 g.tau_student, g.tau_teacher)
+            lg = L.similarity_kl(
+                sv.global_pred.float(), tv.global_proj.float(), self.queue_global.filled(), g.tau_student, g.tau_teacher
+            )
             loss = loss + g.global_weight * lg
             parts["global"] = float(lg.detach())
         if g.local_weight > 0:

@@ -39,13 +39,13 @@ from .base import Batch, Method, RunContext
 
 def _subsample(t: torch.Tensor, stride: int) -> torch.Tensor:
     """A ``[..., H, W]`` map at the pixel centres of a stride-``stride`` grid (the representation map's)."""
-    return t if stride == 1 else t[..., stride // 2::stride, stride // 2::stride]
+    return t if stride == 1 else t[..., stride // 2 :: stride, stride // 2 :: stride]
 
 
 class Mona(Method):
     name = "mona"
     uses_teacher = True
-    find_unused_parameters = True   # the global head and predictor get no gradient before L_nn starts
+    find_unused_parameters = True  # the global head and predictor get no gradient before L_nn starts
 
     def heads(self, cfg: TrainConfig) -> tuple[str, ...]:
         m = cfg.mona
@@ -57,20 +57,29 @@ class Mona(Method):
         self.bank = None
         if m.contrast_weight > 0 and m.negatives != "batch":
             # the bank in the key map's dtype (the fused loss reads features, keys and bank in one dtype)
-            self.bank = mona_ext.ClassMemoryBank(self.num_classes, m.bank_size, dim, dtype=self.map_dtype, device=dev,
-                                                 cap_per_push=m.bank_push_per_class)
+            self.bank = mona_ext.ClassMemoryBank(
+                self.num_classes, m.bank_size, dim, dtype=self.map_dtype, device=dev, cap_per_push=m.bank_push_per_class
+            )
         self.queue = mona_ext.FeatureQueue(m.knn_queue, dim, device=dev) if m.nn_weight > 0 else None
         # the contrastive sampler draws on the features' device (Philox on CUDA)
         rank = self.dist.rank
         self.contrast_gen = torch.Generator(device=dev).manual_seed(rank_seed(self.cfg.seed, 4, rank))
         self.push_gen = torch.Generator(device=dev).manual_seed(rank_seed(self.cfg.seed, 5, rank))
-        self._pending: dict[str, object] = {}   # pushes for after_step: "bank" (keys, labels, valid), "queue"
+        self._pending: dict[str, object] = {}  # pushes for after_step: "bank" (keys, labels, valid), "queue"
 
     def terms(self) -> tuple[str, ...]:
         m = self.cfg.mona
         out = ("sup", "ce", "dice_loss") if m.sup_weight > 0 else ()
-        return out + tuple(n for n, w in (("unsup", m.unsup_weight), ("contrast", m.contrast_weight),
-                                          ("eqv", m.eqv_weight), ("nn", m.nn_weight)) if w > 0)
+        return out + tuple(
+            n
+            for n, w in (
+                ("unsup", m.unsup_weight),
+                ("contrast", m.contrast_weight),
+                ("eqv", m.eqv_weight),
+                ("nn", m.nn_weight),
+            )
+            if w > 0
+        )
 
     def stateful(self):
         objs = {**super().stateful(), "generator.contrast": self.contrast_gen, "generator.push": self.push_gen}
@@ -88,16 +97,27 @@ class Mona(Method):
         with torch.no_grad(), self.autocast():
             tv = self.teacher(x_weak)
         prob_t = torch.softmax(tv.logits[bl:].float(), dim=1)
-        conf, pseudo = prob_t.max(dim=1)                                       # [bu, H, W]
+        conf, pseudo = prob_t.max(dim=1)  # [bu, H, W]
         x_s = random_contrast_brightness(x_weak, self.aug_gen, contrast=a.contrast, brightness=a.brightness)
-        perm, box = cutmix_boxes(b - bl, h, w, self.aug_gen, prob=a.cutmix_prob, area=a.cutmix_area,
-                                 device=x_weak.device)
+        perm, box = cutmix_boxes(
+            b - bl, h, w, self.aug_gen, prob=a.cutmix_prob, area=a.cutmix_area, device=x_weak.device
+        )
         x_s = torch.cat([x_s[:bl], apply_cutmix(x_s[bl:], perm, box)])
         pseudo, conf = apply_cutmix(pseudo, perm, box), apply_cutmix(conf, perm, box)
         t_eqv = None
         if m.eqv_weight > 0:  # drawn here so the RNG order does not depend on the other weights
-            t_eqv = random_transform(b, h, w, self.aug_gen, rotate_deg=a.rotate_deg, flip=a.flip, scale=a.crop_scale,
-                                     deform=a.deform, deform_control=a.deform_control, device=x_weak.device)
+            t_eqv = random_transform(
+                b,
+                h,
+                w,
+                self.aug_gen,
+                rotate_deg=a.rotate_deg,
+                flip=a.flip,
+                scale=a.crop_scale,
+                deform=a.deform,
+                deform_control=a.deform_control,
+                device=x_weak.device,
+            )
 
         use_nn = self.queue is not None and int(self.queue.fill) >= m.knn_k
         L = self.losses
@@ -118,8 +138,12 @@ class Mona(Method):
             if m.contrast_weight > 0:
                 stride = cfg.model.rep_stride
                 labels = torch.cat([_subsample(y_l, stride), _subsample(pseudo, stride)])
-                valid = torch.cat([torch.ones_like(_subsample(y_l, stride), dtype=torch.bool),
-                                   _subsample(conf, stride) >= m.weak_threshold])
+                valid = torch.cat(
+                    [
+                        torch.ones_like(_subsample(y_l, stride), dtype=torch.bool),
+                        _subsample(conf, stride) >= m.weak_threshold,
+                    ]
+                )
                 prob = _subsample(torch.softmax(logits.detach(), dim=1), stride)
                 # the teacher's key map (no grad, channels-last from the head) is mixed in place: at full
                 # resolution a concatenated copy would cost another B x D x H x W floats
@@ -127,16 +151,30 @@ class Mona(Method):
                 keys[bl:] = apply_cutmix(keys[bl:], perm, box)
                 # the student's map as the head made it (channels-last; under autocast in its dtype, which
                 # the fused op accumulates in fp32): no converted copy of B x D x H x W values
-                lc = L.contrast(sv.embedding.to(self.map_dtype), labels, self.num_classes, valid=valid, prob=prob,
-                                strong_threshold=m.strong_threshold, temperature=m.temperature,
-                                num_queries=m.num_queries, num_negatives=m.num_negatives, key_features=keys,
-                                bank=self.bank, negatives=m.negatives, generator=self.contrast_gen)
+                lc = L.contrast(
+                    sv.embedding.to(self.map_dtype),
+                    labels,
+                    self.num_classes,
+                    valid=valid,
+                    prob=prob,
+                    strong_threshold=m.strong_threshold,
+                    temperature=m.temperature,
+                    num_queries=m.num_queries,
+                    num_negatives=m.num_negatives,
+                    key_features=keys,
+                    bank=self.bank,
+                    negatives=m.negatives,
+                    generator=self.contrast_gen,
+                )
                 loss = loss + m.contrast_weight * lc
                 parts["contrast"] = float(lc.detach())
                 if self.bank is not None:
                     # [N, D] rows of the channels-last key map: a view, no copy
-                    self._pending["bank"] = (keys.permute(0, 2, 3, 1).reshape(-1, keys.shape[1]),
-                                             labels.reshape(-1), valid.reshape(-1))
+                    self._pending["bank"] = (
+                        keys.permute(0, 2, 3, 1).reshape(-1, keys.shape[1]),
+                        labels.reshape(-1),
+                        valid.reshape(-1),
+                    )
             return loss, logits
 
         def student_pass(model, x_s, x_t):
@@ -155,8 +193,9 @@ class Mona(Method):
                     logits_t = model(x_t, with_heads=False).logits
             return sv, loss, logits, logits_t
 
-        sv, loss, logits, logits_t = self.forward_student(student_pass, x_s,
-                                                          t_eqv.apply_image(x_s) if t_eqv is not None else None)
+        sv, loss, logits, logits_t = self.forward_student(
+            student_pass, x_s, t_eqv.apply_image(x_s) if t_eqv is not None else None
+        )
         if t_eqv is not None:
             le = L.pixel_kl(t_eqv.apply_image(logits), logits_t.float(), t_eqv.valid_mask(), m.eqv_symmetric)
             loss = loss + m.eqv_weight * le
