@@ -26,14 +26,12 @@
 #include <vector>
 
 #include "common/cosine_math.h"
-#include "common/embedding_checks.h"
 #include "common/simd_cpu.h"
 #include "common/tensor_utils.h"
+#include "similarity_kl/similarity_kl_checks.h"
 
 namespace mona {
 namespace {
-
-namespace cm = cosine_math;
 
 // Squared norms of the rows of a contiguous [R, d] matrix (fixed-order vector loop per row).
 template <typename acc_t>
@@ -53,13 +51,8 @@ at::Tensor inv_norms(const at::Tensor& squared) {
   at::Tensor out = at::empty_like(squared);
   const acc_t* n = squared.data_ptr<acc_t>();
   acc_t* o = out.data_ptr<acc_t>();
-  for (int64_t r = 0; r < squared.numel(); ++r) o[r] = cm::inv_norm(n[r]);
+  for (int64_t r = 0; r < squared.numel(); ++r) o[r] = cosine_math::inv_norm(n[r]);
   return out;
-}
-
-void check_taus(const char* op, double tau_s, double tau_t) {
-  TORCH_CHECK_VALUE(tau_s > 0 && tau_t > 0, op, ": temperatures must be positive, got tau_student=", tau_s,
-                    " and tau_teacher=", tau_t);
 }
 
 // The logits of one call: us = cos(student, queue) / tau_s, ut = cos(teacher, queue) / tau_t, [B, K]
@@ -104,8 +97,8 @@ at::Tensor student_grad(const Logits& l, at::Tensor log_ps, at::Tensor pt, doubl
   const acc_t* ns = l.ns.data_ptr<acc_t>();
   acc_t* out = grad.data_ptr<acc_t>();
   for (int64_t i = 0; i < B; ++i) {
-    const acc_t is = cm::inv_norm(ns[i]), proj = cm::projection(ns[i]);
-    for (int64_t c = 0; c < d; ++c) out[i * d + c] = cm::grad_component(gq[i * d + c], ac[i], sp[i * d + c], is, proj);
+    const acc_t is = cosine_math::inv_norm(ns[i]), proj = cosine_math::projection(ns[i]);
+    for (int64_t c = 0; c < d; ++c) out[i * d + c] = cosine_math::grad_component(gq[i * d + c], ac[i], sp[i * d + c], is, proj);
   }
   return grad;
 }
@@ -115,8 +108,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> similarity_kl_cpu(con
                                                                              const at::Tensor& queue, double tau_s,
                                                                              double tau_t, bool compute_grad) {
   const char* op = "similarity_kl";
-  check_student_teacher_queue(op, student, teacher, queue);
-  check_taus(op, tau_s, tau_t);
+  similarity_kl_checks::check_inputs(op, student, teacher, queue, tau_s, tau_t);
   const auto acc = acc_dtype(student.scalar_type());
   const int64_t B = student.size(0);
   at::Tensor grad = at::empty({0}, student.options());
@@ -150,8 +142,7 @@ at::Tensor similarity_kl_backward_cpu(const at::Tensor& grad_loss, const at::Ten
                                       const at::Tensor& queue, const at::Tensor& lse_student,
                                       const at::Tensor& lse_teacher, double tau_s, double tau_t) {
   const char* op = "similarity_kl_backward";
-  check_student_teacher_queue(op, student, teacher, queue);
-  check_taus(op, tau_s, tau_t);
+  similarity_kl_checks::check_inputs(op, student, teacher, queue, tau_s, tau_t);
   const auto acc = acc_dtype(student.scalar_type());
   const int64_t B = student.size(0);
   if (B == 0) return at::zeros_like(student, at::MemoryFormat::Contiguous);

@@ -1,14 +1,18 @@
-#include "common/contrast_checks.h"
+// Host-side argument checks of class_pools, shared by the CPU and CUDA kernels.
+#pragma once
 
+#include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
-#include "common/contrast_math.h"
+#include <optional>
+
 #include "common/tensor_utils.h"
 
 namespace mona {
+namespace class_pools_checks {
 
-void check_pools_args(const at::Tensor& labels, const std::optional<at::Tensor>& valid,
-                      const std::optional<at::Tensor>& prob, int64_t num_classes, int64_t ignore_index) {
+inline void check_inputs(const at::Tensor& labels, const std::optional<at::Tensor>& valid,
+                         const std::optional<at::Tensor>& prob, int64_t num_classes) {
   TORCH_CHECK_VALUE(num_classes > 0, "class_pools: num_classes must be positive, got ", num_classes);
   TORCH_CHECK_TYPE(labels.scalar_type() == at::kLong || labels.scalar_type() == at::kInt,
                    "class_pools: labels must be int64 or int32, got ", labels.scalar_type());
@@ -32,21 +36,7 @@ void check_pools_args(const at::Tensor& labels, const std::optional<at::Tensor>&
     TORCH_CHECK_VALUE(p.device() == labels.device(), "class_pools: prob is on ", p.device(), " but labels are on ",
                       labels.device());
   }
-  (void)ignore_index;
 }
 
-int64_t parse_negative_source(const std::string& source) {
-  if (source == "batch") return contrast_math::kBatch;
-  if (source == "bank") return contrast_math::kBank;
-  if (source == "both") return contrast_math::kBoth;
-  TORCH_CHECK_VALUE(false, "negatives must be 'batch', 'bank' or 'both', got '", source, "'");
-}
-
-int64_t parse_query_mode(const std::string& mode) {
-  if (mode == "hard") return contrast_math::kHard;
-  if (mode == "all") return contrast_math::kAll;
-  if (mode == "balanced") return contrast_math::kBalanced;
-  TORCH_CHECK_VALUE(false, "query_mode must be 'hard', 'all' or 'balanced', got '", mode, "'");
-}
-
+}  // namespace class_pools_checks
 }  // namespace mona
