@@ -1,7 +1,7 @@
 // mona::class_pools — CUDA kernel.
 //
 // Strategy: one thread per pixel computes its bucket key (2c hard, 2c+1 easy, 2C none) with the
-// shared pool_key(); a stable device radix sort (at::sort, stable=True) of the keys yields the
+// pool_key() and is_hard_pixel() of class_pools_math.h, as the CPU kernel; a stable device radix sort (at::sort, stable=True) of the keys yields the
 // permutation, a scatter_add histogram the bucket sizes and an exclusive cumsum the offsets.
 // Everything stays on the device (no host sync); the order is deterministic (stable sort).
 // Labels outside [0, C) other than ignore_index trip a device-side assert.

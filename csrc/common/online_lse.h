@@ -6,8 +6,9 @@
 // the same rescaling. Two partial states merge associatively (split queues, per-warp states).
 //
 // fold() is the step itself; Lse is the plain (m, s) state built on it, with its merge. The exp
-// and log are a policy type (math::Precise by default; pixel_kl passes its vectorisable host
-// versions).
+// and log are a policy type: math::Precise by default; pixel_kl passes its kl_exp / kl_log
+// (pixel_kl_math::KlMath), contrast_infonce its StepMath (its CPU kernel evaluates the exp of a
+// float logit in double, see contrast_infonce_math.h).
 //
 // Who uses what, and why the arithmetic is not rewritten into one form: results are compared
 // bitwise (between layouts, runs, the CUDA kernels and their CPU emulation), and on the device nvcc
@@ -105,24 +106,24 @@ struct Lse {
 
   // Merges another state in. An empty state (s == 0 exactly) is skipped; any other state, a NaN
   // one included, is combined, so that a NaN in the inputs reaches the result.
-  MONA_HD void merge(const Lse& o) {
+  MONA_HD void merge(const Lse& other) {
     acc_t unused = acc_t(0);
-    merge_weighted(o, unused, acc_t(0));
+    merge_weighted(other, unused, acc_t(0));
   }
 
-  // merge(), and `weighted` (of this state) and `o_weighted` (of o) combine in lockstep.
-  MONA_HD void merge_weighted(const Lse& o, acc_t& weighted, acc_t o_weighted) {
-    if (o.s == acc_t(0)) return;
+  // merge(), and `weighted` (of this state) and `other_weighted` (of other) combine in lockstep.
+  MONA_HD void merge_weighted(const Lse& other, acc_t& weighted, acc_t other_weighted) {
+    if (other.s == acc_t(0)) return;
     if (s == acc_t(0)) {
-      m = o.m;
-      s = o.s;
-      weighted = o_weighted;
+      m = other.m;
+      s = other.s;
+      weighted = other_weighted;
       return;
     }
-    const acc_t mx = m > o.m ? m : o.m;
-    const acc_t fa = Math::exp(m - mx), fb = Math::exp(o.m - mx);
-    s = s * fa + o.s * fb;
-    weighted = weighted * fa + o_weighted * fb;
+    const acc_t mx = m > other.m ? m : other.m;
+    const acc_t fa = Math::exp(m - mx), fb = Math::exp(other.m - mx);
+    s = s * fa + other.s * fb;
+    weighted = weighted * fa + other_weighted * fb;
     m = mx;
   }
 

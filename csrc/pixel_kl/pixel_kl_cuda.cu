@@ -3,13 +3,13 @@
 // Parallel strategy: one thread per pixel (grid-stride). A pixel's C logits of each input are read
 // with the class stride; for NCHW, neighbouring threads read neighbouring pixels of the same
 // class, so every read is coalesced. Pass 1 over the classes = online max + sum of exponentials
-// (the logsumexp), pass 2 = KL terms, pass 3 (when gradients are wanted) writes each gradient
+// (the logsumexp, common/online_lse.h), pass 2 = KL terms, pass 3 (when gradients are wanted) writes each gradient
 // element once, in the logits' layout; passes 2 and 3 re-read the pixel's logits from L1/L2.
 // One kernel serves the forward (loss partials, and d loss / d logits for grad_loss = 1 when
 // requested: the single pass the autograd backward then only scales) and pixel_kl_backward
 // (gradients recomputed from the logits, scaled by grad_loss). The weight sum is reduced before
 // (ATen sum over the mask, on the device) because the gradients need it. Loss: per-thread sums
-// reduced in the block (warp shuffles, a fixed tree) into one partial per block; a one-block kernel
+// reduced in the block (cuda::block_sum: warp shuffles in a fixed order) into one partial per block; a one-block kernel
 // adds the partials in block order in float64 and divides. No atomics, no host sync: the loss is
 // bitwise reproducible.
 #include <ATen/Dispatch.h>

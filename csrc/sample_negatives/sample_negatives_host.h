@@ -1,5 +1,6 @@
-// Device-agnostic host part of sample_negatives (ATen calls only, no host sync): argument checks,
-// the negative-class CDF table [C, C], the class weights and the uniform random numbers.
+// Device-agnostic host part of sample_negatives (ATen calls only, no host sync): argument checks
+// (sample_negatives_checks.h), the negative-class CDF table [C, C], the class weights and the
+// uniform random numbers.
 #pragma once
 
 #include <ATen/core/Generator.h>

@@ -5,7 +5,7 @@
 // rows still fills the GPU. A block (8 warps) takes one (chunk, row): a warp per queue entry of the
 // chunk (entries j0 + warp, j0 + warp + 8, ...), its 32 lanes reading the entry's d values with
 // coalesced loads and reducing the three dot products (student.q, teacher.q, q.q) with shuffles.
-// Each warp keeps an online-softmax / KL state (similarity_kl_math.h); thread 0 merges the 8 warps'
+// Each warp keeps an online-softmax / KL state (similarity_kl_math.h, common/online_lse.h); thread 0 merges the 8 warps'
 // states in warp order and writes the chunk's state to a [B, S] workspace. A finish kernel (a
 // thread per row) merges the S states in chunk order into the row's KL and logsumexps, and a
 // 1-thread kernel averages the rows. Nothing of size K is stored, there are no float atomics, and
@@ -34,7 +34,7 @@ namespace mona {
 namespace {
 constexpr int kWarps = 8;
 constexpr int kBlock = kWarps * 32;
-constexpr int64_t kStateWords = 5;  // acc_t words of an similarity_kl_math::OnlineKL state
+constexpr int64_t kStateWords = 5;  // acc_t words of a similarity_kl_math::OnlineKL state
 
 // The warp's dot products of student and teacher rows with queue entry q, and q's inverse norm
 // (lanes stride over d; results on every lane).

@@ -31,9 +31,9 @@ struct OnlineKL {
 
   // An empty state (no entry seen) is skipped; any other state, a NaN one included, is combined, so
   // that a NaN in the inputs reaches the loss on every device.
-  MONA_HD void merge(const OnlineKL& o) {
-    student.merge(o.student);
-    teacher.merge_weighted(o.teacher, w_t, o.w_t);
+  MONA_HD void merge(const OnlineKL& other) {
+    student.merge(other.student);
+    teacher.merge_weighted(other.teacher, w_t, other.w_t);
   }
 
   MONA_HD acc_t lse_s() const { return student.value(); }
