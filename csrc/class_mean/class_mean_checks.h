@@ -23,26 +23,24 @@ inline void check_inputs(const char* op, const at::Tensor& features, const at::T
                    ": labels must be int64 or int32, got ", labels.scalar_type());
   const bool is_map = features.dim() == 4;
   if (is_map) {
-    TORCH_CHECK_VALUE(labels.dim() == 3 && labels.size(0) == features.size(0) &&
-                          labels.size(1) == features.size(2) && labels.size(2) == features.size(3),
+    TORCH_CHECK_VALUE(labels.dim() == 3 && labels.size(0) == features.size(0) && labels.size(1) == features.size(2) &&
+                          labels.size(2) == features.size(3),
                       op, ": labels must be [B, H, W] = [", features.size(0), ", ", features.size(2), ", ",
                       features.size(3), "] to match features ", shape_str(features), ", got ", shape_str(labels));
   } else {
-    TORCH_CHECK_VALUE(labels.dim() == 1 && labels.size(0) == features.size(0), op,
-                      ": labels must be [N] = [", features.size(0), "] to match features ",
-                      shape_str(features), ", got ", shape_str(labels));
+    TORCH_CHECK_VALUE(labels.dim() == 1 && labels.size(0) == features.size(0), op, ": labels must be [N] = [",
+                      features.size(0), "] to match features ", shape_str(features), ", got ", shape_str(labels));
   }
   TORCH_CHECK_VALUE(labels.device() == features.device(), op, ": labels are on ", labels.device(),
                     " but features are on ", features.device());
   if (weight.has_value()) {
     const at::Tensor& w = *weight;
-    TORCH_CHECK_VALUE(w.sizes() == labels.sizes(), op, ": weight must have the labels' shape ",
-                      shape_str(labels), ", got ", shape_str(w));
+    TORCH_CHECK_VALUE(w.sizes() == labels.sizes(), op, ": weight must have the labels' shape ", shape_str(labels),
+                      ", got ", shape_str(w));
     TORCH_CHECK_TYPE(at::isFloatingType(w.scalar_type()), op,
-                     ": weight must be a floating tensor (a 0/1 mask or soft confidence), got ",
-                     w.scalar_type());
-    TORCH_CHECK_VALUE(w.device() == features.device(), op, ": weight is on ", w.device(),
-                      " but features are on ", features.device());
+                     ": weight must be a floating tensor (a 0/1 mask or soft confidence), got ", w.scalar_type());
+    TORCH_CHECK_VALUE(w.device() == features.device(), op, ": weight is on ", w.device(), " but features are on ",
+                      features.device());
   }
 }
 

@@ -44,8 +44,8 @@ inline void check_inputs(const char* op, const at::Tensor& features, const at::T
   TORCH_CHECK_VALUE(temperature > 0 && std::isfinite(temperature), op,
                     ": temperature must be positive and finite, got ", temperature);
   if (bank.has_value()) {
-    TORCH_CHECK_VALUE(bank->dim() == 3 && bank->size(0) == C && bank->size(2) == D, op,
-                      ": bank must be [C, K, D] = [", C, ", K, ", D, "], got ", shape_str(*bank));
+    TORCH_CHECK_VALUE(bank->dim() == 3 && bank->size(0) == C && bank->size(2) == D, op, ": bank must be [C, K, D] = [",
+                      C, ", K, ", D, "], got ", shape_str(*bank));
     TORCH_CHECK_TYPE(bank->scalar_type() == features.scalar_type(), op, ": bank dtype ", bank->scalar_type(),
                      " differs from features dtype ", features.scalar_type());
   }
@@ -54,8 +54,8 @@ inline void check_inputs(const char* op, const at::Tensor& features, const at::T
                       ", got a tensor on ", t->device());
   }
   if (bank.has_value()) {
-    TORCH_CHECK_VALUE(bank->device() == features.device(), op, ": bank is on ", bank->device(),
-                      " but features are on ", features.device());
+    TORCH_CHECK_VALUE(bank->device() == features.device(), op, ": bank is on ", bank->device(), " but features are on ",
+                      features.device());
   }
 }
 
@@ -70,8 +70,10 @@ inline void check_backward_inputs(const char* op, const at::Tensor& features, co
   TORCH_CHECK_VALUE(class_weight.dim() == 1 && class_weight.size(0) == C, op, ": class_weight must be [C] = [", C,
                     "], got ", shape_str(class_weight));
   TORCH_CHECK_VALUE(grad_rows.dim() == 3 && grad_rows.size(0) == C && grad_rows.size(1) == Q && grad_rows.size(2) == D,
-                    op, ": grad_rows must be [C, Q, D] = [", C, ", ", Q, ", ", D, "] (was the forward called with "
-                    "compute_grad=False?), got ", shape_str(grad_rows));
+                    op, ": grad_rows must be [C, Q, D] = [", C, ", ", Q, ", ", D,
+                    "] (was the forward called with "
+                    "compute_grad=False?), got ",
+                    shape_str(grad_rows));
   for (const at::Tensor* t : {&query_index, &class_weight, &grad_rows}) {
     TORCH_CHECK_VALUE(t->device() == features.device(), op, ": all inputs must be on ", features.device(),
                       ", got a tensor on ", t->device());

@@ -58,8 +58,8 @@ inline Modes check_inputs(const at::Tensor& offsets, const at::Tensor& counts, c
                     " but the pools are on ", offsets.device());
   TORCH_CHECK_VALUE(num_queries > 0, op, ": num_queries must be positive, got ", num_queries);
   TORCH_CHECK_VALUE(num_negatives > 0, op, ": num_negatives must be positive, got ", num_negatives);
-  TORCH_CHECK_VALUE(temperature > 0 && std::isfinite(temperature), op, ": temperature must be positive and finite, got ",
-                    temperature);
+  TORCH_CHECK_VALUE(temperature > 0 && std::isfinite(temperature), op,
+                    ": temperature must be positive and finite, got ", temperature);
   const Modes modes{parse_negative_source(negatives), parse_query_mode(query_mode)};
   if (modes.source != sample_negatives_math::kBatch) {
     TORCH_CHECK_VALUE(bank_fill.has_value(), op, ": negatives='", negatives, "' needs a memory bank (bank_fill)");
