@@ -20,8 +20,6 @@
 namespace mona {
 namespace {
 
-namespace bm = bank_math;
-
 // labels == nullptr: every key belongs to class 0 (the FIFO queue).
 template <typename index_t>
 void push_impl(at::Tensor& storage, at::Tensor& ptr, at::Tensor& fill, const at::Tensor& keys_in,
@@ -32,10 +30,10 @@ void push_impl(at::Tensor& storage, at::Tensor& ptr, at::Tensor& fill, const at:
   auto class_of = [&](int64_t i) -> int64_t {
     if (!labels) return 0;
     const index_t lab = labels[i];
-    TORCH_CHECK_VALUE(bm::is_class(lab, C) || static_cast<int64_t>(lab) == ignore_index, "bank_push: labels contain ",
+    TORCH_CHECK_VALUE(bank_math::is_class(lab, C) || static_cast<int64_t>(lab) == ignore_index, "bank_push: labels contain ",
                       static_cast<int64_t>(lab), " (at index ", i, "), which is neither in [0, num_classes=", C,
                       ") nor ignore_index=", ignore_index);
-    if (!bm::is_class(lab, C) || (valid && !valid[i])) return -1;
+    if (!bank_math::is_class(lab, C) || (valid && !valid[i])) return -1;
     return static_cast<int64_t>(lab);
   };
   std::vector<int64_t> cls(M), rank(M, -1), n(C, 0);
@@ -45,7 +43,7 @@ void push_impl(at::Tensor& storage, at::Tensor& ptr, at::Tensor& fill, const at:
   if (cap >= 0) {
     std::vector<std::vector<uint64_t>> keys_of(C);
     for (int64_t i = 0; i < M; ++i) {
-      if (cls[i] >= 0) keys_of[cls[i]].push_back(bm::order_key(priority[i], i));
+      if (cls[i] >= 0) keys_of[cls[i]].push_back(bank_math::order_key(priority[i], i));
     }
     for (int64_t c = 0; c < C; ++c) {
       auto& v = keys_of[c];
@@ -60,7 +58,7 @@ void push_impl(at::Tensor& storage, at::Tensor& ptr, at::Tensor& fill, const at:
   for (int64_t i = 0; i < M; ++i) {
     const int64_t c = cls[i];
     if (c < 0 || none[c]) continue;
-    if (cap >= 0 && bm::order_key(priority[i], i) > threshold[c]) continue;
+    if (cap >= 0 && bank_math::order_key(priority[i], i) > threshold[c]) continue;
     rank[i] = n[c]++;
   }
   int64_t* p = ptr.data_ptr<int64_t>();
@@ -71,14 +69,14 @@ void push_impl(at::Tensor& storage, at::Tensor& ptr, at::Tensor& fill, const at:
   at::parallel_for(0, M, std::max<int64_t>(1, 16384 / std::max<int64_t>(D, 1)), [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       const int64_t c = cls[i], r = rank[i];
-      if (r < 0 || !bm::survives(r, n[c], K)) continue;
-      const int64_t s = bm::slot(p[c], r, K);
+      if (r < 0 || !bank_math::survives(r, n[c], K)) continue;
+      const int64_t s = bank_math::slot(p[c], r, K);
       std::memcpy(dst + (c * K + s) * row_bytes, src + i * row_bytes, row_bytes);
     }
   });
   for (int64_t c = 0; c < C; ++c) {
-    p[c] = bm::next_ptr(p[c], n[c], K);
-    f[c] = bm::next_fill(f[c], n[c], K);
+    p[c] = bank_math::next_ptr(p[c], n[c], K);
+    f[c] = bank_math::next_fill(f[c], n[c], K);
   }
 }
 

@@ -21,8 +21,6 @@
 
 namespace mona {
 namespace {
-
-namespace bm = bank_math;
 constexpr int kRankThreads = 256;
 constexpr int kWarps = kRankThreads / 32;
 
@@ -31,7 +29,7 @@ __device__ __forceinline__ bool selectable(const index_t* labels, const bool* va
                                            int64_t ignore_index) {
   if (!labels) return c == 0;
   const index_t lab = labels[i];
-  CUDA_KERNEL_ASSERT((bm::is_class(lab, C) || static_cast<int64_t>(lab) == ignore_index) &&
+  CUDA_KERNEL_ASSERT((bank_math::is_class(lab, C) || static_cast<int64_t>(lab) == ignore_index) &&
                      "bank_push: label outside [0, num_classes) and not ignore_index");
   return static_cast<int64_t>(lab) == c && (!valid || valid[i]);
 }
@@ -85,7 +83,7 @@ __global__ void __launch_bounds__(kRankThreads)
         __syncthreads();
         for (int64_t i = threadIdx.x; i < M; i += blockDim.x) {
           if (!selectable(labels, valid, i, c, C, ignore_index)) continue;
-          const uint64_t key = bm::order_key(priority[i], i);
+          const uint64_t key = bank_math::order_key(priority[i], i);
           if ((key & mask) == prefix) atomicAdd(&hist[(key >> shift) & 255u], 1u);
         }
         __syncthreads();
@@ -113,7 +111,7 @@ __global__ void __launch_bounds__(kRankThreads)
     const int64_t i = base + threadIdx.x;
     bool flag = false;
     if (i < M && !none && selectable(labels, valid, i, c, C, ignore_index)) {
-      flag = cap < 0 || bm::order_key(priority[i], i) <= threshold;
+      flag = cap < 0 || bank_math::order_key(priority[i], i) <= threshold;
     }
     int total;
     const int offset = block_scan_flag(flag, warp_totals, &total);
@@ -135,8 +133,8 @@ __global__ void bank_copy_kernel(scalar_t* __restrict__ storage, const int64_t* 
     const int64_t r = rank[i];
     if (r < 0) continue;
     const int64_t c = labels ? static_cast<int64_t>(labels[i]) : 0;
-    if (!bm::survives(r, counts[c], K)) continue;
-    scalar_t* dst = storage + (c * K + bm::slot(ptr[c], r, K)) * D;
+    if (!bank_math::survives(r, counts[c], K)) continue;
+    scalar_t* dst = storage + (c * K + bank_math::slot(ptr[c], r, K)) * D;
     const scalar_t* src = keys + i * D;
     for (int64_t d = lane; d < D; d += 32) dst[d] = src[d];
   }
@@ -146,8 +144,8 @@ __global__ void bank_state_kernel(int64_t* __restrict__ ptr, int64_t* __restrict
                                   const int64_t* __restrict__ counts, int64_t C, int64_t K) {
   for (int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; c < C;
        c += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    ptr[c] = bm::next_ptr(ptr[c], counts[c], K);
-    fill[c] = bm::next_fill(fill[c], counts[c], K);
+    ptr[c] = bank_math::next_ptr(ptr[c], counts[c], K);
+    fill[c] = bank_math::next_fill(fill[c], counts[c], K);
   }
 }
 

@@ -27,6 +27,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "class_mean/class_mean_checks.h"
 #include "class_mean/class_mean_math.h"
 #include "common/simd_cpu.h"
 #include "common/tensor_utils.h"
@@ -91,15 +92,14 @@ void class_mean_forward_kernel(const PixelView<const scalar_t>& f, const index_t
                                const at::opmath_type<scalar_t>* weight, int64_t C, int64_t ignore_index,
                                at::opmath_type<scalar_t>* counts, scalar_t* means) {
   using acc_t = at::opmath_type<scalar_t>;
-  namespace cm = class_mean_math;
   const int64_t N = f.num_pixels(), D = f.D, P = f.P;
   // Pass 1 (serial, N labels): validate labels and total the weights per class.
   for (int64_t n = 0; n < N; ++n) {
     const index_t lab = labels[n];
-    TORCH_CHECK_VALUE(!cm::is_bad(lab, C, ignore_index), "class_mean: labels contain ", static_cast<int64_t>(lab),
+    TORCH_CHECK_VALUE(!class_mean_math::is_bad(lab, C, ignore_index), "class_mean: labels contain ", static_cast<int64_t>(lab),
                       " (at flat index ", n, "), which is neither in [0, num_classes=", C,
                       ") nor ignore_index=", ignore_index);
-    if (cm::is_valid(lab, C)) counts[lab] += weight ? weight[n] : acc_t(1);
+    if (class_mean_math::is_valid(lab, C)) counts[lab] += weight ? weight[n] : acc_t(1);
   }
   // Pass 2, NCHW (pixels contiguous): image by image, its labels as int32 class codes (-1: none)
   // and its pixel weights, then, parallel over channels, every feature row f[b, d, :] is read once
@@ -111,7 +111,7 @@ void class_mean_forward_kernel(const PixelView<const scalar_t>& f, const index_t
     for (int64_t b = 0; b < f.B; ++b) {
       const index_t* lab = labels + b * P;
       for (int64_t p = 0; p < P; ++p) {
-        cls[p] = cm::is_valid(lab[p], C) ? static_cast<int32_t>(lab[p]) : -1;
+        cls[p] = class_mean_math::is_valid(lab[p], C) ? static_cast<int32_t>(lab[p]) : -1;
         w_img[p] = weight ? weight[b * P + p] : acc_t(1);
       }
       at::parallel_for(0, D, 8, [&](int64_t d0, int64_t d1) {
@@ -123,7 +123,7 @@ void class_mean_forward_kernel(const PixelView<const scalar_t>& f, const index_t
         }
       });
     }
-    for (int64_t i = 0; i < C * D; ++i) means[i] = static_cast<scalar_t>(cm::finalize(sums[i], counts[i / D]));
+    for (int64_t i = 0; i < C * D; ++i) means[i] = static_cast<scalar_t>(class_mean_math::finalize(sums[i], counts[i / D]));
     return;
   }
   // Pass 2, channels-last / [N, D] (channels contiguous): parallel over tiles of pixels, each
@@ -140,7 +140,7 @@ void class_mean_forward_kernel(const PixelView<const scalar_t>& f, const index_t
       const int64_t n0 = tile.b * P;
       for (int64_t p = tile.p0; p < tile.p1; ++p) {
         const index_t lab = labels[n0 + p];
-        if (!cm::is_valid(lab, C)) continue;
+        if (!class_mean_math::is_valid(lab, C)) continue;
         const acc_t w = weight ? weight[n0 + p] : acc_t(1);
         const scalar_t* px = base + p * f.stride_p;
         acc_t* srow = sums + lab * D;
@@ -152,7 +152,7 @@ void class_mean_forward_kernel(const PixelView<const scalar_t>& f, const index_t
     for (int64_t i = begin; i < end; ++i) {
       acc_t s = 0;
       for (int th = 0; th < nthreads; ++th) s += partial[static_cast<size_t>(th) * C * D + i];
-      means[i] = static_cast<scalar_t>(cm::finalize(s, counts[i / D]));
+      means[i] = static_cast<scalar_t>(class_mean_math::finalize(s, counts[i / D]));
     }
   });
 }
@@ -164,20 +164,19 @@ void class_mean_backward_kernel(const PixelView<const scalar_t>& f, const PixelV
                                 const at::opmath_type<scalar_t>* means, const at::opmath_type<scalar_t>* counts,
                                 at::opmath_type<scalar_t>* grad_weight) {
   using acc_t = at::opmath_type<scalar_t>;
-  namespace cm = class_mean_math;
   const int64_t D = f.D, P = f.P;
   if (!grad_weight && !gf.channels_fastest()) {
     // NCHW gradient without a weight gradient: parallel over channels, whole rows written in order.
     at::parallel_for(0, D, 1, [&](int64_t d0, int64_t d1) {
       std::vector<acc_t> coef(C);
       for (int64_t d = d0; d < d1; ++d) {
-        for (int64_t c = 0; c < C; ++c) coef[c] = cm::grad_feature(acc_t(1), grad_means[c * D + d], cm::inverse_count(counts[c]));
+        for (int64_t c = 0; c < C; ++c) coef[c] = class_mean_math::grad_feature(acc_t(1), grad_means[c * D + d], class_mean_math::inverse_count(counts[c]));
         for (int64_t b = 0; b < gf.B; ++b) {
           scalar_t* row = gf.data + b * gf.stride_b + d * gf.stride_d;
           const index_t* lab = labels + b * P;
           const acc_t* w = weight ? weight + b * P : nullptr;
           for (int64_t p = 0; p < P; ++p) {
-            const acc_t g = cm::is_valid(lab[p], C) ? (w ? w[p] : acc_t(1)) * coef[lab[p]] : acc_t(0);
+            const acc_t g = class_mean_math::is_valid(lab[p], C) ? (w ? w[p] : acc_t(1)) * coef[lab[p]] : acc_t(0);
             row[p * gf.stride_p] = static_cast<scalar_t>(g);
           }
         }
@@ -197,18 +196,18 @@ void class_mean_backward_kernel(const PixelView<const scalar_t>& f, const PixelV
           const index_t lab = labels[n0 + p];
           const scalar_t* fx = f.data + tile.b * f.stride_b + p * f.stride_p;
           scalar_t* gx = gf.data + tile.b * gf.stride_b + p * gf.stride_p;
-          if (!cm::is_valid(lab, C)) {
+          if (!class_mean_math::is_valid(lab, C)) {
             for (int64_t d = 0; d < D; ++d) gx[d] = scalar_t(0);
             continue;
           }
           const acc_t w = weight ? weight[n0 + p] : acc_t(1);
-          const acc_t inv = cm::inverse_count(counts[lab]);
+          const acc_t inv = class_mean_math::inverse_count(counts[lab]);
           const acc_t* gm = grad_means + lab * D;
-          for (int64_t d = 0; d < D; ++d) gx[d] = static_cast<scalar_t>(cm::grad_feature(w, gm[d], inv));
+          for (int64_t d = 0; d < D; ++d) gx[d] = static_cast<scalar_t>(class_mean_math::grad_feature(w, gm[d], inv));
           if (grad_weight) {
             acc_t s = 0;
             for (int64_t d = 0; d < D; ++d) {
-              s += cm::grad_weight_term(gm[d], static_cast<acc_t>(fx[d]), means[lab * D + d], inv);
+              s += class_mean_math::grad_weight_term(gm[d], static_cast<acc_t>(fx[d]), means[lab * D + d], inv);
             }
             gw[p - tile.p0] = s;
           }
@@ -220,13 +219,13 @@ void class_mean_backward_kernel(const PixelView<const scalar_t>& f, const PixelV
           for (int64_t p = tile.p0; p < tile.p1; ++p) {
             const index_t lab = labels[n0 + p];
             acc_t g = 0;
-            if (cm::is_valid(lab, C)) {
+            if (class_mean_math::is_valid(lab, C)) {
               const acc_t w = weight ? weight[n0 + p] : acc_t(1);
               const acc_t gm = grad_means[lab * D + d];
-              const acc_t inv = cm::inverse_count(counts[lab]);
-              g = cm::grad_feature(w, gm, inv);
+              const acc_t inv = class_mean_math::inverse_count(counts[lab]);
+              g = class_mean_math::grad_feature(w, gm, inv);
               if (grad_weight) {
-                gw[p - tile.p0] += cm::grad_weight_term(gm, static_cast<acc_t>(frow[p * f.stride_p]),
+                gw[p - tile.p0] += class_mean_math::grad_weight_term(gm, static_cast<acc_t>(frow[p * f.stride_p]),
                                                         means[lab * D + d], inv);
               }
             }
@@ -237,7 +236,7 @@ void class_mean_backward_kernel(const PixelView<const scalar_t>& f, const PixelV
       if (grad_weight) {
         for (int64_t p = tile.p0; p < tile.p1; ++p) {
           const index_t lab = labels[n0 + p];
-          grad_weight[n0 + p] = cm::is_valid(lab, C) ? gw[p - tile.p0] + grad_counts[lab] : acc_t(0);
+          grad_weight[n0 + p] = class_mean_math::is_valid(lab, C) ? gw[p - tile.p0] + grad_counts[lab] : acc_t(0);
         }
       }
     }
@@ -247,7 +246,7 @@ void class_mean_backward_kernel(const PixelView<const scalar_t>& f, const PixelV
 std::tuple<at::Tensor, at::Tensor> class_mean_cpu(const at::Tensor& features, const at::Tensor& labels,
                                                   int64_t num_classes, const std::optional<at::Tensor>& weight,
                                                   int64_t ignore_index) {
-  check_features_labels("class_mean", features, labels, weight, num_classes);
+  class_mean_checks::check_inputs("class_mean", features, labels, weight, num_classes);
   TORCH_CHECK_VALUE(features.device().is_cpu(), "class_mean (CPU kernel): features must be on the CPU");
   const at::Tensor f = view_features(features);
   const at::Tensor lab = labels.contiguous();
@@ -276,9 +275,7 @@ std::tuple<at::Tensor, at::Tensor> class_mean_backward_cpu(
     const at::Tensor& labels, const std::optional<at::Tensor>& weight, const at::Tensor& means,
     const at::Tensor& counts, int64_t ignore_index, bool weight_requires_grad) {
   const int64_t C = means.size(0);
-  check_features_labels("class_mean_backward", features, labels, weight, C);
-  TORCH_CHECK_VALUE(!weight_requires_grad || weight.has_value(),
-                    "class_mean_backward: weight_requires_grad=True needs a weight");
+  class_mean_checks::check_backward_inputs(features, labels, weight, C, weight_requires_grad);
   const at::Tensor f = view_features(features);
   const at::Tensor lab = labels.contiguous();
   const auto acc = acc_dtype(features.scalar_type());

@@ -32,14 +32,14 @@
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
+#include "class_mean/class_mean_checks.h"
 #include "class_mean/class_mean_math.h"
 #include "common/cuda_utils.cuh"
 #include "common/tensor_utils.h"
+#include "common/warp_reduce.cuh"
 
 namespace mona {
 namespace {
-
-namespace cm = class_mean_math;
 constexpr int kSeq = 16;  // pixels walked by one thread (per channel) in the forward
 constexpr size_t kMaxPartialBytes = 32 * 1024;  // shared memory for block-level partial sums
 
@@ -75,8 +75,8 @@ __global__ void class_counts_kernel(const index_t* __restrict__ labels, const ac
       const int64_t n = start + static_cast<int64_t>(k) * blockDim.x + threadIdx.x;
       if (n >= N) break;
       const index_t lab = labels[n];
-      CUDA_KERNEL_ASSERT(!cm::is_bad(lab, C, ignore_index) && "class_mean: label outside [0, num_classes) and not ignore_index");
-      if (!cm::is_valid(lab, C)) continue;
+      CUDA_KERNEL_ASSERT(!class_mean_math::is_bad(lab, C, ignore_index) && "class_mean: label outside [0, num_classes) and not ignore_index");
+      if (!class_mean_math::is_valid(lab, C)) continue;
       if (lab != run_class) {
         if (run_class >= 0) flush_run(part, counts, partials, run_class, run_class, run);
         run_class = lab;
@@ -128,7 +128,7 @@ __global__ void class_sums_kernel(PixelView<const scalar_t> f, const index_t* __
           const int64_t p = kChannelsFastest ? p0 + threadIdx.y * kSeq + k : p0 + k * pix_lanes + threadIdx.x;
           if (p >= f.P) break;
           const index_t lab = lab_row[p];
-          if (!cm::is_valid(lab, C)) continue;
+          if (!class_mean_math::is_valid(lab, C)) continue;
           if (lab != run_class) {
             if (run_class >= 0) flush_run(part, sums, partials, run_class * lanes + lane, run_class * f.D + d, run);
             run_class = lab;
@@ -171,9 +171,9 @@ __global__ void class_sums_ordered_kernel(PixelView<const scalar_t> f, const ind
       for (int j = 0; j < kClassGroup; ++j) acc[j] = acc_t(0);
       for (int64_t n = n0; n < n1; ++n) {
         const index_t lab = labels[n];
-        CUDA_KERNEL_ASSERT(!cm::is_bad(lab, C, ignore_index) && "class_mean: label outside [0, num_classes) and not ignore_index");
+        CUDA_KERNEL_ASSERT(!class_mean_math::is_bad(lab, C, ignore_index) && "class_mean: label outside [0, num_classes) and not ignore_index");
         const int64_t j = static_cast<int64_t>(lab) - c0;
-        if (!cm::is_valid(lab, C) || j < 0 || j >= kClassGroup) continue;
+        if (!class_mean_math::is_valid(lab, C) || j < 0 || j >= kClassGroup) continue;
         const acc_t w = weight ? weight[n] : acc_t(1);
         acc[j] += d < f.D ? w * static_cast<acc_t>(f.at(n, d)) : w;
       }
@@ -206,7 +206,7 @@ __global__ void class_mean_finalize_kernel(const at::opmath_type<scalar_t>* __re
                                            int64_t D, scalar_t* __restrict__ means) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < C * D;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    means[i] = static_cast<scalar_t>(cm::finalize(sums[i], counts[i / D]));
+    means[i] = static_cast<scalar_t>(class_mean_math::finalize(sums[i], counts[i / D]));
   }
 }
 
@@ -230,8 +230,8 @@ __global__ void class_mean_grad_features_kernel(PixelView<scalar_t> gf, const in
     }
     const index_t lab = labels[n];
     acc_t g = 0;
-    if (cm::is_valid(lab, C)) {
-      g = cm::grad_feature(weight ? weight[n] : acc_t(1), grad_means[lab * gf.D + d], cm::inverse_count(counts[lab]));
+    if (class_mean_math::is_valid(lab, C)) {
+      g = class_mean_math::grad_feature(weight ? weight[n] : acc_t(1), grad_means[lab * gf.D + d], class_mean_math::inverse_count(counts[lab]));
     }
     gf.at(n, d) = static_cast<scalar_t>(g);
   }
@@ -251,10 +251,10 @@ __global__ void class_mean_grad_weight_kernel(PixelView<const scalar_t> f, const
        n += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const index_t lab = labels[n];
     acc_t g = 0;
-    if (cm::is_valid(lab, C)) {
-      const acc_t inv = cm::inverse_count(counts[lab]);
+    if (class_mean_math::is_valid(lab, C)) {
+      const acc_t inv = class_mean_math::inverse_count(counts[lab]);
       for (int64_t d = 0; d < f.D; ++d) {
-        g += cm::grad_weight_term(grad_means[lab * f.D + d], static_cast<acc_t>(f.at(n, d)), means[lab * f.D + d], inv);
+        g += class_mean_math::grad_weight_term(grad_means[lab * f.D + d], static_cast<acc_t>(f.at(n, d)), means[lab * f.D + d], inv);
       }
       g += grad_counts[lab];
     }
@@ -287,16 +287,16 @@ __global__ void class_mean_grad_weight_channels_last_kernel(
   for (int64_t base = blockIdx.x * per_block; base < N; base += static_cast<int64_t>(gridDim.x) * per_block) {
     const int64_t n = base + threadIdx.x / group;
     const index_t lab = n < N ? labels[n] : index_t(-1);
-    const bool valid = cm::is_valid(lab, C);
+    const bool valid = class_mean_math::is_valid(lab, C);
     acc_t g = 0;
     if (valid) {
-      const acc_t inv = cm::inverse_count(counts[lab]);
+      const acc_t inv = class_mean_math::inverse_count(counts[lab]);
       const scalar_t* px = &f.at(n, 0);
       for (int64_t d = r; d < f.D; d += group) {
-        g += cm::grad_weight_term(grad_means[lab * f.D + d], static_cast<acc_t>(px[d]), means[lab * f.D + d], inv);
+        g += class_mean_math::grad_weight_term(grad_means[lab * f.D + d], static_cast<acc_t>(px[d]), means[lab * f.D + d], inv);
       }
     }
-    for (int off = group >> 1; off > 0; off >>= 1) g += __shfl_xor_sync(0xffffffffu, g, off);
+    g = cuda::group_sum(g, group);
     if (r == 0 && n < N) grad_weight[n] = valid ? g + grad_counts[lab] : acc_t(0);
   }
 }
@@ -304,7 +304,7 @@ __global__ void class_mean_grad_weight_channels_last_kernel(
 std::tuple<at::Tensor, at::Tensor> class_mean_cuda(const at::Tensor& features, const at::Tensor& labels,
                                                    int64_t num_classes, const std::optional<at::Tensor>& weight,
                                                    int64_t ignore_index) {
-  check_features_labels("class_mean", features, labels, weight, num_classes);
+  class_mean_checks::check_inputs("class_mean", features, labels, weight, num_classes);
   const cuda::DeviceGuard guard("class_mean", {{"features", features}, {"labels", labels}, {"weight", weight}});
   const at::Tensor f = view_features(features);
   const at::Tensor lab = labels.contiguous();
@@ -369,9 +369,7 @@ std::tuple<at::Tensor, at::Tensor> class_mean_backward_cuda(
   const cuda::DeviceGuard guard("class_mean_backward", {{"features", features}, {"grad_means", grad_means},
                                                         {"grad_counts", grad_counts}, {"labels", labels},
                                                         {"weight", weight}, {"means", means}, {"counts", counts}});
-  check_features_labels("class_mean_backward", features, labels, weight, C);
-  TORCH_CHECK_VALUE(!weight_requires_grad || weight.has_value(),
-                    "class_mean_backward: weight_requires_grad=True needs a weight");
+  class_mean_checks::check_backward_inputs(features, labels, weight, C, weight_requires_grad);
   const at::Tensor f = view_features(features);
   const at::Tensor lab = labels.contiguous();
   const auto acc = acc_dtype(features.scalar_type());

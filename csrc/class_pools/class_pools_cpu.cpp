@@ -11,14 +11,12 @@
 
 #include <vector>
 
-#include "common/contrast_checks.h"
-#include "common/contrast_math.h"
+#include "class_pools/class_pools_checks.h"
+#include "class_pools/class_pools_math.h"
 #include "common/tensor_utils.h"
 
 namespace mona {
 namespace {
-
-namespace cmath = contrast_math;
 
 template <typename index_t, typename prob_t>
 void class_pools_kernel(const index_t* labels, const bool* valid, const PixelView<const prob_t>* prob, int64_t N,
@@ -32,9 +30,8 @@ void class_pools_kernel(const index_t* labels, const bool* valid, const PixelVie
                       " (at flat index ", n, "), which is neither in [0, num_classes=", C,
                       ") nor ignore_index=", ignore_index);
     const bool is_valid = lab >= 0 && lab < C && (valid == nullptr || valid[n]);
-    const bool hard = prob == nullptr || !is_valid ||
-                      static_cast<double>(static_cast<float>(prob->at(n, lab))) < threshold;
-    keys[n] = cmath::pool_key(lab, is_valid, hard, C);
+    const bool hard = prob == nullptr || !is_valid || class_pools_math::is_hard_pixel(prob->at(n, lab), threshold);
+    keys[n] = class_pools_math::pool_key(lab, is_valid, hard, C);
     ++bucket[keys[n] + 1];
   }
   for (int64_t k = 1; k < 2 * C + 2; ++k) bucket[k] += bucket[k - 1];  // bucket[k] = start of key k
@@ -52,7 +49,7 @@ void class_pools_kernel(const index_t* labels, const bool* valid, const PixelVie
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> class_pools_cpu(
     const at::Tensor& labels, int64_t num_classes, const std::optional<at::Tensor>& valid,
     const std::optional<at::Tensor>& prob, double strong_threshold, int64_t ignore_index) {
-  check_pools_args(labels, valid, prob, num_classes, ignore_index);
+  class_pools_checks::check_inputs(labels, valid, prob, num_classes);
   const at::Tensor lab = labels.contiguous();
   const int64_t N = lab.numel();
   const auto opts = labels.options().dtype(at::kLong);

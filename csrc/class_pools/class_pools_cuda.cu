@@ -1,7 +1,7 @@
 // mona::class_pools — CUDA kernel.
 //
 // Strategy: one thread per pixel computes its bucket key (2c hard, 2c+1 easy, 2C none) with the
-// shared pool_key(); a stable device radix sort (at::sort, stable=True) of the keys yields the
+// pool_key() and is_hard_pixel() of class_pools_math.h, as the CPU kernel; a stable device radix sort (at::sort, stable=True) of the keys yields the
 // permutation, a scatter_add histogram the bucket sizes and an exclusive cumsum the offsets.
 // Everything stays on the device (no host sync); the order is deterministic (stable sort).
 // Labels outside [0, C) other than ignore_index trip a device-side assert.
@@ -13,15 +13,13 @@
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
-#include "common/contrast_checks.h"
-#include "common/contrast_math.h"
+#include "class_pools/class_pools_checks.h"
+#include "class_pools/class_pools_math.h"
 #include "common/cuda_utils.cuh"
 #include "common/tensor_utils.h"
 
 namespace mona {
 namespace {
-
-namespace cmath = contrast_math;
 
 template <typename index_t, typename prob_t>
 __global__ void pool_keys_kernel(const index_t* __restrict__ labels, const bool* __restrict__ valid,
@@ -33,15 +31,15 @@ __global__ void pool_keys_kernel(const index_t* __restrict__ labels, const bool*
     CUDA_KERNEL_ASSERT(((lab >= 0 && lab < C) || lab == ignore_index) &&
                        "class_pools: label outside [0, num_classes) and not ignore_index");
     const bool is_valid = lab >= 0 && lab < C && (valid == nullptr || valid[n]);
-    const bool hard = !has_prob || !is_valid || static_cast<double>(static_cast<float>(prob.at(n, lab))) < threshold;  // as the CPU kernel
-    keys[n] = cmath::pool_key(lab, is_valid, hard, C);
+    const bool hard = !has_prob || !is_valid || class_pools_math::is_hard_pixel(prob.at(n, lab), threshold);
+    keys[n] = class_pools_math::pool_key(lab, is_valid, hard, C);
   }
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> class_pools_cuda(
     const at::Tensor& labels, int64_t num_classes, const std::optional<at::Tensor>& valid,
     const std::optional<at::Tensor>& prob, double strong_threshold, int64_t ignore_index) {
-  check_pools_args(labels, valid, prob, num_classes, ignore_index);
+  class_pools_checks::check_inputs(labels, valid, prob, num_classes);
   const cuda::DeviceGuard guard("class_pools", {{"labels", labels}, {"valid", valid}, {"prob", prob}});
   const at::Tensor lab = labels.contiguous();
   const int64_t N = lab.numel(), C = num_classes;

@@ -1,5 +1,6 @@
-// Helpers shared by the CUDA kernels' host launchers. Light headers only (see DESIGN.md section 6:
-// the local toolkit lacks cuSPARSE/cuBLAS headers, so ATen/cuda/CUDAContext.h is avoided).
+// Helpers shared by the CUDA kernels' host launchers. Light headers only (c10/cuda/CUDAStream.h,
+// CUDAGuard.h, CUDAException.h, ATen/cuda/Atomic.cuh): ATen/cuda/CUDAContext.h pulls in cuSPARSE /
+// cuBLAS headers that a bare CUDA toolkit may lack ("cusparse.h: No such file"), and costs compile time.
 //
 // The same sources also build as host C++ for the CPU emulation of the CUDA execution model
 // (csrc/emu, -DMONA_EMULATE_CUDA, test-only): every kernel is therefore launched through

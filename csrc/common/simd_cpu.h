@@ -78,17 +78,5 @@ inline T dot(const T* a, const T* b, int64_t D) {
   }
 }
 
-// Asks the CPU to start loading a contiguous row (a key gathered a few iterations later): the
-// random gathers are latency-bound, and the hardware prefetcher cannot guess the next row.
-inline void prefetch_row(const void* p, int64_t bytes) {
-#if defined(__GNUC__)
-  const char* c = static_cast<const char*>(p);
-  for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(c + o, 0, 3);
-#else
-  (void)p;
-  (void)bytes;
-#endif
-}
-
 }  // namespace simd
 }  // namespace mona

@@ -17,38 +17,22 @@ c10::Device check_same_device(const char* op, std::initializer_list<NamedTensor>
   return first->tensor->device();
 }
 
-void check_features_labels(const char* op, const at::Tensor& features, const at::Tensor& labels,
-                           const std::optional<at::Tensor>& weight, int64_t num_classes) {
-  TORCH_CHECK_VALUE(num_classes > 0, op, ": num_classes must be positive, got ", num_classes);
-  TORCH_CHECK_VALUE(features.dim() == 4 || features.dim() == 2, op,
-                    ": features must be [B, D, H, W] or [N, D], got shape ", shape_str(features));
-  TORCH_CHECK_TYPE(at::isFloatingType(features.scalar_type()), op,
-                   ": features must be float32/float64/float16/bfloat16, got ", features.scalar_type());
-  TORCH_CHECK_TYPE(labels.scalar_type() == at::kLong || labels.scalar_type() == at::kInt, op,
-                   ": labels must be int64 or int32, got ", labels.scalar_type());
-  const bool is_map = features.dim() == 4;
-  if (is_map) {
-    TORCH_CHECK_VALUE(labels.dim() == 3 && labels.size(0) == features.size(0) &&
-                          labels.size(1) == features.size(2) && labels.size(2) == features.size(3),
-                      op, ": labels must be [B, H, W] = [", features.size(0), ", ", features.size(2), ", ",
-                      features.size(3), "] to match features ", shape_str(features), ", got ", shape_str(labels));
-  } else {
-    TORCH_CHECK_VALUE(labels.dim() == 1 && labels.size(0) == features.size(0), op,
-                      ": labels must be [N] = [", features.size(0), "] to match features ",
-                      shape_str(features), ", got ", shape_str(labels));
-  }
-  TORCH_CHECK_VALUE(labels.device() == features.device(), op, ": labels are on ", labels.device(),
-                    " but features are on ", features.device());
-  if (weight.has_value()) {
-    const at::Tensor& w = *weight;
-    TORCH_CHECK_VALUE(w.sizes() == labels.sizes(), op, ": weight must have the labels' shape ",
-                      shape_str(labels), ", got ", shape_str(w));
-    TORCH_CHECK_TYPE(at::isFloatingType(w.scalar_type()), op,
-                     ": weight must be a floating tensor (a 0/1 mask or soft confidence), got ",
-                     w.scalar_type());
-    TORCH_CHECK_VALUE(w.device() == features.device(), op, ": weight is on ", w.device(),
-                      " but features are on ", features.device());
-  }
+void check_student_teacher_queue(const char* op, const at::Tensor& student, const at::Tensor& teacher,
+                                 const at::Tensor& queue) {
+  TORCH_CHECK_VALUE(student.dim() == 2, op, ": student must be [B, d], got shape ", shape_str(student));
+  TORCH_CHECK_VALUE(teacher.sizes() == student.sizes(), op, ": teacher must have the student's shape ",
+                    shape_str(student), ", got ", shape_str(teacher));
+  TORCH_CHECK_VALUE(queue.dim() == 2 && queue.size(1) == student.size(1), op, ": queue must be [K, d] with d = ",
+                    student.size(1), ", got shape ", shape_str(queue));
+  TORCH_CHECK_VALUE(queue.size(0) > 0, op, ": queue must hold at least one entry, got shape ", shape_str(queue));
+  TORCH_CHECK_TYPE(at::isFloatingType(student.scalar_type()), op,
+                   ": student must be float32/float64/float16/bfloat16, got ", student.scalar_type());
+  TORCH_CHECK_TYPE(teacher.scalar_type() == student.scalar_type() && queue.scalar_type() == student.scalar_type(), op,
+                   ": teacher and queue must have the student's dtype ", student.scalar_type(), ", got ",
+                   teacher.scalar_type(), " and ", queue.scalar_type());
+  TORCH_CHECK_VALUE(teacher.device() == student.device() && queue.device() == student.device(), op,
+                    ": teacher (", teacher.device(), ") and queue (", queue.device(),
+                    ") must be on the student's device ", student.device());
 }
 
 }  // namespace mona

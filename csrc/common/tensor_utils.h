@@ -1,5 +1,5 @@
-// Host-side helpers shared by every op: argument checks with messages that name the argument,
-// and the PixelView construction from a `[B, D, H, W]` or `[N, D]` tensor.
+// Host-side helpers shared by every op: small argument-check helpers with messages that name the
+// argument (each op's own checks are in its <op>_checks.h), and the PixelView construction from a `[B, D, H, W]` or `[N, D]` tensor.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -67,9 +67,10 @@ struct NamedTensor {
 // ("op: labels is on cpu but features is on cuda:0"). Returns that device.
 c10::Device check_same_device(const char* op, std::initializer_list<NamedTensor> tensors);
 
-// Checks shared by ops that take (features [B,D,H,W] | [N,D], labels [B,H,W] | [N], weight?).
-// Returns nothing; throws c10::Error (ValueError/TypeError in Python) naming the argument.
-void check_features_labels(const char* op, const at::Tensor& features, const at::Tensor& labels,
-                           const std::optional<at::Tensor>& weight, int64_t num_classes);
+// Checks shared by the ops that take (student [B, d], teacher [B, d], queue [K, d]): similarity_kl and
+// knn_loss (their <op>_checks.h call it). Throws c10::Error (ValueError/TypeError in Python)
+// naming the argument, prefixed by `op`.
+void check_student_teacher_queue(const char* op, const at::Tensor& student, const at::Tensor& teacher,
+                                 const at::Tensor& queue);
 
 }  // namespace mona

@@ -27,15 +27,16 @@
 #include <type_traits>
 #include <vector>
 
+#include "common/cosine_math.h"
+#include "common/math.h"
 #include "common/simd_cpu.h"
 #include "common/tensor_utils.h"
+#include "contrast_infonce/contrast_infonce_checks.h"
 #include "contrast_infonce/contrast_infonce_host.h"
 #include "contrast_infonce/contrast_infonce_math.h"
 
 namespace mona {
 namespace {
-
-namespace cm = contrast_math;
 
 // dot(row, x) and |row|^2 in one pass.
 template <typename row_t, typename acc_t>
@@ -72,13 +73,6 @@ inline void axpy(acc_t alpha, const row_t* row, int64_t stride, acc_t* y, int64_
     if (stride == 1) return simd::axpy_f32(alpha, row, y, D);
   }
   for (int64_t d = 0; d < D; ++d) y[d] += alpha * static_cast<acc_t>(row[d * stride]);
-}
-
-template <typename scalar_t>
-infonce::KeySource<scalar_t> key_source(const InfonceArgs& a) {
-  const auto v = make_pixel_view<const scalar_t>(a.key_features);
-  return {v.data, v.B, v.P, v.stride_b, v.stride_d, v.stride_p,
-          a.bank.defined() ? a.bank.data_ptr<scalar_t>() : nullptr, a.N, a.D};
 }
 
 // Per-query online-softmax state of one thread: logits l_j enter as exp(l_j - m).
@@ -119,7 +113,7 @@ inline void next_key_block(const int64_t* start, int64_t& k, int64_t k_hi, KeyBl
 
 // rows[j * ld + d] = key(block.key[j])[d], ld = key_row_stride(D).
 template <typename scalar_t>
-void gather_key_block(const infonce::KeySource<scalar_t>& keys, const KeyBlock& block, int64_t D, scalar_t* rows) {
+void gather_key_block(const contrast_infonce_math::KeySource<scalar_t>& keys, const KeyBlock& block, int64_t D, scalar_t* rows) {
   const int64_t ld = key_row_stride(D);
   const scalar_t* base[kKeyTile];
   int64_t stride[kKeyTile];
@@ -137,19 +131,19 @@ void gather_key_block(const infonce::KeySource<scalar_t>& keys, const KeyBlock& 
 }
 
 template <typename scalar_t>
-void infonce_forward_kernel(const InfonceArgs& a, at::opmath_type<scalar_t>* row_loss,
+void infonce_forward_kernel(const InfonceArgs& args, at::opmath_type<scalar_t>* row_loss,
                             at::opmath_type<scalar_t>* grad_rows) {
   using acc_t = at::opmath_type<scalar_t>;
-  const auto f = make_pixel_view<const scalar_t>(a.features);
-  const auto keys = key_source<scalar_t>(a);
-  const acc_t* protos = a.prototypes.data_ptr<acc_t>();
-  const acc_t* weight = a.class_weight.data_ptr<acc_t>();
-  const int64_t* qidx = a.query_index.data_ptr<int64_t>();
-  const int64_t* nidx = a.negative_index.data_ptr<int64_t>();
-  const int64_t D = a.D, M = a.M, Q = a.Q, R = a.C * a.Q;
-  const int64_t num_keys = a.N + a.C * a.K;
+  const auto f = make_pixel_view<const scalar_t>(args.features);
+  const auto keys = key_source<scalar_t>(args);
+  const acc_t* protos = args.prototypes.data_ptr<acc_t>();
+  const acc_t* weight = args.class_weight.data_ptr<acc_t>();
+  const int64_t* qidx = args.query_index.data_ptr<int64_t>();
+  const int64_t* nidx = args.negative_index.data_ptr<int64_t>();
+  const int64_t D = args.D, M = args.M, Q = args.Q, R = args.C * args.Q;
+  const int64_t num_keys = args.N + args.C * args.K;
   const bool grad = grad_rows != nullptr;
-  const acc_t inv_t = acc_t(1) / static_cast<acc_t>(a.temperature);
+  const acc_t inv_t = acc_t(1) / static_cast<acc_t>(args.temperature);
   auto active = [&](int64_t r) { return weight[r / Q] > acc_t(0); };
 
   // 1. Query vectors (fp32/fp64 copies) and norms; the positive key (the class prototype).
@@ -165,10 +159,10 @@ void infonce_forward_kernel(const InfonceArgs& a, at::opmath_type<scalar_t>* row
         x[d] = static_cast<acc_t>(base[d * f.stride_d]);
         sq += x[d] * x[d];
       }
-      xn[r] = cm::safe_norm(sq);
+      xn[r] = cosine_math::safe_norm(sq);
       acc_t dot, psq;
       dot_and_square(protos + (r / Q) * D, 1, x, D, dot, psq);
-      inv0[r] = acc_t(1) / cm::safe_norm(psq);
+      inv0[r] = acc_t(1) / cosine_math::safe_norm(psq);
       cos0[r] = dot * inv0[r] / xn[r];
     }
   });
@@ -217,13 +211,13 @@ void infonce_forward_kernel(const InfonceArgs& a, at::opmath_type<scalar_t>* row
           if (p == start[k]) {  // the key's norm, once per key, in the same pass as its first dot
             acc_t sq;
             dot_and_square(row, stride, X.data() + r * D, D, dot, sq);
-            inv_kn = acc_t(1) / cm::safe_norm(sq);
+            inv_kn = acc_t(1) / cosine_math::safe_norm(sq);
           } else {
             dot = dot_only(row, stride, X.data() + r * D, D);
           }
           const acc_t cosine = dot * inv_kn / xn[r];
           acc_t rescale, w;
-          infonce::online_step(st.m[r], cosine * inv_t, rescale, w);
+          contrast_infonce_math::online_step(st.m[r], cosine * inv_t, rescale, w);
           st.s[r] = st.s[r] * rescale + w;
           st.wcos[r] = st.wcos[r] * rescale + w * cosine;
           if (grad) {
@@ -268,14 +262,14 @@ void infonce_forward_kernel(const InfonceArgs& a, at::opmath_type<scalar_t>* row
       const acc_t l0 = cos0[r] * inv_t;
       acc_t m = l0;
       for (const auto& st : states) m = std::max(m, st.m[r]);
-      acc_t s = std::exp(l0 - m), wcos = s * cos0[r];
+      acc_t s = math::exp(l0 - m), wcos = s * cos0[r];
       if (out) {
         for (int64_t d = 0; d < D; ++d) out[d] = s * proto[d] * inv0[r];
       }
       for (const auto& st : states) {
         // An empty state (no key seen) has s == 0 exactly; a NaN state must reach the loss.
         if (st.s[r] == acc_t(0)) continue;
-        const acc_t scale = std::exp(st.m[r] - m);
+        const acc_t scale = math::exp(st.m[r] - m);
         s += scale * st.s[r];
         wcos += scale * st.wcos[r];
         if (out) {
@@ -283,12 +277,12 @@ void infonce_forward_kernel(const InfonceArgs& a, at::opmath_type<scalar_t>* row
           for (int64_t d = 0; d < D; ++d) out[d] += scale * acc[d];
         }
       }
-      row_loss[r] = m + std::log(s) - l0;
+      row_loss[r] = m + math::log(s) - l0;
       if (out) {
         const acc_t scale = weight[r / Q] / static_cast<acc_t>(Q) * inv_t / xn[r];
         const acc_t* x = X.data() + r * D;
         for (int64_t d = 0; d < D; ++d) {
-          out[d] = infonce::query_grad(scale, out[d], s, proto[d] * inv0[r], wcos, cos0[r], x[d], xn[r]);
+          out[d] = contrast_infonce_math::query_grad(scale, out[d], s, proto[d] * inv0[r], wcos, cos0[r], x[d], xn[r]);
         }
       }
     }
@@ -298,23 +292,23 @@ void infonce_forward_kernel(const InfonceArgs& a, at::opmath_type<scalar_t>* row
 std::tuple<at::Tensor, at::Tensor> contrast_infonce_cpu(const at::Tensor& features, const at::Tensor& key_features,
     const at::Tensor& prototypes, const at::Tensor& query_index, const at::Tensor& negative_index,
     const at::Tensor& class_weight, double temperature, const std::optional<at::Tensor>& bank, bool compute_grad) {
-  InfonceArgs a = prepare_infonce("contrast_infonce", features, key_features, bank, prototypes, query_index,
+  InfonceArgs args = prepare_infonce("contrast_infonce", features, key_features, bank, prototypes, query_index,
                                   negative_index, class_weight, temperature);
-  const auto opts = features.options().dtype(a.prototypes.scalar_type());
-  at::Tensor row_loss = at::empty({a.C, a.Q}, opts);
-  at::Tensor grad_rows = compute_grad ? at::empty({a.C, a.Q, a.D}, opts) : at::empty({0}, opts);
+  const auto opts = features.options().dtype(args.prototypes.scalar_type());
+  at::Tensor row_loss = at::empty({args.C, args.Q}, opts);
+  at::Tensor grad_rows = compute_grad ? at::empty({args.C, args.Q, args.D}, opts) : at::empty({0}, opts);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, features.scalar_type(), "contrast_infonce_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    infonce_forward_kernel<scalar_t>(a, row_loss.data_ptr<acc_t>(),
+    infonce_forward_kernel<scalar_t>(args, row_loss.data_ptr<acc_t>(),
                                      compute_grad ? grad_rows.data_ptr<acc_t>() : nullptr);
   });
-  return {reduce_infonce_loss(row_loss, a.class_weight, a.Q), grad_rows};
+  return {reduce_infonce_loss(row_loss, args.class_weight, args.Q), grad_rows};
 }
 
 at::Tensor contrast_infonce_backward_cpu(const at::Tensor& grad_loss, const at::Tensor& features,
                                          const at::Tensor& query_index, const at::Tensor& class_weight,
                                          const at::Tensor& grad_rows) {
-  check_backward_args("contrast_infonce_backward", features, query_index, class_weight, grad_rows);
+  contrast_infonce_checks::check_backward_inputs("contrast_infonce_backward", features, query_index, class_weight, grad_rows);
   const at::Tensor f = view_features(features);
   at::Tensor grad = at::zeros_like(f);
   const int64_t C = query_index.size(0), Q = query_index.size(1), D = f.size(1);

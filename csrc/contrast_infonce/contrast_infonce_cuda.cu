@@ -17,27 +17,24 @@
 #include <ATen/ops/zeros_like.h>
 #include <torch/library.h>
 
+#include "common/cosine_math.h"
 #include "common/cuda_utils.cuh"
+#include "common/math.h"
 #include "common/tensor_utils.h"
+#include "common/warp_reduce.cuh"
+#include "contrast_infonce/contrast_infonce_checks.h"
 #include "contrast_infonce/contrast_infonce_host.h"
 #include "contrast_infonce/contrast_infonce_math.h"
 
 namespace mona {
 namespace {
 
-namespace cm = contrast_math;
 constexpr int kWarps = 4;  // warps (queries) per block, fewer when D needs more shared memory
-
-template <typename acc_t>
-__device__ __forceinline__ acc_t warp_sum(acc_t v) {
-  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
-  return v;
-}
 
 template <typename scalar_t>
 struct Inputs {
   PixelView<const scalar_t> f;
-  infonce::KeySource<scalar_t> keys;
+  contrast_infonce_math::KeySource<scalar_t> keys;
   const at::opmath_type<scalar_t>* protos;
   const at::opmath_type<scalar_t>* weight;
   const int64_t* qidx;
@@ -58,7 +55,7 @@ __device__ acc_t stage_query(const PixelView<const scalar_t>& f, int64_t n, smem
     sq += v * v;
   }
   __syncwarp();
-  return cm::safe_norm(warp_sum(sq));
+  return cosine_math::safe_norm(cuda::warp_sum(sq));
 }
 
 template <typename row_t, typename acc_t>
@@ -70,8 +67,8 @@ __device__ void warp_dot_square(const row_t* row, int64_t stride, smem_ptr<acc_t
     a += v * x[d];
     b += v * v;
   }
-  dot = warp_sum(a);
-  sq = warp_sum(b);
+  dot = cuda::warp_sum(a);
+  sq = cuda::warp_sum(b);
 }
 
 template <typename scalar_t>
@@ -98,7 +95,7 @@ __global__ void infonce_forward_kernel(Inputs<scalar_t> in, at::opmath_type<scal
     const acc_t* proto = in.protos + c * in.D;
     acc_t dot, sq;
     warp_dot_square(proto, 1, x, in.D, lane, dot, sq);
-    const acc_t inv0 = acc_t(1) / cm::safe_norm(sq);
+    const acc_t inv0 = acc_t(1) / cosine_math::safe_norm(sq);
     const acc_t cos0 = dot * inv0 / xn, l0 = cos0 * in.inv_t;
     acc_t m = l0, s = 1, wcos = cos0;  // running sums weighted by exp(l_j - m), identical on all lanes
     if (out) {
@@ -108,10 +105,10 @@ __global__ void infonce_forward_kernel(Inputs<scalar_t> in, at::opmath_type<scal
       int64_t stride;
       const scalar_t* row = in.keys.row(in.nidx[r * in.M + j], stride);
       warp_dot_square(row, stride, x, in.D, lane, dot, sq);
-      const acc_t inv_kn = acc_t(1) / cm::safe_norm(sq);
+      const acc_t inv_kn = acc_t(1) / cosine_math::safe_norm(sq);
       const acc_t cosine = dot * inv_kn / xn;
       acc_t rescale, w;
-      infonce::online_step(m, cosine * in.inv_t, rescale, w);
+      contrast_infonce_math::online_step(m, cosine * in.inv_t, rescale, w);
       s = s * rescale + w;
       wcos = wcos * rescale + w * cosine;
       if (out) {
@@ -119,11 +116,11 @@ __global__ void infonce_forward_kernel(Inputs<scalar_t> in, at::opmath_type<scal
         for (int64_t d = lane; d < in.D; d += 32) acc[d] = acc[d] * rescale + alpha * static_cast<acc_t>(row[d * stride]);
       }
     }
-    if (lane == 0) row_loss[r] = m + log(s) - l0;
+    if (lane == 0) row_loss[r] = m + math::log(s) - l0;
     if (out) {
       const acc_t scale = in.weight[c] / static_cast<acc_t>(in.Q) * in.inv_t / xn;
       for (int64_t d = lane; d < in.D; d += 32) {
-        out[d] = infonce::query_grad<acc_t>(scale, acc[d], s, proto[d] * inv0, wcos, cos0, x[d], xn);
+        out[d] = contrast_infonce_math::query_grad<acc_t>(scale, acc[d], s, proto[d] * inv0, wcos, cos0, x[d], xn);
       }
     }
     __syncwarp();
@@ -153,14 +150,12 @@ __global__ void infonce_scatter_grad_kernel(const at::opmath_type<scalar_t>* __r
 }
 
 template <typename scalar_t>
-Inputs<scalar_t> make_inputs(const InfonceArgs& a) {
+Inputs<scalar_t> make_inputs(const InfonceArgs& args) {
   using acc_t = at::opmath_type<scalar_t>;
-  const auto kv = make_pixel_view<const scalar_t>(a.key_features);
-  return {make_pixel_view<const scalar_t>(a.features),
-          {kv.data, kv.B, kv.P, kv.stride_b, kv.stride_d, kv.stride_p,
-           a.bank.defined() ? a.bank.data_ptr<scalar_t>() : nullptr, a.N, a.D},
-          a.prototypes.data_ptr<acc_t>(), a.class_weight.data_ptr<acc_t>(), a.query_index.data_ptr<int64_t>(),
-          a.negative_index.data_ptr<int64_t>(), a.C, a.Q, a.M, a.D, acc_t(1) / static_cast<acc_t>(a.temperature)};
+  return {make_pixel_view<const scalar_t>(args.features),
+          key_source<scalar_t>(args),
+          args.prototypes.data_ptr<acc_t>(), args.class_weight.data_ptr<acc_t>(), args.query_index.data_ptr<int64_t>(),
+          args.negative_index.data_ptr<int64_t>(), args.C, args.Q, args.M, args.D, acc_t(1) / static_cast<acc_t>(args.temperature)};
 }
 
 std::tuple<at::Tensor, at::Tensor> contrast_infonce_cuda(const at::Tensor& features, const at::Tensor& key_features,
@@ -170,30 +165,30 @@ std::tuple<at::Tensor, at::Tensor> contrast_infonce_cuda(const at::Tensor& featu
                                                      {"bank", bank}, {"prototypes", prototypes},
                                                      {"query_index", query_index}, {"negative_index", negative_index},
                                                      {"class_weight", class_weight}});
-  InfonceArgs a = prepare_infonce("contrast_infonce", features, key_features, bank, prototypes, query_index,
+  InfonceArgs args = prepare_infonce("contrast_infonce", features, key_features, bank, prototypes, query_index,
                                   negative_index, class_weight, temperature);
-  const auto opts = features.options().dtype(a.prototypes.scalar_type());
-  at::Tensor row_loss = at::empty({a.C, a.Q}, opts);
-  at::Tensor grad_rows = compute_grad ? at::empty({a.C, a.Q, a.D}, opts) : at::empty({0}, opts);
+  const auto opts = features.options().dtype(args.prototypes.scalar_type());
+  at::Tensor row_loss = at::empty({args.C, args.Q}, opts);
+  at::Tensor grad_rows = compute_grad ? at::empty({args.C, args.Q, args.D}, opts) : at::empty({0}, opts);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, features.scalar_type(), "contrast_infonce_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     // Each warp stages its query (and, with compute_grad, its gradient accumulator) in shared
     // memory: D values per vector. Blocks of 4 warps while that fits in 48 KiB, fewer warps up to
     // the device's opt-in limit (99 KiB on an RTX 3090: D <= 12672 fp32 / 6336 fp64 with gradients).
-    const size_t per_warp = sizeof(acc_t) * (compute_grad ? 2 : 1) * a.D;
+    const size_t per_warp = sizeof(acc_t) * (compute_grad ? 2 : 1) * args.D;
     const size_t limit = static_cast<size_t>(cuda::max_dynamic_shared_optin());
-    TORCH_CHECK_VALUE(per_warp <= limit, "contrast_infonce (CUDA): D = ", a.D, " needs ", per_warp,
+    TORCH_CHECK_VALUE(per_warp <= limit, "contrast_infonce (CUDA): D = ", args.D, " needs ", per_warp,
                       " bytes of shared memory per query, above this GPU's ", limit, " (max D = ",
                       limit / (sizeof(acc_t) * (compute_grad ? 2 : 1)), " for ", features.scalar_type(),
                       compute_grad ? " with gradients)" : ")");
     const int warps = static_cast<int>(std::max<size_t>(1, std::min<size_t>(kWarps, 48 * 1024 / std::max<size_t>(per_warp, 1))));
     const size_t smem = per_warp * warps;
     cuda::allow_dynamic_shared<infonce_forward_kernel<scalar_t>>(smem);
-    const auto blocks = static_cast<unsigned int>(std::min<int64_t>((a.C * a.Q + warps - 1) / warps, 65535));
+    const auto blocks = static_cast<unsigned int>(std::min<int64_t>((args.C * args.Q + warps - 1) / warps, 65535));
     cuda::launch<infonce_forward_kernel<scalar_t>>(blocks, dim3(32, warps), smem, cuda::stream(),
-        make_inputs<scalar_t>(a), row_loss.data_ptr<acc_t>(), compute_grad ? grad_rows.data_ptr<acc_t>() : nullptr);
+        make_inputs<scalar_t>(args), row_loss.data_ptr<acc_t>(), compute_grad ? grad_rows.data_ptr<acc_t>() : nullptr);
   });
-  return {reduce_infonce_loss(row_loss, a.class_weight, a.Q), grad_rows};
+  return {reduce_infonce_loss(row_loss, args.class_weight, args.Q), grad_rows};
 }
 
 at::Tensor contrast_infonce_backward_cuda(const at::Tensor& grad_loss, const at::Tensor& features,
@@ -201,7 +196,7 @@ at::Tensor contrast_infonce_backward_cuda(const at::Tensor& grad_loss, const at:
                                           const at::Tensor& grad_rows) {
   const cuda::DeviceGuard guard("contrast_infonce_backward", {{"features", features}, {"query_index", query_index},
                                                               {"class_weight", class_weight}, {"grad_rows", grad_rows}});
-  check_backward_args("contrast_infonce_backward", features, query_index, class_weight, grad_rows);
+  contrast_infonce_checks::check_backward_inputs("contrast_infonce_backward", features, query_index, class_weight, grad_rows);
   const at::Tensor f = view_features(features);
   at::Tensor grad = at::zeros_like(f);
   const int64_t C = query_index.size(0), Q = query_index.size(1), D = f.size(1);

@@ -1,12 +1,15 @@
-// Per-query math of the fused InfoNCE, shared by CPU and CUDA kernels.
+// Per-query math of the fused InfoNCE, shared by the CPU and CUDA kernels.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 
-#include "common/contrast_math.h"
+#include "common/host_device.h"
+#include "common/math.h"
+#include "common/online_lse.h"
 
 namespace mona {
-namespace infonce {
+namespace contrast_infonce_math {
 
 // Where a key's D-vector lies: a pixel of the key map or a row of the bank [C*K, D].
 template <typename scalar_t>
@@ -37,19 +40,28 @@ MONA_HD acc_t query_grad(acc_t scale_over_t_xn, acc_t acc_d, acc_t s, acc_t k0_d
   return scale_over_t_xn * ((acc_d / s - k0_d) - (wcos / s - cos0) * x_d / xn);
 }
 
-// Online softmax step for a new logit l: returns the factor by which the running sums must be
-// scaled before adding this key with weight `w` (both set through the references).
+// The exp of the online softmax below. On the device (and in its CPU emulation): math::exp. In the
+// CPU kernel the exp of a float logit is evaluated in double and rounded to float: that is what
+// this kernel has always computed (its former unqualified exp(float) found the C library's
+// exp(double)), kept so that its results stay bitwise the same; it is also the more accurate of
+// the two (correctly rounded in practice).
+struct StepMath {
+  template <typename T>
+  MONA_HD static T exp(T x) {
+#if MONA_DEVICE_CODE
+    return math::exp(x);
+#else
+    return static_cast<T>(std::exp(static_cast<double>(x)));
+#endif
+  }
+};
+
+// Online softmax step for a new logit l (common/online_lse.h): the factor by which the running
+// sums must be scaled before adding this key with weight `w` (both set through the references).
 template <typename acc_t>
 MONA_HD void online_step(acc_t& m, acc_t l, acc_t& rescale, acc_t& w) {
-  if (l > m) {
-    rescale = exp(m - l);
-    w = acc_t(1);
-    m = l;
-  } else {
-    rescale = acc_t(1);
-    w = exp(l - m);
-  }
+  online_lse::step<StepMath>(m, l, rescale, w);
 }
 
-}  // namespace infonce
+}  // namespace contrast_infonce_math
 }  // namespace mona

@@ -32,9 +32,6 @@
 namespace mona {
 namespace {
 
-namespace km = knn_loss_math;
-namespace cm = cosine_math;
-
 
 // Queue rows per chunk: 128 x 512 fp32 values = 256 KB, which stays in L2 while all teacher rows
 // are scored against it.
@@ -45,9 +42,8 @@ using simd::dot;
 std::tuple<at::Tensor, at::Tensor> knn_loss_cpu(const at::Tensor& student, const at::Tensor& teacher,
                                                 const at::Tensor& queue, int64_t k) {
   const char* op = "knn_loss";
-  check_student_teacher_queue(op, student, teacher, queue);
+  knn_loss_checks::check_inputs(op, student, teacher, queue, k);
   const int64_t B = student.size(0), K = queue.size(0), d = student.size(1);
-  knn_loss_checks::check_k(op, k, K);
   const auto acc = acc_dtype(student.scalar_type());
   at::Tensor indices = at::empty({B, k}, student.options().dtype(at::kLong));
   at::Tensor loss = at::zeros({}, student.options().dtype(acc));
@@ -70,11 +66,11 @@ std::tuple<at::Tensor, at::Tensor> knn_loss_cpu(const at::Tensor& student, const
       int* count = part_count.data() + tid * B;
       for (int64_t c = c0; c < c1; ++c) {
         const int64_t j0 = c * kQueueChunk, j1 = std::min(K, j0 + kQueueChunk);
-        for (int64_t j = j0; j < j1; ++j) inq[j] = cm::inv_norm(dot(qp + j * d, qp + j * d, d));
+        for (int64_t j = j0; j < j1; ++j) inq[j] = cosine_math::inv_norm(dot(qp + j * d, qp + j * d, d));
         // the teacher's own norm is a positive per-row factor: it does not change the ranking
         for (int64_t i = 0; i < B; ++i) {
           for (int64_t j = j0; j < j1; ++j) {
-            km::insert_topk(vals + i * k, idx + i * k, count + i, static_cast<int>(k),
+            knn_loss_math::insert_topk(vals + i * k, idx + i * k, count + i, static_cast<int>(k),
                             dot(tp + i * d, qp + j * d, d) * inq[j], j);
           }
         }
@@ -89,10 +85,10 @@ std::tuple<at::Tensor, at::Tensor> knn_loss_cpu(const at::Tensor& student, const
         for (int64_t th = 0; th < threads; ++th) {
           const int64_t o = (th * B + i) * k;
           for (int n = 0; n < part_count[th * B + i]; ++n) {
-            km::insert_topk(vals.data(), idx, &count, static_cast<int>(k), part_vals[o + n], part_idx[o + n]);
+            knn_loss_math::insert_topk(vals.data(), idx, &count, static_cast<int>(k), part_vals[o + n], part_idx[o + n]);
           }
         }
-        const acc_t is = cm::inv_norm(dot(sp + i * d, sp + i * d, d));
+        const acc_t is = cosine_math::inv_norm(dot(sp + i * d, sp + i * d, d));
         acc_t sum = 0;
         for (int64_t n = 0; n < k; ++n) sum += dot(sp + i * d, qp + idx[n] * d, d) * is * inq[idx[n]];
         row_sum[i] = sum;
@@ -108,8 +104,7 @@ std::tuple<at::Tensor, at::Tensor> knn_loss_cpu(const at::Tensor& student, const
 at::Tensor knn_loss_backward_cpu(const at::Tensor& grad_loss, const at::Tensor& student, const at::Tensor& queue,
                                  const at::Tensor& indices) {
   const char* op = "knn_loss_backward";
-  check_student_teacher_queue(op, student, student, queue);
-  knn_loss_checks::check_indices(op, student, indices);
+  knn_loss_checks::check_backward_inputs(op, student, queue, indices);
   const int64_t B = student.size(0), d = student.size(1), k = indices.size(1);
   if (B == 0 || k == 0) return at::zeros_like(student);
   const auto acc = acc_dtype(student.scalar_type());
@@ -122,21 +117,21 @@ at::Tensor knn_loss_backward_cpu(const at::Tensor& grad_loss, const at::Tensor& 
     const acc_t *sp = s.data_ptr<acc_t>(), *qp = q.data_ptr<acc_t>();
     const int64_t* ip = idx_t.data_ptr<int64_t>();
     acc_t* out = grad.data_ptr<acc_t>();
-    const acc_t a = km::neighbour_weight(static_cast<acc_t>(g), B, k);
+    const acc_t a = knn_loss_math::neighbour_weight(static_cast<acc_t>(g), B, k);
     at::parallel_for(0, B, 1, [&](int64_t b, int64_t e) {
       std::vector<acc_t> qsum(d);
       for (int64_t i = b; i < e; ++i) {
         const acc_t* si = sp + i * d;
-        const acc_t ns2 = dot(si, si, d), is = cm::inv_norm(ns2), proj = cm::projection(ns2);
+        const acc_t ns2 = dot(si, si, d), is = cosine_math::inv_norm(ns2), proj = cosine_math::projection(ns2);
         std::fill(qsum.begin(), qsum.end(), acc_t(0));
         acc_t acos = 0;
         for (int64_t n = 0; n < k; ++n) {
           const acc_t* qn = qp + ip[i * k + n] * d;
-          const acc_t iq = cm::inv_norm(dot(qn, qn, d));
+          const acc_t iq = cosine_math::inv_norm(dot(qn, qn, d));
           acos += a * dot(si, qn, d) * is * iq;
           for (int64_t c = 0; c < d; ++c) qsum[c] += a * iq * qn[c];
         }
-        for (int64_t c = 0; c < d; ++c) out[i * d + c] = cm::grad_component(qsum[c], acos, si[c], is, proj);
+        for (int64_t c = 0; c < d; ++c) out[i * d + c] = cosine_math::grad_component(qsum[c], acos, si[c], is, proj);
       }
     });
   });

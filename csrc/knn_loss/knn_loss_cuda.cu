@@ -34,9 +34,6 @@
 
 namespace mona {
 namespace {
-
-namespace km = knn_loss_math;
-namespace cm = cosine_math;
 constexpr int kWarps = 8;
 constexpr int kBlock = kWarps * 32;
 constexpr int kMaxK = static_cast<int>(knn_loss_checks::kMaxK);
@@ -76,7 +73,7 @@ __global__ void __launch_bounds__(kBlock)
     for (int64_t j = j0 + warp; j < j1; j += kWarps) {
       acc_t tq, qq;
       warp_dots(t, queue + j * d, d, lane, &tq, &qq);
-      if (lane == 0) km::insert_topk(vals[warp], idxs[warp], &counts[warp], k, tq * cm::inv_norm(qq), j);
+      if (lane == 0) knn_loss_math::insert_topk(vals[warp], idxs[warp], &counts[warp], k, tq * cosine_math::inv_norm(qq), j);
     }
     __syncthreads();
     if (threadIdx.x == 0) {  // k-way merge of the warps' sorted lists
@@ -87,7 +84,7 @@ __global__ void __launch_bounds__(kBlock)
         int best = -1;
         for (int w = 0; w < kWarps; ++w) {
           if (head[w] >= counts[w]) continue;
-          if (best < 0 || km::better(vals[w][head[w]], idxs[w][head[w]], vals[best][head[best]], idxs[best][head[best]])) {
+          if (best < 0 || knn_loss_math::better(vals[w][head[w]], idxs[w][head[w]], vals[best][head[best]], idxs[best][head[best]])) {
             best = w;
           }
         }
@@ -131,7 +128,7 @@ __global__ void __launch_bounds__(kBlock)
         const int64_t l = threadIdx.x + static_cast<int64_t>(m) * blockDim.x;
         if (l >= S || head[m] >= top_count[i * S + l]) continue;
         const int64_t pos = (i * S + l) * k + head[m];
-        if (!has || km::better(top_vals[pos], top_idx[pos], bv, bi)) {
+        if (!has || knn_loss_math::better(top_vals[pos], top_idx[pos], bv, bi)) {
           has = 1;
           bv = top_vals[pos];
           bi = top_idx[pos];
@@ -142,7 +139,7 @@ __global__ void __launch_bounds__(kBlock)
         const int oh = __shfl_xor_sync(0xffffffffu, has, off);
         const acc_t ov = __shfl_xor_sync(0xffffffffu, bv, off);
         const int64_t oi = __shfl_xor_sync(0xffffffffu, bi, off);
-        if (oh && (!has || km::better(ov, oi, bv, bi))) {
+        if (oh && (!has || knn_loss_math::better(ov, oi, bv, bi))) {
           has = 1;
           bv = ov;
           bi = oi;
@@ -156,7 +153,7 @@ __global__ void __launch_bounds__(kBlock)
       __syncthreads();
       has = 0;
       for (int w = 0; w < kWarps; ++w) {
-        if (win_has[w] && (!has || km::better(win_val[w], win_idx[w], bv, bi))) {
+        if (win_has[w] && (!has || knn_loss_math::better(win_val[w], win_idx[w], bv, bi))) {
           has = 1;
           bv = win_val[w];
           bi = win_idx[w];
@@ -178,15 +175,15 @@ __global__ void __launch_bounds__(kBlock)
     const acc_t is = [&] {
       acc_t v = 0;
       for (int64_t c = threadIdx.x; c < d; c += blockDim.x) v += static_cast<acc_t>(s[c]) * static_cast<acc_t>(s[c]);
-      return cm::inv_norm(cuda::block_sum_all<kWarps>(v, red));
+      return cosine_math::inv_norm(cuda::block_sum(v, red, kWarps));
     }();
     acc_t sum = 0;
     for (int n = warp; n < k; n += kWarps) {
       acc_t sq, qq;
       warp_dots(s, queue + chosen[n] * d, d, lane, &sq, &qq);
-      sum += sq * is * cm::inv_norm(qq);
+      sum += sq * is * cosine_math::inv_norm(qq);
     }
-    const acc_t row = cuda::block_sum_all<kWarps>(lane == 0 ? sum : acc_t(0), red);
+    const acc_t row = cuda::block_sum(lane == 0 ? sum : acc_t(0), red, kWarps);
     if (threadIdx.x == 0) row_sums[i] = row;
     __syncthreads();
   }
@@ -200,7 +197,7 @@ __global__ void knn_loss_mean_kernel(const at::opmath_type<scalar_t>* __restrict
   if (blockIdx.x == 0 && threadIdx.x == 0) {
     acc_t total = 0;
     for (int64_t i = 0; i < B; ++i) total += row_sums[i];
-    loss[0] = static_cast<scalar_t>(B > 0 ? total * km::neighbour_weight(acc_t(1), B, k) : acc_t(0));
+    loss[0] = static_cast<scalar_t>(B > 0 ? total * knn_loss_math::neighbour_weight(acc_t(1), B, k) : acc_t(0));
   }
 }
 
@@ -220,7 +217,7 @@ __global__ void __launch_bounds__(kBlock)
     warp_dots(student + i * d, queue + indices[i * k + n] * d, d, lane, &dot, &qq);
     if (lane == 0) {
       sq[i * k + n] = dot;
-      invq[i * k + n] = cm::inv_norm(qq);
+      invq[i * k + n] = cosine_math::inv_norm(qq);
     }
   }
 }
@@ -239,31 +236,30 @@ __global__ void __launch_bounds__(kGradChunk)
                              at::opmath_type<scalar_t>* __restrict__ grad) {
   using acc_t = at::opmath_type<scalar_t>;
   __shared__ acc_t red[kGradWarps];
-  const acc_t a = km::neighbour_weight(grad_loss[0], B, k);
+  const acc_t a = knn_loss_math::neighbour_weight(grad_loss[0], B, k);
   const int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   for (int64_t i = blockIdx.y; i < B; i += gridDim.y) {
     const scalar_t* s = student + i * d;
     acc_t v = 0;
     for (int64_t e = threadIdx.x; e < d; e += blockDim.x) v += static_cast<acc_t>(s[e]) * static_cast<acc_t>(s[e]);
-    const acc_t ns2 = cuda::block_sum_all<kGradWarps>(v, red);
+    const acc_t ns2 = cuda::block_sum(v, red, kGradWarps);
     if (c >= d) continue;  // no barrier below
-    const acc_t is = cm::inv_norm(ns2), proj = cm::projection(ns2);
+    const acc_t is = cosine_math::inv_norm(ns2), proj = cosine_math::projection(ns2);
     acc_t acos = 0, qsum = 0;
     for (int n = 0; n < k; ++n) {
       const acc_t iq = invq[i * k + n];
       acos += a * (sq[i * k + n] * is * iq);
       qsum += a * iq * static_cast<acc_t>(queue[indices[i * k + n] * d + c]);
     }
-    grad[i * d + c] = cm::grad_component(qsum, acos, static_cast<acc_t>(s[c]), is, proj);
+    grad[i * d + c] = cosine_math::grad_component(qsum, acos, static_cast<acc_t>(s[c]), is, proj);
   }
 }
 
 std::tuple<at::Tensor, at::Tensor> knn_loss_cuda(const at::Tensor& student, const at::Tensor& teacher,
                                                  const at::Tensor& queue, int64_t k) {
   const char* op = "knn_loss";
-  check_student_teacher_queue(op, student, teacher, queue);
+  knn_loss_checks::check_inputs(op, student, teacher, queue, k);
   const int64_t B = student.size(0), K = queue.size(0), d = student.size(1);
-  knn_loss_checks::check_k(op, k, K);
   const cuda::DeviceGuard guard(op, {{"student", student}, {"teacher", teacher}, {"queue", queue}});
   const auto acc = acc_dtype(student.scalar_type());
   const at::Tensor s = student.contiguous(), t = teacher.contiguous(), q = queue.contiguous();
@@ -297,8 +293,7 @@ std::tuple<at::Tensor, at::Tensor> knn_loss_cuda(const at::Tensor& student, cons
 at::Tensor knn_loss_backward_cuda(const at::Tensor& grad_loss, const at::Tensor& student, const at::Tensor& queue,
                                   const at::Tensor& indices) {
   const char* op = "knn_loss_backward";
-  check_student_teacher_queue(op, student, student, queue);
-  knn_loss_checks::check_indices(op, student, indices);
+  knn_loss_checks::check_backward_inputs(op, student, queue, indices);
   const int64_t B = student.size(0), d = student.size(1), k = indices.size(1);
   if (B == 0 || k == 0) return at::zeros_like(student);
   const cuda::DeviceGuard guard(op, {{"student", student}, {"queue", queue}, {"indices", indices}});

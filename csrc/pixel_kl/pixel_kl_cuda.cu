@@ -3,13 +3,13 @@
 // Parallel strategy: one thread per pixel (grid-stride). A pixel's C logits of each input are read
 // with the class stride; for NCHW, neighbouring threads read neighbouring pixels of the same
 // class, so every read is coalesced. Pass 1 over the classes = online max + sum of exponentials
-// (the logsumexp), pass 2 = KL terms, pass 3 (when gradients are wanted) writes each gradient
+// (the logsumexp, common/online_lse.h), pass 2 = KL terms, pass 3 (when gradients are wanted) writes each gradient
 // element once, in the logits' layout; passes 2 and 3 re-read the pixel's logits from L1/L2.
 // One kernel serves the forward (loss partials, and d loss / d logits for grad_loss = 1 when
 // requested: the single pass the autograd backward then only scales) and pixel_kl_backward
 // (gradients recomputed from the logits, scaled by grad_loss). The weight sum is reduced before
 // (ATen sum over the mask, on the device) because the gradients need it. Loss: per-thread sums
-// reduced in the block (warp shuffles, a fixed tree) into one partial per block; a one-block kernel
+// reduced in the block (cuda::block_sum: warp shuffles in a fixed order) into one partial per block; a one-block kernel
 // adds the partials in block order in float64 and divides. No atomics, no host sync: the loss is
 // bitwise reproducible.
 #include <ATen/Dispatch.h>
@@ -22,14 +22,14 @@
 #include <torch/library.h>
 
 #include "common/cuda_utils.cuh"
+#include "common/online_lse.h"
 #include "common/tensor_utils.h"
+#include "common/warp_reduce.cuh"
 #include "pixel_kl/pixel_kl_checks.h"
 #include "pixel_kl/pixel_kl_math.h"
 
 namespace mona {
 namespace {
-
-namespace km = pixel_kl_math;
 
 template <typename acc_t>
 struct PixelLse {
@@ -39,14 +39,13 @@ struct PixelLse {
 template <typename scalar_t, typename acc_t>
 __device__ __forceinline__ PixelLse<acc_t> pixel_lse(const scalar_t* pa, const scalar_t* pb, int64_t C, int64_t sc_a,
                                                      int64_t sc_b) {
-  acc_t ma = -INFINITY, sa = 0, mb = -INFINITY, sb = 0;
+  using Lse = online_lse::Lse<acc_t, pixel_kl_math::KlMath>;
+  Lse la = Lse::empty(), lb = Lse::empty();
   for (int64_t c = 0; c < C; ++c) {
-    const acc_t za = static_cast<acc_t>(pa[c * sc_a]);
-    const acc_t zb = static_cast<acc_t>(pb[c * sc_b]);
-    km::lse_step(ma, sa, za);
-    km::lse_step(mb, sb, zb);
+    la.add_unless_masked(static_cast<acc_t>(pa[c * sc_a]));
+    lb.add_unless_masked(static_cast<acc_t>(pb[c * sc_b]));
   }
-  return {ma + km::kl_log(sa), mb + km::kl_log(sb)};
+  return {la.value(), lb.value()};
 }
 
 template <typename scalar_t, typename acc_t>
@@ -56,25 +55,11 @@ __device__ __forceinline__ void pixel_kls(const scalar_t* pa, const scalar_t* pb
   for (int64_t c = 0; c < C; ++c) {
     const acc_t la = static_cast<acc_t>(pa[c * sc_a]) - lse.lse_a;
     const acc_t lb = static_cast<acc_t>(pb[c * sc_b]) - lse.lse_b;
-    s_ab += km::kl_term(km::kl_exp(la), la, lb);
-    if (symmetric) s_ba += km::kl_term(km::kl_exp(lb), lb, la);
+    s_ab += pixel_kl_math::kl_term(pixel_kl_math::kl_exp(la), la, lb);
+    if (symmetric) s_ba += pixel_kl_math::kl_term(pixel_kl_math::kl_exp(lb), lb, la);
   }
   *kab = s_ab;
   *kba = s_ba;
-}
-
-template <typename acc_t>
-__device__ __forceinline__ acc_t block_sum(acc_t v, acc_t* shared) {
-  for (int off = 16; off > 0; off >>= 1) v += __shfl_down_sync(0xffffffffu, v, off);
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  if (lane == 0) shared[warp] = v;
-  __syncthreads();
-  acc_t total = 0;
-  if (threadIdx.x == 0) {
-    for (int i = 0; i < static_cast<int>(blockDim.x >> 5); ++i) total += shared[i];
-  }
-  __syncthreads();
-  return total;  // valid in thread 0
 }
 
 // grad_loss == nullptr: gradients for grad_loss = 1; partials == nullptr: no loss partials.
@@ -100,19 +85,19 @@ __global__ void __launch_bounds__(cuda::kThreads)
     const acc_t wi = w ? w[n] : acc_t(1);
     ls += wi * (kab + kba);
     if (!need_a && !need_b) continue;
-    const acc_t scale = km::safe_ratio(g * wi, den);
+    const acc_t scale = pixel_kl_math::safe_ratio(g * wi, den);
     scalar_t* oa = need_a ? ga.data + ga.offset(n, 0) : nullptr;
     scalar_t* ob = need_b ? gb.data + gb.offset(n, 0) : nullptr;
     for (int64_t c = 0; c < C; ++c) {
       const acc_t la = static_cast<acc_t>(pa[c * a.stride_d]) - lse.lse_a;
       const acc_t lb = static_cast<acc_t>(pb[c * b.stride_d]) - lse.lse_b;
-      const acc_t p = km::kl_exp(la), q = km::kl_exp(lb);
-      if (oa) oa[c * ga.stride_d] = static_cast<scalar_t>(km::grad_a(p, q, la, lb, kab, symmetric, scale));
-      if (ob) ob[c * gb.stride_d] = static_cast<scalar_t>(km::grad_b(p, q, la, lb, kba, symmetric, scale));
+      const acc_t p = pixel_kl_math::kl_exp(la), q = pixel_kl_math::kl_exp(lb);
+      if (oa) oa[c * ga.stride_d] = static_cast<scalar_t>(pixel_kl_math::grad_a(p, q, la, lb, kab, symmetric, scale));
+      if (ob) ob[c * gb.stride_d] = static_cast<scalar_t>(pixel_kl_math::grad_b(p, q, la, lb, kba, symmetric, scale));
     }
   }
   if (partials == nullptr) return;  // uniform over the grid: no thread reaches the barriers below
-  ls = block_sum(ls, shared);
+  ls = cuda::block_sum(ls, shared, static_cast<int>(blockDim.x >> 5));
   if (threadIdx.x == 0) partials[blockIdx.x] = ls;
 }
 
@@ -124,8 +109,8 @@ __global__ void __launch_bounds__(cuda::kThreads)
   __shared__ double shared[32];
   double ls = 0;
   for (int64_t i = threadIdx.x; i < blocks; i += blockDim.x) ls += static_cast<double>(partials[i]);
-  ls = block_sum(ls, shared);
-  if (threadIdx.x == 0) loss[0] = static_cast<scalar_t>(km::safe_ratio(ls, static_cast<double>(weight_sum[0])));
+  ls = cuda::block_sum(ls, shared, static_cast<int>(blockDim.x >> 5));
+  if (threadIdx.x == 0) loss[0] = static_cast<scalar_t>(pixel_kl_math::safe_ratio(ls, static_cast<double>(weight_sum[0])));
 }
 
 // The mask as acc-dtype weights and their sum, on the device (no host sync); no mask: every pixel

@@ -13,6 +13,7 @@
 #include <cstring>
 
 #include "common/host_device.h"
+#include "common/math.h"
 
 namespace mona {
 namespace pixel_kl_math {
@@ -21,11 +22,13 @@ namespace pixel_kl_math {
 // sums of exponentials, in [1, C]). On the host: branch-free Cody-Waite range reduction + short
 // polynomials (relative error ~2.5e-7 for exp, ~1.2e-7 for log: 1-2 ulp of float32), written so
 // that the compiler vectorises the pixel loops with plain SSE2 (the CPU kernel is compiled with
-// no-trapping-math so that the selects if-convert). On the device the CUDA expf / logf. In double
-// precision std::exp / std::log.
+// no-trapping-math so that the selects if-convert): the host differs from math::exp / math::log
+// because glibc's expf / logf are calls that stop the vectorisation of those loops. On the device
+// math::exp / math::log (CUDA's expf / logf), and in double precision math::exp / math::log on
+// both sides.
 MONA_HD float kl_exp(float x) {
 #if MONA_DEVICE_CODE
-  return expf(x);
+  return math::exp(x);
 #else
   const float x0 = x;
   x = x < -87.0f ? -87.0f : x;
@@ -46,19 +49,13 @@ MONA_HD float kl_exp(float x) {
   return x0 < -87.0f ? 0.0f : p * std::bit_cast<float>((n + 127) << 23);
 #endif
 }
-MONA_HD double kl_exp(double x) {
-#if MONA_DEVICE_CODE
-  return ::exp(x);
-#else
-  return std::exp(x);
-#endif
-}
+MONA_HD double kl_exp(double x) { return math::exp(x); }
 
 // log of a positive normal float: x = m 2^e with m in [sqrt(1/2), sqrt(2)), log m = 2 atanh(s),
 // s = (m - 1) / (m + 1), odd series to s^9.
 MONA_HD float kl_log(float x) {
 #if MONA_DEVICE_CODE
-  return logf(x);
+  return math::log(x);
 #else
   const int32_t bits = std::bit_cast<int32_t>(x);
   int32_t e = ((bits >> 23) & 0xff) - 127;
@@ -76,13 +73,19 @@ MONA_HD float kl_log(float x) {
   return 2.0f * s * p + static_cast<float>(e) * 0.693147180559945309f;
 #endif
 }
-MONA_HD double kl_log(double x) {
-#if MONA_DEVICE_CODE
-  return ::log(x);
-#else
-  return std::log(x);
-#endif
-}
+MONA_HD double kl_log(double x) { return math::log(x); }
+
+// kl_exp / kl_log as the math policy of common/online_lse.h.
+struct KlMath {
+  template <typename T>
+  MONA_HD static T exp(T x) {
+    return kl_exp(x);
+  }
+  template <typename T>
+  MONA_HD static T log(T x) {
+    return kl_log(x);
+  }
+};
 
 // p * (lp - lq) with 0 * anything = 0 (a class with probability 0 contributes nothing).
 template <typename acc_t>
@@ -106,19 +109,6 @@ MONA_HD acc_t grad_a(acc_t pa, acc_t pb, acc_t la, acc_t lb, acc_t kab, bool sym
 template <typename acc_t>
 MONA_HD acc_t grad_b(acc_t pa, acc_t pb, acc_t la, acc_t lb, acc_t kba, bool symmetric, acc_t scale) {
   return scale * ((pb - pa) + (symmetric ? times_p(pb, lb - la - kba) : acc_t(0)));
-}
-
-// One step of an online log-sum-exp (m + log s over the logits seen so far; start m = -inf, s = 0).
-// A logit of -inf (a masked class) adds exp(-inf) = 0 and is skipped explicitly: exp(z - m) with
-// z = m = -inf would be exp(NaN). A NaN logit fails both tests and makes s NaN (it propagates).
-template <typename acc_t>
-MONA_HD void lse_step(acc_t& m, acc_t& s, acc_t z) {
-  if (z > m) {
-    s = s * kl_exp(m - z) + acc_t(1);
-    m = z;
-  } else if (!(z == -static_cast<acc_t>(INFINITY))) {
-    s += kl_exp(z - m);
-  }
 }
 
 // loss = sum w kl / sum w, 0 for an empty mask.

@@ -24,7 +24,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sample_negatives_cpu(
   const int64_t C = plan.num_classes, Q = num_queries, M = num_negatives;
   const auto lopts = offsets.options().dtype(at::kLong);
   at::Tensor qidx = at::empty({C, Q}, lopts), nidx = at::empty({C, Q, M}, lopts);
-  const sampler::PoolRefs refs = pool_refs(plan);
+  const sample_negatives_math::PoolRefs refs = pool_refs(plan);
   const float* uq = plan.query_uniform.data_ptr<float>();
   const float* un = plan.negative_uniform.data_ptr<float>();
   int64_t* qp = qidx.data_ptr<int64_t>();
@@ -32,10 +32,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sample_negatives_cpu(
   at::parallel_for(0, C * Q, 16, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       const int64_t c = r / Q, q = r - c * Q;
-      qp[r] = sampler::query_index(refs, c, q, uq[r]);
+      qp[r] = sample_negatives_math::query_index(refs, c, q, uq[r]);
       for (int64_t j = 0; j < M; ++j) {
         const int64_t e = r * M + j;
-        np[e] = sampler::negative_index(refs, c, un[2 * e], un[2 * e + 1]);
+        np[e] = sample_negatives_math::negative_index(refs, c, un[2 * e], un[2 * e + 1]);
       }
     }
   });

@@ -13,22 +13,22 @@
 namespace mona {
 namespace {
 
-__global__ void sample_queries_kernel(sampler::PoolRefs refs, const float* __restrict__ uq, int64_t* __restrict__ qidx) {
+__global__ void sample_queries_kernel(sample_negatives_math::PoolRefs refs, const float* __restrict__ uq, int64_t* __restrict__ qidx) {
   const int64_t total = refs.C * refs.Q;
   for (int64_t r = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; r < total;
        r += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t c = r / refs.Q;
-    qidx[r] = sampler::query_index(refs, c, r - c * refs.Q, uq[r]);
+    qidx[r] = sample_negatives_math::query_index(refs, c, r - c * refs.Q, uq[r]);
   }
 }
 
-__global__ void sample_negatives_kernel(sampler::PoolRefs refs, const float* __restrict__ un, int64_t* __restrict__ nidx) {
+__global__ void sample_negatives_kernel(sample_negatives_math::PoolRefs refs, const float* __restrict__ un, int64_t* __restrict__ nidx) {
   const int64_t total = refs.C * refs.Q * refs.M;
   for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < total;
        e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t c = e / (refs.Q * refs.M);
     const float2 u = reinterpret_cast<const float2*>(un)[e];
-    nidx[e] = sampler::negative_index(refs, c, u.x, u.y);
+    nidx[e] = sample_negatives_math::negative_index(refs, c, u.x, u.y);
   }
 }
 
@@ -46,7 +46,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sample_negatives_cuda(
   const int64_t C = plan.num_classes, Q = num_queries, M = num_negatives;
   const auto lopts = offsets.options().dtype(at::kLong);
   at::Tensor qidx = at::empty({C, Q}, lopts), nidx = at::empty({C, Q, M}, lopts);
-  const sampler::PoolRefs refs = pool_refs(plan);
+  const sample_negatives_math::PoolRefs refs = pool_refs(plan);
   const auto stream = cuda::stream();
   cuda::launch<sample_queries_kernel>(cuda::blocks_for(C * Q), cuda::kThreads, 0, stream,
         refs, plan.query_uniform.data_ptr<float>(), qidx.data_ptr<int64_t>());

@@ -1,5 +1,6 @@
-// Device-agnostic host part of sample_negatives (ATen calls only, no host sync): argument checks,
-// the negative-class CDF table [C, C], the class weights and the uniform random numbers.
+// Device-agnostic host part of sample_negatives (ATen calls only, no host sync): argument checks
+// (sample_negatives_checks.h), the negative-class CDF table [C, C], the class weights and the
+// uniform random numbers.
 #pragma once
 
 #include <ATen/core/Generator.h>
@@ -28,7 +29,7 @@ SamplerPlan plan_sampling(const at::Tensor& offsets, const at::Tensor& counts, c
                           const std::string& query_mode, const std::optional<at::Generator>& generator);
 
 // The plan's device pointers as the kernels' argument struct.
-inline sampler::PoolRefs pool_refs(SamplerPlan& plan) {
+inline sample_negatives_math::PoolRefs pool_refs(SamplerPlan& plan) {
   return {plan.offsets.data_ptr<int64_t>(), plan.counts.data_ptr<int64_t>(), plan.hard_counts.data_ptr<int64_t>(),
           plan.permutation.data_ptr<int64_t>(), plan.bank_fill.data_ptr<int64_t>(), plan.class_cdf.data_ptr<float>(),
           plan.class_weight.data_ptr<float>(), plan.num_classes, plan.num_queries, plan.num_negatives,

@@ -26,14 +26,12 @@
 #include <vector>
 
 #include "common/cosine_math.h"
-#include "common/embedding_checks.h"
 #include "common/simd_cpu.h"
 #include "common/tensor_utils.h"
+#include "similarity_kl/similarity_kl_checks.h"
 
 namespace mona {
 namespace {
-
-namespace cm = cosine_math;
 
 // Squared norms of the rows of a contiguous [R, d] matrix (fixed-order vector loop per row).
 template <typename acc_t>
@@ -53,13 +51,8 @@ at::Tensor inv_norms(const at::Tensor& squared) {
   at::Tensor out = at::empty_like(squared);
   const acc_t* n = squared.data_ptr<acc_t>();
   acc_t* o = out.data_ptr<acc_t>();
-  for (int64_t r = 0; r < squared.numel(); ++r) o[r] = cm::inv_norm(n[r]);
+  for (int64_t r = 0; r < squared.numel(); ++r) o[r] = cosine_math::inv_norm(n[r]);
   return out;
-}
-
-void check_taus(const char* op, double tau_s, double tau_t) {
-  TORCH_CHECK_VALUE(tau_s > 0 && tau_t > 0, op, ": temperatures must be positive, got tau_student=", tau_s,
-                    " and tau_teacher=", tau_t);
 }
 
 // The logits of one call: us = cos(student, queue) / tau_s, ut = cos(teacher, queue) / tau_t, [B, K]
@@ -71,41 +64,41 @@ struct Logits {
 };
 
 template <typename acc_t>
-Logits logits(const at::Tensor& student, const at::Tensor& teacher, const at::Tensor& queue, double tau_s,
+Logits compute_logits(const at::Tensor& student, const at::Tensor& teacher, const at::Tensor& queue, double tau_s,
               double tau_t) {
   const auto acc = acc_dtype(student.scalar_type());
   const int64_t B = student.size(0);
-  Logits l;
-  l.s = student.to(acc).contiguous();
+  Logits logits;
+  logits.s = student.to(acc).contiguous();
   const at::Tensor t = teacher.to(acc).contiguous();
-  l.q = queue.to(acc).contiguous();
-  l.ns = squared_norms<acc_t>(l.s);
-  l.iq = inv_norms<acc_t>(squared_norms<acc_t>(l.q));
-  const at::Tensor row_scale = at::cat({inv_norms<acc_t>(l.ns).div_(tau_s), inv_norms<acc_t>(squared_norms<acc_t>(t)).div_(tau_t)});
-  l.st = at::mm(at::cat({l.s, t}), l.q.t());
-  l.st.mul_(l.iq.unsqueeze(0)).mul_(row_scale.unsqueeze(1));
-  l.us = l.st.narrow(0, 0, B);
-  l.ut = l.st.narrow(0, B, B);
-  return l;
+  logits.q = queue.to(acc).contiguous();
+  logits.ns = squared_norms<acc_t>(logits.s);
+  logits.iq = inv_norms<acc_t>(squared_norms<acc_t>(logits.q));
+  const at::Tensor row_scale = at::cat({inv_norms<acc_t>(logits.ns).div_(tau_s), inv_norms<acc_t>(squared_norms<acc_t>(t)).div_(tau_t)});
+  logits.st = at::mm(at::cat({logits.s, t}), logits.q.t());
+  logits.st.mul_(logits.iq.unsqueeze(0)).mul_(row_scale.unsqueeze(1));
+  logits.us = logits.st.narrow(0, 0, B);
+  logits.ut = logits.st.narrow(0, B, B);
+  return logits;
 }
 
 // d loss / d student for loss = scale * sum_i kl_i (scale = grad_loss / B), given the logits,
 // log ps = us - lse_s and pt = softmax(ut) (both consumed: log_ps's buffer becomes the entry weights).
 template <typename acc_t>
-at::Tensor student_grad(const Logits& l, at::Tensor log_ps, at::Tensor pt, double scale, double tau_s) {
-  const int64_t B = l.s.size(0), d = l.s.size(1);
+at::Tensor student_grad(const Logits& logits, at::Tensor log_ps, at::Tensor pt, double scale, double tau_s) {
+  const int64_t B = logits.s.size(0), d = logits.s.size(1);
   // a_ij = scale * (ps_ij - pt_ij) / tau_s; acos_i = sum_j a_ij cos_s_ij = tau_s * sum_j a_ij us_ij
   at::Tensor a = log_ps.exp_().sub_(pt).mul_(scale / tau_s);
   pt.reset();
-  const at::Tensor acos = at::sum(a.mul(l.us), {1}).mul_(tau_s);
-  const at::Tensor G = at::mm(a.mul_(l.iq.unsqueeze(0)), l.q);  // sum_j a_ij q_hat_j
-  at::Tensor grad = at::empty({B, d}, l.s.options());
-  const acc_t *gq = G.data_ptr<acc_t>(), *sp = l.s.data_ptr<acc_t>(), *ac = acos.data_ptr<acc_t>();
-  const acc_t* ns = l.ns.data_ptr<acc_t>();
+  const at::Tensor acos = at::sum(a.mul(logits.us), {1}).mul_(tau_s);
+  const at::Tensor G = at::mm(a.mul_(logits.iq.unsqueeze(0)), logits.q);  // sum_j a_ij q_hat_j
+  at::Tensor grad = at::empty({B, d}, logits.s.options());
+  const acc_t *gq = G.data_ptr<acc_t>(), *sp = logits.s.data_ptr<acc_t>(), *ac = acos.data_ptr<acc_t>();
+  const acc_t* ns = logits.ns.data_ptr<acc_t>();
   acc_t* out = grad.data_ptr<acc_t>();
   for (int64_t i = 0; i < B; ++i) {
-    const acc_t is = cm::inv_norm(ns[i]), proj = cm::projection(ns[i]);
-    for (int64_t c = 0; c < d; ++c) out[i * d + c] = cm::grad_component(gq[i * d + c], ac[i], sp[i * d + c], is, proj);
+    const acc_t is = cosine_math::inv_norm(ns[i]), proj = cosine_math::projection(ns[i]);
+    for (int64_t c = 0; c < d; ++c) out[i * d + c] = cosine_math::grad_component(gq[i * d + c], ac[i], sp[i * d + c], is, proj);
   }
   return grad;
 }
@@ -115,8 +108,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> similarity_kl_cpu(con
                                                                              const at::Tensor& queue, double tau_s,
                                                                              double tau_t, bool compute_grad) {
   const char* op = "similarity_kl";
-  check_student_teacher_queue(op, student, teacher, queue);
-  check_taus(op, tau_s, tau_t);
+  similarity_kl_checks::check_inputs(op, student, teacher, queue, tau_s, tau_t);
   const auto acc = acc_dtype(student.scalar_type());
   const int64_t B = student.size(0);
   at::Tensor grad = at::empty({0}, student.options());
@@ -128,18 +120,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> similarity_kl_cpu(con
   at::Tensor loss, lse_s, lse_t;
   AT_DISPATCH_FLOATING_TYPES(acc, "similarity_kl_cpu", [&] {
     using acc_t = scalar_t;
-    Logits l = logits<acc_t>(student, teacher, queue, tau_s, tau_t);
-    lse_s = at::logsumexp(l.us, {1});
-    lse_t = at::logsumexp(l.ut, {1});
-    at::Tensor log_pt = l.ut.sub(lse_t.unsqueeze(1));
+    Logits logits = compute_logits<acc_t>(student, teacher, queue, tau_s, tau_t);
+    lse_s = at::logsumexp(logits.us, {1});
+    lse_t = at::logsumexp(logits.ut, {1});
+    at::Tensor log_pt = logits.ut.sub(lse_t.unsqueeze(1));
     at::Tensor pt = log_pt.exp();
-    at::Tensor log_ps = l.us.sub(lse_s.unsqueeze(1));
+    at::Tensor log_ps = logits.us.sub(lse_s.unsqueeze(1));
     // kl_i = sum_j pt_ij (log pt_ij - log ps_ij), from the shifted logits: the two ~1/tau_t terms of
     // sum_j pt_ij (ut_ij - us_ij) - lse_t_i + lse_s_i would cancel in float32
     loss = at::sum(log_pt.sub_(log_ps).mul_(pt), {1}).mean();
     log_pt.reset();
     if (compute_grad) {
-      grad = student_grad<acc_t>(l, std::move(log_ps), std::move(pt), 1.0 / static_cast<double>(B), tau_s)
+      grad = student_grad<acc_t>(logits, std::move(log_ps), std::move(pt), 1.0 / static_cast<double>(B), tau_s)
                  .to(student.scalar_type());
     }
   });
@@ -150,8 +142,7 @@ at::Tensor similarity_kl_backward_cpu(const at::Tensor& grad_loss, const at::Ten
                                       const at::Tensor& queue, const at::Tensor& lse_student,
                                       const at::Tensor& lse_teacher, double tau_s, double tau_t) {
   const char* op = "similarity_kl_backward";
-  check_student_teacher_queue(op, student, teacher, queue);
-  check_taus(op, tau_s, tau_t);
+  similarity_kl_checks::check_inputs(op, student, teacher, queue, tau_s, tau_t);
   const auto acc = acc_dtype(student.scalar_type());
   const int64_t B = student.size(0);
   if (B == 0) return at::zeros_like(student, at::MemoryFormat::Contiguous);
@@ -159,10 +150,10 @@ at::Tensor similarity_kl_backward_cpu(const at::Tensor& grad_loss, const at::Ten
   at::Tensor grad;
   AT_DISPATCH_FLOATING_TYPES(acc, "similarity_kl_backward_cpu", [&] {
     using acc_t = scalar_t;
-    Logits l = logits<acc_t>(student, teacher, queue, tau_s, tau_t);
+    Logits logits = compute_logits<acc_t>(student, teacher, queue, tau_s, tau_t);
     const at::Tensor lse_s = lse_student.to(acc).contiguous(), lse_t = lse_teacher.to(acc).contiguous();
-    at::Tensor pt = l.ut.sub(lse_t.unsqueeze(1)).exp_();
-    grad = student_grad<acc_t>(l, l.us.sub(lse_s.unsqueeze(1)), std::move(pt), g / static_cast<double>(B), tau_s)
+    at::Tensor pt = logits.ut.sub(lse_t.unsqueeze(1)).exp_();
+    grad = student_grad<acc_t>(logits, logits.us.sub(lse_s.unsqueeze(1)), std::move(pt), g / static_cast<double>(B), tau_s)
                .to(student.scalar_type());
   });
   return grad;

@@ -5,7 +5,7 @@
 // rows still fills the GPU. A block (8 warps) takes one (chunk, row): a warp per queue entry of the
 // chunk (entries j0 + warp, j0 + warp + 8, ...), its 32 lanes reading the entry's d values with
 // coalesced loads and reducing the three dot products (student.q, teacher.q, q.q) with shuffles.
-// Each warp keeps an online-softmax / KL state (similarity_kl_math.h); thread 0 merges the 8 warps'
+// Each warp keeps an online-softmax / KL state (similarity_kl_math.h, common/online_lse.h); thread 0 merges the 8 warps'
 // states in warp order and writes the chunk's state to a [B, S] workspace. A finish kernel (a
 // thread per row) merges the S states in chunk order into the row's KL and logsumexps, and a
 // 1-thread kernel averages the rows. Nothing of size K is stored, there are no float atomics, and
@@ -26,18 +26,15 @@
 #include "common/cosine_math.h"
 #include "common/tensor_utils.h"
 #include "common/cuda_utils.cuh"
-#include "common/embedding_checks.h"
 #include "common/warp_reduce.cuh"
+#include "similarity_kl/similarity_kl_checks.h"
 #include "similarity_kl/similarity_kl_math.h"
 
 namespace mona {
 namespace {
-
-namespace sk = similarity_kl_math;
-namespace cm = cosine_math;
 constexpr int kWarps = 8;
 constexpr int kBlock = kWarps * 32;
-constexpr int64_t kStateWords = 5;  // acc_t words of an sk::OnlineKL state
+constexpr int64_t kStateWords = 5;  // acc_t words of a similarity_kl_math::OnlineKL state
 
 // The warp's dot products of student and teacher rows with queue entry q, and q's inverse norm
 // (lanes stride over d; results on every lane).
@@ -53,14 +50,14 @@ __device__ __forceinline__ void warp_queue_dots(const scalar_t* s, const scalar_
   }
   ds = cuda::warp_sum(a);
   dt = cuda::warp_sum(b);
-  iq = cm::inv_norm(cuda::warp_sum(c));
+  iq = cosine_math::inv_norm(cuda::warp_sum(c));
 }
 
 template <typename scalar_t, typename acc_t>
 __device__ __forceinline__ acc_t row_sq_norm(const scalar_t* x, int64_t d, acc_t* shared) {
   acc_t v = 0;
   for (int64_t k = threadIdx.x; k < d; k += blockDim.x) v += static_cast<acc_t>(x[k]) * static_cast<acc_t>(x[k]);
-  return cuda::block_sum_all<kWarps>(v, shared);
+  return cuda::block_sum(v, shared, kWarps);
 }
 
 // Pass 1 of the forward: block (split, row i) -> the online-KL state of row i over the split's
@@ -71,19 +68,19 @@ __global__ void __launch_bounds__(kBlock)
                                  const scalar_t* __restrict__ queue, int64_t B, int64_t K, int64_t d, int64_t S,
                                  int64_t split_len, at::opmath_type<scalar_t> inv_tau_s,
                                  at::opmath_type<scalar_t> inv_tau_t,
-                                 sk::OnlineKL<at::opmath_type<scalar_t>>* __restrict__ partial) {
+                                 similarity_kl_math::OnlineKL<at::opmath_type<scalar_t>>* __restrict__ partial) {
   using acc_t = at::opmath_type<scalar_t>;
   __shared__ acc_t red[kWarps];
-  __shared__ sk::OnlineKL<acc_t> states[kWarps];
+  __shared__ similarity_kl_math::OnlineKL<acc_t> states[kWarps];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int64_t split = blockIdx.x;
   const int64_t j0 = split * split_len, j1 = j0 + split_len < K ? j0 + split_len : K;
   for (int64_t i = blockIdx.y; i < B; i += gridDim.y) {
     const scalar_t* s = student + i * d;
     const scalar_t* t = teacher + i * d;
-    const acc_t is = cm::inv_norm(row_sq_norm(s, d, red)) * inv_tau_s;
-    const acc_t it = cm::inv_norm(row_sq_norm(t, d, red)) * inv_tau_t;
-    auto st = sk::OnlineKL<acc_t>::empty();
+    const acc_t is = cosine_math::inv_norm(row_sq_norm(s, d, red)) * inv_tau_s;
+    const acc_t it = cosine_math::inv_norm(row_sq_norm(t, d, red)) * inv_tau_t;
+    auto st = similarity_kl_math::OnlineKL<acc_t>::empty();
     for (int64_t j = j0 + warp; j < j1; j += kWarps) {
       const scalar_t* q = queue + j * d;
       acc_t ds, dt, iq;
@@ -103,7 +100,7 @@ __global__ void __launch_bounds__(kBlock)
 
 // Pass 2 of the forward: a thread per row merges the row's S split states in split order.
 template <typename acc_t>
-__global__ void similarity_kl_finish_kernel(const sk::OnlineKL<acc_t>* __restrict__ partial, int64_t B, int64_t S,
+__global__ void similarity_kl_finish_kernel(const similarity_kl_math::OnlineKL<acc_t>* __restrict__ partial, int64_t B, int64_t S,
                                             acc_t* __restrict__ kl_rows, acc_t* __restrict__ lse_s,
                                             acc_t* __restrict__ lse_t) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < B;
@@ -150,8 +147,8 @@ __global__ void __launch_bounds__(kBlock)
     for (int64_t k = threadIdx.x; k < kWarps * d; k += blockDim.x) accum[k] = acc_t(0);
     const scalar_t* s = student + i * d;
     const scalar_t* t = teacher + i * d;
-    const acc_t is = cm::inv_norm(row_sq_norm(s, d, red));  // (its __syncthreads also orders the zeroing above)
-    const acc_t it = cm::inv_norm(row_sq_norm(t, d, red)) * inv_tau_t;
+    const acc_t is = cosine_math::inv_norm(row_sq_norm(s, d, red));  // (its __syncthreads also orders the zeroing above)
+    const acc_t it = cosine_math::inv_norm(row_sq_norm(t, d, red)) * inv_tau_t;
     acc_t c = 0;
     const smem_ptr<acc_t> my = accum + warp * d;
     for (int64_t j = j0 + warp; j < j1; j += kWarps) {
@@ -159,14 +156,14 @@ __global__ void __launch_bounds__(kBlock)
       acc_t ds, dt, iq;
       warp_queue_dots(s, t, q, d, lane, ds, dt, iq);
       const acc_t cos_s = ds * is * iq;
-      const acc_t w = sk::entry_weight(cos_s * inv_tau_s, dt * it * iq, lse_s[i], lse_t[i], inv_tau_s, scale);
+      const acc_t w = similarity_kl_math::entry_weight(cos_s * inv_tau_s, dt * it * iq, lse_s[i], lse_t[i], inv_tau_s, scale);
       c += w * cos_s;
       const acc_t wq = w * iq;
       for (int64_t k = lane; k < d; k += 32) my[k] += wq * static_cast<acc_t>(q[k]);
     }
     // every lane of a warp holds the same c: count it once per warp (the barrier inside also
     // makes every warp's accum slice visible to the loop below)
-    const acc_t acos = cuda::block_sum_all<kWarps>(lane == 0 ? c : acc_t(0), red);
+    const acc_t acos = cuda::block_sum(lane == 0 ? c : acc_t(0), red, kWarps);
     acc_t* out = part_q + (i * S + split) * d;
     for (int64_t k = threadIdx.x; k < d; k += blockDim.x) {
       acc_t g = 0;
@@ -191,28 +188,22 @@ __global__ void __launch_bounds__(kBlock)
   for (int64_t i = blockIdx.x; i < B; i += gridDim.x) {
     const scalar_t* s = student + i * d;
     const acc_t ns2 = row_sq_norm(s, d, red);
-    const acc_t is = cm::inv_norm(ns2), proj = cm::projection(ns2);
+    const acc_t is = cosine_math::inv_norm(ns2), proj = cosine_math::projection(ns2);
     acc_t c = 0;
     for (int64_t sp = threadIdx.x; sp < S; sp += blockDim.x) c += part_cos[i * S + sp];
-    const acc_t acos = cuda::block_sum_all<kWarps>(c, red);
+    const acc_t acos = cuda::block_sum(c, red, kWarps);
     for (int64_t k = threadIdx.x; k < d; k += blockDim.x) {
       acc_t g = 0;
       for (int64_t sp = 0; sp < S; ++sp) g += part_q[(i * S + sp) * d + k];
-      grad[i * d + k] = cm::grad_component(g, acos, static_cast<acc_t>(s[k]), is, proj);
+      grad[i * d + k] = cosine_math::grad_component(g, acos, static_cast<acc_t>(s[k]), is, proj);
     }
   }
-}
-
-void check_taus(const char* op, double tau_s, double tau_t) {
-  TORCH_CHECK_VALUE(tau_s > 0 && tau_t > 0, op, ": temperatures must be positive, got tau_student=", tau_s,
-                    " and tau_teacher=", tau_t);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> similarity_kl_cuda(const at::Tensor& student, const at::Tensor& teacher,
                                                                   const at::Tensor& queue, double tau_s, double tau_t) {
   const char* op = "similarity_kl";
-  check_student_teacher_queue(op, student, teacher, queue);
-  check_taus(op, tau_s, tau_t);
+  similarity_kl_checks::check_inputs(op, student, teacher, queue, tau_s, tau_t);
   const cuda::DeviceGuard guard(op, {{"student", student}, {"teacher", teacher}, {"queue", queue}});
   const auto acc = acc_dtype(student.scalar_type());
   const int64_t B = student.size(0), K = queue.size(0), d = student.size(1);
@@ -227,7 +218,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> similarity_kl_cuda(const at::Tens
   at::Tensor partial = at::empty({B, splits.count, kStateWords}, s.options().dtype(acc));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, s.scalar_type(), "similarity_kl_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    using State = sk::OnlineKL<acc_t>;
+    using State = similarity_kl_math::OnlineKL<acc_t>;
     static_assert(sizeof(State) == kStateWords * sizeof(acc_t), "OnlineKL must be 5 packed acc_t");
     if (B > 0) {
       auto* states = reinterpret_cast<State*>(partial.data_ptr<acc_t>());
@@ -249,8 +240,7 @@ at::Tensor similarity_kl_backward_cuda(const at::Tensor& grad_loss, const at::Te
                                        const at::Tensor& queue, const at::Tensor& lse_student,
                                        const at::Tensor& lse_teacher, double tau_s, double tau_t) {
   const char* op = "similarity_kl_backward";
-  check_student_teacher_queue(op, student, teacher, queue);
-  check_taus(op, tau_s, tau_t);
+  similarity_kl_checks::check_inputs(op, student, teacher, queue, tau_s, tau_t);
   const cuda::DeviceGuard guard(op, {{"student", student}, {"teacher", teacher}, {"queue", queue},
                                      {"lse_student", lse_student}, {"lse_teacher", lse_teacher}});
   const auto acc = acc_dtype(student.scalar_type());

@@ -128,13 +128,13 @@ QUERY_MODES = ("hard", "all", "balanced")
 
 
 def _uniform_index(u: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
-    """``floor(u * n)`` clamped to ``n - 1`` (``contrast_math::uniform_index``: the product in double)."""
+    """``floor(u * n)`` clamped to ``n - 1`` (``sample_negatives_math::uniform_index``: the product in double)."""
     return torch.minimum((u.double() * n.double()).long(), (n - 1).clamp_min(0))
 
 
 def _query_slots(mode: str, u: torch.Tensor, count: torch.Tensor, hard_count: torch.Tensor) -> torch.Tensor:
     """Positions of the Q queries of one class in its pool segment ``[hard | easy]``
-    (``contrast_math::query_slot``; the caller only asks for a class that has queries in ``mode``)."""
+    (``sample_negatives_math::query_slot``; the caller only asks for a class that has queries in ``mode``)."""
     if mode == "hard":
         return _uniform_index(u, hard_count)
     if mode == "all":

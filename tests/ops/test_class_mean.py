@@ -339,7 +339,7 @@ def test_cuda_mismatched_device_message():
 )
 def test_emu_mismatched_device_message(on_meta, message):
     # Under the emulation the "GPU" is the CPU: a meta tensor plays the second device, and the
-    # emulated CUDA kernel's device checks (check_features_labels, cuda::DeviceGuard) must name it.
+    # emulated CUDA kernel's device checks (class_mean_checks::check_inputs, cuda::DeviceGuard) must name it.
     f, lab, w = make_inputs(dtype=torch.float32, weight=True)
     meta = lambda name, t: t.to("meta") if name == on_meta else t
     with on(EMU), pytest.raises(ValueError, match=message):
