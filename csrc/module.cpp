@@ -21,10 +21,9 @@ PyObject* compiled_with(PyObject*, PyObject*) {
                        MONA_HAS_CUDA_KERNELS ? Py_True : Py_False);
 }
 
-PyMethodDef methods[] = {
-    {"compiled_with", compiled_with, METH_NOARGS,
-     "What this binary was compiled with: {'torch_version': str, 'cuda': bool}."},
-    {nullptr, nullptr, 0, nullptr}};
+PyMethodDef methods[] = {{"compiled_with", compiled_with, METH_NOARGS,
+                          "What this binary was compiled with: {'torch_version': str, 'cuda': bool}."},
+                         {nullptr, nullptr, 0, nullptr}};
 
 PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", "mona C++/CUDA kernels (torch.ops.mona.*)", -1, methods};
 

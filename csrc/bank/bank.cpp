@@ -15,8 +15,9 @@ TORCH_LIBRARY_FRAGMENT(mona, m) {
   // The n_c selected keys of class c are written as if pushed one by one in input order: the key of
   // rank j goes to slot (ptr[c] + j) mod K, so only the last min(n_c, K) are actually written;
   // then ptr[c] = (ptr[c] + n_c) mod K and fill[c] = min(fill[c] + n_c, K).
-  m.def("bank_push(Tensor(a!) storage, Tensor(b!) ptr, Tensor(c!) fill, Tensor keys, Tensor labels,"
-        " Tensor? valid=None, Tensor? priority=None, int cap=-1, int ignore_index=-1) -> ()");
+  m.def(
+      "bank_push(Tensor(a!) storage, Tensor(b!) ptr, Tensor(c!) fill, Tensor keys, Tensor labels,"
+      " Tensor? valid=None, Tensor? priority=None, int cap=-1, int ignore_index=-1) -> ()");
   // Plain FIFO queue: queue [K, D], ptr [1] int64, fill [1] int64; keys [M, D] all pushed in order
   // (the last min(M, K) are kept). Same semantics as bank_push with one class.
   m.def("queue_push(Tensor(a!) queue, Tensor(b!) ptr, Tensor(c!) fill, Tensor keys) -> ()");

@@ -11,27 +11,26 @@ namespace bank_checks {
 
 inline void check_state(const char* op, const char* name, const at::Tensor& storage, const at::Tensor& ptr,
                         const at::Tensor& fill) {
-  TORCH_CHECK_TYPE(at::isFloatingType(storage.scalar_type()), op, ": ", name,
-                   " must be a floating tensor, got ", storage.scalar_type());
+  TORCH_CHECK_TYPE(at::isFloatingType(storage.scalar_type()), op, ": ", name, " must be a floating tensor, got ",
+                   storage.scalar_type());
   TORCH_CHECK_VALUE(storage.is_contiguous(), op, ": ", name, " must be contiguous (a registered buffer)");
   const int64_t C = storage.size(0);
   TORCH_CHECK_VALUE(storage.size(1) > 0, op, ": ", name, " must have K > 0 slots, got shape ", shape_str(storage));
   TORCH_CHECK_TYPE(ptr.scalar_type() == at::kLong && fill.scalar_type() == at::kLong, op,
                    ": ptr and fill must be int64, got ", ptr.scalar_type(), " and ", fill.scalar_type());
   TORCH_CHECK_VALUE(ptr.numel() == C && fill.numel() == C && ptr.is_contiguous() && fill.is_contiguous(), op,
-                    ": ptr and fill must be contiguous with ", C, " element(s), got shapes ", shape_str(ptr),
-                    " and ", shape_str(fill));
-  TORCH_CHECK_VALUE(ptr.device() == storage.device() && fill.device() == storage.device(), op,
-                    ": ptr (", ptr.device(), ") and fill (", fill.device(), ") must be on the ", name, "'s device ",
-                    storage.device());
+                    ": ptr and fill must be contiguous with ", C, " element(s), got shapes ", shape_str(ptr), " and ",
+                    shape_str(fill));
+  TORCH_CHECK_VALUE(ptr.device() == storage.device() && fill.device() == storage.device(), op, ": ptr (", ptr.device(),
+                    ") and fill (", fill.device(), ") must be on the ", name, "'s device ", storage.device());
 }
 
 inline void check_keys(const char* op, const at::Tensor& storage, const at::Tensor& keys) {
-  TORCH_CHECK_VALUE(keys.dim() == 2 && keys.size(1) == storage.size(-1), op, ": keys must be [M, D] with D = ",
-                    storage.size(-1), ", got shape ", shape_str(keys));
+  TORCH_CHECK_VALUE(keys.dim() == 2 && keys.size(1) == storage.size(-1), op,
+                    ": keys must be [M, D] with D = ", storage.size(-1), ", got shape ", shape_str(keys));
   TORCH_CHECK_TYPE(at::isFloatingType(keys.scalar_type()), op, ": keys must be floating, got ", keys.scalar_type());
-  TORCH_CHECK_VALUE(keys.device() == storage.device(), op, ": keys are on ", keys.device(),
-                    " but the bank is on ", storage.device());
+  TORCH_CHECK_VALUE(keys.device() == storage.device(), op, ": keys are on ", keys.device(), " but the bank is on ",
+                    storage.device());
   TORCH_CHECK_VALUE(keys.size(0) < (int64_t{1} << 31), op, ": at most 2^31 - 1 keys per push, got ", keys.size(0));
 }
 
@@ -64,8 +63,8 @@ inline void check_bank_push(const at::Tensor& storage, const at::Tensor& ptr, co
     TORCH_CHECK_TYPE(priority->scalar_type() == at::kFloat, op, ": priority must be float32, got ",
                      priority->scalar_type());
     TORCH_CHECK_VALUE(priority->dim() == 1 && priority->size(0) == M && priority->device() == storage.device(), op,
-                      ": priority must be [M] = [", M, "] on ", storage.device(), ", got shape ",
-                      shape_str(*priority), " on ", priority->device());
+                      ": priority must be [M] = [", M, "] on ", storage.device(), ", got shape ", shape_str(*priority),
+                      " on ", priority->device());
   }
 }
 

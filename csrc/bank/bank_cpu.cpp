@@ -22,17 +22,17 @@ namespace {
 
 // labels == nullptr: every key belongs to class 0 (the FIFO queue).
 template <typename index_t>
-void push_impl(at::Tensor& storage, at::Tensor& ptr, at::Tensor& fill, const at::Tensor& keys_in,
-               const index_t* labels, const bool* valid, const float* priority, int64_t cap, int64_t ignore_index) {
+void push_impl(at::Tensor& storage, at::Tensor& ptr, at::Tensor& fill, const at::Tensor& keys_in, const index_t* labels,
+               const bool* valid, const float* priority, int64_t cap, int64_t ignore_index) {
   const int64_t C = storage.size(0), K = storage.size(1), D = storage.size(2), M = keys_in.size(0);
   if (M == 0) return;
   const at::Tensor keys = keys_in.to(storage.scalar_type()).contiguous();
   auto class_of = [&](int64_t i) -> int64_t {
     if (!labels) return 0;
     const index_t lab = labels[i];
-    TORCH_CHECK_VALUE(bank_math::is_class(lab, C) || static_cast<int64_t>(lab) == ignore_index, "bank_push: labels contain ",
-                      static_cast<int64_t>(lab), " (at index ", i, "), which is neither in [0, num_classes=", C,
-                      ") nor ignore_index=", ignore_index);
+    TORCH_CHECK_VALUE(bank_math::is_class(lab, C) || static_cast<int64_t>(lab) == ignore_index,
+                      "bank_push: labels contain ", static_cast<int64_t>(lab), " (at index ", i,
+                      "), which is neither in [0, num_classes=", C, ") nor ignore_index=", ignore_index);
     if (!bank_math::is_class(lab, C) || (valid && !valid[i])) return -1;
     return static_cast<int64_t>(lab);
   };

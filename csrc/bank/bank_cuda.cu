@@ -150,8 +150,8 @@ __global__ void bank_state_kernel(int64_t* __restrict__ ptr, int64_t* __restrict
 }
 
 template <typename index_t>
-void push_impl(at::Tensor& storage, at::Tensor& ptr, at::Tensor& fill, const at::Tensor& keys_in,
-               const index_t* labels, const bool* valid, const float* priority, int64_t cap, int64_t ignore_index) {
+void push_impl(at::Tensor& storage, at::Tensor& ptr, at::Tensor& fill, const at::Tensor& keys_in, const index_t* labels,
+               const bool* valid, const float* priority, int64_t cap, int64_t ignore_index) {
   const int64_t C = storage.size(0), K = storage.size(1), D = storage.size(2), M = keys_in.size(0);
   if (M == 0 || C == 0) return;  // nothing to write (a zero-size grid would be an invalid launch)
   const at::Tensor keys = keys_in.to(storage.scalar_type()).contiguous();
@@ -159,23 +159,30 @@ void push_impl(at::Tensor& storage, at::Tensor& ptr, at::Tensor& fill, const at:
   at::Tensor counts = at::empty({C}, ptr.options());
   const auto stream = cuda::stream();
   C10_CUDA_CHECK(cudaMemsetAsync(rank.data_ptr<int64_t>(), 0xff, M * sizeof(int64_t), stream));  // -1
-  cuda::launch<bank_rank_kernel<index_t>>(static_cast<unsigned int>(C), kRankThreads, 0, stream,
-        labels, valid, priority, M, C, cap, ignore_index, rank.data_ptr<int64_t>(), counts.data_ptr<int64_t>());
+  cuda::launch<bank_rank_kernel<index_t>>(static_cast<unsigned int>(C), kRankThreads, 0, stream, labels, valid,
+                                          priority, M, C, cap, ignore_index, rank.data_ptr<int64_t>(),
+                                          counts.data_ptr<int64_t>());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, storage.scalar_type(), "bank_push_cuda", [&] {
-    cuda::launch<bank_copy_kernel<scalar_t, index_t>>(cuda::blocks_for(M, cuda::kThreads / 32), cuda::kThreads, 0, stream,
-        storage.data_ptr<scalar_t>(), ptr.data_ptr<int64_t>(), keys.data_ptr<scalar_t>(), labels,
-        rank.data_ptr<int64_t>(), counts.data_ptr<int64_t>(), M, K, D);
+    cuda::launch<bank_copy_kernel<scalar_t, index_t>>(cuda::blocks_for(M, cuda::kThreads / 32), cuda::kThreads, 0,
+                                                      stream, storage.data_ptr<scalar_t>(), ptr.data_ptr<int64_t>(),
+                                                      keys.data_ptr<scalar_t>(), labels, rank.data_ptr<int64_t>(),
+                                                      counts.data_ptr<int64_t>(), M, K, D);
   });
-  cuda::launch<bank_state_kernel>(cuda::blocks_for(C), cuda::kThreads, 0, stream,
-        ptr.data_ptr<int64_t>(), fill.data_ptr<int64_t>(), counts.data_ptr<int64_t>(), C, K);
+  cuda::launch<bank_state_kernel>(cuda::blocks_for(C), cuda::kThreads, 0, stream, ptr.data_ptr<int64_t>(),
+                                  fill.data_ptr<int64_t>(), counts.data_ptr<int64_t>(), C, K);
 }
 
 void bank_push_cuda(at::Tensor storage, at::Tensor ptr, at::Tensor fill, const at::Tensor& keys,
                     const at::Tensor& labels, const std::optional<at::Tensor>& valid,
                     const std::optional<at::Tensor>& priority, int64_t cap, int64_t ignore_index) {
   bank_checks::check_bank_push(storage, ptr, fill, keys, labels, valid, priority, cap);
-  const cuda::DeviceGuard guard("bank_push", {{"storage", storage}, {"ptr", ptr}, {"fill", fill}, {"keys", keys},
-                                              {"labels", labels}, {"valid", valid}, {"priority", priority}});
+  const cuda::DeviceGuard guard("bank_push", {{"storage", storage},
+                                              {"ptr", ptr},
+                                              {"fill", fill},
+                                              {"keys", keys},
+                                              {"labels", labels},
+                                              {"valid", valid},
+                                              {"priority", priority}});
   TORCH_CHECK_VALUE(storage.size(0) <= 2147483647LL, "bank_push: too many classes");
   const at::Tensor lab = labels.contiguous();
   const at::Tensor v = valid.has_value() ? valid->contiguous() : at::Tensor();

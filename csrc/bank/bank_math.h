@@ -34,7 +34,9 @@ MONA_HD uint64_t order_key(float priority, int64_t index) {
 }
 
 template <typename index_t>
-MONA_HD bool is_class(index_t label, int64_t C) { return label >= 0 && static_cast<int64_t>(label) < C; }
+MONA_HD bool is_class(index_t label, int64_t C) {
+  return label >= 0 && static_cast<int64_t>(label) < C;
+}
 
 }  // namespace bank_math
 }  // namespace mona

@@ -9,10 +9,12 @@ TORCH_LIBRARY_FRAGMENT(mona, m) {
   //   weight   optional, labels' shape, floating (0/1 mask or soft confidence)
   // Returns means [C, D] (features' dtype; an absent class -> zeros) and counts [C] (sum of
   // weights, or number of pixels; float32, float64 for float64 features).
-  m.def("class_mean(Tensor features, Tensor labels, int num_classes, Tensor? weight=None, int ignore_index=-1)"
-        " -> (Tensor means, Tensor counts)");
+  m.def(
+      "class_mean(Tensor features, Tensor labels, int num_classes, Tensor? weight=None, int ignore_index=-1)"
+      " -> (Tensor means, Tensor counts)");
   // Backward of class_mean. grad_weight is [0]-shaped unless weight_requires_grad.
-  m.def("class_mean_backward(Tensor grad_means, Tensor grad_counts, Tensor features, Tensor labels,"
-        " Tensor? weight, Tensor means, Tensor counts, int ignore_index, bool weight_requires_grad)"
-        " -> (Tensor grad_features, Tensor grad_weight)");
+  m.def(
+      "class_mean_backward(Tensor grad_means, Tensor grad_counts, Tensor features, Tensor labels,"
+      " Tensor? weight, Tensor means, Tensor counts, int ignore_index, bool weight_requires_grad)"
+      " -> (Tensor grad_features, Tensor grad_weight)");
 }

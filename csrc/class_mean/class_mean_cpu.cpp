@@ -37,7 +37,6 @@ namespace {
 
 constexpr int64_t kTile = 64;
 
-
 // Tiles never straddle two images, so a tile is (b, p0, p1) with one base pointer.
 struct Tile {
   int64_t b, p0, p1;
@@ -96,8 +95,8 @@ void class_mean_forward_kernel(const PixelView<const scalar_t>& f, const index_t
   // Pass 1 (serial, N labels): validate labels and total the weights per class.
   for (int64_t n = 0; n < N; ++n) {
     const index_t lab = labels[n];
-    TORCH_CHECK_VALUE(!class_mean_math::is_bad(lab, C, ignore_index), "class_mean: labels contain ", static_cast<int64_t>(lab),
-                      " (at flat index ", n, "), which is neither in [0, num_classes=", C,
+    TORCH_CHECK_VALUE(!class_mean_math::is_bad(lab, C, ignore_index), "class_mean: labels contain ",
+                      static_cast<int64_t>(lab), " (at flat index ", n, "), which is neither in [0, num_classes=", C,
                       ") nor ignore_index=", ignore_index);
     if (class_mean_math::is_valid(lab, C)) counts[lab] += weight ? weight[n] : acc_t(1);
   }
@@ -118,12 +117,14 @@ void class_mean_forward_kernel(const PixelView<const scalar_t>& f, const index_t
         for (int64_t d = d0; d < d1; ++d) {
           const scalar_t* row = f.data + b * f.stride_b + d * f.stride_d;
           for (int64_t c = 0; c < C; ++c) {
-            sums[c * D + d] += weighted_class_sum(cls.data(), static_cast<int32_t>(c), w_img.data(), row, f.stride_p, P);
+            sums[c * D + d] +=
+                weighted_class_sum(cls.data(), static_cast<int32_t>(c), w_img.data(), row, f.stride_p, P);
           }
         }
       });
     }
-    for (int64_t i = 0; i < C * D; ++i) means[i] = static_cast<scalar_t>(class_mean_math::finalize(sums[i], counts[i / D]));
+    for (int64_t i = 0; i < C * D; ++i)
+      means[i] = static_cast<scalar_t>(class_mean_math::finalize(sums[i], counts[i / D]));
     return;
   }
   // Pass 2, channels-last / [N, D] (channels contiguous): parallel over tiles of pixels, each
@@ -160,9 +161,9 @@ void class_mean_forward_kernel(const PixelView<const scalar_t>& f, const index_t
 template <typename scalar_t, typename index_t>
 void class_mean_backward_kernel(const PixelView<const scalar_t>& f, const PixelView<scalar_t>& gf,
                                 const index_t* labels, const at::opmath_type<scalar_t>* weight, int64_t C,
-                                const at::opmath_type<scalar_t>* grad_means, const at::opmath_type<scalar_t>* grad_counts,
-                                const at::opmath_type<scalar_t>* means, const at::opmath_type<scalar_t>* counts,
-                                at::opmath_type<scalar_t>* grad_weight) {
+                                const at::opmath_type<scalar_t>* grad_means,
+                                const at::opmath_type<scalar_t>* grad_counts, const at::opmath_type<scalar_t>* means,
+                                const at::opmath_type<scalar_t>* counts, at::opmath_type<scalar_t>* grad_weight) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t D = f.D, P = f.P;
   if (!grad_weight && !gf.channels_fastest()) {
@@ -170,7 +171,9 @@ void class_mean_backward_kernel(const PixelView<const scalar_t>& f, const PixelV
     at::parallel_for(0, D, 1, [&](int64_t d0, int64_t d1) {
       std::vector<acc_t> coef(C);
       for (int64_t d = d0; d < d1; ++d) {
-        for (int64_t c = 0; c < C; ++c) coef[c] = class_mean_math::grad_feature(acc_t(1), grad_means[c * D + d], class_mean_math::inverse_count(counts[c]));
+        for (int64_t c = 0; c < C; ++c)
+          coef[c] =
+              class_mean_math::grad_feature(acc_t(1), grad_means[c * D + d], class_mean_math::inverse_count(counts[c]));
         for (int64_t b = 0; b < gf.B; ++b) {
           scalar_t* row = gf.data + b * gf.stride_b + d * gf.stride_d;
           const index_t* lab = labels + b * P;
@@ -226,7 +229,7 @@ void class_mean_backward_kernel(const PixelView<const scalar_t>& f, const PixelV
               g = class_mean_math::grad_feature(w, gm, inv);
               if (grad_weight) {
                 gw[p - tile.p0] += class_mean_math::grad_weight_term(gm, static_cast<acc_t>(frow[p * f.stride_p]),
-                                                        means[lab * D + d], inv);
+                                                                     means[lab * D + d], inv);
               }
             }
             grow[p * gf.stride_p] = static_cast<scalar_t>(g);
@@ -262,18 +265,19 @@ std::tuple<at::Tensor, at::Tensor> class_mean_cpu(const at::Tensor& features, co
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, features.scalar_type(), "class_mean_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     AT_DISPATCH_INDEX_TYPES(lab.scalar_type(), "class_mean_cpu_labels", [&] {
-      class_mean_forward_kernel<scalar_t, index_t>(
-          make_pixel_view<const scalar_t>(f), lab.data_ptr<index_t>(), w.defined() ? w.data_ptr<acc_t>() : nullptr,
-          num_classes, ignore_index, counts.data_ptr<acc_t>(), means.data_ptr<scalar_t>());
+      class_mean_forward_kernel<scalar_t, index_t>(make_pixel_view<const scalar_t>(f), lab.data_ptr<index_t>(),
+                                                   w.defined() ? w.data_ptr<acc_t>() : nullptr, num_classes,
+                                                   ignore_index, counts.data_ptr<acc_t>(), means.data_ptr<scalar_t>());
     });
   });
   return {means, counts};
 }
 
-std::tuple<at::Tensor, at::Tensor> class_mean_backward_cpu(
-    const at::Tensor& grad_means, const at::Tensor& grad_counts, const at::Tensor& features,
-    const at::Tensor& labels, const std::optional<at::Tensor>& weight, const at::Tensor& means,
-    const at::Tensor& counts, int64_t ignore_index, bool weight_requires_grad) {
+std::tuple<at::Tensor, at::Tensor> class_mean_backward_cpu(const at::Tensor& grad_means, const at::Tensor& grad_counts,
+                                                           const at::Tensor& features, const at::Tensor& labels,
+                                                           const std::optional<at::Tensor>& weight,
+                                                           const at::Tensor& means, const at::Tensor& counts,
+                                                           int64_t ignore_index, bool weight_requires_grad) {
   const int64_t C = means.size(0);
   class_mean_checks::check_backward_inputs(features, labels, weight, C, weight_requires_grad);
   const at::Tensor f = view_features(features);
@@ -294,7 +298,8 @@ std::tuple<at::Tensor, at::Tensor> class_mean_backward_cpu(
         class_mean_backward_kernel<scalar_t, index_t>(
             make_pixel_view<const scalar_t>(f), make_pixel_view<scalar_t>(grad_features), lab.data_ptr<index_t>(),
             w.defined() ? w.data_ptr<acc_t>() : nullptr, C, gm.data_ptr<acc_t>(), gc.data_ptr<acc_t>(),
-            mu.data_ptr<acc_t>(), cnt.data_ptr<acc_t>(), weight_requires_grad ? grad_weight.data_ptr<acc_t>() : nullptr);
+            mu.data_ptr<acc_t>(), cnt.data_ptr<acc_t>(),
+            weight_requires_grad ? grad_weight.data_ptr<acc_t>() : nullptr);
       });
     });
   } else if (weight_requires_grad) {

@@ -75,7 +75,8 @@ __global__ void class_counts_kernel(const index_t* __restrict__ labels, const ac
       const int64_t n = start + static_cast<int64_t>(k) * blockDim.x + threadIdx.x;
       if (n >= N) break;
       const index_t lab = labels[n];
-      CUDA_KERNEL_ASSERT(!class_mean_math::is_bad(lab, C, ignore_index) && "class_mean: label outside [0, num_classes) and not ignore_index");
+      CUDA_KERNEL_ASSERT(!class_mean_math::is_bad(lab, C, ignore_index) &&
+                         "class_mean: label outside [0, num_classes) and not ignore_index");
       if (!class_mean_math::is_valid(lab, C)) continue;
       if (lab != run_class) {
         if (run_class >= 0) flush_run(part, counts, partials, run_class, run_class, run);
@@ -171,7 +172,8 @@ __global__ void class_sums_ordered_kernel(PixelView<const scalar_t> f, const ind
       for (int j = 0; j < kClassGroup; ++j) acc[j] = acc_t(0);
       for (int64_t n = n0; n < n1; ++n) {
         const index_t lab = labels[n];
-        CUDA_KERNEL_ASSERT(!class_mean_math::is_bad(lab, C, ignore_index) && "class_mean: label outside [0, num_classes) and not ignore_index");
+        CUDA_KERNEL_ASSERT(!class_mean_math::is_bad(lab, C, ignore_index) &&
+                           "class_mean: label outside [0, num_classes) and not ignore_index");
         const int64_t j = static_cast<int64_t>(lab) - c0;
         if (!class_mean_math::is_valid(lab, C) || j < 0 || j >= kClassGroup) continue;
         const acc_t w = weight ? weight[n] : acc_t(1);
@@ -202,8 +204,8 @@ __global__ void class_sums_ordered_reduce_kernel(const acc_t* __restrict__ parti
 
 template <typename scalar_t>
 __global__ void class_mean_finalize_kernel(const at::opmath_type<scalar_t>* __restrict__ sums,
-                                           const at::opmath_type<scalar_t>* __restrict__ counts, int64_t C,
-                                           int64_t D, scalar_t* __restrict__ means) {
+                                           const at::opmath_type<scalar_t>* __restrict__ counts, int64_t C, int64_t D,
+                                           scalar_t* __restrict__ means) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < C * D;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     means[i] = static_cast<scalar_t>(class_mean_math::finalize(sums[i], counts[i / D]));
@@ -231,7 +233,8 @@ __global__ void class_mean_grad_features_kernel(PixelView<scalar_t> gf, const in
     const index_t lab = labels[n];
     acc_t g = 0;
     if (class_mean_math::is_valid(lab, C)) {
-      g = class_mean_math::grad_feature(weight ? weight[n] : acc_t(1), grad_means[lab * gf.D + d], class_mean_math::inverse_count(counts[lab]));
+      g = class_mean_math::grad_feature(weight ? weight[n] : acc_t(1), grad_means[lab * gf.D + d],
+                                        class_mean_math::inverse_count(counts[lab]));
     }
     gf.at(n, d) = static_cast<scalar_t>(g);
   }
@@ -240,8 +243,8 @@ __global__ void class_mean_grad_features_kernel(PixelView<scalar_t> gf, const in
 // Weight gradient, pixels fastest (NCHW): a thread per pixel sums over the channels; a warp's 32
 // lanes read 32 consecutive pixels of one channel at every step (coalesced).
 template <typename scalar_t, typename index_t>
-__global__ void class_mean_grad_weight_kernel(PixelView<const scalar_t> f, const index_t* __restrict__ labels, int64_t C,
-                                              const at::opmath_type<scalar_t>* __restrict__ grad_means,
+__global__ void class_mean_grad_weight_kernel(PixelView<const scalar_t> f, const index_t* __restrict__ labels,
+                                              int64_t C, const at::opmath_type<scalar_t>* __restrict__ grad_means,
                                               const at::opmath_type<scalar_t>* __restrict__ grad_counts,
                                               const at::opmath_type<scalar_t>* __restrict__ means,
                                               const at::opmath_type<scalar_t>* __restrict__ counts,
@@ -254,7 +257,8 @@ __global__ void class_mean_grad_weight_kernel(PixelView<const scalar_t> f, const
     if (class_mean_math::is_valid(lab, C)) {
       const acc_t inv = class_mean_math::inverse_count(counts[lab]);
       for (int64_t d = 0; d < f.D; ++d) {
-        g += class_mean_math::grad_weight_term(grad_means[lab * f.D + d], static_cast<acc_t>(f.at(n, d)), means[lab * f.D + d], inv);
+        g += class_mean_math::grad_weight_term(grad_means[lab * f.D + d], static_cast<acc_t>(f.at(n, d)),
+                                               means[lab * f.D + d], inv);
       }
       g += grad_counts[lab];
     }
@@ -276,11 +280,13 @@ inline int grad_weight_group(int64_t D) {
 // fixed order: reproducible). The loop bound is uniform across the block, so every lane reaches
 // every shuffle; lanes past the last pixel add zeros.
 template <typename scalar_t, typename index_t>
-__global__ void class_mean_grad_weight_channels_last_kernel(
-    PixelView<const scalar_t> f, const index_t* __restrict__ labels, int64_t C, int group,
-    const at::opmath_type<scalar_t>* __restrict__ grad_means, const at::opmath_type<scalar_t>* __restrict__ grad_counts,
-    const at::opmath_type<scalar_t>* __restrict__ means, const at::opmath_type<scalar_t>* __restrict__ counts,
-    at::opmath_type<scalar_t>* __restrict__ grad_weight) {
+__global__ void class_mean_grad_weight_channels_last_kernel(PixelView<const scalar_t> f,
+                                                            const index_t* __restrict__ labels, int64_t C, int group,
+                                                            const at::opmath_type<scalar_t>* __restrict__ grad_means,
+                                                            const at::opmath_type<scalar_t>* __restrict__ grad_counts,
+                                                            const at::opmath_type<scalar_t>* __restrict__ means,
+                                                            const at::opmath_type<scalar_t>* __restrict__ counts,
+                                                            at::opmath_type<scalar_t>* __restrict__ grad_weight) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t N = f.num_pixels(), per_block = blockDim.x / group;
   const int r = threadIdx.x & (group - 1);
@@ -293,7 +299,8 @@ __global__ void class_mean_grad_weight_channels_last_kernel(
       const acc_t inv = class_mean_math::inverse_count(counts[lab]);
       const scalar_t* px = &f.at(n, 0);
       for (int64_t d = r; d < f.D; d += group) {
-        g += class_mean_math::grad_weight_term(grad_means[lab * f.D + d], static_cast<acc_t>(px[d]), means[lab * f.D + d], inv);
+        g += class_mean_math::grad_weight_term(grad_means[lab * f.D + d], static_cast<acc_t>(px[d]),
+                                               means[lab * f.D + d], inv);
       }
     }
     g = cuda::group_sum(g, group);
@@ -324,19 +331,22 @@ std::tuple<at::Tensor, at::Tensor> class_mean_cuda(const at::Tensor& features, c
         // Segments of >= 256 pixels, at most 1024 of them: S * (D + 1) threads, S partials per output.
         const int64_t S = std::min<int64_t>(1024, (N + 255) / 256), seg_len = (N + S - 1) / S;
         at::Tensor partial = at::empty({S, num_classes, D + 1}, features.options().dtype(acc));
-        cuda::launch<class_sums_ordered_kernel<scalar_t, index_t>>(cuda::blocks_for(S * (D + 1)), cuda::kThreads, 0,
-            stream, make_pixel_view<const scalar_t>(f), lab.data_ptr<index_t>(), wp, num_classes, ignore_index, seg_len, S,
-            partial.data_ptr<acc_t>());
-        cuda::launch<class_sums_ordered_reduce_kernel<acc_t>>(cuda::blocks_for(num_classes * (D + 1)), cuda::kThreads, 0,
-            stream, partial.data_ptr<acc_t>(), S, num_classes, D, sums.data_ptr<acc_t>(), counts.data_ptr<acc_t>());
+        cuda::launch<class_sums_ordered_kernel<scalar_t, index_t>>(
+            cuda::blocks_for(S * (D + 1)), cuda::kThreads, 0, stream, make_pixel_view<const scalar_t>(f),
+            lab.data_ptr<index_t>(), wp, num_classes, ignore_index, seg_len, S, partial.data_ptr<acc_t>());
+        cuda::launch<class_sums_ordered_reduce_kernel<acc_t>>(cuda::blocks_for(num_classes * (D + 1)), cuda::kThreads,
+                                                              0, stream, partial.data_ptr<acc_t>(), S, num_classes, D,
+                                                              sums.data_ptr<acc_t>(), counts.data_ptr<acc_t>());
         cuda::launch<class_mean_finalize_kernel<scalar_t>>(cuda::blocks_for(num_classes * D), cuda::kThreads, 0, stream,
-            sums.data_ptr<acc_t>(), counts.data_ptr<acc_t>(), num_classes, D, means.data_ptr<scalar_t>());
+                                                           sums.data_ptr<acc_t>(), counts.data_ptr<acc_t>(),
+                                                           num_classes, D, means.data_ptr<scalar_t>());
         return;
       }
       const size_t count_smem = sizeof(acc_t) * num_classes;
       const bool count_partials = count_smem <= kMaxPartialBytes;
-      cuda::launch<class_counts_kernel<index_t, acc_t>>(cuda::blocks_for((N + kSeq - 1) / kSeq), cuda::kThreads, count_partials ? count_smem : 0, stream,
-        lab.data_ptr<index_t>(), wp, N, num_classes, ignore_index, count_partials, counts.data_ptr<acc_t>());
+      cuda::launch<class_counts_kernel<index_t, acc_t>>(
+          cuda::blocks_for((N + kSeq - 1) / kSeq), cuda::kThreads, count_partials ? count_smem : 0, stream,
+          lab.data_ptr<index_t>(), wp, N, num_classes, ignore_index, count_partials, counts.data_ptr<acc_t>());
       const auto view = make_pixel_view<const scalar_t>(f);
       if (view.channels_fastest()) {
         const dim3 block(32, cuda::kThreads / 32);
@@ -344,31 +354,39 @@ std::tuple<at::Tensor, at::Tensor> class_mean_cuda(const at::Tensor& features, c
         const dim3 grid(std::min<int64_t>(chunks, 65535), std::min<int64_t>((D + 31) / 32, 65535));
         const size_t smem = sizeof(acc_t) * num_classes * 32;
         const bool partials = smem <= kMaxPartialBytes;
-        cuda::launch<class_sums_kernel<scalar_t, index_t, true>>(grid, block, partials ? smem : 0, stream,
-        view, lab.data_ptr<index_t>(), wp, num_classes, partials, sums.data_ptr<acc_t>());
+        cuda::launch<class_sums_kernel<scalar_t, index_t, true>>(grid, block, partials ? smem : 0, stream, view,
+                                                                 lab.data_ptr<index_t>(), wp, num_classes, partials,
+                                                                 sums.data_ptr<acc_t>());
       } else {
         const int64_t chunks = view.B * ((view.P + cuda::kThreads * kSeq - 1) / (cuda::kThreads * kSeq));
         const dim3 grid(std::min<int64_t>(chunks, 65535), std::min<int64_t>(D, 65535));
         const size_t smem = sizeof(acc_t) * num_classes;
         const bool partials = smem <= kMaxPartialBytes;
         cuda::launch<class_sums_kernel<scalar_t, index_t, false>>(grid, cuda::kThreads, partials ? smem : 0, stream,
-        view, lab.data_ptr<index_t>(), wp, num_classes, partials, sums.data_ptr<acc_t>());
+                                                                  view, lab.data_ptr<index_t>(), wp, num_classes,
+                                                                  partials, sums.data_ptr<acc_t>());
       }
       cuda::launch<class_mean_finalize_kernel<scalar_t>>(cuda::blocks_for(num_classes * D), cuda::kThreads, 0, stream,
-        sums.data_ptr<acc_t>(), counts.data_ptr<acc_t>(), num_classes, D, means.data_ptr<scalar_t>());
+                                                         sums.data_ptr<acc_t>(), counts.data_ptr<acc_t>(), num_classes,
+                                                         D, means.data_ptr<scalar_t>());
     });
   });
   return {means, counts};
 }
 
-std::tuple<at::Tensor, at::Tensor> class_mean_backward_cuda(
-    const at::Tensor& grad_means, const at::Tensor& grad_counts, const at::Tensor& features,
-    const at::Tensor& labels, const std::optional<at::Tensor>& weight, const at::Tensor& means,
-    const at::Tensor& counts, int64_t ignore_index, bool weight_requires_grad) {
+std::tuple<at::Tensor, at::Tensor> class_mean_backward_cuda(const at::Tensor& grad_means, const at::Tensor& grad_counts,
+                                                            const at::Tensor& features, const at::Tensor& labels,
+                                                            const std::optional<at::Tensor>& weight,
+                                                            const at::Tensor& means, const at::Tensor& counts,
+                                                            int64_t ignore_index, bool weight_requires_grad) {
   const int64_t C = means.size(0);
-  const cuda::DeviceGuard guard("class_mean_backward", {{"features", features}, {"grad_means", grad_means},
-                                                        {"grad_counts", grad_counts}, {"labels", labels},
-                                                        {"weight", weight}, {"means", means}, {"counts", counts}});
+  const cuda::DeviceGuard guard("class_mean_backward", {{"features", features},
+                                                        {"grad_means", grad_means},
+                                                        {"grad_counts", grad_counts},
+                                                        {"labels", labels},
+                                                        {"weight", weight},
+                                                        {"means", means},
+                                                        {"counts", counts}});
   class_mean_checks::check_backward_inputs(features, labels, weight, C, weight_requires_grad);
   const at::Tensor f = view_features(features);
   const at::Tensor lab = labels.contiguous();
@@ -390,24 +408,26 @@ std::tuple<at::Tensor, at::Tensor> class_mean_backward_cuda(
         const auto gview = make_pixel_view<scalar_t>(grad_features);
         const unsigned int blocks = cuda::blocks_for(N * D);
         if (gview.channels_fastest()) {
-          cuda::launch<class_mean_grad_features_kernel<scalar_t, index_t, true>>(blocks, cuda::kThreads, 0, stream,
-        gview, lab.data_ptr<index_t>(), wp, C, gm.data_ptr<acc_t>(), cnt.data_ptr<acc_t>());
+          cuda::launch<class_mean_grad_features_kernel<scalar_t, index_t, true>>(
+              blocks, cuda::kThreads, 0, stream, gview, lab.data_ptr<index_t>(), wp, C, gm.data_ptr<acc_t>(),
+              cnt.data_ptr<acc_t>());
         } else {
-          cuda::launch<class_mean_grad_features_kernel<scalar_t, index_t, false>>(blocks, cuda::kThreads, 0, stream,
-        gview, lab.data_ptr<index_t>(), wp, C, gm.data_ptr<acc_t>(), cnt.data_ptr<acc_t>());
+          cuda::launch<class_mean_grad_features_kernel<scalar_t, index_t, false>>(
+              blocks, cuda::kThreads, 0, stream, gview, lab.data_ptr<index_t>(), wp, C, gm.data_ptr<acc_t>(),
+              cnt.data_ptr<acc_t>());
         }
         if (weight_requires_grad) {
           const auto view = make_pixel_view<const scalar_t>(f);
           if (view.channels_fastest()) {
             const int group = grad_weight_group(D);
             cuda::launch<class_mean_grad_weight_channels_last_kernel<scalar_t, index_t>>(
-                cuda::blocks_for(N, cuda::kThreads / group), cuda::kThreads, 0, stream, view, lab.data_ptr<index_t>(), C,
-                group, gm.data_ptr<acc_t>(), gc.data_ptr<acc_t>(), mu.data_ptr<acc_t>(), cnt.data_ptr<acc_t>(),
+                cuda::blocks_for(N, cuda::kThreads / group), cuda::kThreads, 0, stream, view, lab.data_ptr<index_t>(),
+                C, group, gm.data_ptr<acc_t>(), gc.data_ptr<acc_t>(), mu.data_ptr<acc_t>(), cnt.data_ptr<acc_t>(),
                 grad_weight.data_ptr<acc_t>());
           } else {
-            cuda::launch<class_mean_grad_weight_kernel<scalar_t, index_t>>(cuda::blocks_for(N), cuda::kThreads, 0, stream,
-                view, lab.data_ptr<index_t>(), C, gm.data_ptr<acc_t>(), gc.data_ptr<acc_t>(), mu.data_ptr<acc_t>(),
-                cnt.data_ptr<acc_t>(), grad_weight.data_ptr<acc_t>());
+            cuda::launch<class_mean_grad_weight_kernel<scalar_t, index_t>>(
+                cuda::blocks_for(N), cuda::kThreads, 0, stream, view, lab.data_ptr<index_t>(), C, gm.data_ptr<acc_t>(),
+                gc.data_ptr<acc_t>(), mu.data_ptr<acc_t>(), cnt.data_ptr<acc_t>(), grad_weight.data_ptr<acc_t>());
           }
         }
       });

@@ -10,6 +10,7 @@ TORCH_LIBRARY_FRAGMENT(mona, m) {
   // Returns offsets [C], counts [C], hard_counts [C] (int64) and permutation [N] (int64):
   //   permutation[offsets[c] : offsets[c] + counts[c]] = the flat pixel indices of class c, its
   //   hard pixels first, each part in pixel order; entries past the last valid pixel are -1.
-  m.def("class_pools(Tensor labels, int num_classes, Tensor? valid=None, Tensor? prob=None, float strong_threshold=1.0,"
-        " int ignore_index=-1) -> (Tensor offsets, Tensor counts, Tensor hard_counts, Tensor permutation)");
+  m.def(
+      "class_pools(Tensor labels, int num_classes, Tensor? valid=None, Tensor? prob=None, float strong_threshold=1.0,"
+      " int ignore_index=-1) -> (Tensor offsets, Tensor counts, Tensor hard_counts, Tensor permutation)");
 }

@@ -63,8 +63,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> class_pools_cpu(
       PixelView<const scalar_t> pv{};
       if (p.defined()) pv = make_pixel_view<const scalar_t>(p);
       class_pools_kernel<index_t, scalar_t>(lab.data_ptr<index_t>(), v.defined() ? v.data_ptr<bool>() : nullptr,
-                                            p.defined() ? &pv : nullptr, N, num_classes, strong_threshold,
-                                            ignore_index, offsets.data_ptr<int64_t>(), counts.data_ptr<int64_t>(),
+                                            p.defined() ? &pv : nullptr, N, num_classes, strong_threshold, ignore_index,
+                                            offsets.data_ptr<int64_t>(), counts.data_ptr<int64_t>(),
                                             hard.data_ptr<int64_t>(), perm.data_ptr<int64_t>());
     });
   });

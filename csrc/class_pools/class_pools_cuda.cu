@@ -53,9 +53,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> class_pools_cuda(
       AT_DISPATCH_INDEX_TYPES(lab.scalar_type(), "class_pools_cuda_labels", [&] {
         PixelView<const scalar_t> pv{};
         if (p.defined()) pv = make_pixel_view<const scalar_t>(p);
-        cuda::launch<pool_keys_kernel<index_t, scalar_t>>(cuda::blocks_for(N), cuda::kThreads, 0, cuda::stream(),
-        lab.data_ptr<index_t>(), v.defined() ? v.data_ptr<bool>() : nullptr, pv, p.defined(), N, C,
-            strong_threshold, ignore_index, keys.data_ptr<int64_t>());
+        cuda::launch<pool_keys_kernel<index_t, scalar_t>>(
+            cuda::blocks_for(N), cuda::kThreads, 0, cuda::stream(), lab.data_ptr<index_t>(),
+            v.defined() ? v.data_ptr<bool>() : nullptr, pv, p.defined(), N, C, strong_threshold, ignore_index,
+            keys.data_ptr<int64_t>());
       });
     });
   }

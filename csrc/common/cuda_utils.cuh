@@ -20,17 +20,17 @@
 #ifdef MONA_EMULATE_CUDA
 #include "emu/cuda_emu.h"
 #else
-#include <ATen/cuda/Atomic.cuh>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
+#include <ATen/cuda/Atomic.cuh>
 #endif
 
 namespace mona {
 namespace emu {
 #ifdef MONA_EMULATE_CUDA
-void run_grid(const char* pretty, const void* kernel, dim3 grid, dim3 block, size_t dynamic_bytes,
-              void (*call)(void*), void* obj);
+void run_grid(const char* pretty, const void* kernel, dim3 grid, dim3 block, size_t dynamic_bytes, void (*call)(void*),
+              void* obj);
 #endif
 }  // namespace emu
 
@@ -74,10 +74,14 @@ void launch(dim3 grid, dim3 block, size_t dynamic_shared_bytes, cudaStream_t str
 #ifdef MONA_EMULATE_CUDA
   (void)stream;
   auto body = [&]() { Kernel(args...); };
-  emu::run_grid(__PRETTY_FUNCTION__, reinterpret_cast<const void*>(Kernel), grid, block, dynamic_shared_bytes,
-                [](void* obj) { (*static_cast<decltype(body)*>(obj))(); }, &body);
+  emu::run_grid(
+      __PRETTY_FUNCTION__, reinterpret_cast<const void*>(Kernel), grid, block, dynamic_shared_bytes,
+      [](void* obj) { (*static_cast<decltype(body)*>(obj))(); }, &body);
 #else
+  // In a .cuh file clang-format does not know CUDA's launch syntax (it would split the `>>>`).
+  // clang-format off
   Kernel<<<grid, block, dynamic_shared_bytes, stream>>>(args...);
+  // clang-format on
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 #endif
 }
@@ -136,7 +140,7 @@ template <typename T>
 using smem_ptr = emu::SharedPtr<T>;
 }  // namespace mona
 #else
-#define MONA_DYNAMIC_SHARED(T, name)                                  \
+#define MONA_DYNAMIC_SHARED(T, name)                                   \
   extern __shared__ __align__(16) unsigned char name##_shared_bytes[]; \
   T* name = reinterpret_cast<T*>(name##_shared_bytes)
 #define MONA_REGISTER_CUDA_KERNELS(m) TORCH_LIBRARY_IMPL(mona, CUDA, m)

@@ -53,19 +53,16 @@ MONA_INLINE void axpy_body(float alpha, const float* row, float* y, int64_t D) {
 
 }  // namespace
 
-MONA_MULTIVERSION(float, dot_and_square_f32, (const float* row, const float* x, int64_t D, float* sq),
-                  (row, x, D, sq), dot_and_square_body)
+MONA_MULTIVERSION(float, dot_and_square_f32, (const float* row, const float* x, int64_t D, float* sq), (row, x, D, sq),
+                  dot_and_square_body)
 MONA_MULTIVERSION(float, dot_f32, (const float* row, const float* x, int64_t D), (row, x, D), dot_body)
 MONA_MULTIVERSION(void, axpy_f32, (float alpha, const float* row, float* y, int64_t D), (alpha, row, y, D), axpy_body)
 
 const char* isa_name(Isa isa) {
   switch (isa) {
-    case Isa::kAvx512:
-      return "avx512";
-    case Isa::kAvx2:
-      return "avx2";
-    default:
-      return "baseline";
+    case Isa::kAvx512: return "avx512";
+    case Isa::kAvx2: return "avx2";
+    default: return "baseline";
   }
 }
 
@@ -74,8 +71,8 @@ namespace {
 Isa detect_isa() {
 #if MONA_X86_DISPATCH
   __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
-      __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq")) {
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512dq")) {
     return Isa::kAvx512;
   }
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Isa::kAvx2;

@@ -36,18 +36,15 @@ const char* isa_name(Isa isa);
 // feature bits at the first call; GCC's target_clones resolver picks by CPU model and ran the
 // baseline clone on AMD EPYC (Zen), so it is not used.
 #if MONA_X86_DISPATCH
-#define MONA_MULTIVERSION(ret, name, params, args, body)                 \
+#define MONA_MULTIVERSION(ret, name, params, args, body)                   \
   MONA_TARGET_AVX512 static ret name##_avx512 params { return body args; } \
   MONA_TARGET_AVX2 static ret name##_avx2 params { return body args; }     \
   static ret name##_baseline params { return body args; }                  \
   ret name params {                                                        \
     switch (::mona::simd::cpu_isa()) {                                     \
-      case ::mona::simd::Isa::kAvx512:                                     \
-        return name##_avx512 args;                                         \
-      case ::mona::simd::Isa::kAvx2:                                       \
-        return name##_avx2 args;                                           \
-      default:                                                             \
-        return name##_baseline args;                                       \
+      case ::mona::simd::Isa::kAvx512: return name##_avx512 args;          \
+      case ::mona::simd::Isa::kAvx2: return name##_avx2 args;              \
+      default: return name##_baseline args;                                \
     }                                                                      \
   }
 #else

@@ -22,17 +22,17 @@ void check_student_teacher_queue(const char* op, const at::Tensor& student, cons
   TORCH_CHECK_VALUE(student.dim() == 2, op, ": student must be [B, d], got shape ", shape_str(student));
   TORCH_CHECK_VALUE(teacher.sizes() == student.sizes(), op, ": teacher must have the student's shape ",
                     shape_str(student), ", got ", shape_str(teacher));
-  TORCH_CHECK_VALUE(queue.dim() == 2 && queue.size(1) == student.size(1), op, ": queue must be [K, d] with d = ",
-                    student.size(1), ", got shape ", shape_str(queue));
+  TORCH_CHECK_VALUE(queue.dim() == 2 && queue.size(1) == student.size(1), op,
+                    ": queue must be [K, d] with d = ", student.size(1), ", got shape ", shape_str(queue));
   TORCH_CHECK_VALUE(queue.size(0) > 0, op, ": queue must hold at least one entry, got shape ", shape_str(queue));
   TORCH_CHECK_TYPE(at::isFloatingType(student.scalar_type()), op,
                    ": student must be float32/float64/float16/bfloat16, got ", student.scalar_type());
   TORCH_CHECK_TYPE(teacher.scalar_type() == student.scalar_type() && queue.scalar_type() == student.scalar_type(), op,
                    ": teacher and queue must have the student's dtype ", student.scalar_type(), ", got ",
                    teacher.scalar_type(), " and ", queue.scalar_type());
-  TORCH_CHECK_VALUE(teacher.device() == student.device() && queue.device() == student.device(), op,
-                    ": teacher (", teacher.device(), ") and queue (", queue.device(),
-                    ") must be on the student's device ", student.device());
+  TORCH_CHECK_VALUE(teacher.device() == student.device() && queue.device() == student.device(), op, ": teacher (",
+                    teacher.device(), ") and queue (", queue.device(), ") must be on the student's device ",
+                    student.device());
 }
 
 }  // namespace mona

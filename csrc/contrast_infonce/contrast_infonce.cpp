@@ -17,10 +17,12 @@ TORCH_LIBRARY_FRAGMENT(mona, m) {
   // accumulates (online-softmax style) d loss / d query, returned as grad_rows [C, Q, D]
   // (float32; float64 for float64 features; [0] without compute_grad) for the backward, which
   // only scatters grad_loss * grad_rows into the query pixels.
-  m.def("contrast_infonce(Tensor features, Tensor key_features, Tensor prototypes, Tensor query_index,"
-        " Tensor negative_index, Tensor class_weight, float temperature=0.5, Tensor? bank=None,"
-        " bool compute_grad=True)"
-        " -> (Tensor loss, Tensor grad_rows)");
-  m.def("contrast_infonce_backward(Tensor grad_loss, Tensor features, Tensor query_index, Tensor class_weight,"
-        " Tensor grad_rows) -> Tensor grad_features");
+  m.def(
+      "contrast_infonce(Tensor features, Tensor key_features, Tensor prototypes, Tensor query_index,"
+      " Tensor negative_index, Tensor class_weight, float temperature=0.5, Tensor? bank=None,"
+      " bool compute_grad=True)"
+      " -> (Tensor loss, Tensor grad_rows)");
+  m.def(
+      "contrast_infonce_backward(Tensor grad_loss, Tensor features, Tensor query_index, Tensor class_weight,"
+      " Tensor grad_rows) -> Tensor grad_features");
 }

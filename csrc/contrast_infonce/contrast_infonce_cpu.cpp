@@ -113,7 +113,8 @@ inline void next_key_block(const int64_t* start, int64_t& k, int64_t k_hi, KeyBl
 
 // rows[j * ld + d] = key(block.key[j])[d], ld = key_row_stride(D).
 template <typename scalar_t>
-void gather_key_block(const contrast_infonce_math::KeySource<scalar_t>& keys, const KeyBlock& block, int64_t D, scalar_t* rows) {
+void gather_key_block(const contrast_infonce_math::KeySource<scalar_t>& keys, const KeyBlock& block, int64_t D,
+                      scalar_t* rows) {
   const int64_t ld = key_row_stride(D);
   const scalar_t* base[kKeyTile];
   int64_t stride[kKeyTile];
@@ -290,10 +291,12 @@ void infonce_forward_kernel(const InfonceArgs& args, at::opmath_type<scalar_t>* 
 }
 
 std::tuple<at::Tensor, at::Tensor> contrast_infonce_cpu(const at::Tensor& features, const at::Tensor& key_features,
-    const at::Tensor& prototypes, const at::Tensor& query_index, const at::Tensor& negative_index,
-    const at::Tensor& class_weight, double temperature, const std::optional<at::Tensor>& bank, bool compute_grad) {
+                                                        const at::Tensor& prototypes, const at::Tensor& query_index,
+                                                        const at::Tensor& negative_index,
+                                                        const at::Tensor& class_weight, double temperature,
+                                                        const std::optional<at::Tensor>& bank, bool compute_grad) {
   InfonceArgs args = prepare_infonce("contrast_infonce", features, key_features, bank, prototypes, query_index,
-                                  negative_index, class_weight, temperature);
+                                     negative_index, class_weight, temperature);
   const auto opts = features.options().dtype(args.prototypes.scalar_type());
   at::Tensor row_loss = at::empty({args.C, args.Q}, opts);
   at::Tensor grad_rows = compute_grad ? at::empty({args.C, args.Q, args.D}, opts) : at::empty({0}, opts);
@@ -308,31 +311,33 @@ std::tuple<at::Tensor, at::Tensor> contrast_infonce_cpu(const at::Tensor& featur
 at::Tensor contrast_infonce_backward_cpu(const at::Tensor& grad_loss, const at::Tensor& features,
                                          const at::Tensor& query_index, const at::Tensor& class_weight,
                                          const at::Tensor& grad_rows) {
-  contrast_infonce_checks::check_backward_inputs("contrast_infonce_backward", features, query_index, class_weight, grad_rows);
+  contrast_infonce_checks::check_backward_inputs("contrast_infonce_backward", features, query_index, class_weight,
+                                                 grad_rows);
   const at::Tensor f = view_features(features);
   at::Tensor grad = at::zeros_like(f);
   const int64_t C = query_index.size(0), Q = query_index.size(1), D = f.size(1);
   const at::Tensor qidx = query_index.contiguous();
   const double g = grad_loss.item<double>();  // a CPU scalar: no device sync
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, features.scalar_type(), "contrast_infonce_backward_cpu", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    const at::Tensor rows = grad_rows.to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
-    const at::Tensor w = class_weight.to(rows.scalar_type()).contiguous();
-    const acc_t* src_all = rows.data_ptr<acc_t>();
-    const acc_t* wp = w.data_ptr<acc_t>();
-    const int64_t* qp = qidx.data_ptr<int64_t>();
-    const auto gv = make_pixel_view<scalar_t>(grad);
-    for (int64_t r = 0; r < C * Q; ++r) {
-      if (!(wp[r / Q] > acc_t(0))) continue;
-      const int64_t n = qp[r], b = n / gv.P;
-      scalar_t* base = gv.data + b * gv.stride_b + (n - b * gv.P) * gv.stride_p;
-      const acc_t* src = src_all + r * D;
-      for (int64_t d = 0; d < D; ++d) {
-        scalar_t& dst = base[d * gv.stride_d];
-        dst = static_cast<scalar_t>(static_cast<acc_t>(dst) + static_cast<acc_t>(g) * src[d]);
-      }
-    }
-  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, features.scalar_type(), "contrast_infonce_backward_cpu", [&] {
+        using acc_t = at::opmath_type<scalar_t>;
+        const at::Tensor rows = grad_rows.to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
+        const at::Tensor w = class_weight.to(rows.scalar_type()).contiguous();
+        const acc_t* src_all = rows.data_ptr<acc_t>();
+        const acc_t* wp = w.data_ptr<acc_t>();
+        const int64_t* qp = qidx.data_ptr<int64_t>();
+        const auto gv = make_pixel_view<scalar_t>(grad);
+        for (int64_t r = 0; r < C * Q; ++r) {
+          if (!(wp[r / Q] > acc_t(0))) continue;
+          const int64_t n = qp[r], b = n / gv.P;
+          scalar_t* base = gv.data + b * gv.stride_b + (n - b * gv.P) * gv.stride_p;
+          const acc_t* src = src_all + r * D;
+          for (int64_t d = 0; d < D; ++d) {
+            scalar_t& dst = base[d * gv.stride_d];
+            dst = static_cast<scalar_t>(static_cast<acc_t>(dst) + static_cast<acc_t>(g) * src[d]);
+          }
+        }
+      });
   return grad;
 }
 

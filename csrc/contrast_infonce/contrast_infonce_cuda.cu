@@ -113,7 +113,8 @@ __global__ void infonce_forward_kernel(Inputs<scalar_t> in, at::opmath_type<scal
       wcos = wcos * rescale + w * cosine;
       if (out) {
         const acc_t alpha = w * inv_kn;
-        for (int64_t d = lane; d < in.D; d += 32) acc[d] = acc[d] * rescale + alpha * static_cast<acc_t>(row[d * stride]);
+        for (int64_t d = lane; d < in.D; d += 32)
+          acc[d] = acc[d] * rescale + alpha * static_cast<acc_t>(row[d * stride]);
       }
     }
     if (lane == 0) row_loss[r] = m + math::log(s) - l0;
@@ -134,8 +135,8 @@ template <typename scalar_t>
 __global__ void infonce_scatter_grad_kernel(const at::opmath_type<scalar_t>* __restrict__ grad_rows,
                                             const int64_t* __restrict__ qidx,
                                             const at::opmath_type<scalar_t>* __restrict__ weight,
-                                            const at::opmath_type<scalar_t>* __restrict__ grad_loss, int64_t C, int64_t Q,
-                                            PixelView<scalar_t> grad) {
+                                            const at::opmath_type<scalar_t>* __restrict__ grad_loss, int64_t C,
+                                            int64_t Q, PixelView<scalar_t> grad) {
   using acc_t = at::opmath_type<scalar_t>;
   const acc_t g = *grad_loss;
   for (int64_t d = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; d < grad.D;
@@ -154,19 +155,31 @@ Inputs<scalar_t> make_inputs(const InfonceArgs& args) {
   using acc_t = at::opmath_type<scalar_t>;
   return {make_pixel_view<const scalar_t>(args.features),
           key_source<scalar_t>(args),
-          args.prototypes.data_ptr<acc_t>(), args.class_weight.data_ptr<acc_t>(), args.query_index.data_ptr<int64_t>(),
-          args.negative_index.data_ptr<int64_t>(), args.C, args.Q, args.M, args.D, acc_t(1) / static_cast<acc_t>(args.temperature)};
+          args.prototypes.data_ptr<acc_t>(),
+          args.class_weight.data_ptr<acc_t>(),
+          args.query_index.data_ptr<int64_t>(),
+          args.negative_index.data_ptr<int64_t>(),
+          args.C,
+          args.Q,
+          args.M,
+          args.D,
+          acc_t(1) / static_cast<acc_t>(args.temperature)};
 }
 
 std::tuple<at::Tensor, at::Tensor> contrast_infonce_cuda(const at::Tensor& features, const at::Tensor& key_features,
-    const at::Tensor& prototypes, const at::Tensor& query_index, const at::Tensor& negative_index,
-    const at::Tensor& class_weight, double temperature, const std::optional<at::Tensor>& bank, bool compute_grad) {
-  const cuda::DeviceGuard guard("contrast_infonce", {{"features", features}, {"key_features", key_features},
-                                                     {"bank", bank}, {"prototypes", prototypes},
-                                                     {"query_index", query_index}, {"negative_index", negative_index},
+                                                         const at::Tensor& prototypes, const at::Tensor& query_index,
+                                                         const at::Tensor& negative_index,
+                                                         const at::Tensor& class_weight, double temperature,
+                                                         const std::optional<at::Tensor>& bank, bool compute_grad) {
+  const cuda::DeviceGuard guard("contrast_infonce", {{"features", features},
+                                                     {"key_features", key_features},
+                                                     {"bank", bank},
+                                                     {"prototypes", prototypes},
+                                                     {"query_index", query_index},
+                                                     {"negative_index", negative_index},
                                                      {"class_weight", class_weight}});
   InfonceArgs args = prepare_infonce("contrast_infonce", features, key_features, bank, prototypes, query_index,
-                                  negative_index, class_weight, temperature);
+                                     negative_index, class_weight, temperature);
   const auto opts = features.options().dtype(args.prototypes.scalar_type());
   at::Tensor row_loss = at::empty({args.C, args.Q}, opts);
   at::Tensor grad_rows = compute_grad ? at::empty({args.C, args.Q, args.D}, opts) : at::empty({0}, opts);
@@ -178,15 +191,17 @@ std::tuple<at::Tensor, at::Tensor> contrast_infonce_cuda(const at::Tensor& featu
     const size_t per_warp = sizeof(acc_t) * (compute_grad ? 2 : 1) * args.D;
     const size_t limit = static_cast<size_t>(cuda::max_dynamic_shared_optin());
     TORCH_CHECK_VALUE(per_warp <= limit, "contrast_infonce (CUDA): D = ", args.D, " needs ", per_warp,
-                      " bytes of shared memory per query, above this GPU's ", limit, " (max D = ",
-                      limit / (sizeof(acc_t) * (compute_grad ? 2 : 1)), " for ", features.scalar_type(),
+                      " bytes of shared memory per query, above this GPU's ", limit,
+                      " (max D = ", limit / (sizeof(acc_t) * (compute_grad ? 2 : 1)), " for ", features.scalar_type(),
                       compute_grad ? " with gradients)" : ")");
-    const int warps = static_cast<int>(std::max<size_t>(1, std::min<size_t>(kWarps, 48 * 1024 / std::max<size_t>(per_warp, 1))));
+    const int warps =
+        static_cast<int>(std::max<size_t>(1, std::min<size_t>(kWarps, 48 * 1024 / std::max<size_t>(per_warp, 1))));
     const size_t smem = per_warp * warps;
     cuda::allow_dynamic_shared<infonce_forward_kernel<scalar_t>>(smem);
     const auto blocks = static_cast<unsigned int>(std::min<int64_t>((args.C * args.Q + warps - 1) / warps, 65535));
     cuda::launch<infonce_forward_kernel<scalar_t>>(blocks, dim3(32, warps), smem, cuda::stream(),
-        make_inputs<scalar_t>(args), row_loss.data_ptr<acc_t>(), compute_grad ? grad_rows.data_ptr<acc_t>() : nullptr);
+                                                   make_inputs<scalar_t>(args), row_loss.data_ptr<acc_t>(),
+                                                   compute_grad ? grad_rows.data_ptr<acc_t>() : nullptr);
   });
   return {reduce_infonce_loss(row_loss, args.class_weight, args.Q), grad_rows};
 }
@@ -194,24 +209,27 @@ std::tuple<at::Tensor, at::Tensor> contrast_infonce_cuda(const at::Tensor& featu
 at::Tensor contrast_infonce_backward_cuda(const at::Tensor& grad_loss, const at::Tensor& features,
                                           const at::Tensor& query_index, const at::Tensor& class_weight,
                                           const at::Tensor& grad_rows) {
-  const cuda::DeviceGuard guard("contrast_infonce_backward", {{"features", features}, {"query_index", query_index},
-                                                              {"class_weight", class_weight}, {"grad_rows", grad_rows}});
-  contrast_infonce_checks::check_backward_inputs("contrast_infonce_backward", features, query_index, class_weight, grad_rows);
+  const cuda::DeviceGuard guard(
+      "contrast_infonce_backward",
+      {{"features", features}, {"query_index", query_index}, {"class_weight", class_weight}, {"grad_rows", grad_rows}});
+  contrast_infonce_checks::check_backward_inputs("contrast_infonce_backward", features, query_index, class_weight,
+                                                 grad_rows);
   const at::Tensor f = view_features(features);
   at::Tensor grad = at::zeros_like(f);
   const int64_t C = query_index.size(0), Q = query_index.size(1), D = f.size(1);
   const at::Tensor qidx = query_index.contiguous();
   if (C * Q * D == 0) return grad;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, features.scalar_type(), "contrast_infonce_backward_cuda", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    const at::Tensor rows = grad_rows.to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
-    const at::Tensor w = class_weight.to(rows.scalar_type()).contiguous();
-    // grad_loss in the accumulation dtype, on the device (no host read)
-    const at::Tensor g = grad_loss.to(features.device(), rows.scalar_type()).reshape({1}).contiguous();
-    cuda::launch<infonce_scatter_grad_kernel<scalar_t>>(cuda::blocks_for(D), cuda::kThreads, 0, cuda::stream(),
-        rows.data_ptr<acc_t>(), qidx.data_ptr<int64_t>(), w.data_ptr<acc_t>(), g.data_ptr<acc_t>(), C, Q,
-        make_pixel_view<scalar_t>(grad));
-  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, features.scalar_type(), "contrast_infonce_backward_cuda", [&] {
+        using acc_t = at::opmath_type<scalar_t>;
+        const at::Tensor rows = grad_rows.to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
+        const at::Tensor w = class_weight.to(rows.scalar_type()).contiguous();
+        // grad_loss in the accumulation dtype, on the device (no host read)
+        const at::Tensor g = grad_loss.to(features.device(), rows.scalar_type()).reshape({1}).contiguous();
+        cuda::launch<infonce_scatter_grad_kernel<scalar_t>>(
+            cuda::blocks_for(D), cuda::kThreads, 0, cuda::stream(), rows.data_ptr<acc_t>(), qidx.data_ptr<int64_t>(),
+            w.data_ptr<acc_t>(), g.data_ptr<acc_t>(), C, Q, make_pixel_view<scalar_t>(grad));
+      });
   return grad;
 }
 

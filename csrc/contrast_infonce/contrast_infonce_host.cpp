@@ -23,7 +23,13 @@ InfonceArgs prepare_infonce(const char* op, const at::Tensor& features, const at
           query_index.contiguous(),
           negative_index.contiguous(),
           class_weight.to(acc).contiguous(),
-          C, query_index.size(1), negative_index.size(2), D, N, K, temperature};
+          C,
+          query_index.size(1),
+          negative_index.size(2),
+          D,
+          N,
+          K,
+          temperature};
 }
 
 at::Tensor reduce_infonce_loss(const at::Tensor& row_loss, const at::Tensor& class_weight, int64_t Q) {

@@ -28,8 +28,15 @@ InfonceArgs prepare_infonce(const char* op, const at::Tensor& features, const at
 template <typename scalar_t>
 contrast_infonce_math::KeySource<scalar_t> key_source(const InfonceArgs& args) {
   const auto v = make_pixel_view<const scalar_t>(args.key_features);
-  return {v.data, v.B, v.P, v.stride_b, v.stride_d, v.stride_p,
-          args.bank.defined() ? args.bank.data_ptr<scalar_t>() : nullptr, args.N, args.D};
+  return {v.data,
+          v.B,
+          v.P,
+          v.stride_b,
+          v.stride_d,
+          v.stride_p,
+          args.bank.defined() ? args.bank.data_ptr<scalar_t>() : nullptr,
+          args.N,
+          args.D};
 }
 
 // loss = sum_c class_weight[c] / Q * sum_q row_loss[c, q] (device ops, no sync).

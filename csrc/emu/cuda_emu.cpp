@@ -245,8 +245,9 @@ void thread_exit_checks() {
   Launch& L = *g_launch;
   ThreadState* t = L.cur;
   if (L.at_barrier > 0) {
-    fail("divergent __syncthreads(): this thread exits while " + std::to_string(L.at_barrier) + " thread(s) of its block wait at the barrier at " +
-         site(L.barrier_file, L.barrier_line) + " (every thread of a block must reach each barrier)");
+    fail("divergent __syncthreads(): this thread exits while " + std::to_string(L.at_barrier) +
+         " thread(s) of its block wait at the barrier at " + site(L.barrier_file, L.barrier_line) +
+         " (every thread of a block must reach each barrier)");
   }
   const int first = t->warp * 32;
   const int n = std::min<int>(32, static_cast<int>(L.threads.size()) - first);
@@ -254,7 +255,8 @@ void thread_exit_checks() {
     const ThreadState& o = L.threads[first + l];
     if (o.state == State::kWarp && (o.mask >> t->lane & 1u)) {
       fail(std::string("lane ") + std::to_string(t->lane) + " exits while lane " + std::to_string(l) + " waits at " +
-           op_name(o.op) + " (" + site(o.file, o.line) + ") with mask " + hex(o.mask) + ", which names the exited lane");
+           op_name(o.op) + " (" + site(o.file, o.line) + ") with mask " + hex(o.mask) +
+           ", which names the exited lane");
     }
   }
 }
@@ -370,7 +372,8 @@ bool run_block(Launch& L, const FiberBody& body) {
       if (t.state == State::kDone || shown >= 6) continue;
       ++shown;
       os << " thread " << dim_str(t.idx) << " at "
-         << (t.state == State::kBarrier ? std::string("__syncthreads()") : std::string(op_name(t.op)) + " mask " + hex(t.mask))
+         << (t.state == State::kBarrier ? std::string("__syncthreads()")
+                                        : std::string(op_name(t.op)) + " mask " + hex(t.mask))
          << " (" << site(t.file, t.line) << ");";
     }
     L.error = os.str() + " [kernel " + L.kernel + ", block " + dim_str(L.bidx) + "]";
@@ -431,12 +434,14 @@ void syncthreads(const char* file, int line) {
   }
   if (L.at_barrier > 0 && (L.barrier_line != line || std::strcmp(L.barrier_file, file) != 0)) {
     fail("divergent __syncthreads(): this thread reaches the barrier at " + site(file, line) + " while " +
-         std::to_string(L.at_barrier) + " thread(s) of its block wait at the one at " + site(L.barrier_file, L.barrier_line));
+         std::to_string(L.at_barrier) + " thread(s) of its block wait at the one at " +
+         site(L.barrier_file, L.barrier_line));
   }
   for (const ThreadState& o : L.threads) {
     if (o.state == State::kWarp && o.warp == t->warp && (o.mask >> t->lane & 1u)) {
-      fail("__syncthreads() at " + site(file, line) + " while lane " + std::to_string(o.lane) + " of this warp waits at " +
-           op_name(o.op) + " (" + site(o.file, o.line) + ") with a mask that names this thread");
+      fail("__syncthreads() at " + site(file, line) + " while lane " + std::to_string(o.lane) +
+           " of this warp waits at " + op_name(o.op) + " (" + site(o.file, o.line) +
+           ") with a mask that names this thread");
     }
   }
   t->state = State::kBarrier;
@@ -462,19 +467,21 @@ uint64_t warp_op(WarpOp op, unsigned mask, uint64_t value, int param, int width,
          " calls it with mask " + hex(mask) + ", which does not include the calling lane");
   }
   if (op <= kShflXor && (width <= 0 || width > 32 || (width & (width - 1)) != 0)) {
-    fail(std::string(op_name(op)) + " at " + site(file, line) + ": width " + std::to_string(width) + " is not a power of 2 in [1, 32]");
+    fail(std::string(op_name(op)) + " at " + site(file, line) + ": width " + std::to_string(width) +
+         " is not a power of 2 in [1, 32]");
   }
   const int first = t->warp * 32;
   const int lanes = std::min<int>(32, static_cast<int>(L.threads.size()) - first);
   for (int l = 0; l < 32; ++l) {
     if (!(mask >> l & 1u)) continue;
     if (l >= lanes) {
-      fail(std::string(op_name(op)) + " at " + site(file, line) + ": mask " + hex(mask) + " names lane " + std::to_string(l) +
-           ", which does not exist (the block has " + std::to_string(L.threads.size()) + " threads)");
+      fail(std::string(op_name(op)) + " at " + site(file, line) + ": mask " + hex(mask) + " names lane " +
+           std::to_string(l) + ", which does not exist (the block has " + std::to_string(L.threads.size()) +
+           " threads)");
     }
     if (L.threads[first + l].state == State::kDone) {
-      fail(std::string(op_name(op)) + " at " + site(file, line) + ": mask " + hex(mask) + " names lane " + std::to_string(l) +
-           ", which has exited");
+      fail(std::string(op_name(op)) + " at " + site(file, line) + ": mask " + hex(mask) + " names lane " +
+           std::to_string(l) + ", which has exited");
     }
   }
   t->state = State::kWarp;
@@ -495,9 +502,9 @@ uint64_t warp_op(WarpOp op, unsigned mask, uint64_t value, int param, int width,
       if (!(mask >> l & 1u)) continue;
       const ThreadState& o = L.threads[first + l];
       if (o.op != op || o.mask != mask || o.line != line || std::strcmp(o.file, file) != 0) {
-        fail(std::string("lanes of one warp wait at different warp operations: lane ") + std::to_string(t->lane) + " at " +
-             op_name(op) + " mask " + hex(mask) + " (" + site(file, line) + "), lane " + std::to_string(l) + " at " +
-             op_name(o.op) + " mask " + hex(o.mask) + " (" + site(o.file, o.line) + ")");
+        fail(std::string("lanes of one warp wait at different warp operations: lane ") + std::to_string(t->lane) +
+             " at " + op_name(op) + " mask " + hex(mask) + " (" + site(file, line) + "), lane " + std::to_string(l) +
+             " at " + op_name(o.op) + " mask " + hex(o.mask) + " (" + site(o.file, o.line) + ")");
       }
     }
     uint32_t ballot = 0;
@@ -572,7 +579,8 @@ void shared_access(SharedBlock* b, int64_t offset, int64_t bytes, Access access,
     const int w = b->writer[offset];
     if (w < 0) {
       fail(std::string("dynamic shared memory ") + verb + " of bytes [" + std::to_string(offset) + ", " +
-           std::to_string(offset + bytes) + ") before any thread of the block wrote them (uninitialised; a missing "
+           std::to_string(offset + bytes) +
+           ") before any thread of the block wrote them (uninitialised; a missing "
            "__syncthreads() between the write and this read?)");
     }
     if (access == kRead && w != me) {
@@ -580,8 +588,9 @@ void shared_access(SharedBlock* b, int64_t offset, int64_t bytes, Access access,
       const bool block_ordered = b->epoch[offset] != L.epoch;
       const bool warp_ordered = wt.warp == L.cur->warp && b->wepoch[offset] != L.warp_epoch[L.cur->warp];
       if (!block_ordered && !warp_ordered) {
-        fail("shared memory race: this thread reads bytes [" + std::to_string(offset) + ", " + std::to_string(offset + bytes) +
-             ") that thread " + dim_str(wt.idx) + " wrote with no __syncthreads() (or __syncwarp() within a warp) in between");
+        fail("shared memory race: this thread reads bytes [" + std::to_string(offset) + ", " +
+             std::to_string(offset + bytes) + ") that thread " + dim_str(wt.idx) +
+             " wrote with no __syncthreads() (or __syncwarp() within a warp) in between");
       }
     }
   }
@@ -636,7 +645,8 @@ void run_grid(const char* pretty, const void* kernel_ptr, dim3 grid, dim3 block,
   TORCH_CHECK(dynamic_bytes <= static_cast<size_t>(limit), "mona emu: kernel ", name, " is launched with ",
               dynamic_bytes, " bytes of dynamic shared memory, above its limit of ", limit,
               " bytes (48 KiB unless raised with cudaFuncSetAttribute(cudaFuncAttributeMaxDynamicSharedMemorySize), "
-              "at most ", kMaxSharedOptin, " on an RTX 3090)");
+              "at most ",
+              kMaxSharedOptin, " on an RTX 3090)");
   ++g_launches[name];
   g_last_grid[name] = grid;
 

@@ -117,11 +117,17 @@ class SharedRef {
   }
   SharedRef& operator=(const SharedRef& o) { return *this = static_cast<T>(o); }
   template <typename U>
-  SharedRef& operator+=(const U& v) { return *this = static_cast<T>(static_cast<T>(*this) + v); }
+  SharedRef& operator+=(const U& v) {
+    return *this = static_cast<T>(static_cast<T>(*this) + v);
+  }
   template <typename U>
-  SharedRef& operator-=(const U& v) { return *this = static_cast<T>(static_cast<T>(*this) - v); }
+  SharedRef& operator-=(const U& v) {
+    return *this = static_cast<T>(static_cast<T>(*this) - v);
+  }
   template <typename U>
-  SharedRef& operator*=(const U& v) { return *this = static_cast<T>(static_cast<T>(*this) * v); }
+  SharedRef& operator*=(const U& v) {
+    return *this = static_cast<T>(static_cast<T>(*this) * v);
+  }
   // Atomic read-modify-write (atomicAdd on shared memory).
   T atomic_add(T v) {
     shared_access(b_, offset_, sizeof(T), kAtomic, type_name());
@@ -212,7 +218,8 @@ T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32, const char*
                   int line = __builtin_LINE()) {
   return ::mona::emu::shfl(::mona::emu::kShflXor, mask, v, lane_mask, width, file, line);
 }
-inline unsigned __ballot_sync(unsigned mask, int pred, const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
+inline unsigned __ballot_sync(unsigned mask, int pred, const char* file = __builtin_FILE(),
+                              int line = __builtin_LINE()) {
   return static_cast<unsigned>(::mona::emu::warp_op(::mona::emu::kBallot, mask, pred != 0, 0, 32, file, line));
 }
 inline int __any_sync(unsigned mask, int pred, const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
@@ -243,9 +250,9 @@ T __ldg(const T* p) {
 }
 // Float overloads as in CUDA's math library (the device code calls exp(float) etc. unqualified).
 using std::exp;
+using std::fabs;
 using std::log;
 using std::sqrt;
-using std::fabs;
 inline float expf(float x) { return std::exp(x); }
 inline float logf(float x) { return std::log(x); }
 inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
@@ -317,11 +324,10 @@ inline const char* cudaGetErrorString(cudaError_t e) { return e == cudaSuccess ?
 #undef CUDA_KERNEL_ASSERT
 #define CUDA_KERNEL_ASSERT(cond) ::mona::emu::device_assert(static_cast<bool>(cond), #cond, __FILE__, __LINE__)
 
-#define C10_CUDA_CHECK(expr)                                                               \
-  do {                                                                                     \
-    const cudaError_t mona_emu_err = (expr);                                               \
-    TORCH_CHECK(mona_emu_err == cudaSuccess, "CUDA error: ", cudaGetErrorString(mona_emu_err), \
-                " (", #expr, ")");                                                         \
+#define C10_CUDA_CHECK(expr)                                                                                      \
+  do {                                                                                                            \
+    const cudaError_t mona_emu_err = (expr);                                                                      \
+    TORCH_CHECK(mona_emu_err == cudaSuccess, "CUDA error: ", cudaGetErrorString(mona_emu_err), " (", #expr, ")"); \
   } while (0)
 #define C10_CUDA_KERNEL_LAUNCH_CHECK() \
   do {                                 \

@@ -66,8 +66,12 @@ at::Tensor run(const at::Tensor& x, bool fixed, size_t shared_per_thread) {
   return y;
 }
 
-at::Tensor planted_missing_barrier(const at::Tensor& x, bool fixed) { return run<reverse_kernel>(x, fixed, sizeof(float)); }
-at::Tensor planted_shared_oob(const at::Tensor& x, bool fixed) { return run<neighbour_kernel>(x, fixed, sizeof(float)); }
+at::Tensor planted_missing_barrier(const at::Tensor& x, bool fixed) {
+  return run<reverse_kernel>(x, fixed, sizeof(float));
+}
+at::Tensor planted_shared_oob(const at::Tensor& x, bool fixed) {
+  return run<neighbour_kernel>(x, fixed, sizeof(float));
+}
 at::Tensor planted_divergent_barrier(const at::Tensor& x, bool fixed) {
   return run<divergent_sum_kernel>(x, fixed, sizeof(float));
 }

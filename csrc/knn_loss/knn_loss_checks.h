@@ -28,8 +28,8 @@ inline void check_inputs(const char* op, const at::Tensor& student, const at::Te
 }
 
 inline void check_indices(const char* op, const at::Tensor& student, const at::Tensor& indices) {
-  TORCH_CHECK_VALUE(indices.dim() == 2 && indices.size(0) == student.size(0) && indices.scalar_type() == at::kLong,
-                    op, ": indices must be [B, k] int64 with B = ", student.size(0), ", got ", shape_str(indices), " ",
+  TORCH_CHECK_VALUE(indices.dim() == 2 && indices.size(0) == student.size(0) && indices.scalar_type() == at::kLong, op,
+                    ": indices must be [B, k] int64 with B = ", student.size(0), ", got ", shape_str(indices), " ",
                     indices.scalar_type());
   TORCH_CHECK_VALUE(indices.size(1) <= kMaxK, op, ": indices has k=", indices.size(1), " columns, at most ", kMaxK);
 }

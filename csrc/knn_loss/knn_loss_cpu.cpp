@@ -32,7 +32,6 @@
 namespace mona {
 namespace {
 
-
 // Queue rows per chunk: 128 x 512 fp32 values = 256 KB, which stays in L2 while all teacher rows
 // are scored against it.
 constexpr int64_t kQueueChunk = 128;
@@ -71,7 +70,7 @@ std::tuple<at::Tensor, at::Tensor> knn_loss_cpu(const at::Tensor& student, const
         for (int64_t i = 0; i < B; ++i) {
           for (int64_t j = j0; j < j1; ++j) {
             knn_loss_math::insert_topk(vals + i * k, idx + i * k, count + i, static_cast<int>(k),
-                            dot(tp + i * d, qp + j * d, d) * inq[j], j);
+                                       dot(tp + i * d, qp + j * d, d) * inq[j], j);
           }
         }
       }
@@ -85,7 +84,8 @@ std::tuple<at::Tensor, at::Tensor> knn_loss_cpu(const at::Tensor& student, const
         for (int64_t th = 0; th < threads; ++th) {
           const int64_t o = (th * B + i) * k;
           for (int n = 0; n < part_count[th * B + i]; ++n) {
-            knn_loss_math::insert_topk(vals.data(), idx, &count, static_cast<int>(k), part_vals[o + n], part_idx[o + n]);
+            knn_loss_math::insert_topk(vals.data(), idx, &count, static_cast<int>(k), part_vals[o + n],
+                                       part_idx[o + n]);
           }
         }
         const acc_t is = cosine_math::inv_norm(dot(sp + i * d, sp + i * d, d));

@@ -26,8 +26,8 @@
 #include <torch/library.h>
 
 #include "common/cosine_math.h"
-#include "common/tensor_utils.h"
 #include "common/cuda_utils.cuh"
+#include "common/tensor_utils.h"
 #include "common/warp_reduce.cuh"
 #include "knn_loss/knn_loss_checks.h"
 #include "knn_loss/knn_loss_math.h"
@@ -56,8 +56,8 @@ __device__ __forceinline__ void warp_dots(const scalar_t* x, const scalar_t* q, 
 // [B, S, k] (row-major), top_count [B, S].
 template <typename scalar_t>
 __global__ void __launch_bounds__(kBlock)
-    knn_loss_topk_kernel(const scalar_t* __restrict__ teacher, const scalar_t* __restrict__ queue, int64_t B,
-                         int64_t K, int64_t d, int k, int64_t S, int64_t split_len,
+    knn_loss_topk_kernel(const scalar_t* __restrict__ teacher, const scalar_t* __restrict__ queue, int64_t B, int64_t K,
+                         int64_t d, int k, int64_t S, int64_t split_len,
                          at::opmath_type<scalar_t>* __restrict__ top_vals, int64_t* __restrict__ top_idx,
                          int* __restrict__ top_count) {
   using acc_t = at::opmath_type<scalar_t>;
@@ -73,7 +73,8 @@ __global__ void __launch_bounds__(kBlock)
     for (int64_t j = j0 + warp; j < j1; j += kWarps) {
       acc_t tq, qq;
       warp_dots(t, queue + j * d, d, lane, &tq, &qq);
-      if (lane == 0) knn_loss_math::insert_topk(vals[warp], idxs[warp], &counts[warp], k, tq * cosine_math::inv_norm(qq), j);
+      if (lane == 0)
+        knn_loss_math::insert_topk(vals[warp], idxs[warp], &counts[warp], k, tq * cosine_math::inv_norm(qq), j);
     }
     __syncthreads();
     if (threadIdx.x == 0) {  // k-way merge of the warps' sorted lists
@@ -84,7 +85,8 @@ __global__ void __launch_bounds__(kBlock)
         int best = -1;
         for (int w = 0; w < kWarps; ++w) {
           if (head[w] >= counts[w]) continue;
-          if (best < 0 || knn_loss_math::better(vals[w][head[w]], idxs[w][head[w]], vals[best][head[best]], idxs[best][head[best]])) {
+          if (best < 0 || knn_loss_math::better(vals[w][head[w]], idxs[w][head[w]], vals[best][head[best]],
+                                                idxs[best][head[best]])) {
             best = w;
           }
         }
@@ -105,10 +107,9 @@ constexpr int kListsPerThread = static_cast<int>((cuda::kTargetBlocks + kBlock -
 template <typename scalar_t>
 __global__ void __launch_bounds__(kBlock)
     knn_loss_select_kernel(const scalar_t* __restrict__ student, const scalar_t* __restrict__ queue,
-                           const at::opmath_type<scalar_t>* __restrict__ top_vals,
-                           const int64_t* __restrict__ top_idx, const int* __restrict__ top_count, int64_t B,
-                           int64_t d, int k, int64_t S, int64_t* __restrict__ indices,
-                           at::opmath_type<scalar_t>* __restrict__ row_sums) {
+                           const at::opmath_type<scalar_t>* __restrict__ top_vals, const int64_t* __restrict__ top_idx,
+                           const int* __restrict__ top_count, int64_t B, int64_t d, int k, int64_t S,
+                           int64_t* __restrict__ indices, at::opmath_type<scalar_t>* __restrict__ row_sums) {
   using acc_t = at::opmath_type<scalar_t>;
   __shared__ int win_has[kWarps];
   __shared__ acc_t win_val[kWarps];
@@ -207,7 +208,8 @@ template <typename scalar_t>
 __global__ void __launch_bounds__(kBlock)
     knn_loss_backward_dots_kernel(const scalar_t* __restrict__ student, const scalar_t* __restrict__ queue,
                                   const int64_t* __restrict__ indices, int64_t B, int64_t d, int k,
-                                  at::opmath_type<scalar_t>* __restrict__ sq, at::opmath_type<scalar_t>* __restrict__ invq) {
+                                  at::opmath_type<scalar_t>* __restrict__ sq,
+                                  at::opmath_type<scalar_t>* __restrict__ invq) {
   using acc_t = at::opmath_type<scalar_t>;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int64_t n = static_cast<int64_t>(blockIdx.x) * kWarps + warp;
@@ -277,15 +279,17 @@ std::tuple<at::Tensor, at::Tensor> knn_loss_cuda(const at::Tensor& student, cons
     using acc_t = at::opmath_type<scalar_t>;
     if (B > 0) {
       const unsigned int rows = static_cast<unsigned int>(std::min<int64_t>(B, 65535));
-      cuda::launch<knn_loss_topk_kernel<scalar_t>>(dim3(static_cast<unsigned int>(splits.count), rows), kBlock, 0,
-          stream, t.data_ptr<scalar_t>(), q.data_ptr<scalar_t>(), B, K, d, static_cast<int>(k), splits.count, splits.len,
-          top_vals.data_ptr<acc_t>(), top_idx.data_ptr<int64_t>(), top_count.data_ptr<int>());
-      cuda::launch<knn_loss_select_kernel<scalar_t>>(rows, kBlock, 0, stream, s.data_ptr<scalar_t>(),
-          q.data_ptr<scalar_t>(), top_vals.data_ptr<acc_t>(), top_idx.data_ptr<int64_t>(), top_count.data_ptr<int>(), B,
-          d, static_cast<int>(k), splits.count, indices.data_ptr<int64_t>(), row_sums.data_ptr<acc_t>());
+      cuda::launch<knn_loss_topk_kernel<scalar_t>>(
+          dim3(static_cast<unsigned int>(splits.count), rows), kBlock, 0, stream, t.data_ptr<scalar_t>(),
+          q.data_ptr<scalar_t>(), B, K, d, static_cast<int>(k), splits.count, splits.len, top_vals.data_ptr<acc_t>(),
+          top_idx.data_ptr<int64_t>(), top_count.data_ptr<int>());
+      cuda::launch<knn_loss_select_kernel<scalar_t>>(
+          rows, kBlock, 0, stream, s.data_ptr<scalar_t>(), q.data_ptr<scalar_t>(), top_vals.data_ptr<acc_t>(),
+          top_idx.data_ptr<int64_t>(), top_count.data_ptr<int>(), B, d, static_cast<int>(k), splits.count,
+          indices.data_ptr<int64_t>(), row_sums.data_ptr<acc_t>());
     }
-    cuda::launch<knn_loss_mean_kernel<scalar_t>>(1, 1, 0, stream,
-        row_sums.data_ptr<acc_t>(), B, k, loss.data_ptr<scalar_t>());
+    cuda::launch<knn_loss_mean_kernel<scalar_t>>(1, 1, 0, stream, row_sums.data_ptr<acc_t>(), B, k,
+                                                 loss.data_ptr<scalar_t>());
   });
   return {loss, indices};
 }

@@ -14,11 +14,13 @@ TORCH_LIBRARY_FRAGMENT(mona, m) {
   // (sum w as 0-dim fp32 / fp64) and, when compute_grad_a / compute_grad_b, d loss / d logits_a and
   // d loss / d logits_b (for grad_loss = 1) computed in the same pass over the logits ([0]-shaped
   // otherwise): the autograd backward then only multiplies them by grad_loss.
-  m.def("pixel_kl(Tensor logits_a, Tensor logits_b, Tensor? mask=None, bool symmetric=True,"
-        " bool compute_grad_a=False, bool compute_grad_b=False)"
-        " -> (Tensor loss, Tensor weight_sum, Tensor grad_a, Tensor grad_b)");
+  m.def(
+      "pixel_kl(Tensor logits_a, Tensor logits_b, Tensor? mask=None, bool symmetric=True,"
+      " bool compute_grad_a=False, bool compute_grad_b=False)"
+      " -> (Tensor loss, Tensor weight_sum, Tensor grad_a, Tensor grad_b)");
   // Backward from the logits alone: recomputes the log-softmaxes (for a forward called without
   // compute_grad_*). Gradients that are not needed come back as [0]-shaped tensors.
-  m.def("pixel_kl_backward(Tensor grad_loss, Tensor logits_a, Tensor logits_b, Tensor? mask, Tensor weight_sum,"
-        " bool symmetric, bool need_grad_a, bool need_grad_b) -> (Tensor grad_a, Tensor grad_b)");
+  m.def(
+      "pixel_kl_backward(Tensor grad_loss, Tensor logits_a, Tensor logits_b, Tensor? mask, Tensor weight_sum,"
+      " bool symmetric, bool need_grad_a, bool need_grad_b) -> (Tensor grad_a, Tensor grad_b)");
 }

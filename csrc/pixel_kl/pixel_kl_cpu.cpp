@@ -257,9 +257,8 @@ double run(const KlArgs<scalar_t, weight_t>& args) {
   const int64_t per_image = (args.a.P + kTile - 1) / kTile, total = args.a.B * per_image;
   const int nthreads = at::get_num_threads();
   std::vector<double> part(static_cast<size_t>(nthreads), 0.0);
-  at::parallel_for(0, total, 1, [&](int64_t begin, int64_t end) {
-    part[at::get_thread_num()] += dispatch_tiles(args, begin, end);
-  });
+  at::parallel_for(0, total, 1,
+                   [&](int64_t begin, int64_t end) { part[at::get_thread_num()] += dispatch_tiles(args, begin, end); });
   double sum = 0;
   for (double v : part) sum += v;
   return sum;
@@ -342,7 +341,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> pixel_kl_cpu(const at
 }
 
 std::tuple<at::Tensor, at::Tensor> pixel_kl_backward_cpu(const at::Tensor& grad_loss, const at::Tensor& logits_a,
-                                                         const at::Tensor& logits_b, const std::optional<at::Tensor>& mask,
+                                                         const at::Tensor& logits_b,
+                                                         const std::optional<at::Tensor>& mask,
                                                          const at::Tensor& weight_sum, bool symmetric, bool need_a,
                                                          bool need_b) {
   pixel_kl_checks::check_inputs("pixel_kl_backward", logits_a, logits_b, mask);

@@ -69,7 +69,8 @@ __global__ void __launch_bounds__(cuda::kThreads)
                     const at::opmath_type<scalar_t>* __restrict__ w, bool symmetric,
                     const at::opmath_type<scalar_t>* __restrict__ grad_loss,
                     const at::opmath_type<scalar_t>* __restrict__ weight_sum, PixelView<scalar_t> ga,
-                    PixelView<scalar_t> gb, bool need_a, bool need_b, at::opmath_type<scalar_t>* __restrict__ partials) {
+                    PixelView<scalar_t> gb, bool need_a, bool need_b,
+                    at::opmath_type<scalar_t>* __restrict__ partials) {
   using acc_t = at::opmath_type<scalar_t>;
   __shared__ acc_t shared[32];
   const acc_t g = grad_loss ? grad_loss[0] : acc_t(1), den = weight_sum[0];
@@ -110,7 +111,8 @@ __global__ void __launch_bounds__(cuda::kThreads)
   double ls = 0;
   for (int64_t i = threadIdx.x; i < blocks; i += blockDim.x) ls += static_cast<double>(partials[i]);
   ls = cuda::block_sum(ls, shared, static_cast<int>(blockDim.x >> 5));
-  if (threadIdx.x == 0) loss[0] = static_cast<scalar_t>(pixel_kl_math::safe_ratio(ls, static_cast<double>(weight_sum[0])));
+  if (threadIdx.x == 0)
+    loss[0] = static_cast<scalar_t>(pixel_kl_math::safe_ratio(ls, static_cast<double>(weight_sum[0])));
 }
 
 // The mask as acc-dtype weights and their sum, on the device (no host sync); no mask: every pixel
@@ -136,10 +138,10 @@ void launch_pixels(const at::Tensor& a, const at::Tensor& b, const Weights& weig
   // A gradient that is not wanted gets an empty view (never written: need_* is false).
   const auto vga = ga ? make_pixel_view<scalar_t>(*ga) : PixelView<scalar_t>{};
   const auto vgb = gb ? make_pixel_view<scalar_t>(*gb) : PixelView<scalar_t>{};
-  cuda::launch<pixel_kl_kernel<scalar_t>>(blocks, cuda::kThreads, 0, cuda::stream(), va, vb,
-      weights.w.defined() ? weights.w.data_ptr<acc_t>() : nullptr, symmetric,
-      grad_loss ? grad_loss->data_ptr<acc_t>() : nullptr, weights.sum.data_ptr<acc_t>(), vga, vgb, ga != nullptr,
-      gb != nullptr, partials ? partials->data_ptr<acc_t>() : nullptr);
+  cuda::launch<pixel_kl_kernel<scalar_t>>(
+      blocks, cuda::kThreads, 0, cuda::stream(), va, vb, weights.w.defined() ? weights.w.data_ptr<acc_t>() : nullptr,
+      symmetric, grad_loss ? grad_loss->data_ptr<acc_t>() : nullptr, weights.sum.data_ptr<acc_t>(), vga, vgb,
+      ga != nullptr, gb != nullptr, partials ? partials->data_ptr<acc_t>() : nullptr);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> pixel_kl_cuda(const at::Tensor& logits_a,
@@ -164,7 +166,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> pixel_kl_cuda(const a
     launch_pixels<scalar_t>(a, b, weights, symmetric, nullptr, compute_grad_a ? &ga : nullptr,
                             compute_grad_b ? &gb : nullptr, &partials, blocks);
     cuda::launch<pixel_kl_finalize_kernel<scalar_t>>(1, cuda::kThreads, 0, cuda::stream(), partials.data_ptr<acc_t>(),
-        static_cast<int64_t>(blocks), weights.sum.data_ptr<acc_t>(), loss.data_ptr<scalar_t>());
+                                                     static_cast<int64_t>(blocks), weights.sum.data_ptr<acc_t>(),
+                                                     loss.data_ptr<scalar_t>());
   });
   return {loss, weights.sum.reshape({}), ga, gb};
 }

@@ -18,8 +18,9 @@ TORCH_LIBRARY_FRAGMENT(mona, m) {
   // negative_index [C, Q, M] (< N: pixel of the key map; >= N: bank row N + v*K + slot; -1 unused)
   // and class_weight [C] (float32: 1 / #classes present in the batch for a class that contributes,
   // 0 otherwise), so that the loss is sum_c class_weight[c] * mean_q loss[c, q].
-  m.def("sample_negatives(Tensor offsets, Tensor counts, Tensor hard_counts, Tensor permutation, Tensor prototypes,"
-        " int num_queries=256, int num_negatives=512, float temperature=0.5, str negatives=\"batch\","
-        " str query_mode=\"hard\", Tensor? bank_fill=None, int bank_size=0, Generator? generator=None)"
-        " -> (Tensor query_index, Tensor negative_index, Tensor class_weight)");
+  m.def(
+      "sample_negatives(Tensor offsets, Tensor counts, Tensor hard_counts, Tensor permutation, Tensor prototypes,"
+      " int num_queries=256, int num_negatives=512, float temperature=0.5, str negatives=\"batch\","
+      " str query_mode=\"hard\", Tensor? bank_fill=None, int bank_size=0, Generator? generator=None)"
+      " -> (Tensor query_index, Tensor negative_index, Tensor class_weight)");
 }

@@ -18,9 +18,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sample_negatives_cpu(
     const at::Tensor& prototypes, int64_t num_queries, int64_t num_negatives, double temperature,
     c10::string_view negatives, c10::string_view query_mode, const std::optional<at::Tensor>& bank_fill,
     int64_t bank_size, const std::optional<at::Generator>& generator) {
-  SamplerPlan plan = plan_sampling(offsets, counts, hard_counts, permutation, prototypes, bank_fill, bank_size,
-                                   num_queries, num_negatives, temperature, std::string(negatives),
-                                   std::string(query_mode), generator);
+  SamplerPlan plan =
+      plan_sampling(offsets, counts, hard_counts, permutation, prototypes, bank_fill, bank_size, num_queries,
+                    num_negatives, temperature, std::string(negatives), std::string(query_mode), generator);
   const int64_t C = plan.num_classes, Q = num_queries, M = num_negatives;
   const auto lopts = offsets.options().dtype(at::kLong);
   at::Tensor qidx = at::empty({C, Q}, lopts), nidx = at::empty({C, Q, M}, lopts);

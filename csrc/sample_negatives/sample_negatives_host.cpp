@@ -19,9 +19,9 @@ SamplerPlan plan_sampling(const at::Tensor& offsets, const at::Tensor& counts, c
                           const std::optional<at::Tensor>& bank_fill, int64_t bank_size, int64_t num_queries,
                           int64_t num_negatives, double temperature, const std::string& negatives,
                           const std::string& query_mode, const std::optional<at::Generator>& generator) {
-  const auto [source, mode] = sample_negatives_checks::check_inputs(
-      offsets, counts, hard_counts, permutation, prototypes, bank_fill, bank_size, num_queries, num_negatives,
-      temperature, negatives, query_mode);
+  const auto [source, mode] =
+      sample_negatives_checks::check_inputs(offsets, counts, hard_counts, permutation, prototypes, bank_fill, bank_size,
+                                            num_queries, num_negatives, temperature, negatives, query_mode);
   const int64_t C = offsets.size(0);
 
   SamplerPlan plan;
@@ -40,9 +40,9 @@ SamplerPlan plan_sampling(const at::Tensor& offsets, const at::Tensor& counts, c
   plan.bank_fill = source == sample_negatives_math::kBatch ? at::zeros({C}, counts.options()) : bank_fill->contiguous();
 
   // Which classes can supply negative keys from the chosen source.
-  at::Tensor available = source == sample_negatives_math::kBatch ? counts.gt(0)
+  at::Tensor available = source == sample_negatives_math::kBatch  ? counts.gt(0)
                          : source == sample_negatives_math::kBank ? plan.bank_fill.gt(0)
-                                                  : counts.gt(0).logical_or(plan.bank_fill.gt(0));
+                                                                  : counts.gt(0).logical_or(plan.bank_fill.gt(0));
   // Class relation graph and the per-row sampling mass (a masked softmax, unnormalised CDF).
   at::Tensor protos = prototypes.to(at::kFloat);
   at::Tensor normed = protos.div(protos.norm(2, {1}, true).clamp_min(cosine_math::kCosineSimilarityEps));

@@ -30,10 +30,20 @@ SamplerPlan plan_sampling(const at::Tensor& offsets, const at::Tensor& counts, c
 
 // The plan's device pointers as the kernels' argument struct.
 inline sample_negatives_math::PoolRefs pool_refs(SamplerPlan& plan) {
-  return {plan.offsets.data_ptr<int64_t>(), plan.counts.data_ptr<int64_t>(), plan.hard_counts.data_ptr<int64_t>(),
-          plan.permutation.data_ptr<int64_t>(), plan.bank_fill.data_ptr<int64_t>(), plan.class_cdf.data_ptr<float>(),
-          plan.class_weight.data_ptr<float>(), plan.num_classes, plan.num_queries, plan.num_negatives,
-          plan.num_pixels, plan.bank_size, plan.source, plan.mode};
+  return {plan.offsets.data_ptr<int64_t>(),
+          plan.counts.data_ptr<int64_t>(),
+          plan.hard_counts.data_ptr<int64_t>(),
+          plan.permutation.data_ptr<int64_t>(),
+          plan.bank_fill.data_ptr<int64_t>(),
+          plan.class_cdf.data_ptr<float>(),
+          plan.class_weight.data_ptr<float>(),
+          plan.num_classes,
+          plan.num_queries,
+          plan.num_negatives,
+          plan.num_pixels,
+          plan.bank_size,
+          plan.source,
+          plan.mode};
 }
 
 }  // namespace mona

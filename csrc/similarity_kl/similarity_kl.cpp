@@ -12,8 +12,10 @@ TORCH_LIBRARY_FRAGMENT(mona, m) {
   // and, with compute_grad, d loss / d student ([B, d], for grad_loss = 1; else an empty [0]):
   // the autograd formula then only scales it (one pass over the queue instead of two).
   // Gradient flows to the student only.
-  m.def("similarity_kl(Tensor student, Tensor teacher, Tensor queue, float tau_student, float tau_teacher,"
-        " bool compute_grad=False) -> (Tensor loss, Tensor lse_student, Tensor lse_teacher, Tensor grad_student)");
-  m.def("similarity_kl_backward(Tensor grad_loss, Tensor student, Tensor teacher, Tensor queue,"
-        " Tensor lse_student, Tensor lse_teacher, float tau_student, float tau_teacher) -> Tensor grad_student");
+  m.def(
+      "similarity_kl(Tensor student, Tensor teacher, Tensor queue, float tau_student, float tau_teacher,"
+      " bool compute_grad=False) -> (Tensor loss, Tensor lse_student, Tensor lse_teacher, Tensor grad_student)");
+  m.def(
+      "similarity_kl_backward(Tensor grad_loss, Tensor student, Tensor teacher, Tensor queue,"
+      " Tensor lse_student, Tensor lse_teacher, float tau_student, float tau_teacher) -> Tensor grad_student");
 }

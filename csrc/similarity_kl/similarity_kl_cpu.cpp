@@ -65,7 +65,7 @@ struct Logits {
 
 template <typename acc_t>
 Logits compute_logits(const at::Tensor& student, const at::Tensor& teacher, const at::Tensor& queue, double tau_s,
-              double tau_t) {
+                      double tau_t) {
   const auto acc = acc_dtype(student.scalar_type());
   const int64_t B = student.size(0);
   Logits logits;
@@ -74,7 +74,8 @@ Logits compute_logits(const at::Tensor& student, const at::Tensor& teacher, cons
   logits.q = queue.to(acc).contiguous();
   logits.ns = squared_norms<acc_t>(logits.s);
   logits.iq = inv_norms<acc_t>(squared_norms<acc_t>(logits.q));
-  const at::Tensor row_scale = at::cat({inv_norms<acc_t>(logits.ns).div_(tau_s), inv_norms<acc_t>(squared_norms<acc_t>(t)).div_(tau_t)});
+  const at::Tensor row_scale =
+      at::cat({inv_norms<acc_t>(logits.ns).div_(tau_s), inv_norms<acc_t>(squared_norms<acc_t>(t)).div_(tau_t)});
   logits.st = at::mm(at::cat({logits.s, t}), logits.q.t());
   logits.st.mul_(logits.iq.unsqueeze(0)).mul_(row_scale.unsqueeze(1));
   logits.us = logits.st.narrow(0, 0, B);
@@ -98,7 +99,8 @@ at::Tensor student_grad(const Logits& logits, at::Tensor log_ps, at::Tensor pt, 
   acc_t* out = grad.data_ptr<acc_t>();
   for (int64_t i = 0; i < B; ++i) {
     const acc_t is = cosine_math::inv_norm(ns[i]), proj = cosine_math::projection(ns[i]);
-    for (int64_t c = 0; c < d; ++c) out[i * d + c] = cosine_math::grad_component(gq[i * d + c], ac[i], sp[i * d + c], is, proj);
+    for (int64_t c = 0; c < d; ++c)
+      out[i * d + c] = cosine_math::grad_component(gq[i * d + c], ac[i], sp[i * d + c], is, proj);
   }
   return grad;
 }
@@ -153,8 +155,9 @@ at::Tensor similarity_kl_backward_cpu(const at::Tensor& grad_loss, const at::Ten
     Logits logits = compute_logits<acc_t>(student, teacher, queue, tau_s, tau_t);
     const at::Tensor lse_s = lse_student.to(acc).contiguous(), lse_t = lse_teacher.to(acc).contiguous();
     at::Tensor pt = logits.ut.sub(lse_t.unsqueeze(1)).exp_();
-    grad = student_grad<acc_t>(logits, logits.us.sub(lse_s.unsqueeze(1)), std::move(pt), g / static_cast<double>(B), tau_s)
-               .to(student.scalar_type());
+    grad =
+        student_grad<acc_t>(logits, logits.us.sub(lse_s.unsqueeze(1)), std::move(pt), g / static_cast<double>(B), tau_s)
+            .to(student.scalar_type());
   });
   return grad;
 }

@@ -24,8 +24,8 @@
 #include <torch/library.h>
 
 #include "common/cosine_math.h"
-#include "common/tensor_utils.h"
 #include "common/cuda_utils.cuh"
+#include "common/tensor_utils.h"
 #include "common/warp_reduce.cuh"
 #include "similarity_kl/similarity_kl_checks.h"
 #include "similarity_kl/similarity_kl_math.h"
@@ -100,8 +100,8 @@ __global__ void __launch_bounds__(kBlock)
 
 // Pass 2 of the forward: a thread per row merges the row's S split states in split order.
 template <typename acc_t>
-__global__ void similarity_kl_finish_kernel(const similarity_kl_math::OnlineKL<acc_t>* __restrict__ partial, int64_t B, int64_t S,
-                                            acc_t* __restrict__ kl_rows, acc_t* __restrict__ lse_s,
+__global__ void similarity_kl_finish_kernel(const similarity_kl_math::OnlineKL<acc_t>* __restrict__ partial, int64_t B,
+                                            int64_t S, acc_t* __restrict__ kl_rows, acc_t* __restrict__ lse_s,
                                             acc_t* __restrict__ lse_t) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < B;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -130,7 +130,8 @@ template <typename scalar_t>
 __global__ void __launch_bounds__(kBlock)
     similarity_kl_backward_kernel(const at::opmath_type<scalar_t>* __restrict__ grad_loss,
                                   const scalar_t* __restrict__ student, const scalar_t* __restrict__ teacher,
-                                  const scalar_t* __restrict__ queue, const at::opmath_type<scalar_t>* __restrict__ lse_s,
+                                  const scalar_t* __restrict__ queue,
+                                  const at::opmath_type<scalar_t>* __restrict__ lse_s,
                                   const at::opmath_type<scalar_t>* __restrict__ lse_t, int64_t B, int64_t K, int64_t d,
                                   int64_t S, int64_t split_len, at::opmath_type<scalar_t> inv_tau_s,
                                   at::opmath_type<scalar_t> inv_tau_t, at::opmath_type<scalar_t> inv_batch,
@@ -147,7 +148,8 @@ __global__ void __launch_bounds__(kBlock)
     for (int64_t k = threadIdx.x; k < kWarps * d; k += blockDim.x) accum[k] = acc_t(0);
     const scalar_t* s = student + i * d;
     const scalar_t* t = teacher + i * d;
-    const acc_t is = cosine_math::inv_norm(row_sq_norm(s, d, red));  // (its __syncthreads also orders the zeroing above)
+    const acc_t is =
+        cosine_math::inv_norm(row_sq_norm(s, d, red));  // (its __syncthreads also orders the zeroing above)
     const acc_t it = cosine_math::inv_norm(row_sq_norm(t, d, red)) * inv_tau_t;
     acc_t c = 0;
     const smem_ptr<acc_t> my = accum + warp * d;
@@ -156,7 +158,8 @@ __global__ void __launch_bounds__(kBlock)
       acc_t ds, dt, iq;
       warp_queue_dots(s, t, q, d, lane, ds, dt, iq);
       const acc_t cos_s = ds * is * iq;
-      const acc_t w = similarity_kl_math::entry_weight(cos_s * inv_tau_s, dt * it * iq, lse_s[i], lse_t[i], inv_tau_s, scale);
+      const acc_t w =
+          similarity_kl_math::entry_weight(cos_s * inv_tau_s, dt * it * iq, lse_s[i], lse_t[i], inv_tau_s, scale);
       c += w * cos_s;
       const acc_t wq = w * iq;
       for (int64_t k = lane; k < d; k += 32) my[k] += wq * static_cast<acc_t>(q[k]);
@@ -223,26 +226,30 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> similarity_kl_cuda(const at::Tens
     if (B > 0) {
       auto* states = reinterpret_cast<State*>(partial.data_ptr<acc_t>());
       const dim3 grid(static_cast<unsigned int>(splits.count), static_cast<unsigned int>(std::min<int64_t>(B, 65535)));
-      cuda::launch<similarity_kl_forward_kernel<scalar_t>>(grid, kBlock, 0, stream,
-          s.data_ptr<scalar_t>(), t.data_ptr<scalar_t>(), q.data_ptr<scalar_t>(), B, K, d, splits.count, splits.len,
-          static_cast<acc_t>(1.0 / tau_s), static_cast<acc_t>(1.0 / tau_t), states);
-      cuda::launch<similarity_kl_finish_kernel<acc_t>>(cuda::blocks_for(B), cuda::kThreads, 0, stream,
-          static_cast<const State*>(states), B, splits.count, kl_rows.data_ptr<acc_t>(), lse_s.data_ptr<acc_t>(),
-          lse_t.data_ptr<acc_t>());
+      cuda::launch<similarity_kl_forward_kernel<scalar_t>>(
+          grid, kBlock, 0, stream, s.data_ptr<scalar_t>(), t.data_ptr<scalar_t>(), q.data_ptr<scalar_t>(), B, K, d,
+          splits.count, splits.len, static_cast<acc_t>(1.0 / tau_s), static_cast<acc_t>(1.0 / tau_t), states);
+      cuda::launch<similarity_kl_finish_kernel<acc_t>>(
+          cuda::blocks_for(B), cuda::kThreads, 0, stream, static_cast<const State*>(states), B, splits.count,
+          kl_rows.data_ptr<acc_t>(), lse_s.data_ptr<acc_t>(), lse_t.data_ptr<acc_t>());
     }
-    cuda::launch<similarity_kl_mean_kernel<scalar_t>>(1, 1, 0, stream,
-        kl_rows.data_ptr<acc_t>(), B, loss.data_ptr<scalar_t>());
+    cuda::launch<similarity_kl_mean_kernel<scalar_t>>(1, 1, 0, stream, kl_rows.data_ptr<acc_t>(), B,
+                                                      loss.data_ptr<scalar_t>());
   });
   return {loss, lse_s, lse_t};
 }
 
-at::Tensor similarity_kl_backward_cuda(const at::Tensor& grad_loss, const at::Tensor& student, const at::Tensor& teacher,
-                                       const at::Tensor& queue, const at::Tensor& lse_student,
-                                       const at::Tensor& lse_teacher, double tau_s, double tau_t) {
+at::Tensor similarity_kl_backward_cuda(const at::Tensor& grad_loss, const at::Tensor& student,
+                                       const at::Tensor& teacher, const at::Tensor& queue,
+                                       const at::Tensor& lse_student, const at::Tensor& lse_teacher, double tau_s,
+                                       double tau_t) {
   const char* op = "similarity_kl_backward";
   similarity_kl_checks::check_inputs(op, student, teacher, queue, tau_s, tau_t);
-  const cuda::DeviceGuard guard(op, {{"student", student}, {"teacher", teacher}, {"queue", queue},
-                                     {"lse_student", lse_student}, {"lse_teacher", lse_teacher}});
+  const cuda::DeviceGuard guard(op, {{"student", student},
+                                     {"teacher", teacher},
+                                     {"queue", queue},
+                                     {"lse_student", lse_student},
+                                     {"lse_teacher", lse_teacher}});
   const auto acc = acc_dtype(student.scalar_type());
   const int64_t B = student.size(0), K = queue.size(0), d = student.size(1);
   // Each of the 8 warps accumulates its d-vector in shared memory; the kernel also has 8 static
@@ -266,23 +273,25 @@ at::Tensor similarity_kl_backward_cuda(const at::Tensor& grad_loss, const at::Te
     using acc_t = at::opmath_type<scalar_t>;
     cuda::allow_dynamic_shared<similarity_kl_backward_kernel<scalar_t>>(shared_bytes);
     const dim3 grid(static_cast<unsigned int>(splits.count), static_cast<unsigned int>(std::min<int64_t>(B, 65535)));
-    cuda::launch<similarity_kl_backward_kernel<scalar_t>>(grid, kBlock, shared_bytes, stream,
-        g.data_ptr<acc_t>(), s.data_ptr<scalar_t>(), t.data_ptr<scalar_t>(), q.data_ptr<scalar_t>(),
-        ls.data_ptr<acc_t>(), lt.data_ptr<acc_t>(), B, K, d, splits.count, splits.len, static_cast<acc_t>(1.0 / tau_s),
-        static_cast<acc_t>(1.0 / tau_t), static_cast<acc_t>(1.0 / static_cast<double>(B)), part_q.data_ptr<acc_t>(),
-        part_cos.data_ptr<acc_t>());
-    cuda::launch<similarity_kl_backward_finish_kernel<scalar_t>>(static_cast<unsigned int>(std::min<int64_t>(B, 65535)),
-        kBlock, 0, stream, s.data_ptr<scalar_t>(), part_q.data_ptr<acc_t>(), part_cos.data_ptr<acc_t>(), B, d,
-        splits.count, grad.data_ptr<acc_t>());
+    cuda::launch<similarity_kl_backward_kernel<scalar_t>>(
+        grid, kBlock, shared_bytes, stream, g.data_ptr<acc_t>(), s.data_ptr<scalar_t>(), t.data_ptr<scalar_t>(),
+        q.data_ptr<scalar_t>(), ls.data_ptr<acc_t>(), lt.data_ptr<acc_t>(), B, K, d, splits.count, splits.len,
+        static_cast<acc_t>(1.0 / tau_s), static_cast<acc_t>(1.0 / tau_t),
+        static_cast<acc_t>(1.0 / static_cast<double>(B)), part_q.data_ptr<acc_t>(), part_cos.data_ptr<acc_t>());
+    cuda::launch<similarity_kl_backward_finish_kernel<scalar_t>>(
+        static_cast<unsigned int>(std::min<int64_t>(B, 65535)), kBlock, 0, stream, s.data_ptr<scalar_t>(),
+        part_q.data_ptr<acc_t>(), part_cos.data_ptr<acc_t>(), B, d, splits.count, grad.data_ptr<acc_t>());
   });
   return grad.to(student.scalar_type());
 }
 
 // compute_grad: the gradient for grad_loss = 1 right after the forward, on the stream (no sync).
 // The CPU kernel fuses the two (its BLAS products dominate); here the backward kernel re-reads the queue.
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> similarity_kl_with_grad_cuda(
-    const at::Tensor& student, const at::Tensor& teacher, const at::Tensor& queue, double tau_s, double tau_t,
-    bool compute_grad) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> similarity_kl_with_grad_cuda(const at::Tensor& student,
+                                                                                        const at::Tensor& teacher,
+                                                                                        const at::Tensor& queue,
+                                                                                        double tau_s, double tau_t,
+                                                                                        bool compute_grad) {
   auto [loss, lse_s, lse_t] = similarity_kl_cuda(student, teacher, queue, tau_s, tau_t);
   at::Tensor grad = compute_grad ? similarity_kl_backward_cuda(at::ones({}, loss.options()), student, teacher, queue,
                                                                lse_s, lse_t, tau_s, tau_t)
