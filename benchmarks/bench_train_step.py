@@ -40,6 +40,20 @@ def _make_cache(root: Path, size: int) -> Path:
     return root / "cache"
 
 
+# Overrides of acdc_mona.yaml for a run whose steps are training steps alone: stage 2 only, one
+# labeled patient, and never a log line, validation or checkpoint in the measured steps
+# (memory_model.py uses them too).
+STEP_ONLY = [
+    "pretrain_iterations=0",
+    "iterations=100000",
+    "val_every=100000",
+    "checkpoint_every=100000",
+    "log_every=100000",
+    "data.labeled_patients=1",
+    "data.labeled_ratio=null",
+]
+
+
 def _child(cfg_json: str) -> None:
     import torch
 
@@ -57,15 +71,9 @@ def _child(cfg_json: str) -> None:
             f"out_dir={c['out']}",
             f"device={c['device']}",
             f"impl={c['impl']}",
-            "pretrain_iterations=0",
-            "iterations=100000",
-            "val_every=100000",
-            "checkpoint_every=100000",
-            "log_every=100000",
-            "data.labeled_patients=1",
-            "data.labeled_ratio=null",
-        ]
-        + c["overrides"],
+            *STEP_ONLY,
+            *c["overrides"],
+        ],
     )
     run = setup(cfg)
     run.method.student.train()

@@ -121,6 +121,7 @@ def _child(c: dict) -> None:
 
     import torch
 
+    from benchmarks.bench_train_step import STEP_ONLY
     from benchmarks.harness import peak_of
     from mona.train import load_config
     from mona.train.loop import setup, train_one_iteration
@@ -138,13 +139,7 @@ def _child(c: dict) -> None:
             f"device={device}",
             f"amp={c.get('amp', 'off')}",
             f"impl={'reference' if c['variant'] == 'reference' else 'ext'}",
-            "pretrain_iterations=0",
-            "iterations=100000",
-            "val_every=100000",
-            "checkpoint_every=100000",
-            "log_every=100000",
-            "data.labeled_patients=1",
-            "data.labeled_ratio=null",
+            *STEP_ONLY,
             f"data.batch_size={b}",
             f"data.labeled_bs={b // 2}",
             f"model.embed_dim={c['dim']}",

@@ -14,22 +14,11 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from tinyconfig import SMALL
 
 import mona_ext
 from mona.train import load_config
 from mona.train.loop import setup, train_one_iteration
-
-SMALL = {
-    "glcon.mined_views": 4,
-    "glcon.local_crops": 4,
-    "model.embed_dim": 16,
-    "mona.num_queries": 8,
-    "mona.num_negatives": 16,
-    "mona.bank_size": 32,
-    "mona.bank_push_per_class": 8,
-    "mona.knn_queue": 8,
-    "mona.knn_k": 3,
-}
 
 
 def _cfg(cache, out, method="mona", **kw):

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
+from tinyconfig import SMALL as TINY_HEADS
 
 from mona.train import load_config, train
 from mona.train.checkpoint import load_checkpoint, student_state
@@ -29,18 +30,7 @@ from mona.train.loop import setup, train_one_iteration
 
 WORLD = 2
 ROOT = Path(__file__).resolve().parents[2]
-SMALL = {  # tiny model, heads and samplers: behaviour, not quality
-    "model.channels": "[4,8,16,32,64]",
-    "model.embed_dim": 16,
-    "glcon.mined_views": 4,
-    "glcon.local_crops": 4,
-    "mona.num_queries": 8,
-    "mona.num_negatives": 16,
-    "mona.bank_size": 32,
-    "mona.bank_push_per_class": 8,
-    "mona.knn_queue": 8,
-    "mona.knn_k": 3,
-}
+SMALL = {"model.channels": "[4,8,16,32,64]", **TINY_HEADS}  # a tiny UNet as well
 
 
 def _free_port() -> int:

@@ -9,23 +9,12 @@ import math
 import numpy as np
 import pytest
 import torch
+from tinyconfig import SMALL
 
 from mona.train import load_config, run_stages, train
 from mona.train.checkpoint import load_checkpoint, student_state
 from mona.train.loop import setup, train_one_iteration
 from mona.train.losses import confidence_weighted_ce
-
-SMALL = {  # tiny heads and samplers: the tests check behaviour, not quality
-    "glcon.mined_views": 4,
-    "glcon.local_crops": 4,
-    "model.embed_dim": 16,
-    "mona.num_queries": 8,
-    "mona.num_negatives": 16,
-    "mona.bank_size": 32,
-    "mona.bank_push_per_class": 8,
-    "mona.knn_queue": 8,
-    "mona.knn_k": 3,
-}
 
 
 def _cfg(cache, out, method="mona", **kw):
