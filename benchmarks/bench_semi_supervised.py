@@ -1,16 +1,23 @@
-"""Supervised-only vs GLCon + MONA on phantoms, over seeds and labeled budgets (the demo's comparison).
+"""Does the unlabeled data help? Every method on the same phantoms, seeds, budget and evaluation.
 
-    python -m benchmarks.bench_semi_supervised [--seeds 0 1 2] [--labeled 1 2] [--jobs 2] [--quick]
-                                               [--iterations N] [KEY=VALUE ...]
+    python -m benchmarks.bench_semi_supervised [--methods supervised supervised_strong mean_teacher mona]
+        [--seeds 0 1 2 3 4] [--labeled 1] [--iterations N] [--jobs 2] [--name NAME] [--quick] [KEY=VALUE ...]
 
-Each (seed, labeled patients) pair is one :func:`mona.demo.compare` in its own process (phantoms of
-that seed, training seed = 1337 + seed, the same labeled patient(s) and the same iteration budget for
-both methods, evaluation on the held-out test phantoms); ``--jobs`` of them run at once, each with
-one torch thread. Reports the mean +- sd over seeds of the mean foreground Dice per method and of
-the difference, and the per-seed numbers. ``KEY=VALUE`` overrides apply to both methods' configs
-(e.g. ``mona.nn_weight=0`` for an ablation; give ``--name`` to keep its results apart).
+Protocol (the defaults; ``--help`` lists the knobs):
 
-Writes benchmarks/results/<name>.{json,md} (default name: semi_supervised).
+* phantoms of seed ``s`` (``mona synth`` with the long-tail class when ``--tail``), prepared at
+  ``--size`` px; 8 train patients of which the first ``labeled`` are labeled, 2 val, 4 test (8 volumes);
+* every method trains with training seed ``1337 + s`` on the same labeled patient(s) for the same
+  number of iterations (MONA: a quarter of it in GLCon, as the demo), each run in its own process with
+  one torch thread, ``--jobs`` at once; the model ``eval_model`` picks on the val patients is evaluated
+  on the test volumes (mean foreground Dice and per class, volume Dice at the original geometry);
+* ``METHODS`` below: the baselines, mean teacher, MONA and MONA with one term switched off (the
+  ablation variants ``mona-no_*``); ``KEY=VALUE`` overrides apply to every run (give ``--name``).
+
+Writes ``benchmarks/results/<name>.json``: ``{"runs": [{"labeled", "seed", "method", "mean_dice",
+"dice": {class: value}, "iterations", "best_model", "best_iteration", "val_curve", "wall_s"}], "summary": [...],
+"meta": {...}}`` and ``<name>.md``: mean +- sd per method and class, and the paired differences
+against ``supervised_strong`` (the fair baseline: same augmentation, no unlabeled data).
 """
 
 from __future__ import annotations
@@ -26,144 +33,274 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+BASELINE = "supervised_strong"
+
+# method name -> (packaged config, overrides). The semi-supervised runs use the demo's MONA config
+# (batch 4 labeled + 4 unlabeled); the supervised ones the demo's supervised config (batch 8 labeled).
+_NO = {
+    "unsup": ["mona.unsup_weight=0"],
+    "contrast": ["mona.contrast_weight=0"],
+    "eqv": ["mona.eqv_weight=0"],
+    "nn": ["mona.nn_weight=0"],
+    "glcon": ["pretrain_iterations=0"],
+}
+METHODS: dict[str, tuple[str, list[str]]] = {
+    "supervised": ("demo", ["method=supervised"]),
+    "supervised_strong": ("demo", ["method=supervised_strong"]),
+    "mean_teacher": ("demo_mona", ["method=mean_teacher", "pretrain_iterations=0"]),
+    "mean_teacher_ce": (
+        "demo_mona",
+        ["method=mean_teacher", "pretrain_iterations=0", "mean_teacher.consistency=ce", "mean_teacher.weight=1"],
+    ),
+    "mona": ("demo_mona", []),
+    **{f"mona-no_{k}": ("demo_mona", v) for k, v in _NO.items()},
+    # the paper's relational weights (GLCon global + local, L_nn at 1; the demo config has 0.1)
+    "mona-paper_weights": ("demo_mona", ["glcon.global_weight=1", "glcon.local_weight=1", "mona.nn_weight=1"]),
+    # MONA's pipeline with every unlabeled term off: L_sup on the labeled half of MONA's batch
+    "mona-sup_only": (
+        "demo_mona",
+        ["pretrain_iterations=0", "mona.unsup_weight=0", "mona.contrast_weight=0", "mona.eqv_weight=0",
+         "mona.nn_weight=0"],
+    ),
+}
+DEFAULT_METHODS = ["supervised", "supervised_strong", "mean_teacher", "mona"]
 
 
 def _child(spec: str) -> None:
-    from mona.demo import compare
+    """One training run + test evaluation (in its own process: one torch thread, its own RNG state)."""
+    import torch
+
+    from mona.demo import packaged_config
+    from mona.eval.report import evaluate_cache
+    from mona.train import load_config, run_stages
+    from mona.train.checkpoint import load_model
 
     c = json.loads(spec)
-    summary = compare(
-        c["out"],
-        iterations=c["iterations"],
-        seed=c["seed"],
-        train_seed=1337 + c["seed"],
-        labeled_patients=c["labeled"],
-        device="cpu",
-        progress=False,
-        overrides=c["overrides"],
-        overlays=0,
-        log=lambda *a: None,
+    config, method_overrides = METHODS[c["method"]]
+    base = load_config(packaged_config(config), [f"data.cache={c['cache']}", "out_dir=/tmp/unused"])
+    total = c["iterations"] or (base.pretrain_iterations + base.iterations)
+    ovs = [
+        f"data.cache={c['cache']}",
+        f"out_dir={c['out']}",
+        "device=cpu",
+        "threads=1",
+        f"seed={1337 + c['seed']}",
+        f"data.labeled_patients={c['labeled']}",
+    ]
+    probe = load_config(packaged_config(config), ovs + method_overrides + c["overrides"])
+    pre = 0
+    if probe.method == "mona" and probe.pretrain_iterations > 0:
+        # GLCon takes the packaged share of the budget (the demo's 100 of 400)
+        pre = round(total * base.pretrain_iterations / (base.pretrain_iterations + base.iterations))
+    ovs += [f"iterations={total - pre}", f"pretrain_iterations={pre}"]
+    cfg = load_config(packaged_config(config), ovs + method_overrides + c["overrides"])
+    t0 = time.time()
+    result = run_stages(cfg, progress=False)[-1]
+    model, meta = load_model(Path(cfg.out_dir) / "model.pt", torch.device("cpu"))
+    report = evaluate_cache(model, meta, c["cache"], split="test", device=torch.device("cpu"), progress=False)
+    curve = []
+    for stage_dir, offset in ((Path(cfg.out_dir) / "pretrain_glcon", 0), (Path(cfg.out_dir), pre)):
+        log = stage_dir / "metrics.jsonl"
+        if pre == 0 and stage_dir.name == "pretrain_glcon" or not log.exists():
+            continue
+        for line in log.read_text().splitlines():
+            r = json.loads(line)
+            if r.get("kind") == "val":
+                curve.append([r["iteration"] + offset, r["mean_dice"], r.get("student_dice"), r.get("teacher_dice")])
+    print(
+        json.dumps(
+            {
+                "labeled": c["labeled"],
+                "seed": c["seed"],
+                "method": c["method"],
+                "mean_dice": report.mean_dice,
+                "dice": {name: s["dice"] for name, s in report.summary.items()},
+                "iterations": total,
+                "pretrain_iterations": pre,
+                "best_model": result.best_model,
+                "best_iteration": result.best_iteration,
+                "val_curve": curve,
+                "train_s": round(time.time() - t0, 1),
+            }
+        )
     )
-    print(json.dumps({k: summary[k] for k in ("supervised", "mona", "mean_dice_difference", "timings_s")}))
 
 
-def _run_one(cfg: dict) -> dict:
+def _run_one(job: dict) -> dict:
     t0 = time.time()
     proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.bench_semi_supervised", "--child", json.dumps(cfg)],
+        [sys.executable, "-m", "benchmarks.bench_semi_supervised", "--child", json.dumps(job)],
         cwd=ROOT,
         capture_output=True,
         text=True,
     )
     if proc.returncode != 0:
-        raise RuntimeError(f"comparison seed {cfg['seed']}, {cfg['labeled']} labeled failed:\n{proc.stderr[-4000:]}")
+        raise RuntimeError(
+            f"{job['method']}, seed {job['seed']}, {job['labeled']} labeled failed:\n{proc.stderr[-4000:]}"
+        )
     out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out["wall_s"] = round(time.time() - t0, 1)
+    dice = " ".join(f"{k} {v:.3f}" for k, v in out["dice"].items())
     print(
-        f"  seed {cfg['seed']}, {cfg['labeled']} labeled: supervised {out['supervised']['mean_dice']:.4f}, "
-        f"MONA {out['mona']['mean_dice']:.4f} ({out['mean_dice_difference']:+.4f}), {time.time() - t0:.0f} s",
+        f"  {job['labeled']} labeled, seed {job['seed']}, {job['method']:<18} mean Dice {out['mean_dice']:.4f} "
+        f"({dice}; {out['best_model']} @ {out['best_iteration']}), {out['wall_s']:.0f} s",
         flush=True,
     )
-    return {
-        "seed": cfg["seed"],
-        "labeled": cfg["labeled"],
-        "supervised": out["supervised"]["mean_dice"],
-        "mona": out["mona"]["mean_dice"],
-        "difference": out["mean_dice_difference"],
-        "supervised_dice": out["supervised"]["dice"],
-        "mona_dice": out["mona"]["dice"],
-        "wall_s": time.time() - t0,
-    }
+    return out
 
 
 def _mean_sd(xs: list[float]) -> tuple[float, float]:
     return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
 
 
+def summarise(runs: list[dict], baseline: str = BASELINE) -> list[dict]:
+    """Per (labeled, method): mean +- sd over seeds of the mean foreground Dice and of each class, and the
+    paired difference against ``baseline`` on the same seeds (mean +- sd, wins, worst)."""
+    rows = []
+    for n in sorted({r["labeled"] for r in runs}):
+        sel = [r for r in runs if r["labeled"] == n]
+        base = {r["seed"]: r for r in sel if r["method"] == baseline}
+        for method in dict.fromkeys(r["method"] for r in sel):
+            mine = sorted((r for r in sel if r["method"] == method), key=lambda r: r["seed"])
+            classes = list(mine[0]["dice"])
+            row = {"labeled": n, "method": method, "seeds": [r["seed"] for r in mine]}
+            row["mean_dice"] = _mean_sd([r["mean_dice"] for r in mine])
+            row["dice"] = {c: _mean_sd([r["dice"][c] for r in mine]) for c in classes}
+            paired = [r for r in mine if r["seed"] in base]
+            if method != baseline and paired:
+                d = [r["mean_dice"] - base[r["seed"]]["mean_dice"] for r in paired]
+                row["vs_baseline"] = {
+                    "mean_dice": _mean_sd(d),
+                    "wins": sum(x > 0 for x in d),
+                    "seeds": len(d),
+                    "worst": min(d),
+                    "per_seed": d,
+                    "dice": {c: _mean_sd([r["dice"][c] - base[r["seed"]]["dice"][c] for r in paired]) for c in classes},
+                }
+            rows.append(row)
+    return rows
+
+
+def _fmt(ms: tuple[float, float], sign: bool = False) -> str:
+    return f"{ms[0]:+.4f} +- {ms[1]:.4f}" if sign else f"{ms[0]:.4f} +- {ms[1]:.4f}"
+
+
+def markdown(rows: list[dict], meta: dict, command: str) -> str:
+    classes = list(rows[0]["dice"]) if rows else []
+    out = [
+        "# Semi-supervised comparison on phantoms",
+        "",
+        f"Mean +- sd over seeds of the test Dice (8 volumes per seed); `{BASELINE}` is the fair baseline (the "
+        f"semi-supervised student's augmentation, no unlabeled data). {meta['iterations_note']}. Machine: "
+        f"{meta['cpu']} ({meta['cores']} cores), torch {meta['torch']}, {meta['date']}; {meta['jobs']} runs at a time, 1 torch thread each; wall {meta['wall_s']} s.",
+        "",
+        f"`{command}`",
+        "",
+        "| labeled | method | seeds | mean Dice | " + " | ".join(classes) + f" | - {BASELINE} (mean) | wins | worst |",
+        "|---|---|---|---|" + "---|" * len(classes) + "---|---|---|",
+    ]
+    for r in rows:
+        vb = r.get("vs_baseline")
+        out.append(
+            f"| {r['labeled']} | {r['method']} | {len(r['seeds'])} | {_fmt(r['mean_dice'])} | "
+            + " | ".join(_fmt(r["dice"][c]) for c in classes)
+            + (
+                f" | {_fmt(vb['mean_dice'], True)} | {vb['wins']}/{vb['seeds']} | {vb['worst']:+.4f} |"
+                if vb
+                else " | | | |"
+            )
+        )
+    out += ["", f"Per class, paired difference against `{BASELINE}` (mean +- sd over seeds):", ""]
+    out += ["| labeled | method | " + " | ".join(classes) + " |", "|---|---|" + "---|" * len(classes)]
+    for r in rows:
+        if "vs_baseline" in r:
+            vb = r["vs_baseline"]
+            out.append(
+                f"| {r['labeled']} | {r['method']} | " + " | ".join(_fmt(vb["dice"][c], True) for c in classes) + " |"
+            )
+    return "\n".join(out) + "\n"
+
+
+def prepare_phantoms(root: Path, seed: int, size: int, tail: bool) -> Path:
+    from mona.data.prepare import prepare
+    from mona.data.synth import SynthConfig, write_phantoms
+
+    raw, cache = root / f"raw_s{seed}", root / f"cache_s{seed}"
+    kw = {"tail": True} if tail else {}
+    write_phantoms(raw, SynthConfig(n_train=8, n_val=2, n_test=4, seed=seed, **kw), progress=False)
+    prepare("phantom" if tail else "acdc", raw, cache, size=size, progress=False)
+    return cache
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--labeled", type=int, nargs="+", default=[1, 2], help="labeled patients (default 1 2)")
-    ap.add_argument("--iterations", type=int, default=None, help="budget per method (default: the demo's, 400)")
-    ap.add_argument("--jobs", type=int, default=2, help="comparisons run at once (one torch thread each)")
+    ap.add_argument("--methods", nargs="+", default=DEFAULT_METHODS, choices=list(METHODS), metavar="METHOD")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    ap.add_argument("--labeled", type=int, nargs="+", default=[1], help="labeled patients (default 1)")
+    ap.add_argument("--iterations", type=int, default=None, help="budget per run (default: the demo's, 400)")
+    ap.add_argument("--size", type=int, default=96, help="phantom slice size (default 96)")
+    ap.add_argument("--tail", action=argparse.BooleanOptionalAction, default=False, help="long-tail PM class")
+    ap.add_argument("--jobs", type=int, default=2, help="runs at once (one torch thread each)")
     ap.add_argument("--name", default="semi_supervised", help="results file name")
     ap.add_argument("--quick", action="store_true", help="one seed, 1 labeled, 8 iterations: a smoke run")
+    ap.add_argument("--keep", default=None, help="keep the run directories here (default: a temporary directory)")
     ap.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child is not None:
         _child(args.child)
         return
-    from benchmarks.harness import machine_info, write_results
+    from benchmarks.harness import RESULTS, machine_info
+    from mona.atomicio import atomic_write_text
 
     seeds, labeled, iterations = args.seeds, args.labeled, args.iterations
     if args.quick:
         seeds, labeled, iterations = seeds[:1], labeled[:1], 8
     t0 = time.time()
     with tempfile.TemporaryDirectory(prefix="mona_bench_ssl_") as tmp:
+        root = Path(args.keep) if args.keep else Path(tmp)
+        root.mkdir(parents=True, exist_ok=True)
+        caches = {s: prepare_phantoms(root, s, args.size, args.tail) for s in seeds}
         jobs = [
             {
-                "out": str(Path(tmp) / f"s{s}_l{n}"),
+                "out": str(root / f"l{n}_s{s}_{m}"),
+                "cache": str(caches[s]),
                 "seed": s,
                 "labeled": n,
+                "method": m,
                 "iterations": iterations,
                 "overrides": args.overrides,
             }
             for n in labeled
             for s in seeds
+            for m in args.methods
         ]
-        print(f"{len(jobs)} comparisons (seeds {seeds} x labeled {labeled}), {args.jobs} at a time ...", flush=True)
+        print(f"{len(jobs)} runs ({args.methods} x seeds {seeds} x labeled {labeled}), {args.jobs} at a time ...")
         with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-            per_seed = list(pool.map(_run_one, jobs))
-    rows = []
-    for n in labeled:
-        sel = [r for r in per_seed if r["labeled"] == n]
-        sup, mona, diff = (_mean_sd([r[k] for r in sel]) for k in ("supervised", "mona", "difference"))
-        rows.append(
-            {
-                "labeled": n,
-                "seeds": len(sel),
-                "supervised": f"{sup[0]:.4f} +- {sup[1]:.4f}",
-                "mona": f"{mona[0]:.4f} +- {mona[1]:.4f}",
-                "difference": f"{diff[0]:+.4f} +- {diff[1]:.4f}",
-                "supervised_mean": sup[0],
-                "supervised_sd": sup[1],
-                "mona_mean": mona[0],
-                "mona_sd": mona[1],
-                "difference_mean": diff[0],
-                "difference_sd": diff[1],
-                "per_seed": [{k: r[k] for k in ("seed", "supervised", "mona", "difference")} for r in sel],
-            }
-        )
+            runs = list(pool.map(_run_one, jobs))
+    rows = summarise(runs)
+    command = "python -m benchmarks.bench_semi_supervised " + " ".join(sys.argv[1:])
     meta = {
         **machine_info("cpu"),
         "torch_threads": 1,
         "jobs": args.jobs,
         "wall_s": round(time.time() - t0),
         "overrides": args.overrides,
-        "iterations": iterations or "demo default (400)",
+        "size": args.size,
+        "tail": args.tail,
+        "command": command,
+        "iterations_note": f"Budget {iterations or 400} iterations per run (MONA: a quarter of it GLCon)",
     }
-    columns = [
-        ("labeled", "labeled patients"),
-        ("seeds", "seeds"),
-        ("supervised", "supervised Dice"),
-        ("mona", "GLCon + MONA Dice"),
-        ("difference", "MONA - supervised"),
-    ]
-    per = "\n".join(
-        f"- {r['labeled']} labeled, seed {r['seed']}: supervised {r['supervised']:.4f}, MONA "
-        f"{r['mona']:.4f} ({r['difference']:+.4f})"
-        for r in per_seed
-    )
-    notes = (
-        f"Mean +- sd over seeds of the mean foreground Dice on the held-out test phantoms (8 volumes). "
-        f"Budget {iterations or 400} iterations per method (MONA: a quarter GLCon). Overrides: "
-        f"{args.overrides or 'none'}. Wall time {meta['wall_s']} s with {args.jobs} comparisons at a time.\n\n"
-        f"{per}\n\n`python -m benchmarks.bench_semi_supervised " + " ".join(sys.argv[1:]) + "`"
-    )
-    path = write_results(args.name + ("_quick" if args.quick else ""), rows, columns, meta, notes)
+    name = args.name + ("_quick" if args.quick else "")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / name
+    atomic_write_text(out.with_suffix(".json"), json.dumps({"runs": runs, "summary": rows, "meta": meta}, indent=1))
+    atomic_write_text(out.with_suffix(".md"), markdown(rows, meta, command))
     for r in rows:
-        print(f"{r['labeled']} labeled: supervised {r['supervised']}, MONA {r['mona']}, difference {r['difference']}")
-    print(f"-> {path} ({meta['wall_s']} s)")
+        vb = r.get("vs_baseline")
+        extra = f", vs {BASELINE} {_fmt(vb['mean_dice'], True)} ({vb['wins']}/{vb['seeds']} wins)" if vb else ""
+        print(f"{r['labeled']} labeled, {r['method']}: {_fmt(r['mean_dice'])}{extra}")
+    print(f"-> {out}.json, {out}.md ({meta['wall_s']} s)")
 
 
 if __name__ == "__main__":

@@ -56,8 +56,12 @@ def machine_description() -> str:
     return f"{cpu}, {os.cpu_count()} logical CPUs, torch {torch.__version__}"
 
 
-def _packaged(name: str) -> str:
+def packaged_config(name: str) -> str:
+    """The path of the packaged config ``name`` (``demo``, ``demo_mona``, ``acdc_mona``, ...)."""
     return str(resources.files("mona").joinpath(f"configs/{name}.yaml"))
+
+
+_packaged = packaged_config
 
 
 def comparison_table(reports: dict) -> str:

@@ -35,6 +35,7 @@ class MonaNet(nn.Module):
         heads: tuple[str, ...] = (),
         embed_dim: int = 512,
         rep_stride: int = 1,
+        head_norm: str = "layer",
     ):
         super().__init__()
         unknown = set(heads) - {"representation", "global", "local"}
@@ -46,10 +47,10 @@ class MonaNet(nn.Module):
         if "representation" in heads:
             self.heads["representation"] = RepresentationHead(dec, embed_dim, output_stride=rep_stride)
         if "global" in heads:
-            self.heads["global"] = GlobalProjectionHead(channels[4], embed_dim)
-            self.heads["predictor"] = Predictor(embed_dim)
+            self.heads["global"] = GlobalProjectionHead(channels[4], embed_dim, norm=head_norm)
+            self.heads["predictor"] = Predictor(embed_dim, norm=head_norm)
         if "local" in heads:
-            self.heads["local"] = LocalProjectionHead(channels[0], embed_dim)
+            self.heads["local"] = LocalProjectionHead(channels[0], embed_dim, norm=head_norm)
 
     def forward(self, x: torch.Tensor, *, with_heads: bool = True) -> ModelOutput:
         """x: ``[B, in_channels, H, W]``."""
@@ -71,7 +72,8 @@ def build_model(meta: dict, heads: tuple[str, ...] = ()) -> MonaNet:
     """The one model builder (training, checkpoint loading, inference).
 
     ``meta``: the model metadata stored in every checkpoint (:func:`mona.train.checkpoint.model_meta`):
-    ``num_classes``, ``channels``, ``dropout`` and optionally ``embed_dim``, ``rep_stride``.
+    ``num_classes``, ``channels``, ``dropout`` and optionally ``embed_dim``, ``rep_stride``, ``head_norm``
+    (absent in checkpoints of mona <= 0.3, whose MLP heads used BatchNorm1d: ``batch``).
     ``heads``: training-only heads to add (inference uses none).
     """
     try:
@@ -82,6 +84,7 @@ def build_model(meta: dict, heads: tuple[str, ...] = ()) -> MonaNet:
             heads=tuple(heads),
             embed_dim=int(meta.get("embed_dim", 512)),
             rep_stride=int(meta.get("rep_stride", 1)),
+            head_norm=str(meta.get("head_norm", "batch")),
         )
     except KeyError as err:
         raise ValueError(f"model metadata lacks {err} (got keys {sorted(meta)})") from None

@@ -46,16 +46,26 @@ class RepresentationHead(nn.Module):
         return self.fuse[-1](hidden)
 
 
-def _mlp(cin: int, hidden: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(cin, hidden), nn.BatchNorm1d(hidden), nn.ReLU(), nn.Linear(hidden, cout))
+HEAD_NORMS = ("layer", "batch")
+
+
+def _mlp(cin: int, hidden: int, cout: int, norm: str = "layer") -> nn.Sequential:
+    """Linear - norm - ReLU - Linear. ``norm``: ``layer`` (LayerNorm, per sample) or ``batch`` (BatchNorm1d,
+    ISD / BYOL's choice at batch 256 of diverse images). With a batch of 4-12 similar slices BatchNorm1d
+    divides by a tiny across-batch spread: at initialisation on phantoms the GLCon KL's gradient on the
+    encoder was 414x L_sup's with it, 6.9x with LayerNorm (benchmarks/probe_relational_gradients.py)."""
+    if norm not in HEAD_NORMS:
+        raise ValueError(f"heads: norm must be one of {HEAD_NORMS}, got {norm!r}")
+    layer = nn.LayerNorm(hidden) if norm == "layer" else nn.BatchNorm1d(hidden)
+    return nn.Sequential(nn.Linear(cin, hidden), layer, nn.ReLU(), nn.Linear(hidden, cout))
 
 
 class GlobalProjectionHead(nn.Module):
     """Bottleneck ``[B, Cb, h, w]`` -> global average pool -> MLP -> ``[B, dim]``."""
 
-    def __init__(self, in_channels: int = 256, dim: int = 512, hidden: int = 512):
+    def __init__(self, in_channels: int = 256, dim: int = 512, hidden: int = 512, norm: str = "layer"):
         super().__init__()
-        self.mlp = _mlp(in_channels, hidden, dim)
+        self.mlp = _mlp(in_channels, hidden, dim, norm)
 
     def forward(self, bottleneck: torch.Tensor) -> torch.Tensor:
         return self.mlp(bottleneck.mean(dim=(2, 3)))
@@ -64,9 +74,9 @@ class GlobalProjectionHead(nn.Module):
 class Predictor(nn.Module):
     """Student-only predictor on a projection: ``[B, dim]`` -> ``[B, dim]``."""
 
-    def __init__(self, dim: int = 512, hidden: int = 512):
+    def __init__(self, dim: int = 512, hidden: int = 512, norm: str = "layer"):
         super().__init__()
-        self.mlp = _mlp(dim, hidden, dim)
+        self.mlp = _mlp(dim, hidden, dim, norm)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.mlp(z)
@@ -76,12 +86,14 @@ class LocalProjectionHead(nn.Module):
     """Crops of the finest decoder map ``[N, Cd, h, w]`` (e.g. 64x64) -> one ``[N, dim]`` vector per crop:
     conv3x3-BN-ReLU, global average pool, MLP."""
 
-    def __init__(self, in_channels: int = 16, dim: int = 512, hidden: int = 512, conv_channels: int = 64):
+    def __init__(
+        self, in_channels: int = 16, dim: int = 512, hidden: int = 512, conv_channels: int = 64, norm: str = "layer"
+    ):
         super().__init__()
         self.conv = nn.Sequential(
             nn.Conv2d(in_channels, conv_channels, 3, padding=1), nn.BatchNorm2d(conv_channels), nn.ReLU()
         )
-        self.mlp = _mlp(conv_channels, hidden, dim)
+        self.mlp = _mlp(conv_channels, hidden, dim, norm)
 
     def forward(self, crops: torch.Tensor) -> torch.Tensor:
         return self.mlp(self.conv(crops).mean(dim=(2, 3)))

@@ -64,6 +64,7 @@ def model_meta(
     embed_dim: int = 512,
     rep_stride: int = 1,
     label_values: list[int] | None = None,
+    head_norm: str = "layer",
 ) -> dict:
     """What :func:`mona.models.build_model` and inference need to rebuild the network."""
     return {
@@ -76,6 +77,7 @@ def model_meta(
         "embed_dim": int(embed_dim),
         "rep_stride": int(rep_stride),
         "label_values": label_values,
+        "head_norm": head_norm,
     }
 
 
@@ -173,6 +175,13 @@ def student_state(ck: dict) -> dict[str, torch.Tensor]:
     return ck["objects"]["student"]
 
 
-def unet_state(ck: dict) -> dict[str, torch.Tensor]:
-    """The UNet weights of a loaded training checkpoint or exported model."""
-    return {k[len("unet.") :]: v for k, v in student_state(ck).items() if k.startswith("unet.")}
+def unet_state(ck: dict, model: str = "student") -> dict[str, torch.Tensor]:
+    """The UNet weights of a loaded training checkpoint (``model``: its ``student`` or its EMA
+    ``teacher``) or exported model."""
+    if model == "teacher":
+        if ck.get("format") != FORMAT or "teacher" not in ck.get("objects", {}):
+            raise ValueError("unet_state: this checkpoint holds no EMA teacher")
+        state = ck["objects"]["teacher"]
+    else:
+        state = student_state(ck)
+    return {k[len("unet.") :]: v for k, v in state.items() if k.startswith("unet.")}

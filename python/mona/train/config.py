@@ -1,10 +1,15 @@
 """Training configuration: dataclasses, loaded from YAML with ``key=value`` overrides.
 
 ``method`` selects the training procedure (``mona.train.methods``): ``supervised`` (the UNet-L /
-UNet-F baseline), ``glcon`` (stage 1, global + local relational pre-training) and ``mona`` (stage 2,
+UNet-F baseline, weak augmentation), ``supervised_strong`` (the same with the semi-supervised student's
+augmentation: the fair baseline of every semi-supervised method), ``mean_teacher`` (the field's standard
+control), ``glcon`` (stage 1, global + local relational pre-training) and ``mona`` (stage 2,
 anatomical contrastive reconstruction fine-tuning; with ``pretrain_iterations > 0`` one command runs
-the GLCon stage first). Each method reads its own section (``glcon:``, ``mona:``); unknown keys are
-an error, never ignored.
+the GLCon stage first). Each method reads its own section (``glcon:``, ``mona:``, ``mean_teacher:``);
+unknown keys are an error, never ignored.
+
+The semi-supervised stabilisers (``rampup_iterations``, ``pseudo_warmup_iterations``, ``ema_warmup``,
+``eval_model``) apply to every method with an EMA teacher (``mean_teacher``, ``glcon``, ``mona``).
 """
 
 from __future__ import annotations
@@ -19,7 +24,12 @@ import yaml
 from ..augment import AugmentConfig
 from ..errors import UsageError
 
-METHODS = ("supervised", "glcon", "mona")
+METHODS = ("supervised", "supervised_strong", "mean_teacher", "glcon", "mona")
+SUPERVISED = ("supervised", "supervised_strong")
+TEACHER_METHODS = ("mean_teacher", "glcon", "mona")
+EVAL_MODELS = ("auto", "student", "teacher")
+CONSISTENCY = ("mse", "ce")
+UNSUP_MASKS = ("pixel", "image")
 IMPLS = ("ext", "reference")
 AMP_MODES = ("auto", "off", "fp16", "bf16")
 DIST_BACKENDS = ("auto", "nccl", "gloo")
@@ -43,6 +53,9 @@ class ModelConfig:
     embed_dim: int = 512  # projection / representation embedding dimension
     rep_stride: int = 1  # representation head output stride (1: full resolution)
     channels_last: bool = False  # student and teacher weights / activations in torch.channels_last
+    # the norm layer of the global / predictor / local MLP heads: "layer" (LayerNorm) or "batch" (BatchNorm1d,
+    # ISD's; with small batches of similar slices it multiplies the relational terms' gradient: docs/training.md)
+    head_norm: str = "layer"
 
 
 @dataclass
@@ -82,7 +95,7 @@ class MonaConfig:
     temperature: float = 0.5
     num_queries: int = 256
     num_negatives: int = 512
-    strong_threshold: float = 0.97  # easy/hard query split and the L_unsup image weight
+    strong_threshold: float = 0.97  # easy/hard query split and the L_unsup confidence threshold
     weak_threshold: float = 0.7  # teacher confidence for a valid pseudo-label pixel
     negatives: str = "both"  # batch | bank | both
     bank_size: int = 2048  # keys per class in the ClassMemoryBank
@@ -90,6 +103,21 @@ class MonaConfig:
     knn_k: int = 5
     knn_queue: int = 36  # FIFO of teacher global embeddings (the paper's 36)
     eqv_symmetric: bool = True
+    # L_unsup's confidence weighting: "pixel" (CE on the pixels with teacher confidence >= strong_threshold,
+    # averaged over all pixels, FixMatch-style) or "image" (the public code: each image's mean CE weighted
+    # by its confident fraction, which background dominates, so wrong foreground labels train at almost
+    # full weight)
+    unsup_mask: str = "pixel"
+
+
+@dataclass
+class MeanTeacherConfig:
+    """The field's standard control (SSL4MIS ``train_mean_teacher_2D.py``): L_sup + w(t) L_cons on the
+    unlabeled half, student on the strong view, EMA teacher on the weak view."""
+
+    consistency: str = "mse"  # "mse": MSE of the softmax maps (SSL4MIS); "ce": CE on confident teacher labels
+    weight: float = 0.1  # SSL4MIS's consistency weight (mse); the ramp-up multiplies it
+    threshold: float = 0.95  # "ce": teacher confidence of a pseudo-labelled pixel
 
 
 @dataclass
@@ -115,7 +143,20 @@ class TrainConfig:
     threads: int | None = None  # torch CPU threads (None: torch default)
     dice_weight: float = 0.5  # loss = dice_weight * Dice + ce_weight * CE
     ce_weight: float = 0.5
-    ema_decay: float = 0.99  # teacher = EMA of the student (glcon, mona)
+    ema_decay: float = 0.99  # teacher = EMA of the student (mean_teacher, glcon, mona)
+    # semi-supervised stabilisers (mean_teacher, glcon, mona; see docs/training.md "Stabilisers"):
+    # every unlabeled / relational term's weight times exp(-5 (1 - t / T)^2) for t < T (SSL4MIS's sigmoid
+    # ramp-up); T = rampup_iterations, None: 40 % of the stage, 0: no ramp-up
+    rampup_iterations: int | None = None
+    # no pseudo-label term (L_unsup, the pseudo-labelled half of L_contrast, mean teacher's consistency)
+    # before the teacher has trained this many iterations; None: 10 % of the stage
+    pseudo_warmup_iterations: int | None = None
+    ema_warmup: bool = True  # EMA decay min(1 - 1 / (t + 1), ema_decay) (SSL4MIS): a young teacher follows the student
+    # which network is validated, kept as best.pt and exported: the student, the EMA teacher, or "auto":
+    # both are validated, the better one is kept (recorded in the checkpoint, val log and report)
+    eval_model: str = "auto"
+    log_grad_norms: bool = True  # each weighted term's gradient norm on the UNet encoder, every log_every
+    log_pseudo_quality: bool = True  # pseudo-label Dice / confident-pixel precision vs the cache's labels
     impl: str = "ext"  # ext: fused mona_ext ops; reference: plain PyTorch (mona_ext.reference)
     init_from: str | None = None  # checkpoint whose student weights initialise this run (stage 1 -> 2)
     pretrain_iterations: int = 0  # mona: run a glcon stage of this length first (out_dir/pretrain_glcon)
@@ -126,6 +167,7 @@ class TrainConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     glcon: GLConConfig = field(default_factory=GLConConfig)
     mona: MonaConfig = field(default_factory=MonaConfig)
+    mean_teacher: MeanTeacherConfig = field(default_factory=MeanTeacherConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
     def __post_init__(self) -> None:
@@ -158,9 +200,9 @@ class TrainConfig:
             raise UsageError(f"config: data.labeled_ratio must be in (0, 1], got {self.data.labeled_ratio}")
         if self.data.labeled_patients is not None and self.data.labeled_patients < 1:
             raise UsageError(f"config: data.labeled_patients must be >= 1, got {self.data.labeled_patients}")
-        if self.method == "supervised" and self.data.labeled_bs not in (None, self.data.batch_size):
-            raise UsageError("config: supervised training uses labeled slices only; leave data.labeled_bs unset")
-        if self.method != "supervised":
+        if self.method in SUPERVISED and self.data.labeled_bs not in (None, self.data.batch_size):
+            raise UsageError(f"config: {self.method} training uses labeled slices only; leave data.labeled_bs unset")
+        if self.method not in SUPERVISED:
             lbs = self.labeled_bs
             if not 0 < lbs < self.data.batch_size:
                 raise UsageError(
@@ -215,6 +257,24 @@ class TrainConfig:
         for key in ("strong_threshold", "weak_threshold"):
             if not 0 <= getattr(m, key) <= 1:
                 raise UsageError(f"config: mona.{key} must be in [0, 1], got {getattr(m, key)}")
+        if m.unsup_mask not in UNSUP_MASKS:
+            raise UsageError(f"config: mona.unsup_mask must be one of {UNSUP_MASKS}, got {m.unsup_mask!r}")
+        mt = self.mean_teacher
+        if mt.consistency not in CONSISTENCY:
+            raise UsageError(f"config: mean_teacher.consistency must be one of {CONSISTENCY}, got {mt.consistency!r}")
+        if mt.weight < 0:
+            raise UsageError(f"config: mean_teacher.weight must be >= 0, got {mt.weight}")
+        if not 0 <= mt.threshold <= 1:
+            raise UsageError(f"config: mean_teacher.threshold must be in [0, 1], got {mt.threshold}")
+        if self.eval_model not in EVAL_MODELS:
+            raise UsageError(f"config: eval_model must be one of {EVAL_MODELS}, got {self.eval_model!r}")
+        if self.eval_model == "teacher" and self.method not in TEACHER_METHODS:
+            raise UsageError(f"config: eval_model 'teacher' needs a method with an EMA teacher {TEACHER_METHODS}")
+        for key in ("rampup_iterations", "pseudo_warmup_iterations"):
+            if getattr(self, key) is not None and getattr(self, key) < 0:
+                raise UsageError(f"config: {key} must be >= 0 (or null for the default), got {getattr(self, key)}")
+        if self.model.head_norm not in ("layer", "batch"):
+            raise UsageError(f"config: model.head_norm must be 'layer' or 'batch', got {self.model.head_norm!r}")
         if self.model.rep_stride not in (1, 2, 4, 8):
             raise UsageError(f"config: model.rep_stride must be 1, 2, 4 or 8, got {self.model.rep_stride}")
         if self.optim.schedule not in ("step", "poly"):
@@ -230,7 +290,21 @@ class TrainConfig:
         """Labeled slices per batch: ``data.labeled_bs``, else all (supervised) or half (semi-supervised)."""
         if self.data.labeled_bs is not None:
             return self.data.labeled_bs
-        return self.data.batch_size if self.method == "supervised" else max(1, self.data.batch_size // 2)
+        return self.data.batch_size if self.method in SUPERVISED else max(1, self.data.batch_size // 2)
+
+    @property
+    def rampup(self) -> int:
+        """T of the sigmoid ramp-up (``rampup_iterations``; default 40 % of the stage)."""
+        if self.rampup_iterations is not None:
+            return self.rampup_iterations
+        return int(round(0.4 * self.iterations))
+
+    @property
+    def pseudo_warmup(self) -> int:
+        """Iterations without pseudo-label terms (``pseudo_warmup_iterations``; default 10 % of the stage)."""
+        if self.pseudo_warmup_iterations is not None:
+            return self.pseudo_warmup_iterations
+        return int(round(0.1 * self.iterations))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -296,6 +370,9 @@ def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+LABELED_KEYS = ("data.labeled_patients", "data.labeled_ratio", "data.labeled_list")
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | dict | None = None) -> TrainConfig:
     """YAML file (optional) + overrides (``["optim.lr=0.02", "data.labeled_patients=3"]`` or a dotted dict)."""
     tree: dict = {}
@@ -323,6 +400,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
             k, v = ov.split("=", 1)
             parsed.append((k.strip(), yaml.safe_load(v)))
         items = parsed
+    items = list(items)
+    # the labeled set is one choice: an override naming one of its keys replaces what the file chose with
+    # another (data.labeled_list=FILE on a packaged config that sets labeled_patients); two of them given
+    # as overrides still conflict (validate says so)
+    chosen = [k for k, v in items if k in LABELED_KEYS and v is not None]
+    if chosen and isinstance(tree.get("data"), dict):
+        for k in LABELED_KEYS:
+            if k not in chosen:
+                tree["data"].pop(k.split(".", 1)[1], None)
     for k, v in items:
         _set_dotted(tree, k, v)
     cfg = _build(TrainConfig, tree)

@@ -51,6 +51,7 @@ from .checkpoint import (
     unet_state,
 )
 from .config import TrainConfig, config_from_dict
+from .ema import teacher_mode
 from .methods import METHOD_CLASSES, Batch, Method, RunContext
 
 log = logging.getLogger("mona.train")
@@ -75,6 +76,7 @@ class TrainResult:
     best_iteration: int = -1
     seconds: float = 0.0
     has_validation: bool = True  # False: no val patients, best.pt is the final model
+    best_model: str = "student"  # the network kept as best.pt / model.pt: "student" or "teacher" (eval_model)
 
 
 @torch.no_grad()
@@ -98,6 +100,28 @@ def validate(
     model.train(was)
     arr = np.asarray(distributed.gather_lists(per_class))
     return {"mean_dice": float(arr.mean()), "class_dice": arr.mean(0).tolist()}
+
+
+def validate_run(run: Run) -> dict:
+    """Validate what ``eval_model`` names: the student, the EMA teacher, or both (``auto``, methods with a
+    teacher). Returns the val record: ``mean_dice`` / ``class_dice`` of the network chosen this time
+    (``model``: the better one under ``auto``), plus ``student_dice`` and ``teacher_dice`` when both ran."""
+    m, cfg = run.method, run.cfg
+    which = ["student"] if m.teacher is None or cfg.eval_model == "student" else (
+        ["teacher"] if cfg.eval_model == "teacher" else ["student", "teacher"]
+    )
+    res = {}
+    for name in which:
+        net = m.student if name == "student" else m.teacher
+        res[name] = validate(net, run.cache, run.val_cases, run.device)
+        if name == "teacher":
+            teacher_mode(m.teacher)  # validate() restored train mode; the teacher keeps dropout off
+    # ties go to the student (the network that was trained)
+    chosen = max(which, key=lambda n: (res[n]["mean_dice"], n == "student"))
+    rec = {**res[chosen], "model": chosen}
+    if len(which) > 1:
+        rec.update({f"{n}_dice": res[n]["mean_dice"] for n in which})
+    return rec
 
 
 def _jsonl_iteration(line: str) -> int | None:
@@ -272,10 +296,12 @@ class Run:
     start: int = 0
     best: float = -1.0
     best_iteration: int = -1
+    best_model: str = "student"
     t0: float = field(default_factory=time.time)
     nonfinite: "NonFinite" = field(default_factory=lambda: NonFinite())
     last_saved: int | None = None  # iteration of the newest last.pt (None: none yet)
     step_nonfinite: list[str] = field(default_factory=list)  # what was non-finite in the last step
+    step_extra: dict = field(default_factory=dict)  # gradient norms / pseudo-label diagnostics of the last step
     dist: distributed.DistEnv = field(default_factory=distributed.DistEnv)
 
     def checkpoint(self, it: int) -> dict:
@@ -291,6 +317,7 @@ class Run:
             "rng": rng_state(),
             "best_dice": self.best,
             "best_iteration": self.best_iteration,
+            "best_model": self.best_model,
             "labeled_patients": self.split.labeled_patients,
             "nonfinite": self.nonfinite.state_dict(),
         }
@@ -392,6 +419,7 @@ def setup(cfg: TrainConfig, *, resume: str | Path | None = None, resume_override
         cfg.model.embed_dim,
         cfg.model.rep_stride,
         cache.manifest.get("label_values"),
+        cfg.model.head_norm,
     )
     method = METHOD_CLASSES[cfg.method](
         RunContext(cfg, device, cache, split, meta, resuming=ck is not None, dist=dist_env)
@@ -438,6 +466,7 @@ def setup(cfg: TrainConfig, *, resume: str | Path | None = None, resume_override
         if dist_env.enabled:
             set_rng_state(distributed.restore_rank_state(objects, ck, dist_env))
         run.start, run.best, run.best_iteration = ck["iteration"], ck["best_dice"], ck["best_iteration"]
+        run.best_model = ck.get("best_model", "student")  # absent in checkpoints of mona <= 0.3
         run.last_saved = run.start
         if "nonfinite" in ck:  # absent in checkpoints of mona <= 0.2
             run.nonfinite.load_state_dict(ck["nonfinite"])
@@ -468,12 +497,46 @@ def setup(cfg: TrainConfig, *, resume: str | Path | None = None, resume_override
 def next_batch(run: Run) -> Batch:
     lab_ids, unl_ids = run.sampler.next_batch()
     x_l, y_l = run.cache.load_batch([run.split.labeled[i] for i in lab_ids])
+    y_u = None
     if unl_ids:
-        x_u, _ = run.cache.load_batch([run.split.unlabeled[i] for i in unl_ids])
+        x_u, y_u = run.cache.load_batch([run.split.unlabeled[i] for i in unl_ids])
     else:
         x_u = x_l.new_empty((0, *x_l.shape[1:]))
     dev = run.device
-    return Batch(x_l.to(dev, non_blocking=True), y_l.to(dev, non_blocking=True), x_u.to(dev, non_blocking=True))
+    # the unlabeled half's labels travel for the pseudo-label quality log only (Batch.y_u_diagnostic)
+    y_u = y_u.to(dev, non_blocking=True) if (y_u is not None and run.cfg.log_pseudo_quality) else None
+    return Batch(
+        x_l.to(dev, non_blocking=True), y_l.to(dev, non_blocking=True), x_u.to(dev, non_blocking=True), y_u
+    )
+
+
+def encoder_parameters(m: Method) -> list[torch.nn.Parameter]:
+    """The student's shared encoder (the UNet's input block and down path): where every term meets."""
+    unet = m.student.unet
+    return [p for mod in (unet.inc, unet.downs) for p in mod.parameters() if p.requires_grad]
+
+
+def term_gradient_norms(m: Method) -> dict[str, float]:
+    """``gn_<term>``: the L2 norm of each kept weighted term's gradient on the shared encoder (one
+    extra backward per term through the retained graph, on logged steps only)."""
+    params = encoder_parameters(m)
+    out = {}
+    for name, term in m.kept_terms.items():
+        grads = torch.autograd.grad(term, params, retain_graph=True, allow_unused=True)
+        sq = [g.float().pow(2).sum() for g in grads if g is not None]
+        out[f"gn_{name}"] = float(torch.stack(sq).sum().sqrt()) if sq else 0.0
+    return out
+
+
+def log_columns(m: Method, cfg: TrainConfig, class_names: list[str]) -> list[str]:
+    """The extra train-log columns of a method: per-term gradient norms and pseudo-label diagnostics
+    (fixed per run, so that the CSV columns never shift; an absent value is written empty)."""
+    cols = []
+    if cfg.log_grad_norms:
+        cols += [f"gn_{t}" for t in m.terms() if t not in ("ce", "dice_loss")]
+    if cfg.log_pseudo_quality and m.uses_teacher and m.name != "glcon":
+        cols += [f"pl_dice_{c}" for c in class_names[1:]] + ["pl_confident", "pl_precision", "pl_fg_precision"]
+    return cols
 
 
 def _inject_nonfinite(m: Method, loss: torch.Tensor, parts: dict[str, float]) -> torch.Tensor:
@@ -513,7 +576,21 @@ def train_one_iteration(run: Run) -> tuple[float, dict[str, float], float]:
     # non-finite activation would poison them): keep a copy (per-channel vectors, a few KiB)
     modules = [m.student] + ([m.teacher] if m.teacher is not None else [])
     buffers = [[b.detach().clone() for b in mod.buffers()] for mod in modules]
+    cfg = run.cfg
+    logged = (m.iteration + 1) % cfg.log_every == 0 or m.iteration + 1 == cfg.iterations
+    # per-term gradient norms and pseudo-label diagnostics on the logged steps (not under torchrun:
+    # an extra autograd.grad through the DDP-wrapped graph is not what its reducer expects)
+    m.keep_terms = logged and not run.dist.enabled and (cfg.log_grad_norms or cfg.log_pseudo_quality)
+    m.kept_terms, m.diagnostics = {}, {}
     loss, parts = m.step(next_batch(run))
+    if m.keep_terms:
+        extra = dict(m.diagnostics)
+        if cfg.log_grad_norms and m.kept_terms and loss.requires_grad:
+            extra.update(term_gradient_norms(m))
+        run.step_extra = extra
+        m.kept_terms = {}
+    else:
+        run.step_extra = {}
     if faults.active():
         loss = _inject_nonfinite(m, loss, parts)
     lv = float(loss.detach())
@@ -606,6 +683,7 @@ def _train(
         total=cfg.iterations, initial=run.start, desc=f"train {cfg.method}", disable=not (progress and main), unit="it"
     )
     it = run.start
+    extra_cols = log_columns(run.method, cfg, run.cache.class_names)
     try:
         while it < end:
             lv, parts, lr = train_one_iteration(run)
@@ -628,12 +706,15 @@ def _train(
                 # a fixed set of columns: a term not computed this step (e.g. L_nn before its queue
                 # holds k entries) is logged as empty / null, never shifting the CSV columns
                 terms = {k: parts.get(k) for k in run.method.terms()}
+                extra = {k: run.step_extra.get(k) for k in extra_cols}
                 run.logger.write(
                     "train",
                     {
                         "iteration": it,
                         "loss": lv,
                         **terms,
+                        **extra,
+                        "ramp": run.method.ramp() if run.method.uses_teacher else None,
                         "lr": lr,
                         "skipped_steps": run.nonfinite.skipped,
                         "elapsed_s": round(time.time() - run.t0, 2),
@@ -643,10 +724,10 @@ def _train(
             if stop:
                 raise TrainingStopped(_stop_message(run, it))
             if run.val_cases and (it % cfg.val_every == 0 or it == cfg.iterations):
-                v = validate(run.method.student, run.cache, run.val_cases, run.device)
+                v = validate_run(run)
                 run.logger.write("val", {"iteration": it, **v})
                 if v["mean_dice"] > run.best:  # the same decision on every rank (gathered Dice)
-                    run.best, run.best_iteration = v["mean_dice"], it
+                    run.best, run.best_iteration, run.best_model = v["mean_dice"], it, v["model"]
                     _save(run, run.checkpoint(it), "best.pt")
                 bar.set_postfix(loss=f"{lv:.4f}", val_dice=f"{v['mean_dice']:.3f}", best=f"{run.best:.3f}")
             if it % cfg.checkpoint_every == 0 or it == end:
@@ -659,21 +740,27 @@ def _train(
         # (best_iteration < 0: no best.pt yet; a test every rank answers alike, unlike a file's existence)
         if run.val_cases and run.best_iteration < 0:
             # resumed with `iterations` at or below the checkpoint's before any validation: validate now
-            v = validate(run.method.student, run.cache, run.val_cases, run.device)
+            v = validate_run(run)
             run.logger.write("val", {"iteration": it, **v})
-            run.best, run.best_iteration = v["mean_dice"], it
+            run.best, run.best_iteration, run.best_model = v["mean_dice"], it, v["model"]
             _save(run, run.checkpoint(it), "best.pt")
         if not run.val_cases:
             if main:
                 log.warning("no validation patients in %s: best.pt is the final model", run.cache.root)
             run.best_iteration = it
+            # no validation to choose by: the teacher if eval_model asks for it, else the student
+            run.best_model = "teacher" if cfg.eval_model == "teacher" else "student"
             _save(run, run.checkpoint(it), "best.pt")
         if main:
             best_model = build_model(run.meta)
-            best_model.unet.load_state_dict(unet_state(load_checkpoint(run.out / "best.pt")))
+            best_model.unet.load_state_dict(unet_state(load_checkpoint(run.out / "best.pt"), run.best_model))
             export_inference(best_model, run.meta, run.out / "model.pt")
+            log.info(
+                "model.pt: the %s of iteration %d (val mean Dice %.4f)", run.best_model, run.best_iteration, run.best
+            )
     distributed.barrier()  # the other ranks go on (e.g. to stage 2, reading last.pt) once rank 0 has written
     result.iteration, result.best_dice, result.best_iteration = it, run.best, run.best_iteration
     result.has_validation = bool(run.val_cases)
+    result.best_model = run.best_model
     result.seconds = time.time() - run.t0
     return result

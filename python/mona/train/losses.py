@@ -44,6 +44,16 @@ def confidence_weighted_ce(
     return (ce.mean(dim=(1, 2)) * weight).mean()
 
 
+def pixel_masked_ce(
+    logits: torch.Tensor, pseudo: torch.Tensor, confidence: torch.Tensor, threshold: float
+) -> torch.Tensor:
+    """L_unsup with a per-pixel mask (FixMatch-style): cross-entropy against the teacher pseudo-labels on
+    the pixels with confidence >= ``threshold``, averaged over all pixels (a batch with few confident
+    pixels gets a small loss, not a loud one). Shapes as :func:`confidence_weighted_ce`."""
+    ce = F.cross_entropy(logits.float(), pseudo.long(), reduction="none")  # [B, H, W]
+    return (ce * (confidence >= threshold).float()).mean()
+
+
 @dataclass(frozen=True)
 class LossImpl:
     """The four MONA losses from one implementation: ``ext`` (the fused ``mona_ext`` ops) or

@@ -4,9 +4,16 @@ from __future__ import annotations
 
 from .base import Batch, Method, RunContext, load_init_weights
 from .glcon import GLCon
+from .mean_teacher import MeanTeacher
 from .mona import Mona
-from .supervised import Supervised
+from .supervised import Supervised, SupervisedStrong
 
-METHOD_CLASSES: dict[str, type[Method]] = {"supervised": Supervised, "glcon": GLCon, "mona": Mona}
+METHOD_CLASSES: dict[str, type[Method]] = {
+    "supervised": Supervised,
+    "supervised_strong": SupervisedStrong,
+    "mean_teacher": MeanTeacher,
+    "glcon": GLCon,
+    "mona": Mona,
+}
 
-__all__ = ["Batch", "Method", "RunContext", "METHOD_CLASSES", "Supervised", "GLCon", "Mona", "load_init_weights"]
+__all__ = ["Batch", "Method", "RunContext", "METHOD_CLASSES", "Supervised", "SupervisedStrong", "MeanTeacher", "GLCon", "Mona", "load_init_weights"]

@@ -12,7 +12,9 @@ restores exactly that dictionary (plus the global RNG states), so resume is exac
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -35,11 +37,47 @@ log = logging.getLogger("mona.train")
 @dataclass
 class Batch:
     """One training batch on the device: the labeled half ``x_l [bl, 1, H, W]`` with labels
-    ``y_l [bl, H, W]`` and the unlabeled half ``x_u [bu, 1, H, W]`` (``bu`` = 0 for supervised)."""
+    ``y_l [bl, H, W]`` and the unlabeled half ``x_u [bu, 1, H, W]`` (``bu`` = 0 for supervised).
+
+    ``y_u_diagnostic [bu, H, W]``: the cache's labels of the unlabeled half, or None. Only the
+    pseudo-label quality log reads it (``log_pseudo_quality``); no loss may ever use it."""
 
     x_l: torch.Tensor
     y_l: torch.Tensor
     x_u: torch.Tensor
+    y_u_diagnostic: torch.Tensor | None = None
+
+
+def sigmoid_rampup(t: int, length: int) -> float:
+    """SSL4MIS's ramp-up: ``exp(-5 (1 - t / length)^2)`` for ``0 <= t < length``, 1 after (and for
+    ``length`` 0). At t = 0 it is exp(-5) = 0.0067, at t = length / 2 exp(-1.25) = 0.29."""
+    if length <= 0 or t >= length:
+        return 1.0
+    phase = 1.0 - max(t, 0) / length
+    return float(math.exp(-5.0 * phase * phase))
+
+
+def ema_decay_at(t: int, decay: float, warmup: bool) -> float:
+    """The EMA decay of the update after optimiser step ``t`` (0-based): ``min(1 - 1 / (t + 1), decay)``
+    with ``warmup`` (SSL4MIS: the first updates copy the student, then the decay grows to ``decay``)."""
+    return min(1.0 - 1.0 / (t + 1), decay) if warmup else decay
+
+
+@contextlib.contextmanager
+def frozen_bn_statistics(model: torch.nn.Module):
+    """BatchNorm layers normalise with the batch's statistics but leave their running statistics (what
+    evaluation uses) unchanged: an auxiliary pass on warped, zero-padded images (L_eqv) must not move
+    them. (``momentum = 0``: running = running; torch still counts the batch in num_batches_tracked,
+    which only the cumulative ``momentum=None`` mode reads.)"""
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, mom in zip(bns, saved):
+            m.momentum = mom
 
 
 @dataclass
@@ -144,6 +182,32 @@ class Method:
         # fp32, so the student's representation map reaches them without a converted copy); the
         # plain-PyTorch reference computes in the dtype it is given, so it gets fp32
         self.map_dtype = self.amp_dtype if (self.amp and cfg.impl == "ext") else torch.float32
+        # per-term gradient norms (loop: set keep_terms before a logged step, read kept_terms after it)
+        self.keep_terms = False
+        self.kept_terms: dict[str, torch.Tensor] = {}
+        # pseudo-label diagnostics of the last step (``log_pseudo_quality``), merged into the train log
+        self.diagnostics: dict[str, float] = {}
+
+    @property
+    def iteration(self) -> int:
+        """The 0-based iteration of the current step within this stage (the schedule counts every
+        iteration, skipped ones too, and is checkpointed: resume continues the ramp-ups exactly)."""
+        return int(self.scheduler.last_epoch)
+
+    def ramp(self) -> float:
+        """The factor of every unlabeled / relational term this step: :func:`sigmoid_rampup` over
+        ``rampup_iterations``."""
+        return sigmoid_rampup(self.iteration, self.cfg.rampup)
+
+    def pseudo_ready(self) -> bool:
+        """False during the pseudo-label warm-up (``pseudo_warmup_iterations``): no pseudo-label term."""
+        return self.iteration >= self.cfg.pseudo_warmup
+
+    def record(self, name: str, weighted: torch.Tensor) -> None:
+        """Keep a weighted term's tensor for the per-term gradient-norm log (the loop asks for it by
+        setting ``keep_terms`` on the steps it logs; otherwise nothing is kept)."""
+        if self.keep_terms and weighted.requires_grad:
+            self.kept_terms[name] = weighted
 
     def stateful(self) -> dict[str, Any]:
         """Every object with state, by name (saved and restored from this one dictionary)."""
@@ -179,7 +243,7 @@ class Method:
             # per-rank BatchNorm statistics: averaged, so that student and teacher stay identical
             distributed.average_buffers(self.student)
         if self.teacher is not None:
-            ema_update(self.teacher, self.student, self.cfg.ema_decay)
+            ema_update(self.teacher, self.student, ema_decay_at(self.iteration, self.cfg.ema_decay, self.cfg.ema_warmup))
             if self.dist.enabled and not self.cfg.distributed.sync_batchnorm:
                 distributed.average_buffers(self.teacher)
 
@@ -189,7 +253,8 @@ class Method:
 
     def weak_views(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """Both halves under one weak geometric transform per image (rotation, crop, flip): the teacher's
-        view. Returns (images ``[bl + bu, 1, H, W]``, labels of the labeled half ``[bl, H, W]``)."""
+        view. Returns (images ``[bl + bu, 1, H, W]``, labels of the labeled half ``[bl, H, W]``).
+        The unlabeled half's diagnostic labels (if any) get the same transform: ``self.y_u_diagnostic``."""
         from ...augment import random_transform
 
         a, bl = self.cfg.augment, batch.x_l.shape[0]
@@ -198,7 +263,33 @@ class Method:
         t = random_transform(
             b, h, w, self.aug_gen, rotate_deg=a.rotate_deg, flip=a.flip, scale=a.crop_scale, device=x.device
         )
+        self.y_u_diagnostic = None
+        if batch.y_u_diagnostic is not None and self.keep_terms and self.cfg.log_pseudo_quality:
+            self.y_u_diagnostic = t[bl:].apply_label(batch.y_u_diagnostic)
         return t.apply_image(x), t[:bl].apply_label(batch.y_l)
+
+    @torch.no_grad()
+    def log_pseudo_quality(self, pseudo: torch.Tensor, conf: torch.Tensor, threshold: float) -> None:
+        """Diagnostics of the teacher's pseudo-labels ``pseudo [bu, H, W]`` (confidence ``conf``) against
+        the cache's labels of the unlabeled half (:meth:`weak_views`): per foreground class Dice
+        (``pl_dice_<class>``), the fraction of pixels at confidence >= ``threshold`` (``pl_confident``),
+        their accuracy (``pl_precision``) and that of the confident foreground pixels (``pl_fg_precision``)."""
+        truth = getattr(self, "y_u_diagnostic", None)
+        if truth is None or truth.shape != pseudo.shape:
+            return
+        names = self.ctx.cache.class_names
+        out: dict[str, float] = {}
+        for c in range(1, self.num_classes):
+            p, g = pseudo == c, truth == c
+            denom = int(p.sum() + g.sum())
+            out[f"pl_dice_{names[c]}"] = float(2 * (p & g).sum() / denom) if denom else float("nan")
+        mask = conf >= threshold
+        correct = pseudo == truth
+        out["pl_confident"] = float(mask.float().mean())
+        out["pl_precision"] = float(correct[mask].float().mean()) if bool(mask.any()) else float("nan")
+        fg = mask & (pseudo > 0)
+        out["pl_fg_precision"] = float(correct[fg].float().mean()) if bool(fg.any()) else float("nan")
+        self.diagnostics.update(out)
 
     def autocast(self):
         return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.bfloat16, enabled=self.amp)

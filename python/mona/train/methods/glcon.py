@@ -15,6 +15,8 @@ Per step, with B = labeled half + unlabeled half of the batch:
   the local head, the same KL against the local queue (one vector per crop, not the public code's
   49-wide reshape);
 * ``+ L_sup`` (Dice + CE) on the labeled half.
+
+The global and local terms are multiplied by the sigmoid ramp-up (:meth:`Method.ramp`).
 """
 
 from __future__ import annotations
@@ -135,18 +137,22 @@ class GLCon(Method):
         L = self.losses
         loss = x_weak.new_zeros(())
         parts: dict[str, float] = {}
+        ramp = self.ramp()
         if g.global_weight > 0:
             lg = L.similarity_kl(
                 sv.global_pred.float(), tv.global_proj.float(), self.queue_global.filled(), g.tau_student, g.tau_teacher
             )
-            loss = loss + g.global_weight * lg
+            loss = loss + g.global_weight * ramp * lg
+            self.record("global", g.global_weight * ramp * lg)
             parts["global"] = float(lg.detach())
         if g.local_weight > 0:
             ll = L.similarity_kl(s_local, t_local, self.queue_local.filled(), g.tau_student, g.tau_teacher)
-            loss = loss + g.local_weight * ll
+            loss = loss + g.local_weight * ramp * ll
+            self.record("local", g.local_weight * ramp * ll)
             parts["local"] = float(ll.detach())
         if g.sup_weight > 0:
             ls, sup_parts = supervised_loss(sv.logits[:bl], y_l, cfg.dice_weight, cfg.ce_weight)
             loss = loss + g.sup_weight * ls
+            self.record("sup", g.sup_weight * ls)
             parts.update(sup=float(ls.detach()), **sup_parts)
         return loss, parts

@@ -11,17 +11,23 @@ Per step (B = labeled half bl + unlabeled half bu):
    applied consistently to the images, the pseudo-labels, the confidences and the teacher keys.
    (The paper's diffeomorphic deformation enters through L_eqv's transform, below.)
 3. L_sup: Dice + CE on the labeled half.
-   L_unsup: CE against the mixed pseudo-labels, each image weighted by its fraction of pixels with
-   teacher confidence >= strong_threshold (0.97).
+   L_unsup: CE against the mixed pseudo-labels on the pixels with teacher confidence >= strong_threshold
+   (0.97), averaged over all pixels (``unsup_mask: pixel``; ``image``: the public code's per-image
+   weighting by the confident fraction).
    L_contrast: ``contrast_loss`` on the student's representation map (channels-last), labels = ground
    truth (labeled half) and pseudo-labels (unlabeled half; valid where confidence >= weak_threshold,
    0.7), ``prob`` = student probabilities for the hard/easy split, keys from the teacher's
    representation map, negatives from the batch and a ``ClassMemoryBank`` that receives a capped random
    subset of valid teacher keys per class after every step.
    L_eqv: a random T (affine + diffeomorphic deformation): ``pixel_kl(T(F(x)), F(T(x)), mask=valid(T),
-   symmetric)`` on both halves (one extra student forward on ``T(x)``).
+   symmetric)`` on both halves (one extra student forward on ``T(x)``, whose BatchNorm layers leave
+   their running statistics alone: warped, zero-padded images must not move what evaluation uses).
    L_nn: ``knn_loss(student global (predictor), teacher global, queue, k)``; the teacher global
    embeddings enter a FIFO ``FeatureQueue`` after each step (skipped until it holds k entries).
+
+Stabilisers (:mod:`.base`): every term but L_sup is multiplied by the sigmoid ramp-up; L_unsup and the
+pseudo-labelled half of L_contrast start after the pseudo-label warm-up (until then the contrast
+term sees the labeled half only).
 """
 
 from __future__ import annotations
@@ -33,8 +39,8 @@ import mona_ext
 from ...augment import apply_cutmix, cutmix_boxes, random_contrast_brightness, random_transform
 from ..config import TrainConfig
 from ..distributed import rank_seed
-from ..losses import confidence_weighted_ce, supervised_loss
-from .base import Batch, Method, RunContext
+from ..losses import confidence_weighted_ce, pixel_masked_ce, supervised_loss
+from .base import Batch, Method, RunContext, frozen_bn_statistics
 
 
 def _subsample(t: torch.Tensor, stride: int) -> torch.Tensor:
@@ -98,6 +104,9 @@ class Mona(Method):
             tv = self.teacher(x_weak)
         prob_t = torch.softmax(tv.logits[bl:].float(), dim=1)
         conf, pseudo = prob_t.max(dim=1)  # [bu, H, W]
+        if self.keep_terms and cfg.log_pseudo_quality:
+            self.log_pseudo_quality(pseudo, conf, m.strong_threshold)
+        ramp, pseudo_ready = self.ramp(), self.pseudo_ready()
         x_s = random_contrast_brightness(x_weak, self.aug_gen, contrast=a.contrast, brightness=a.brightness)
         perm, box = cutmix_boxes(
             b - bl, h, w, self.aug_gen, prob=a.cutmix_prob, area=a.cutmix_area, device=x_weak.device
@@ -130,18 +139,22 @@ class Mona(Method):
             if m.sup_weight > 0:
                 ls, sup_parts = supervised_loss(logits[:bl], y_l, cfg.dice_weight, cfg.ce_weight)
                 loss = loss + m.sup_weight * ls
+                self.record("sup", m.sup_weight * ls)
                 parts.update(sup=float(ls.detach()), **sup_parts)
-            if m.unsup_weight > 0:
-                lu = confidence_weighted_ce(logits[bl:], pseudo, conf, m.strong_threshold)
-                loss = loss + m.unsup_weight * lu
+            if m.unsup_weight > 0 and pseudo_ready:
+                unsup = pixel_masked_ce if m.unsup_mask == "pixel" else confidence_weighted_ce
+                lu = unsup(logits[bl:], pseudo, conf, m.strong_threshold)
+                loss = loss + m.unsup_weight * ramp * lu
+                self.record("unsup", m.unsup_weight * ramp * lu)
                 parts["unsup"] = float(lu.detach())
             if m.contrast_weight > 0:
                 stride = cfg.model.rep_stride
                 labels = torch.cat([_subsample(y_l, stride), _subsample(pseudo, stride)])
+                # the pseudo-labelled half takes part once the warm-up is over
                 valid = torch.cat(
                     [
                         torch.ones_like(_subsample(y_l, stride), dtype=torch.bool),
-                        _subsample(conf, stride) >= m.weak_threshold,
+                        (_subsample(conf, stride) >= m.weak_threshold) & pseudo_ready,
                     ]
                 )
                 prob = _subsample(torch.softmax(logits.detach(), dim=1), stride)
@@ -166,7 +179,8 @@ class Mona(Method):
                     negatives=m.negatives,
                     generator=self.contrast_gen,
                 )
-                loss = loss + m.contrast_weight * lc
+                loss = loss + m.contrast_weight * ramp * lc
+                self.record("contrast", m.contrast_weight * ramp * lc)
                 parts["contrast"] = float(lc.detach())
                 if self.bank is not None:
                     # [N, D] rows of the channels-last key map: a view, no copy
@@ -189,7 +203,7 @@ class Mona(Method):
             loss, logits = main_terms(sv)
             logits_t = None
             if x_t is not None:
-                with self.autocast():
+                with self.autocast(), frozen_bn_statistics(model):
                     logits_t = model(x_t, with_heads=False).logits
             return sv, loss, logits, logits_t
 
@@ -198,13 +212,15 @@ class Mona(Method):
         )
         if t_eqv is not None:
             le = L.pixel_kl(t_eqv.apply_image(logits), logits_t.float(), t_eqv.valid_mask(), m.eqv_symmetric)
-            loss = loss + m.eqv_weight * le
+            loss = loss + m.eqv_weight * ramp * le
+            self.record("eqv", m.eqv_weight * ramp * le)
             parts["eqv"] = float(le.detach())
         if self.queue is not None:
             teacher_global = tv.global_proj.float()
             if use_nn:
                 ln = L.knn(sv.global_pred.float(), teacher_global, self.queue.filled(), m.knn_k)
-                loss = loss + m.nn_weight * ln
+                loss = loss + m.nn_weight * ramp * ln
+                self.record("nn", m.nn_weight * ramp * ln)
                 parts["nn"] = float(ln.detach())
             self._pending["queue"] = teacher_global
         return loss, parts
