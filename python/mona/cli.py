@@ -68,9 +68,12 @@ def _cmd_synth(args: argparse.Namespace) -> int:
         size_max=args.size_max,
         slices_min=args.slices_min,
         slices_max=args.slices_max,
+        tail=args.tail,
     )
     ids = write_phantoms(args.out_dir, cfg, progress=not args.no_progress)
     print(f"wrote {len(ids)} phantom patients (ACDC layout) to {args.out_dir}")
+    if args.tail:
+        print(f"  with the long-tail class 4 (PM): prepare them with `mona prepare phantom {args.out_dir} CACHE_DIR`")
     return 0
 
 
@@ -101,7 +104,7 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
         f"({len(r.processed)} processed, {len(r.skipped)} already up to date); patients "
         f"train/val/test = {len(sp['train'])}/{len(sp['val'])}/{len(sp['test'])}"
     )
-    if args.dataset == "folder":
+    if args.dataset in ("folder", "phantom"):
         print(f"  classes: {', '.join(r.manifest['class_names'])}")
     for note in r.notes:
         print(f"  {note}")
@@ -339,6 +342,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size-max", type=int, default=144, help="largest in-plane size in pixels (default 144)")
     p.add_argument("--slices-min", type=int, default=5, help="fewest slices per volume (default 5)")
     p.add_argument("--slices-max", type=int, default=9, help="most slices per volume (default 9)")
+    p.add_argument(
+        "--tail",
+        action="store_true",
+        help="add a long-tail class 4 (PM): 1-3 small dark papillary-muscle-like blobs carved out of the LV "
+        "next to the myocardium in the basal/mid slices, 1-2 %% of a slice's foreground pixels, their contrast "
+        "to the blood pool drawn per patient (clear to faint); everything else as without --tail. "
+        "Prepare with `mona prepare phantom` (5 classes); `mona prepare acdc` rejects label 4",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(parser=p, handler=_cmd_synth)
 
@@ -348,8 +359,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "dataset",
         metavar="DATASET",
-        choices=["acdc", "lits", "mmwhs", "folder"],
-        help="acdc | lits | mmwhs | folder (RAW/images + RAW/labels)",
+        choices=["acdc", "lits", "mmwhs", "folder", "phantom"],
+        help="acdc | lits | mmwhs | folder (RAW/images + RAW/labels) | phantom (`mona synth --tail` output: "
+        "ACDC layout and splits, classes background, RV, Myo, LV, PM)",
     )
     p.add_argument("raw_dir", metavar="RAW_DIR", help="the dataset's raw files, in the layout DATASET names")
     p.add_argument(

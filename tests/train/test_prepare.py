@@ -16,6 +16,12 @@ from mona.data.readers import DataError
 from mona.errors import UsageError
 
 
+def _snapshot_arrays(root):
+    import nibabel as nib
+
+    return {p.relative_to(root): np.asarray(nib.load(str(p)).dataobj).tobytes() for p in sorted(root.rglob("*.nii.gz"))}
+
+
 def _snapshot(root):
     return {p.relative_to(root): (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(root.rglob("*")) if p.is_file()}
 
@@ -185,3 +191,56 @@ def test_cli_prepare_class_names_and_splits(tmp_path, capsys):
     assert "--num-classes is 2" in capsys.readouterr().err
     assert main(["prepare", "lits", str(tmp_path / "raw"), str(tmp_path / "l"), "--class-names", "a,b"]) == 2
     assert "--class-names applies to the folder layout only" in capsys.readouterr().err
+
+
+def test_phantom_dataset_round_trip_of_tail_phantoms(tmp_path, capsys):
+    from mona.cli import main
+    from mona.data.synth import SynthConfig, write_phantoms
+    from mona.eval.report import spec_from_manifest
+
+    raw = tmp_path / "raw"
+    small = dict(n_train=3, n_val=1, n_test=1, seed=7, size_min=48, size_max=60, slices_min=3, slices_max=4)
+    opts = "--train 3 --val 1 --test 1 --seed 7 --size-min 48 --size-max 60 --slices-min 3 --slices-max 4"
+    assert main(["synth", str(raw), "--tail", "--no-progress", *opts.split()]) == 0
+    assert "mona prepare phantom" in capsys.readouterr().out
+    write_phantoms(tmp_path / "api", SynthConfig(**small, tail=True), progress=False)
+    assert _snapshot_arrays(raw) == _snapshot_arrays(tmp_path / "api")  # `mona synth --tail` = SynthConfig(tail=True)
+    r = prepare("phantom", raw, tmp_path / "c", size=32, progress=False)
+    man = r.manifest
+    assert man["dataset"] == "phantom" and man["num_classes"] == 5
+    assert man["class_names"] == ["background", "RV", "Myo", "LV", "PM"]
+    assert man["split_source"] == "the shipped SSL4MIS lists (mona/data/splits/acdc)"
+    assert man["splits"] == {
+        "train": ["patient099", "patient038", "patient050"],
+        "val": ["patient028"],
+        "test": ["patient011"],
+    }
+    assert all(c["class_voxels"][4] > 0 for c in man["cases"])
+    cache = SliceCache(tmp_path / "c")
+    assert cache.num_classes == 5 and cache.class_names == man["class_names"]
+    assert 4 in set(np.unique(np.concatenate([cache.arrays(i)[1].ravel() for i in range(len(cache.cases))])))
+    assert spec_from_manifest(man).num_classes == 5  # what evaluation loads the volumes with
+    # the CLI lists the dataset and prints its classes
+    args = ["prepare", "phantom", str(raw), str(tmp_path / "c2"), "--size", "32", "--no-progress"]
+    assert main(args) == 0
+    assert "classes: background, RV, Myo, LV, PM" in capsys.readouterr().out
+
+
+def test_acdc_rejects_tail_phantoms(tmp_path):
+    from mona.data.synth import SynthConfig, write_phantoms
+
+    raw = tmp_path / "raw"
+    write_phantoms(
+        raw,
+        SynthConfig(
+            n_train=1, n_val=0, n_test=0, seed=7, size_min=40, size_max=48, slices_min=3, slices_max=3, tail=True
+        ),
+        progress=False,
+    )
+    with pytest.raises(
+        DataError,
+        match=r"patient099_frame01_gt\.nii\.gz: label values \[4\] outside the declared classes 0\.\.3 "
+        r"\(background, RV, Myo, LV\)",
+    ):
+        prepare("acdc", raw, tmp_path / "c", size=32, progress=False)
+    assert not (tmp_path / "c" / "manifest.json").exists()

@@ -1,5 +1,7 @@
 """Readers for the raw public layouts (ACDC, LiTS, MMWHS, a generic folder of image/label pairs).
 
+``phantom`` (the tail phantoms of ``mona synth --tail``) is the ACDC layout and reader with a fifth class.
+
 A reader turns a raw directory into a list of :class:`CaseRecord` (paths only, nothing loaded);
 :func:`load_case` loads one record into a :class:`Volume` and validates it. Arrays keep the
 NIfTI voxel order ``[X, Y, Z]``; slices are taken along the last axis (Z). The spacing
@@ -49,7 +51,9 @@ MMWHS = DatasetSpec(
     "MR",
     label_values=(0, 205, 420, 500, 550, 600, 820, 850),
 )
-SPECS: dict[str, DatasetSpec] = {s.name: s for s in (ACDC, LITS, MMWHS)}
+#: ``mona synth --tail`` phantoms: the ACDC layout and splits plus the long-tail class 4 (papillary-muscle-like)
+PHANTOM = DatasetSpec("phantom", ("background", "RV", "Myo", "LV", "PM"), "MR")
+SPECS: dict[str, DatasetSpec] = {s.name: s for s in (ACDC, LITS, MMWHS, PHANTOM)}
 
 
 @dataclass(frozen=True)
@@ -245,7 +249,7 @@ def read_folder(raw_dir: str | Path) -> list[CaseRecord]:
     return records
 
 
-READERS = {"acdc": read_acdc, "lits": read_lits, "mmwhs": read_mmwhs, "folder": read_folder}
+READERS = {"acdc": read_acdc, "lits": read_lits, "mmwhs": read_mmwhs, "folder": read_folder, "phantom": read_acdc}
 
 
 def folder_spec(num_classes: int | None, modality: str = "MR", class_names=None) -> DatasetSpec:

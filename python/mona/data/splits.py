@@ -45,6 +45,8 @@ from .readers import DataError
 
 SPLIT_NAMES = ("train", "val", "test")
 LIST_DATASETS = ("lits", "mmwhs")
+#: datasets split by the shipped ACDC (SSL4MIS) lists: ACDC and the phantoms of ``mona synth --tail``
+ACDC_LIST_DATASETS = ("acdc", "phantom")
 #: labeled_ratio (manifest key) -> the authors' list file (without ``.list``)
 LABELED_LIST_FILES = {"0.01": "train_1_", "0.05": "train_5_", "0.1": "train_10_"}
 USER_SPLIT_FILES = ("train.list", "val.list", "test.list")
@@ -194,19 +196,19 @@ def split_patients(
 ) -> dict[str, list[str]]:
     """Assign the available patients to train/val/test (the lists-free part of :func:`plan_splits`).
 
-    ``acdc``: the shipped lists restricted to the available patients (train kept in labeled order);
-    a patient that is in no list is an error. Other datasets: seeded random permutation; defaults
-    LiTS 100/0/31 of 131 (scaled by 31/131 when fewer), MMWHS 15/0/5 of 20 (scaled by 1/4),
-    folder 20 % test.
+    ``acdc`` (and ``phantom``): the shipped lists restricted to the available patients (train kept in
+    labeled order); a patient that is in no list is an error. Other datasets: seeded random
+    permutation; defaults LiTS 100/0/31 of 131 (scaled by 31/131 when fewer), MMWHS 15/0/5 of 20
+    (scaled by 1/4), folder 20 % test.
     """
-    if dataset == "acdc":
+    if dataset in ACDC_LIST_DATASETS:
         ship = acdc_patients()
         avail = set(patients)
         known = set(ship["train"]) | set(ship["val"]) | set(ship["test"])
         unknown = sorted(avail - known)
         if unknown:
             raise DataError(
-                f"acdc: patients {unknown[:5]} are in none of the shipped split lists "
+                f"{dataset}: patients {unknown[:5]} are in none of the shipped split lists "
                 f"(mona/data/splits/acdc); pass `--splits DIR` with your own train.list/test.list"
             )
         return {k: [p for p in ship[k] if p in avail] for k in SPLIT_NAMES}
@@ -265,7 +267,7 @@ def plan_splits(
       ``labeled.list``). Names are patient ids (or case ids, ``case_patient`` maps them to their
       patient; LiTS ``caseNNNN`` aliases accepted); a name not present, a patient in two lists, or a
       present patient in no list is a DataError naming it and the file.
-    - ``acdc``: the shipped SSL4MIS lists, restricted to the present patients.
+    - ``acdc``, ``phantom``: the shipped SSL4MIS lists, restricted to the present patients.
     - ``lits``: the authors' lists restricted to the present volumes (val empty); a present volume
       in neither ``train_all.list`` nor ``test.list`` is a DataError (use ``--splits DIR``). If no
       present volume is listed at all: the seeded random split.
@@ -275,8 +277,8 @@ def plan_splits(
     """
     if splits_dir is not None:
         return _plan_user(dataset, patients, Path(splits_dir), case_patient or {})
-    if dataset == "acdc":
-        return SplitPlan(split_patients("acdc", patients), "the shipped SSL4MIS lists (mona/data/splits/acdc)")
+    if dataset in ACDC_LIST_DATASETS:
+        return SplitPlan(split_patients(dataset, patients), "the shipped SSL4MIS lists (mona/data/splits/acdc)")
     if dataset not in LIST_DATASETS:
         return SplitPlan(split_patients(dataset, patients, seed=seed), f"seeded random split by patient (seed {seed})")
     ml = mona_lists(dataset)

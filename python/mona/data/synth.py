@@ -8,6 +8,14 @@ intensities, noise, a smooth multiplicative bias field and the slice count vary 
 shrink from base to apex, so the class frequencies are long-tailed like ACDC (background >> LV,
 Myo > RV). The output goes through the same reader as real ACDC (:func:`mona.data.readers.read_acdc`).
 
+With ``SynthConfig(tail=True)`` each patient also gets a long-tail class 4 ("PM"): one to three
+small dark papillary-muscle-like blobs carved out of the LV blood pool next to the myocardium, in
+the basal/mid slices only, covering 1-2 % of the slice's foreground pixels, with a contrast against
+the blood pool drawn per patient (from about myocardium-dark to faint). Its parameters come from a
+second per-patient stream, so every other draw is unchanged: the tail phantoms of a seed equal the
+plain ones except that LV loses the PM pixels (and the image changes only in and around them).
+Prepare tail phantoms as dataset ``phantom`` (classes background, RV, Myo, LV, PM).
+
 Patient ids are taken from the shipped ACDC split lists in order (train, then val, then test),
 so the shipped splits apply to the phantoms unchanged. Deterministic for a seed.
 """
@@ -29,7 +37,11 @@ from .splits import acdc_patients
 
 @dataclass(frozen=True)
 class SynthConfig:
-    """How many phantoms and how big. ``size``: in-plane range (pixels) drawn per patient."""
+    """How many phantoms and how big. ``size``: in-plane range (pixels) drawn per patient.
+
+    ``tail``: add the long-tail class 4 ("PM", papillary-muscle-like blobs inside the LV; see the
+    module docstring). ``tail=False`` writes exactly what the generator wrote before the option existed.
+    """
 
     n_train: int = 8
     n_val: int = 2
@@ -39,6 +51,14 @@ class SynthConfig:
     size_max: int = 144
     slices_min: int = 5
     slices_max: int = 9
+    tail: bool = False
+
+
+#: label value of the long-tail class of ``SynthConfig(tail=True)``
+PM_LABEL = 4
+#: its share of a slice's foreground pixels (RV + Myo + LV + PM), where present
+PM_FRACTION = (0.01, 0.02)
+_TAIL_STREAM = 1  # the tail's per-patient stream: default_rng([seed, patient number, _TAIL_STREAM])
 
 
 def _ellipse(xx: np.ndarray, yy: np.ndarray, cx: float, cy: float, a: float, b: float, theta: float) -> np.ndarray:
@@ -49,10 +69,71 @@ def _ellipse(xx: np.ndarray, yy: np.ndarray, cx: float, cy: float, a: float, b: 
     return (u / max(a, 1e-3)) ** 2 + (v / max(b, 1e-3)) ** 2 <= 1.0
 
 
+def _tail_params(rng: np.random.Generator) -> dict:
+    """Per-patient parameters of the PM blobs (from the patient's tail stream)."""
+    n = int(rng.integers(1, 4))
+    a0 = rng.uniform(0, 2 * np.pi)
+    steps = rng.uniform(1.7, 2.6, n)
+    steps[0] = 0.0
+    return {
+        "n": n,
+        "angles": a0 + np.cumsum(steps),  # around the LV centre, in the LV ellipse's frame
+        "depth": rng.uniform(0.78, 0.95, n),  # blob centre: this fraction of the way to the endocardium
+        "weight": rng.uniform(0.7, 1.3, n),  # relative blob sizes
+        "ecc": rng.uniform(0.5, 0.9, n),  # short / long axis; the long axis points at the LV centre
+        "fraction": rng.uniform(*PM_FRACTION),
+        "extent": rng.uniform(0.45, 0.75),  # present in slices with t = z / (Z - 1) <= extent
+        # 1: as dark as the myocardium (clearly visible) ... 0.1: 90 % of the blood-pool intensity (faint)
+        "contrast": rng.uniform(0.1, 1.0),
+    }
+
+
+def _pm_mask(
+    rng: np.random.Generator, xx: np.ndarray, yy: np.ndarray, lv: np.ndarray, n_fg: int, geom: tuple, tp: dict
+) -> np.ndarray:
+    """The PM pixels of one slice: the k LV pixels nearest (in each blob's elliptical metric) to the
+    blob centres, k = ``round(fraction * n_fg)`` kept within :data:`PM_FRACTION` of the slice's
+    foreground ``n_fg`` and at most a third of the LV; ``geom`` = LV ``(cx, cy, a, b, theta)``."""
+    cx, cy, a, b, theta = geom
+    lo, hi = int(np.ceil(PM_FRACTION[0] * n_fg)), int(np.floor(PM_FRACTION[1] * n_fg))
+    k = min(max(int(round(tp["fraction"] * n_fg)), lo), hi, int(lv.sum()) // 3)
+    if k <= 0:
+        return np.zeros_like(lv)
+    jitter = rng.normal(0, 0.12, tp["n"])  # the blobs move a little from slice to slice
+    c, s = np.cos(theta), np.sin(theta)
+    dist = np.full(lv.shape, np.inf)
+    for j in range(tp["n"]):
+        phi = tp["angles"][j] + jitter[j]
+        u, v = tp["depth"][j] * a * np.cos(phi), tp["depth"][j] * b * np.sin(phi)
+        bx, by = cx + u * c - v * s, cy + u * s + v * c
+        rad = np.arctan2(by - cy, bx - cx)  # long axis along the radius
+        cr, sr = np.cos(rad), np.sin(rad)
+        du = (xx - bx) * cr + (yy - by) * sr
+        dv = -(xx - bx) * sr + (yy - by) * cr
+        d = np.sqrt(du**2 + (dv / tp["ecc"][j]) ** 2) / tp["weight"][j]
+        dist = np.minimum(dist, d)
+    flat = np.flatnonzero(lv)
+    chosen = flat[np.argsort(dist.ravel()[flat], kind="stable")[:k]]
+    pm = np.zeros(lv.size, bool)
+    pm[chosen] = True
+    return pm.reshape(lv.shape)
+
+
 def phantom_frame(
-    rng: np.random.Generator, shape: tuple[int, int], n_slices: int, params: dict, contraction: float
+    rng: np.random.Generator,
+    shape: tuple[int, int],
+    n_slices: int,
+    params: dict,
+    contraction: float,
+    *,
+    tail_rng: np.random.Generator | None = None,
+    tail_params: dict | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One frame: image float32 ``[H, W, Z]`` (arbitrary MR-like units) and label uint8 ``[H, W, Z]``."""
+    """One frame: image float32 ``[H, W, Z]`` (arbitrary MR-like units) and label uint8 ``[H, W, Z]``.
+
+    With ``tail_params`` (:func:`_tail_params`) and ``tail_rng`` the basal/mid slices get the PM
+    blobs (label :data:`PM_LABEL`); ``rng`` is used exactly as without them.
+    """
     h, w = shape
     yy, xx = np.meshgrid(np.arange(h, dtype=np.float64), np.arange(w, dtype=np.float64), indexing="ij")
     img = np.zeros((h, w, n_slices), np.float32)
@@ -83,9 +164,18 @@ def phantom_frame(
         sl = np.where(myo, p["i_myo"], sl)
         sl = np.where(lv, p["i_blood"], sl)
         sl = np.where(rv, p["i_blood"] * p["rv_rel"], sl)
+        pm = None
+        if tail_params is not None and t <= tail_params["extent"]:
+            assert tail_rng is not None
+            n_fg = int((lv | myo | rv).sum())
+            pm = _pm_mask(tail_rng, xx, yy, lv, n_fg, (cx, cy, r_lv, r_lv * p["ecc"], p["theta"]), tail_params)
+            i_pm = p["i_blood"] - tail_params["contrast"] * (p["i_blood"] - p["i_myo"])
+            sl = np.where(pm, i_pm, sl)
         sl = ndimage.gaussian_filter(sl, 0.7)  # partial-volume blur at the edges
         img[:, :, z] = sl
         lab[:, :, z] = np.where(lv, 3, np.where(myo, 2, np.where(rv, 1, 0)))
+        if pm is not None:
+            lab[:, :, z][pm] = PM_LABEL
     # smooth multiplicative bias field over the whole stack + Rician-like noise
     bias = np.exp(
         p["bias_amp"]
@@ -178,12 +268,16 @@ def write_phantoms(out_dir: str | Path, cfg: SynthConfig = SynthConfig(), *, pro
         pix = float(np.round(rng.uniform(1.2, 1.8), 3))
         spacing = (pix, pix, float(np.round(rng.uniform(6.0, 10.0), 2)))
         params = _patient_params(rng, h, w)
+        tail_rng = np.random.default_rng([cfg.seed, num, _TAIL_STREAM]) if cfg.tail else None
+        tail_params = _tail_params(tail_rng) if tail_rng is not None else None
         es_frame = int(rng.integers(8, 15))
         scale = rng.uniform(600, 1400)
         tmp = Path(tempfile.mkdtemp(prefix=f".{pid}.", dir=out))
         try:
             for frame, contraction in ((1, 1.0), (es_frame, rng.uniform(0.6, 0.8))):
-                img, lab = phantom_frame(rng, (h, w), n_slices, params, contraction)
+                img, lab = phantom_frame(
+                    rng, (h, w), n_slices, params, contraction, tail_rng=tail_rng, tail_params=tail_params
+                )
                 # NIfTI voxel order [X, Y, Z]: transpose the [H, W, Z] stack
                 _save_nifti(
                     np.round(img.transpose(1, 0, 2) * scale).astype(np.int16),
