@@ -59,8 +59,13 @@ METHODS: dict[str, tuple[str, list[str]]] = {
     # MONA's pipeline with every unlabeled term off: L_sup on the labeled half of MONA's batch
     "mona-sup_only": (
         "demo_mona",
-        ["pretrain_iterations=0", "mona.unsup_weight=0", "mona.contrast_weight=0", "mona.eqv_weight=0",
-         "mona.nn_weight=0"],
+        [
+            "pretrain_iterations=0",
+            "mona.unsup_weight=0",
+            "mona.contrast_weight=0",
+            "mona.eqv_weight=0",
+            "mona.nn_weight=0",
+        ],
     ),
 }
 DEFAULT_METHODS = ["supervised", "supervised_strong", "mean_teacher", "mona"]
@@ -239,7 +244,9 @@ def main() -> None:
     ap.add_argument("--labeled", type=int, nargs="+", default=[1], help="labeled patients (default 1)")
     ap.add_argument("--iterations", type=int, default=None, help="budget per run (default: the demo's, 400)")
     ap.add_argument("--size", type=int, default=96, help="phantom slice size (default 96)")
-    ap.add_argument("--tail", action=argparse.BooleanOptionalAction, default=False, help="long-tail PM class")
+    ap.add_argument(
+        "--tail", action=argparse.BooleanOptionalAction, default=True, help="long-tail phantoms (class PM; default on)"
+    )
     ap.add_argument("--jobs", type=int, default=2, help="runs at once (one torch thread each)")
     ap.add_argument("--name", default="semi_supervised", help="results file name")
     ap.add_argument("--quick", action="store_true", help="one seed, 1 labeled, 8 iterations: a smoke run")

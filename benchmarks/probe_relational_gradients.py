@@ -110,7 +110,9 @@ def main() -> None:
     lines = [
         "# Relational terms' gradient on the encoder at initialisation, relative to L_sup",
         "",
-        "`python -m benchmarks.probe_relational_gradients " + " ".join(f"--seeds {' '.join(map(str, args.seeds))}".split()) + "`",
+        "`python -m benchmarks.probe_relational_gradients "
+        + " ".join(f"--seeds {' '.join(map(str, args.seeds))}".split())
+        + "`",
         "",
         "| MLP head norm | GLCon global KL | GLCon local KL | L_nn | hidden spread across the batch / across features |",
         "|---|---|---|---|---|",
@@ -118,7 +120,9 @@ def main() -> None:
     summary = {}
     for head_norm in ("batch", "layer"):
         sel = [r for r in rows if r["head_norm"] == head_norm]
-        m = {k: statistics.fmean(r[k] for r in sel) for k in ("global", "local", "nn", "batch_spread", "feature_spread")}
+        m = {
+            k: statistics.fmean(r[k] for r in sel) for k in ("global", "local", "nn", "batch_spread", "feature_spread")
+        }
         summary[head_norm] = m
         lines.append(
             f"| {head_norm} | {m['global']:.1f}x | {m['local']:.1f}x | {m['nn']:.1f}x | "
@@ -127,7 +131,9 @@ def main() -> None:
     meta = machine_info("cpu")
     lines += ["", f"Mean over seeds {args.seeds} ({meta['cpu']}, torch {meta['torch']}, {meta['date']})."]
     RESULTS.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(RESULTS / "relational_gradients.json", json.dumps({"rows": rows, "summary": summary, "meta": meta}, indent=1))
+    atomic_write_text(
+        RESULTS / "relational_gradients.json", json.dumps({"rows": rows, "summary": summary, "meta": meta}, indent=1)
+    )
     atomic_write_text(RESULTS / "relational_gradients.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -288,6 +288,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         labeled_patients=args.labeled_patients,
         overlays=args.overlay_volumes,
         overlay_slices=args.overlay_slices,
+        tail=args.tail,
     )
     return 0
 
@@ -474,7 +475,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "demo",
         parents=[common],
-        help="phantoms, 1 labeled patient: supervised vs GLCon + MONA, evaluated (CPU, minutes)",
+        help="phantoms, 1 labeled patient: supervised (weak / strong augmentation) vs GLCon + MONA, evaluated",
     )
     p.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
     p.add_argument(
@@ -492,9 +493,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labeled-patients", type=int, default=1, help="labeled train patients (default 1 of 8)")
     p.add_argument("--seed", type=int, default=0, help="phantom seed")
     p.add_argument("--size", type=int, default=96, help="slice size of the prepared cache (default 96)")
+    p.add_argument(
+        "--tail",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="phantoms with the long-tail class PM (papillary muscles, 1-2 %% of the foreground; default on)",
+    )
     _add_overlay_args(p, "test volumes (default: every test volume, 8)")
     p.add_argument("--device", default="auto", help=_DEVICE_HELP)
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides of both training configs")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides of every training config")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(parser=p, handler=_cmd_demo)
     return parser

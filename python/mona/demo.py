@@ -1,17 +1,20 @@
 """``mona demo``: the semi-supervised story on synthetic phantoms, on a CPU, in minutes.
 
-1. phantoms (ACDC layout) -> 2. slice cache -> 3. the supervised baseline trained on the labeled
-patient(s) alone -> 4. GLCon pre-training + MONA fine-tuning on the same labeled patient(s) plus the
-other train patients unlabeled, with the same total number of iterations -> 5. both evaluated on
-the held-out test phantoms in their original geometry: per-class Dice / ASD / HD95 side by side,
-overlays of both methods on the same slices (the 3 slices with the most ground-truth foreground of
-every test volume, with a colour legend of the classes), validation curves, ``summary.json``.
-Everything is checked (configs, overrides, budget, device) before anything is written.
+1. phantoms (ACDC layout, with the long-tail class PM) -> 2. slice cache -> 3. the supervised baseline
+(weak augmentation) on the labeled patient(s) alone -> 4. the same with the MONA student's augmentation
+(``supervised_strong``: the fair baseline) -> 5. GLCon pre-training + MONA fine-tuning on the same labeled
+patient(s) plus the other train patients unlabeled, with the same total number of iterations -> 6. the
+three evaluated on the held-out test phantoms in their original geometry: per-class Dice / ASD / HD95 side
+by side with the two differences (MONA - supervised = augmentation + unlabeled data; MONA -
+supervised_strong = the unlabeled data's part), overlays of the three on the same slices (the 3 slices with
+the most ground-truth foreground of every test volume, with a colour legend of the classes), validation
+curves, ``summary.json``. Everything is checked (configs, overrides, budget, device) before anything is
+written.
 
 Defaults (``configs/demo.yaml``, ``configs/demo_mona.yaml``): 14 phantom patients (8 train of which 1
 labeled, 2 val, 4 test = 8 test volumes) prepared at 96 x 96, 400 iterations each (MONA: 100 GLCon +
-300 fine-tuning), batch 8, 1 CPU thread per run. :func:`compare` is the same comparison as a function
-(``benchmarks/bench_semi_supervised.py`` runs it over seeds).
+300 fine-tuning), batch 8, 1 CPU thread per run. :func:`compare` is the same comparison as a function;
+``benchmarks/bench_semi_supervised.py`` runs every method over seeds.
 """
 
 from __future__ import annotations
@@ -41,7 +44,13 @@ from .eval.report import (
 from .train.checkpoint import load_model
 from .train.loop import select_device
 
-METHOD_LABELS = {"supervised": "supervised (labeled only)", "mona": "GLCon + MONA"}
+METHOD_LABELS = {
+    "supervised": "supervised (weak aug.)",
+    "supervised_strong": "supervised (strong aug.)",
+    "mona": "GLCon + MONA",
+}
+METHODS = tuple(METHOD_LABELS)
+SHORT = {"supervised": "sup", "supervised_strong": "strong", "mona": "MONA"}
 
 
 def machine_description() -> str:
@@ -65,22 +74,26 @@ _packaged = packaged_config
 
 
 def comparison_table(reports: dict) -> str:
-    """Per-class Dice / ASD / HD95 of both methods and the difference (MONA - supervised)."""
-    sup, mona = reports["supervised"], reports["mona"]
+    """Per-class Dice of the three methods, the two differences that matter (MONA - supervised with weak
+    augmentation: what the demo used to show; MONA - supervised with the student's strong augmentation:
+    the part the unlabeled data adds), then ASD / HD95 per method."""
+    sup, strong, mona = (reports[m] for m in METHODS)
     head = (
-        f"{'class':<10}{'Dice sup':>10}{'Dice MONA':>11}{'diff':>8}{'ASD sup':>10}{'ASD MONA':>10}"
-        f"{'HD95 sup':>10}{'HD95 MONA':>11}"
+        f"{'class':<10}{'Dice sup':>10}{'strong':>9}{'MONA':>9}{'MONA-sup':>10}{'MONA-strong':>13}"
+        f"{'ASD sup':>9}{'strong':>8}{'MONA':>8}{'HD95 sup':>10}{'strong':>8}{'MONA':>8}"
     )
     lines = [head, "-" * len(head)]
     for name in sup.summary:
-        a, b = sup.summary[name], mona.summary[name]
+        a, b, c = sup.summary[name], strong.summary[name], mona.summary[name]
         lines.append(
-            f"{name:<10}{a['dice']:>10.4f}{b['dice']:>11.4f}{b['dice'] - a['dice']:>+8.4f}"
-            f"{a['asd']:>10.2f}{b['asd']:>10.2f}{a['hd95']:>10.2f}{b['hd95']:>11.2f}"
+            f"{name:<10}{a['dice']:>10.4f}{b['dice']:>9.4f}{c['dice']:>9.4f}{c['dice'] - a['dice']:>+10.4f}"
+            f"{c['dice'] - b['dice']:>+13.4f}{a['asd']:>9.2f}{b['asd']:>8.2f}{c['asd']:>8.2f}"
+            f"{a['hd95']:>10.2f}{b['hd95']:>8.2f}{c['hd95']:>8.2f}"
         )
     lines.append("-" * len(head))
     lines.append(
-        f"{'mean':<10}{sup.mean_dice:>10.4f}{mona.mean_dice:>11.4f}{mona.mean_dice - sup.mean_dice:>+8.4f}"
+        f"{'mean':<10}{sup.mean_dice:>10.4f}{strong.mean_dice:>9.4f}{mona.mean_dice:>9.4f}"
+        f"{mona.mean_dice - sup.mean_dice:>+10.4f}{mona.mean_dice - strong.mean_dice:>+13.4f}"
         f"   (ASD / HD95 in mm; Dice: mean over the test volumes)"
     )
     return "\n".join(lines)
@@ -111,9 +124,11 @@ def compare(
     overrides: list[str] | None = None,
     overlays: int | None = None,
     overlay_slices: int = OVERLAY_SLICES,
+    tail: bool = True,
     log=print,
 ) -> dict:
-    """Supervised vs GLCon + MONA on phantoms; returns the summary written to ``out_dir/report/summary.json``.
+    """Supervised (weak augmentation), supervised with the MONA student's augmentation, and GLCon + MONA on
+    phantoms (``tail``: with the long-tail class PM); returns the summary written to ``out_dir/report/summary.json``.
 
     ``iterations``: the total budget of each method (default: the packaged demo configs', 400);
     MONA spends ``pretrain_iterations`` of it in GLCon (default: the packaged share, a quarter). ``seed``: phantom seed;
@@ -142,7 +157,7 @@ def compare(
             f"demo: labeled_patients must be in 1..{n_train - 1} (MONA needs unlabeled train patients; "
             f"{n_train} train patients), got {labeled_patients}"
         )
-    synth_cfg = SynthConfig(n_train=n_train, n_val=n_val, n_test=n_test, seed=seed)
+    synth_cfg = SynthConfig(n_train=n_train, n_val=n_val, n_test=n_test, seed=seed, tail=tail)
     synth_patient_ids(n_train, n_val, n_test)  # checks the counts
     dev = select_device(device)
 
@@ -172,42 +187,59 @@ def compare(
     sup_cfg = load_config(
         _packaged("demo"), common + [f"out_dir={out / 'supervised'}", f"iterations={budget}"] + list(overrides or [])
     )
+    # the fair baseline: the semi-supervised student's augmentation, the same labeled batch, no unlabeled data
+    strong_cfg = load_config(
+        _packaged("demo"),
+        common
+        + [f"out_dir={out / 'supervised_strong'}", f"iterations={budget}", "method=supervised_strong"]
+        + list(overrides or []),
+    )
+    cfgs = {"supervised": sup_cfg, "supervised_strong": strong_cfg, "mona": mona_cfg}
 
     timings: dict[str, float] = {}
-    log(f"[1/5] synthesising {n_train + n_val + n_test} phantom patients (ACDC layout, seed {seed}) -> {raw}")
+    dataset = "phantom" if tail else "acdc"
+    log(
+        f"[1/6] synthesising {n_train + n_val + n_test} phantom patients (ACDC layout, seed {seed}"
+        f"{', with the long-tail class PM' if tail else ''}) -> {raw}"
+    )
     write_phantoms(raw, synth_cfg, progress=progress)
     timings["synth_s"] = time.time() - t0
     t = time.time()
-    log(f"[2/5] preparing the slice cache at {size} x {size} -> {cache}")
-    prepare("acdc", raw, cache, size=size, progress=progress)
+    log(f"[2/6] preparing the slice cache at {size} x {size} ({dataset}) -> {cache}")
+    prepare(dataset, raw, cache, size=size, progress=progress)
     timings["prepare_s"] = time.time() - t
 
-    t = time.time()
-    log(
-        f"[3/5] supervised baseline: {budget} iterations, batch {sup_cfg.data.batch_size} labeled slices of "
-        f"{labeled_patients} labeled patient(s) -> {sup_cfg.out_dir}"
-    )
-    sup_result = run_stages(sup_cfg, progress=progress)[-1]
-    timings["train_supervised_s"] = time.time() - t
-    t = time.time()
-    log(
-        f"[4/5] GLCon ({pre} iterations) + MONA ({budget - pre} iterations), batch {mona_cfg.labeled_bs} labeled + "
+    results = {}
+    steps = {
+        "supervised": f"[3/6] supervised baseline, weak augmentation (flip, rotation, crop): {budget} iterations, batch "
+        f"{sup_cfg.data.batch_size} labeled slices of {labeled_patients} labeled patient(s) -> {sup_cfg.out_dir}",
+        "supervised_strong": f"[4/6] supervised baseline with the MONA student's augmentation (+ contrast, brightness): "
+        f"{budget} iterations, batch {strong_cfg.data.batch_size} labeled -> {strong_cfg.out_dir}",
+        "mona": f"[5/6] GLCon ({pre} iterations) + MONA ({budget - pre} iterations), batch {mona_cfg.labeled_bs} labeled + "
         f"{mona_cfg.data.batch_size - mona_cfg.labeled_bs} unlabeled; demo scale: {mona_cfg.model.embed_dim}-d "
         f"embeddings, representation stride {mona_cfg.model.rep_stride}, {mona_cfg.mona.num_queries} queries x "
-        f"{mona_cfg.mona.num_negatives} negatives, {mona_cfg.glcon.mined_views} mined views -> {mona_cfg.out_dir}"
-    )
-    mona_result = run_stages(mona_cfg, progress=progress)[-1]
-    timings["train_mona_s"] = time.time() - t
+        f"{mona_cfg.mona.num_negatives} negatives, {mona_cfg.glcon.mined_views} mined views -> {mona_cfg.out_dir}",
+    }
+    for name in METHODS:
+        t = time.time()
+        log(steps[name])
+        results[name] = run_stages(cfgs[name], progress=progress)[-1]
+        timings[f"train_{name}_s"] = time.time() - t
 
     t = time.time()
-    log(f"[5/5] evaluating both best checkpoints on the {n_test} held-out test patients (original geometry)")
+    log(f"[6/6] evaluating the three kept models on the {n_test} held-out test patients (original geometry)")
     reports = {}
-    for name, run_dir in (("supervised", Path(sup_cfg.out_dir)), ("mona", Path(mona_cfg.out_dir))):
+    for name in METHODS:
+        run_dir = Path(cfgs[name].out_dir)
         model, meta = load_model(run_dir / "model.pt", dev)
         reports[name] = evaluate_cache(
             model, meta, cache, split="test", device=dev, progress=progress, keep_predictions=True
         )
-        write_report(reports[name], rep / name, extra={"method": name, "run": str(run_dir)})
+        write_report(
+            reports[name],
+            rep / name,
+            extra={"method": name, "run": str(run_dir), "model": results[name].best_model},
+        )
     sc = SliceCache(cache)
     spec = spec_from_manifest(sc.manifest)
     overlay_paths, overlay_volumes = [], sc.cases_of_patients(sc.splits["test"])[:overlays]
@@ -216,11 +248,12 @@ def compare(
         vol = load_case(
             CaseRecord(case["case_id"], case["patient_id"], case["image_path"], case["label_path"], case["extra"]), spec
         )
-        preds = {METHOD_LABELS[n]: reports[n].predictions[case["case_id"]] for n in ("supervised", "mona")}
+        preds = {METHOD_LABELS[n]: reports[n].predictions[case["case_id"]] for n in METHODS}
         overlay_paths += write_volume_overlays(vol, preds, rep / "overlays", sc.class_names, overlay_slices)
     curve = comparison_curves(
         {
             METHOD_LABELS["supervised"]: [(sup_cfg.out_dir, 0)],
+            METHOD_LABELS["supervised_strong"]: [(strong_cfg.out_dir, 0)],
             "GLCon (stage 1)": [(Path(mona_cfg.out_dir) / "pretrain_glcon", 0)],
             "MONA (stage 2)": [(mona_cfg.out_dir, pre)],
         },
@@ -229,6 +262,7 @@ def compare(
     timings["evaluate_s"] = time.time() - t
     timings["total_s"] = time.time() - t0
     diff = reports["mona"].mean_dice - reports["supervised"].mean_dice
+    diff_strong = reports["mona"].mean_dice - reports["supervised_strong"].mean_dice
     summary = {
         "command": "mona demo",
         "machine": machine_description(),
@@ -236,6 +270,7 @@ def compare(
         "phantom_seed": seed,
         "train_seed": train_seed,
         "labeled_patients": labeled_patients,
+        "tail": tail,
         "iterations": budget,
         "pretrain_iterations": pre,
         "size": size,
@@ -247,17 +282,19 @@ def compare(
             "mined_views": mona_cfg.glcon.mined_views,
             "local_crops": mona_cfg.glcon.local_crops,
         },
-        "supervised": {
-            **_method_summary(reports["supervised"]),
-            "best_iteration": sup_result.best_iteration,
-            "best_val_dice": sup_result.best_dice,
+        **{
+            name: {
+                **_method_summary(reports[name]),
+                "best_iteration": results[name].best_iteration,
+                "best_val_dice": results[name].best_dice,
+                "model": results[name].best_model,
+            }
+            for name in METHODS
         },
-        "mona": {
-            **_method_summary(reports["mona"]),
-            "best_iteration": mona_result.best_iteration,
-            "best_val_dice": mona_result.best_dice,
-        },
+        # MONA - supervised (weak augmentation) = augmentation + unlabeled data; MONA - supervised_strong =
+        # what the unlabeled data adds on top of the same augmentation
         "mean_dice_difference": diff,
+        "mean_dice_difference_strong": diff_strong,
         "timings_s": timings,
     }
     atomic_write_json(rep / "summary.json", summary)
@@ -266,19 +303,25 @@ def compare(
     log("")
     log(
         f"mean foreground Dice on {len(reports['mona'].predictions)} held-out test volumes: supervised "
-        f"{reports['supervised'].mean_dice:.4f}, GLCon + MONA {reports['mona'].mean_dice:.4f} ({diff:+.4f})"
+        f"{reports['supervised'].mean_dice:.4f}, supervised with strong augmentation "
+        f"{reports['supervised_strong'].mean_dice:.4f}, GLCon + MONA {reports['mona'].mean_dice:.4f}"
     )
     log(
-        f"wall time: {timings['total_s']:.0f} s (supervised {timings['train_supervised_s']:.0f} s, MONA "
-        f"{timings['train_mona_s']:.0f} s) on {summary['machine']}; results vary with the CPU / BLAS"
+        f"MONA - supervised {diff:+.4f} = augmentation {reports['supervised_strong'].mean_dice - reports['supervised'].mean_dice:+.4f}"
+        f" + unlabeled data {diff_strong:+.4f} (one seed: see benchmarks/results/semi_supervised.md for 5)"
     )
-    log(f"report:     {rep / 'summary.json'}  (+ supervised/ and mona/ metrics.json, metrics.csv)")
+    log(
+        f"wall time: {timings['total_s']:.0f} s ("
+        + ", ".join(f"{SHORT[n]} {timings[f'train_{n}_s']:.0f} s" for n in METHODS)
+        + f") on {summary['machine']}; results vary with the CPU / BLAS"
+    )
+    log(f"report:     {rep / 'summary.json'}  (+ {', '.join(METHODS)}/ metrics.json, metrics.csv)")
     log(
         f"overlays:   {rep / 'overlays'}  ({len(overlay_paths)} PNGs: up to {overlay_slices} slices of each of "
-        f"{len(overlay_volumes)} test volumes, ground truth and both methods on the same slice)"
+        f"{len(overlay_volumes)} test volumes, ground truth and the three methods on the same slice)"
     )
     log(f"curves:     {curve}")
-    log(f"models:     {Path(sup_cfg.out_dir) / 'model.pt'}, {Path(mona_cfg.out_dir) / 'model.pt'}")
+    log(f"models:     {', '.join(str(Path(cfgs[n].out_dir) / 'model.pt') for n in METHODS)}")
     return summary
 
 
@@ -295,6 +338,7 @@ def run_demo(
     labeled_patients: int = 1,
     overlays: int | None = None,
     overlay_slices: int = OVERLAY_SLICES,
+    tail: bool = True,
 ) -> dict:
     """``mona demo``: :func:`compare` with the packaged demo settings."""
     return compare(
@@ -309,4 +353,5 @@ def run_demo(
         labeled_patients=labeled_patients,
         overlays=overlays,
         overlay_slices=overlay_slices,
+        tail=tail,
     )

@@ -1,4 +1,4 @@
-"""The demo's comparison (supervised vs GLCon + MONA) end to end on a tiny budget."""
+"""The demo's comparison (supervised, supervised_strong, GLCon + MONA) end to end on a tiny budget."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from mona.demo import compare
 
 
-def test_compare_writes_both_methods_summary_overlays_and_tables(tmp_path):
+def test_compare_writes_the_three_methods_summary_overlays_and_tables(tmp_path):
     lines: list[str] = []
     summary = compare(
         tmp_path / "demo",
@@ -27,14 +27,22 @@ def test_compare_writes_both_methods_summary_overlays_and_tables(tmp_path):
     )
     on_disk = json.loads((tmp_path / "demo" / "report" / "summary.json").read_text())
     assert on_disk["mean_dice_difference"] == pytest.approx(summary["mean_dice_difference"])
-    for method in ("supervised", "mona"):
+    classes = {"RV", "Myo", "LV", "PM"}  # the long-tail phantoms by default
+    for method in ("supervised", "supervised_strong", "mona"):
         s = on_disk[method]
-        assert set(s["dice"]) == {"RV", "Myo", "LV"}
-        assert s["mean_dice"] == pytest.approx(sum(s["dice"].values()) / 3)
+        assert set(s["dice"]) == classes
+        assert s["mean_dice"] == pytest.approx(sum(s["dice"].values()) / 4)
+        assert s["model"] in ("student", "teacher")
         assert (tmp_path / "demo" / "report" / method / "metrics.csv").exists()
+    assert on_disk["supervised"]["model"] == on_disk["supervised_strong"]["model"] == "student"
     assert on_disk["mean_dice_difference"] == pytest.approx(
         on_disk["mona"]["mean_dice"] - on_disk["supervised"]["mean_dice"]
     )
+    assert on_disk["mean_dice_difference_strong"] == pytest.approx(
+        on_disk["mona"]["mean_dice"] - on_disk["supervised_strong"]["mean_dice"]
+    )
+    strong_log = (tmp_path / "demo" / "supervised_strong" / "train_log.csv").read_text().splitlines()
+    assert len(strong_log) - 1 == 4
     # both runs had the same budget; MONA split it into GLCon + fine-tuning
     assert on_disk["iterations"] == 4 and on_disk["pretrain_iterations"] == 1
     sup_log = (tmp_path / "demo" / "supervised" / "train_log.csv").read_text().splitlines()
@@ -49,8 +57,9 @@ def test_compare_writes_both_methods_summary_overlays_and_tables(tmp_path):
     assert any("overlays:" in l and "4 PNGs" in l and "2 test volumes" in l for l in lines)
     assert (tmp_path / "demo" / "report" / "validation_curves.png").exists()
     text = "\n".join(lines)
-    assert "Dice sup" in text and "Dice MONA" in text and "mean foreground Dice" in text
-    for name in ("RV", "Myo", "LV"):
+    assert "Dice sup" in text and "MONA-strong" in text and "mean foreground Dice" in text
+    assert "augmentation" in text and "unlabeled data" in text
+    for name in classes:
         assert any(l.startswith(name) for l in text.splitlines())
 
 

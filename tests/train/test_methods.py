@@ -30,7 +30,9 @@ def _cfg(cache, out, method="mona", **kw):
         "device=cpu",
         f"method={method}",
     ]
-    ov += [f"{k}={v}" for k, v in {**(SMALL if method != "supervised" else {}), **kw}.items()]
+    ov += [
+        f"{k}={v}" for k, v in {**(SMALL if method not in ("supervised", "supervised_strong") else {}), **kw}.items()
+    ]
     return load_config(None, ov)
 
 
@@ -38,7 +40,7 @@ def _states_equal(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-@pytest.mark.parametrize("method", ["supervised", "glcon", "mona"])
+@pytest.mark.parametrize("method", ["supervised", "supervised_strong", "mean_teacher", "glcon", "mona"])
 def test_resume_is_bit_identical_for_every_method(tiny_cache, tmp_path, method):
     full = train(_cfg(tiny_cache, tmp_path / "full", method, iterations=7), progress=False)
     part = train(_cfg(tiny_cache, tmp_path / "part", method, iterations=7), progress=False, stop_after=4)
@@ -53,7 +55,7 @@ def test_resume_is_bit_identical_for_every_method(tiny_cache, tmp_path, method):
     b = load_checkpoint(tmp_path / "part" / "last.pt")
     assert _states_equal(student_state(a), student_state(b))
     assert a["objects"].keys() == b["objects"].keys()
-    if method != "supervised":  # the teacher, the queues and the bank continued exactly too
+    if method not in ("supervised", "supervised_strong"):  # the teacher, the queues and the bank continued exactly too
         assert _states_equal(a["objects"]["teacher"], b["objects"]["teacher"])
         for name in a["objects"]:
             if name.startswith(("queue", "bank")):

@@ -107,8 +107,10 @@ def validate_run(run: Run) -> dict:
     teacher). Returns the val record: ``mean_dice`` / ``class_dice`` of the network chosen this time
     (``model``: the better one under ``auto``), plus ``student_dice`` and ``teacher_dice`` when both ran."""
     m, cfg = run.method, run.cfg
-    which = ["student"] if m.teacher is None or cfg.eval_model == "student" else (
-        ["teacher"] if cfg.eval_model == "teacher" else ["student", "teacher"]
+    which = (
+        ["student"]
+        if m.teacher is None or cfg.eval_model == "student"
+        else (["teacher"] if cfg.eval_model == "teacher" else ["student", "teacher"])
     )
     res = {}
     for name in which:
@@ -302,6 +304,7 @@ class Run:
     last_saved: int | None = None  # iteration of the newest last.pt (None: none yet)
     step_nonfinite: list[str] = field(default_factory=list)  # what was non-finite in the last step
     step_extra: dict = field(default_factory=dict)  # gradient norms / pseudo-label diagnostics of the last step
+    step_ramp: float | None = None  # the ramp-up factor of the last step (methods with a teacher)
     dist: distributed.DistEnv = field(default_factory=distributed.DistEnv)
 
     def checkpoint(self, it: int) -> dict:
@@ -505,9 +508,7 @@ def next_batch(run: Run) -> Batch:
     dev = run.device
     # the unlabeled half's labels travel for the pseudo-label quality log only (Batch.y_u_diagnostic)
     y_u = y_u.to(dev, non_blocking=True) if (y_u is not None and run.cfg.log_pseudo_quality) else None
-    return Batch(
-        x_l.to(dev, non_blocking=True), y_l.to(dev, non_blocking=True), x_u.to(dev, non_blocking=True), y_u
-    )
+    return Batch(x_l.to(dev, non_blocking=True), y_l.to(dev, non_blocking=True), x_u.to(dev, non_blocking=True), y_u)
 
 
 def encoder_parameters(m: Method) -> list[torch.nn.Parameter]:
@@ -582,6 +583,7 @@ def train_one_iteration(run: Run) -> tuple[float, dict[str, float], float]:
     # an extra autograd.grad through the DDP-wrapped graph is not what its reducer expects)
     m.keep_terms = logged and not run.dist.enabled and (cfg.log_grad_norms or cfg.log_pseudo_quality)
     m.kept_terms, m.diagnostics = {}, {}
+    run.step_ramp = m.ramp() if m.uses_teacher else None  # the ramp-up factor this step's terms carry
     loss, parts = m.step(next_batch(run))
     if m.keep_terms:
         extra = dict(m.diagnostics)
@@ -714,7 +716,7 @@ def _train(
                         "loss": lv,
                         **terms,
                         **extra,
-                        "ramp": run.method.ramp() if run.method.uses_teacher else None,
+                        "ramp": run.step_ramp,
                         "lr": lr,
                         "skipped_steps": run.nonfinite.skipped,
                         "elapsed_s": round(time.time() - run.t0, 2),

@@ -16,4 +16,15 @@ METHOD_CLASSES: dict[str, type[Method]] = {
     "mona": Mona,
 }
 
-__all__ = ["Batch", "Method", "RunContext", "METHOD_CLASSES", "Supervised", "SupervisedStrong", "MeanTeacher", "GLCon", "Mona", "load_init_weights"]
+__all__ = [
+    "Batch",
+    "Method",
+    "RunContext",
+    "METHOD_CLASSES",
+    "Supervised",
+    "SupervisedStrong",
+    "MeanTeacher",
+    "GLCon",
+    "Mona",
+    "load_init_weights",
+]

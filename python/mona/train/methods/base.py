@@ -243,7 +243,9 @@ class Method:
             # per-rank BatchNorm statistics: averaged, so that student and teacher stay identical
             distributed.average_buffers(self.student)
         if self.teacher is not None:
-            ema_update(self.teacher, self.student, ema_decay_at(self.iteration, self.cfg.ema_decay, self.cfg.ema_warmup))
+            ema_update(
+                self.teacher, self.student, ema_decay_at(self.iteration, self.cfg.ema_decay, self.cfg.ema_warmup)
+            )
             if self.dist.enabled and not self.cfg.distributed.sync_batchnorm:
                 distributed.average_buffers(self.teacher)
 
