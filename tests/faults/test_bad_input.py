@@ -523,9 +523,11 @@ ROWS: list[Row] = [
         )[1],
         1,
         "checkpoint {tmp}/k.pt: its config does not fit this mona version (config: unknown key(s) ['future_key']; "
-        "valid: ['amp', 'augment', 'ce_weight', 'checkpoint_every', 'data', 'device', 'dice_weight', 'distributed', 'ema_decay', "
-        "'glcon', 'impl', 'init_from', 'iterations', 'log_every', 'max_nonfinite_steps', 'method', 'model', 'mona', "
-        "'optim', 'out_dir', 'pretrain_iterations', 'seed', 'threads', 'val_every'])",
+        "valid: ['amp', 'augment', 'ce_weight', 'checkpoint_every', 'data', 'device', 'dice_weight', "
+        "'distributed', 'ema_decay', 'ema_warmup', 'eval_model', 'glcon', 'impl', 'init_from', "
+        "'iterations', 'log_every', 'log_grad_norms', 'log_pseudo_quality', 'max_nonfinite_steps', "
+        "'mean_teacher', 'method', 'model', 'mona', 'optim', 'out_dir', 'pretrain_iterations', "
+        "'pseudo_warmup_iterations', 'rampup_iterations', 'seed', 'threads', 'val_every'])",
     ),
     Row(
         "train: --resume a checkpoint of another mona version",
