@@ -28,11 +28,13 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+_LOCK = threading.Lock()
 BASELINE = "supervised_strong"
 
 # method name -> (packaged config, overrides). The semi-supervised runs use the demo's MONA config
@@ -145,6 +147,9 @@ def _run_one(job: dict) -> dict:
         )
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     out["wall_s"] = round(time.time() - t0, 1)
+    if job.get("progress_file"):  # every finished run at once: an interrupted benchmark keeps what it measured
+        with _LOCK, open(job["progress_file"], "a") as fh:
+            fh.write(json.dumps(out) + "\n")
     dice = " ".join(f"{k} {v:.3f}" for k, v in out["dice"].items())
     print(
         f"  {job['labeled']} labeled, seed {job['seed']}, {job['method']:<18} mean Dice {out['mean_dice']:.4f} "
@@ -251,15 +256,26 @@ def main() -> None:
     ap.add_argument("--name", default="semi_supervised", help="results file name")
     ap.add_argument("--quick", action="store_true", help="one seed, 1 labeled, 8 iterations: a smoke run")
     ap.add_argument("--keep", default=None, help="keep the run directories here (default: a temporary directory)")
+    ap.add_argument(
+        "--summarise",
+        nargs="+",
+        default=None,
+        metavar="RUNS.jsonl",
+        help="train nothing: tabulate the runs recorded in these files (a --keep directory's runs.jsonl), e.g. "
+        "ablation runs together with the main table's baseline runs of the same seeds",
+    )
     ap.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child is not None:
         _child(args.child)
         return
-    from benchmarks.harness import RESULTS, machine_info
-    from mona.atomicio import atomic_write_text
-
+    if args.summarise:
+        runs = []
+        for f in args.summarise:
+            runs += [json.loads(line) for line in Path(f).read_text().splitlines() if line.strip()]
+        _write(args.name, runs, args, {"jobs": "-", "wall_s": "-", "sources": args.summarise}, runs[0]["iterations"])
+        return
     seeds, labeled, iterations = args.seeds, args.labeled, args.iterations
     if args.quick:
         seeds, labeled, iterations = seeds[:1], labeled[:1], 8
@@ -277,37 +293,48 @@ def main() -> None:
                 "method": m,
                 "iterations": iterations,
                 "overrides": args.overrides,
+                "progress_file": str(root / "runs.jsonl"),
             }
             for n in labeled
             for s in seeds
             for m in args.methods
         ]
-        print(f"{len(jobs)} runs ({args.methods} x seeds {seeds} x labeled {labeled}), {args.jobs} at a time ...")
+        print(
+            f"{len(jobs)} runs ({args.methods} x seeds {seeds} x labeled {labeled}), {args.jobs} at a time; each "
+            f"finished run is appended to {root / 'runs.jsonl'} ...",
+            flush=True,
+        )
         with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
             runs = list(pool.map(_run_one, jobs))
+    name = args.name + ("_quick" if args.quick else "")
+    _write(name, runs, args, {"jobs": args.jobs, "wall_s": round(time.time() - t0)}, iterations or 400)
+
+
+def _write(name: str, runs: list[dict], args: argparse.Namespace, extra: dict, iterations: int) -> None:
+    from benchmarks.harness import RESULTS, machine_info
+    from mona.atomicio import atomic_write_text
+
     rows = summarise(runs)
     command = "python -m benchmarks.bench_semi_supervised " + " ".join(sys.argv[1:])
     meta = {
         **machine_info("cpu"),
         "torch_threads": 1,
-        "jobs": args.jobs,
-        "wall_s": round(time.time() - t0),
+        **extra,
         "overrides": args.overrides,
         "size": args.size,
         "tail": args.tail,
         "command": command,
-        "iterations_note": f"Budget {iterations or 400} iterations per run (MONA: a quarter of it GLCon)",
+        "iterations_note": f"Budget {iterations} iterations per run (MONA: a quarter of it GLCon)",
     }
-    name = args.name + ("_quick" if args.quick else "")
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / name
     atomic_write_text(out.with_suffix(".json"), json.dumps({"runs": runs, "summary": rows, "meta": meta}, indent=1))
     atomic_write_text(out.with_suffix(".md"), markdown(rows, meta, command))
     for r in rows:
         vb = r.get("vs_baseline")
-        extra = f", vs {BASELINE} {_fmt(vb['mean_dice'], True)} ({vb['wins']}/{vb['seeds']} wins)" if vb else ""
-        print(f"{r['labeled']} labeled, {r['method']}: {_fmt(r['mean_dice'])}{extra}")
-    print(f"-> {out}.json, {out}.md ({meta['wall_s']} s)")
+        extra_s = f", vs {BASELINE} {_fmt(vb['mean_dice'], True)} ({vb['wins']}/{vb['seeds']} wins)" if vb else ""
+        print(f"{r['labeled']} labeled, {r['method']}: {_fmt(r['mean_dice'])}{extra_s}")
+    print(f"-> {out}.json, {out}.md (wall {meta['wall_s']} s)")
 
 
 if __name__ == "__main__":
