@@ -371,7 +371,7 @@ ROWS: list[Row] = [
         "prepare: unknown dataset",
         lambda w: ["prepare", "brats", str(w.raw), str(w.out)],
         2,
-        "argument DATASET: invalid choice: 'brats' (choose from 'acdc', 'lits', 'mmwhs', 'folder') (see mona prepare "
+        "argument DATASET: invalid choice: 'brats' (choose from 'acdc', 'lits', 'mmwhs', 'folder', 'phantom') (see mona prepare "
         "--help)",
     ),
     Row(
