@@ -62,6 +62,10 @@ def _worker(rank: int, port: int, out_dir: str, emulated: bool = False) -> None:
             {"bank": bank.state_dict(), "queue": queue.state_dict(), "capped": capped.state_dict()},
             os.path.join(out_dir, f"rank{rank}.pt"),
         )
+        # Both ranks finish their collectives before either leaves: a rank that destroys the group
+        # while the other's gloo pair is still open aborted it ("terminate called without an active
+        # exception", seen once in CI). On an exception, no barrier: the other rank would hang on it.
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
