@@ -195,7 +195,7 @@ def _fmt(ms: tuple[float, float], sign: bool = False) -> str:
     return f"{ms[0]:+.4f} +- {ms[1]:.4f}" if sign else f"{ms[0]:.4f} +- {ms[1]:.4f}"
 
 
-def markdown(rows: list[dict], meta: dict, command: str) -> str:
+def markdown(rows: list[dict], meta: dict, command: str, runs: list[dict] | None = None) -> str:
     classes = list(rows[0]["dice"]) if rows else []
     out = [
         "# Semi-supervised comparison on phantoms",
@@ -228,7 +228,44 @@ def markdown(rows: list[dict], meta: dict, command: str) -> str:
             out.append(
                 f"| {r['labeled']} | {r['method']} | " + " | ".join(_fmt(vb["dice"][c], True) for c in classes) + " |"
             )
+    gaps = gap_curves(runs) if runs else []
+    if gaps:
+        its = sorted({it for g in gaps for it in g["gap"]})
+        out += [
+            "",
+            f"Validation Dice (val patients, the model `eval_model` picks) minus `{BASELINE}`'s at the same "
+            "iteration, mean +- sd over seeds: the curve of the gap vs iterations (MONA's first quarter is GLCon).",
+            "",
+            "| labeled | method | " + " | ".join(str(i) for i in its) + " |",
+            "|---|---|" + "---|" * len(its),
+        ]
+        for g in gaps:
+            out.append(
+                f"| {g['labeled']} | {g['method']} | "
+                + " | ".join(_fmt(g["gap"][i], True) if i in g["gap"] else "" for i in its)
+                + " |"
+            )
     return "\n".join(out) + "\n"
+
+
+def gap_curves(runs: list[dict], baseline: str = BASELINE) -> list[dict]:
+    """Per (labeled, method != baseline): at every validated iteration both runs of a seed share, the
+    mean +- sd over seeds of (method's val Dice - baseline's val Dice)."""
+    out = []
+    for n in sorted({r["labeled"] for r in runs}):
+        sel = [r for r in runs if r["labeled"] == n]
+        base = {r["seed"]: dict((p[0], p[1]) for p in r.get("val_curve") or []) for r in sel if r["method"] == baseline}
+        for method in dict.fromkeys(r["method"] for r in sel if r["method"] != baseline):
+            diffs: dict[int, list[float]] = {}
+            for r in sel:
+                if r["method"] != method or r["seed"] not in base:
+                    continue
+                for it, dice, *_ in r.get("val_curve") or []:
+                    if it in base[r["seed"]]:
+                        diffs.setdefault(it, []).append(dice - base[r["seed"]][it])
+            if diffs:
+                out.append({"labeled": n, "method": method, "gap": {i: _mean_sd(v) for i, v in sorted(diffs.items())}})
+    return out
 
 
 def prepare_phantoms(root: Path, seed: int, size: int, tail: bool) -> Path:
@@ -261,7 +298,8 @@ def main() -> None:
         nargs="+",
         default=None,
         metavar="RUNS.jsonl",
-        help="train nothing: tabulate the runs recorded in these files (a --keep directory's runs.jsonl), e.g. "
+        help="train nothing: tabulate the runs recorded in these files (a --keep directory's runs.jsonl, or a "
+        "results .json of this benchmark), e.g. "
         "ablation runs together with the main table's baseline runs of the same seeds",
     )
     ap.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
@@ -273,7 +311,11 @@ def main() -> None:
     if args.summarise:
         runs = []
         for f in args.summarise:
-            runs += [json.loads(line) for line in Path(f).read_text().splitlines() if line.strip()]
+            text = Path(f).read_text()
+            if f.endswith(".json"):  # a results file of this benchmark: its runs
+                runs += json.loads(text)["runs"]
+            else:
+                runs += [json.loads(line) for line in text.splitlines() if line.strip()]
         _write(args.name, runs, args, {"jobs": "-", "wall_s": "-", "sources": args.summarise}, runs[0]["iterations"])
         return
     seeds, labeled, iterations = args.seeds, args.labeled, args.iterations
@@ -329,7 +371,7 @@ def _write(name: str, runs: list[dict], args: argparse.Namespace, extra: dict, i
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / name
     atomic_write_text(out.with_suffix(".json"), json.dumps({"runs": runs, "summary": rows, "meta": meta}, indent=1))
-    atomic_write_text(out.with_suffix(".md"), markdown(rows, meta, command))
+    atomic_write_text(out.with_suffix(".md"), markdown(rows, meta, command, runs))
     for r in rows:
         vb = r.get("vs_baseline")
         extra_s = f", vs {BASELINE} {_fmt(vb['mean_dice'], True)} ({vb['wins']}/{vb['seeds']} wins)" if vb else ""

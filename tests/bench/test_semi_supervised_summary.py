@@ -1,0 +1,89 @@
+"""benchmarks/bench_semi_supervised.py: the paired statistics against the fair baseline, the gap curve,
+and --summarise over a runs.jsonl and a results .json (no training)."""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks.bench_semi_supervised import BASELINE, gap_curves, markdown, summarise
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run(seed: int, method: str, a: float, b: float, curve=()) -> dict:
+    return {
+        "labeled": 1,
+        "seed": seed,
+        "method": method,
+        "mean_dice": (a + b) / 2,
+        "dice": {"A": a, "B": b},
+        "iterations": 10,
+        "val_curve": [list(p) for p in curve],
+    }
+
+
+RUNS = [
+    run(0, BASELINE, 0.6, 0.4, [(5, 0.3, None, None), (10, 0.5, None, None)]),
+    run(1, BASELINE, 0.8, 0.6, [(5, 0.4, None, None), (10, 0.6, None, None)]),
+    run(2, BASELINE, 0.7, 0.5, [(5, 0.5, None, None)]),
+    run(0, "mona", 0.7, 0.5, [(5, 0.2, 0.2, 0.1), (10, 0.7, 0.6, 0.7)]),
+    run(1, "mona", 0.7, 0.5, [(5, 0.5, 0.5, 0.4), (10, 0.7, 0.7, 0.6)]),
+    # seed 2 has no mona run: only seeds present for both enter the paired difference
+    run(3, "mona", 0.9, 0.9),
+]
+
+
+def test_paired_difference_wins_and_worst_by_hand():
+    rows = {r["method"]: r for r in summarise(RUNS)}
+    base = rows[BASELINE]
+    assert base["seeds"] == [0, 1, 2] and "vs_baseline" not in base
+    assert base["mean_dice"] == pytest.approx((0.6, statistics.stdev([0.5, 0.7, 0.6])))
+    vb = rows["mona"]["vs_baseline"]
+    # seed 0: 0.6 - 0.5 = +0.1; seed 1: 0.6 - 0.7 = -0.1; seed 3 has no baseline run
+    assert vb["seeds"] == 2 and vb["wins"] == 1
+    assert vb["per_seed"] == pytest.approx([0.1, -0.1])
+    assert vb["worst"] == pytest.approx(-0.1)
+    assert vb["mean_dice"] == pytest.approx((0.0, statistics.stdev([0.1, -0.1])))
+    assert vb["dice"]["A"] == pytest.approx((0.0, statistics.stdev([0.1, -0.1])))
+    # the method's own mean is over all its seeds (0, 1, 3)
+    assert rows["mona"]["mean_dice"][0] == pytest.approx((0.6 + 0.6 + 0.9) / 3)
+
+
+def test_gap_curve_pairs_iterations_of_the_same_seed():
+    (g,) = gap_curves(RUNS)
+    assert g["method"] == "mona"
+    # iteration 5: seed 0 0.2 - 0.3, seed 1 0.5 - 0.4; iteration 10: 0.7 - 0.5, 0.7 - 0.6
+    assert g["gap"][5] == pytest.approx((0.0, statistics.stdev([-0.1, 0.1])))
+    assert g["gap"][10] == pytest.approx((0.15, statistics.stdev([0.2, 0.1])))
+    md = markdown(summarise(RUNS), META, "cmd", RUNS)
+    assert "| 1 | mona | +0.0000 +- 0.1414 | +0.1500 +- 0.0707 |" in md
+
+
+META = {"iterations_note": "n", "cpu": "c", "cores": 2, "torch": "t", "date": "d", "jobs": 1, "wall_s": 1}
+
+
+def test_summarise_reads_runs_jsonl_and_results_json(tmp_path):
+    jsonl = tmp_path / "runs.jsonl"
+    jsonl.write_text("".join(json.dumps(r) + "\n" for r in RUNS[3:]))
+    results = tmp_path / "main.json"
+    results.write_text(json.dumps({"runs": RUNS[:3], "summary": [], "meta": {}}))
+    out = tmp_path / "results"
+    subprocess.run(
+        [sys.executable, "-m", "benchmarks.bench_semi_supervised", "--summarise", str(results), str(jsonl)]
+        + ["--name", "t"],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        env={**os.environ, "MONA_BENCH_RESULTS": str(out)},
+    )
+    written = json.loads((out / "t.json").read_text())
+    assert len(written["runs"]) == len(RUNS)
+    mona = next(r for r in written["summary"] if r["method"] == "mona")
+    assert mona["vs_baseline"]["per_seed"] == pytest.approx([0.1, -0.1])
