@@ -189,6 +189,12 @@ def test_pseudo_label_quality_against_known_labels():
     assert d["pl_confident"] == pytest.approx(0.75)
     assert d["pl_precision"] == pytest.approx(1.0)  # pixels 0, 1, 3 are right
     assert d["pl_fg_precision"] == pytest.approx(1.0)
+    # A's true pixels {1, 2}: 1 confident and right, 2 below the threshold; B's {3}: confident and right
+    assert (d["pl_recall_A"], d["pl_against_A"]) == (pytest.approx(0.5), pytest.approx(0.0))
+    assert (d["pl_recall_B"], d["pl_against_B"]) == (pytest.approx(1.0), pytest.approx(0.0))
+    conf[0, 0, 2] = 0.99  # now pixel 2 (truth A) is confidently B: trained against A
+    Method.log_pseudo_quality(fake, pseudo, conf, 0.97)
+    assert (fake.diagnostics["pl_recall_A"], fake.diagnostics["pl_against_A"]) == (pytest.approx(0.5),) * 2
 
 
 @pytest.mark.parametrize("eval_model", ["teacher", "auto", "student"])

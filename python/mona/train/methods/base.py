@@ -275,7 +275,10 @@ class Method:
         """Diagnostics of the teacher's pseudo-labels ``pseudo [bu, H, W]`` (confidence ``conf``) against
         the cache's labels of the unlabeled half (:meth:`weak_views`): per foreground class Dice
         (``pl_dice_<class>``), the fraction of pixels at confidence >= ``threshold`` (``pl_confident``),
-        their accuracy (``pl_precision``) and that of the confident foreground pixels (``pl_fg_precision``)."""
+        their accuracy (``pl_precision``) and that of the confident foreground pixels (``pl_fg_precision``);
+        per foreground class, of its true pixels the fraction confidently labelled as it (``pl_recall_<class>``:
+        what a confidence-masked pseudo-label loss reinforces) and confidently labelled as another class
+        (``pl_against_<class>``: where such a loss trains against it; the rest is below the threshold)."""
         truth = getattr(self, "y_u_diagnostic", None)
         if truth is None or truth.shape != pseudo.shape:
             return
@@ -287,6 +290,11 @@ class Method:
             out[f"pl_dice_{names[c]}"] = float(2 * (p & g).sum() / denom) if denom else float("nan")
         mask = conf >= threshold
         correct = pseudo == truth
+        for c in range(1, self.num_classes):
+            g = truth == c
+            n = int(g.sum())
+            out[f"pl_recall_{names[c]}"] = float((g & mask & correct).sum() / n) if n else float("nan")
+            out[f"pl_against_{names[c]}"] = float((g & mask & ~correct).sum() / n) if n else float("nan")
         out["pl_confident"] = float(mask.float().mean())
         out["pl_precision"] = float(correct[mask].float().mean()) if bool(mask.any()) else float("nan")
         fg = mask & (pseudo > 0)
