@@ -58,6 +58,9 @@ METHODS: dict[str, tuple[str, list[str]]] = {
     **{f"mona-no_{k}": ("demo_mona", v) for k, v in _NO.items()},
     # the paper's relational weights (GLCon global + local, L_nn at 1; the demo config has 0.1)
     "mona-paper_weights": ("demo_mona", ["glcon.global_weight=1", "glcon.local_weight=1", "mona.nn_weight=1"]),
+    # MONA with a labeled half as large as the supervised baselines' batch (8 labeled + 8 unlabeled; the
+    # demo config has 4 + 4): the same labeled signal per step as supervised_strong
+    "mona-labeled8": ("demo_mona", ["data.batch_size=16", "data.labeled_bs=8"]),
     # MONA's pipeline with every unlabeled term off: L_sup on the labeled half of MONA's batch
     "mona-sup_only": (
         "demo_mona",
@@ -195,7 +198,9 @@ def _fmt(ms: tuple[float, float], sign: bool = False) -> str:
     return f"{ms[0]:+.4f} +- {ms[1]:.4f}" if sign else f"{ms[0]:.4f} +- {ms[1]:.4f}"
 
 
-def markdown(rows: list[dict], meta: dict, command: str, runs: list[dict] | None = None) -> str:
+def markdown(
+    rows: list[dict], meta: dict, command: str, runs: list[dict] | None = None, also_vs: list[str] | None = None
+) -> str:
     classes = list(rows[0]["dice"]) if rows else []
     out = [
         "# Semi-supervised comparison on phantoms",
@@ -227,6 +232,24 @@ def markdown(rows: list[dict], meta: dict, command: str, runs: list[dict] | None
             vb = r["vs_baseline"]
             out.append(
                 f"| {r['labeled']} | {r['method']} | " + " | ".join(_fmt(vb["dice"][c], True) for c in classes) + " |"
+            )
+    for ref in also_vs or []:
+        # the same paired statistics against another method (e.g. each ablation against full MONA)
+        vs = [r for r in summarise(runs or [], baseline=ref) if "vs_baseline" in r]
+        out += [
+            "",
+            f"Paired difference against `{ref}` on the seeds both have (mean +- sd; wins; worst; per class):",
+            "",
+            "| labeled | method | seeds | - " + ref + " (mean) | wins | worst | " + " | ".join(classes) + " |",
+            "|---|---|---|---|---|---|" + "---|" * len(classes),
+        ]
+        for r in vs:
+            vb = r["vs_baseline"]
+            out.append(
+                f"| {r['labeled']} | {r['method']} | {vb['seeds']} | {_fmt(vb['mean_dice'], True)} | "
+                f"{vb['wins']}/{vb['seeds']} | {vb['worst']:+.4f} | "
+                + " | ".join(_fmt(vb["dice"][c], True) for c in classes)
+                + " |"
             )
     gaps = gap_curves(runs) if runs else []
     if gaps:
@@ -302,6 +325,13 @@ def main() -> None:
         "results .json of this benchmark), e.g. "
         "ablation runs together with the main table's baseline runs of the same seeds",
     )
+    ap.add_argument(
+        "--also-vs",
+        nargs="+",
+        default=[],
+        metavar="METHOD",
+        help="also tabulate the paired differences against these methods (e.g. mona, for the ablations)",
+    )
     ap.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -371,7 +401,7 @@ def _write(name: str, runs: list[dict], args: argparse.Namespace, extra: dict, i
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / name
     atomic_write_text(out.with_suffix(".json"), json.dumps({"runs": runs, "summary": rows, "meta": meta}, indent=1))
-    atomic_write_text(out.with_suffix(".md"), markdown(rows, meta, command, runs))
+    atomic_write_text(out.with_suffix(".md"), markdown(rows, meta, command, runs, args.also_vs))
     for r in rows:
         vb = r.get("vs_baseline")
         extra_s = f", vs {BASELINE} {_fmt(vb['mean_dice'], True)} ({vb['wins']}/{vb['seeds']} wins)" if vb else ""
