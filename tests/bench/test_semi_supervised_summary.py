@@ -87,3 +87,22 @@ def test_summarise_reads_runs_jsonl_and_results_json(tmp_path):
     assert len(written["runs"]) == len(RUNS)
     mona = next(r for r in written["summary"] if r["method"] == "mona")
     assert mona["vs_baseline"]["per_seed"] == pytest.approx([0.1, -0.1])
+
+
+def test_pseudo_label_quality_means_over_logged_steps(tmp_path):
+    from benchmarks.pseudo_label_quality import run_dirs, run_quality
+
+    run = tmp_path / "keep" / "l1_s0_mona"
+    run.mkdir(parents=True)
+    rows = [
+        {"kind": "train", "iteration": 10, "pl_dice_PM": 0.0, "pl_recall_PM": 0.1, "pl_against_PM": float("nan")},
+        {"kind": "val", "iteration": 10, "pl_dice_PM": 9.0},  # not a train record: ignored
+        {"kind": "train", "iteration": 20, "pl_dice_PM": 0.5, "pl_recall_PM": 0.3, "pl_against_PM": 0.2},
+        {"kind": "train", "iteration": 30, "loss": 1.0},  # a step without diagnostics
+    ]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert run_dirs([str(tmp_path / "keep")]) == [run]
+    q = run_quality(run)
+    assert q == pytest.approx({"pl_dice_PM": 0.25, "pl_recall_PM": 0.2, "pl_against_PM": 0.2})
+    with pytest.raises(SystemExit, match="neither a run directory"):
+        run_dirs([str(tmp_path)])

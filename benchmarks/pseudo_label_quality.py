@@ -1,0 +1,105 @@
+"""The teacher's pseudo-label quality over training, per class, from kept runs' logs.
+
+    python -m benchmarks.pseudo_label_quality DIR [DIR ...] [--name NAME]
+
+``DIR``: a ``bench_semi_supervised --keep`` directory (every ``l*_s*_<method>`` run in it) or one run
+directory. Reads the ``pl_*`` diagnostics of the train log (``log_pseudo_quality``: the teacher's
+pseudo-labels of the unlabeled half against the phantoms' ground truth) of the final stage and prints,
+per run and as the mean over runs of each method, the mean over logged steps of: per-class pseudo-label
+Dice, ``pl_recall_<class>`` (the fraction of the class's pixels confidently labelled as it: what a
+confidence-masked loss reinforces) and ``pl_against_<class>`` (confidently labelled as another class:
+where it trains against the class), and the confident fraction and confident-foreground precision.
+Writes ``benchmarks/results/<name>.md`` with ``--name``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+from pathlib import Path
+
+KEYS = ("dice", "recall", "against")
+
+
+def run_dirs(paths: list[str]) -> list[Path]:
+    out = []
+    for p in map(Path, paths):
+        if (p / "metrics.jsonl").exists():
+            out.append(p)
+        else:
+            found = sorted(d for d in p.glob("l*_s*_*") if (d / "metrics.jsonl").exists())
+            if not found:
+                raise SystemExit(f"pseudo_label_quality: {p}: neither a run directory nor a --keep directory of runs")
+            out += found
+    return out
+
+
+def run_quality(run: Path) -> dict | None:
+    """Mean over the logged train steps of every ``pl_*`` value (NaN / empty values skipped)."""
+    values: dict[str, list[float]] = {}
+    for line in (run / "metrics.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        if r.get("kind") != "train":
+            continue
+        for k, v in r.items():
+            if k.startswith("pl_") and isinstance(v, (int, float)) and not math.isnan(v):
+                values.setdefault(k, []).append(float(v))
+    return {k: statistics.fmean(v) for k, v in values.items()} or None
+
+
+def table(rows: list[tuple[str, dict]], classes: list[str]) -> list[str]:
+    cols = [f"{k} {c}" for c in classes for k in KEYS]
+    out = ["| run | " + " | ".join(cols) + " | confident | fg precision |", "|---|" + "---|" * (len(cols) + 2)]
+    for name, q in rows:
+        cells = [q.get(f"pl_{k}_{c}") for c in classes for k in KEYS]
+        cells += [q.get("pl_confident"), q.get("pl_fg_precision")]
+        out.append(f"| {name} | " + " | ".join("" if x is None else f"{x:.3f}" for x in cells) + " |")
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("dirs", nargs="+", metavar="DIR")
+    ap.add_argument("--name", default=None, help="also write benchmarks/results/NAME.md")
+    args = ap.parse_args()
+    per_run, per_method = [], {}
+    for d in run_dirs(args.dirs):
+        q = run_quality(d)
+        if q is None:
+            continue
+        per_run.append((d.name, q))
+        method = d.name.split("_", 2)[-1]
+        per_method.setdefault(method, []).append(q)
+    if not per_run:
+        raise SystemExit("pseudo_label_quality: no run logged pseudo-label diagnostics (log_pseudo_quality)")
+    classes = list(dict.fromkeys(k.split("_", 2)[2] for _, q in per_run for k in q if k.startswith("pl_dice_")))
+    means = [
+        (f"**{m}** (mean of {len(qs)})", {k: statistics.fmean(q[k] for q in qs if k in q) for k in set().union(*qs)})
+        for m, qs in per_method.items()
+    ]
+    command = "python -m benchmarks.pseudo_label_quality " + " ".join(sys.argv[1:])
+    lines = [
+        "# Teacher pseudo-label quality during training (unlabeled half, against the phantoms' labels)",
+        "",
+        "Mean over the logged steps of the final stage: per class `dice`, `recall` (confidently labelled as "
+        "the class) and `against` (confidently labelled as another class), as fractions of the class's pixels.",
+        "",
+        f"`{command}`",
+        "",
+        *table(means + per_run, classes),
+    ]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.name:
+        from benchmarks.harness import RESULTS
+        from mona.atomicio import atomic_write_text
+
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(RESULTS / f"{args.name}.md", text)
+
+
+if __name__ == "__main__":
+    main()
