@@ -61,6 +61,9 @@ METHODS: dict[str, tuple[str, list[str]]] = {
     # MONA with a labeled half as large as the supervised baselines' batch (8 labeled + 8 unlabeled; the
     # demo config has 4 + 4): the same labeled signal per step as supervised_strong
     "mona-labeled8": ("demo_mona", ["data.batch_size=16", "data.labeled_bs=8"]),
+    # class-wise adaptive pseudo-label thresholds (FlexMatch-style; the tail class is almost never
+    # confidently predicted at the one threshold 0.97)
+    "mona-adaptive_thr": ("demo_mona", ["mona.class_thresholds=adaptive"]),
     # MONA's pipeline with every unlabeled term off: L_sup on the labeled half of MONA's batch
     "mona-sup_only": (
         "demo_mona",
@@ -164,6 +167,25 @@ def _run_one(job: dict) -> dict:
 
 def _mean_sd(xs: list[float]) -> tuple[float, float]:
     return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
+
+
+def dedupe_runs(runs: list[dict]) -> list[dict]:
+    """One run per (labeled, method, seed, iterations): a repeat (the same run in two results files, or a
+    re-run) is dropped when it reproduced the first one's Dice exactly, and is an error otherwise (two
+    different results for one configuration must not be averaged silently)."""
+    seen: dict[tuple, dict] = {}
+    out = []
+    for r in runs:
+        key = (r["labeled"], r["method"], r["seed"], r["iterations"])
+        if key not in seen:
+            seen[key] = r
+            out.append(r)
+        elif seen[key]["dice"] != r["dice"]:
+            raise SystemExit(
+                f"--summarise: two different results for labeled {key[0]}, method {key[1]}, seed {key[2]}: "
+                f"mean Dice {seen[key]['mean_dice']:.6f} and {r['mean_dice']:.6f}"
+            )
+    return out
 
 
 def summarise(runs: list[dict], baseline: str = BASELINE) -> list[dict]:
@@ -346,6 +368,7 @@ def main() -> None:
                 runs += json.loads(text)["runs"]
             else:
                 runs += [json.loads(line) for line in text.splitlines() if line.strip()]
+        runs = dedupe_runs(runs)
         _write(args.name, runs, args, {"jobs": "-", "wall_s": "-", "sources": args.summarise}, runs[0]["iterations"])
         return
     seeds, labeled, iterations = args.seeds, args.labeled, args.iterations

@@ -106,3 +106,15 @@ def test_pseudo_label_quality_means_over_logged_steps(tmp_path):
     assert q == pytest.approx({"pl_dice_PM": 0.25, "pl_recall_PM": 0.2, "pl_against_PM": 0.2})
     with pytest.raises(SystemExit, match="neither a run directory"):
         run_dirs([str(tmp_path)])
+
+
+def test_a_repeated_run_is_kept_once_when_it_reproduced_and_refused_when_it_did_not():
+    from benchmarks.bench_semi_supervised import dedupe_runs
+
+    again = [dict(r) for r in RUNS[:2]]
+    assert dedupe_runs(RUNS + again) == RUNS  # the same results twice (a re-run that reproduced): once
+    other = dict(RUNS[3], dice={"A": 0.71, "B": 0.5})
+    with pytest.raises(SystemExit, match="two different results for labeled 1, method mona, seed 0"):
+        dedupe_runs(RUNS + [other])
+    longer = dict(RUNS[3], iterations=20, dice={"A": 0.1, "B": 0.1})
+    assert dedupe_runs(RUNS + [longer]) == RUNS + [longer]  # another budget is another configuration

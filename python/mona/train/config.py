@@ -30,6 +30,7 @@ TEACHER_METHODS = ("mean_teacher", "glcon", "mona")
 EVAL_MODELS = ("auto", "student", "teacher")
 CONSISTENCY = ("mse", "ce")
 UNSUP_MASKS = ("pixel", "image")
+CLASS_THRESHOLDS = ("fixed", "adaptive")
 IMPLS = ("ext", "reference")
 AMP_MODES = ("auto", "off", "fp16", "bf16")
 DIST_BACKENDS = ("auto", "nccl", "gloo")
@@ -108,6 +109,12 @@ class MonaConfig:
     # by its confident fraction, which background dominates, so wrong foreground labels train at almost
     # full weight)
     unsup_mask: str = "pixel"
+    # pseudo-label thresholds per class (mona.thresholds): "fixed" (strong_threshold / weak_threshold for
+    # every class, the paper's) or "adaptive" (each class's threshold scaled by its learning status,
+    # FlexMatch-style, normalised by class frequency; never above the fixed one nor below threshold_floor)
+    class_thresholds: str = "fixed"
+    threshold_momentum: float = 0.95  # EMA of the per-class confident / predicted pixel counts, per step
+    threshold_floor: float = 0.5
 
 
 @dataclass
@@ -259,6 +266,14 @@ class TrainConfig:
                 raise UsageError(f"config: mona.{key} must be in [0, 1], got {getattr(m, key)}")
         if m.unsup_mask not in UNSUP_MASKS:
             raise UsageError(f"config: mona.unsup_mask must be one of {UNSUP_MASKS}, got {m.unsup_mask!r}")
+        if m.class_thresholds not in CLASS_THRESHOLDS:
+            raise UsageError(
+                f"config: mona.class_thresholds must be one of {CLASS_THRESHOLDS}, got {m.class_thresholds!r}"
+            )
+        if not 0 <= m.threshold_momentum < 1:
+            raise UsageError(f"config: mona.threshold_momentum must be in [0, 1), got {m.threshold_momentum}")
+        if not 0 <= m.threshold_floor <= 1:
+            raise UsageError(f"config: mona.threshold_floor must be in [0, 1], got {m.threshold_floor}")
         mt = self.mean_teacher
         if mt.consistency not in CONSISTENCY:
             raise UsageError(f"config: mean_teacher.consistency must be one of {CONSISTENCY}, got {mt.consistency!r}")

@@ -31,13 +31,13 @@ def supervised_loss(
 
 
 def confidence_weighted_ce(
-    logits: torch.Tensor, pseudo: torch.Tensor, confidence: torch.Tensor, threshold: float
+    logits: torch.Tensor, pseudo: torch.Tensor, confidence: torch.Tensor, threshold: float | torch.Tensor
 ) -> torch.Tensor:
     """L_unsup: cross-entropy against teacher pseudo-labels, each image weighted by its fraction of
     pixels with teacher confidence >= ``threshold`` (ReCo / MONA practice).
 
-    logits ``[B, C, H, W]``, pseudo int ``[B, H, W]``, confidence ``[B, H, W]``; returns a scalar
-    ``mean_b(w_b * mean_pixels(CE_b))``.
+    logits ``[B, C, H, W]``, pseudo int ``[B, H, W]``, confidence ``[B, H, W]``, ``threshold`` a float or a
+    per-pixel ``[B, H, W]`` map (class-wise thresholds); returns a scalar ``mean_b(w_b * mean_pixels(CE_b))``.
     """
     ce = F.cross_entropy(logits.float(), pseudo.long(), reduction="none")  # [B, H, W]
     weight = (confidence >= threshold).float().mean(dim=(1, 2))  # [B]
@@ -45,7 +45,7 @@ def confidence_weighted_ce(
 
 
 def pixel_masked_ce(
-    logits: torch.Tensor, pseudo: torch.Tensor, confidence: torch.Tensor, threshold: float
+    logits: torch.Tensor, pseudo: torch.Tensor, confidence: torch.Tensor, threshold: float | torch.Tensor
 ) -> torch.Tensor:
     """L_unsup with a per-pixel mask (FixMatch-style): cross-entropy against the teacher pseudo-labels on
     the pixels with confidence >= ``threshold``, averaged over all pixels (a batch with few confident

@@ -271,14 +271,15 @@ class Method:
         return t.apply_image(x), t[:bl].apply_label(batch.y_l)
 
     @torch.no_grad()
-    def log_pseudo_quality(self, pseudo: torch.Tensor, conf: torch.Tensor, threshold: float) -> None:
+    def log_pseudo_quality(self, pseudo: torch.Tensor, conf: torch.Tensor, threshold: float | torch.Tensor) -> None:
         """Diagnostics of the teacher's pseudo-labels ``pseudo [bu, H, W]`` (confidence ``conf``) against
         the cache's labels of the unlabeled half (:meth:`weak_views`): per foreground class Dice
         (``pl_dice_<class>``), the fraction of pixels at confidence >= ``threshold`` (``pl_confident``),
         their accuracy (``pl_precision``) and that of the confident foreground pixels (``pl_fg_precision``);
         per foreground class, of its true pixels the fraction confidently labelled as it (``pl_recall_<class>``:
         what a confidence-masked pseudo-label loss reinforces) and confidently labelled as another class
-        (``pl_against_<class>``: where such a loss trains against it; the rest is below the threshold)."""
+        (``pl_against_<class>``: where such a loss trains against it; the rest is below the threshold).
+        ``threshold``: a float, or a per-pixel map (class-wise thresholds)."""
         truth = getattr(self, "y_u_diagnostic", None)
         if truth is None or truth.shape != pseudo.shape:
             return

@@ -25,6 +25,9 @@ Per step (B = labeled half bl + unlabeled half bu):
    L_nn: ``knn_loss(student global (predictor), teacher global, queue, k)``; the teacher global
    embeddings enter a FIFO ``FeatureQueue`` after each step (skipped until it holds k entries).
 
+``mona.class_thresholds: adaptive`` replaces both thresholds by per-class ones (:mod:`..thresholds`),
+each pixel judged by the threshold of its pseudo-label's class.
+
 Stabilisers (:mod:`.base`): every term but L_sup is multiplied by the sigmoid ramp-up; L_unsup and the
 pseudo-labelled half of L_contrast start after the pseudo-label warm-up (until then the contrast
 term sees the labeled half only).
@@ -40,12 +43,18 @@ from ...augment import apply_cutmix, cutmix_boxes, random_contrast_brightness, r
 from ..config import TrainConfig
 from ..distributed import rank_seed
 from ..losses import confidence_weighted_ce, pixel_masked_ce, supervised_loss
+from ..thresholds import AdaptiveClassThresholds
 from .base import Batch, Method, RunContext, frozen_bn_statistics
 
 
 def _subsample(t: torch.Tensor, stride: int) -> torch.Tensor:
     """A ``[..., H, W]`` map at the pixel centres of a stride-``stride`` grid (the representation map's)."""
     return t if stride == 1 else t[..., stride // 2 :: stride, stride // 2 :: stride]
+
+
+def _subsample_thr(t: float | torch.Tensor, stride: int) -> float | torch.Tensor:
+    """A threshold (a float, or a per-pixel map) at the representation map's pixels."""
+    return _subsample(t, stride) if isinstance(t, torch.Tensor) else t
 
 
 class Mona(Method):
@@ -71,6 +80,11 @@ class Mona(Method):
         rank = self.dist.rank
         self.contrast_gen = torch.Generator(device=dev).manual_seed(rank_seed(self.cfg.seed, 4, rank))
         self.push_gen = torch.Generator(device=dev).manual_seed(rank_seed(self.cfg.seed, 5, rank))
+        self.class_thresholds = (
+            AdaptiveClassThresholds(self.num_classes, m.threshold_momentum, m.threshold_floor)
+            if m.class_thresholds == "adaptive"
+            else None
+        )
         self._pending: dict[str, object] = {}  # pushes for after_step: "bank" (keys, labels, valid), "queue"
 
     def terms(self) -> tuple[str, ...]:
@@ -93,6 +107,8 @@ class Mona(Method):
             objs["bank"] = self.bank
         if self.queue is not None:
             objs["queue.knn"] = self.queue
+        if self.class_thresholds is not None:
+            objs["class_thresholds"] = self.class_thresholds
         return objs
 
     def step(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
@@ -104,8 +120,19 @@ class Mona(Method):
             tv = self.teacher(x_weak)
         prob_t = torch.softmax(tv.logits[bl:].float(), dim=1)
         conf, pseudo = prob_t.max(dim=1)  # [bu, H, W]
+        # the thresholds of each pixel's pseudo-label class: L_unsup's (strong) and the contrastive
+        # validity (weak); one value for every class unless mona.class_thresholds is adaptive
+        strong_thr, weak_thr = m.strong_threshold, m.weak_threshold
+        ct = self.class_thresholds
+        if ct is not None:
+            ct.update(pseudo, conf, m.strong_threshold)
+            t_s, t_w = ct.thresholds(m.strong_threshold), ct.thresholds(m.weak_threshold)
+            strong_thr, weak_thr = t_s.to(conf.device)[pseudo], t_w.to(conf.device)[pseudo]
+            if self.keep_terms:
+                names = self.ctx.cache.class_names
+                self.diagnostics.update({f"thr_{names[c]}": float(t_s[c]) for c in range(1, self.num_classes)})
         if self.keep_terms and cfg.log_pseudo_quality:
-            self.log_pseudo_quality(pseudo, conf, m.strong_threshold)
+            self.log_pseudo_quality(pseudo, conf, strong_thr)
         ramp, pseudo_ready = self.ramp(), self.pseudo_ready()
         x_s = random_contrast_brightness(x_weak, self.aug_gen, contrast=a.contrast, brightness=a.brightness)
         perm, box = cutmix_boxes(
@@ -113,6 +140,8 @@ class Mona(Method):
         )
         x_s = torch.cat([x_s[:bl], apply_cutmix(x_s[bl:], perm, box)])
         pseudo, conf = apply_cutmix(pseudo, perm, box), apply_cutmix(conf, perm, box)
+        if ct is not None:  # the maps follow their pixels' pseudo-labels through CutMix
+            strong_thr, weak_thr = apply_cutmix(strong_thr, perm, box), apply_cutmix(weak_thr, perm, box)
         t_eqv = None
         if m.eqv_weight > 0:  # drawn here so the RNG order does not depend on the other weights
             t_eqv = random_transform(
@@ -143,7 +172,7 @@ class Mona(Method):
                 parts.update(sup=float(ls.detach()), **sup_parts)
             if m.unsup_weight > 0 and pseudo_ready:
                 unsup = pixel_masked_ce if m.unsup_mask == "pixel" else confidence_weighted_ce
-                lu = unsup(logits[bl:], pseudo, conf, m.strong_threshold)
+                lu = unsup(logits[bl:], pseudo, conf, strong_thr)
                 loss = loss + m.unsup_weight * ramp * lu
                 self.record("unsup", m.unsup_weight * ramp * lu)
                 parts["unsup"] = float(lu.detach())
@@ -154,7 +183,7 @@ class Mona(Method):
                 valid = torch.cat(
                     [
                         torch.ones_like(_subsample(y_l, stride), dtype=torch.bool),
-                        (_subsample(conf, stride) >= m.weak_threshold) & pseudo_ready,
+                        (_subsample(conf, stride) >= _subsample_thr(weak_thr, stride)) & pseudo_ready,
                     ]
                 )
                 prob = _subsample(torch.softmax(logits.detach(), dim=1), stride)

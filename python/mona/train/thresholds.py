@@ -1,0 +1,71 @@
+"""Class-wise adaptive confidence thresholds for pseudo-labels (``mona.class_thresholds: adaptive``).
+
+One threshold for every class (0.97) lets the frequent classes through and almost never a tail class:
+the teacher is rarely that sure of a class it has seen in a few labeled pixels. FlexMatch (Zhang et al.,
+NeurIPS 2021) scales the threshold of each class by its *learning status*; here the status is measured
+per pixel and normalised by how often the teacher predicts the class, so that class frequency (which
+background dominates) does not enter:
+
+    r_c   = EMA(#pixels predicted c with confidence >= tau) / EMA(#pixels predicted c)
+    beta_c = r_c / max_k r_k                      (1 for the best-learned class)
+    t_c   = max(floor, tau * beta_c / (2 - beta_c))   (FlexMatch's convex mapping M(x) = x / (2 - x))
+
+Counts, not per-step ratios, are averaged (a step with a handful of tail-class pixels moves the ratio
+little); until a class has been predicted at all its status is the best one (threshold ``tau``). The
+counts are summed over the ranks under torchrun, so every rank uses the same thresholds.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+
+class AdaptiveClassThresholds:
+    """EMA learning status per class -> per-class thresholds. State: ``confident``, ``predicted`` ``[C]``."""
+
+    def __init__(self, num_classes: int, momentum: float = 0.95, floor: float = 0.5):
+        if not 0 <= momentum < 1:
+            raise ValueError(f"momentum must be in [0, 1), got {momentum}")
+        self.num_classes, self.momentum, self.floor = num_classes, momentum, floor
+        self.confident = torch.zeros(num_classes, dtype=torch.float64)
+        self.predicted = torch.zeros(num_classes, dtype=torch.float64)
+
+    @torch.no_grad()
+    def update(self, pseudo: torch.Tensor, conf: torch.Tensor, tau: float) -> None:
+        """One step of the teacher's pseudo-labels ``pseudo`` int ``[B, H, W]``, confidences ``conf``."""
+        c = self.num_classes
+        pred = torch.bincount(pseudo.reshape(-1).long(), minlength=c)[:c].double().cpu()
+        sure = torch.bincount(pseudo[conf >= tau].reshape(-1).long(), minlength=c)[:c].double().cpu()
+        if dist.is_available() and dist.is_initialized():
+            both = torch.stack([pred, sure]).to(pseudo.device)
+            dist.all_reduce(both)
+            pred, sure = both.cpu().unbind(0)
+        m = self.momentum
+        self.predicted.mul_(m).add_(pred, alpha=1 - m)
+        self.confident.mul_(m).add_(sure, alpha=1 - m)
+
+    def status(self) -> torch.Tensor:
+        """``beta [C]`` in [0, 1]: each class's confident fraction over the best class's."""
+        seen = self.predicted > 0
+        r = torch.where(seen, self.confident / self.predicted.clamp_min(1e-12), torch.zeros_like(self.predicted))
+        best = r.max()
+        if best <= 0:
+            return torch.ones_like(r)
+        return torch.where(seen, r / best, torch.ones_like(r))
+
+    def thresholds(self, tau: float) -> torch.Tensor:
+        """``t [C]`` (float32): ``max(floor, tau * M(beta_c))``, never above ``tau``."""
+        beta = self.status()
+        t = tau * beta / (2 - beta)
+        return t.clamp(min=min(self.floor, tau), max=tau).float()
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"confident": self.confident.clone(), "predicted": self.predicted.clone()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        for k in ("confident", "predicted"):
+            v = state[k]
+            if v.shape != (self.num_classes,):
+                raise ValueError(f"class thresholds: {k} has shape {tuple(v.shape)}, expected ({self.num_classes},)")
+            getattr(self, k).copy_(v)
