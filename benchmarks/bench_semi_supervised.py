@@ -55,6 +55,8 @@ METHODS: dict[str, tuple[str, list[str]]] = {
         ["method=mean_teacher", "pretrain_iterations=0", "mean_teacher.consistency=ce", "mean_teacher.weight=1"],
     ),
     "mona": ("demo_mona", []),
+    # UniMatch (issue 25) on MONA's batch (4 labeled + 4 unlabeled), augmentation and schedule
+    "unimatch": ("demo_mona", ["method=unimatch", "pretrain_iterations=0"]),
     **{f"mona-no_{k}": ("demo_mona", v) for k, v in _NO.items()},
     # the paper's relational weights (GLCon global + local, L_nn at 1; the demo config has 0.1)
     "mona-paper_weights": ("demo_mona", ["glcon.global_weight=1", "glcon.local_weight=1", "mona.nn_weight=1"]),

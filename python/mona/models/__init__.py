@@ -52,9 +52,9 @@ class MonaNet(nn.Module):
         if "local" in heads:
             self.heads["local"] = LocalProjectionHead(channels[0], embed_dim, norm=head_norm)
 
-    def forward(self, x: torch.Tensor, *, with_heads: bool = True) -> ModelOutput:
-        """x: ``[B, in_channels, H, W]``."""
-        u = self.unet(x)
+    def forward(self, x: torch.Tensor, *, with_heads: bool = True, feature_perturbation: float = 0.0) -> ModelOutput:
+        """x: ``[B, in_channels, H, W]``; ``feature_perturbation``: see :meth:`UNet.forward` (``unet.logits_fp``)."""
+        u = self.unet(x, feature_perturbation) if feature_perturbation > 0 else self.unet(x)
         out = ModelOutput(u.logits, u)
         if with_heads and "representation" in self.heads:
             out.embedding = self.heads["representation"](u.decoder)

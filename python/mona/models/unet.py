@@ -18,11 +18,12 @@ from torch import nn
 class UNetOutput:
     """logits ``[B, C, H, W]``; bottleneck ``[B, 256, H/16, W/16]``; decoder: the decoder maps from
     coarse to fine, ``[B, 128, H/8, W/8]``, ``[B, 64, H/4, W/4]``, ``[B, 32, H/2, W/2]``, ``[B, 16, H, W]``
-    (for the default channels)."""
+    (for the default channels); logits_fp ``[B, C, H, W]``: the decoder on dropped-out encoder maps."""
 
     logits: torch.Tensor
     bottleneck: torch.Tensor
     decoder: list[torch.Tensor]
+    logits_fp: torch.Tensor | None = None  # the feature-perturbation stream (``feature_perturbation`` > 0)
 
 
 class ConvBlock(nn.Module):
@@ -77,15 +78,28 @@ class UNet(nn.Module):
         self.ups = nn.ModuleList(UpBlock(c[4 - i], c[3 - i], c[3 - i]) for i in range(4))
         self.out_conv = nn.Conv2d(c[0], num_classes, 3, padding=1)
 
-    def forward(self, x: torch.Tensor) -> UNetOutput:
+    def forward(self, x: torch.Tensor, feature_perturbation: float = 0.0) -> UNetOutput:
+        """``feature_perturbation`` p > 0 (UniMatch's feature-perturbation stream): the decoder also runs
+        on the encoder's maps (every skip and the bottleneck) under channel dropout ``Dropout2d(p)``, in
+        the same batched pass; its logits are ``logits_fp``. The other fields are the clean stream's."""
         if x.ndim != 4 or x.shape[-1] % 16 or x.shape[-2] % 16:
             raise ValueError(f"UNet: expected [B, C, H, W] with H, W divisible by 16, got {tuple(x.shape)}")
+        if not 0 <= feature_perturbation < 1:
+            raise ValueError(f"UNet: feature_perturbation must be in [0, 1), got {feature_perturbation}")
         skips = [self.inc(x)]
         for down in self.downs:
             skips.append(down(skips[-1]))
+        bottleneck = skips[-1]
+        if feature_perturbation > 0:
+            skips = [torch.cat([s, F.dropout2d(s, feature_perturbation, self.training)]) for s in skips]
         y = skips[-1]
         decoder = []
         for i, up in enumerate(self.ups):
             y = up(y, skips[3 - i])
             decoder.append(y)
-        return UNetOutput(self.out_conv(y), skips[-1], decoder)
+        logits = self.out_conv(y)
+        if feature_perturbation > 0:
+            b = x.shape[0]
+            logits, logits_fp = logits[:b], logits[b:]
+            return UNetOutput(logits, bottleneck, [d[:b] for d in decoder], logits_fp)
+        return UNetOutput(logits, bottleneck, decoder)

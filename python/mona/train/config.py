@@ -24,7 +24,7 @@ import yaml
 from ..augment import AugmentConfig
 from ..errors import UsageError
 
-METHODS = ("supervised", "supervised_strong", "mean_teacher", "glcon", "mona")
+METHODS = ("supervised", "supervised_strong", "mean_teacher", "glcon", "mona", "unimatch")
 SUPERVISED = ("supervised", "supervised_strong")
 TEACHER_METHODS = ("mean_teacher", "glcon", "mona")
 EVAL_MODELS = ("auto", "student", "teacher")
@@ -128,6 +128,22 @@ class MeanTeacherConfig:
 
 
 @dataclass
+class UniMatchConfig:
+    """UniMatch (Yang et al., CVPR 2023; the medical version of the public code): weak-to-strong
+    pseudo-labelling by the model itself (no EMA teacher), two strong views and a feature-perturbation
+    stream. ``L = (L_sup + s1_weight L_s1 + s2_weight L_s2 + fp_weight L_fp) / 2`` (paper: 0.25, 0.25, 0.5)."""
+
+    threshold: float = 0.95  # confidence of a pseudo-labelled pixel (the weak view's prediction)
+    fp_dropout: float = 0.5  # Dropout2d on the encoder's maps of the feature-perturbation stream
+    s1_weight: float = 0.25
+    s2_weight: float = 0.25
+    fp_weight: float = 0.5
+    # the paper has neither a ramp-up nor a pseudo-label warm-up; true applies the shared stabilisers
+    # (rampup_iterations, pseudo_warmup_iterations) to the three unlabeled terms
+    rampup: bool = False
+
+
+@dataclass
 class DistributedConfig:
     """Multi-process training under ``torchrun`` (read only when WORLD_SIZE > 1; see mona.train.distributed)."""
 
@@ -175,6 +191,7 @@ class TrainConfig:
     glcon: GLConConfig = field(default_factory=GLConConfig)
     mona: MonaConfig = field(default_factory=MonaConfig)
     mean_teacher: MeanTeacherConfig = field(default_factory=MeanTeacherConfig)
+    unimatch: UniMatchConfig = field(default_factory=UniMatchConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
     def __post_init__(self) -> None:
@@ -281,6 +298,14 @@ class TrainConfig:
             raise UsageError(f"config: mean_teacher.weight must be >= 0, got {mt.weight}")
         if not 0 <= mt.threshold <= 1:
             raise UsageError(f"config: mean_teacher.threshold must be in [0, 1], got {mt.threshold}")
+        um = self.unimatch
+        if not 0 <= um.threshold <= 1:
+            raise UsageError(f"config: unimatch.threshold must be in [0, 1], got {um.threshold}")
+        if not 0 <= um.fp_dropout < 1:
+            raise UsageError(f"config: unimatch.fp_dropout must be in [0, 1), got {um.fp_dropout}")
+        for key in ("s1_weight", "s2_weight", "fp_weight"):
+            if getattr(um, key) < 0:
+                raise UsageError(f"config: unimatch.{key} must be >= 0, got {getattr(um, key)}")
         if self.eval_model not in EVAL_MODELS:
             raise UsageError(f"config: eval_model must be one of {EVAL_MODELS}, got {self.eval_model!r}")
         if self.eval_model == "teacher" and self.method not in TEACHER_METHODS:

@@ -535,7 +535,7 @@ def log_columns(m: Method, cfg: TrainConfig, class_names: list[str]) -> list[str
     cols = []
     if cfg.log_grad_norms:
         cols += [f"gn_{t}" for t in m.terms() if t not in ("ce", "dice_loss")]
-    if cfg.log_pseudo_quality and m.uses_teacher and m.name != "glcon":
+    if cfg.log_pseudo_quality and m.pseudo_labels:
         cols += [f"pl_dice_{c}" for c in class_names[1:]] + ["pl_confident", "pl_precision", "pl_fg_precision"]
         cols += [f"pl_{k}_{c}" for k in ("recall", "against") for c in class_names[1:]]
     if m.name == "mona" and cfg.mona.class_thresholds == "adaptive":

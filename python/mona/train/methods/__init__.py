@@ -7,6 +7,7 @@ from .glcon import GLCon
 from .mean_teacher import MeanTeacher
 from .mona import Mona
 from .supervised import Supervised, SupervisedStrong
+from .unimatch import UniMatch
 
 METHOD_CLASSES: dict[str, type[Method]] = {
     "supervised": Supervised,
@@ -14,6 +15,7 @@ METHOD_CLASSES: dict[str, type[Method]] = {
     "mean_teacher": MeanTeacher,
     "glcon": GLCon,
     "mona": Mona,
+    "unimatch": UniMatch,
 }
 
 __all__ = [
@@ -26,5 +28,6 @@ __all__ = [
     "MeanTeacher",
     "GLCon",
     "Mona",
+    "UniMatch",
     "load_init_weights",
 ]

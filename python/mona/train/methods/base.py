@@ -148,6 +148,7 @@ class Method:
     # DDP: a method whose loss may leave some student parameters without a gradient in a step
     # (a head whose term is skipped) must let DDP look for them
     find_unused_parameters = False
+    pseudo_labels = False  # trains on pseudo-labels of the unlabeled half: logs their quality (pl_* columns)
 
     def __init__(self, ctx: RunContext):
         cfg, dev = ctx.cfg, ctx.device

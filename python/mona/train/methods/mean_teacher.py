@@ -43,6 +43,7 @@ def consistency_loss(
 
 class MeanTeacher(Method):
     name = "mean_teacher"
+    pseudo_labels = True
     uses_teacher = True
 
     def terms(self) -> tuple[str, ...]:

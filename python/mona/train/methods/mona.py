@@ -59,6 +59,7 @@ def _subsample_thr(t: float | torch.Tensor, stride: int) -> float | torch.Tensor
 
 class Mona(Method):
     name = "mona"
+    pseudo_labels = True
     uses_teacher = True
     find_unused_parameters = True  # the global head and predictor get no gradient before L_nn starts
 
