@@ -400,7 +400,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(parser=p, handler=_cmd_prepare)
 
     p = sub.add_parser(
-        "train", parents=[common], help="train (supervised, glcon, mona) from a YAML config with key=value overrides"
+        "train",
+        parents=[common],
+        help="train (supervised, supervised_strong, mean_teacher, glcon, mona, unimatch) from a YAML config with key=value overrides",
     )
     p.add_argument("--config", required=True, help="YAML file, or a packaged config name (acdc_supervised, demo)")
     p.add_argument(
