@@ -7,10 +7,10 @@ import csv
 
 import pytest
 import torch
-from tinyconfig import SMALL
+from tinyconfig import tiny_run_config
 
 from mona.errors import UsageError
-from mona.train import load_config, train
+from mona.train import train
 from mona.train.checkpoint import load_checkpoint
 from mona.train.thresholds import AdaptiveClassThresholds
 
@@ -57,21 +57,7 @@ def test_counts_are_averaged_not_ratios():
 
 
 def _cfg(cache, out, **kw):
-    ov = [
-        f"data.cache={cache}",
-        f"out_dir={out}",
-        "data.labeled_patients=1",
-        "data.batch_size=4",
-        "val_every=3",
-        "log_every=1",
-        "checkpoint_every=3",
-        "threads=1",
-        "device=cpu",
-        "method=mona",
-        "pseudo_warmup_iterations=0",
-    ]
-    ov += [f"{k}={v}" for k, v in {**SMALL, **kw}.items()]
-    return load_config(None, ov)
+    return tiny_run_config(cache, out, "mona", pseudo_warmup_iterations=0, **kw)
 
 
 def test_adaptive_thresholds_in_a_mona_run_log_and_resume_exactly(tiny_cache, tmp_path):

@@ -1,5 +1,6 @@
 """``method: unimatch``: the masked Dice against the soft Dice, the feature-perturbation stream of the
-UNet, the loss composition of a step by hand, the pseudo-label log and the CLI run."""
+UNet, the loss composition of a step by hand and the pseudo-label log (resume: test_methods.py; DDP:
+test_distributed.py)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ import csv
 
 import pytest
 import torch
+from tinyconfig import tiny_run_config
 
-from mona.train import load_config, train
+from mona.train import train
 from mona.train.losses import soft_dice_loss
 from mona.train.methods.unimatch import masked_dice_loss
 
@@ -55,21 +57,8 @@ def test_feature_perturbation_stream_is_the_decoder_on_dropped_out_encoder_maps(
 
 
 def _cfg(cache, out, **kw):
-    ov = [
-        f"data.cache={cache}",
-        f"out_dir={out}",
-        "data.labeled_patients=1",
-        "data.batch_size=4",
-        "val_every=2",
-        "log_every=1",
-        "checkpoint_every=2",
-        "threads=1",
-        "device=cpu",
-        "method=unimatch",
-        "unimatch.threshold=0.3",  # a barely trained model: let pseudo-labels through
-    ]
-    ov += [f"{k}={v}" for k, v in kw.items()]
-    return load_config(None, ov)
+    # threshold 0.3: a barely trained model's pseudo-labels get through
+    return tiny_run_config(cache, out, "unimatch", every=2, **{"unimatch.threshold": 0.3, **kw})
 
 
 def test_a_unimatch_step_is_half_of_sup_plus_the_weighted_unlabeled_terms(tiny_cache, tmp_path):

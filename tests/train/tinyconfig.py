@@ -14,3 +14,23 @@ SMALL = {
     "mona.knn_queue": 8,
     "mona.knn_k": 3,
 }
+
+
+def tiny_run_config(cache, out, method: str, every: int = 3, **kw):
+    """A CPU run config on the tiny cache: 1 labeled patient, batch 4, logged every step, validated and
+    checkpointed every ``every`` steps, the tiny heads of :data:`SMALL`; ``kw``: more overrides."""
+    from mona.train import load_config
+
+    ov = [
+        f"data.cache={cache}",
+        f"out_dir={out}",
+        "data.labeled_patients=1",
+        "data.batch_size=4",
+        f"val_every={every}",
+        "log_every=1",
+        f"checkpoint_every={every}",
+        "threads=1",
+        "device=cpu",
+        f"method={method}",
+    ]
+    return load_config(None, ov + [f"{k}={v}" for k, v in {**SMALL, **kw}.items()])
