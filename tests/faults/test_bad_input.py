@@ -387,7 +387,7 @@ ROWS: list[Row] = [
         lambda w: ["train", "--config", str(w.tmp / "no.yaml")],
         2,
         "--config '{tmp}/no.yaml': no such file, and not a packaged config name (acdc_glcon, acdc_mona, "
-        "acdc_supervised, demo, demo_mona, lits_glcon, lits_mona, mmwhs_glcon, mmwhs_mona)",
+        "acdc_supervised, acdc_unimatch, demo, demo_mona, lits_glcon, lits_mona, mmwhs_glcon, mmwhs_mona)",
     ),
     Row(
         "train: --config is a directory",
