@@ -527,7 +527,7 @@ ROWS: list[Row] = [
         "'distributed', 'ema_decay', 'ema_warmup', 'eval_model', 'glcon', 'impl', 'init_from', "
         "'iterations', 'log_every', 'log_grad_norms', 'log_pseudo_quality', 'max_nonfinite_steps', "
         "'mean_teacher', 'method', 'model', 'mona', 'optim', 'out_dir', 'pretrain_iterations', "
-        "'pseudo_warmup_iterations', 'rampup_iterations', 'seed', 'threads', 'val_every'])",
+        "'pseudo_warmup_iterations', 'rampup_iterations', 'seed', 'threads', 'unimatch', 'val_every'])",
     ),
     Row(
         "train: --resume a checkpoint of another mona version",
