@@ -35,12 +35,16 @@ class AdaptiveClassThresholds:
     def update(self, pseudo: torch.Tensor, conf: torch.Tensor, tau: float) -> None:
         """One step of the teacher's pseudo-labels ``pseudo`` int ``[B, H, W]``, confidences ``conf``."""
         c = self.num_classes
-        pred = torch.bincount(pseudo.reshape(-1).long(), minlength=c)[:c].double().cpu()
-        sure = torch.bincount(pseudo[conf >= tau].reshape(-1).long(), minlength=c)[:c].double().cpu()
+        # on the pseudo-labels' device, masked rather than indexed: no host sync on the step's path
+        flat = pseudo.reshape(-1).long()
+        pred = torch.bincount(flat, minlength=c)[:c].double()
+        sure = torch.bincount(flat, weights=(conf.reshape(-1) >= tau).double(), minlength=c)[:c]
         if dist.is_available() and dist.is_initialized():
-            both = torch.stack([pred, sure]).to(pseudo.device)
+            both = torch.stack([pred, sure])
             dist.all_reduce(both)
-            pred, sure = both.cpu().unbind(0)
+            pred, sure = both.unbind(0)
+        if self.predicted.device != pred.device:
+            self.predicted, self.confident = self.predicted.to(pred.device), self.confident.to(pred.device)
         m = self.momentum
         self.predicted.mul_(m).add_(pred, alpha=1 - m)
         self.confident.mul_(m).add_(sure, alpha=1 - m)
@@ -50,9 +54,8 @@ class AdaptiveClassThresholds:
         seen = self.predicted > 0
         r = torch.where(seen, self.confident / self.predicted.clamp_min(1e-12), torch.zeros_like(self.predicted))
         best = r.max()
-        if best <= 0:
-            return torch.ones_like(r)
-        return torch.where(seen, r / best, torch.ones_like(r))
+        beta = torch.where(seen, r / best.clamp_min(1e-12), torch.ones_like(r))
+        return torch.where(best > 0, beta, torch.ones_like(r))  # nothing confident yet: the fixed thresholds
 
     def thresholds(self, tau: float) -> torch.Tensor:
         """``t [C]`` (float32): ``max(floor, tau * M(beta_c))``, never above ``tau``."""
@@ -61,11 +64,11 @@ class AdaptiveClassThresholds:
         return t.clamp(min=min(self.floor, tau), max=tau).float()
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {"confident": self.confident.clone(), "predicted": self.predicted.clone()}
+        return {"confident": self.confident.cpu().clone(), "predicted": self.predicted.cpu().clone()}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         for k in ("confident", "predicted"):
             v = state[k]
             if v.shape != (self.num_classes,):
                 raise ValueError(f"class thresholds: {k} has shape {tuple(v.shape)}, expected ({self.num_classes},)")
-            getattr(self, k).copy_(v)
+            getattr(self, k).copy_(v.to(getattr(self, k).device))
