@@ -57,6 +57,9 @@ METHODS: dict[str, tuple[str, list[str]]] = {
     "mona": ("demo_mona", []),
     # UniMatch (issue 25) on MONA's batch (4 labeled + 4 unlabeled), augmentation and schedule
     "unimatch": ("demo_mona", ["method=unimatch", "pretrain_iterations=0"]),
+    # BCP (issue 25): copy-paste pre-training in the quarter of the budget MONA gives GLCon (the paper's
+    # 10k of 40k), then bidirectional copy-paste with the EMA teacher, on MONA's batch and weak views
+    "bcp": ("demo_mona", ["method=bcp"]),
     **{f"mona-no_{k}": ("demo_mona", v) for k, v in _NO.items()},
     # the paper's relational weights (GLCon global + local, L_nn at 1; the demo config has 0.1)
     "mona-paper_weights": ("demo_mona", ["glcon.global_weight=1", "glcon.local_weight=1", "mona.nn_weight=1"]),
@@ -89,6 +92,7 @@ def _child(spec: str) -> None:
     from mona.eval.report import evaluate_cache
     from mona.train import load_config, run_stages
     from mona.train.checkpoint import load_model
+    from mona.train.config import PRETRAIN_STAGES
 
     c = json.loads(spec)
     config, method_overrides = METHODS[c["method"]]
@@ -104,8 +108,9 @@ def _child(spec: str) -> None:
     ]
     probe = load_config(packaged_config(config), ovs + method_overrides + c["overrides"])
     pre = 0
-    if probe.method == "mona" and probe.pretrain_iterations > 0:
-        # GLCon takes the packaged share of the budget (the demo's 100 of 400)
+    if probe.method in PRETRAIN_STAGES and probe.pretrain_iterations > 0:
+        # stage 1 (GLCon, BCP's copy-paste pre-training) takes the packaged share of the budget (the
+        # demo's 100 of 400)
         pre = round(total * base.pretrain_iterations / (base.pretrain_iterations + base.iterations))
     ovs += [f"iterations={total - pre}", f"pretrain_iterations={pre}"]
     cfg = load_config(packaged_config(config), ovs + method_overrides + c["overrides"])
@@ -114,9 +119,10 @@ def _child(spec: str) -> None:
     model, meta = load_model(Path(cfg.out_dir) / "model.pt", torch.device("cpu"))
     report = evaluate_cache(model, meta, c["cache"], split="test", device=torch.device("cpu"), progress=False)
     curve = []
-    for stage_dir, offset in ((Path(cfg.out_dir) / "pretrain_glcon", 0), (Path(cfg.out_dir), pre)):
+    stage1 = Path(cfg.out_dir) / PRETRAIN_STAGES.get(cfg.method, ("", "-"))[1]
+    for stage_dir, offset in ((stage1, 0), (Path(cfg.out_dir), pre)):
         log = stage_dir / "metrics.jsonl"
-        if pre == 0 and stage_dir.name == "pretrain_glcon" or not log.exists():
+        if pre == 0 and stage_dir == stage1 or not log.exists():
             continue
         for line in log.read_text().splitlines():
             r = json.loads(line)
@@ -132,6 +138,7 @@ def _child(spec: str) -> None:
                 "dice": {name: s["dice"] for name, s in report.summary.items()},
                 "iterations": total,
                 "pretrain_iterations": pre,
+                "overrides": c["overrides"],
                 "best_model": result.best_model,
                 "best_iteration": result.best_iteration,
                 "val_curve": curve,
@@ -165,6 +172,30 @@ def _run_one(job: dict) -> dict:
         flush=True,
     )
     return out
+
+
+def _recorded_runs(progress: Path, overrides: list[str]) -> dict[tuple, dict]:
+    """The runs an interrupted benchmark with the same ``--keep`` directory already finished, keyed by
+    (labeled, method, seed, iterations), so that a re-run of the command trains only what is missing.
+    A recorded run made with other overrides is an error, never silently reused."""
+    if not progress.exists():
+        return {}
+    done: dict[tuple, dict] = {}
+    for i, line in enumerate(progress.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError:  # the last line of a run killed while writing it
+            print(f"{progress}:{i}: an unreadable line is ignored (its run is trained again)", flush=True)
+            continue
+        if r.get("overrides", []) != list(overrides):
+            raise SystemExit(
+                f"{progress}:{i}: recorded with overrides {r.get('overrides', [])}, this command has {overrides}; "
+                "use another --keep directory"
+            )
+        done[(r["labeled"], r["method"], r["seed"], r["iterations"])] = r
+    return done
 
 
 def _mean_sd(xs: list[float]) -> tuple[float, float]:
@@ -339,7 +370,12 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=2, help="runs at once (one torch thread each)")
     ap.add_argument("--name", default="semi_supervised", help="results file name")
     ap.add_argument("--quick", action="store_true", help="one seed, 1 labeled, 8 iterations: a smoke run")
-    ap.add_argument("--keep", default=None, help="keep the run directories here (default: a temporary directory)")
+    ap.add_argument(
+        "--keep",
+        default=None,
+        help="keep the run directories here (default: a temporary directory); a re-run with the same directory "
+        "trains only the runs its runs.jsonl does not hold yet (an interrupted benchmark resumes)",
+    )
     ap.add_argument(
         "--summarise",
         nargs="+",
@@ -381,6 +417,8 @@ def main() -> None:
         root = Path(args.keep) if args.keep else Path(tmp)
         root.mkdir(parents=True, exist_ok=True)
         caches = {s: prepare_phantoms(root, s, args.size, args.tail) for s in seeds}
+        progress = root / "runs.jsonl"
+        done = _recorded_runs(progress, args.overrides)
         jobs = [
             {
                 "out": str(root / f"l{n}_s{s}_{m}"),
@@ -390,19 +428,24 @@ def main() -> None:
                 "method": m,
                 "iterations": iterations,
                 "overrides": args.overrides,
-                "progress_file": str(root / "runs.jsonl"),
+                "progress_file": str(progress),
             }
             for n in labeled
             for s in seeds
             for m in args.methods
         ]
+        keys = [(j["labeled"], j["method"], j["seed"], j["iterations"] or 400) for j in jobs]
+        todo = [j for j, k in zip(jobs, keys) if k not in done]
         print(
             f"{len(jobs)} runs ({args.methods} x seeds {seeds} x labeled {labeled}), {args.jobs} at a time; each "
-            f"finished run is appended to {root / 'runs.jsonl'} ...",
+            f"finished run is appended to {progress}"
+            + (f"; {len(jobs) - len(todo)} already recorded there are not re-run" if len(todo) < len(jobs) else "")
+            + " ...",
             flush=True,
         )
         with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-            runs = list(pool.map(_run_one, jobs))
+            fresh = dict(zip([id(j) for j in todo], pool.map(_run_one, todo)))
+        runs = [done[k] if k in done else fresh[id(j)] for j, k in zip(jobs, keys)]
     name = args.name + ("_quick" if args.quick else "")
     _write(name, runs, args, {"jobs": args.jobs, "wall_s": round(time.time() - t0)}, iterations or 400)
 

@@ -159,7 +159,9 @@ def load(path: Path) -> dict:
 
 def stage_dirs(out: Path, method: str) -> list[Path]:
     """The output directories of a run, in stage order (mona: pretrain_glcon, then out)."""
-    return [out / "pretrain_glcon", out] if method == "mona" else [out]
+    from mona.train.config import PRETRAIN_STAGES
+
+    return [out / PRETRAIN_STAGES[method][1], out] if method in PRETRAIN_STAGES else [out]
 
 
 def compare_runs(ref: Path, run: Path, method: str) -> list[str]:

@@ -386,7 +386,7 @@ ROWS: list[Row] = [
         "train: --config missing",
         lambda w: ["train", "--config", str(w.tmp / "no.yaml")],
         2,
-        "--config '{tmp}/no.yaml': no such file, and not a packaged config name (acdc_glcon, acdc_mona, "
+        "--config '{tmp}/no.yaml': no such file, and not a packaged config name (acdc_bcp, acdc_glcon, acdc_mona, "
         "acdc_supervised, acdc_unimatch, demo, demo_mona, lits_glcon, lits_mona, mmwhs_glcon, mmwhs_mona)",
     ),
     Row(
@@ -523,7 +523,7 @@ ROWS: list[Row] = [
         )[1],
         1,
         "checkpoint {tmp}/k.pt: its config does not fit this mona version (config: unknown key(s) ['future_key']; "
-        "valid: ['amp', 'augment', 'ce_weight', 'checkpoint_every', 'data', 'device', 'dice_weight', "
+        "valid: ['amp', 'augment', 'bcp', 'ce_weight', 'checkpoint_every', 'data', 'device', 'dice_weight', "
         "'distributed', 'ema_decay', 'ema_warmup', 'eval_model', 'glcon', 'impl', 'init_from', "
         "'iterations', 'log_every', 'log_grad_norms', 'log_pseudo_quality', 'max_nonfinite_steps', "
         "'mean_teacher', 'method', 'model', 'mona', 'optim', 'out_dir', 'pretrain_iterations', "

@@ -164,7 +164,9 @@ def _spawn(job: str, args: dict) -> list[dict]:
     return [torch.load(Path(args["out"]) / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
 
 
-@pytest.mark.parametrize("method,sync_bn", [("glcon", True), ("glcon", False), ("mona", True), ("unimatch", True)])
+@pytest.mark.parametrize(
+    "method,sync_bn", [("glcon", True), ("glcon", False), ("mona", True), ("unimatch", True), ("bcp", True)]
+)
 def test_ranks_hold_identical_weights_banks_and_queues_after_every_step(tiny_cache, tmp_path, method, sync_bn):
     # mona with bf16 autocast and the channels-last model (the resume test below runs it in fp32);
     # without SyncBatchNorm the running statistics are averaged after every step
@@ -182,6 +184,8 @@ def test_ranks_hold_identical_weights_banks_and_queues_after_every_step(tiny_cac
             kinds.add(k.split(".")[0])
     if method == "unimatch":  # no teacher, no bank or queue: the student and the optimiser agree
         assert {"student", "momentum"} <= kinds and "teacher" not in kinds
+    elif method == "bcp":  # an EMA teacher, no bank or queue
+        assert {"student", "teacher", "momentum"} <= kinds and not {"bank", "queue"} & kinds
     else:
         assert {"student", "teacher", "momentum"} <= kinds
         assert ({"queue"} if method == "glcon" else {"bank", "queue"}) <= kinds
@@ -191,7 +195,7 @@ def test_ranks_hold_identical_weights_banks_and_queues_after_every_step(tiny_cac
     for (l0, u0), (l1, u1) in zip(ranks[0]["batches"], ranks[1]["batches"]):
         assert len(l0) == len(l1) == 2 and len(u0) == len(u1) == 2
     last = ranks[0]["snaps"][-1]
-    if method == "unimatch":
+    if method in ("unimatch", "bcp"):
         return
     if method == "mona":
         # both ranks' teacher keys went in: the pushes were gathered, the bank holds this many keys

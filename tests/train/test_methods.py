@@ -40,7 +40,9 @@ def _states_equal(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-@pytest.mark.parametrize("method", ["supervised", "supervised_strong", "mean_teacher", "glcon", "mona", "unimatch"])
+@pytest.mark.parametrize(
+    "method", ["supervised", "supervised_strong", "mean_teacher", "glcon", "mona", "unimatch", "bcp_pretrain", "bcp"]
+)
 def test_resume_is_bit_identical_for_every_method(tiny_cache, tmp_path, method):
     full = train(_cfg(tiny_cache, tmp_path / "full", method, iterations=7), progress=False)
     part = train(_cfg(tiny_cache, tmp_path / "part", method, iterations=7), progress=False, stop_after=4)
@@ -59,6 +61,7 @@ def test_resume_is_bit_identical_for_every_method(tiny_cache, tmp_path, method):
         "supervised",
         "supervised_strong",
         "unimatch",
+        "bcp_pretrain",
     ):  # the teacher, queues and bank continued exactly too
         assert _states_equal(a["objects"]["teacher"], b["objects"]["teacher"])
         for name in a["objects"]:

@@ -32,3 +32,13 @@ def test_acdc_unimatch_has_the_public_codes_medical_settings():
         0.5,
         False,
     )
+
+
+def test_acdc_bcp_has_the_public_codes_acdc_settings():
+    cfg = load_config(str(next(p for p in CONFIGS if p.stem == "acdc_bcp")), [])
+    assert cfg.method == "bcp" and cfg.data.labeled_patients == 1
+    assert (cfg.data.batch_size, cfg.data.labeled_bs) == (24, 12)
+    assert (cfg.pretrain_iterations, cfg.iterations) == (10000, 30000)  # pre-training, then self-training
+    assert (cfg.optim.lr, cfg.ema_decay, cfg.ema_warmup) == (0.01, 0.99, False)
+    b = cfg.bcp
+    assert (b.u_weight, b.patch_fraction, b.largest_component, b.rampup) == (0.5, 2 / 3, True, False)

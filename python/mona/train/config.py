@@ -5,11 +5,13 @@ UNet-F baseline, weak augmentation), ``supervised_strong`` (the same with the se
 augmentation: the fair baseline of every semi-supervised method), ``mean_teacher`` (the field's standard
 control), ``glcon`` (stage 1, global + local relational pre-training) and ``mona`` (stage 2,
 anatomical contrastive reconstruction fine-tuning; with ``pretrain_iterations > 0`` one command runs
-the GLCon stage first). Each method reads its own section (``glcon:``, ``mona:``, ``mean_teacher:``);
+the GLCon stage first), ``unimatch`` and ``bcp`` (peer methods; ``bcp`` with ``pretrain_iterations > 0``
+runs its copy-paste pre-training ``bcp_pretrain`` first). Each method reads its own section (``glcon:``,
+``mona:``, ``mean_teacher:``, ``unimatch:``, ``bcp:``);
 unknown keys are an error, never ignored.
 
 The semi-supervised stabilisers (``rampup_iterations``, ``pseudo_warmup_iterations``, ``ema_warmup``,
-``eval_model``) apply to every method with an EMA teacher (``mean_teacher``, ``glcon``, ``mona``).
+``eval_model``) apply to every method with an EMA teacher (``mean_teacher``, ``glcon``, ``mona``, ``bcp``).
 """
 
 from __future__ import annotations
@@ -24,9 +26,11 @@ import yaml
 from ..augment import AugmentConfig
 from ..errors import UsageError
 
-METHODS = ("supervised", "supervised_strong", "mean_teacher", "glcon", "mona", "unimatch")
+METHODS = ("supervised", "supervised_strong", "mean_teacher", "glcon", "mona", "unimatch", "bcp_pretrain", "bcp")
 SUPERVISED = ("supervised", "supervised_strong")
-TEACHER_METHODS = ("mean_teacher", "glcon", "mona")
+TEACHER_METHODS = ("mean_teacher", "glcon", "mona", "bcp")
+#: method -> (its stage-1 method, the stage's directory under out_dir) when ``pretrain_iterations > 0``
+PRETRAIN_STAGES = {"mona": ("glcon", "pretrain_glcon"), "bcp": ("bcp_pretrain", "pretrain_bcp")}
 EVAL_MODELS = ("auto", "student", "teacher")
 CONSISTENCY = ("mse", "ce")
 UNSUP_MASKS = ("pixel", "image")
@@ -144,6 +148,22 @@ class UniMatchConfig:
 
 
 @dataclass
+class BCPConfig:
+    """BCP (Bai et al., CVPR 2023; its ACDC code): bidirectional copy-paste of a box between labeled and
+    unlabeled slices, pseudo-labels of the EMA teacher; stage 1 (``bcp_pretrain``) copy-pastes between
+    labeled slices. ``L = sup + u_weight * unl`` (see :mod:`mona.train.methods.bcp`)."""
+
+    u_weight: float = 0.5  # weight of the pseudo-labelled parts (the paper's alpha)
+    patch_fraction: float = 2 / 3  # the pasted box's side as a fraction of the slice's (the paper's beta)
+    # keep only each class's largest connected component of the teacher's pseudo-labels (the public
+    # ACDC code's filter; it assumes one region per class and slice, so it is off unless the data are so)
+    largest_component: bool = False
+    # the paper has neither a ramp-up nor a pseudo-label warm-up; true applies the shared stabilisers
+    # (rampup_iterations, pseudo_warmup_iterations) to the pseudo-labelled parts
+    rampup: bool = False
+
+
+@dataclass
 class DistributedConfig:
     """Multi-process training under ``torchrun`` (read only when WORLD_SIZE > 1; see mona.train.distributed)."""
 
@@ -182,7 +202,9 @@ class TrainConfig:
     log_pseudo_quality: bool = True  # pseudo-label Dice / confident-pixel precision vs the cache's labels
     impl: str = "ext"  # ext: fused mona_ext ops; reference: plain PyTorch (mona_ext.reference)
     init_from: str | None = None  # checkpoint whose student weights initialise this run (stage 1 -> 2)
-    pretrain_iterations: int = 0  # mona: run a glcon stage of this length first (out_dir/pretrain_glcon)
+    # mona / bcp: run a stage 1 of this length first (glcon into out_dir/pretrain_glcon, bcp_pretrain
+    # into out_dir/pretrain_bcp), then this method initialised from its last.pt
+    pretrain_iterations: int = 0
     max_nonfinite_steps: int = 10  # a non-finite loss/gradient skips the step; this many in a row stop the run
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -192,6 +214,7 @@ class TrainConfig:
     mona: MonaConfig = field(default_factory=MonaConfig)
     mean_teacher: MeanTeacherConfig = field(default_factory=MeanTeacherConfig)
     unimatch: UniMatchConfig = field(default_factory=UniMatchConfig)
+    bcp: BCPConfig = field(default_factory=BCPConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
     def __post_init__(self) -> None:
@@ -235,8 +258,10 @@ class TrainConfig:
                 )
         if not 0 <= self.ema_decay < 1:
             raise UsageError(f"config: ema_decay must be in [0, 1), got {self.ema_decay}")
-        if self.pretrain_iterations < 0 or (self.pretrain_iterations and self.method != "mona"):
-            raise UsageError("config: pretrain_iterations (>= 0) applies to method: mona only")
+        if self.pretrain_iterations < 0 or (self.pretrain_iterations and self.method not in PRETRAIN_STAGES):
+            raise UsageError(
+                f"config: pretrain_iterations (>= 0) applies to method: {' or '.join(PRETRAIN_STAGES)} only"
+            )
         if self.pretrain_iterations and self.init_from:
             raise UsageError(
                 "config: give either pretrain_iterations (run stage 1 here) or init_from (a stage-1 "
@@ -306,6 +331,20 @@ class TrainConfig:
         for key in ("s1_weight", "s2_weight", "fp_weight"):
             if getattr(um, key) < 0:
                 raise UsageError(f"config: unimatch.{key} must be >= 0, got {getattr(um, key)}")
+        bc = self.bcp
+        if not 0 < bc.patch_fraction < 1:
+            raise UsageError(f"config: bcp.patch_fraction must be in (0, 1), got {bc.patch_fraction}")
+        if bc.u_weight < 0:
+            raise UsageError(f"config: bcp.u_weight must be >= 0, got {bc.u_weight}")
+        if self.method in ("bcp", "bcp_pretrain"):
+            lbs = self.labeled_bs
+            if lbs % 2 or (self.method == "bcp" and 2 * lbs != self.data.batch_size):
+                raise UsageError(
+                    f"config: {self.method} copy-pastes between two halves of the labeled slices"
+                    + (" and pairs each labeled slice with an unlabeled one" if self.method == "bcp" else "")
+                    + f": data.labeled_bs must be even{' and half of data.batch_size' if self.method == 'bcp' else ''}, "
+                    f"got data.labeled_bs {lbs}, data.batch_size {self.data.batch_size}"
+                )
         if self.eval_model not in EVAL_MODELS:
             raise UsageError(f"config: eval_model must be one of {EVAL_MODELS}, got {self.eval_model!r}")
         if self.eval_model == "teacher" and self.method not in TEACHER_METHODS:

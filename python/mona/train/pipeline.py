@@ -1,10 +1,10 @@
-"""Both MONA stages from one config: GLCon pre-training, then ACR fine-tuning initialised from it.
+"""Two-stage methods from one config: a pre-training stage, then the method initialised from it.
 
-``method: mona`` with ``pretrain_iterations: N > 0`` runs
+``method: mona`` (or ``bcp``) with ``pretrain_iterations: N > 0`` runs (``config.PRETRAIN_STAGES``)
 
-1. stage 1, ``method: glcon`` for N iterations into ``<out_dir>/pretrain_glcon`` (same data, model,
-   optimiser and augmentation settings);
-2. stage 2, ``method: mona`` into ``<out_dir>``, ``init_from: <out_dir>/pretrain_glcon/last.pt``.
+1. stage 1, ``method: glcon`` (``bcp_pretrain``) for N iterations into ``<out_dir>/pretrain_glcon``
+   (``pretrain_bcp``), with the same data, model, optimiser and augmentation settings;
+2. stage 2, ``method: mona`` (``bcp``) into ``<out_dir>``, ``init_from: <stage 1 dir>/last.pt``.
 
 ``resume="auto"`` continues wherever the previous invocation stopped: a finished stage (its
 ``last.pt`` at its last iteration and its ``model.pt`` present) is skipped, an interrupted one is
@@ -22,21 +22,21 @@ from pathlib import Path
 from ..errors import DataError
 from . import distributed
 from .checkpoint import load_checkpoint
-from .config import TrainConfig
+from .config import PRETRAIN_STAGES, TrainConfig
 from .loop import TrainResult, open_inputs, train
 
 log = logging.getLogger("mona.train")
-PRETRAIN_DIR = "pretrain_glcon"
 
 
 def stages(cfg: TrainConfig) -> list[TrainConfig]:
-    """The configs of the stages ``cfg`` stands for (one, or glcon then mona)."""
-    if cfg.method != "mona" or cfg.pretrain_iterations <= 0:
+    """The configs of the stages ``cfg`` stands for (one, or stage 1 then ``cfg``'s method)."""
+    if cfg.method not in PRETRAIN_STAGES or cfg.pretrain_iterations <= 0:
         return [cfg]
-    stage1_dir = Path(cfg.out_dir) / PRETRAIN_DIR
+    method1, dir1 = PRETRAIN_STAGES[cfg.method]
+    stage1_dir = Path(cfg.out_dir) / dir1
     stage1 = dataclasses.replace(
         cfg,
-        method="glcon",
+        method=method1,
         iterations=cfg.pretrain_iterations,
         out_dir=str(stage1_dir),
         pretrain_iterations=0,

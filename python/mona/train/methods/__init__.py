@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .base import Batch, Method, RunContext, load_init_weights
+from .bcp import BCP, BCPPretrain
 from .glcon import GLCon
 from .mean_teacher import MeanTeacher
 from .mona import Mona
@@ -16,6 +17,8 @@ METHOD_CLASSES: dict[str, type[Method]] = {
     "glcon": GLCon,
     "mona": Mona,
     "unimatch": UniMatch,
+    "bcp_pretrain": BCPPretrain,
+    "bcp": BCP,
 }
 
 __all__ = [
@@ -29,5 +32,7 @@ __all__ = [
     "GLCon",
     "Mona",
     "UniMatch",
+    "BCP",
+    "BCPPretrain",
     "load_init_weights",
 ]
