@@ -33,6 +33,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from mona.demo import DEMO_METHODS
+
 ROOT = Path(__file__).resolve().parent.parent
 _LOCK = threading.Lock()
 BASELINE = "supervised_strong"
@@ -47,19 +49,14 @@ _NO = {
     "glcon": ["pretrain_iterations=0"],
 }
 METHODS: dict[str, tuple[str, list[str]]] = {
-    "supervised": ("demo", ["method=supervised"]),
-    "supervised_strong": ("demo", ["method=supervised_strong"]),
-    "mean_teacher": ("demo_mona", ["method=mean_teacher", "pretrain_iterations=0"]),
+    # supervised, supervised_strong, mean_teacher, mona, unimatch (issue 25) and bcp (issue 25: its
+    # copy-paste pre-training in the quarter of the budget MONA gives GLCon, the paper's 10k of 40k):
+    # exactly the configs of `mona demo --methods ...`
+    **{m: (v[2], list(v[3])) for m, v in DEMO_METHODS.items()},
     "mean_teacher_ce": (
         "demo_mona",
         ["method=mean_teacher", "pretrain_iterations=0", "mean_teacher.consistency=ce", "mean_teacher.weight=1"],
     ),
-    "mona": ("demo_mona", []),
-    # UniMatch (issue 25) on MONA's batch (4 labeled + 4 unlabeled), augmentation and schedule
-    "unimatch": ("demo_mona", ["method=unimatch", "pretrain_iterations=0"]),
-    # BCP (issue 25): copy-paste pre-training in the quarter of the budget MONA gives GLCon (the paper's
-    # 10k of 40k), then bidirectional copy-paste with the EMA teacher, on MONA's batch and weak views
-    "bcp": ("demo_mona", ["method=bcp"]),
     **{f"mona-no_{k}": ("demo_mona", v) for k, v in _NO.items()},
     # the paper's relational weights (GLCon global + local, L_nn at 1; the demo config has 0.1)
     "mona-paper_weights": ("demo_mona", ["glcon.global_weight=1", "glcon.local_weight=1", "mona.nn_weight=1"]),

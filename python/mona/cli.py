@@ -289,6 +289,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         overlays=args.overlay_volumes,
         overlay_slices=args.overlay_slices,
         tail=args.tail,
+        methods=args.methods,
     )
     return 0
 
@@ -491,6 +492,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="MONA's share of the budget spent in GLCon (default: a quarter)",
+    )
+    p.add_argument(
+        "--methods",
+        default="supervised,supervised_strong,mona",
+        help="comma-separated methods to train and compare, any of supervised, supervised_strong, mean_teacher, "
+        "mona, unimatch, bcp (default supervised,supervised_strong,mona)",
     )
     p.add_argument("--labeled-patients", type=int, default=1, help="labeled train patients (default 1 of 8)")
     p.add_argument("--seed", type=int, default=0, help="phantom seed")

@@ -15,6 +15,10 @@ Defaults (``configs/demo.yaml``, ``configs/demo_mona.yaml``): 14 phantom patient
 labeled, 2 val, 4 test = 8 test volumes) prepared at 96 x 96, 400 iterations each (MONA: 100 GLCon +
 300 fine-tuning), batch 8, 1 CPU thread per run. :func:`compare` is the same comparison as a function;
 ``benchmarks/bench_semi_supervised.py`` runs every method over seeds.
+
+``methods`` (``mona demo --methods supervised,mona,unimatch``) runs any subset of :data:`DEMO_METHODS`
+(supervised, supervised_strong, mean_teacher, mona, unimatch, bcp) on the same phantoms, budget and
+evaluation; the table then shows every method that is not a baseline against each baseline that ran.
 """
 
 from __future__ import annotations
@@ -42,15 +46,41 @@ from .eval.report import (
     write_volume_overlays,
 )
 from .train.checkpoint import load_model
+from .train.config import PRETRAIN_STAGES
 from .train.loop import select_device
 
-METHOD_LABELS = {
-    "supervised": "supervised (weak aug.)",
-    "supervised_strong": "supervised (strong aug.)",
-    "mona": "GLCon + MONA",
+#: every method the demo can run -> (label, short column name, packaged config, overrides). The
+#: semi-supervised methods train on the demo's MONA config (batch 4 labeled + 4 unlabeled, the same
+#: augmentation); the two-stage ones (GLCon + MONA, BCP) spend the packaged share of the budget (a
+#: quarter) in their stage 1. ``benchmarks/bench_semi_supervised.py`` runs the same configs over seeds.
+DEMO_METHODS: dict[str, tuple[str, str, str, list[str]]] = {
+    "supervised": ("supervised (weak aug.)", "sup", "demo", ["method=supervised"]),
+    "supervised_strong": ("supervised (strong aug.)", "strong", "demo", ["method=supervised_strong"]),
+    "mean_teacher": ("mean teacher", "MT", "demo_mona", ["method=mean_teacher", "pretrain_iterations=0"]),
+    "mona": ("GLCon + MONA", "MONA", "demo_mona", []),
+    "unimatch": ("UniMatch", "UniMatch", "demo_mona", ["method=unimatch", "pretrain_iterations=0"]),
+    "bcp": ("BCP", "BCP", "demo_mona", ["method=bcp"]),
 }
-METHODS = tuple(METHOD_LABELS)
-SHORT = {"supervised": "sup", "supervised_strong": "strong", "mona": "MONA"}
+#: what ``mona demo`` runs unless ``--methods`` says otherwise
+METHODS = ("supervised", "supervised_strong", "mona")
+METHOD_LABELS = {m: v[0] for m, v in DEMO_METHODS.items()}
+SHORT = {m: v[1] for m, v in DEMO_METHODS.items()}
+BASELINES = ("supervised", "supervised_strong")
+
+
+def parse_methods(text: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """``"supervised,mona,unimatch"`` (or a list) -> the demo's methods in that order; an unknown or
+    repeated name is an error naming the valid ones."""
+    names = [n.strip() for n in (text.split(",") if isinstance(text, str) else text) if n.strip()]
+    if not names:
+        raise UsageError(f"demo: --methods names no method; choose from {', '.join(DEMO_METHODS)}")
+    unknown = [n for n in names if n not in DEMO_METHODS]
+    if unknown:
+        raise UsageError(f"demo: unknown method(s) {unknown} in --methods; choose from {', '.join(DEMO_METHODS)}")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise UsageError(f"demo: --methods names {repeated} more than once")
+    return tuple(names)
 
 
 def machine_description() -> str:
@@ -73,29 +103,60 @@ def packaged_config(name: str) -> str:
 _packaged = packaged_config
 
 
-def comparison_table(reports: dict) -> str:
-    """Per-class Dice of the three methods, the two differences that matter (MONA - supervised with weak
-    augmentation: what the demo used to show; MONA - supervised with the student's strong augmentation:
-    the part the unlabeled data adds), then ASD / HD95 per method."""
-    sup, strong, mona = (reports[m] for m in METHODS)
+def _differences(methods: tuple[str, ...]) -> list[tuple[str, str]]:
+    """(method, baseline) pairs the demo reports: every other method against each baseline it ran."""
+    return [(m, b) for m in methods if m not in BASELINES for b in BASELINES if b in methods] + (
+        [("supervised_strong", "supervised")] if set(BASELINES) <= set(methods) and len(methods) == 2 else []
+    )
+
+
+def comparison_table(reports: dict, methods: tuple[str, ...] = METHODS) -> str:
+    """Per-class Dice of the methods side by side, the differences that matter (a method - supervised with
+    weak augmentation: augmentation + unlabeled data; a method - supervised with the student's strong
+    augmentation: the part the unlabeled data adds), then ASD / HD95 per method."""
+    reps = [reports[m] for m in methods]
+    diffs = _differences(methods)
+    dice_w = [max(9, len(SHORT[m]) + 2) for m in methods]
+    diff_names = [f"{SHORT[m]}-{SHORT[b]}" for m, b in diffs]
+    diff_w = [max(10, len(n) + 2) for n in diff_names]
+    dist_w = [max(8, len(SHORT[m]) + 2) for m in methods]
     head = (
-        f"{'class':<10}{'Dice sup':>10}{'strong':>9}{'MONA':>9}{'MONA-sup':>10}{'MONA-strong':>13}"
-        f"{'ASD sup':>9}{'strong':>8}{'MONA':>8}{'HD95 sup':>10}{'strong':>8}{'MONA':>8}"
+        f"{'class':<10}"
+        + "".join(
+            f"{('Dice ' if i == 0 else '') + SHORT[m]:>{w + (5 if i == 0 else 0)}}"
+            for i, (m, w) in enumerate(zip(methods, dice_w))
+        )
+        + "".join(f"{n:>{w}}" for n, w in zip(diff_names, diff_w))
+        + "".join(
+            f"{('ASD ' if i == 0 else '') + SHORT[m]:>{w + (4 if i == 0 else 0)}}"
+            for i, (m, w) in enumerate(zip(methods, dist_w))
+        )
+        + "".join(
+            f"{('HD95 ' if i == 0 else '') + SHORT[m]:>{w + (5 if i == 0 else 0)}}"
+            for i, (m, w) in enumerate(zip(methods, dist_w))
+        )
     )
     lines = [head, "-" * len(head)]
-    for name in sup.summary:
-        a, b, c = sup.summary[name], strong.summary[name], mona.summary[name]
-        lines.append(
-            f"{name:<10}{a['dice']:>10.4f}{b['dice']:>9.4f}{c['dice']:>9.4f}{c['dice'] - a['dice']:>+10.4f}"
-            f"{c['dice'] - b['dice']:>+13.4f}{a['asd']:>9.2f}{b['asd']:>8.2f}{c['asd']:>8.2f}"
-            f"{a['hd95']:>10.2f}{b['hd95']:>8.2f}{c['hd95']:>8.2f}"
+
+    def row(label, dice, dist=None):
+        cells = f"{label:<10}" + "".join(
+            f"{d:>{w + (5 if i == 0 else 0)}.4f}" for i, (d, w) in enumerate(zip(dice, dice_w))
         )
+        cells += "".join(
+            f"{dice[methods.index(m)] - dice[methods.index(b)]:>+{w}.4f}" for (m, b), w in zip(diffs, diff_w)
+        )
+        if dist is not None:
+            for key, extra in (("asd", 4), ("hd95", 5)):
+                cells += "".join(
+                    f"{s[key]:>{w + (extra if i == 0 else 0)}.2f}" for i, (s, w) in enumerate(zip(dist, dist_w))
+                )
+        return cells
+
+    for name in reps[0].summary:
+        per = [r.summary[name] for r in reps]
+        lines.append(row(name, [s["dice"] for s in per], per))
     lines.append("-" * len(head))
-    lines.append(
-        f"{'mean':<10}{sup.mean_dice:>10.4f}{strong.mean_dice:>9.4f}{mona.mean_dice:>9.4f}"
-        f"{mona.mean_dice - sup.mean_dice:>+10.4f}{mona.mean_dice - strong.mean_dice:>+13.4f}"
-        f"   (ASD / HD95 in mm; Dice: mean over the test volumes)"
-    )
+    lines.append(row("mean", [r.mean_dice for r in reps]) + "   (ASD / HD95 in mm; Dice: mean over the test volumes)")
     return "\n".join(lines)
 
 
@@ -125,6 +186,7 @@ def compare(
     overlays: int | None = None,
     overlay_slices: int = OVERLAY_SLICES,
     tail: bool = True,
+    methods: str | list[str] | tuple[str, ...] = METHODS,
     log=print,
 ) -> dict:
     """Supervised (weak augmentation), supervised with the MONA student's augmentation, and GLCon + MONA on
@@ -139,6 +201,7 @@ def compare(
     """
     from .train import load_config, run_stages
 
+    methods = parse_methods(methods)
     prepare_matplotlib()  # builds matplotlib's font cache now (first run), not inside a progress bar
 
     t0 = time.time()
@@ -167,10 +230,11 @@ def compare(
         f"seed={train_seed}",
         f"data.labeled_patients={labeled_patients}",
     ]
-    mona_cfg = load_config(_packaged("demo_mona"), common + [f"out_dir={out / 'mona'}"] + list(overrides or []))
+    user = list(overrides or [])
+    mona_cfg = load_config(_packaged("demo_mona"), common + [f"out_dir={out / 'mona'}"] + user)
     packaged_total = mona_cfg.pretrain_iterations + mona_cfg.iterations
     budget = iterations if iterations is not None else packaged_total
-    # default: GLCon takes the packaged configs' share of the budget (100 of 400)
+    # default: stage 1 (GLCon, BCP's pre-training) takes the packaged configs' share of the budget (100 of 400)
     pre = (
         pretrain_iterations
         if pretrain_iterations is not None
@@ -178,23 +242,17 @@ def compare(
     )
     if not 0 <= pre < budget:
         raise UsageError(f"demo: pretrain_iterations must be in 0..{budget - 1} (the budget), got {pre}")
-    mona_cfg = load_config(
-        _packaged("demo_mona"),
-        common
-        + [f"out_dir={out / 'mona'}", f"iterations={budget - pre}", f"pretrain_iterations={pre}"]
-        + list(overrides or []),
-    )
-    sup_cfg = load_config(
-        _packaged("demo"), common + [f"out_dir={out / 'supervised'}", f"iterations={budget}"] + list(overrides or [])
-    )
-    # the fair baseline: the semi-supervised student's augmentation, the same labeled batch, no unlabeled data
-    strong_cfg = load_config(
-        _packaged("demo"),
-        common
-        + [f"out_dir={out / 'supervised_strong'}", f"iterations={budget}", "method=supervised_strong"]
-        + list(overrides or []),
-    )
-    cfgs = {"supervised": sup_cfg, "supervised_strong": strong_cfg, "mona": mona_cfg}
+    cfgs, pres = {}, {}
+    for name in methods:
+        _, _, packaged, method_ovs = DEMO_METHODS[name]
+        base = common + [f"out_dir={out / name}"] + method_ovs
+        probe = load_config(_packaged(packaged), base + user)
+        two_stage = probe.method in PRETRAIN_STAGES and probe.pretrain_iterations > 0 and pre > 0
+        pres[name] = pre if two_stage else 0
+        budget_ovs = [f"iterations={budget - pres[name]}"]
+        if probe.method in PRETRAIN_STAGES:
+            budget_ovs.append(f"pretrain_iterations={pres[name]}")
+        cfgs[name] = load_config(_packaged(packaged), base + budget_ovs + user)
 
     timings: dict[str, float] = {}
     dataset = "phantom" if tail else "acdc"
@@ -210,26 +268,43 @@ def compare(
     timings["prepare_s"] = time.time() - t
 
     results = {}
-    steps = {
-        "supervised": f"[3/6] supervised baseline, weak augmentation (flip, rotation, crop): {budget} iterations, batch "
-        f"{sup_cfg.data.batch_size} labeled slices of {labeled_patients} labeled patient(s) -> {sup_cfg.out_dir}",
-        "supervised_strong": f"[4/6] supervised baseline with the MONA student's augmentation (+ contrast, brightness): "
-        f"{budget} iterations, batch {strong_cfg.data.batch_size} labeled -> {strong_cfg.out_dir}",
-        "mona": f"[5/6] GLCon ({pre} iterations) + MONA ({budget - pre} iterations), batch {mona_cfg.labeled_bs} labeled + "
-        f"{mona_cfg.data.batch_size - mona_cfg.labeled_bs} unlabeled; demo scale: {mona_cfg.model.embed_dim}-d "
-        f"embeddings, representation stride {mona_cfg.model.rep_stride}, {mona_cfg.mona.num_queries} queries x "
-        f"{mona_cfg.mona.num_negatives} negatives, {mona_cfg.glcon.mined_views} mined views -> {mona_cfg.out_dir}",
-    }
-    for name in METHODS:
+    n_steps = 3 + len(methods)
+
+    def describe(name: str, cfg) -> str:
+        c = cfg
+        if name == "supervised":
+            what = f"supervised baseline, weak augmentation (flip, rotation, crop): {budget} iterations"
+        elif name == "supervised_strong":
+            what = f"supervised baseline with the semi-supervised student's augmentation (+ contrast, brightness): {budget} iterations"
+        elif pres[name]:
+            stage1 = PRETRAIN_STAGES[c.method][0]
+            what = f"{METHOD_LABELS[name]}: {stage1} ({pres[name]} iterations) + {c.method} ({c.iterations} iterations)"
+        else:
+            what = f"{METHOD_LABELS[name]}: {c.iterations} iterations"
+        if c.method in ("supervised", "supervised_strong"):
+            batch = f"batch {c.data.batch_size} labeled slices of {labeled_patients} labeled patient(s)"
+        else:
+            batch = f"batch {c.labeled_bs} labeled + {c.data.batch_size - c.labeled_bs} unlabeled"
+        if c.method == "mona":
+            batch += (
+                f"; demo scale: {c.model.embed_dim}-d embeddings, representation stride {c.model.rep_stride}, "
+                f"{c.mona.num_queries} queries x {c.mona.num_negatives} negatives, {c.glcon.mined_views} mined views"
+            )
+        return f"{what}, {batch} -> {c.out_dir}"
+
+    for i, name in enumerate(methods):
         t = time.time()
-        log(steps[name])
+        log(f"[{3 + i}/{n_steps}] " + describe(name, cfgs[name]))
         results[name] = run_stages(cfgs[name], progress=progress)[-1]
         timings[f"train_{name}_s"] = time.time() - t
 
     t = time.time()
-    log(f"[6/6] evaluating the three kept models on the {n_test} held-out test patients (original geometry)")
+    log(
+        f"[{n_steps}/{n_steps}] evaluating the {len(methods)} kept model(s) on the {n_test} held-out test patients "
+        "(original geometry)"
+    )
     reports = {}
-    for name in METHODS:
+    for name in methods:
         run_dir = Path(cfgs[name].out_dir)
         model, meta = load_model(run_dir / "model.pt", dev)
         reports[name] = evaluate_cache(
@@ -248,31 +323,32 @@ def compare(
         vol = load_case(
             CaseRecord(case["case_id"], case["patient_id"], case["image_path"], case["label_path"], case["extra"]), spec
         )
-        preds = {METHOD_LABELS[n]: reports[n].predictions[case["case_id"]] for n in METHODS}
+        preds = {METHOD_LABELS[n]: reports[n].predictions[case["case_id"]] for n in methods}
         overlay_paths += write_volume_overlays(vol, preds, rep / "overlays", sc.class_names, overlay_slices)
-    curve = comparison_curves(
-        {
-            METHOD_LABELS["supervised"]: [(sup_cfg.out_dir, 0)],
-            METHOD_LABELS["supervised_strong"]: [(strong_cfg.out_dir, 0)],
-            "GLCon (stage 1)": [(Path(mona_cfg.out_dir) / "pretrain_glcon", 0)],
-            "MONA (stage 2)": [(mona_cfg.out_dir, pre)],
-        },
-        rep / "validation_curves.png",
-    )
+    curves: dict[str, list] = {}
+    for name in methods:
+        c = cfgs[name]
+        if pres[name]:
+            curves[f"{METHOD_LABELS[name]} (stage 1)"] = [(Path(c.out_dir) / PRETRAIN_STAGES[c.method][1], 0)]
+            curves[f"{METHOD_LABELS[name]} (stage 2)"] = [(c.out_dir, pres[name])]
+        else:
+            curves[METHOD_LABELS[name]] = [(c.out_dir, 0)]
+    curve = comparison_curves(curves, rep / "validation_curves.png")
     timings["evaluate_s"] = time.time() - t
     timings["total_s"] = time.time() - t0
-    diff = reports["mona"].mean_dice - reports["supervised"].mean_dice
-    diff_strong = reports["mona"].mean_dice - reports["supervised_strong"].mean_dice
+    differences = {f"{m} - {b}": reports[m].mean_dice - reports[b].mean_dice for m, b in _differences(methods)}
+    first = cfgs[methods[0]]
     summary = {
         "command": "mona demo",
         "machine": machine_description(),
-        "torch_threads_per_run": sup_cfg.threads,
+        "methods": list(methods),
+        "torch_threads_per_run": first.threads,
         "phantom_seed": seed,
         "train_seed": train_seed,
         "labeled_patients": labeled_patients,
         "tail": tail,
         "iterations": budget,
-        "pretrain_iterations": pre,
+        "pretrain_iterations": max(pres.values()),
         "size": size,
         "demo_scale": {
             "embed_dim": mona_cfg.model.embed_dim,
@@ -289,39 +365,49 @@ def compare(
                 "best_val_dice": results[name].best_dice,
                 "model": results[name].best_model,
             }
-            for name in METHODS
+            for name in methods
         },
-        # MONA - supervised (weak augmentation) = augmentation + unlabeled data; MONA - supervised_strong =
-        # what the unlabeled data adds on top of the same augmentation
-        "mean_dice_difference": diff,
-        "mean_dice_difference_strong": diff_strong,
+        # a method - supervised (weak augmentation) = augmentation + unlabeled data; a method -
+        # supervised_strong = what the unlabeled data adds on top of the same augmentation
+        "differences": differences,
         "timings_s": timings,
     }
+    if "mona" in methods:  # the keys of the three-method demo (mona <= 0.4)
+        for b, key in (("supervised", "mean_dice_difference"), ("supervised_strong", "mean_dice_difference_strong")):
+            if b in methods:
+                summary[key] = differences[f"mona - {b}"]
     atomic_write_json(rep / "summary.json", summary)
     log("")
-    log(comparison_table(reports))
+    log(comparison_table(reports, methods))
     log("")
     log(
-        f"mean foreground Dice on {len(reports['mona'].predictions)} held-out test volumes: supervised "
-        f"{reports['supervised'].mean_dice:.4f}, supervised with strong augmentation "
-        f"{reports['supervised_strong'].mean_dice:.4f}, GLCon + MONA {reports['mona'].mean_dice:.4f}"
+        f"mean foreground Dice on {len(reports[methods[0]].predictions)} held-out test volumes: "
+        + ", ".join(f"{METHOD_LABELS[n]} {reports[n].mean_dice:.4f}" for n in methods)
     )
-    log(
-        f"MONA - supervised {diff:+.4f} = augmentation {reports['supervised_strong'].mean_dice - reports['supervised'].mean_dice:+.4f}"
-        f" + unlabeled data {diff_strong:+.4f} (one seed: see benchmarks/results/semi_supervised.md for 5)"
-    )
+    for m in methods:
+        if m in BASELINES:
+            continue
+        if set(BASELINES) <= set(methods):
+            aug = reports["supervised_strong"].mean_dice - reports["supervised"].mean_dice
+            log(
+                f"{SHORT[m]} - supervised {differences[f'{m} - supervised']:+.4f} = augmentation {aug:+.4f}"
+                f" + unlabeled data {differences[f'{m} - supervised_strong']:+.4f} (one seed: see "
+                "benchmarks/results/semi_supervised.md for 5)"
+            )
+        else:
+            log(", ".join(f"{SHORT[m]} - {b} {differences[f'{m} - {b}']:+.4f}" for b in BASELINES if b in methods))
     log(
         f"wall time: {timings['total_s']:.0f} s ("
-        + ", ".join(f"{SHORT[n]} {timings[f'train_{n}_s']:.0f} s" for n in METHODS)
+        + ", ".join(f"{SHORT[n]} {timings[f'train_{n}_s']:.0f} s" for n in methods)
         + f") on {summary['machine']}; results vary with the CPU / BLAS"
     )
-    log(f"report:     {rep / 'summary.json'}  (+ {', '.join(METHODS)}/ metrics.json, metrics.csv)")
+    log(f"report:     {rep / 'summary.json'}  (+ {', '.join(methods)}/ metrics.json, metrics.csv)")
     log(
         f"overlays:   {rep / 'overlays'}  ({len(overlay_paths)} PNGs: up to {overlay_slices} slices of each of "
-        f"{len(overlay_volumes)} test volumes, ground truth and the three methods on the same slice)"
+        f"{len(overlay_volumes)} test volumes, ground truth and the {len(methods)} method(s) on the same slice)"
     )
     log(f"curves:     {curve}")
-    log(f"models:     {', '.join(str(Path(cfgs[n].out_dir) / 'model.pt') for n in METHODS)}")
+    log(f"models:     {', '.join(str(Path(cfgs[n].out_dir) / 'model.pt') for n in methods)}")
     return summary
 
 
@@ -339,6 +425,7 @@ def run_demo(
     overlays: int | None = None,
     overlay_slices: int = OVERLAY_SLICES,
     tail: bool = True,
+    methods: str | list[str] | tuple[str, ...] = METHODS,
 ) -> dict:
     """``mona demo``: :func:`compare` with the packaged demo settings."""
     return compare(
@@ -354,4 +441,5 @@ def run_demo(
         overlays=overlays,
         overlay_slices=overlay_slices,
         tail=tail,
+        methods=methods,
     )

@@ -106,3 +106,53 @@ def test_compare_checks_its_inputs_before_writing_anything(tmp_path, kwargs, mes
     with pytest.raises(ValueError, match=message):
         compare(tmp_path / "d", **args)
     assert not (tmp_path / "d").exists()
+
+
+def test_compare_runs_any_subset_of_methods_with_the_differences_against_the_baselines_it_ran(tmp_path):
+    lines: list[str] = []
+    summary = compare(
+        tmp_path / "demo",
+        iterations=4,
+        pretrain_iterations=1,
+        n_train=3,
+        n_val=1,
+        n_test=1,
+        size=32,
+        device="cpu",
+        progress=False,
+        overlays=0,
+        log=lines.append,
+        methods="supervised_strong,bcp",
+        overrides=["val_every=2", "checkpoint_every=2", "log_every=1"],
+    )
+    assert summary["methods"] == ["supervised_strong", "bcp"]
+    assert summary["differences"] == {
+        "bcp - supervised_strong": pytest.approx(
+            summary["bcp"]["mean_dice"] - summary["supervised_strong"]["mean_dice"]
+        )
+    }
+    assert "mean_dice_difference" not in summary  # the keys of the three-method demo need mona and its baselines
+    # BCP ran its two stages in the same budget as the baseline: 1 iteration of copy-paste pre-training + 3
+    pre_log = (tmp_path / "demo" / "bcp" / "pretrain_bcp" / "train_log.csv").read_text().splitlines()
+    bcp_log = (tmp_path / "demo" / "bcp" / "train_log.csv").read_text().splitlines()
+    assert (len(pre_log) - 1, len(bcp_log) - 1) == (1, 3)
+    assert not (tmp_path / "demo" / "supervised").exists() and not (tmp_path / "demo" / "mona").exists()
+    text = "\n".join(lines)
+    assert "[3/5] supervised baseline with" in text and "[4/5] BCP: bcp_pretrain (1 iterations) + bcp (3" in text
+    head = next(l for l in lines if l.startswith("class"))
+    assert "Dice strong" in head and "BCP-strong" in head and "HD95 strong" in head
+    assert any(l.startswith("mean") for l in lines) and "BCP - supervised_strong" in text
+
+
+@pytest.mark.parametrize(
+    "methods, message",
+    [
+        ("supervised,nope", r"unknown method\(s\) \['nope'\] in --methods; choose from supervised, supervised_strong"),
+        ("mona,mona", r"--methods names \['mona'\] more than once"),
+        (" , ", "--methods names no method"),
+    ],
+)
+def test_compare_rejects_bad_method_lists_before_writing_anything(tmp_path, methods, message):
+    with pytest.raises(ValueError, match=message):
+        compare(tmp_path / "d", iterations=4, methods=methods, device="cpu", progress=False, log=lambda *a: None)
+    assert not (tmp_path / "d").exists()
