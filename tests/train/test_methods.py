@@ -239,7 +239,7 @@ def test_config_errors_for_the_semi_supervised_methods(tiny_cache, tmp_path):
         _cfg(tiny_cache, tmp_path, impl="fast")
     with pytest.raises(ValueError, match=r"mona.negatives must be one of"):
         _cfg(tiny_cache, tmp_path, **{"mona.negatives": "all"})
-    with pytest.raises(ValueError, match=r"pretrain_iterations .* applies to method: mona only"):
+    with pytest.raises(ValueError, match=r"pretrain_iterations .* applies to method: mona or bcp only"):
         _cfg(tiny_cache, tmp_path, "glcon", pretrain_iterations=3)
     with pytest.raises(ValueError, match=r"mona.knn_k \(9\) must be <= mona.knn_queue \(8\)"):
         _cfg(tiny_cache, tmp_path, **{"mona.knn_k": 9})
