@@ -116,40 +116,26 @@ def comparison_table(reports: dict, methods: tuple[str, ...] = METHODS) -> str:
     augmentation: the part the unlabeled data adds), then ASD / HD95 per method."""
     reps = [reports[m] for m in methods]
     diffs = _differences(methods)
-    dice_w = [max(9, len(SHORT[m]) + 2) for m in methods]
-    diff_names = [f"{SHORT[m]}-{SHORT[b]}" for m, b in diffs]
-    diff_w = [max(10, len(n) + 2) for n in diff_names]
-    dist_w = [max(8, len(SHORT[m]) + 2) for m in methods]
-    head = (
-        f"{'class':<10}"
-        + "".join(
-            f"{('Dice ' if i == 0 else '') + SHORT[m]:>{w + (5 if i == 0 else 0)}}"
-            for i, (m, w) in enumerate(zip(methods, dice_w))
-        )
-        + "".join(f"{n:>{w}}" for n, w in zip(diff_names, diff_w))
-        + "".join(
-            f"{('ASD ' if i == 0 else '') + SHORT[m]:>{w + (4 if i == 0 else 0)}}"
-            for i, (m, w) in enumerate(zip(methods, dist_w))
-        )
-        + "".join(
-            f"{('HD95 ' if i == 0 else '') + SHORT[m]:>{w + (5 if i == 0 else 0)}}"
-            for i, (m, w) in enumerate(zip(methods, dist_w))
-        )
-    )
+
+    def group(prefix: str, names: list[str]) -> list[tuple[str, int]]:
+        """Header cells of one column group (the prefix on its first) with their widths."""
+        labels = [(f"{prefix} " if prefix and i == 0 else "") + n for i, n in enumerate(names)]
+        return [(label, max(9, len(label) + 2)) for label in labels]
+
+    shorts = [SHORT[m] for m in methods]
+    dice_c, diff_c = group("Dice", shorts), group("", [f"{SHORT[m]}-{SHORT[b]}" for m, b in diffs])
+    asd_c, hd_c = group("ASD", shorts), group("HD95", shorts)
+    head = f"{'class':<10}" + "".join(f"{label:>{w}}" for label, w in dice_c + diff_c + asd_c + hd_c)
     lines = [head, "-" * len(head)]
 
     def row(label, dice, dist=None):
-        cells = f"{label:<10}" + "".join(
-            f"{d:>{w + (5 if i == 0 else 0)}.4f}" for i, (d, w) in enumerate(zip(dice, dice_w))
-        )
+        cells = f"{label:<10}" + "".join(f"{d:>{w}.4f}" for d, (_, w) in zip(dice, dice_c))
         cells += "".join(
-            f"{dice[methods.index(m)] - dice[methods.index(b)]:>+{w}.4f}" for (m, b), w in zip(diffs, diff_w)
+            f"{dice[methods.index(m)] - dice[methods.index(b)]:>+{w}.4f}" for (m, b), (_, w) in zip(diffs, diff_c)
         )
         if dist is not None:
-            for key, extra in (("asd", 4), ("hd95", 5)):
-                cells += "".join(
-                    f"{s[key]:>{w + (extra if i == 0 else 0)}.2f}" for i, (s, w) in enumerate(zip(dist, dist_w))
-                )
+            for key, cols in (("asd", asd_c), ("hd95", hd_c)):
+                cells += "".join(f"{s[key]:>{w}.2f}" for s, (_, w) in zip(dist, cols))
         return cells
 
     for name in reps[0].summary:

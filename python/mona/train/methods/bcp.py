@@ -148,12 +148,7 @@ class BCP(Method):
 
     def step(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         cfg, bc = self.cfg, self.cfg.bcp
-        bl, bu = batch.x_l.shape[0], batch.x_u.shape[0]
-        if bl != bu:
-            raise UsageError(
-                f"config: bcp pairs every labeled slice with an unlabeled one: data.labeled_bs ({bl}) must be half "
-                f"of data.batch_size ({bl + bu})"
-            )
+        bl = batch.x_l.shape[0]  # = the unlabeled half's size (TrainConfig.validate)
         x_weak, y_l = self.weak_views(batch)
         (la, lb), (ya, yb) = _halves(x_weak[:bl], "labeled half (data.labeled_bs)"), _halves(y_l, "labeled half")
         ua, ub = _halves(x_weak[bl:], "unlabeled half")
