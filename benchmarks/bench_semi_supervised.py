@@ -66,6 +66,9 @@ METHODS: dict[str, tuple[str, list[str]]] = {
     # class-wise adaptive pseudo-label thresholds (FlexMatch-style; the tail class is almost never
     # confidently predicted at the one threshold 0.97)
     "mona-adaptive_thr": ("demo_mona", ["mona.class_thresholds=adaptive"]),
+    # the contrastive term's pseudo-labels at the paper's one confidence threshold (0.97, as L_unsup's)
+    # instead of ReCo's weak 0.7, at which most tail-class pixels are confidently another class
+    "mona-contrast_strong": ("demo_mona", ["mona.weak_threshold=0.97"]),
     # MONA's pipeline with every unlabeled term off: L_sup on the labeled half of MONA's batch
     "mona-sup_only": (
         "demo_mona",

@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 KEYS = ("dice", "recall", "against")
+WEAK_KEYS = ("wrecall", "wagainst")  # at MONA's contrastive validity threshold (weak_threshold)
 
 
 def run_dirs(paths: list[str]) -> list[Path]:
@@ -51,10 +52,12 @@ def run_quality(run: Path) -> dict | None:
 
 
 def table(rows: list[tuple[str, dict]], classes: list[str]) -> list[str]:
-    cols = [f"{k} {c}" for c in classes for k in KEYS]
+    """One row per run; the weak-threshold columns (``wrecall``, ``wagainst``) when some run logged them."""
+    keys = KEYS + tuple(k for k in WEAK_KEYS if any(f"pl_{k}_{c}" in q for _, q in rows for c in classes))
+    cols = [f"{k} {c}" for c in classes for k in keys]
     out = ["| run | " + " | ".join(cols) + " | confident | fg precision |", "|---|" + "---|" * (len(cols) + 2)]
     for name, q in rows:
-        cells = [q.get(f"pl_{k}_{c}") for c in classes for k in KEYS]
+        cells = [q.get(f"pl_{k}_{c}") for c in classes for k in keys]
         cells += [q.get("pl_confident"), q.get("pl_fg_precision")]
         out.append(f"| {name} | " + " | ".join("" if x is None else f"{x:.3f}" for x in cells) + " |")
     return out
@@ -85,7 +88,8 @@ def main() -> None:
         "# Teacher pseudo-label quality during training (unlabeled half, against the phantoms' labels)",
         "",
         "Mean over the logged steps of the final stage: per class `dice`, `recall` (confidently labelled as "
-        "the class) and `against` (confidently labelled as another class), as fractions of the class's pixels.",
+        "the class) and `against` (confidently labelled as another class), as fractions of the class's pixels; "
+        "`wrecall` / `wagainst`: the same at MONA's contrastive validity threshold (`mona.weak_threshold`).",
         "",
         f"`{command}`",
         "",

@@ -195,6 +195,13 @@ def test_pseudo_label_quality_against_known_labels():
     conf[0, 0, 2] = 0.99  # now pixel 2 (truth A) is confidently B: trained against A
     Method.log_pseudo_quality(fake, pseudo, conf, 0.97)
     assert (fake.diagnostics["pl_recall_A"], fake.diagnostics["pl_against_A"]) == (pytest.approx(0.5),) * 2
+    assert "pl_wagainst_A" not in fake.diagnostics  # no weak threshold given
+    conf[0, 0, 2] = 0.8  # pixel 2 (truth A, labelled B): below 0.97, above a weak threshold of 0.7
+    Method.log_pseudo_quality(fake, pseudo, conf, 0.97, 0.7)
+    d = fake.diagnostics
+    assert (d["pl_recall_A"], d["pl_against_A"]) == (pytest.approx(0.5), pytest.approx(0.0))
+    assert (d["pl_wrecall_A"], d["pl_wagainst_A"]) == (pytest.approx(0.5), pytest.approx(0.5))
+    assert (d["pl_wrecall_B"], d["pl_wagainst_B"]) == (pytest.approx(1.0), pytest.approx(0.0))
 
 
 @pytest.mark.parametrize("eval_model", ["teacher", "auto", "student"])

@@ -272,7 +272,13 @@ class Method:
         return t.apply_image(x), t[:bl].apply_label(batch.y_l)
 
     @torch.no_grad()
-    def log_pseudo_quality(self, pseudo: torch.Tensor, conf: torch.Tensor, threshold: float | torch.Tensor) -> None:
+    def log_pseudo_quality(
+        self,
+        pseudo: torch.Tensor,
+        conf: torch.Tensor,
+        threshold: float | torch.Tensor,
+        weak_threshold: float | torch.Tensor | None = None,
+    ) -> None:
         """Diagnostics of the teacher's pseudo-labels ``pseudo [bu, H, W]`` (confidence ``conf``) against
         the cache's labels of the unlabeled half (:meth:`weak_views`): per foreground class Dice
         (``pl_dice_<class>``), the fraction of pixels at confidence >= ``threshold`` (``pl_confident``),
@@ -280,7 +286,9 @@ class Method:
         per foreground class, of its true pixels the fraction confidently labelled as it (``pl_recall_<class>``:
         what a confidence-masked pseudo-label loss reinforces) and confidently labelled as another class
         (``pl_against_<class>``: where such a loss trains against it; the rest is below the threshold).
-        ``threshold``: a float, or a per-pixel map (class-wise thresholds)."""
+        ``threshold``: a float, or a per-pixel map (class-wise thresholds). ``weak_threshold`` (MONA: the
+        contrastive term's validity threshold) adds the same two fractions at it: ``pl_wrecall_<class>``,
+        ``pl_wagainst_<class>`` (where the contrastive term pulls the class's pixels to another class)."""
         truth = getattr(self, "y_u_diagnostic", None)
         if truth is None or truth.shape != pseudo.shape:
             return
@@ -292,11 +300,15 @@ class Method:
             out[f"pl_dice_{names[c]}"] = float(2 * (p & g).sum() / denom) if denom else float("nan")
         mask = conf >= threshold
         correct = pseudo == truth
-        for c in range(1, self.num_classes):
-            g = truth == c
-            n = int(g.sum())
-            out[f"pl_recall_{names[c]}"] = float((g & mask & correct).sum() / n) if n else float("nan")
-            out[f"pl_against_{names[c]}"] = float((g & mask & ~correct).sum() / n) if n else float("nan")
+        for prefix, thr in (("", threshold), ("w", weak_threshold)):
+            if thr is None:
+                continue
+            m = conf >= thr
+            for c in range(1, self.num_classes):
+                g = truth == c
+                n = int(g.sum())
+                out[f"pl_{prefix}recall_{names[c]}"] = float((g & m & correct).sum() / n) if n else float("nan")
+                out[f"pl_{prefix}against_{names[c]}"] = float((g & m & ~correct).sum() / n) if n else float("nan")
         out["pl_confident"] = float(mask.float().mean())
         out["pl_precision"] = float(correct[mask].float().mean()) if bool(mask.any()) else float("nan")
         fg = mask & (pseudo > 0)

@@ -133,7 +133,7 @@ class Mona(Method):
                 names = self.ctx.cache.class_names
                 self.diagnostics.update({f"thr_{names[c]}": float(t_s[c]) for c in range(1, self.num_classes)})
         if self.keep_terms and cfg.log_pseudo_quality:
-            self.log_pseudo_quality(pseudo, conf, strong_thr)
+            self.log_pseudo_quality(pseudo, conf, strong_thr, weak_thr if m.contrast_weight > 0 else None)
         ramp, pseudo_ready = self.ramp(), self.pseudo_ready()
         x_s = random_contrast_brightness(x_weak, self.aug_gen, contrast=a.contrast, brightness=a.brightness)
         perm, box = cutmix_boxes(
