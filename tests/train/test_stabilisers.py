@@ -164,6 +164,9 @@ def test_mona_logs_gradient_norms_pseudo_label_quality_and_the_ramp(tiny_cache, 
             assert float(r[f"gn_{term}"]) > 0, (term, r)
         assert 0 <= float(r["pl_confident"]) <= 1
         assert 0 <= float(r["pl_dice_LV"]) <= 1
+        # the contrastive term's pseudo-labels (weak threshold 0.7 <= 0.97): at least L_unsup's
+        assert float(r["pl_recall_LV"]) <= float(r["pl_wrecall_LV"]) <= 1
+        assert float(r["pl_against_LV"]) <= float(r["pl_wagainst_LV"]) <= 1
     # the pseudo-label warm-up (default 10 % of 4 iterations = 0): L_unsup from the start here; with a
     # longer warm-up its column stays empty until the teacher has trained
     train(_cfg(tiny_cache, tmp_path / "w", "mona", iterations=4, pseudo_warmup_iterations=2), progress=False)

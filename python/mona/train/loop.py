@@ -538,6 +538,8 @@ def log_columns(m: Method, cfg: TrainConfig, class_names: list[str]) -> list[str
     if cfg.log_pseudo_quality and m.pseudo_labels:
         cols += [f"pl_dice_{c}" for c in class_names[1:]] + ["pl_confident", "pl_precision", "pl_fg_precision"]
         cols += [f"pl_{k}_{c}" for k in ("recall", "against") for c in class_names[1:]]
+        if m.name == "mona" and cfg.mona.contrast_weight > 0:  # at the contrastive validity threshold
+            cols += [f"pl_{k}_{c}" for k in ("wrecall", "wagainst") for c in class_names[1:]]
     if m.name == "mona" and cfg.mona.class_thresholds == "adaptive":
         cols += [f"thr_{c}" for c in class_names[1:]]  # L_unsup's threshold per class
     return cols
