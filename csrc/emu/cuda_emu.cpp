@@ -24,6 +24,7 @@
 #include <torch/library.h>
 
 #include <dlfcn.h>
+#include <sys/mman.h>
 
 #include <algorithm>
 #include <cstdio>
@@ -34,6 +35,7 @@
 #include <random>
 #include <set>
 #include <sstream>
+#include <unordered_map>
 #include <vector>
 
 #if !defined(__x86_64__)
@@ -180,6 +182,7 @@ struct Launch {
   int last_barrier_line = 0;
   SharedBlock shared;
   uint64_t block_stamp = 0;  // stamp of the block's first epoch
+  uint32_t block_linear = 0;  // the block's linear index in the grid (global-memory race detector)
   uint64_t stamp = 0;        // stamp of the current epoch
   std::vector<uint32_t> warp_gen;  // per warp: count of __syncwarp() of the whole warp (orders lanes)
   // Raw views of threads / warp_gen for the hot paths: the std containers' accessors are instrumented
@@ -217,7 +220,27 @@ std::map<std::string, dim3> g_grid_limit;  // kernel base name -> largest grid t
 std::map<const void*, int> g_max_dynamic_shared;
 std::map<std::string, int64_t> g_launches;  // kernel -> number of launches (coverage of the tests)
 std::map<std::string, dim3> g_last_grid;     // kernel -> grid of its latest launch (tests of launch shapes)
-std::vector<std::vector<char>> g_stacks;    // reused between launches
+// The fibers' stacks: one reserved region (pages are touched only when used), reused between
+// launches; the race detector ignores accesses inside it (a thread's locals are its own, and the
+// same stack serves thread i of every block).
+char* g_stack_region = nullptr;
+constexpr size_t kMaxThreads = 1024;
+uintptr_t g_stack_lo = 0, g_stack_size = 0;  // g_stack_size: while a fiber runs, else 0
+
+// The runtime itself is compiled with the instrumentation too (one set of flags for the library), and
+// its std containers and strings are out-of-line instrumented code: every runtime function a kernel's
+// fiber calls switches the hooks off while it runs (its heap and its tables are no kernel memory).
+// Across a yield to the scheduler the saved values are the ones the scheduler sets again.
+struct HooksOff {
+  uintptr_t shared, stack;
+  MONA_EMU_NOTSAN HooksOff() : shared(g_hook_size), stack(g_stack_size) { g_hook_size = g_stack_size = 0; }
+  MONA_EMU_NOTSAN ~HooksOff() {
+    g_hook_size = shared;
+    g_stack_size = stack;
+  }
+  HooksOff(const HooksOff&) = delete;
+  HooksOff& operator=(const HooksOff&) = delete;
+};
 
 std::string dim_str(const uint3& d) {
   return "(" + std::to_string(d.x) + ", " + std::to_string(d.y) + ", " + std::to_string(d.z) + ")";
@@ -287,6 +310,7 @@ MONA_EMU_NOTSAN void yield_to_scheduler() {
 }
 
 MONA_EMU_NOTSAN void record_failure(const std::string& what) {
+  const HooksOff hooks_off;
   Launch& L = *g_launch;
   if (!L.failed) {
     L.failed = true;
@@ -295,6 +319,7 @@ MONA_EMU_NOTSAN void record_failure(const std::string& what) {
 }
 
 MONA_EMU_NOTSAN void make_ready(int i) {
+  const HooksOff hooks_off;
   Launch& L = *g_launch;
   L.th[i].state = State::kReady;
   L.ready.push_back(i);
@@ -302,6 +327,7 @@ MONA_EMU_NOTSAN void make_ready(int i) {
 
 // Called when the fiber of L.cur has finished its kernel body.
 MONA_EMU_NOTSAN void thread_exit_checks() {
+  const HooksOff hooks_off;
   Launch& L = *g_launch;
   ThreadState* t = L.cur;
   if (L.at_barrier > 0) {
@@ -335,10 +361,12 @@ FiberBody g_body;
     Launch& L = *g_launch;
     try {
       g_body.call(g_body.obj);
+      const HooksOff hooks_off;  // the runtime's own bookkeeping below
       thread_exit_checks();
       L.cur->state = State::kDone;
       ++L.done;
     } catch (const std::exception& e) {
+      const HooksOff hooks_off;
       record_failure(std::string("exception in the kernel: ") + e.what());
     }
   }
@@ -379,10 +407,88 @@ void init_fiber(ThreadState& t, char* stack) {
 #endif
 }
 
-void poison_static_shared() {
-  if (__start_mona_emu_shared && __stop_mona_emu_shared && __stop_mona_emu_shared > __start_mona_emu_shared) {
-    std::memset(__start_mona_emu_shared, 0xff, static_cast<size_t>(__stop_mona_emu_shared - __start_mona_emu_shared));
+// The static __shared__ variables. GCC ignores the section attribute of a local static of a function
+// template (every templated kernel's arrays land in .bss with the library's other data), so the
+// section is not where they are: the variables are taken from the library's symbol table (nm),
+// every writable function-local static of namespace mona outside mona::emu (in the kernel
+// sources, only __shared__ variables are function-local statics), and the section's contents.
+// Sorted, disjoint [lo, hi) address ranges; g_shared_lo / g_shared_span cover all of them.
+std::vector<std::pair<uintptr_t, uintptr_t>> g_shared_ranges;
+uintptr_t g_shared_lo = 0, g_shared_span = 0;
+std::string run_command(const std::string& cmd);
+
+void find_static_shared() {
+  static bool done = false;
+  if (done) return;
+  done = true;
+  std::vector<std::pair<uintptr_t, uintptr_t>> ranges;
+  if (__start_mona_emu_shared && __stop_mona_emu_shared > __start_mona_emu_shared) {
+    ranges.emplace_back(reinterpret_cast<uintptr_t>(__start_mona_emu_shared),
+                        reinterpret_cast<uintptr_t>(__stop_mona_emu_shared));
   }
+  Dl_info info;
+  if (dladdr(reinterpret_cast<void*>(&find_static_shared), &info) && info.dli_fname) {
+    const uintptr_t base = reinterpret_cast<uintptr_t>(info.dli_fbase);
+    std::istringstream is(run_command(std::string("nm -S --defined-only '") + info.dli_fname + "' 2>/dev/null"));
+    for (std::string l; std::getline(is, l);) {
+      unsigned long long value = 0, size = 0;
+      char type = 0, name[64] = {0};
+      if (std::sscanf(l.c_str(), "%llx %llx %c %63s", &value, &size, &type, name) < 4 || size == 0) continue;
+      if (!std::strchr("bBdD", type)) continue;
+      if (std::strncmp(name, "_ZZN4mona", 9) != 0 || std::strncmp(name, "_ZZN4mona3emu", 13) == 0) continue;
+      ranges.emplace_back(base + value, base + value + size);
+    }
+  }
+  std::sort(ranges.begin(), ranges.end());
+  for (const auto& r : ranges) {  // merge overlaps (the section's variables are listed too)
+    if (!g_shared_ranges.empty() && r.first <= g_shared_ranges.back().second) {
+      g_shared_ranges.back().second = std::max(g_shared_ranges.back().second, r.second);
+    } else {
+      g_shared_ranges.push_back(r);
+    }
+  }
+  if (!g_shared_ranges.empty()) {
+    g_shared_lo = g_shared_ranges.front().first;
+    g_shared_span = g_shared_ranges.back().second - g_shared_lo;
+  }
+}
+
+// Whether byte offset `off` (from g_shared_lo) is in a static __shared__ variable.
+MONA_EMU_NOTSAN bool in_static_shared(uintptr_t off) {
+  const uintptr_t a = g_shared_lo + off;
+  size_t lo = 0, hi = g_shared_ranges.size();
+  const auto* r = g_shared_ranges.data();
+  while (lo < hi) {
+    const size_t mid = (lo + hi) / 2;
+    if (a < r[mid].first) {
+      hi = mid;
+    } else if (a >= r[mid].second) {
+      lo = mid + 1;
+    } else {
+      return true;
+    }
+  }
+  return false;
+}
+
+void poison_static_shared() {
+  for (const auto& r : g_shared_ranges) std::memset(reinterpret_cast<void*>(r.first), 0xff, r.second - r.first);
+}
+
+// Runs L.cur until it yields, with the instrumentation hooks on. Not instrumented itself: in
+// instrumented code the compiler may move the stores that switch the hooks on before the hook calls
+// of those stores (it takes the __tsan_* functions for leaf functions), and a hook that ran on the
+// scheduler's stack would record the scheduler's bookkeeping as the thread's.
+MONA_EMU_NOTSAN void run_fiber(Launch& L) {
+  g_in_fiber = true;
+  g_hook_lo = g_shared_lo;
+  g_hook_size = g_shared_span;
+  g_stack_lo = reinterpret_cast<uintptr_t>(g_stack_region);
+  g_stack_size = kMaxThreads * kStackBytes;
+  switch_to(L.scheduler, L.cur->ctx, L.cur->stack, kStackBytes);
+  g_hook_size = 0;
+  g_stack_size = 0;
+  g_in_fiber = false;
 }
 
 // Runs one block to completion; returns false (with L.error set) on the first reported error.
@@ -409,7 +515,7 @@ bool run_block(Launch& L, const FiberBody& body) {
     t.linear = i;
     t.warp = i / 32;
     t.lane = i % 32;
-    init_fiber(t, g_stacks[i].data());
+    init_fiber(t, g_stack_region + static_cast<size_t>(i) * kStackBytes);
     L.ready.push_back(i);
   }
   if (L.rng) std::shuffle(L.ready.begin(), L.ready.end(), *L.rng);
@@ -428,14 +534,7 @@ bool run_block(Launch& L, const FiberBody& body) {
       L.ready.pop_front();
     }
     L.cur = &L.threads[i];
-    g_in_fiber = true;
-    g_hook_lo = reinterpret_cast<uintptr_t>(__start_mona_emu_shared);
-    g_hook_size = __start_mona_emu_shared && __stop_mona_emu_shared > __start_mona_emu_shared
-                      ? static_cast<uintptr_t>(__stop_mona_emu_shared - __start_mona_emu_shared)
-                      : 0;
-    switch_to(L.scheduler, L.cur->ctx, L.cur->stack, kStackBytes);
-    g_hook_size = 0;
-    g_in_fiber = false;
+    run_fiber(L);
   }
   L.cur = nullptr;
   if (L.failed) return false;
@@ -513,8 +612,7 @@ std::string source_line(const void* pc) {
 
 // The static __shared__ array holding `addr` (from the symbol table) and the byte offset in it.
 std::string static_array(const void* addr, long long bytes) {
-  const uintptr_t sec = reinterpret_cast<uintptr_t>(addr) - reinterpret_cast<uintptr_t>(__start_mona_emu_shared);
-  std::string fallback = "static __shared__ memory at byte " + std::to_string(sec) + " of the emulation's section";
+  std::string fallback = "static __shared__ memory at address " + std::to_string(reinterpret_cast<uintptr_t>(addr));
   std::string path;
   uintptr_t base;
   if (!object_of(addr, &path, &base)) return fallback;
@@ -611,6 +709,7 @@ MONA_EMU_NOTSAN const dim3& grid_dim() {
 }
 
 MONA_EMU_NOTSAN void fail(const std::string& what) {
+  const HooksOff hooks_off;
   if (!g_launch || !g_launch->cur) {
     TORCH_CHECK(false, "mona emu: ", what);
   }
@@ -620,10 +719,12 @@ MONA_EMU_NOTSAN void fail(const std::string& what) {
 }
 
 MONA_EMU_NOTSAN void device_assert(bool ok, const char* expr, const char* file, int line) {
+  const HooksOff hooks_off;
   if (!ok) fail(std::string("device-side assertion failed: ") + expr + " (" + site(file, line) + ")");
 }
 
 MONA_EMU_NOTSAN void syncthreads(const char* file, int line) {
+  const HooksOff hooks_off;
   Launch& L = *g_launch;
   ThreadState* t = L.cur;
   const int n = L.nthreads;
@@ -665,6 +766,7 @@ MONA_EMU_NOTSAN void syncthreads(const char* file, int line) {
 
 MONA_EMU_NOTSAN uint64_t warp_op(WarpOp op, unsigned mask, uint64_t value, int param, int width, const char* file,
                                  int line) {
+  const HooksOff hooks_off;
   Launch& L = *g_launch;
   ThreadState* t = L.cur;
   if (!(mask >> t->lane & 1u)) {
@@ -757,6 +859,7 @@ MONA_EMU_NOTSAN uint64_t warp_op(WarpOp op, unsigned mask, uint64_t value, int p
 }
 
 MONA_EMU_NOTSAN unsigned active_mask() {
+  const HooksOff hooks_off;
   Launch& L = *g_launch;
   const int first = L.cur->warp * 32;
   const int lanes = std::min<int>(32, L.nthreads - first);
@@ -772,12 +875,7 @@ namespace {
 const char* kind_name(Access a) { return a == kRead ? "read" : a == kWrite ? "write" : "atomic"; }
 const char* kind_verb(Access a) { return a == kRead ? "reads" : a == kWrite ? "writes" : "atomically updates"; }
 
-uintptr_t static_lo() { return reinterpret_cast<uintptr_t>(__start_mona_emu_shared); }
-uintptr_t static_size() {
-  return __start_mona_emu_shared && __stop_mona_emu_shared && __stop_mona_emu_shared > __start_mona_emu_shared
-             ? static_cast<uintptr_t>(__stop_mona_emu_shared - __start_mona_emu_shared)
-             : 0;
-}
+uintptr_t static_size() { return g_shared_span; }
 
 std::string pc_token(const void* pc) {
   char buf[40];
@@ -790,7 +888,7 @@ std::string place(Region region, int64_t off, int64_t bytes) {
   const std::string range = "bytes [" + std::to_string(off) + ", " + std::to_string(off + bytes) + ")";
   if (region == Region::kDynamic) return "dynamic shared memory (MONA_DYNAMIC_SHARED), " + range;
   char buf[48];
-  std::snprintf(buf, sizeof(buf), "@STATIC:%p:%lld@", static_cast<void*>(__start_mona_emu_shared + off),
+  std::snprintf(buf, sizeof(buf), "@STATIC:%p:%lld@", reinterpret_cast<void*>(g_shared_lo + off),
                 static_cast<long long>(bytes));
   return buf;
 }
@@ -802,6 +900,7 @@ std::string epoch_str(const Launch& L) {
 }
 
 [[noreturn]] void report(const std::string& text, const void* pc_this, const void* pc_other) {
+  const HooksOff hooks_off;
   Launch& L = *g_launch;
   if (!L.race.set) {
     L.race.set = true;
@@ -847,6 +946,7 @@ inline void remember(Acc* slots, const Launch& L, const ThreadState* t, uint32_t
 // The race detector: records an access of `bytes` bytes at offset `off` of a shared region by the
 // current thread and reports the first conflict (see cuda_emu.h).
 MONA_EMU_NOTSAN void record(Region region, int64_t off, int64_t bytes, Access kind, const void* pc) {
+  const HooksOff hooks_off;
   Launch& L = *g_launch;
   ThreadState* t = L.cur;
   const uint32_t gen = L.wgen[t->warp];
@@ -915,10 +1015,130 @@ MONA_EMU_NOTSAN void hook_static(uintptr_t off, int64_t bytes, Access kind, cons
   record(Region::kStatic, static_cast<int64_t>(off), std::min<int64_t>(bytes, static_cast<int64_t>(g_hook_size - off)),
          kind, pc);
 }
+
+// ---- global memory ----
+// One shadow entry per byte of global memory written in the current launch (pages of 4 KiB, made on
+// the first write of the launch): the latest writer (block, thread, barrier epoch, the warp's
+// __syncwarp count, atomic or not, the code). Two threads of different blocks are never ordered
+// within a launch; two of one block are ordered by a __syncthreads() (or, lanes of one warp, a
+// __syncwarp()) between the accesses. A write that meets another thread's unordered write (not
+// both atomic), and a read that meets another thread's unordered write, is a race. Reads are not
+// recorded (they would cost a shadow entry per byte of every input): a read that comes before the
+// other thread's write in the schedule's order is found under the reverse schedule.
+struct GAcc {
+  uint32_t launch = 0;  // 0: no access (launch ids start at 1)
+  uint32_t block = 0;
+  uint32_t epoch = 0;
+  uint32_t wgen = 0;
+  uint16_t tid = 0;
+  uint8_t atomic = 0;
+  const void* pc = nullptr;
+};
+constexpr int kPageBits = 12;
+struct GPage {
+  GAcc e[1 << kPageBits];
+};
+uint32_t g_launch_id = 0;
+std::unordered_map<uintptr_t, GPage*> g_pages;  // page number -> shadow, this launch
+std::vector<GPage*> g_free_pages;                // reused (stale entries carry an older launch id)
+constexpr int kCacheSize = 64;
+uintptr_t g_cache_tag[kCacheSize];
+GPage* g_cache_page[kCacheSize];
+
+void clear_page_cache() {
+  for (int i = 0; i < kCacheSize; ++i) g_cache_tag[i] = ~uintptr_t{0};
+}
+
+void begin_global_launch() {
+  ++g_launch_id;
+  clear_page_cache();
+}
+
+void end_global_launch() {
+  for (auto& kv : g_pages) g_free_pages.push_back(kv.second);
+  g_pages.clear();
+  clear_page_cache();
+}
+
+MONA_EMU_NOTSAN GPage* global_page(uintptr_t page, bool create) {
+  const HooksOff hooks_off;
+  const int slot = static_cast<int>(page & (kCacheSize - 1));
+  if (g_cache_tag[slot] == page && (g_cache_page[slot] || !create)) return g_cache_page[slot];
+  GPage* pg = nullptr;
+  const auto it = g_pages.find(page);
+  if (it != g_pages.end()) {
+    pg = it->second;
+  } else if (create) {
+    if (!g_free_pages.empty()) {
+      pg = g_free_pages.back();
+      g_free_pages.pop_back();
+    } else {
+      // calloc: all-zero entries carry launch 0 (none); never a GPage temporary on the fiber's stack
+      pg = static_cast<GPage*>(std::calloc(1, sizeof(GPage)));
+      TORCH_CHECK(pg, "mona emu: out of memory for the global-memory race detector");
+    }
+    g_pages.emplace(page, pg);
+  }
+  g_cache_tag[slot] = page;
+  g_cache_page[slot] = pg;
+  return pg;
+}
+
+MONA_EMU_NOTSAN void hook_global(uintptr_t a, int64_t bytes, Access kind, const void* pc) {
+  const HooksOff hooks_off;
+  Launch& L = *g_launch;
+  ThreadState* t = L.cur;
+  const uint32_t gen = L.wgen[t->warp];
+  for (int64_t i = 0; i < bytes; ++i) {
+    const uintptr_t addr = a + static_cast<uintptr_t>(i);
+    GPage* pg = global_page(addr >> kPageBits, kind != kRead);
+    if (!pg) {  // nothing written on this page in this launch: skip to the next page
+      i += static_cast<int64_t>(((addr | ((uintptr_t{1} << kPageBits) - 1)) - addr));
+      continue;
+    }
+    GAcc& e = pg->e[addr & ((uintptr_t{1} << kPageBits) - 1)];
+    if (e.launch == g_launch_id && !(e.block == L.block_linear && e.tid == t->linear)) {
+      const bool same_block = e.block == L.block_linear;
+      const bool ordered = same_block && (e.epoch != L.epoch || ((e.tid >> 5) == t->warp && e.wgen != gen));
+      if (!ordered && !(kind == kAtomic && e.atomic)) {
+        const char* hazard = kind == kRead    ? "read after write"
+                             : kind == kWrite ? "write after write"
+                                              : "atomic after write";
+        char where_buf[64];
+        std::snprintf(where_buf, sizeof(where_buf), "%p", reinterpret_cast<void*>(a));
+        const uint3 obl{e.block % L.grid.x, (e.block / L.grid.x) % L.grid.y, e.block / (L.grid.x * L.grid.y)};
+        const uint3 oidx{e.tid % L.block.x, (e.tid / L.block.x) % L.block.y, e.tid / (L.block.x * L.block.y)};
+        report("global memory race (" + std::string(hazard) + ") on bytes [" + where_buf + ", +" +
+                   std::to_string(bytes) + ") (byte +" + std::to_string(i) + "): this thread " + kind_verb(kind) +
+                   " it at " + pc_token(pc) + ", thread " + dim_str(oidx) +
+                   (same_block ? " of this block" : " of block " + dim_str(obl)) +
+                   (e.atomic ? " atomically updated" : " wrote") + " it at " + pc_token(e.pc) + " in the same launch" +
+                   (same_block ? ", with no __syncthreads() in between"
+                               : " (no barrier orders two blocks of one launch: use an atomic or a second kernel)"),
+               pc, e.pc);
+      }
+    }
+    if (kind != kRead) {
+      e.launch = g_launch_id;
+      e.block = L.block_linear;
+      e.epoch = L.epoch;
+      e.wgen = gen;
+      e.tid = static_cast<uint16_t>(t->linear);
+      e.atomic = kind == kAtomic;
+      e.pc = pc;
+    }
+  }
+}
+
 __attribute__((always_inline, no_sanitize_thread)) inline void hook(const void* p, int64_t bytes, Access kind,
                                                                     const void* pc) {
   const uintptr_t off = reinterpret_cast<uintptr_t>(p) - g_hook_lo;
-  if (off < g_hook_size) hook_static(off, bytes, kind, pc);
+  if (off < g_hook_size && in_static_shared(off)) {
+    hook_static(off, bytes, kind, pc);
+    return;
+  }
+  if (reinterpret_cast<uintptr_t>(p) - g_stack_lo < g_stack_size || !g_stack_size) return;
+  hook_global(reinterpret_cast<uintptr_t>(p), bytes, kind, pc);
 }
 
 }  // namespace
@@ -932,6 +1152,7 @@ MONA_EMU_NOTSAN void* shared_base(SharedBlock* b) { return b->data; }
 
 MONA_EMU_NOTSAN void shared_access(SharedBlock* b, int64_t offset, int64_t bytes, Access access, const char* type,
                                    const void* pc) {
+  const HooksOff hooks_off;
   const int64_t size = b->size;
   if (offset < 0 || offset + bytes > size) {
     fail(std::string("out-of-bounds dynamic shared memory ") + kind_name(access) + ": bytes [" +
@@ -1003,10 +1224,17 @@ void run_grid(const char* pretty, const void* kernel_ptr, dim3 grid, dim3 block,
     grid.y = std::min(grid.y, lim->second.y);
     grid.z = std::min(grid.z, lim->second.z);
   }
+  find_static_shared();
   if (g_static_shadow.size() < static_size()) g_static_shadow.resize(static_size());
   g_static_shadow_p = g_static_shadow.data();
 
-  while (g_stacks.size() < threads) g_stacks.emplace_back(kStackBytes);
+  if (!g_stack_region) {
+    void* region = mmap(nullptr, kMaxThreads * kStackBytes, PROT_READ | PROT_WRITE,
+                        MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    TORCH_CHECK(region != MAP_FAILED, "mona emu: cannot reserve the fibers' stacks");
+    g_stack_region = static_cast<char*>(region);
+  }
+  begin_global_launch();
   Launch L;
   L.kernel = name;
   L.grid = grid;
@@ -1035,12 +1263,14 @@ void run_grid(const char* pretty, const void* kernel_ptr, dim3 grid, dim3 block,
   bool ok = true;
   for (const uint3& b : order) {
     L.bidx = b;
+    L.block_linear = b.x + grid.x * (b.y + grid.y * b.z);
     if (!run_block(L, body)) {
       ok = false;
       break;
     }
   }
   g_launch = nullptr;
+  end_global_launch();
   TORCH_CHECK(ok, "mona emu: ", ok ? std::string() : symbolise(L.error));
 }
 

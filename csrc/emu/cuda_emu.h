@@ -30,9 +30,13 @@
 //   * shared memory poisoned with 0xFF bytes (a NaN in every float type) at each block's start;
 //   * warp operations with CUDA's semantics (__shfl_*_sync, __ballot_sync, __syncwarp, ...),
 //     atomics (plain read-modify-write: one fiber runs at a time), __ldg, __popc, __ffs.
-// What it does not model: timing, memory coalescing, true concurrency and the memory model of
-// global memory (a racing global-memory access is not reported), and out-of-bounds indices into
-// *static* __shared__ arrays (only poisoned, not bounds checked).
+//   * a global-memory race detector: two threads of one launch writing one byte (not both atomics),
+//     or one reading a byte another wrote, are a race unless ordered (two blocks never are; two
+//     threads of a block by a __syncthreads(), lanes of a warp by a __syncwarp(), in between).
+//     Writes are recorded, reads only checked against them: a read the schedule runs before the
+//     other thread's write is found under the reverse schedule;
+// What it does not model: timing, memory coalescing, true concurrency, and out-of-bounds indices
+// into *static* __shared__ arrays (only poisoned, not bounds checked).
 #pragma once
 
 #ifndef MONA_EMULATE_CUDA
