@@ -912,13 +912,16 @@ std::string epoch_str(const Launch& L) {
 
 // Conflict of the current access with a recorded one of another thread: not ordered by a barrier
 // (same stamp, checked by the caller) nor, for two lanes of one warp, by a __syncwarp() of the warp.
-inline bool unordered(const Launch& L, const ThreadState* t, uint32_t gen, const Acc& a) {
+__attribute__((no_sanitize_thread, always_inline)) inline bool unordered(const Launch& L, const ThreadState* t,
+                                                                         uint32_t gen, const Acc& a) {
   if (a.tid < 0 || a.tid == t->linear) return false;
   return !((a.tid >> 5) == t->warp && a.wgen != gen);  // warp = linear index / 32
 }
 
-inline void remember(Acc* slots, const Launch& L, const ThreadState* t, uint32_t gen, const void* pc, bool atomic,
-                     uint8_t* atomic_bits) {
+__attribute__((no_sanitize_thread, always_inline)) inline void remember(Acc* slots, const Launch& L,
+                                                                        const ThreadState* t, uint32_t gen,
+                                                                        const void* pc, bool atomic,
+                                                                        uint8_t* atomic_bits) {
   int k;
   if (slots[0].tid == t->linear) {
     k = 0;
@@ -946,7 +949,7 @@ inline void remember(Acc* slots, const Launch& L, const ThreadState* t, uint32_t
 // The race detector: records an access of `bytes` bytes at offset `off` of a shared region by the
 // current thread and reports the first conflict (see cuda_emu.h).
 MONA_EMU_NOTSAN void record(Region region, int64_t off, int64_t bytes, Access kind, const void* pc) {
-  const HooksOff hooks_off;
+  // no guard here (the common path runs no instrumented code): the reports below switch the hooks off
   Launch& L = *g_launch;
   ThreadState* t = L.cur;
   const uint32_t gen = L.wgen[t->warp];
@@ -959,6 +962,7 @@ MONA_EMU_NOTSAN void record(Region region, int64_t off, int64_t bytes, Access ki
       s.watomic = 0;
     }
     if (kind != kWrite && s.wstamp < L.block_stamp) {
+      const HooksOff hooks_off;
       report(std::string("shared memory ") + kind_name(kind) + " of " + place(region, off, bytes) +
                  " before any thread of the block wrote them (uninitialised; a missing __syncthreads() between the "
                  "write and this read?), at " +
@@ -980,7 +984,8 @@ MONA_EMU_NOTSAN void record(Region region, int64_t off, int64_t bytes, Access ki
       }
     }
     if (other) {
-      const ThreadState& o = L.threads[other->tid];
+      const HooksOff hooks_off;
+      const ThreadState& o = L.th[other->tid];
       const bool other_wrote = hazard[std::strlen(hazard) - 5] == 'w';  // "... after write"
       const bool other_atomic = other_wrote && (s.watomic >> (other == &s.w[0] ? 0 : 1) & 1u);
       const bool same_warp = o.warp == t->warp;
@@ -1061,9 +1066,9 @@ void end_global_launch() {
 }
 
 MONA_EMU_NOTSAN GPage* global_page(uintptr_t page, bool create) {
-  const HooksOff hooks_off;
   const int slot = static_cast<int>(page & (kCacheSize - 1));
   if (g_cache_tag[slot] == page && (g_cache_page[slot] || !create)) return g_cache_page[slot];
+  const HooksOff hooks_off;  // the map's code is instrumented
   GPage* pg = nullptr;
   const auto it = g_pages.find(page);
   if (it != g_pages.end()) {
@@ -1085,7 +1090,6 @@ MONA_EMU_NOTSAN GPage* global_page(uintptr_t page, bool create) {
 }
 
 MONA_EMU_NOTSAN void hook_global(uintptr_t a, int64_t bytes, Access kind, const void* pc) {
-  const HooksOff hooks_off;
   Launch& L = *g_launch;
   ThreadState* t = L.cur;
   const uint32_t gen = L.wgen[t->warp];
@@ -1101,6 +1105,7 @@ MONA_EMU_NOTSAN void hook_global(uintptr_t a, int64_t bytes, Access kind, const 
       const bool same_block = e.block == L.block_linear;
       const bool ordered = same_block && (e.epoch != L.epoch || ((e.tid >> 5) == t->warp && e.wgen != gen));
       if (!ordered && !(kind == kAtomic && e.atomic)) {
+        const HooksOff hooks_off;
         const char* hazard = kind == kRead    ? "read after write"
                              : kind == kWrite ? "write after write"
                                               : "atomic after write";
@@ -1158,9 +1163,9 @@ MONA_EMU_NOTSAN void* shared_base(SharedBlock* b) { return b->data; }
 
 MONA_EMU_NOTSAN void shared_access(SharedBlock* b, int64_t offset, int64_t bytes, Access access, const char* type,
                                    const void* pc) {
-  const HooksOff hooks_off;
   const int64_t size = b->size;
   if (offset < 0 || offset + bytes > size) {
+    const HooksOff hooks_off;
     fail(std::string("out-of-bounds dynamic shared memory ") + kind_name(access) + ": bytes [" +
          std::to_string(offset) + ", " + std::to_string(offset + bytes) + ") of a " + type +
          " value, but the launch gave " + std::to_string(size) + " bytes of dynamic shared memory");
