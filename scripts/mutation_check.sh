@@ -9,8 +9,8 @@
 # below 100 %, 2 if the unmutated sources already fail their tests.
 #
 #   bash scripts/mutation_check.sh           every barrier
-#   bash scripts/mutation_check.sh --quick   the reduced set: the first barrier of each file (CI)
-#   bash scripts/mutation_check.sh --list    only list the mutants
+#   bash scripts/mutation_check.sh --quick   a reduced set: the first barrier of each file (CI runs every barrier)
+#   bash scripts/mutation_check.sh --list    only list the mutants (every barrier)
 #   MONA_MUTATION_DIR=DIR                    where the copy and its build live (default: a temp dir,
 #                                            removed at the end; a kept DIR makes reruns incremental)
 # Run inside the environment (torch + the built mona_ext); CPU-heavy: the caller may prefix `nice`.
@@ -96,7 +96,8 @@ for m in "${mutants[@]}"; do
     echo "SURVIVED $m ($(( $(date +%s) - ts ))s): $(sed -n "${line}p" "$ROOT/$f" | sed 's/^ *//')"
   else
     killed=$((killed + 1))
-    why=$(grep -m1 -oE 'shared memory race \([a-z ]+\)|before any thread of the block wrote|divergent __syncthreads|mona emu: [^[]{0,80}|AssertionError|Mismatched elements' "$log" || echo "a test failed")
+    why=$(grep -oE '(shared|global) memory race \([a-z ]+\) on [^,]{0,90}|(shared memory [a-z]+ of [^,]{0,90}, .{0,20})?before any thread of the block wrote|divergent __syncthreads|mona emu: [^[]{0,80}|AssertionError|Mismatched elements' "$log" | head -n 1 || true)
+    why=${why:-a test failed}
     echo "killed   $m ($(( $(date +%s) - ts ))s): $why"
   fi
   cp "$work/pristine/${f#csrc/}" "$work/csrc/${f#csrc/}"
