@@ -63,8 +63,10 @@
 #define __forceinline__ inline
 #define __launch_bounds__(...)
 #define __align__(n) __attribute__((aligned(n)))
-// Static shared variables: one instance for the process (blocks run one at a time), placed in one
-// ELF section so that the runtime can poison all of them at each block's start.
+// Static shared variables: one instance for the process (blocks run one at a time). The section
+// holds those of non-template kernels only (GCC ignores the attribute on a function template's
+// local statics); the runtime finds all of them in the library's symbol table (cuda_emu.cpp,
+// find_static_shared) to poison them at each block's start and to race check them.
 #define __shared__ __attribute__((section("mona_emu_shared"), aligned(16))) static
 
 // ---- types and built-in variables ----------------------------------------------------------------
