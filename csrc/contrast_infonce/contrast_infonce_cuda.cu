@@ -54,7 +54,8 @@ __device__ acc_t stage_query(const PixelView<const scalar_t>& f, int64_t n, smem
     x[d] = v;
     sq += v * v;
   }
-  __syncwarp();
+  // No __syncwarp(): lane l writes and later reads only x[l], x[l + 32], ... (the same partition
+  // in warp_dot_square and the gradient), so no lane reads another's slot.
   return cosine_math::safe_norm(cuda::warp_sum(sq));
 }
 
@@ -124,7 +125,7 @@ __global__ void infonce_forward_kernel(Inputs<scalar_t> in, at::opmath_type<scal
         out[d] = contrast_infonce_math::query_grad<acc_t>(scale, acc[d], s, proto[d] * inv0, wcos, cos0, x[d], xn);
       }
     }
-    __syncwarp();
+    // No __syncwarp() before the next row: each lane rewrites only its own slots of x and acc.
   }
 }
 

@@ -8,20 +8,35 @@
 //   * a launch (mona::cuda::launch in common/cuda_utils.cuh) that runs the whole grid, block after
 //     block, each block's threads as cooperatively scheduled fibers: a thread runs until it reaches a
 //     barrier or a warp operation, so __syncthreads() really waits for every thread of the block;
-//   * errors, reported as a c10::Error naming the kernel, block and thread, for: a __syncthreads()
-//     that not every thread of the block reaches (threads at different barriers, or a thread that
-//     exits while others wait), a warp operation whose mask names an exited / absent lane or lanes
-//     of one mask waiting at different operations, a dynamic shared-memory access outside the
-//     launch's byte count, a read of dynamic shared memory that no thread wrote in this block, a
-//     read of a value another thread wrote since the last barrier (a missing __syncthreads), a
+//     the order of threads is a schedule (forward, reverse, seeded random, or a switch at every
+//     shared-memory access: MONA_EMU_SCHEDULE / set_schedule_mode);
+//   * a shared-memory race detector (the idea of compute-sanitizer's racecheck), independent of the
+//     schedule: every access to shared memory, static __shared__ arrays and dynamic shared memory
+//     alike, is recorded per byte with the thread and the barrier epoch; two accesses of one byte by
+//     two threads in one epoch (between two __syncthreads), at least one a write and not both
+//     atomics, are a race (read-after-write, write-after-read, write-after-write). Two lanes of one
+//     warp are also ordered by a __syncwarp() of the whole warp between the accesses (shuffles and
+//     votes do not order memory). Static arrays are seen through the compiler's thread-sanitizer
+//     instrumentation (-fsanitize=thread, whose __tsan_* hooks the runtime implements itself: no
+//     libtsan), dynamic shared memory through SharedPtr below;
+//   * errors, reported as a c10::Error naming the kernel, block and thread, for: a race as above
+//     (with the shared array, byte offset, both threads, the epoch and both source lines), a
+//     __syncthreads() that not every thread of the block reaches (threads at different barriers, or
+//     a thread that exits while others wait), a warp operation whose mask names an exited / absent
+//     lane or lanes of one mask waiting at different operations, a dynamic shared-memory access
+//     outside the launch's byte count, a read of shared memory that no thread wrote in this block, a
 //     failed CUDA_KERNEL_ASSERT, an invalid launch configuration (CUDA's limits), and dynamic shared
 //     memory above 48 KiB without cudaFuncSetAttribute (opt-in limit of an RTX 3090, sm_86);
 //   * shared memory poisoned with 0xFF bytes (a NaN in every float type) at each block's start;
 //   * warp operations with CUDA's semantics (__shfl_*_sync, __ballot_sync, __syncwarp, ...),
 //     atomics (plain read-modify-write: one fiber runs at a time), __ldg, __popc, __ffs.
-// What it does not model: timing, memory coalescing, true concurrency and the memory model (a
-// racing global-memory access is not reported), warp-synchronous code without __syncwarp, and
-// out-of-bounds indices into *static* __shared__ arrays (only poisoned, not bounds checked).
+//   * a global-memory race detector: two threads of one launch writing one byte (not both atomics),
+//     or one reading a byte another wrote, are a race unless ordered (two blocks never are; two
+//     threads of a block by a __syncthreads(), lanes of a warp by a __syncwarp(), in between).
+//     Writes are recorded, reads only checked against them: a read the schedule runs before the
+//     other thread's write is found under the reverse schedule;
+// What it does not model: timing, memory coalescing, true concurrency, and out-of-bounds indices
+// into *static* __shared__ arrays (only poisoned, not bounds checked).
 #pragma once
 
 #ifndef MONA_EMULATE_CUDA
@@ -37,6 +52,10 @@
 #include <string>
 #include <type_traits>
 
+// The runtime's own functions and the accessors below are not instrumented (they report their
+// accesses themselves, with their kind: read, write or atomic).
+#define MONA_EMU_NOTSAN __attribute__((no_sanitize_thread, noinline))
+
 // ---- keywords ----------------------------------------------------------------------------------
 #define __global__
 #define __device__
@@ -44,8 +63,10 @@
 #define __forceinline__ inline
 #define __launch_bounds__(...)
 #define __align__(n) __attribute__((aligned(n)))
-// Static shared variables: one instance for the process (blocks run one at a time), placed in one
-// ELF section so that the runtime can poison all of them at each block's start.
+// Static shared variables: one instance for the process (blocks run one at a time). The section
+// holds those of non-template kernels only (GCC ignores the attribute on a function template's
+// local statics); the runtime finds all of them in the library's symbol table (cuda_emu.cpp,
+// find_static_shared) to poison them at each block's start and to race check them.
 #define __shared__ __attribute__((section("mona_emu_shared"), aligned(16))) static
 
 // ---- types and built-in variables ----------------------------------------------------------------
@@ -93,10 +114,12 @@ unsigned active_mask();
 struct SharedBlock;
 SharedBlock* dynamic_shared_block();
 void* shared_base(SharedBlock* b);
-// Checks an access of `bytes` bytes at byte offset `offset` and records it (write) or checks that
-// it was written before, by this thread or before a barrier (read); atomic = read-modify-write.
+// Checks an access of `bytes` bytes at byte offset `offset` of the dynamic shared memory (bounds)
+// and records it in the race detector; atomic = read-modify-write. `pc`: the accessing code.
 enum Access : int { kRead, kWrite, kAtomic };
-void shared_access(SharedBlock* b, int64_t offset, int64_t bytes, Access access, const char* type);
+void shared_access(SharedBlock* b, int64_t offset, int64_t bytes, Access access, const char* type, const void* pc);
+// An atomic read-modify-write at `p` (static shared memory: recorded; elsewhere: nothing).
+void atomic_access(const void* p, int64_t bytes, const void* pc);
 
 cudaError_t set_max_dynamic_shared(const void* kernel, int bytes);
 
@@ -106,31 +129,31 @@ template <typename T>
 class SharedRef {
  public:
   SharedRef(SharedBlock* b, T* p, int64_t offset) : b_(b), p_(p), offset_(offset) {}
-  operator T() const {
-    shared_access(b_, offset_, sizeof(T), kRead, type_name());
+  MONA_EMU_NOTSAN operator T() const {
+    shared_access(b_, offset_, sizeof(T), kRead, type_name(), __builtin_return_address(0));
     return *p_;
   }
-  SharedRef& operator=(const T& v) {
-    shared_access(b_, offset_, sizeof(T), kWrite, type_name());
+  MONA_EMU_NOTSAN SharedRef& operator=(const T& v) {
+    shared_access(b_, offset_, sizeof(T), kWrite, type_name(), __builtin_return_address(0));
     *p_ = v;
     return *this;
   }
-  SharedRef& operator=(const SharedRef& o) { return *this = static_cast<T>(o); }
+  __attribute__((always_inline)) SharedRef& operator=(const SharedRef& o) { return *this = static_cast<T>(o); }
   template <typename U>
-  SharedRef& operator+=(const U& v) {
+  __attribute__((always_inline)) SharedRef& operator+=(const U& v) {
     return *this = static_cast<T>(static_cast<T>(*this) + v);
   }
   template <typename U>
-  SharedRef& operator-=(const U& v) {
+  __attribute__((always_inline)) SharedRef& operator-=(const U& v) {
     return *this = static_cast<T>(static_cast<T>(*this) - v);
   }
   template <typename U>
-  SharedRef& operator*=(const U& v) {
+  __attribute__((always_inline)) SharedRef& operator*=(const U& v) {
     return *this = static_cast<T>(static_cast<T>(*this) * v);
   }
   // Atomic read-modify-write (atomicAdd on shared memory).
-  T atomic_add(T v) {
-    shared_access(b_, offset_, sizeof(T), kAtomic, type_name());
+  MONA_EMU_NOTSAN T atomic_add(T v, const void* pc) {
+    shared_access(b_, offset_, sizeof(T), kAtomic, type_name(), pc);
     const T old = *p_;
     *p_ = static_cast<T>(old + v);
     return old;
@@ -260,30 +283,36 @@ inline float rsqrt(float x) { return 1.0f / std::sqrt(x); }
 inline double rsqrt(double x) { return 1.0 / std::sqrt(x); }
 
 // ---- atomics (one fiber runs at a time: a plain read-modify-write is atomic) ---------------------------
+// An atomic on static shared memory is recorded as such by the race detector (atomics do not race
+// with each other, but do with plain reads and writes); one on global memory is not checked.
 template <typename T>
-T atomicAdd(T* p, T v) {
+MONA_EMU_NOTSAN T atomicAdd(T* p, T v) {
+  ::mona::emu::atomic_access(p, sizeof(T), __builtin_return_address(0));
   const T old = *p;
   *p = static_cast<T>(old + v);
   return old;
 }
 template <typename T, typename U>
-T atomicAdd(::mona::emu::SharedPtr<T> p, U v) {
-  return p[0].atomic_add(static_cast<T>(v));
+MONA_EMU_NOTSAN T atomicAdd(::mona::emu::SharedPtr<T> p, U v) {
+  return p[0].atomic_add(static_cast<T>(v), __builtin_return_address(0));
 }
 template <typename T>
-T atomicMax(T* p, T v) {
+MONA_EMU_NOTSAN T atomicMax(T* p, T v) {
+  ::mona::emu::atomic_access(p, sizeof(T), __builtin_return_address(0));
   const T old = *p;
   *p = old < v ? v : old;
   return old;
 }
 template <typename T>
-T atomicMin(T* p, T v) {
+MONA_EMU_NOTSAN T atomicMin(T* p, T v) {
+  ::mona::emu::atomic_access(p, sizeof(T), __builtin_return_address(0));
   const T old = *p;
   *p = v < old ? v : old;
   return old;
 }
 template <typename T>
-T atomicExch(T* p, T v) {
+MONA_EMU_NOTSAN T atomicExch(T* p, T v) {
+  ::mona::emu::atomic_access(p, sizeof(T), __builtin_return_address(0));
   const T old = *p;
   *p = v;
   return old;
@@ -291,12 +320,13 @@ T atomicExch(T* p, T v) {
 // PyTorch's atomic add for every dtype (ATen/cuda/Atomic.cuh on the device); half and bfloat16
 // round the sum to their precision as the device's 16-bit atomics do.
 template <typename T, typename U>
-void gpuAtomicAdd(T* p, U v) {
+MONA_EMU_NOTSAN void gpuAtomicAdd(T* p, U v) {
+  ::mona::emu::atomic_access(p, sizeof(T), __builtin_return_address(0));
   *p = static_cast<T>(*p + static_cast<T>(v));
 }
 template <typename T, typename U>
-void gpuAtomicAdd(::mona::emu::SharedPtr<T> p, U v) {
-  p[0].atomic_add(static_cast<T>(v));
+MONA_EMU_NOTSAN void gpuAtomicAdd(::mona::emu::SharedPtr<T> p, U v) {
+  p[0].atomic_add(static_cast<T>(v), __builtin_return_address(0));
 }
 
 // ---- runtime API used by the host launchers ----------------------------------------------------------------

@@ -79,9 +79,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
             where = entry["first_test"] or "NOT REACHED"
             tr.write_line(f"{name:<{width}}  {len(entry['instantiations']):>2}x  {where}")
     if _first_test:
-        tr.write_line(
-            f"report: {emu.coverage_path().relative_to(emu.ROOT)} (Markdown: python tests/ops/emu.py --coverage-table)"
-        )
+        tr.write_line(f"report: {emu._rel(emu.coverage_path())} (Markdown: python tests/ops/emu.py --coverage-table)")
     if unreached:
         msg = f"never launched under the emulation: {', '.join(unreached)}"
         if required:
