@@ -418,9 +418,8 @@ uintptr_t g_shared_lo = 0, g_shared_span = 0;
 std::string run_command(const std::string& cmd);
 
 void find_static_shared() {
-  static bool done = false;
+  static bool done = false;  // set once the listing succeeded: a failed one fails every launch
   if (done) return;
-  done = true;
   std::vector<std::pair<uintptr_t, uintptr_t>> ranges;
   if (__start_mona_emu_shared && __stop_mona_emu_shared > __start_mona_emu_shared) {
     ranges.emplace_back(reinterpret_cast<uintptr_t>(__start_mona_emu_shared),
@@ -429,7 +428,11 @@ void find_static_shared() {
   Dl_info info;
   if (dladdr(reinterpret_cast<void*>(&find_static_shared), &info) && info.dli_fname) {
     const uintptr_t base = reinterpret_cast<uintptr_t>(info.dli_fbase);
-    std::istringstream is(run_command(std::string("nm -S --defined-only '") + info.dli_fname + "' 2>/dev/null"));
+    const std::string listing = run_command(std::string("nm -S --defined-only '") + info.dli_fname + "' 2>/dev/null");
+    // no silent fallback: without the symbol table the templated kernels' arrays would go unchecked
+    TORCH_CHECK(!listing.empty(), "cuda_emu: the race detector lists the static __shared__ arrays of ",
+                info.dli_fname, " with `nm` (binutils), which printed nothing; install binutils");
+    std::istringstream is(listing);
     for (std::string l; std::getline(is, l);) {
       unsigned long long value = 0, size = 0;
       char type = 0, name[64] = {0};
@@ -451,6 +454,7 @@ void find_static_shared() {
     g_shared_lo = g_shared_ranges.front().first;
     g_shared_span = g_shared_ranges.back().second - g_shared_lo;
   }
+  done = true;
 }
 
 // Whether byte offset `off` (from g_shared_lo) is in a static __shared__ variable.

@@ -106,3 +106,22 @@ def test_every_planted_race_is_reported_under_every_schedule(name, schedule):
     with pytest.raises(RuntimeError, match=r"(shared|global) memory race \("):
         op(x, False)
     op(x, True)  # the race-free twin passes under this schedule too
+
+
+def test_a_missing_symbol_table_is_an_error_not_a_silent_skip(tmp_path):
+    """Without ``nm``'s listing the templated kernels' static arrays would go unchecked: the first launch
+    fails and says what to install (a fresh process: the listing is read once per process)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    fake = tmp_path / "nm"
+    fake.write_text("#!/bin/sh\nexit 0\n")  # an nm that lists nothing
+    fake.chmod(0o755)
+    env = {**os.environ, "PATH": f"{tmp_path}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parent), env.get("PYTHONPATH", "")])
+    code = "import emu, torch; emu.load(); torch.ops.mona_emu.planted_race_raw(torch.arange(64.0), True)"
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert "with `nm` (binutils), which printed nothing; install binutils" in proc.stderr
