@@ -430,8 +430,8 @@ void find_static_shared() {
     const uintptr_t base = reinterpret_cast<uintptr_t>(info.dli_fbase);
     const std::string listing = run_command(std::string("nm -S --defined-only '") + info.dli_fname + "' 2>/dev/null");
     // no silent fallback: without the symbol table the templated kernels' arrays would go unchecked
-    TORCH_CHECK(!listing.empty(), "cuda_emu: the race detector lists the static __shared__ arrays of ",
-                info.dli_fname, " with `nm` (binutils), which printed nothing; install binutils");
+    TORCH_CHECK(!listing.empty(), "cuda_emu: the race detector lists the static __shared__ arrays of ", info.dli_fname,
+                " with `nm` (binutils), which printed nothing; install binutils");
     std::istringstream is(listing);
     for (std::string l; std::getline(is, l);) {
       unsigned long long value = 0, size = 0;
