@@ -148,6 +148,20 @@ def _child(spec: str) -> None:
     )
 
 
+def _cpu() -> str:
+    from benchmarks.harness import machine_info
+
+    return machine_info("cpu")["cpu"]
+
+
+def machines(runs: list[dict]) -> str:
+    """The machines a set of runs came from, with their run counts (``cpu`` of each record)."""
+    counts: dict[str, int] = {}
+    for r in runs:
+        counts[r.get("cpu", "unknown")] = counts.get(r.get("cpu", "unknown"), 0) + 1
+    return "; ".join(f"{cpu} ({n} runs)" for cpu, n in counts.items()) if len(counts) > 1 else next(iter(counts))
+
+
 def _run_one(job: dict) -> dict:
     t0 = time.time()
     proc = subprocess.run(
@@ -162,6 +176,7 @@ def _run_one(job: dict) -> dict:
         )
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     out["wall_s"] = round(time.time() - t0, 1)
+    out["cpu"] = _cpu()  # a summary of runs from several machines names each
     if job.get("progress_file"):  # every finished run at once: an interrupted benchmark keeps what it measured
         with _LOCK, open(job["progress_file"], "a") as fh:
             fh.write(json.dumps(out) + "\n")
@@ -216,7 +231,8 @@ def dedupe_runs(runs: list[dict]) -> list[dict]:
         elif seen[key]["dice"] != r["dice"]:
             raise SystemExit(
                 f"--summarise: two different results for labeled {key[0]}, method {key[1]}, seed {key[2]}: "
-                f"mean Dice {seen[key]['mean_dice']:.6f} and {r['mean_dice']:.6f}"
+                f"mean Dice {seen[key]['mean_dice']:.6f} ({seen[key].get('cpu', 'unknown')}) and {r['mean_dice']:.6f} "
+                f"({r.get('cpu', 'unknown')})"
             )
     return out
 
@@ -402,12 +418,14 @@ def main() -> None:
         runs = []
         for f in args.summarise:
             text = Path(f).read_text()
-            if f.endswith(".json"):  # a results file of this benchmark: its runs
-                runs += json.loads(text)["runs"]
-            else:
-                runs += [json.loads(line) for line in text.splitlines() if line.strip()]
+            if f.endswith(".json"):  # a results file of this benchmark: its runs, on its machine unless they say
+                data = json.loads(text)
+                runs += [{"cpu": data["meta"].get("cpu", "unknown"), **r} for r in data["runs"]]
+            else:  # a --keep directory's runs.jsonl (records before 2026-12-07 do not name their machine)
+                runs += [{"cpu": "unknown", **json.loads(line)} for line in text.splitlines() if line.strip()]
         runs = dedupe_runs(runs)
-        _write(args.name, runs, args, {"jobs": "-", "wall_s": "-", "sources": args.summarise}, runs[0]["iterations"])
+        extra = {"jobs": "-", "wall_s": "-", "sources": args.summarise, "cpu": machines(runs)}
+        _write(args.name, runs, args, extra, runs[0]["iterations"])
         return
     seeds, labeled, iterations = args.seeds, args.labeled, args.iterations
     if args.quick:

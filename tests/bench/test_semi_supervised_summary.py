@@ -73,7 +73,7 @@ def test_summarise_reads_runs_jsonl_and_results_json(tmp_path):
     jsonl = tmp_path / "runs.jsonl"
     jsonl.write_text("".join(json.dumps(r) + "\n" for r in RUNS[3:]))
     results = tmp_path / "main.json"
-    results.write_text(json.dumps({"runs": RUNS[:3], "summary": [], "meta": {}}))
+    results.write_text(json.dumps({"runs": RUNS[:3], "summary": [], "meta": {"cpu": "CPU A"}}))
     out = tmp_path / "results"
     subprocess.run(
         [sys.executable, "-m", "benchmarks.bench_semi_supervised", "--summarise", str(results), str(jsonl)]
@@ -87,6 +87,10 @@ def test_summarise_reads_runs_jsonl_and_results_json(tmp_path):
     assert len(written["runs"]) == len(RUNS)
     mona = next(r for r in written["summary"] if r["method"] == "mona")
     assert mona["vs_baseline"]["per_seed"] == pytest.approx([0.1, -0.1])
+    # each run keeps its machine (a results file's, or unknown for a runs.jsonl record without one)
+    assert [r["cpu"] for r in written["runs"]] == ["CPU A"] * 3 + ["unknown"] * (len(RUNS) - 3)
+    assert written["meta"]["cpu"] == f"CPU A (3 runs); unknown ({len(RUNS) - 3} runs)"
+    assert "Machine: CPU A (3 runs); unknown" in (out / "t.md").read_text()
 
 
 def test_pseudo_label_quality_means_over_logged_steps(tmp_path):
