@@ -15,7 +15,8 @@
 #
 # Environment: MONA_GPU_CHECK_ARCH_LIST overrides the arch list (default: the compute capability
 # that nvidia-smi reports, e.g. "8.6"); MONA_GPU_CHECK_TIMEOUT_BUILD / _TESTS / _BENCH are the
-# per-step time limits in seconds (defaults 1500 / 900 / 600).
+# per-step time limits in seconds (defaults 1500 / 900 / 600), MONA_GPU_CHECK_TIMEOUT_SANITIZER that of
+# each compute-sanitizer pass over the CUDA tests (racecheck, synccheck, memcheck; default 1800).
 #
 # Every step runs even if an earlier one failed; summary.txt lists pass/fail and seconds per step,
 # and the script exits 1 if any step failed (2 if no GPU is visible: nothing is run then).
@@ -80,7 +81,7 @@ SUMMARY=$OUT/summary.txt
 T0=$(date +%s)
 FAILED=0
 STEP=0
-N_STEPS=10
+N_STEPS=14  # nvidia-smi, build, build_info, environment, cuda_tests, 3 sanitizer passes, 6 benchmarks
 
 {
   echo "mona GPU check"
@@ -232,6 +233,29 @@ cuda_tests() {
 }
 export -f cuda_tests
 step cuda_tests "${MONA_GPU_CHECK_TIMEOUT_TESTS:-900}" "$OUT/pytest_cuda.log" cuda_tests
+
+# ---- 4b. the CUDA tests under compute-sanitizer (racecheck, synccheck, memcheck) -----------------
+# Where the toolkit has compute-sanitizer: each tool over the CUDA test rows; any report fails the
+# step (--error-exitcode). A missing compute-sanitizer is reported as a failed step, not skipped silently.
+SANITIZER=$(command -v compute-sanitizer 2> /dev/null || true)
+[ -n "$SANITIZER" ] || [ ! -x "${CUDA_HOME:-/usr/local/cuda}/bin/compute-sanitizer" ] \
+  || SANITIZER="${CUDA_HOME:-/usr/local/cuda}/bin/compute-sanitizer"
+export SANITIZER
+sanitized_tests() {
+  local tool=$1
+  if [ -z "$SANITIZER" ]; then
+    echo "gpu_check: compute-sanitizer not found (PATH, \$CUDA_HOME/bin): install the CUDA toolkit's sanitizer to run --tool $tool"
+    return 1
+  fi
+  echo "$SANITIZER ($("$SANITIZER" --version 2>&1 | tail -n 1)) --tool $tool"
+  # --target-processes all: pytest's CUDA work runs in the python process it starts
+  "$SANITIZER" --tool "$tool" --error-exitcode 97 --target-processes all --print-limit 20 \
+    "$PY" -m pytest -q -p no:cacheprovider -m cuda tests/ops -x
+}
+export -f sanitized_tests
+for tool in racecheck synccheck memcheck; do
+  step "sanitizer_$tool" "${MONA_GPU_CHECK_TIMEOUT_SANITIZER:-1800}" "$OUT/sanitizer_$tool.log" sanitized_tests "$tool"
+done
 
 # ---- 5. every benchmark on the GPU (results: $OUT/bench/*.json, *.md) ----------------------------
 bench_flags=(--device cuda)
