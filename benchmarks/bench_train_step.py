@@ -65,7 +65,7 @@ def _child(cfg_json: str) -> None:
         torch.set_num_threads(c["threads"])
     cuda = c["device"].startswith("cuda")
     cfg = load_config(
-        str(ROOT / "python/mona/configs/acdc_mona.yaml"),
+        str(ROOT / f"python/mona/configs/{c.get('config', 'acdc_mona')}.yaml"),
         [
             f"data.cache={c['cache']}",
             f"out_dir={c['out']}",
@@ -82,6 +82,9 @@ def _child(cfg_json: str) -> None:
         if cuda:
             torch.cuda.synchronize()
 
+    if c["pass"] == "breakdown":
+        print(json.dumps(_breakdown_child(run, c, cuda)))
+        return
     if c["pass"] == "time":
         for _ in range(c["warmup"]):
             train_one_iteration(run)
@@ -102,6 +105,108 @@ def _child(cfg_json: str) -> None:
     gc.collect()
     base, peak = peak_of(lambda: train_one_iteration(run), cuda)
     print(json.dumps({"extra_peak_mb": max(0, peak - base) / 2**20, "base_mb": base / 2**20}))
+
+
+def _breakdown_child(run, c: dict, cuda: bool) -> dict:
+    """``--breakdown`` in the child: warm-up steps, then ``repeats`` steps under a
+    :class:`mona.train.profile.StepProfile` (regions: wall time, exclusive of their children), then
+    one step under ``torch.profiler`` (operators' self CPU time by category)."""
+    import torch
+
+    from mona.train.loop import train_one_iteration
+    from mona.train.profile import StepProfile, exclusive, op_categories
+
+    for _ in range(c["warmup"]):
+        train_one_iteration(run)
+    prof = StepProfile(cuda=cuda)
+    with prof:
+        for _ in range(c["repeats"]):
+            with prof.step():
+                train_one_iteration(run)
+    regions = exclusive(prof.per_step())
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as tp:
+        t0 = time.perf_counter()
+        train_one_iteration(run)
+        profiled_s = time.perf_counter() - t0
+    ops = op_categories(tp.key_averages())
+    return {"step_s": prof.per_step()["step"], "regions": regions, "ops": ops, "profiled_step_s": profiled_s}
+
+
+#: --breakdown: (scale, method, packaged config, overrides, image size). Demo scale = the packaged demo
+#: configs (96 x 96, 64-d, 1 thread, the settings `mona demo` trains with); paper scale = the packaged
+#: ACDC configs (256 x 256, 512-d at full resolution).
+BREAKDOWN_RUNS = [
+    ("demo", "supervised", "demo", ["method=supervised"], 96),
+    ("demo", "supervised_strong", "demo", ["method=supervised_strong"], 96),
+    ("demo", "mean_teacher", "demo_mona", ["method=mean_teacher"], 96),
+    ("demo", "glcon", "demo_mona", ["method=glcon"], 96),
+    ("demo", "mona", "demo_mona", [], 96),
+    ("demo", "unimatch", "demo_mona", ["method=unimatch"], 96),
+    ("demo", "bcp", "demo_mona", ["method=bcp"], 96),
+    ("paper", "supervised", "acdc_supervised", [], 256),
+    ("paper", "glcon", "acdc_glcon", [], 256),
+    ("paper", "mona", "acdc_mona", [], 256),
+]
+
+
+def breakdown(args, tmp: Path) -> tuple[list[dict], list[dict]]:
+    """Region and operator tables of one step of each method of :data:`BREAKDOWN_RUNS`."""
+    caches: dict[int, Path] = {}
+    region_rows, op_rows = [], []
+    runs = [r for r in BREAKDOWN_RUNS if args.scale in ("both", r[0])]
+    for i, (scale, method, config, overrides, size) in enumerate(runs):
+        if size not in caches:
+            print(f"preparing phantom slices at {size} x {size} ...", flush=True)
+            caches[size] = _make_cache(tmp / f"data{size}", size)
+        print(
+            f"[{i + 1}/{len(runs)}] {scale} scale, {method}: {args.warmup} warm-up + {args.repeats} profiled steps ...",
+            flush=True,
+        )
+        cfg = {
+            "cache": str(caches[size]),
+            "out": str(tmp / f"run_{scale}_{method}"),
+            "device": args.device,
+            "impl": "ext",
+            "config": config,
+            "threads": args.threads,
+            "warmup": args.warmup,
+            "repeats": args.repeats,
+            "overrides": overrides,
+            "pass": "breakdown",
+        }
+        r = _spawn(cfg, memory=False)
+        step = r["step_s"]
+        for name, t in sorted(r["regions"].items(), key=lambda kv: -kv[1]):
+            if t < 0.01 * step and name != "step":
+                continue
+            region = "(the loop outside the marked parts)" if name == "step" else name.removeprefix("step/").replace("/", " / ")
+            region_rows.append(
+                {
+                    "scale": scale,
+                    "method": method,
+                    "step_ms": step * 1e3,
+                    "region": region,
+                    "ms": t * 1e3,
+                    "pct": 100 * t / step,
+                }
+            )
+        ops_total = sum(r["ops"].values())
+        python = max(0.0, r["profiled_step_s"] - ops_total)
+        for name, t in sorted(
+            [*r["ops"].items(), ("Python, dispatch and profiler overhead (step - operators)", python)],
+            key=lambda kv: -kv[1],
+        ):
+            op_rows.append(
+                {
+                    "scale": scale,
+                    "method": method,
+                    "category": name,
+                    "ms": t * 1e3,
+                    "pct": 100 * t / r["profiled_step_s"],
+                }
+            )
+        print(f"  {step * 1e3:.0f} ms/step", flush=True)
+    return region_rows, op_rows
 
 
 def _spawn(cfg: dict, memory: bool) -> dict:
@@ -131,10 +236,19 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--quick", action="store_true", help="64 x 64, 32-d, few queries: a smoke run")
+    ap.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="where one step's time goes, per method: marked regions and operator categories",
+    )
+    ap.add_argument("--scale", choices=("demo", "paper", "both"), default="both", help="--breakdown: which scale")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child is not None:
         _child(args.child)
+        return
+    if args.breakdown:
+        _main_breakdown(args)
         return
     size = 64 if args.quick else 256
     overrides = (
@@ -196,6 +310,57 @@ def main() -> None:
         f"\next vs reference: {ext['median_s'] / ref['median_s']:.2f}x the time, "
         f"{ext['extra_peak_mb'] / max(ref['extra_peak_mb'], 1e-9):.2f}x the peak memory -> {path}"
     )
+
+
+def _main_breakdown(args) -> None:
+    from benchmarks.harness import machine_info, write_results
+
+    with tempfile.TemporaryDirectory(prefix="mona_bench_breakdown_") as tmp:
+        region_rows, op_rows = breakdown(args, Path(tmp))
+    meta = machine_info(args.device)
+    cmd = f"`python -m benchmarks.bench_train_step --breakdown --device {args.device}" + (
+        f" --scale {args.scale}`" if args.scale != "both" else "`"
+    )
+    common = (
+        f"One training step (`train_one_iteration`, the whole of it) of each method: {args.warmup} warm-up steps, then "
+        f"the mean of {args.repeats} steps. Demo scale: the packaged demo configs (96 x 96, 64-d, batch 8, 1 torch "
+        "thread, as `mona demo` trains); paper scale: the packaged ACDC configs (256 x 256, 512-d, batch 6 = 3 + 3 "
+        f"for the semi-supervised ones, torch's threads). {cmd}."
+    )
+    columns = [
+        ("scale", "scale"),
+        ("method", "method"),
+        ("step_ms", "step ms"),
+        ("region", "region (exclusive)"),
+        ("ms", "ms"),
+        ("pct", "% of step"),
+    ]
+    write_results(
+        f"train_step_breakdown_{args.device}",
+        region_rows,
+        columns,
+        meta,
+        common
+        + " Regions are marked in the loop and the methods (`mona.train.profile.region`); each row is the region's "
+        "own time, its nested regions excluded; regions under 1 % of the step are left out.",
+    )
+    columns = [
+        ("scale", "scale"),
+        ("method", "method"),
+        ("category", "operator category"),
+        ("ms", "self ms"),
+        ("pct", "% of step"),
+    ]
+    path = write_results(
+        f"train_step_ops_{args.device}",
+        op_rows,
+        columns,
+        meta,
+        common + " One more step under `torch.profiler` (CPU): each operator's self time, grouped "
+        "(`mona.train.profile.OP_CATEGORIES`); backward operators are in their forward's category. The "
+        "profiler's own overhead lands in the last row.",
+    )
+    print(f"-> {path}")
 
 
 if __name__ == "__main__":

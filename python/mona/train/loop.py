@@ -53,6 +53,7 @@ from .checkpoint import (
 from .config import TrainConfig, config_from_dict
 from .ema import teacher_mode
 from .methods import METHOD_CLASSES, Batch, Method, RunContext
+from .profile import region
 
 log = logging.getLogger("mona.train")
 
@@ -589,11 +590,15 @@ def train_one_iteration(run: Run) -> tuple[float, dict[str, float], float]:
     m.keep_terms = logged and not run.dist.enabled and (cfg.log_grad_norms or cfg.log_pseudo_quality)
     m.kept_terms, m.diagnostics = {}, {}
     run.step_ramp = m.ramp() if m.uses_teacher else None  # the ramp-up factor this step's terms carry
-    loss, parts = m.step(next_batch(run))
+    with region("data"):
+        batch = next_batch(run)
+    with region("method step"):
+        loss, parts = m.step(batch)
     if m.keep_terms:
         extra = dict(m.diagnostics)
         if cfg.log_grad_norms and m.kept_terms and loss.requires_grad:
-            extra.update(term_gradient_norms(m))
+            with region("term gradient norms (logged steps)"):
+                extra.update(term_gradient_norms(m))
         run.step_extra = extra
         m.kept_terms = {}
     else:
@@ -610,11 +615,13 @@ def train_one_iteration(run: Run) -> tuple[float, dict[str, float], float]:
     if not bad or run.dist.enabled:
         # under DDP every forward needs its backward (its gradient reducer waits for it), a skipped
         # step's too: the gradients (all-reduced, so the same on every rank) are then discarded
-        m.scaler.scale(loss).backward()
+        with region("backward"):
+            m.scaler.scale(loss).backward()
         if faults.active() and (v := faults.poison("grad")) is not None:
             next(p for p in m.student.parameters() if p.grad is not None).grad.view(-1)[0] = v
         if not bad and not m.scaler.is_enabled():
-            bad = _nonfinite_grads(m)
+            with region("gradient check"):
+                bad = _nonfinite_grads(m)
     lr = m.optimizer.param_groups[0]["lr"]
     if bad:
         m.optimizer.zero_grad(set_to_none=True)
@@ -624,9 +631,11 @@ def train_one_iteration(run: Run) -> tuple[float, dict[str, float], float]:
                 for b, old in zip(mod.buffers(), saved):
                     b.copy_(old)
     else:
-        m.scaler.step(m.optimizer)
-        m.scaler.update()
-        m.after_step()
+        with region("optimizer step"):
+            m.scaler.step(m.optimizer)
+            m.scaler.update()
+        with region("after step (EMA, bank and queue pushes)"):
+            m.after_step()
     m.scheduler.step()
     run.step_nonfinite = bad
     if run.dist.enabled:  # the figures of the global batch: means over the ranks

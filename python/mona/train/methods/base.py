@@ -30,6 +30,7 @@ from ..checkpoint import load_checkpoint, student_state
 from ..config import TrainConfig
 from ..ema import ema_update, make_teacher
 from ..losses import loss_impl
+from ..profile import region
 
 log = logging.getLogger("mona.train")
 
@@ -234,9 +235,10 @@ class Method:
     def forward_student(self, fn: Callable[..., Any], *args: Any) -> Any:
         """``fn(student, *args)``: every use of the student in a step, as one forward (of the DDP
         wrapper under torchrun, whose gradient averaging hooks need exactly that)."""
-        if self.ddp is None:
-            return fn(self.student, *args)
-        return self.ddp(fn, *args)
+        with region("student pass"):
+            if self.ddp is None:
+                return fn(self.student, *args)
+            return self.ddp(fn, *args)
 
     def after_step(self) -> None:
         """After the optimiser step: EMA teacher update (subclasses add bank / queue pushes)."""
@@ -258,6 +260,10 @@ class Method:
         """Both halves under one weak geometric transform per image (rotation, crop, flip): the teacher's
         view. Returns (images ``[bl + bu, 1, H, W]``, labels of the labeled half ``[bl, H, W]``).
         The unlabeled half's diagnostic labels (if any) get the same transform: ``self.y_u_diagnostic``."""
+        with region("weak views"):
+            return self._weak_views(batch)
+
+    def _weak_views(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         from ...augment import random_transform
 
         a, bl = self.cfg.augment, batch.x_l.shape[0]

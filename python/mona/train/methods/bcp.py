@@ -45,6 +45,7 @@ import torch.nn.functional as F
 
 from ...augment import weak
 from ...errors import UsageError
+from ..profile import region
 from .base import Batch, Method
 from .unimatch import masked_dice_loss
 
@@ -152,7 +153,7 @@ class BCP(Method):
         x_weak, y_l = self.weak_views(batch)
         (la, lb), (ya, yb) = _halves(x_weak[:bl], "labeled half (data.labeled_bs)"), _halves(y_l, "labeled half")
         ua, ub = _halves(x_weak[bl:], "unlabeled half")
-        with torch.no_grad(), self.autocast():
+        with region("teacher forward"), torch.no_grad(), self.autocast():
             t_logits = self.teacher(x_weak[bl:], with_heads=False).logits
         conf, pseudo = torch.softmax(t_logits.float(), dim=1).max(dim=1)  # [bu, H, W]
         if bc.largest_component:

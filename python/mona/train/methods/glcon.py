@@ -30,6 +30,7 @@ from ...data.sampler import EpochShuffler
 from ..config import TrainConfig
 from ..distributed import shard
 from ..losses import supervised_loss
+from ..profile import region
 from .base import Batch, Method, RunContext
 
 
@@ -112,7 +113,7 @@ class GLCon(Method):
         x_mined, _ = weak(x_mined.to(self.device), None, self.aug_gen, a)
 
         with self.autocast():
-            with torch.no_grad():
+            with region("teacher forwards"), torch.no_grad():
                 tm = self.teacher(x_mined)
                 self.queue_global.push(tm.global_proj.float())
                 self.queue_local.push(

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from ...augment import apply_cutmix, cutmix_boxes, random_contrast_brightness
 from ..losses import supervised_loss
+from ..profile import region
 from .base import Batch, Method
 
 
@@ -54,7 +55,7 @@ class MeanTeacher(Method):
         bl = batch.x_l.shape[0]
         x_weak, y_l = self.weak_views(batch)
         b, _, h, w = x_weak.shape
-        with torch.no_grad(), self.autocast():
+        with region("teacher forward"), torch.no_grad(), self.autocast():
             t_logits = self.teacher(x_weak[bl:], with_heads=False).logits
         prob_t = torch.softmax(t_logits.float(), dim=1)
         if self.keep_terms and cfg.log_pseudo_quality:

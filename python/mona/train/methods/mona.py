@@ -43,6 +43,7 @@ from ...augment import apply_cutmix, cutmix_boxes, random_contrast_brightness, r
 from ..config import TrainConfig
 from ..distributed import rank_seed
 from ..losses import confidence_weighted_ce, pixel_masked_ce, supervised_loss
+from ..profile import region
 from ..thresholds import AdaptiveClassThresholds
 from .base import Batch, Method, RunContext, frozen_bn_statistics
 
@@ -117,7 +118,7 @@ class Mona(Method):
         bl = batch.x_l.shape[0]
         x_weak, y_l = self.weak_views(batch)
         b, _, h, w = x_weak.shape
-        with torch.no_grad(), self.autocast():
+        with region("teacher forward"), torch.no_grad(), self.autocast():
             tv = self.teacher(x_weak)
         prob_t = torch.softmax(tv.logits[bl:].float(), dim=1)
         conf, pseudo = prob_t.max(dim=1)  # [bu, H, W]
@@ -135,28 +136,29 @@ class Mona(Method):
         if self.keep_terms and cfg.log_pseudo_quality:
             self.log_pseudo_quality(pseudo, conf, strong_thr, weak_thr if m.contrast_weight > 0 else None)
         ramp, pseudo_ready = self.ramp(), self.pseudo_ready()
-        x_s = random_contrast_brightness(x_weak, self.aug_gen, contrast=a.contrast, brightness=a.brightness)
-        perm, box = cutmix_boxes(
-            b - bl, h, w, self.aug_gen, prob=a.cutmix_prob, area=a.cutmix_area, device=x_weak.device
-        )
-        x_s = torch.cat([x_s[:bl], apply_cutmix(x_s[bl:], perm, box)])
-        pseudo, conf = apply_cutmix(pseudo, perm, box), apply_cutmix(conf, perm, box)
-        if ct is not None:  # the maps follow their pixels' pseudo-labels through CutMix
-            strong_thr, weak_thr = apply_cutmix(strong_thr, perm, box), apply_cutmix(weak_thr, perm, box)
-        t_eqv = None
-        if m.eqv_weight > 0:  # drawn here so the RNG order does not depend on the other weights
-            t_eqv = random_transform(
-                b,
-                h,
-                w,
-                self.aug_gen,
-                rotate_deg=a.rotate_deg,
-                flip=a.flip,
-                scale=a.crop_scale,
-                deform=a.deform,
-                deform_control=a.deform_control,
-                device=x_weak.device,
+        with region("strong views (contrast, CutMix, T)"):
+            x_s = random_contrast_brightness(x_weak, self.aug_gen, contrast=a.contrast, brightness=a.brightness)
+            perm, box = cutmix_boxes(
+                b - bl, h, w, self.aug_gen, prob=a.cutmix_prob, area=a.cutmix_area, device=x_weak.device
             )
+            x_s = torch.cat([x_s[:bl], apply_cutmix(x_s[bl:], perm, box)])
+            pseudo, conf = apply_cutmix(pseudo, perm, box), apply_cutmix(conf, perm, box)
+            if ct is not None:  # the maps follow their pixels' pseudo-labels through CutMix
+                strong_thr, weak_thr = apply_cutmix(strong_thr, perm, box), apply_cutmix(weak_thr, perm, box)
+            t_eqv = None
+            if m.eqv_weight > 0:  # drawn here so the RNG order does not depend on the other weights
+                t_eqv = random_transform(
+                    b,
+                    h,
+                    w,
+                    self.aug_gen,
+                    rotate_deg=a.rotate_deg,
+                    flip=a.flip,
+                    scale=a.crop_scale,
+                    deform=a.deform,
+                    deform_control=a.deform_control,
+                    device=x_weak.device,
+                )
 
         use_nn = self.queue is not None and int(self.queue.fill) >= m.knn_k
         L = self.losses
@@ -167,58 +169,61 @@ class Mona(Method):
             logits = sv.logits.float()
             loss = logits.new_zeros(())
             if m.sup_weight > 0:
-                ls, sup_parts = supervised_loss(logits[:bl], y_l, cfg.dice_weight, cfg.ce_weight)
-                loss = loss + m.sup_weight * ls
-                self.record("sup", m.sup_weight * ls)
-                parts.update(sup=float(ls.detach()), **sup_parts)
+                with region("L_sup"):
+                    ls, sup_parts = supervised_loss(logits[:bl], y_l, cfg.dice_weight, cfg.ce_weight)
+                    loss = loss + m.sup_weight * ls
+                    self.record("sup", m.sup_weight * ls)
+                    parts.update(sup=float(ls.detach()), **sup_parts)
             if m.unsup_weight > 0 and pseudo_ready:
-                unsup = pixel_masked_ce if m.unsup_mask == "pixel" else confidence_weighted_ce
-                lu = unsup(logits[bl:], pseudo, conf, strong_thr)
-                loss = loss + m.unsup_weight * ramp * lu
-                self.record("unsup", m.unsup_weight * ramp * lu)
-                parts["unsup"] = float(lu.detach())
+                with region("L_unsup"):
+                    unsup = pixel_masked_ce if m.unsup_mask == "pixel" else confidence_weighted_ce
+                    lu = unsup(logits[bl:], pseudo, conf, strong_thr)
+                    loss = loss + m.unsup_weight * ramp * lu
+                    self.record("unsup", m.unsup_weight * ramp * lu)
+                    parts["unsup"] = float(lu.detach())
             if m.contrast_weight > 0:
-                stride = cfg.model.rep_stride
-                labels = torch.cat([_subsample(y_l, stride), _subsample(pseudo, stride)])
-                # the pseudo-labelled half takes part once the warm-up is over
-                valid = torch.cat(
-                    [
-                        torch.ones_like(_subsample(y_l, stride), dtype=torch.bool),
-                        (_subsample(conf, stride) >= _subsample_thr(weak_thr, stride)) & pseudo_ready,
-                    ]
-                )
-                prob = _subsample(torch.softmax(logits.detach(), dim=1), stride)
-                # the teacher's key map (no grad, channels-last from the head) is mixed in place: at full
-                # resolution a concatenated copy would cost another B x D x H x W floats
-                keys = tv.embedding.to(self.map_dtype).contiguous(memory_format=torch.channels_last)
-                keys[bl:] = apply_cutmix(keys[bl:], perm, box)
-                # the student's map as the head made it (channels-last; under autocast in its dtype, which
-                # the fused op accumulates in fp32): no converted copy of B x D x H x W values
-                lc = L.contrast(
-                    sv.embedding.to(self.map_dtype),
-                    labels,
-                    self.num_classes,
-                    valid=valid,
-                    prob=prob,
-                    strong_threshold=m.strong_threshold,
-                    temperature=m.temperature,
-                    num_queries=m.num_queries,
-                    num_negatives=m.num_negatives,
-                    key_features=keys,
-                    bank=self.bank,
-                    negatives=m.negatives,
-                    generator=self.contrast_gen,
-                )
-                loss = loss + m.contrast_weight * ramp * lc
-                self.record("contrast", m.contrast_weight * ramp * lc)
-                parts["contrast"] = float(lc.detach())
-                if self.bank is not None:
-                    # [N, D] rows of the channels-last key map: a view, no copy
-                    self._pending["bank"] = (
-                        keys.permute(0, 2, 3, 1).reshape(-1, keys.shape[1]),
-                        labels.reshape(-1),
-                        valid.reshape(-1),
+                with region("L_contrast"):
+                    stride = cfg.model.rep_stride
+                    labels = torch.cat([_subsample(y_l, stride), _subsample(pseudo, stride)])
+                    # the pseudo-labelled half takes part once the warm-up is over
+                    valid = torch.cat(
+                        [
+                            torch.ones_like(_subsample(y_l, stride), dtype=torch.bool),
+                            (_subsample(conf, stride) >= _subsample_thr(weak_thr, stride)) & pseudo_ready,
+                        ]
                     )
+                    prob = _subsample(torch.softmax(logits.detach(), dim=1), stride)
+                    # the teacher's key map (no grad, channels-last from the head) is mixed in place: at full
+                    # resolution a concatenated copy would cost another B x D x H x W floats
+                    keys = tv.embedding.to(self.map_dtype).contiguous(memory_format=torch.channels_last)
+                    keys[bl:] = apply_cutmix(keys[bl:], perm, box)
+                    # the student's map as the head made it (channels-last; under autocast in its dtype, which
+                    # the fused op accumulates in fp32): no converted copy of B x D x H x W values
+                    lc = L.contrast(
+                        sv.embedding.to(self.map_dtype),
+                        labels,
+                        self.num_classes,
+                        valid=valid,
+                        prob=prob,
+                        strong_threshold=m.strong_threshold,
+                        temperature=m.temperature,
+                        num_queries=m.num_queries,
+                        num_negatives=m.num_negatives,
+                        key_features=keys,
+                        bank=self.bank,
+                        negatives=m.negatives,
+                        generator=self.contrast_gen,
+                    )
+                    loss = loss + m.contrast_weight * ramp * lc
+                    self.record("contrast", m.contrast_weight * ramp * lc)
+                    parts["contrast"] = float(lc.detach())
+                    if self.bank is not None:
+                        # [N, D] rows of the channels-last key map: a view, no copy
+                        self._pending["bank"] = (
+                            keys.permute(0, 2, 3, 1).reshape(-1, keys.shape[1]),
+                            labels.reshape(-1),
+                            valid.reshape(-1),
+                        )
             return loss, logits
 
         def student_pass(model, x_s, x_t):
@@ -226,32 +231,36 @@ class Mona(Method):
             the L_eqv pass on T(x_s). In this order the backward (newest first) frees the L_eqv pass's
             activations before the contrastive term's B x D x H x W gradient map is allocated (the other
             order measured 118 MB more peak per slice at 256 x 256, 512-d: benchmarks/memory_model.py)."""
-            with self.autocast():
-                sv = model(x_s)
+            with region("student forward"):
+                with self.autocast():
+                    sv = model(x_s)
             if not use_nn:  # DDP: an output no loss uses would wait for a gradient that never comes
                 sv.global_proj = sv.global_pred = None
             loss, logits = main_terms(sv)
             logits_t = None
             if x_t is not None:
-                with self.autocast(), frozen_bn_statistics(model):
-                    logits_t = model(x_t, with_heads=False).logits
+                with region("student forward on T(x)"):
+                    with self.autocast(), frozen_bn_statistics(model):
+                        logits_t = model(x_t, with_heads=False).logits
             return sv, loss, logits, logits_t
 
         sv, loss, logits, logits_t = self.forward_student(
             student_pass, x_s, t_eqv.apply_image(x_s) if t_eqv is not None else None
         )
         if t_eqv is not None:
-            le = L.pixel_kl(t_eqv.apply_image(logits), logits_t.float(), t_eqv.valid_mask(), m.eqv_symmetric)
-            loss = loss + m.eqv_weight * ramp * le
-            self.record("eqv", m.eqv_weight * ramp * le)
-            parts["eqv"] = float(le.detach())
+            with region("L_eqv"):
+                le = L.pixel_kl(t_eqv.apply_image(logits), logits_t.float(), t_eqv.valid_mask(), m.eqv_symmetric)
+                loss = loss + m.eqv_weight * ramp * le
+                self.record("eqv", m.eqv_weight * ramp * le)
+                parts["eqv"] = float(le.detach())
         if self.queue is not None:
             teacher_global = tv.global_proj.float()
             if use_nn:
-                ln = L.knn(sv.global_pred.float(), teacher_global, self.queue.filled(), m.knn_k)
-                loss = loss + m.nn_weight * ramp * ln
-                self.record("nn", m.nn_weight * ramp * ln)
-                parts["nn"] = float(ln.detach())
+                with region("L_nn"):
+                    ln = L.knn(sv.global_pred.float(), teacher_global, self.queue.filled(), m.knn_k)
+                    loss = loss + m.nn_weight * ramp * ln
+                    self.record("nn", m.nn_weight * ramp * ln)
+                    parts["nn"] = float(ln.detach())
             self._pending["queue"] = teacher_global
         return loss, parts
 

@@ -8,6 +8,7 @@ import torch
 
 from ...augment import random_contrast_brightness, weak
 from ..losses import supervised_loss
+from ..profile import region
 from .base import Batch, Method
 
 
@@ -21,7 +22,8 @@ class Supervised(Method):
 
     def step(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         cfg = self.cfg
-        x, y = self.augment(batch.x_l, batch.y_l)
+        with region("augmentation"):
+            x, y = self.augment(batch.x_l, batch.y_l)
         with self.autocast():
             logits = self.forward_student(lambda model, x: model(x, with_heads=False).logits, x)
         return supervised_loss(logits, y, cfg.dice_weight, cfg.ce_weight)
