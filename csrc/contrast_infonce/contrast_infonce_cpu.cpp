@@ -95,6 +95,7 @@ struct QueryState {
 constexpr int64_t kKeyBlock = 1024;
 constexpr int64_t kKeyTile = 64;
 constexpr int64_t kChannels = 16;
+constexpr int64_t kAhead = 8;
 
 inline int64_t key_row_stride(int64_t D) { return (D + kChannels - 1) / kChannels * kChannels + kChannels; }
 
@@ -122,9 +123,21 @@ void gather_key_block(const contrast_infonce_math::KeySource<scalar_t>& keys, co
     const int64_t nj = std::min(kKeyTile, block.n - j0);
     for (int64_t j = 0; j < nj; ++j) base[j] = keys.row(block.key[j0 + j], stride[j]);
     scalar_t* out = rows + j0 * ld;
+    // The tile's pixels in plane d + kAhead, requested while plane d is copied. Not further ahead:
+    // the planes are a power of two apart, so their lines share a few cache sets (L1 and L2) and
+    // lines requested many planes ahead are evicted before they are used.
+    const scalar_t* first = base[0];
+    const int64_t span = base[nj - 1] - first, s = stride[0];
+    constexpr int64_t kLine = 64 / sizeof(scalar_t);
+    const bool prefetch = s != 1 && stride[nj - 1] == s && span >= 0 && span < 32 * kLine;
     for (int64_t d0 = 0; d0 < D; d0 += kChannels) {
       const int64_t d1 = std::min(D, d0 + kChannels);
       for (int64_t d = d0; d < d1; ++d) {
+        if (prefetch && d + kAhead < D) {
+          const scalar_t* p = first + (d + kAhead) * s;
+          for (int64_t o = 0; o < span; o += kLine) __builtin_prefetch(p + o);
+          __builtin_prefetch(p + span);
+        }
         for (int64_t j = 0; j < nj; ++j) out[j * ld + d] = base[j][d * stride[j]];
       }
     }
