@@ -318,6 +318,21 @@ def failure(job: Job, err: JobFailed) -> Exception:
     )
 
 
+def _exit_with_parent(every_s: float = 1.0) -> None:
+    """A child whose parent dies (killed, so unable to stop it) exits too, within ``every_s``."""
+    import threading
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(every_s)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="mona-parent-watch").start()
+
+
 def _child(spec_path: str) -> int:
     """``python -m mona.runs SPEC.json``: train the spec's config, write its result file."""
     import logging
@@ -327,6 +342,7 @@ def _child(spec_path: str) -> int:
 
     spec = json.loads(Path(spec_path).read_text())
     logging.basicConfig(level=logging.INFO, format="mona: %(message)s")
+    _exit_with_parent()
     try:
         from .train import load_config, run_stages
 
