@@ -24,15 +24,16 @@ else
 fi
 # The time estimate, from what was measured on the 2-core AMD EPYC build machine without a GPU
 # (README, Quick start): environment + torch about 1.5 min from a local mirror, the CPU-only compile
-# 139 s, and per demo run 0.32 s/it (supervised) and 0.72 s/it (GLCon + MONA) x 400 iterations; the demo
-# trains its 3 runs one per usable core at once (`mona demo --jobs`), the longest (MONA, ~5 min) first.
+# 139 s; the demo's runs, one torch thread each: supervised 140 s, supervised_strong 142 s, GLCon + MONA
+# 375 s. The demo trains them one per usable core at once (`mona demo --jobs`), MONA first: on 2 or more
+# cores its wall time is about the MONA run's (385 s in all, measured), on 1 core their sum.
 cores=$(nproc 2> /dev/null || echo 1)
 if [ -n "$arch" ]; then
   estimate="not measured on a GPU machine (without one: setup and compile ~4 min on 2 cores; the CUDA compile adds to it)"
 elif [ "$cores" -ge 2 ]; then
-  estimate="about 10 minutes in all on $cores cores without a GPU (setup and compile ~4 min, the demo ~5-6 min: its 3 runs $(( cores < 3 ? cores : 3 )) at a time); an estimate, longer when torch is downloaded or the cores are busy"
+  estimate="about 10-11 minutes in all on $cores cores without a GPU (setup and compile ~4 min, the demo ~6.5 min: its 3 runs $(( cores < 3 ? cores : 3 )) at a time); an estimate, longer when torch is downloaded or the cores are busy"
 else
-  estimate="about 12-15 minutes in all on 1 core without a GPU (setup and compile ~4 min, the demo ~8-11 min: its 3 runs one after another); an estimate, longer when torch is downloaded"
+  estimate="about 15 minutes in all on 1 core without a GPU (setup and compile ~4 min, the demo ~11 min: its 3 runs one after another); an estimate, longer when torch is downloaded"
 fi
 cat <<MSG
 mona quickstart
