@@ -22,17 +22,32 @@ else
   export MONA_FORCE_CPU=1
   kernels="CPU kernels only: no GPU is visible (for the CUDA kernels too, see docs/install.md, Build knobs)"
 fi
+# The time estimate, from what was measured on the 2-core AMD EPYC build machine without a GPU
+# (README, Quick start): environment + torch about 1.5 min from a local mirror, the CPU-only compile
+# 139 s; the demo's runs, one torch thread each: supervised 140 s, supervised_strong 142 s, GLCon + MONA
+# 375 s. The demo trains them one per usable core at once (`mona demo --jobs`), MONA first: on 2 or more
+# cores its wall time is about the MONA run's (385 s in all, measured), on 1 core their sum.
+cores=$(nproc 2> /dev/null || echo 1)
+if [ -n "$arch" ]; then
+  estimate="not measured on a GPU machine (without one: setup and compile ~4 min on 2 cores; the CUDA compile adds to it)"
+elif [ "$cores" -ge 2 ]; then
+  estimate="about 10-11 minutes in all on $cores cores without a GPU (setup and compile ~4 min, the demo ~6.5 min: its 3 runs $(( cores < 3 ? cores : 3 )) at a time); an estimate, longer when torch is downloaded or the cores are busy"
+else
+  estimate="about 15 minutes in all on 1 core without a GPU (setup and compile ~4 min, the demo ~11 min: its 3 runs one after another); an estimate, longer when torch is downloaded"
+fi
 cat <<MSG
 mona quickstart
   1. environment $VENV: torch 2.14.1 (CUDA build; about 5.8 GB in all, 1-2 min from a local mirror)
   2. compile: $kernels
-  3. the ops tour, then the demo: supervised vs GLCon + MONA on synthetic phantoms (about 9 min on 2 cores)
-  Measured from a fresh clone, CPU-only, 2-core AMD EPYC: about 14 minutes in all (see README).
+  3. the ops tour (seconds), then the demo: supervised vs GLCon + MONA on synthetic phantoms, with its progress
+  Time: $estimate.
 MSG
 bash scripts/setup_env.sh "$VENV"
 # shellcheck disable=SC1091
 . "$VENV/bin/activate"
 mona info
+echo "[ops] a tour of the fused ops on random data (a few seconds)"
 python examples/ops_demo.py
+echo "[demo] mona demo: phantoms, the 3 training runs (one line of progress while they run), the evaluation"
 mona demo --out "${MONA_DEMO_OUT:-runs/demo}"
 echo "quickstart finished in $(( $(date +%s) - t0 ))s"

@@ -10,13 +10,14 @@ PYTHON=${PYTHON:-python3}
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 # shellcheck disable=SC1091
 . "$VENV/bin/activate"
-echo "[setup] pip, setuptools, wheel"
+echo "[setup] pip, setuptools, wheel (pip is quiet)"
 python -m pip install --quiet --upgrade pip "setuptools>=64" wheel
 # torch 2.14.1 (CUDA 13 build): builds CUDA kernels even on a machine without a GPU.
-echo "[setup] torch ${MONA_TORCH_VERSION:-2.14.1} (CUDA build, about 5.5 GB; skipped when present), ninja, cmake"
+echo "[setup] torch ${MONA_TORCH_VERSION:-2.14.1} (CUDA build, about 5.5 GB; skipped when present), ninja, cmake:" \
+  "pip is quiet meanwhile, about 1-2 min from a local mirror, longer when it downloads"
 python -m pip install --quiet "torch==${MONA_TORCH_VERSION:-2.14.1}" ninja "cmake>=3.26"
 if [ -z "${CUDA_HOME:-}" ] && [ -x /usr/local/cuda/bin/nvcc ]; then export CUDA_HOME=/usr/local/cuda; fi
-echo "[setup] compiling mona (full log: build.log)"
+echo "[setup] compiling mona: its Python dependencies first (quiet), then the compile, ninja's [n/N] (full log: build.log)"
 start=$(date +%s)
 set +e
 python -m pip install --no-build-isolation -v -e ".[train,test]" 2>&1 | tee build.log | awk '
@@ -39,5 +40,6 @@ if [ "$status" -ne 0 ]; then
 fi
 echo "[setup] compiled in $(( $(date +%s) - start ))s"
 # medpy is GPL: a test-time cross-check of the metrics only, never a runtime dependency.
+echo "[setup] medpy (the metrics' test-time cross-check)"
 python -m pip install --quiet --no-deps medpy
 echo "ready: source $VENV/bin/activate"

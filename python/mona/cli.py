@@ -290,6 +290,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         overlay_slices=args.overlay_slices,
         tail=args.tail,
         methods=args.methods,
+        jobs=args.jobs,
     )
     return 0
 
@@ -498,6 +499,14 @@ def build_parser() -> argparse.ArgumentParser:
         default="supervised,supervised_strong,mona",
         help="comma-separated methods to train and compare, any of supervised, supervised_strong, mean_teacher, "
         "mona, unimatch, bcp (default supervised,supervised_strong,mona)",
+    )
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        metavar="N",
+        help="methods trained at once, each in its own process with one torch thread (default: on a CPU one "
+        "per usable core, at most one per method; 1 on a GPU; 1: one after another in this process)",
     )
     p.add_argument("--labeled-patients", type=int, default=1, help="labeled train patients (default 1 of 8)")
     p.add_argument("--seed", type=int, default=0, help="phantom seed")

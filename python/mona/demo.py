@@ -13,8 +13,10 @@ written.
 
 Defaults (``configs/demo.yaml``, ``configs/demo_mona.yaml``): 14 phantom patients (8 train of which 1
 labeled, 2 val, 4 test = 8 test volumes) prepared at 96 x 96, 400 iterations each (MONA: 100 GLCon +
-300 fine-tuning), batch 8, 1 CPU thread per run. :func:`compare` is the same comparison as a function;
-``benchmarks/bench_semi_supervised.py`` runs every method over seeds.
+300 fine-tuning), batch 8, 1 CPU thread per run. On a CPU with two or more usable cores the runs train
+concurrently, one process per core (``--jobs``, :mod:`mona.runs`), the longest first, with one combined
+progress display; the results are the same as one after another. :func:`compare` is the same comparison
+as a function; ``benchmarks/bench_semi_supervised.py`` runs every method over seeds.
 
 ``methods`` (``mona demo --methods supervised,mona,unimatch``) runs any subset of :data:`DEMO_METHODS`
 (supervised, supervised_strong, mean_teacher, mona, unimatch, bcp) on the same phantoms, budget and
@@ -173,6 +175,7 @@ def compare(
     overlay_slices: int = OVERLAY_SLICES,
     tail: bool = True,
     methods: str | list[str] | tuple[str, ...] = METHODS,
+    jobs: int | None = None,
     log=print,
 ) -> dict:
     """Supervised (weak augmentation), supervised with the MONA student's augmentation, and GLCon + MONA on
@@ -182,12 +185,17 @@ def compare(
     MONA spends ``pretrain_iterations`` of it in GLCon (default: the packaged share, a quarter). ``seed``: phantom seed;
     ``train_seed``: the training seed of both runs. ``overrides`` apply to both training configs.
     ``overlays``: how many test volumes get overlays (default: every one); ``overlay_slices``: slices per
-    volume (the ones with the most ground-truth foreground). The configs, the budget, the device and
-    these numbers are checked before anything is written to ``out_dir``.
+    volume (the ones with the most ground-truth foreground). ``jobs``: how many methods train at once,
+    each in its own process (default :func:`mona.runs.default_jobs`: one per usable CPU core on a CPU, at
+    most one per method; 1 on a GPU); 1 trains them one after another in this process. The results do
+    not depend on it (every run is seeded, at its config's one torch thread). The configs, the budget,
+    the device and these numbers are checked before anything is written to ``out_dir``.
     """
+    from .runs import check_jobs, default_jobs
     from .train import load_config, run_stages
 
     methods = parse_methods(methods)
+    check_jobs(jobs)
     prepare_matplotlib()  # builds matplotlib's font cache now (first run), not inside a progress bar
 
     t0 = time.time()
@@ -228,7 +236,7 @@ def compare(
     )
     if not 0 <= pre < budget:
         raise UsageError(f"demo: pretrain_iterations must be in 0..{budget - 1} (the budget), got {pre}")
-    cfgs, pres = {}, {}
+    cfgs, pres, specs = {}, {}, {}
     for name in methods:
         _, _, packaged, method_ovs = DEMO_METHODS[name]
         base = common + [f"out_dir={out / name}"] + method_ovs
@@ -238,7 +246,9 @@ def compare(
         budget_ovs = [f"iterations={budget - pres[name]}"]
         if probe.method in PRETRAIN_STAGES:
             budget_ovs.append(f"pretrain_iterations={pres[name]}")
-        cfgs[name] = load_config(_packaged(packaged), base + budget_ovs + user)
+        specs[name] = (_packaged(packaged), base + budget_ovs + user)
+        cfgs[name] = load_config(*specs[name])
+    n_jobs = min(len(methods), jobs if jobs is not None else default_jobs(len(methods), dev.type))
 
     timings: dict[str, float] = {}
     dataset = "phantom" if tail else "acdc"
@@ -278,11 +288,20 @@ def compare(
             )
         return f"{what}, {batch} -> {c.out_dir}"
 
-    for i, name in enumerate(methods):
-        t = time.time()
-        log(f"[{3 + i}/{n_steps}] " + describe(name, cfgs[name]))
-        results[name] = run_stages(cfgs[name], progress=progress)[-1]
-        timings[f"train_{name}_s"] = time.time() - t
+    t_train = time.time()
+    if n_jobs == 1:
+        for i, name in enumerate(methods):
+            t = time.time()
+            log(f"[{3 + i}/{n_steps}] " + describe(name, cfgs[name]))
+            results[name] = run_stages(cfgs[name], progress=progress)[-1]
+            timings[f"train_{name}_s"] = time.time() - t
+    else:
+        for i, name in enumerate(methods):
+            log(f"[{3 + i}/{n_steps}] " + describe(name, cfgs[name]))
+        results = _train_concurrently(methods, cfgs, specs, n_jobs, out, progress, timings, log)
+        if cfgs[methods[0]].threads:  # the evaluation below at the runs' thread count, as after in-process runs
+            torch.set_num_threads(cfgs[methods[0]].threads)
+    timings["train_s"] = time.time() - t_train
 
     t = time.time()
     log(
@@ -328,6 +347,7 @@ def compare(
         "command": "mona demo",
         "machine": machine_description(),
         "methods": list(methods),
+        "jobs": n_jobs,
         "torch_threads_per_run": first.threads,
         "phantom_seed": seed,
         "train_seed": train_seed,
@@ -383,7 +403,8 @@ def compare(
         else:
             log(", ".join(f"{SHORT[m]} - {b} {differences[f'{m} - {b}']:+.4f}" for b in BASELINES if b in methods))
     log(
-        f"wall time: {timings['total_s']:.0f} s ("
+        f"wall time: {timings['total_s']:.0f} s (training {timings['train_s']:.0f} s"
+        + (f", {n_jobs} runs at once: " if n_jobs > 1 else ": ")
         + ", ".join(f"{SHORT[n]} {timings[f'train_{n}_s']:.0f} s" for n in methods)
         + f") on {summary['machine']}; results vary with the CPU / BLAS"
     )
@@ -395,6 +416,54 @@ def compare(
     log(f"curves:     {curve}")
     log(f"models:     {', '.join(str(Path(cfgs[n].out_dir) / 'model.pt') for n in methods)}")
     return summary
+
+
+def schedule(methods: tuple[str, ...], cfgs: dict) -> list[str]:
+    """The order concurrent runs start in: the longest first (the semi-supervised methods, two-stage ones
+    before the others; the supervised baselines last), so that the wall time is about
+    max(longest, the others' sum / (jobs - 1)); the given order among equals."""
+
+    def key(name: str) -> tuple[int, int]:
+        c = cfgs[name]
+        return (c.method in BASELINES, not (c.method in PRETRAIN_STAGES and c.pretrain_iterations > 0))
+
+    return sorted(methods, key=key)
+
+
+def _train_concurrently(methods, cfgs, specs, n_jobs, out, progress, timings, log) -> dict:
+    """Every method's training in its own ``python -m mona.runs`` child, ``n_jobs`` at once, the longest
+    first, with one progress display; {method: result with best_model, best_iteration, best_dice}."""
+    from types import SimpleNamespace
+
+    from .runs import JobFailed, failure, read_result, run_jobs, train_job
+    from .train.pipeline import stages
+
+    order = schedule(methods, cfgs)
+    work = out / "logs"
+    jobs = [
+        train_job(
+            name,
+            SHORT[name],
+            *specs[name],
+            [(s.out_dir, s.iterations) for s in stages(cfgs[name])],
+            work,
+        )
+        for name in order
+    ]
+    log(
+        f"training the {len(jobs)} runs {n_jobs} at a time, each in its own process with "
+        f"{cfgs[methods[0]].threads or 'the default number of'} torch thread(s), the longest first "
+        f"({', '.join(SHORT[n] for n in order)}); logs in {work}"
+    )
+    try:
+        walls = run_jobs(jobs, n_jobs, progress=progress, log=log)
+    except JobFailed as err:
+        raise failure(err.job, err) from None
+    results = {}
+    for name in methods:
+        timings[f"train_{name}_s"] = walls[name]
+        results[name] = SimpleNamespace(**read_result(next(j for j in jobs if j.name == name)))
+    return results
 
 
 def run_demo(
@@ -412,6 +481,7 @@ def run_demo(
     overlay_slices: int = OVERLAY_SLICES,
     tail: bool = True,
     methods: str | list[str] | tuple[str, ...] = METHODS,
+    jobs: int | None = None,
 ) -> dict:
     """``mona demo``: :func:`compare` with the packaged demo settings."""
     return compare(
@@ -428,4 +498,5 @@ def run_demo(
         overlay_slices=overlay_slices,
         tail=tail,
         methods=methods,
+        jobs=jobs,
     )
