@@ -153,7 +153,7 @@ def breakdown(args, tmp: Path) -> tuple[list[dict], list[dict]]:
     """Region and operator tables of one step of each method of :data:`BREAKDOWN_RUNS`."""
     caches: dict[int, Path] = {}
     region_rows, op_rows = [], []
-    runs = [r for r in BREAKDOWN_RUNS if args.scale in ("both", r[0])]
+    runs = [r for r in BREAKDOWN_RUNS if args.scale in ("both", r[0]) and (not args.methods or r[1] in args.methods)]
     for i, (scale, method, config, overrides, size) in enumerate(runs):
         if size not in caches:
             print(f"preparing phantom slices at {size} x {size} ...", flush=True)
@@ -171,7 +171,7 @@ def breakdown(args, tmp: Path) -> tuple[list[dict], list[dict]]:
             "threads": args.threads,
             "warmup": args.warmup,
             "repeats": args.repeats,
-            "overrides": overrides,
+            "overrides": [*overrides, *args.overrides],
             "pass": "breakdown",
         }
         r = _spawn(cfg, memory=False)
@@ -179,7 +179,11 @@ def breakdown(args, tmp: Path) -> tuple[list[dict], list[dict]]:
         for name, t in sorted(r["regions"].items(), key=lambda kv: -kv[1]):
             if t < 0.01 * step and name != "step":
                 continue
-            region = "(the loop outside the marked parts)" if name == "step" else name.removeprefix("step/").replace("/", " / ")
+            region = (
+                "(the loop outside the marked parts)"
+                if name == "step"
+                else name.removeprefix("step/").replace("/", " / ")
+            )
             region_rows.append(
                 {
                     "scale": scale,
@@ -242,6 +246,9 @@ def main() -> None:
         help="where one step's time goes, per method: marked regions and operator categories",
     )
     ap.add_argument("--scale", choices=("demo", "paper", "both"), default="both", help="--breakdown: which scale")
+    ap.add_argument("--methods", nargs="*", default=None, help="--breakdown: only these methods")
+    ap.add_argument("--tag", default="", help="suffix of the result files (e.g. for a run with overrides)")
+    ap.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides for every run")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child is not None:
@@ -269,7 +276,7 @@ def main() -> None:
                 "threads": args.threads,
                 "warmup": args.warmup,
                 "repeats": args.repeats,
-                "overrides": overrides,
+                "overrides": [*overrides, *args.overrides],
             }
             print(f"{impl}: time pass ({args.warmup} warm-up + {args.repeats} steps) ...", flush=True)
             t = _spawn({**base, "pass": "time"}, memory=False)
@@ -318,8 +325,13 @@ def _main_breakdown(args) -> None:
     with tempfile.TemporaryDirectory(prefix="mona_bench_breakdown_") as tmp:
         region_rows, op_rows = breakdown(args, Path(tmp))
     meta = machine_info(args.device)
-    cmd = f"`python -m benchmarks.bench_train_step --breakdown --device {args.device}" + (
-        f" --scale {args.scale}`" if args.scale != "both" else "`"
+    cmd = (
+        f"`python -m benchmarks.bench_train_step --breakdown --device {args.device}"
+        + (f" --scale {args.scale}" if args.scale != "both" else "")
+        + (f" --methods {' '.join(args.methods)}" if args.methods else "")
+        + (f" --tag {args.tag}" if args.tag else "")
+        + "".join(f" {o}" for o in args.overrides)
+        + "`"
     )
     common = (
         f"One training step (`train_one_iteration`, the whole of it) of each method: {args.warmup} warm-up steps, then "
@@ -336,7 +348,7 @@ def _main_breakdown(args) -> None:
         ("pct", "% of step"),
     ]
     write_results(
-        f"train_step_breakdown_{args.device}",
+        f"train_step_breakdown_{args.device}{args.tag}",
         region_rows,
         columns,
         meta,
@@ -352,7 +364,7 @@ def _main_breakdown(args) -> None:
         ("pct", "% of step"),
     ]
     path = write_results(
-        f"train_step_ops_{args.device}",
+        f"train_step_ops_{args.device}{args.tag}",
         op_rows,
         columns,
         meta,
