@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mona.augment import cutmix, random_contrast_brightness, strong, weak
+from mona.augment import apply_cutmix, cutmix, cutmix_boxes, random_contrast_brightness, strong, weak
 from mona.augment.spatial import identity_grid, random_transform
 
 
@@ -110,3 +110,31 @@ def test_intensity_changes_images_only_and_keeps_shape():
     torch.testing.assert_close(out, x)
     out = random_contrast_brightness(x, torch.Generator().manual_seed(0))
     assert out.shape == x.shape and not torch.allclose(out, x)
+
+
+@pytest.mark.parametrize("stride", [1, 2, 4])
+@pytest.mark.parametrize("seed", range(6))
+def test_paste_boxes_in_place_equals_apply_cutmix(stride, seed):
+    """The in-place box paste (the teacher key map's CutMix) gives apply_cutmix's values, at full
+    resolution and on stride-s maps, including chains of images that are each other's sources."""
+    from mona.augment import cutmix_box_list, paste_boxes_
+
+    g = torch.Generator().manual_seed(seed)
+    b, h, w = 5, 24, 20
+    perm, mask, boxes = cutmix_box_list(b, h, w, g, prob=0.9)
+    again = cutmix_boxes(b, h, w, torch.Generator().manual_seed(seed), prob=0.9)
+    assert torch.equal(again[0], perm) and torch.equal(again[1], mask)  # the same draws as cutmix_boxes
+    assert boxes and all(
+        mask[i, t:bt, l:r].all() and mask[i].sum() == (bt - t) * (r - l) for i, _, t, bt, l, r in boxes
+    )
+    t = torch.randn(b, 3, h // stride, w // stride, generator=g)
+    expected = apply_cutmix(t, perm, mask)
+    out = paste_boxes_(t.clone(), boxes, (h, w))
+    assert torch.equal(out, expected)
+
+
+def test_paste_boxes_rejects_a_map_that_is_no_stride_view():
+    from mona.augment import paste_boxes_
+
+    with pytest.raises(ValueError, match="whole-stride view"):
+        paste_boxes_(torch.zeros(2, 1, 7, 8), [], (16, 16))

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .intensity import apply_cutmix, cutmix, cutmix_boxes, random_contrast_brightness
+from .intensity import apply_cutmix, cutmix, cutmix_box_list, cutmix_boxes, paste_boxes_, random_contrast_brightness
 from .spatial import SpatialTransform, integrate_velocity, random_affine, random_transform
 
 
@@ -73,5 +73,7 @@ __all__ = [
     "cutmix",
     "cutmix_boxes",
     "apply_cutmix",
+    "cutmix_box_list",
+    "paste_boxes_",
     "random_contrast_brightness",
 ]

@@ -31,9 +31,26 @@ def cutmix_boxes(
     fraction uniform in ``area``) from image ``perm[i]``. Returns (perm ``[B]`` int64, box mask
     ``[B, H, W]`` bool), to be applied with :func:`apply_cutmix` to every tensor that must stay
     consistent (images, pseudo-labels, confidences, teacher features)."""
+    perm, mask, _ = cutmix_box_list(bsz, h, w, gen, prob=prob, area=area, device=device)
+    return perm, mask
+
+
+def cutmix_box_list(
+    bsz: int,
+    h: int,
+    w: int,
+    gen: torch.Generator,
+    *,
+    prob: float = 0.5,
+    area: tuple[float, float] = (0.1, 0.4),
+    device: torch.device | str = "cpu",
+) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, int, int, int, int, int]]]:
+    """:func:`cutmix_boxes` (the same draws) plus the boxes as host integers ``(i, source, top, bottom,
+    left, right)`` (half-open), for :func:`paste_boxes_`."""
     perm = torch.randperm(bsz, generator=gen)
     u = torch.rand(bsz, 4, generator=gen)
     mask = torch.zeros(bsz, h, w, dtype=torch.bool)
+    boxes = []
     for i in range(bsz):
         if u[i, 0] >= prob or bsz < 2:
             continue
@@ -41,7 +58,38 @@ def cutmix_boxes(
         bh, bw = max(1, int(round(h * frac**0.5))), max(1, int(round(w * frac**0.5)))
         top, left = int(float(u[i, 2]) * (h - bh + 1)), int(float(u[i, 3]) * (w - bw + 1))
         mask[i, top : top + bh, left : left + bw] = True
-    return perm.to(device), mask.to(device)
+        boxes.append((i, int(perm[i]), top, top + bh, left, left + bw))
+    return perm.to(device), mask.to(device), boxes
+
+
+def _strided_range(lo: int, hi: int, stride: int, n: int) -> tuple[int, int]:
+    """The pixels j of a stride-``stride`` map (centres ``stride * j + stride // 2``) inside ``[lo, hi)``."""
+    c = stride // 2
+    j0 = max(0, -((c - lo) // stride))  # ceil((lo - c) / stride)
+    j1 = min(n, (hi - 1 - c) // stride + 1)
+    return j0, max(j0, j1)
+
+
+def paste_boxes_(
+    t: torch.Tensor, boxes: list[tuple[int, int, int, int, int, int]], full_hw: tuple[int, int]
+) -> torch.Tensor:
+    """In place, the values of ``apply_cutmix(t, perm, mask)`` for the boxes of :func:`cutmix_box_list`
+    drawn at ``full_hw``: only the boxes' pixels are read and written (a ``[B, D, H, W]`` teacher key
+    map at full resolution is hundreds of MB; the out-of-place form reads it twice and writes it twice).
+    A ``t`` at a coarser resolution takes the pixels whose centres lie in the box, as :func:`apply_cutmix`.
+    Returns ``t``."""
+    h, w = t.shape[-2:]
+    sy, sx = full_hw[0] // h, full_hw[1] // w
+    if sy * h != full_hw[0] or sx * w != full_hw[1]:
+        raise ValueError(f"paste_boxes_: tensor {tuple(t.shape)} is not a whole-stride view of {tuple(full_hw)}")
+    regions = []
+    for i, src, top, bottom, left, right in boxes:
+        (r0, r1), (c0, c1) = _strided_range(top, bottom, sy, h), _strided_range(left, right, sx, w)
+        if r1 > r0 and c1 > c0 and src != i:
+            regions.append((i, r0, r1, c0, c1, t[src, ..., r0:r1, c0:c1].clone()))  # every source read first
+    for i, r0, r1, c0, c1, patch in regions:
+        t[i, ..., r0:r1, c0:c1] = patch
+    return t
 
 
 def apply_cutmix(t: torch.Tensor, perm: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

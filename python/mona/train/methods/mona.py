@@ -39,7 +39,7 @@ import torch
 
 import mona_ext
 
-from ...augment import apply_cutmix, cutmix_boxes, random_contrast_brightness, random_transform
+from ...augment import apply_cutmix, cutmix_box_list, paste_boxes_, random_contrast_brightness, random_transform
 from ..config import TrainConfig
 from ..distributed import rank_seed
 from ..losses import confidence_weighted_ce, pixel_masked_ce, supervised_loss
@@ -138,7 +138,7 @@ class Mona(Method):
         ramp, pseudo_ready = self.ramp(), self.pseudo_ready()
         with region("strong views (contrast, CutMix, T)"):
             x_s = random_contrast_brightness(x_weak, self.aug_gen, contrast=a.contrast, brightness=a.brightness)
-            perm, box = cutmix_boxes(
+            perm, box, boxes = cutmix_box_list(
                 b - bl, h, w, self.aug_gen, prob=a.cutmix_prob, area=a.cutmix_area, device=x_weak.device
             )
             x_s = torch.cat([x_s[:bl], apply_cutmix(x_s[bl:], perm, box)])
@@ -196,7 +196,7 @@ class Mona(Method):
                     # the teacher's key map (no grad, channels-last from the head) is mixed in place: at full
                     # resolution a concatenated copy would cost another B x D x H x W floats
                     keys = tv.embedding.to(self.map_dtype).contiguous(memory_format=torch.channels_last)
-                    keys[bl:] = apply_cutmix(keys[bl:], perm, box)
+                    paste_boxes_(keys[bl:], boxes, (h, w))
                     # the student's map as the head made it (channels-last; under autocast in its dtype, which
                     # the fused op accumulates in fp32): no converted copy of B x D x H x W values
                     lc = L.contrast(
