@@ -21,8 +21,14 @@ inline void check_inputs(const char* op, const at::Tensor& features, const at::T
                     ": features must be [B, D, H, W] or [N, D], got shape ", shape_str(features));
   TORCH_CHECK_TYPE(at::isFloatingType(features.scalar_type()), op, ": features must be floating, got ",
                    features.scalar_type());
-  TORCH_CHECK_VALUE(key_features.sizes() == features.sizes(), op, ": key_features must have the features' shape ",
-                    shape_str(features), ", got ", shape_str(key_features));
+  // Query rows [Nq, D] may come with a key map of any size (the queries were gathered beforehand:
+  // query_index then indexes the rows); otherwise queries and keys index one pixel set.
+  const bool query_rows = features.dim() == 2 && (key_features.dim() == 4 || key_features.dim() == 2) &&
+                          key_features.size(1) == features.size(1);
+  TORCH_CHECK_VALUE(key_features.sizes() == features.sizes() || query_rows, op,
+                    ": key_features must have the features' shape ", shape_str(features),
+                    " (or, with query rows [Nq, D], any [B, D, H, W] / [N, D] with the same D), got ",
+                    shape_str(key_features));
   TORCH_CHECK_TYPE(key_features.scalar_type() == features.scalar_type(), op, ": key_features dtype ",
                    key_features.scalar_type(), " differs from features dtype ", features.scalar_type());
   const int64_t D = features.size(1);

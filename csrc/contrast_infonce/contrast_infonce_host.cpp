@@ -12,7 +12,9 @@ InfonceArgs prepare_infonce(const char* op, const at::Tensor& features, const at
   contrast_infonce_checks::check_inputs(op, features, key_features, bank, prototypes, query_index, negative_index,
                                         class_weight, temperature);
   const int64_t D = features.size(1);
-  const int64_t N = features.dim() == 4 ? features.size(0) * features.size(2) * features.size(3) : features.size(0);
+  // N: the key map's pixels (negative_index < N reads the map, >= N the bank)
+  const int64_t N = key_features.dim() == 4 ? key_features.size(0) * key_features.size(2) * key_features.size(3)
+                                            : key_features.size(0);
   const int64_t C = prototypes.size(0);
   const int64_t K = bank.has_value() ? bank->size(1) : 0;
   const auto acc = acc_dtype(features.scalar_type());

@@ -7,7 +7,7 @@ from .bank import bank_push, queue_push
 from .class_mean import class_mean
 from .class_pools import class_pools
 from .contrast_infonce import contrast_infonce
-from .contrast_loss import contrast_loss, reco_loss
+from .contrast_loss import contrast_loss, contrast_loss_at_queries, reco_loss
 from .knn_loss import knn_loss
 from .pixel_kl import pixel_kl
 from .sample_negatives import sample_negatives
@@ -18,6 +18,7 @@ __all__ = [
     "class_pools",
     "contrast_infonce",
     "contrast_loss",
+    "contrast_loss_at_queries",
     "reco_loss",
     "sample_negatives",
     "bank_push",

@@ -26,8 +26,10 @@ def contrast_infonce(
     """Fused InfoNCE over sampled indices (0-dim loss); gradient to ``features`` only.
 
     Args:
-        features: ``[B, D, H, W]`` / ``[N, D]`` the (student) map the queries come from.
-        key_features: the same shape: the map negatives are read from (no gradient).
+        features: ``[B, D, H, W]`` / ``[N, D]`` the (student) map the queries come from, or ``[Nq, D]``
+            query rows gathered beforehand (then ``query_index`` indexes these rows).
+        key_features: the same shape, or (with query rows) any ``[B, D, H, W]`` / ``[N, D]`` of the same D:
+            the map the negatives are read from (no gradient).
         prototypes: ``[C, D]`` positive key of each class (no gradient).
         query_index, negative_index, class_weight: ``[C, Q]``, ``[C, Q, M]``, ``[C]`` from ``sample_negatives``.
         temperature: t in ``cos(x, key) / t``.
@@ -86,10 +88,12 @@ def _contrast_infonce_fake(
 ):
     op = "contrast_infonce"  # the checks of prepare_infonce (csrc/contrast_infonce/contrast_infonce_host.cpp)
     _check_features(op, features)
+    query_rows = features.dim() == 2 and key_features.dim() in (4, 2) and key_features.shape[1] == features.shape[1]
     check(
-        key_features.shape == features.shape,
+        key_features.shape == features.shape or query_rows,
         op,
-        lambda: f"key_features must have the features' shape {shape_str(features)}, got {shape_str(key_features)}",
+        lambda: f"key_features must have the features' shape {shape_str(features)} (or, with query rows [Nq, D], "
+        f"any [B, D, H, W] / [N, D] with the same D), got {shape_str(key_features)}",
     )
     D = features.shape[1]
     check(

@@ -15,6 +15,7 @@ Reference: ``mona_ext.reference.contrast_loss_vectorised``; tests: ``tests/ops/t
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
@@ -158,35 +159,30 @@ def _bank_prototypes(bank: torch.Tensor, bank_fill: torch.Tensor) -> torch.Tenso
     return sums / bank_fill.clamp_min(1)[:, None].to(sums.dtype)
 
 
-def _contrast_loss_composite(
-    features,
+def _sample(
+    keys,
     labels,
     num_classes,
-    valid=None,
-    prob=None,
-    strong_threshold=0.97,
-    temperature=0.5,
-    num_queries=256,
-    num_negatives=512,
-    key_features=None,
-    bank=None,
-    bank_fill=None,
-    negatives="batch",
-    query_mode="hard",
-    ignore_index=-1,
-    generator=None,
+    valid,
+    prob,
+    strong_threshold,
+    temperature,
+    num_queries,
+    num_negatives,
+    bank,
+    bank_fill,
+    negatives,
+    query_mode,
+    ignore_index,
+    generator,
 ):
+    """Steps 1-3 of the loss (pools, prototypes of the key map, queries and negatives as indices).
+    Returns (prototypes, query_index [C, Q], negative_index [C, Q, M], class_weight [C], bank or None)."""
     if negatives not in NEGATIVE_SOURCES:
         raise ValueError(f"contrast_loss: negatives must be one of {NEGATIVE_SOURCES}, got {negatives!r}")
     use_bank = negatives != "batch"
     if use_bank and (bank is None or bank_fill is None):
         raise ValueError(f"contrast_loss: negatives={negatives!r} needs bank [C, K, D] and bank_fill [C]")
-    keys = (features if key_features is None else key_features).detach()
-    if keys.dim() == 4 and keys.shape[1] > 1 and keys.stride(1) != 1 and keys.device.type != "cpu":
-        # A warp gathering D-vectors from NCHW reads one element per cache line: on the GPU one
-        # transposed copy of the (no-grad) key map is far cheaper. The CPU kernel reads NCHW keys in
-        # channel tiles instead (no copy). Channels-last features skip both.
-        keys = keys.contiguous(memory_format=torch.channels_last)
     pools = torch.ops.mona.class_pools(labels, num_classes, valid, prob, strong_threshold, ignore_index)
     proto_labels = labels if valid is None else torch.where(valid != 0, labels, torch.full_like(labels, ignore_index))
     prototypes, proto_counts = torch.ops.mona.class_mean(keys, proto_labels, num_classes, None, ignore_index)
@@ -208,6 +204,41 @@ def _contrast_loss_composite(
         bank.shape[1] if use_bank else 0,
         generator,
     )
+    return prototypes, query_index, negative_index, class_weight, (bank if use_bank else None)
+
+
+def _transposed_keys(keys: torch.Tensor) -> torch.Tensor:
+    if keys.dim() == 4 and keys.shape[1] > 1 and keys.stride(1) != 1 and keys.device.type != "cpu":
+        # A warp gathering D-vectors from NCHW reads one element per cache line: on the GPU one
+        # transposed copy of the (no-grad) key map is far cheaper. The CPU kernel reads NCHW keys in
+        # channel tiles instead (no copy). Channels-last features skip both.
+        keys = keys.contiguous(memory_format=torch.channels_last)
+    return keys
+
+
+def _contrast_loss_composite(
+    features,
+    labels,
+    num_classes,
+    valid=None,
+    prob=None,
+    strong_threshold=0.97,
+    temperature=0.5,
+    num_queries=256,
+    num_negatives=512,
+    key_features=None,
+    bank=None,
+    bank_fill=None,
+    negatives="batch",
+    query_mode="hard",
+    ignore_index=-1,
+    generator=None,
+):
+    keys = _transposed_keys((features if key_features is None else key_features).detach())
+    prototypes, query_index, negative_index, class_weight, bank = _sample(
+        keys, labels, num_classes, valid, prob, strong_threshold, temperature, num_queries, num_negatives,
+        bank, bank_fill, negatives, query_mode, ignore_index, generator,
+    )  # fmt: skip
     loss, _ = torch.ops.mona.contrast_infonce(
         features,
         keys,
@@ -216,8 +247,73 @@ def _contrast_loss_composite(
         negative_index,
         class_weight,
         temperature,
-        bank if use_bank else None,
+        bank,
         wants_grad(features),
+    )
+    return loss
+
+
+def contrast_loss_at_queries(
+    query_rows: Callable[[torch.Tensor], torch.Tensor],
+    key_features: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    valid: torch.Tensor | None = None,
+    prob: torch.Tensor | None = None,
+    strong_threshold: float = 0.97,
+    temperature: float = 0.5,
+    num_queries: int = 256,
+    num_negatives: int = 512,
+    bank: torch.Tensor | ClassMemoryBank | None = None,
+    bank_fill: torch.Tensor | None = None,
+    negatives: str = "batch",
+    query_mode: str = "hard",
+    ignore_index: int = -1,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """:func:`contrast_loss` with ``key_features`` when the query map is never built.
+
+    The loss reads the query map at the sampled query pixels only (at most ``C * num_queries`` of the
+    ``B * H * W``); everything else comes from the key map. So instead of a ``[B, D, H, W]`` query map
+    this takes ``query_rows(pixels)``: the query vectors ``[n, D]`` (with their gradient) of the flat
+    pixel indices ``pixels`` ``[n]`` (``b * H * W + y * W + x``; distinct, sorted; pixel 0 alone when no
+    class has queries), e.g. a network's
+    last 1x1 convolution applied to those pixels of its hidden map. With the same generator state the
+    draws are those of ``contrast_loss(map, ..., key_features=key_features)``; if ``query_rows``
+    returns the map's rows, the loss is bitwise the same (tests/ops/test_contrast_loss.py). The dense
+    ``B x D x H x W`` query map and its gradient never exist.
+    """
+    if hasattr(bank, "storage") and hasattr(bank, "fill"):  # a ClassMemoryBank
+        if bank_fill is not None:
+            raise ValueError("contrast_loss_at_queries: pass either a ClassMemoryBank or (bank, bank_fill), not both")
+        bank, bank_fill = bank.storage, bank.fill
+    keys = _transposed_keys(key_features.detach())
+    prototypes, query_index, negative_index, class_weight, bank = _sample(
+        keys, labels, num_classes, valid, prob, strong_threshold, temperature, num_queries, num_negatives,
+        bank, bank_fill, negatives, query_mode, ignore_index, generator,
+    )  # fmt: skip
+    # a class without queries has query_index -1 (and weight 0: its rows are never read)
+    pixels = torch.unique(query_index[query_index >= 0], sorted=True)
+    if pixels.numel() == 0:  # no class contributes: one row keeps the gradient path (the loss is 0)
+        pixels = query_index.new_zeros(1)
+    rows_of = torch.searchsorted(pixels, query_index.clamp_min(0)).clamp_max(pixels.numel() - 1)
+    rows = query_rows(pixels)
+    D = keys.shape[1]
+    if rows.dim() != 2 or rows.shape != (pixels.numel(), D) or rows.dtype != keys.dtype:
+        raise ValueError(
+            f"contrast_loss_at_queries: query_rows must return [{pixels.numel()}, {D}] {keys.dtype} "
+            f"(one row per pixel, the key map's D and dtype), got {list(rows.shape)} {rows.dtype}"
+        )
+    loss, _ = torch.ops.mona.contrast_infonce(
+        rows,
+        keys,
+        prototypes,
+        rows_of.view(query_index.shape),
+        negative_index,
+        class_weight,
+        temperature,
+        bank,
+        wants_grad(rows),
     )
     return loss
 

@@ -226,7 +226,16 @@ ROWS = [
         "contrast_infonce-key_features",
         "contrast_infonce",
         lambda: infonce(keys=(2, 8, 4, 5)),
-        "contrast_infonce: key_features must have the features' shape [2, 8, 4, 4], got [2, 8, 4, 5]",
+        "contrast_infonce: key_features must have the features' shape [2, 8, 4, 4] (or, with query rows [Nq, D], "
+        "any [B, D, H, W] / [N, D] with the same D), got [2, 8, 4, 5]",
+        None,
+    ),
+    (
+        "contrast_infonce-query_rows_D",
+        "contrast_infonce",
+        lambda: infonce(features=(5, 8), keys=(2, 6, 4, 4)),
+        "contrast_infonce: key_features must have the features' shape [5, 8] (or, with query rows [Nq, D], "
+        "any [B, D, H, W] / [N, D] with the same D), got [2, 6, 4, 4]",
         None,
     ),
     (

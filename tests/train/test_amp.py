@@ -78,7 +78,8 @@ def test_amp_values_legacy_booleans_and_fp16_on_the_cpu(tiny_cache, tmp_path):
 
 @pytest.mark.parametrize("method", ["supervised", "glcon", "mona"])
 def test_bf16_autocast_on_the_cpu_with_every_loss_in_fp32(tiny_cache, tmp_path, method):
-    run = setup(_cfg(tiny_cache, tmp_path, method, amp="bf16"))
+    # the full-map contrastive path (mona.query_map=full); the query-rows path: tests/train/test_query_map.py
+    run = setup(_cfg(tiny_cache, tmp_path, method, amp="bf16", **{"mona.query_map": "full"}))
     assert run.method.amp_dtype == torch.bfloat16 and not run.method.scaler.is_enabled()  # bf16: no loss scaling
     calls = _record_losses(run)
     net_dtypes = []
@@ -128,7 +129,9 @@ def test_fp16_teacher_logits_at_temperature_001_overflow_and_our_path_does_not()
 @pytest.mark.parametrize("amp", ["off", "bf16"])
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_the_representation_map_reaches_contrast_loss_without_a_copy(tiny_cache, tmp_path, amp, channels_last):
-    run = setup(_cfg(tiny_cache, tmp_path, "mona", amp=amp, **{"model.channels_last": channels_last}))
+    run = setup(
+        _cfg(tiny_cache, tmp_path, "mona", amp=amp, **{"model.channels_last": channels_last, "mona.query_map": "full"})
+    )
     student = run.method.student
     if channels_last:  # every 4-d weight of student and teacher in channels-last
         for model in (student, run.method.teacher):

@@ -14,11 +14,13 @@ from .unet import UNet, UNetOutput
 @dataclass
 class ModelOutput:
     """logits ``[B, C, H, W]``; unet: the backbone's output (bottleneck, decoder maps);
-    embedding ``[B, 512, H/s, W/s]`` (representation head); global_proj / global_pred ``[B, 512]``."""
+    embedding ``[B, 512, H/s, W/s]`` (representation head) or embedding_hidden ``[B, 64, H/s, W/s]``
+    (the head before its last 1x1 convolution); global_proj / global_pred ``[B, 512]``."""
 
     logits: torch.Tensor
     unet: UNetOutput
     embedding: torch.Tensor | None = None
+    embedding_hidden: torch.Tensor | None = None
     global_proj: torch.Tensor | None = None
     global_pred: torch.Tensor | None = None
 
@@ -52,12 +54,28 @@ class MonaNet(nn.Module):
         if "local" in heads:
             self.heads["local"] = LocalProjectionHead(channels[0], embed_dim, norm=head_norm)
 
-    def forward(self, x: torch.Tensor, *, with_heads: bool = True, feature_perturbation: float = 0.0) -> ModelOutput:
-        """x: ``[B, in_channels, H, W]``; ``feature_perturbation``: see :meth:`UNet.forward` (``unet.logits_fp``)."""
+    def forward(
+        self,
+        x: torch.Tensor,
+        *,
+        with_heads: bool = True,
+        feature_perturbation: float = 0.0,
+        representation: str = "map",
+    ) -> ModelOutput:
+        """x: ``[B, in_channels, H, W]``; ``feature_perturbation``: see :meth:`UNet.forward` (``unet.logits_fp``).
+        ``representation``: ``"map"`` (``embedding``: the ``[B, embed_dim, h, w]`` map) or ``"hidden"``
+        (``embedding_hidden``: the head's map before its last 1x1 convolution, for
+        ``heads["representation"].project_rows`` at a few pixels; ``embedding`` stays None)."""
+        if representation not in ("map", "hidden"):
+            raise ValueError(f"MonaNet: representation must be 'map' or 'hidden', got {representation!r}")
         u = self.unet(x, feature_perturbation) if feature_perturbation > 0 else self.unet(x)
         out = ModelOutput(u.logits, u)
         if with_heads and "representation" in self.heads:
-            out.embedding = self.heads["representation"](u.decoder)
+            head = self.heads["representation"]
+            if representation == "hidden":
+                out.embedding_hidden = head.hidden(u.decoder)
+            else:
+                out.embedding = head(u.decoder)
         if with_heads and "global" in self.heads:
             out.global_proj = self.heads["global"](u.bottleneck)
             out.global_pred = self.heads["predictor"](out.global_proj)

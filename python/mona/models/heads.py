@@ -36,14 +36,29 @@ class RepresentationHead(nn.Module):
         )
 
     def forward(self, decoder: list[torch.Tensor]) -> torch.Tensor:
+        return self.project_map(self.hidden(decoder))
+
+    def project_map(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The last 1x1 convolution on the whole hidden map: ``[B, fpn_dim, h, w]`` -> ``[B, dim, h, w]``."""
+        return self.fuse[-1](hidden)
+
+    def project_rows(self, hidden: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
+        """The last 1x1 convolution at some pixels only: the hidden map ``[B, fpn_dim, h, w]`` and flat
+        pixel indices ``[n]`` (``b * h * w + y * w + x``) -> ``[n, dim]``, the rows of :meth:`project_map`
+        (equal up to rounding: a matrix product instead of a convolution)."""
+        conv = self.fuse[-1]
+        rows = hidden.permute(0, 2, 3, 1).reshape(-1, hidden.shape[1]).index_select(0, pixels)
+        return F.linear(rows, conv.weight.view(conv.out_channels, conv.in_channels), conv.bias)
+
+    def hidden(self, decoder: list[torch.Tensor]) -> torch.Tensor:
+        """Everything but the last 1x1 convolution: ``[B, fpn_dim, h, w]`` (channels-last)."""
         h, w = decoder[-1].shape[-2:]
         size = (h // self.output_stride, w // self.output_stride)
         acc = None
         for lat, feat in zip(self.lateral, decoder):
             y = F.interpolate(lat(feat), size=size, mode="bilinear", align_corners=False)
             acc = y if acc is None else acc + y
-        hidden = self.fuse[:-1](acc).contiguous(memory_format=torch.channels_last)
-        return self.fuse[-1](hidden)
+        return self.fuse[:-1](acc).contiguous(memory_format=torch.channels_last)
 
 
 HEAD_NORMS = ("layer", "batch")

@@ -105,6 +105,11 @@ class MonaConfig:
     strong_threshold: float = 0.97  # easy/hard query split and the L_unsup confidence threshold
     weak_threshold: float = 0.7  # teacher confidence for a valid pseudo-label pixel
     negatives: str = "both"  # batch | bank | both
+    # the student's representation for L_contrast: "queries" (the head's last 1x1 conv at the sampled query
+    # pixels only, mona_ext.contrast_loss_at_queries: the B x D x H x W map and its gradient never exist),
+    # "full" (the whole map, as the paper's code), "auto" (queries with impl ext; full with impl reference,
+    # whose plain-PyTorch loss takes a map). Same loss either way, up to rounding.
+    query_map: str = "auto"
     bank_size: int = 2048  # keys per class in the ClassMemoryBank
     bank_push_per_class: int = 256  # capped random subset of confident teacher keys per class and step
     knn_k: int = 5
@@ -270,6 +275,13 @@ class TrainConfig:
                 "checkpoint), not both"
             )
         m, g = self.mona, self.glcon
+        if m.query_map not in ("auto", "queries", "full"):
+            raise UsageError(f"config: mona.query_map must be auto, queries or full, got {m.query_map!r}")
+        if m.query_map == "queries" and self.impl != "ext":
+            raise UsageError(
+                "config: mona.query_map=queries needs impl: ext (the reference contrastive loss takes the "
+                f"whole map), got impl: {self.impl}; use mona.query_map=full or auto"
+            )
         if m.negatives not in NEGATIVE_SOURCES:
             raise UsageError(f"config: mona.negatives must be one of {NEGATIVE_SOURCES}, got {m.negatives!r}")
         for key, val in (

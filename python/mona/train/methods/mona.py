@@ -87,7 +87,11 @@ class Mona(Method):
             if m.class_thresholds == "adaptive"
             else None
         )
-        self._pending: dict[str, object] = {}  # pushes for after_step: "bank" (keys, labels, valid), "queue"
+        self._pending: dict[str, object] = {}
+        # L_contrast reads the student's representation at the query pixels only (mona.query_map)
+        self.query_rows_only = m.contrast_weight > 0 and (
+            m.query_map == "queries" or (m.query_map == "auto" and self.cfg.impl == "ext")
+        )  # pushes for after_step: "bank" (keys, labels, valid), "queue"
 
     def terms(self) -> tuple[str, ...]:
         m = self.cfg.mona
@@ -164,7 +168,7 @@ class Mona(Method):
         L = self.losses
         parts: dict[str, float] = {}
 
-        def main_terms(sv) -> tuple[torch.Tensor, torch.Tensor]:
+        def main_terms(model, sv) -> tuple[torch.Tensor, torch.Tensor]:
             """L_sup, L_unsup, L_contrast of the main pass (fp32, outside autocast). Returns (sum, logits)."""
             logits = sv.logits.float()
             loss = logits.new_zeros(())
@@ -197,23 +201,34 @@ class Mona(Method):
                     # resolution a concatenated copy would cost another B x D x H x W floats
                     keys = tv.embedding.to(self.map_dtype).contiguous(memory_format=torch.channels_last)
                     paste_boxes_(keys[bl:], boxes, (h, w))
-                    # the student's map as the head made it (channels-last; under autocast in its dtype, which
-                    # the fused op accumulates in fp32): no converted copy of B x D x H x W values
-                    lc = L.contrast(
-                        sv.embedding.to(self.map_dtype),
-                        labels,
-                        self.num_classes,
+                    sampling = dict(
                         valid=valid,
                         prob=prob,
                         strong_threshold=m.strong_threshold,
                         temperature=m.temperature,
                         num_queries=m.num_queries,
                         num_negatives=m.num_negatives,
-                        key_features=keys,
                         bank=self.bank,
                         negatives=m.negatives,
                         generator=self.contrast_gen,
                     )
+                    if self.query_rows_only:
+                        # the student's representation at the sampled query pixels only: its last 1x1
+                        # conv on those rows of the hidden map (the full B x D x H x W map and its dense
+                        # gradient never exist)
+                        head = model.heads["representation"]
+
+                        def query_rows(pixels):
+                            with self.autocast():
+                                return head.project_rows(sv.embedding_hidden, pixels).to(self.map_dtype)
+
+                        lc = mona_ext.contrast_loss_at_queries(query_rows, keys, labels, self.num_classes, **sampling)
+                    else:
+                        # the student's map as the head made it (channels-last; under autocast in its dtype,
+                        # which the fused op accumulates in fp32): no converted copy of B x D x H x W values
+                        lc = L.contrast(
+                            sv.embedding.to(self.map_dtype), labels, self.num_classes, key_features=keys, **sampling
+                        )
                     loss = loss + m.contrast_weight * ramp * lc
                     self.record("contrast", m.contrast_weight * ramp * lc)
                     parts["contrast"] = float(lc.detach())
@@ -233,10 +248,10 @@ class Mona(Method):
             order measured 118 MB more peak per slice at 256 x 256, 512-d: benchmarks/memory_model.py)."""
             with region("student forward"):
                 with self.autocast():
-                    sv = model(x_s)
+                    sv = model(x_s, representation="hidden" if self.query_rows_only else "map")
             if not use_nn:  # DDP: an output no loss uses would wait for a gradient that never comes
                 sv.global_proj = sv.global_pred = None
-            loss, logits = main_terms(sv)
+            loss, logits = main_terms(model, sv)
             logits_t = None
             if x_t is not None:
                 with region("student forward on T(x)"):
