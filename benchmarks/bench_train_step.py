@@ -310,9 +310,14 @@ def main() -> None:
         "loss terms) on phantom slices; time: allocator defaults, warm-up then the median; memory: its own "
         "process, peak above the resident memory before the step. `python -m benchmarks.bench_train_step"
         + (" --quick" if args.quick else "")
-        + f" --device {args.device}`."
+        + f" --device {args.device}"
+        + (f" --tag {args.tag}" if args.tag else "")
+        + "".join(f" {o}" for o in args.overrides)
+        + "`."
     )
-    path = write_results(f"train_step_{args.device}" + ("_quick" if args.quick else ""), rows, columns, meta, notes)
+    path = write_results(
+        f"train_step_{args.device}" + ("_quick" if args.quick else "") + args.tag, rows, columns, meta, notes
+    )
     print(
         f"\next vs reference: {ext['median_s'] / ref['median_s']:.2f}x the time, "
         f"{ext['extra_peak_mb'] / max(ref['extra_peak_mb'], 1e-9):.2f}x the peak memory -> {path}"

@@ -58,7 +58,7 @@ class ModelConfig:
     embed_dim: int = 512  # projection / representation embedding dimension
     rep_stride: int = 1  # representation head output stride (1: full resolution)
     # student and teacher weights / activations in torch.channels_last: oneDNN's convolutions are faster
-    # on it (the demo's MONA step 951 -> 720 ms on the CPU: benchmarks/README.md), tensor cores want it
+    # on it (the demo's MONA step 941 -> 801 ms on the CPU: benchmarks/README.md), tensor cores want it
     channels_last: bool = True
     # the norm layer of the global / predictor / local MLP heads: "layer" (LayerNorm) or "batch" (BatchNorm1d,
     # ISD's; with small batches of similar slices it multiplies the relational terms' gradient: docs/training.md)
