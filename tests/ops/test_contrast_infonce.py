@@ -225,3 +225,34 @@ def test_emu_mismatched_device_message():
     with on(EMU):
         with pytest.raises(ValueError, match="contrast_infonce: bank is on meta but features is on cpu"):
             mona_ext.contrast_infonce(f, keys, protos, qidx, nidx, w, 0.5, bank=bank_t.to("meta"))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("bank", [False, True])
+def test_query_rows_with_a_key_map_match_the_map(device, channels_last, bank):
+    """features = the query rows [Nq, D] (query_index into them) with a [B, D, H, W] key map: the
+    loss and the rows' gradient of the map case, on every kernel (contrast_loss_at_queries' path)."""
+    dev = str(device)  # EMU is "cpu" with the emulation entered by tests/conftest.py
+    f, keys, protos, qidx, nidx, w, bank_t = sampled(dtype=torch.float64, Q=6, M=9, seed=3, bank=bank)
+    if channels_last:
+        f, keys = (t.contiguous(memory_format=torch.channels_last) for t in (f, keys))
+    D = f.shape[1]
+    pixels, rows_of = torch.unique(qidx.clamp_min(0), return_inverse=True)
+    rows_of = torch.where(qidx < 0, qidx, rows_of)  # an absent class keeps its -1
+    x_map = f.detach().to(dev).requires_grad_(True)
+    l_map = mona_ext.contrast_infonce(
+        x_map, keys.to(dev), protos.to(dev), qidx.to(dev), nidx.to(dev), w.to(dev), 0.5,
+        bank_t.to(dev) if bank_t is not None else None,
+    )  # fmt: skip
+    rows = f.detach().permute(0, 2, 3, 1).reshape(-1, D)[pixels].to(dev).requires_grad_(True)
+    l_rows = mona_ext.contrast_infonce(
+        rows, keys.to(dev), protos.to(dev), rows_of.to(dev), nidx.to(dev), w.to(dev), 0.5,
+        bank_t.to(dev) if bank_t is not None else None,
+    )  # fmt: skip
+    torch.testing.assert_close(l_rows, l_map, rtol=1e-12, atol=1e-12)
+    l_map.backward()
+    l_rows.backward()
+    expected = x_map.grad.cpu().permute(0, 2, 3, 1).reshape(-1, D)[pixels]
+    torch.testing.assert_close(rows.grad.cpu(), expected, rtol=1e-10, atol=1e-12)
+    assert rows.grad.abs().sum() > 0
