@@ -126,6 +126,11 @@ class MonaConfig:
     class_thresholds: str = "fixed"
     threshold_momentum: float = 0.95  # EMA of the per-class confident / predicted pixel counts, per step
     threshold_floor: float = 0.5
+    # ReMixMatch's distribution alignment of the teacher's probabilities before pseudo-labelling
+    # (mona.alignment): each class scaled by its labeled share over the teacher's mean prediction on the
+    # unlabeled half (EMA of both with alignment_momentum per step), then renormalised
+    distribution_alignment: bool = False
+    alignment_momentum: float = 0.99
 
 
 @dataclass
@@ -330,6 +335,8 @@ class TrainConfig:
             raise UsageError(f"config: mona.threshold_momentum must be in [0, 1), got {m.threshold_momentum}")
         if not 0 <= m.threshold_floor <= 1:
             raise UsageError(f"config: mona.threshold_floor must be in [0, 1], got {m.threshold_floor}")
+        if not 0 <= m.alignment_momentum < 1:
+            raise UsageError(f"config: mona.alignment_momentum must be in [0, 1), got {m.alignment_momentum}")
         mt = self.mean_teacher
         if mt.consistency not in CONSISTENCY:
             raise UsageError(f"config: mean_teacher.consistency must be one of {CONSISTENCY}, got {mt.consistency!r}")

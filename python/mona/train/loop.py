@@ -543,6 +543,8 @@ def log_columns(m: Method, cfg: TrainConfig, class_names: list[str]) -> list[str
             cols += [f"pl_{k}_{c}" for k in ("wrecall", "wagainst") for c in class_names[1:]]
     if m.name == "mona" and cfg.mona.class_thresholds == "adaptive":
         cols += [f"thr_{c}" for c in class_names[1:]]  # L_unsup's threshold per class
+    if m.name == "mona" and cfg.mona.distribution_alignment:
+        cols += [f"da_ratio_{c}" for c in class_names]  # the alignment's labeled / predicted share per class
     return cols
 
 

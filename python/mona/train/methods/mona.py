@@ -40,6 +40,7 @@ import torch
 import mona_ext
 
 from ...augment import apply_cutmix, cutmix_box_list, paste_boxes_, random_contrast_brightness, random_transform
+from ..alignment import DistributionAlignment
 from ..config import TrainConfig
 from ..distributed import rank_seed
 from ..losses import confidence_weighted_ce, pixel_masked_ce, supervised_loss
@@ -87,6 +88,9 @@ class Mona(Method):
             if m.class_thresholds == "adaptive"
             else None
         )
+        self.alignment = (
+            DistributionAlignment(self.num_classes, m.alignment_momentum) if m.distribution_alignment else None
+        )
         self._pending: dict[str, object] = {}
         # L_contrast reads the student's representation at the query pixels only (mona.query_map)
         self.query_rows_only = m.contrast_weight > 0 and (
@@ -115,6 +119,8 @@ class Mona(Method):
             objs["queue.knn"] = self.queue
         if self.class_thresholds is not None:
             objs["class_thresholds"] = self.class_thresholds
+        if self.alignment is not None:
+            objs["distribution_alignment"] = self.alignment
         return objs
 
     def step(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
@@ -125,6 +131,13 @@ class Mona(Method):
         with region("teacher forward"), torch.no_grad(), self.autocast():
             tv = self.teacher(x_weak)
         prob_t = torch.softmax(tv.logits[bl:].float(), dim=1)
+        da = self.alignment
+        if da is not None:  # the teacher's class prior moved to the labeled one (mona.alignment)
+            da.update(y_l, prob_t)
+            prob_t = da.align(prob_t)
+            if self.keep_terms:
+                names, r = self.ctx.cache.class_names, da.ratio()
+                self.diagnostics.update({f"da_ratio_{names[c]}": float(r[c]) for c in range(self.num_classes)})
         conf, pseudo = prob_t.max(dim=1)  # [bu, H, W]
         # the thresholds of each pixel's pseudo-label class: L_unsup's (strong) and the contrastive
         # validity (weak); one value for every class unless mona.class_thresholds is adaptive
