@@ -84,8 +84,7 @@ MONA_MULTIVERSION(float, class_row_sum_f32,
 constexpr int kFusedClasses = 8;
 
 template <int NC, typename scalar_t, typename acc_t>
-MONA_INLINE void class_row_sums_fixed(const int32_t* cls, const acc_t* w, const scalar_t* row, int64_t P,
-                                      acc_t* out) {
+MONA_INLINE void class_row_sums_fixed(const int32_t* cls, const acc_t* w, const scalar_t* row, int64_t P, acc_t* out) {
   constexpr int U = 16;
   acc_t acc[NC][U] = {};
   int64_t p = 0;

@@ -92,8 +92,10 @@ def _contrast_infonce_fake(
     check(
         key_features.shape == features.shape or query_rows,
         op,
-        lambda: f"key_features must have the features' shape {shape_str(features)} (or, with query rows [Nq, D], "
-        f"any [B, D, H, W] / [N, D] with the same D), got {shape_str(key_features)}",
+        lambda: (
+            f"key_features must have the features' shape {shape_str(features)} (or, with query rows [Nq, D], "
+            f"any [B, D, H, W] / [N, D] with the same D), got {shape_str(key_features)}"
+        ),
     )
     D = features.shape[1]
     check(
