@@ -69,8 +69,8 @@ METHODS: dict[str, tuple[str, list[str]]] = {
     # the contrastive term's pseudo-labels at the paper's one confidence threshold (0.97, as L_unsup's)
     # instead of ReCo's weak 0.7, at which most tail-class pixels are confidently another class
     "mona-contrast_strong": ("demo_mona", ["mona.weak_threshold=0.97"]),
-    # ReMixMatch's distribution alignment of the teacher's probabilities (the teacher under-predicts the
-    # tail class on the unlabeled patients; the labeled share corrects its prior)
+    # ReMixMatch's distribution alignment of the teacher's probabilities to the labeled class shares
+    # (would correct a teacher that under-predicts the tail class; measured: it does not, rejected)
     "mona-da": ("demo_mona", ["mona.distribution_alignment=true"]),
     # MONA's pipeline with every unlabeled term off: L_sup on the labeled half of MONA's batch
     "mona-sup_only": (

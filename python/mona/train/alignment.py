@@ -19,26 +19,30 @@ drops below the threshold instead of training against the tail class). The assum
 the unlabeled patients share the labeled ones' class proportions, which holds for one anatomy
 (cardiac structures, liver) better than for classes of a varying number of lesions.
 
-Sums, not per-step frequencies, are averaged, so the zero initial state needs no bias correction (the
-ratio of two normalised vectors does not see the scale); the counts are summed over the ranks under
-torchrun, so every rank aligns with the same ratio. No host sync: the ratio stays on the device.
+Measured on the phantoms (docs/training.md, "Distribution alignment, tried and rejected"): no effect,
+and the premise does not hold there: the teacher's mean probability of the tail class is 1.5-4x its
+labeled share (it is unsure of it everywhere rather than blind to it), so alignment lowers it. Off by default.
+
+Sums (:class:`~.class_ema.ClassSumsEMA`), not per-step frequencies, are averaged, so the zero initial
+state needs no bias correction: the ratio of two normalised vectors does not see the scale. No host
+sync: the ratio stays on the device.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
+
+from .class_ema import ClassSumsEMA
 
 
-class DistributionAlignment:
+class DistributionAlignment(ClassSumsEMA):
     """EMA class priors -> aligned pixel probabilities. State: ``labeled``, ``predicted`` ``[C]`` (float64)."""
 
+    names = ("labeled", "predicted")
+    what = "distribution alignment"
+
     def __init__(self, num_classes: int, momentum: float = 0.99):
-        if not 0 <= momentum < 1:
-            raise ValueError(f"momentum must be in [0, 1), got {momentum}")
-        self.num_classes, self.momentum = num_classes, momentum
-        self.labeled = torch.zeros(num_classes, dtype=torch.float64)
-        self.predicted = torch.zeros(num_classes, dtype=torch.float64)
+        super().__init__(num_classes, momentum)
 
     @torch.no_grad()
     def update(self, labels: torch.Tensor, prob: torch.Tensor) -> None:
@@ -48,16 +52,7 @@ class DistributionAlignment:
         if prob.dim() != 4 or prob.shape[1] != c:
             raise ValueError(f"distribution alignment: prob must be [B, {c}, H, W], got {tuple(prob.shape)}")
         lab = torch.bincount(labels.reshape(-1).long(), minlength=c)[:c].double()
-        pred = prob.double().sum(dim=(0, 2, 3))
-        if dist.is_available() and dist.is_initialized():
-            both = torch.stack([lab, pred])
-            dist.all_reduce(both)
-            lab, pred = both.unbind(0)
-        if self.labeled.device != lab.device:
-            self.labeled, self.predicted = self.labeled.to(lab.device), self.predicted.to(lab.device)
-        m = self.momentum
-        self.labeled.mul_(m).add_(lab, alpha=1 - m)
-        self.predicted.mul_(m).add_(pred, alpha=1 - m)
+        self.accumulate(labeled=lab, predicted=prob.double().sum(dim=(0, 2, 3)))
 
     def ratio(self) -> torch.Tensor:
         """``pi_lab / pi_pred`` ``[C]`` (float64); all ones before the first update."""
@@ -70,15 +65,3 @@ class DistributionAlignment:
         """``prob [B, C, H, W]`` -> the aligned probabilities, same shape and dtype (rows sum to 1)."""
         q = prob * self.ratio().to(device=prob.device, dtype=prob.dtype).view(1, -1, 1, 1)
         return q / q.sum(dim=1, keepdim=True).clamp_min(torch.finfo(prob.dtype).tiny)
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return {"labeled": self.labeled.cpu().clone(), "predicted": self.predicted.cpu().clone()}
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        for k in ("labeled", "predicted"):
-            v = state[k]
-            if v.shape != (self.num_classes,):
-                raise ValueError(
-                    f"distribution alignment: {k} has shape {tuple(v.shape)}, expected ({self.num_classes},)"
-                )
-            getattr(self, k).copy_(v.to(getattr(self, k).device))

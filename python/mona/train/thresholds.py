@@ -18,18 +18,19 @@ counts are summed over the ranks under torchrun, so every rank uses the same thr
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
+
+from .class_ema import ClassSumsEMA
 
 
-class AdaptiveClassThresholds:
+class AdaptiveClassThresholds(ClassSumsEMA):
     """EMA learning status per class -> per-class thresholds. State: ``confident``, ``predicted`` ``[C]``."""
 
+    names = ("confident", "predicted")
+    what = "class thresholds"
+
     def __init__(self, num_classes: int, momentum: float = 0.95, floor: float = 0.5):
-        if not 0 <= momentum < 1:
-            raise ValueError(f"momentum must be in [0, 1), got {momentum}")
-        self.num_classes, self.momentum, self.floor = num_classes, momentum, floor
-        self.confident = torch.zeros(num_classes, dtype=torch.float64)
-        self.predicted = torch.zeros(num_classes, dtype=torch.float64)
+        super().__init__(num_classes, momentum)
+        self.floor = floor
 
     @torch.no_grad()
     def update(self, pseudo: torch.Tensor, conf: torch.Tensor, tau: float) -> None:
@@ -39,15 +40,7 @@ class AdaptiveClassThresholds:
         flat = pseudo.reshape(-1).long()
         pred = torch.bincount(flat, minlength=c)[:c].double()
         sure = torch.bincount(flat, weights=(conf.reshape(-1) >= tau).double(), minlength=c)[:c]
-        if dist.is_available() and dist.is_initialized():
-            both = torch.stack([pred, sure])
-            dist.all_reduce(both)
-            pred, sure = both.unbind(0)
-        if self.predicted.device != pred.device:
-            self.predicted, self.confident = self.predicted.to(pred.device), self.confident.to(pred.device)
-        m = self.momentum
-        self.predicted.mul_(m).add_(pred, alpha=1 - m)
-        self.confident.mul_(m).add_(sure, alpha=1 - m)
+        self.accumulate(confident=sure, predicted=pred)
 
     def status(self) -> torch.Tensor:
         """``beta [C]`` in [0, 1]: each class's confident fraction over the best class's."""
@@ -62,13 +55,3 @@ class AdaptiveClassThresholds:
         beta = self.status()
         t = tau * beta / (2 - beta)
         return t.clamp(min=min(self.floor, tau), max=tau).float()
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return {"confident": self.confident.cpu().clone(), "predicted": self.predicted.cpu().clone()}
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        for k in ("confident", "predicted"):
-            v = state[k]
-            if v.shape != (self.num_classes,):
-                raise ValueError(f"class thresholds: {k} has shape {tuple(v.shape)}, expected ({self.num_classes},)")
-            getattr(self, k).copy_(v.to(getattr(self, k).device))
