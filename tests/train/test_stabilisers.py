@@ -73,6 +73,17 @@ def test_rampup_and_warmup_defaults_are_fractions_of_the_stage(tiny_cache, tmp_p
         _cfg(tiny_cache, tmp_path, "mean_teacher", **{"mean_teacher.consistency": "kl"})
 
 
+def test_mean_teacher_weight_follows_its_consistency_unless_set(tiny_cache, tmp_path):
+    # default: CE on confident labels at 1; "mse" alone gets SSL4MIS's 0.1; an explicit weight wins
+    assert (lambda m: (m.consistency, m.weight))(_cfg(tiny_cache, tmp_path, "mean_teacher").mean_teacher) == ("ce", 1.0)
+    mse = _cfg(tiny_cache, tmp_path, "mean_teacher", **{"mean_teacher.consistency": "mse"}).mean_teacher
+    assert mse.weight == 0.1
+    set_ = _cfg(tiny_cache, tmp_path, "mean_teacher", **{"mean_teacher.consistency": "mse", "mean_teacher.weight": 2})
+    assert set_.mean_teacher.weight == 2
+    with pytest.raises(ValueError, match="mean_teacher.weight must be >= 0"):
+        _cfg(tiny_cache, tmp_path, "mean_teacher", **{"mean_teacher.weight": -1})
+
+
 def test_ema_decay_warms_up_like_ssl4mis():
     assert ema_decay_at(0, 0.99, True) == 0.0  # the first update copies the student
     assert ema_decay_at(1, 0.99, True) == pytest.approx(0.5)

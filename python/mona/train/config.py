@@ -136,10 +136,16 @@ class MonaConfig:
 @dataclass
 class MeanTeacherConfig:
     """The field's standard control (SSL4MIS ``train_mean_teacher_2D.py``): L_sup + w(t) L_cons on the
-    unlabeled half, student on the strong view, EMA teacher on the weak view."""
+    unlabeled half, student on the strong view, EMA teacher on the weak view.
 
-    consistency: str = "mse"  # "mse": MSE of the softmax maps (SSL4MIS); "ce": CE on confident teacher labels
-    weight: float = 0.1  # SSL4MIS's consistency weight (mse); the ramp-up multiplies it
+    Default ``ce`` at weight 1 (the weight of MONA's L_unsup): measured on the phantoms (issue 22,
+    docs/training.md), SSL4MIS's ``mse`` at 0.1 gives the consistency term 1.3 % of L_sup's gradient
+    on the encoder, so that control trains as supervised on its labeled half alone; ``ce`` at 1 gives
+    it about a third of L_sup's."""
+
+    consistency: str = "ce"  # "ce": CE on confident teacher labels; "mse": MSE of the softmax maps (SSL4MIS)
+    # None: 1 for "ce", SSL4MIS's 0.1 for "mse"; the ramp-up multiplies it
+    weight: float | None = None
     threshold: float = 0.95  # "ce": teacher confidence of a pseudo-labelled pixel
 
 
@@ -340,6 +346,8 @@ class TrainConfig:
         mt = self.mean_teacher
         if mt.consistency not in CONSISTENCY:
             raise UsageError(f"config: mean_teacher.consistency must be one of {CONSISTENCY}, got {mt.consistency!r}")
+        if mt.weight is None:
+            mt.weight = 0.1 if mt.consistency == "mse" else 1.0
         if mt.weight < 0:
             raise UsageError(f"config: mean_teacher.weight must be >= 0, got {mt.weight}")
         if not 0 <= mt.threshold <= 1:
