@@ -23,6 +23,7 @@ against ``supervised_strong`` (the fair baseline: same augmentation, no unlabele
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import statistics
 import subprocess
@@ -89,17 +90,12 @@ METHODS: dict[str, tuple[str, list[str]]] = {
 DEFAULT_METHODS = ["supervised", "supervised_strong", "mean_teacher", "mona"]
 
 
-def _child(spec: str) -> None:
-    """One training run + test evaluation (in its own process: one torch thread, its own RNG state)."""
-    import torch
-
+def run_config(c: dict):
+    """The ``TrainConfig`` of one job (``c``: a job dict of :func:`main`). Returns (config, GLCon share)."""
     from mona.demo import packaged_config
-    from mona.eval.report import evaluate_cache
-    from mona.train import load_config, run_stages
-    from mona.train.checkpoint import load_model
+    from mona.train import load_config
     from mona.train.config import PRETRAIN_STAGES
 
-    c = json.loads(spec)
     config, method_overrides = METHODS[c["method"]]
     base = load_config(packaged_config(config), [f"data.cache={c['cache']}", "out_dir=/tmp/unused"])
     total = c["iterations"] or (base.pretrain_iterations + base.iterations)
@@ -118,7 +114,30 @@ def _child(spec: str) -> None:
         # demo's 100 of 400)
         pre = round(total * base.pretrain_iterations / (base.pretrain_iterations + base.iterations))
     ovs += [f"iterations={total - pre}", f"pretrain_iterations={pre}"]
-    cfg = load_config(packaged_config(config), ovs + method_overrides + c["overrides"])
+    return load_config(packaged_config(config), ovs + method_overrides + c["overrides"]), pre
+
+
+def config_digest(cfg) -> str:
+    """A digest of everything a run's config sets except where it reads and writes (``out_dir``,
+    ``data.cache``): two runs with one digest trained with the same settings."""
+    d = cfg.to_dict()
+    d["out_dir"] = ""
+    d["data"]["cache"] = ""
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _child(spec: str) -> None:
+    """One training run + test evaluation (in its own process: one torch thread, its own RNG state)."""
+    import torch
+
+    from mona.eval.report import evaluate_cache
+    from mona.train import run_stages
+    from mona.train.checkpoint import load_model
+    from mona.train.config import PRETRAIN_STAGES
+
+    c = json.loads(spec)
+    cfg, pre = run_config(c)
+    total = cfg.iterations + pre
     t0 = time.time()
     result = run_stages(cfg, progress=False)[-1]
     model, meta = load_model(Path(cfg.out_dir) / "model.pt", torch.device("cpu"))
@@ -144,6 +163,7 @@ def _child(spec: str) -> None:
                 "iterations": total,
                 "pretrain_iterations": pre,
                 "overrides": c["overrides"],
+                "config_digest": config_digest(cfg),
                 "best_model": result.best_model,
                 "best_iteration": result.best_iteration,
                 "val_curve": curve,
@@ -192,6 +212,22 @@ def _run_one(job: dict) -> dict:
         flush=True,
     )
     return out
+
+
+def _check_recorded(jobs: list[dict], keys: list[tuple], done: dict[tuple, dict], progress: Path) -> None:
+    """A recorded run is reused only if it trained with the config the job would use now (the packaged
+    config or a method's overrides may have changed since): else an error, never a stale result."""
+    for j, k in zip(jobs, keys):
+        r = done.get(k)
+        if r is None or "config_digest" not in r:  # records before 2026-12-07 carry no digest
+            continue
+        want = config_digest(run_config(j)[0])
+        if r["config_digest"] != want:
+            raise SystemExit(
+                f"{progress}: the recorded run of {j['method']} (seed {j['seed']}, {j['labeled']} labeled) was "
+                f"trained with other settings than {j['method']} has now (config digest {r['config_digest']} != "
+                f"{want}: its packaged config or overrides changed); use another --keep directory"
+            )
 
 
 def _recorded_runs(progress: Path, overrides: list[str]) -> dict[tuple, dict]:
@@ -458,6 +494,7 @@ def main() -> None:
             for m in args.methods
         ]
         keys = [(j["labeled"], j["method"], j["seed"], j["iterations"] or 400) for j in jobs]
+        _check_recorded(jobs, keys, done, progress)
         todo = [j for j, k in zip(jobs, keys) if k not in done]
         print(
             f"{len(jobs)} runs ({args.methods} x seeds {seeds} x labeled {labeled}), {args.jobs} at a time; each "

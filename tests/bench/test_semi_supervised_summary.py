@@ -122,3 +122,28 @@ def test_a_repeated_run_is_kept_once_when_it_reproduced_and_refused_when_it_did_
         dedupe_runs(RUNS + [other])
     longer = dict(RUNS[3], iterations=20, dice={"A": 0.1, "B": 0.1})
     assert dedupe_runs(RUNS + [longer]) == RUNS + [longer]  # another budget is another configuration
+
+
+def test_a_recorded_run_with_other_settings_is_refused_not_reused(tmp_path):
+    from benchmarks.bench_semi_supervised import _check_recorded, config_digest, run_config
+
+    job = {
+        "method": "mona",
+        "cache": str(tmp_path / "c"),
+        "out": str(tmp_path / "o"),
+        "seed": 0,
+        "labeled": 1,
+        "iterations": None,
+        "overrides": [],
+    }
+    key = (1, "mona", 0, 400)
+    digest = config_digest(run_config(job)[0])
+    # where a run reads and writes is not a setting: another out_dir / cache gives the same digest
+    moved = {**job, "out": str(tmp_path / "elsewhere"), "cache": str(tmp_path / "c2")}
+    assert config_digest(run_config(moved)[0]) == digest
+    # a method whose settings differ (MONA with 8 + 8 slices a step) has another digest
+    assert config_digest(run_config({**job, "method": "mona-labeled8"})[0]) != digest
+    _check_recorded([job], [key], {key: {"config_digest": digest}}, tmp_path / "runs.jsonl")  # same: reused
+    _check_recorded([job], [key], {key: {}}, tmp_path / "runs.jsonl")  # a record without a digest: as before
+    with pytest.raises(SystemExit, match="recorded run of mona .seed 0, 1 labeled. was trained with other settings"):
+        _check_recorded([job], [key], {key: {"config_digest": "0" * 16}}, tmp_path / "runs.jsonl")
