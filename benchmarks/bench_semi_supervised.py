@@ -63,9 +63,13 @@ METHODS: dict[str, tuple[str, list[str]]] = {
     **{f"mona-no_{k}": ("demo_mona", v) for k, v in _NO.items()},
     # the paper's relational weights (GLCon global + local, L_nn at 1; the demo config has 0.1)
     "mona-paper_weights": ("demo_mona", ["glcon.global_weight=1", "glcon.local_weight=1", "mona.nn_weight=1"]),
-    # MONA with a labeled half as large as the supervised baselines' batch (8 labeled + 8 unlabeled; the
-    # demo config has 4 + 4): the same labeled signal per step as supervised_strong
-    "mona-labeled8": ("demo_mona", ["data.batch_size=16", "data.labeled_bs=8"]),
+    # the demo's semi-supervised batch before issue 22 (4 labeled + 4 unlabeled; now 8 + 8, the same
+    # labeled signal per step as supervised_strong): runs named mona-labeled8 before are now `mona`
+    "mona-labeled4": ("demo_mona", ["data.batch_size=8", "data.labeled_bs=4"]),
+    "mean_teacher-labeled4": (
+        "demo_mona",
+        [*DEMO_METHODS["mean_teacher"][3], "data.batch_size=8", "data.labeled_bs=4"],
+    ),
     # class-wise adaptive pseudo-label thresholds (FlexMatch-style; the tail class is almost never
     # confidently predicted at the one threshold 0.97)
     "mona-adaptive_thr": ("demo_mona", ["mona.class_thresholds=adaptive"]),

@@ -52,8 +52,8 @@ from .train.config import PRETRAIN_STAGES
 from .train.loop import select_device
 
 #: every method the demo can run -> (label, short column name, packaged config, overrides). The
-#: semi-supervised methods train on the demo's MONA config (batch 4 labeled + 4 unlabeled, the same
-#: augmentation); the two-stage ones (GLCon + MONA, BCP) spend the packaged share of the budget (a
+#: semi-supervised methods train on the demo's MONA config (batch 8 labeled + 8 unlabeled: the labeled half
+#: is the supervised runs' whole batch; the same augmentation); the two-stage ones (GLCon + MONA, BCP) spend the packaged share of the budget (a
 #: quarter) in their stage 1. ``benchmarks/bench_semi_supervised.py`` runs the same configs over seeds.
 DEMO_METHODS: dict[str, tuple[str, str, str, list[str]]] = {
     "supervised": ("supervised (weak aug.)", "sup", "demo", ["method=supervised"]),

@@ -141,8 +141,8 @@ def test_a_recorded_run_with_other_settings_is_refused_not_reused(tmp_path):
     # where a run reads and writes is not a setting: another out_dir / cache gives the same digest
     moved = {**job, "out": str(tmp_path / "elsewhere"), "cache": str(tmp_path / "c2")}
     assert config_digest(run_config(moved)[0]) == digest
-    # a method whose settings differ (MONA with 8 + 8 slices a step) has another digest
-    assert config_digest(run_config({**job, "method": "mona-labeled8"})[0]) != digest
+    # a method whose settings differ (MONA with 4 + 4 slices a step) has another digest
+    assert config_digest(run_config({**job, "method": "mona-labeled4"})[0]) != digest
     _check_recorded([job], [key], {key: {"config_digest": digest}}, tmp_path / "runs.jsonl")  # same: reused
     _check_recorded([job], [key], {key: {}}, tmp_path / "runs.jsonl")  # a record without a digest: as before
     with pytest.raises(SystemExit, match="recorded run of mona .seed 0, 1 labeled. was trained with other settings"):
