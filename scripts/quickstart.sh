@@ -31,9 +31,9 @@ cores=$(nproc 2> /dev/null || echo 1)
 if [ -n "$arch" ]; then
   estimate="not measured on a GPU machine (without one: setup and compile ~4 min on 2 cores; the CUDA compile adds to it)"
 elif [ "$cores" -ge 2 ]; then
-  estimate="about 10-11 minutes in all on $cores cores without a GPU (setup and compile ~4 min, the demo ~6.5 min: its 3 runs $(( cores < 3 ? cores : 3 )) at a time); an estimate, longer when torch is downloaded or the cores are busy"
+  estimate="about 15 minutes in all on $cores cores without a GPU (setup and compile ~4 min, the demo ~11 min since its MONA run trains 8 + 8 slices a step, not re-measured: its 3 runs $(( cores < 3 ? cores : 3 )) at a time); an estimate, longer when torch is downloaded or the cores are busy"
 else
-  estimate="about 15 minutes in all on 1 core without a GPU (setup and compile ~4 min, the demo ~11 min: its 3 runs one after another); an estimate, longer when torch is downloaded"
+  estimate="about 20 minutes in all on 1 core without a GPU (setup and compile ~4 min, the demo ~16 min, not re-measured: its 3 runs one after another); an estimate, longer when torch is downloaded"
 fi
 cat <<MSG
 mona quickstart
