@@ -19,7 +19,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from benchmarks.pseudo_label_quality import run_dirs
+from benchmarks.pseudo_label_quality import method_means, run_dirs, write_markdown
 
 
 def run_balance(run: Path) -> dict[str, float] | None:
@@ -48,20 +48,11 @@ def main() -> None:
     ap.add_argument("dirs", nargs="+", metavar="DIR")
     ap.add_argument("--name", default=None, help="also write benchmarks/results/NAME.md")
     args = ap.parse_args()
-    per_run, per_method = [], {}
-    for d in run_dirs(args.dirs):
-        b = run_balance(d)
-        if b is None or len(b) == 1:
-            continue
-        per_run.append((d.name, b))
-        per_method.setdefault(d.name.split("_", 2)[-1], []).append(b)
+    per_run = [(d.name, b) for d in run_dirs(args.dirs) if (b := run_balance(d)) is not None and len(b) > 1]
     if not per_run:
         raise SystemExit("gradient_balance: no run logged gradient norms of a term besides L_sup (log_grad_norms)")
     terms = list(dict.fromkeys(k for _, b in per_run for k in b if k != "sup"))
-    means = [
-        (f"**{m}** (mean of {len(bs)})", {k: statistics.fmean(b[k] for b in bs if k in b) for k in set().union(*bs)})
-        for m, bs in per_method.items()
-    ]
+    means = method_means(per_run)
     command = "python -m benchmarks.gradient_balance " + " ".join(sys.argv[1:])
     lines = [
         "# Each term's gradient norm on the encoder relative to L_sup's (steps at full ramp-up)",
@@ -77,14 +68,7 @@ def main() -> None:
     for name, b in means + per_run:
         cells = [f"{b['sup']:.3f}"] + ["" if t not in b else f"{b[t]:.3f}" for t in terms]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.name:
-        from benchmarks.harness import RESULTS
-        from mona.atomicio import atomic_write_text
-
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(RESULTS / f"{args.name}.md", text)
+    write_markdown(args.name, "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

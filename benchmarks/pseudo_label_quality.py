@@ -63,26 +63,39 @@ def table(rows: list[tuple[str, dict]], classes: list[str]) -> list[str]:
     return out
 
 
+def method_means(per_run: list[tuple[str, dict]]) -> list[tuple[str, dict]]:
+    """Rows ``("**method** (mean of n)", {key: mean over that method's runs})`` for runs named
+    ``l*_s*_<method>``, in the order the methods first appear."""
+    per_method: dict[str, list[dict]] = {}
+    for name, q in per_run:
+        per_method.setdefault(name.split("_", 2)[-1], []).append(q)
+    return [
+        (f"**{m}** (mean of {len(qs)})", {k: statistics.fmean(q[k] for q in qs if k in q) for k in set().union(*qs)})
+        for m, qs in per_method.items()
+    ]
+
+
+def write_markdown(name: str | None, text: str) -> None:
+    """Print ``text``; with a name, also write it (atomically) to ``benchmarks/results/<name>.md``."""
+    print(text)
+    if name:
+        from benchmarks.harness import RESULTS
+        from mona.atomicio import atomic_write_text
+
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(RESULTS / f"{name}.md", text)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("dirs", nargs="+", metavar="DIR")
     ap.add_argument("--name", default=None, help="also write benchmarks/results/NAME.md")
     args = ap.parse_args()
-    per_run, per_method = [], {}
-    for d in run_dirs(args.dirs):
-        q = run_quality(d)
-        if q is None:
-            continue
-        per_run.append((d.name, q))
-        method = d.name.split("_", 2)[-1]
-        per_method.setdefault(method, []).append(q)
+    per_run = [(d.name, q) for d in run_dirs(args.dirs) if (q := run_quality(d)) is not None]
     if not per_run:
         raise SystemExit("pseudo_label_quality: no run logged pseudo-label diagnostics (log_pseudo_quality)")
     classes = list(dict.fromkeys(k.split("_", 2)[2] for _, q in per_run for k in q if k.startswith("pl_dice_")))
-    means = [
-        (f"**{m}** (mean of {len(qs)})", {k: statistics.fmean(q[k] for q in qs if k in q) for k in set().union(*qs)})
-        for m, qs in per_method.items()
-    ]
+    means = method_means(per_run)
     command = "python -m benchmarks.pseudo_label_quality " + " ".join(sys.argv[1:])
     lines = [
         "# Teacher pseudo-label quality during training (unlabeled half, against the phantoms' labels)",
@@ -95,14 +108,7 @@ def main() -> None:
         "",
         *table(means + per_run, classes),
     ]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.name:
-        from benchmarks.harness import RESULTS
-        from mona.atomicio import atomic_write_text
-
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(RESULTS / f"{args.name}.md", text)
+    write_markdown(args.name, "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
