@@ -93,6 +93,21 @@ def test_summarise_reads_runs_jsonl_and_results_json(tmp_path):
     assert "Machine: CPU A (3 runs); unknown" in (out / "t.md").read_text()
 
 
+def test_summarise_tabulates_only_the_methods_named(tmp_path):
+    jsonl = tmp_path / "runs.jsonl"
+    jsonl.write_text("".join(json.dumps(r) + "\n" for r in RUNS + [run(0, "mean_teacher", 0.5, 0.5)]))
+    out = tmp_path / "results"
+    cmd = [sys.executable, "-m", "benchmarks.bench_semi_supervised", "--summarise", str(jsonl), "--name", "t"]
+    env = {**os.environ, "MONA_BENCH_RESULTS": str(out)}
+    subprocess.run([*cmd, "--methods", BASELINE, "mona"], cwd=ROOT, check=True, capture_output=True, env=env)
+    written = json.loads((out / "t.json").read_text())
+    assert {r["method"] for r in written["runs"]} == {BASELINE, "mona"}
+    assert len(written["runs"]) == len(RUNS)
+    # no run of the named methods: an error naming them
+    p = subprocess.run([*cmd, "--methods", "bcp"], cwd=ROOT, capture_output=True, text=True, env=env)
+    assert p.returncode != 0 and "no run of ['bcp']" in p.stderr
+
+
 def test_pseudo_label_quality_means_over_logged_steps(tmp_path):
     from benchmarks.pseudo_label_quality import run_dirs, run_quality
 
