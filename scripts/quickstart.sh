@@ -23,17 +23,17 @@ else
   kernels="CPU kernels only: no GPU is visible (for the CUDA kernels too, see docs/install.md, Build knobs)"
 fi
 # The time estimate, from what was measured on the 2-core AMD EPYC build machine without a GPU
-# (README, Quick start): environment + torch about 1.5 min from a local mirror, the CPU-only compile
-# 139 s; the demo's runs, one torch thread each: supervised 140 s, supervised_strong 142 s, GLCon + MONA
-# 375 s. The demo trains them one per usable core at once (`mona demo --jobs`), MONA first: on 2 or more
-# cores its wall time is about the MONA run's (385 s in all, measured), on 1 core their sum.
+# (README, Quick start; 2026-12-07, the 8 + 8 demo): 798 s in all from a fresh clone, the CPU-only
+# compile 114 s; the demo's runs, one torch thread each: supervised 119 s, supervised_strong 120 s,
+# GLCon + MONA 577 s. The demo trains them one per usable core at once (`mona demo --jobs`), MONA first:
+# on 2 or more cores its wall time is about the MONA run's (589 s in all), on 1 core their sum.
 cores=$(nproc 2> /dev/null || echo 1)
 if [ -n "$arch" ]; then
   estimate="not measured on a GPU machine (without one: setup and compile ~4 min on 2 cores; the CUDA compile adds to it)"
 elif [ "$cores" -ge 2 ]; then
-  estimate="about 15 minutes in all on $cores cores without a GPU (setup and compile ~4 min, the demo ~11 min since its MONA run trains 8 + 8 slices a step, not re-measured: its 3 runs $(( cores < 3 ? cores : 3 )) at a time); an estimate, longer when torch is downloaded or the cores are busy"
+  estimate="about 13-14 minutes in all on $cores cores without a GPU (setup and compile ~3.5 min, the demo ~10 min: its 3 runs $(( cores < 3 ? cores : 3 )) at a time); an estimate, longer when torch is downloaded or the cores are busy"
 else
-  estimate="about 20 minutes in all on 1 core without a GPU (setup and compile ~4 min, the demo ~16 min, not re-measured: its 3 runs one after another); an estimate, longer when torch is downloaded"
+  estimate="about 18 minutes in all on 1 core without a GPU (setup and compile ~4 min, the demo ~14 min, not measured: its 3 runs one after another); an estimate, longer when torch is downloaded"
 fi
 cat <<MSG
 mona quickstart

@@ -398,7 +398,7 @@ def compare(
             log(
                 f"{SHORT[m]} - supervised {differences[f'{m} - supervised']:+.4f} = augmentation {aug:+.4f}"
                 f" + unlabeled data {differences[f'{m} - supervised_strong']:+.4f} (one seed: see "
-                "benchmarks/results/semi_supervised.md for 5)"
+                "benchmarks/results/all_methods.md for 5-10)"
             )
         else:
             log(", ".join(f"{SHORT[m]} - {b} {differences[f'{m} - {b}']:+.4f}" for b in BASELINES if b in methods))
