@@ -162,3 +162,37 @@ def test_a_recorded_run_with_other_settings_is_refused_not_reused(tmp_path):
     _check_recorded([job], [key], {key: {}}, tmp_path / "runs.jsonl")  # a record without a digest: as before
     with pytest.raises(SystemExit, match="recorded run of mona .seed 0, 1 labeled. was trained with other settings"):
         _check_recorded([job], [key], {key: {"config_digest": "0" * 16}}, tmp_path / "runs.jsonl")
+
+
+@pytest.mark.parametrize(
+    ("method", "stages"),
+    [
+        ("supervised_strong", (0, 400)),
+        ("mona", (100, 300)),  # the demo's split: a quarter of the budget is GLCon
+        ("supervised_strong-stage2", (0, 300)),  # the baseline with MONA's stage-2 labeled steps
+        ("mona-glcon_on_top", (100, 400)),  # GLCon extra, stage 2 as long as the baseline
+    ],
+)
+def test_labeled_exposure_controls_split_the_budget(tmp_path, method, stages):
+    from benchmarks.bench_semi_supervised import run_config, run_total
+
+    job = {
+        "method": method,
+        "cache": str(tmp_path / "c"),
+        "out": str(tmp_path / "o"),
+        "seed": 0,
+        "labeled": 1,
+        "iterations": 400,
+        "overrides": [],
+    }
+    cfg, pre = run_config(job)
+    assert (pre, cfg.iterations) == stages
+    assert cfg.pretrain_iterations == pre
+    assert run_total(job) == sum(stages)  # the key a resumed benchmark finds the record by
+    # the controls train exactly their parent's settings otherwise
+    parent = {"supervised_strong-stage2": "supervised_strong", "mona-glcon_on_top": "mona"}.get(method, method)
+    ref, _ = run_config({**job, "method": parent})
+    a, b = cfg.to_dict(), ref.to_dict()
+    for d in (a, b):
+        d.pop("iterations"), d.pop("pretrain_iterations"), d.pop("out_dir")
+    assert a == b
