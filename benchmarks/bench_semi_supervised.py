@@ -85,6 +85,10 @@ METHODS: dict[str, tuple[str, list[str]]] = {
     # a model that has seen a few labeled slices
     "bcp-rampup": ("demo_mona", [*DEMO_METHODS["bcp"][3], "bcp.rampup=true"]),
     "unimatch-rampup": ("demo_mona", [*DEMO_METHODS["unimatch"][3], "unimatch.rampup=true"]),
+    # BCP's controls: its copy-paste loop with the pseudo-labelled parts at weight 0 (the labeled parts of
+    # the mixed images only: what BCP's supervision alone gives), and BCP without its pre-training stage
+    "bcp-sup_only": ("demo_mona", [*DEMO_METHODS["bcp"][3], "bcp.u_weight=0"]),
+    "bcp-no_pretrain": ("demo_mona", [*DEMO_METHODS["bcp"][3], "pretrain_iterations=0"]),
     # MONA's pipeline with every unlabeled term off: L_sup on the labeled half of MONA's batch
     "mona-sup_only": (
         "demo_mona",
