@@ -486,13 +486,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--iterations",
         type=int,
         default=None,
-        help="iteration budget of each method (default 400: configs/demo.yaml, demo_mona.yaml)",
+        help="training iterations of each method, the fine-tuning stage of GLCon + MONA and BCP "
+        "(default 400: configs/demo.yaml, demo_mona.yaml)",
     )
     p.add_argument(
         "--pretrain-iterations",
         type=int,
         default=None,
-        help="MONA's share of the budget spent in GLCon (default: a quarter)",
+        help="GLCon (BCP: copy-paste) pre-training iterations before the fine-tuning stage (default: 100 per 400)",
     )
     p.add_argument(
         "--methods",

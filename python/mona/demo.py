@@ -12,8 +12,9 @@ curves, ``summary.json``. Everything is checked (configs, overrides, budget, dev
 written.
 
 Defaults (``configs/demo.yaml``, ``configs/demo_mona.yaml``): 14 phantom patients (8 train of which 1
-labeled, 2 val, 4 test = 8 test volumes) prepared at 96 x 96, 400 iterations each (MONA: 100 GLCon +
-300 fine-tuning), batch 8, 1 CPU thread per run. On a CPU with two or more usable cores the runs train
+labeled, 2 val, 4 test = 8 test volumes) prepared at 96 x 96, 400 training iterations each (MONA: 100
+GLCon pre-training, then 400 fine-tuning, as the paper fine-tunes for the supervised schedule), batch 8,
+1 CPU thread per run. On a CPU with two or more usable cores the runs train
 concurrently, one process per core (``--jobs``, :mod:`mona.runs`), the longest first, with one combined
 progress display; the results are the same as one after another. :func:`compare` is the same comparison
 as a function; ``benchmarks/bench_semi_supervised.py`` runs every method over seeds.
@@ -53,8 +54,9 @@ from .train.loop import select_device
 
 #: every method the demo can run -> (label, short column name, packaged config, overrides). The
 #: semi-supervised methods train on the demo's MONA config (batch 8 labeled + 8 unlabeled: the labeled half
-#: is the supervised runs' whole batch; the same augmentation); the two-stage ones (GLCon + MONA, BCP) spend the packaged share of the budget (a
-#: quarter) in their stage 1. ``benchmarks/bench_semi_supervised.py`` runs the same configs over seeds.
+#: is the supervised runs' whole batch; the same augmentation); the two-stage ones (GLCon + MONA, BCP) run
+#: their stage 1 before a stage 2 as long as the supervised runs (the packaged ratio, 100 per 400).
+#: ``benchmarks/bench_semi_supervised.py`` runs the same configs over seeds.
 DEMO_METHODS: dict[str, tuple[str, str, str, list[str]]] = {
     "supervised": ("supervised (weak aug.)", "sup", "demo", ["method=supervised"]),
     "supervised_strong": ("supervised (strong aug.)", "strong", "demo", ["method=supervised_strong"]),
@@ -181,8 +183,9 @@ def compare(
     """Supervised (weak augmentation), supervised with the MONA student's augmentation, and GLCon + MONA on
     phantoms (``tail``: with the long-tail class PM); returns the summary written to ``out_dir/report/summary.json``.
 
-    ``iterations``: the total budget of each method (default: the packaged demo configs', 400);
-    MONA spends ``pretrain_iterations`` of it in GLCon (default: the packaged share, a quarter). ``seed``: phantom seed;
+    ``iterations``: the training schedule of every method (default: the packaged demo configs', 400), the
+    fine-tuning stage of the two-stage ones; MONA (BCP) runs ``pretrain_iterations`` of GLCon (copy-paste
+    pre-training) before it (default: the packaged ratio, 100 per 400). ``seed``: phantom seed;
     ``train_seed``: the training seed of both runs. ``overrides`` apply to both training configs.
     ``overlays``: how many test volumes get overlays (default: every one); ``overlay_slices``: slices per
     volume (the ones with the most ground-truth foreground). ``jobs``: how many methods train at once,
@@ -226,16 +229,18 @@ def compare(
     ]
     user = list(overrides or [])
     mona_cfg = load_config(_packaged("demo_mona"), common + [f"out_dir={out / 'mona'}"] + user)
-    packaged_total = mona_cfg.pretrain_iterations + mona_cfg.iterations
-    budget = iterations if iterations is not None else packaged_total
-    # default: stage 1 (GLCon, BCP's pre-training) takes the packaged configs' share of the budget (100 of 400)
+    budget = iterations if iterations is not None else mona_cfg.iterations
+    if budget < 1:
+        raise UsageError(f"demo: iterations must be >= 1, got {budget}")
+    # stage 1 (GLCon, BCP's pre-training) comes before a stage 2 of the whole schedule (the paper's protocol:
+    # fine-tuning as long as the supervised run); default: the packaged ratio (100 per 400)
     pre = (
         pretrain_iterations
         if pretrain_iterations is not None
-        else round(budget * mona_cfg.pretrain_iterations / packaged_total)
+        else round(budget * mona_cfg.pretrain_iterations / mona_cfg.iterations)
     )
-    if not 0 <= pre < budget:
-        raise UsageError(f"demo: pretrain_iterations must be in 0..{budget - 1} (the budget), got {pre}")
+    if pre < 0:
+        raise UsageError(f"demo: pretrain_iterations must be >= 0, got {pre}")
     cfgs, pres, specs = {}, {}, {}
     for name in methods:
         _, _, packaged, method_ovs = DEMO_METHODS[name]
@@ -243,7 +248,7 @@ def compare(
         probe = load_config(_packaged(packaged), base + user)
         two_stage = probe.method in PRETRAIN_STAGES and probe.pretrain_iterations > 0 and pre > 0
         pres[name] = pre if two_stage else 0
-        budget_ovs = [f"iterations={budget - pres[name]}"]
+        budget_ovs = [f"iterations={budget}"]
         if probe.method in PRETRAIN_STAGES:
             budget_ovs.append(f"pretrain_iterations={pres[name]}")
         specs[name] = (_packaged(packaged), base + budget_ovs + user)

@@ -168,9 +168,12 @@ def test_a_recorded_run_with_other_settings_is_refused_not_reused(tmp_path):
     ("method", "stages"),
     [
         ("supervised_strong", (0, 400)),
-        ("mona", (100, 300)),  # the demo's split: a quarter of the budget is GLCon
-        ("supervised_strong-stage2", (0, 300)),  # the baseline with MONA's stage-2 labeled steps
-        ("mona-glcon_on_top", (100, 400)),  # GLCon extra, stage 2 as long as the baseline
+        ("mean_teacher", (0, 400)),
+        ("mona", (100, 400)),  # GLCon before a stage 2 as long as the baseline (the paper's protocol)
+        ("bcp", (100, 400)),
+        ("mona-glcon_share", (100, 300)),  # the split until issue 22: GLCon inside the budget
+        ("bcp-pretrain_share", (100, 300)),
+        ("supervised_strong-minus_glcon", (0, 300)),  # the baseline for the budget less MONA's GLCon
     ],
 )
 def test_labeled_exposure_controls_split_the_budget(tmp_path, method, stages):
@@ -190,7 +193,11 @@ def test_labeled_exposure_controls_split_the_budget(tmp_path, method, stages):
     assert cfg.pretrain_iterations == pre
     assert run_total(job) == sum(stages)  # the key a resumed benchmark finds the record by
     # the controls train exactly their parent's settings otherwise
-    parent = {"supervised_strong-stage2": "supervised_strong", "mona-glcon_on_top": "mona"}.get(method, method)
+    parent = {
+        "supervised_strong-minus_glcon": "supervised_strong",
+        "mona-glcon_share": "mona",
+        "bcp-pretrain_share": "bcp",
+    }.get(method, method)
     ref, _ = run_config({**job, "method": parent})
     a, b = cfg.to_dict(), ref.to_dict()
     for d in (a, b):

@@ -43,12 +43,12 @@ def test_compare_writes_the_three_methods_summary_overlays_and_tables(tmp_path):
     )
     strong_log = (tmp_path / "demo" / "supervised_strong" / "train_log.csv").read_text().splitlines()
     assert len(strong_log) - 1 == 4
-    # both runs had the same budget; MONA split it into GLCon + fine-tuning
+    # every method trained for the same schedule; MONA ran GLCon before its fine-tuning of that length
     assert on_disk["iterations"] == 4 and on_disk["pretrain_iterations"] == 1
     sup_log = (tmp_path / "demo" / "supervised" / "train_log.csv").read_text().splitlines()
     mona_log = (tmp_path / "demo" / "mona" / "train_log.csv").read_text().splitlines()
     glcon_log = (tmp_path / "demo" / "mona" / "pretrain_glcon" / "train_log.csv").read_text().splitlines()
-    assert (len(sup_log) - 1, len(glcon_log) - 1, len(mona_log) - 1) == (4, 1, 3)
+    assert (len(sup_log) - 1, len(glcon_log) - 1, len(mona_log) - 1) == (4, 1, 4)
     # every test volume (the one test patient's two frames), its 2 slices with the most foreground, one PNG each
     overlays = sorted(p.name for p in (tmp_path / "demo" / "report" / "overlays").glob("*.png"))
     cases = sorted({n.rsplit("_z", 1)[0] for n in overlays})
@@ -63,12 +63,12 @@ def test_compare_writes_the_three_methods_summary_overlays_and_tables(tmp_path):
         assert any(l.startswith(name) for l in text.splitlines())
 
 
-def test_compare_rejects_a_pretrain_longer_than_the_budget(tmp_path):
-    with pytest.raises(ValueError, match=r"pretrain_iterations must be in 0..3"):
+def test_compare_rejects_a_negative_pretrain(tmp_path):
+    with pytest.raises(ValueError, match=r"pretrain_iterations must be >= 0, got -1"):
         compare(
             tmp_path / "d",
             iterations=4,
-            pretrain_iterations=4,
+            pretrain_iterations=-1,
             n_train=3,
             n_val=1,
             n_test=1,
@@ -132,13 +132,13 @@ def test_compare_runs_any_subset_of_methods_with_the_differences_against_the_bas
         )
     }
     assert "mean_dice_difference" not in summary  # the keys of the three-method demo need mona and its baselines
-    # BCP ran its two stages in the same budget as the baseline: 1 iteration of copy-paste pre-training + 3
+    # BCP: 1 iteration of copy-paste pre-training, then its stage 2 as long as the baseline (4)
     pre_log = (tmp_path / "demo" / "bcp" / "pretrain_bcp" / "train_log.csv").read_text().splitlines()
     bcp_log = (tmp_path / "demo" / "bcp" / "train_log.csv").read_text().splitlines()
-    assert (len(pre_log) - 1, len(bcp_log) - 1) == (1, 3)
+    assert (len(pre_log) - 1, len(bcp_log) - 1) == (1, 4)
     assert not (tmp_path / "demo" / "supervised").exists() and not (tmp_path / "demo" / "mona").exists()
     text = "\n".join(lines)
-    assert "[3/5] supervised baseline with" in text and "[4/5] BCP: bcp_pretrain (1 iterations) + bcp (3" in text
+    assert "[3/5] supervised baseline with" in text and "[4/5] BCP: bcp_pretrain (1 iterations) + bcp (4" in text
     head = next(l for l in lines if l.startswith("class"))
     assert "Dice strong" in head and "BCP-strong" in head and "HD95 strong" in head
     assert any(l.startswith("mean") for l in lines) and "BCP - supervised_strong" in text
