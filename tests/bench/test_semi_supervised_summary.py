@@ -174,6 +174,7 @@ def test_a_recorded_run_with_other_settings_is_refused_not_reused(tmp_path):
         ("mona-glcon_share", (100, 300)),  # the split until issue 22: GLCon inside the budget
         ("bcp-pretrain_share", (100, 300)),
         ("supervised_strong-minus_glcon", (0, 300)),  # the baseline for the budget less MONA's GLCon
+        ("supervised_strong-plus_glcon", (0, 500)),  # ... and for MONA's two stages together
     ],
 )
 def test_labeled_exposure_controls_split_the_budget(tmp_path, method, stages):
@@ -195,6 +196,7 @@ def test_labeled_exposure_controls_split_the_budget(tmp_path, method, stages):
     # the controls train exactly their parent's settings otherwise
     parent = {
         "supervised_strong-minus_glcon": "supervised_strong",
+        "supervised_strong-plus_glcon": "supervised_strong",
         "mona-glcon_share": "mona",
         "bcp-pretrain_share": "bcp",
     }.get(method, method)
