@@ -173,7 +173,7 @@ def test_a_recorded_run_with_other_settings_is_refused_not_reused(tmp_path):
         ("bcp", (100, 400)),
         ("mona-glcon_share", (100, 300)),  # the split until issue 22: GLCon inside the budget
         ("bcp-pretrain_share", (100, 300)),
-        ("supervised_strong-minus_glcon", (0, 300)),  # the baseline for the budget less MONA's GLCon
+        ("supervised_strong-stage2", (0, 300)),  # the baseline for the budget less MONA's GLCon
         ("supervised_strong-plus_glcon", (0, 500)),  # ... and for MONA's two stages together
     ],
 )
@@ -195,7 +195,7 @@ def test_labeled_exposure_controls_split_the_budget(tmp_path, method, stages):
     assert run_total(job) == sum(stages)  # the key a resumed benchmark finds the record by
     # the controls train exactly their parent's settings otherwise
     parent = {
-        "supervised_strong-minus_glcon": "supervised_strong",
+        "supervised_strong-stage2": "supervised_strong",
         "supervised_strong-plus_glcon": "supervised_strong",
         "mona-glcon_share": "mona",
         "bcp-pretrain_share": "bcp",
@@ -205,3 +205,18 @@ def test_labeled_exposure_controls_split_the_budget(tmp_path, method, stages):
     for d in (a, b):
         d.pop("iterations"), d.pop("pretrain_iterations"), d.pop("out_dir")
     assert a == b
+
+
+def test_a_method_trained_for_two_totals_is_tabulated_as_two(tmp_path):
+    from benchmarks.bench_semi_supervised import name_by_total
+
+    old, new = run(0, "mona", 0.7, 0.5), {**run(0, "mona", 0.8, 0.6), "iterations": 20}
+    base = run(0, BASELINE, 0.6, 0.4)
+    named = name_by_total([base, old, new])
+    assert [r["method"] for r in named] == [BASELINE, "mona@10", "mona@20"]
+    rows = {r["method"]: r for r in summarise(named)}
+    assert rows["mona@10"]["vs_baseline"]["mean_dice"][0] == pytest.approx(0.1)
+    assert rows["mona@20"]["vs_baseline"]["mean_dice"][0] == pytest.approx(0.2)
+    assert name_by_total([base, old]) == [base, old]  # one total: names unchanged
+    with pytest.raises(SystemExit, match="the baseline supervised_strong has runs of \\[10, 20\\] iterations"):
+        name_by_total([base, {**base, "seed": 1, "iterations": 20}])
