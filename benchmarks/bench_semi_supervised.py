@@ -85,10 +85,9 @@ METHODS: dict[str, tuple[str, list[str]]] = {
     # a model that has seen a few labeled slices
     "bcp-rampup": ("demo_mona", [*DEMO_METHODS["bcp"][3], "bcp.rampup=true"]),
     "unimatch-rampup": ("demo_mona", [*DEMO_METHODS["unimatch"][3], "unimatch.rampup=true"]),
-    # BCP's controls: its copy-paste loop with the pseudo-labelled parts at weight 0 (the labeled parts of
-    # the mixed images only: what BCP's supervision alone gives), and BCP without its pre-training stage
+    # BCP's control: its copy-paste loop with the pseudo-labelled parts at weight 0 (the labeled parts of
+    # the mixed images only: what BCP's supervision alone gives)
     "bcp-sup_only": ("demo_mona", [*DEMO_METHODS["bcp"][3], "bcp.u_weight=0"]),
-    "bcp-no_pretrain": ("demo_mona", [*DEMO_METHODS["bcp"][3], "pretrain_iterations=0"]),
     # MONA's pipeline with every unlabeled term off: L_sup on the labeled half of MONA's batch
     "mona-sup_only": (
         "demo_mona",
@@ -129,8 +128,8 @@ METHODS["mona-glcon_on_top"] = METHODS["mona"]
 
 
 def run_config(c: dict):
-    """The ``TrainConfig`` of one job (``c``: a job dict of :func:`main`). Returns (config, GLCon share)."""
-    from mona.demo import packaged_config
+    """The ``TrainConfig`` of one job (``c``: a job dict of :func:`main`). Returns (config, stage-1 iterations)."""
+    from mona.demo import packaged_config, stage1_iterations
     from mona.train import load_config
     from mona.train.config import PRETRAIN_STAGES
 
@@ -139,9 +138,8 @@ def run_config(c: dict):
     budget = c["iterations"] or base.iterations
     split = BUDGET_SPLIT.get(c["method"])
     mona_base = load_config(packaged_config(METHODS["mona"][0]), [f"data.cache={c['cache']}", "out_dir=/tmp/unused"])
-    ratio = mona_base.pretrain_iterations / mona_base.iterations  # stage 1 per stage-2 iteration (100 / 400)
     if split in ("minus_stage1", "plus_stage1"):  # the budget less / plus the GLCon iterations MONA runs
-        budget += (-1 if split == "minus_stage1" else 1) * round(budget * ratio)
+        budget += (-1 if split == "minus_stage1" else 1) * stage1_iterations(budget, mona_base)
     ovs = [
         f"data.cache={c['cache']}",
         f"out_dir={c['out']}",
@@ -153,7 +151,7 @@ def run_config(c: dict):
     probe = load_config(packaged_config(config), ovs + method_overrides + c["overrides"])
     pre = 0
     if probe.method in PRETRAIN_STAGES and probe.pretrain_iterations > 0:
-        pre = round(budget * ratio)  # stage 1 (GLCon, BCP's copy-paste pre-training): 100 per 400
+        pre = stage1_iterations(budget, mona_base)  # stage 1 (GLCon, BCP's copy-paste pre-training)
     ovs += [f"iterations={budget - pre if split == 'share' else budget}", f"pretrain_iterations={pre}"]
     return load_config(packaged_config(config), ovs + method_overrides + c["overrides"]), pre
 
@@ -432,7 +430,8 @@ def markdown(
         out += [
             "",
             f"Validation Dice (val patients, the model `eval_model` picks) minus `{BASELINE}`'s at the same "
-            "iteration, mean +- sd over seeds: the curve of the gap vs iterations (MONA's first 100 of 500 are GLCon).",
+            "iteration, mean +- sd over seeds: the curve of the gap vs iterations (a two-stage method's first "
+            "iterations are its stage 1).",
             "",
             "| labeled | method | " + " | ".join(str(i) for i in its) + " |",
             "|---|---|" + "---|" * len(its),

@@ -72,6 +72,12 @@ SHORT = {m: v[1] for m, v in DEMO_METHODS.items()}
 BASELINES = ("supervised", "supervised_strong")
 
 
+def stage1_iterations(budget: int, cfg) -> int:
+    """Stage 1 (GLCon, BCP's copy-paste pre-training) before a stage 2 of ``budget`` iterations, in the
+    ratio of the packaged ``cfg`` (``demo_mona``: 100 per 400)."""
+    return round(budget * cfg.pretrain_iterations / cfg.iterations)
+
+
 def parse_methods(text: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
     """``"supervised,mona,unimatch"`` (or a list) -> the demo's methods in that order; an unknown or
     repeated name is an error naming the valid ones."""
@@ -234,11 +240,7 @@ def compare(
         raise UsageError(f"demo: iterations must be >= 1, got {budget}")
     # stage 1 (GLCon, BCP's pre-training) comes before a stage 2 of the whole schedule (the paper's protocol:
     # fine-tuning as long as the supervised run); default: the packaged ratio (100 per 400)
-    pre = (
-        pretrain_iterations
-        if pretrain_iterations is not None
-        else round(budget * mona_cfg.pretrain_iterations / mona_cfg.iterations)
-    )
+    pre = pretrain_iterations if pretrain_iterations is not None else stage1_iterations(budget, mona_cfg)
     if pre < 0:
         raise UsageError(f"demo: pretrain_iterations must be >= 0, got {pre}")
     cfgs, pres, specs = {}, {}, {}
