@@ -63,12 +63,16 @@ def test_compare_writes_the_three_methods_summary_overlays_and_tables(tmp_path):
         assert any(l.startswith(name) for l in text.splitlines())
 
 
-def test_compare_rejects_a_negative_pretrain(tmp_path):
-    with pytest.raises(ValueError, match=r"pretrain_iterations must be >= 0, got -1"):
+@pytest.mark.parametrize(
+    ("iterations", "pretrain", "message"),
+    [(4, -1, r"pretrain_iterations must be >= 0, got -1"), (0, 1, r"iterations must be >= 1, got 0")],
+)
+def test_compare_rejects_a_negative_pretrain_or_an_empty_schedule(tmp_path, iterations, pretrain, message):
+    with pytest.raises(ValueError, match=message):
         compare(
             tmp_path / "d",
-            iterations=4,
-            pretrain_iterations=-1,
+            iterations=iterations,
+            pretrain_iterations=pretrain,
             n_train=3,
             n_val=1,
             n_test=1,
